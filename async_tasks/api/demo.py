@@ -1,0 +1,131 @@
+"""``/demo/tasks/{executor}``: create and start any executor's task in one call.
+
+Each registered executor gets its own route whose body is the executor's `Params`
+plus a few task options (`description`, `priority`, `timeoutMs`, `maxRetries`,
+`tags`, `metadata`). Litestar validates it and the OpenAPI document shows each
+executor's schema. A generic route answers executors registered without one
+(and unknown names, with a 404).
+"""
+
+# No `from __future__ import annotations`: handler annotations are built at run time.
+import re
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, JSONBody
+
+from async_tasks.api.errors import ExecutorNotFound, responses
+from async_tasks.api.schemas import Description, MaxRetries, Priority, Tags, TimeoutMs
+from async_tasks.api.schemas import DemoTask, DemoTaskResponse
+from async_tasks.api.tasks import IdempotencyKey
+from async_tasks.errors import InvalidParams, UnknownExecutor
+from async_tasks.executor import TaskExecutor
+from async_tasks.manager import TaskManager
+from async_tasks.task import Task
+
+#: Task options accepted beside the params in a demo body.
+OPTION_FIELDS: list[tuple[str, Any, Any]] = [
+    ("description", Description | None, None),
+    ("priority", Priority, 0),
+    ("timeout_ms", TimeoutMs | None, None),
+    ("max_retries", MaxRetries | None, None),
+    ("tags", Tags | None, None),
+    ("metadata", dict[str, Any] | None, None),
+]
+_OPTION_NAMES = [name for name, _, _ in OPTION_FIELDS]
+DemoOptions = msgspec.defstruct("DemoOptions", OPTION_FIELDS, kw_only=True, rename="camel", module=__name__)
+
+
+def demo_body_type(executor_cls: type[TaskExecutor[Any]]) -> type[msgspec.Struct]:
+    """The executor's Params extended with the task options it does not define itself."""
+    params_cls = executor_cls.Params
+    own = set(params_cls.__struct_fields__)
+    extra = [field for field in OPTION_FIELDS if field[0] not in own]
+    name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", executor_cls.name)) + "DemoRequest"
+    return msgspec.defstruct(name, extra, bases=(params_cls,), kw_only=True, module=__name__)
+
+
+def split_body(executor_cls: type[TaskExecutor[Any]], body: msgspec.Struct) -> tuple[Any, dict[str, Any]]:
+    params_cls = executor_cls.Params
+    params = params_cls(**{f: getattr(body, f) for f in params_cls.__struct_fields__})
+    options = {name: getattr(body, name) for name in _OPTION_NAMES if hasattr(body, name)}
+    return params, options
+
+
+async def _create(
+    request: Request[Any, Any, Any],
+    manager: TaskManager,
+    executor: str,
+    params: Any,
+    options: dict[str, Any],
+    idempotency_key: str | None,
+) -> Response[DemoTaskResponse]:
+    task, replayed = await manager.create_or_replay(
+        request, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
+    )
+    return Response(demo_response(task), status_code=200 if replayed else 201,
+                    headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+def demo_response(task: Task) -> DemoTaskResponse:
+    return DemoTaskResponse(
+        message=f"{task.name} created and started",
+        task=DemoTask(id=task.id, name=task.name, status=task.status, progress=task.progress,
+                      session_key=task.session_key),
+    )
+
+
+def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
+    """``POST /demo/tasks/<name>`` with the executor's params as the body."""
+    body_type = demo_body_type(executor_cls)
+    name = executor_cls.name
+
+    async def create_demo_task(
+        request: Request[Any, Any, Any],
+        task_manager: NamedDependency[TaskManager],
+        data: Any,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[DemoTaskResponse]:
+        params, options = split_body(executor_cls, data)
+        return await _create(request, task_manager, name, params, options, idempotency_key)
+
+    create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[valid-type]
+    return post(
+        f"/demo/tasks/{name}",
+        name=f"demo-{name}",
+        operation_id=f"createDemoTask_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
+        summary=f"Create and start a {executor_cls.title or name} task",
+        description=executor_cls.description or None,
+        tags=["demo"],
+        status_code=201,
+        responses=responses(400, 413, 422, 429, 503),
+    )(create_demo_task)
+
+
+@post("/demo/tasks/{executor:str}", tags=["demo"], status_code=201, responses=responses(400, 404, 413, 422, 429, 503),
+      summary="Create and start a task of any registered executor")
+async def create_any_demo_task(
+    request: Request[Any, Any, Any],
+    task_manager: NamedDependency[TaskManager],
+    executor: FromPath[Annotated[str, msgspec.Meta(max_length=100)]],
+    data: JSONBody[dict[str, Any]],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[DemoTaskResponse]:
+    impl = task_manager.executors.get(executor)
+    if impl is None:
+        raise ExecutorNotFound(executor, task_manager.executors.names())
+    fields = msgspec.structs.fields(DemoOptions)
+    raw = {f.encode_name: data.pop(f.encode_name) for f in fields if f.encode_name in data}
+    try:
+        parsed = msgspec.convert(raw, DemoOptions)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(str(exc).replace("$.", ""), field=None) from None
+    options = {f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw}
+    try:
+        return await _create(request, task_manager, executor, data, options, idempotency_key)
+    except UnknownExecutor as exc:  # unregistered between lookup and create
+        raise ExecutorNotFound(executor, task_manager.executors.names()) from exc
+

@@ -1,0 +1,175 @@
+"""Request and response bodies of the HTTP contract (camelCase JSON)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from async_tasks.cleanup import CleanupResult, LastRun
+from async_tasks.task import Task, TaskStatus
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Description = Annotated[str, msgspec.Meta(max_length=2000)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=20)]
+Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000, description="Higher starts first when tasks queue.")]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="Fail the attempt after this long.")]
+MaxRetries = Annotated[int, msgspec.Meta(ge=0, le=100, description="Automatic retries after a failure.")]
+
+
+class Body(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class CreateTaskRequest(Body):
+    executor: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: Name | None = None
+    description: Description | None = None
+    params: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    tags: Tags | None = None
+    start: bool = False
+    priority: Priority = 0
+    timeout_ms: TimeoutMs | None = None
+    max_retries: MaxRetries | None = None
+
+
+class Response(msgspec.Struct, rename="camel"):
+    """Success bodies: `success` first, then kw-only fields of the subclass."""
+
+    success: bool = True
+
+
+class TaskResponse(Response, kw_only=True):
+    task: Task
+    queue_position: int | None = None
+
+
+class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    executor: str
+    status: TaskStatus
+    progress: float
+    created_at: int
+    completed_at: int | None
+    current_step: str | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSummary:
+        return cls(
+            id=task.id,
+            name=task.name,
+            executor=task.executor,
+            status=task.status,
+            progress=task.progress,
+            created_at=task.created_at,
+            completed_at=task.completed_at,
+            current_step=task.current_step,
+        )
+
+
+class TaskListResponse(Response, kw_only=True):
+    tasks: list[TaskSummary]
+    count: int
+    total: int
+
+
+class TaskStatusResponse(Response, kw_only=True):
+    """Exactly the seed's `/status` shape."""
+
+    status: TaskStatus
+    progress: float
+    current_step: str | None
+    current_step_description: str | None
+    started_at: int | None
+    completed_at: int | None
+    error: str | None
+
+
+class Stats(msgspec.Struct, rename="camel", kw_only=True):
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class StatsResponse(Response, kw_only=True):
+    stats: Stats
+
+
+class CleanupOptions(msgspec.Struct, rename="camel", kw_only=True):
+    max_completed_tasks: int
+    max_failed_tasks: int
+    max_cancelled_tasks: int
+    cleanup_interval: int
+
+
+class CleanupStatus(msgspec.Struct, rename="camel", kw_only=True):
+    is_running: bool
+    is_active: bool
+    options: CleanupOptions
+    last_run: LastRun | Literal["idle"]
+
+
+class CleanupStatusResponse(Response, kw_only=True):
+    status: CleanupStatus
+
+
+class CleanupRunResponse(Response, kw_only=True):
+    result: CleanupResult
+
+
+class DemoTask(msgspec.Struct, rename="camel", kw_only=True):
+    id: str
+    name: str
+    status: TaskStatus
+    progress: float
+    session_key: str
+
+
+class DemoTaskResponse(Response, kw_only=True):
+    message: str
+    task: DemoTask
+    note: str = "Task is running in the background. Use the task ID to check progress."
+
+
+class StepInfo(msgspec.Struct, rename="camel", kw_only=True):
+    name: str
+    description: str
+    at: float
+
+
+class ExecutorInfo(msgspec.Struct, rename="camel", kw_only=True):
+    name: str
+    title: str
+    description: str
+    blocking: bool
+    steps: list[StepInfo]
+    params_schema: dict[str, Any]
+    timeout_ms: int | None
+    max_retries: int
+    demo_path: str
+
+
+class ExecutorListResponse(Response, kw_only=True):
+    executors: list[ExecutorInfo]
+
+
+class SessionInfo(Response, kw_only=True):
+    session_key: str
+    token: str | None = None
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    success: bool = False
+    error: ErrorDetail

@@ -1,0 +1,50 @@
+"""The app factory: ``uvicorn async_tasks.app:create_app --factory``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from async_tasks import __version__
+from async_tasks.api.errors import EXCEPTION_HANDLERS
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.executor import TaskExecutor
+from async_tasks.logs import logging_config
+from async_tasks.plugin import AsyncTasksPlugin
+from async_tasks.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    executors: Iterable[type[TaskExecutor[Any]] | TaskExecutor[Any]] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+    load_entry_points: bool = True,
+    clock: Clock = SYSTEM_CLOCK,
+    route_handlers: Iterable[Any] = (),
+) -> Litestar:
+    """The standalone server: the task system under ``/api/v1``, docs under ``/schema``.
+
+    Settings come from the environment unless given; `executors` are registered
+    beside the installed ones (entry points).
+    """
+    settings = settings or Settings.from_env(environ)
+    plugin = AsyncTasksPlugin(
+        executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
+    )
+    return Litestar(
+        route_handlers=list(route_handlers),
+        plugins=[plugin],
+        exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=logging_config(settings),
+        openapi_config=OpenAPIConfig(
+            title="async-tasks",
+            version=__version__,
+            description="Background tasks with step progress for live demos and proofs of concept.",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+    )

@@ -1,0 +1,91 @@
+"""Domain errors. The core raises these; `api/errors.py` maps them to HTTP.
+
+Each carries a stable snake_case `code` (the contract's `error.code`), a message
+meant for a person, and optional `details`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskSystemError(Exception):
+    code = "task_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class TaskNotFound(TaskSystemError):
+    code = "task_not_found"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"Task {task_id} was not found in this session.")
+        self.task_id = task_id
+
+
+class InvalidTransition(TaskSystemError):
+    code = "invalid_transition"
+
+    def __init__(self, task_id: str, current: str, action: str, hint: str | None = None) -> None:
+        message = f"Cannot {action} task {task_id}: it is {current}."
+        if hint:
+            message = f"{message} {hint}"
+        super().__init__(message, details={"status": current, "action": action})
+        self.task_id = task_id
+        self.current = current
+
+
+class UnknownExecutor(TaskSystemError):
+    code = "unknown_executor"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"No executor named {name!r}. Known executors: {', '.join(sorted(known)) or 'none'}.",
+            details={"executor": name, "known": sorted(known)},
+        )
+
+
+class InvalidParams(TaskSystemError):
+    """Raised at the API edge or by `TaskExecutor.validate` for bad task parameters."""
+
+    code = "invalid_params"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, details=[{"key": field, "message": message}] if field else None)
+        self.field = field
+
+
+class IdempotencyConflict(TaskSystemError):
+    code = "idempotency_key_reused"
+
+
+class QuotaExceeded(TaskSystemError):
+    """A per-session limit was hit; `retry_after` is in seconds."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class RateLimited(QuotaExceeded):
+    code = "rate_limited"
+
+
+class ShuttingDown(TaskSystemError):
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down and accepts no new tasks.")
+
+
+class ExecutorRegistrationError(Exception):
+    """Misconfigured executors; raised at start-up, never at request time."""
+
+
+class SettingsError(Exception):
+    """A bad configuration value. Its message is one line naming the variable."""

@@ -1,0 +1,93 @@
+"""Settings from environment variables, validated once at start-up.
+
+`load_env` works for any msgspec Struct whose encoded field names are the variable
+names (``rename="upper"``); executors use it for their own `Config` too. A bad value
+raises `SettingsError` with one line naming the variable and what it takes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+from async_tasks.errors import SettingsError
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+_PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)`")
+
+
+def load_env(struct_type: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Build `struct_type` from the variables in `environ` (default: `os.environ`)."""
+    environ = os.environ if environ is None else environ
+    names = {f.encode_name for f in msgspec.structs.fields(struct_type)}
+    raw = {name: environ[name].strip() for name in names if name in environ and environ[name].strip() != ""}
+    try:
+        return msgspec.convert(raw, struct_type, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH.search(message)
+        if match is None:
+            raise SettingsError(f"Invalid settings: {message}") from None
+        name = match.group(1)
+        what = message[: match.start()].replace("Expected", "expected")
+        raise SettingsError(f"Invalid value {raw.get(name)!r} for {name}: {what}") from None
+
+
+class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
+    """Every core setting, with the seed's names and defaults. Times in milliseconds."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000
+    # Retention (per session) and the cleaner.
+    max_completed_tasks: NonNegative = 50
+    max_failed_tasks: NonNegative = 20
+    max_cancelled_tasks: NonNegative = 20
+    task_cleanup_interval: Annotated[int, msgspec.Meta(ge=100, le=86_400_000)] = 300_000
+    # Sessions.
+    enable_session_isolation: bool = True
+    auto_map_session_by_ip: bool = True
+    secret_key: str | None = None
+    session_max_age: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
+    session_cookie_secure: bool = False
+    trust_proxy_headers: bool = False
+    # Execution policies: global bounds and defaults.
+    max_concurrent_tasks: Positive = 1000
+    max_concurrent_tasks_per_session: Positive = 100
+    max_active_tasks_per_session: Positive = 1000
+    task_create_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    task_create_burst: Positive = 200
+    default_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 600_000
+    max_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_600_000
+    max_task_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    retry_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 500
+    retry_backoff_max_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
+    # Request and result bounds.
+    max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    max_result_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    shutdown_grace_ms: NonNegative = 5000
+    # Logs.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    def __post_init__(self) -> None:
+        for key in self.secret_keys:
+            if len(key) < 16:
+                raise SettingsError("Invalid value for SECRET_KEY: each comma-separated key needs 16+ characters")
+
+    @property
+    def secret_keys(self) -> list[str]:
+        """SECRET_KEY split on commas, newest (the signing key) first."""
+        if not self.secret_key:
+            return []
+        return [key.strip() for key in self.secret_key.split(",") if key.strip()]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return load_env(cls, environ)

@@ -1,0 +1,102 @@
+"""The task record, its status enum and the one table of legal transitions.
+
+A `Task` holds data only. Status, progress and timestamps change in exactly one
+place, `TaskStore.transition` / `TaskStore.report_progress` (see `store.py`), which
+stamps times and appends to `history`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+
+class TaskStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: Statuses a task never leaves except through an explicit retry.
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: Statuses the cleaner never touches and the active-task quota counts.
+ACTIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+#: Terminal statuses a task can be retried from.
+RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+#: The state machine: for each status, the statuses it may move to.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
+    TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),
+}
+
+
+def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
+    return target in TRANSITIONS[source]
+
+
+class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True):
+    """One transition in a task's audit trail."""
+
+    at: int
+    status: TaskStatus
+    previous: TaskStatus | None = None
+    attempt: int = 1
+    reason: str | None = None
+
+
+class Task(msgspec.Struct, rename="camel", kw_only=True):
+    """A unit of background work owned by one session.
+
+    Times are epoch milliseconds. `params` is the executor's validated `Params`
+    instance. `progress` only moves forward within an attempt and only through the
+    executor's reporter; a retry resets it.
+    """
+
+    id: str
+    session_key: str
+    executor: str
+    name: str
+    params: Any
+    description: str = ""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    tags: list[str] = msgspec.field(default_factory=list)
+    status: TaskStatus = TaskStatus.PENDING
+    progress: float = 0
+    current_step: str | None = None
+    current_step_description: str | None = None
+    result: Any = None
+    error: str | None = None
+    attempts: int = 0
+    priority: int = 0
+    timeout_ms: int | None = None
+    max_retries: int = 0
+    dead_lettered: bool = False
+    request_id: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    history: list[HistoryEntry] = msgspec.field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Time spent in the last attempt, once it has finished."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return self.completed_at - self.started_at

@@ -1,0 +1,148 @@
+"""Test doubles for people writing executors (and for this project's own tests).
+
+    from async_tasks.testing import run_executor
+
+    async def test_my_executor():
+        run = await run_executor(MyExecutor, {"count": 3})
+        assert run.result == {"done": 3}
+        assert [r.percent for r in run.reports] == [0, 50, 100]
+
+`FakeClock` replaces the server's clock: time moves only when a test advances it,
+and `sleep` returns as soon as the fake time reaches its deadline.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import msgspec
+
+from async_tasks.clock import Clock
+from async_tasks.executor import TaskExecutor
+from async_tasks.progress import ProgressReporter, ThreadProgress
+from async_tasks.task import Task, TaskStatus
+
+
+class ProgressReport(msgspec.Struct, frozen=True):
+    percent: float
+    step: str | None
+    description: str | None
+
+
+class ExecutorRun(msgspec.Struct):
+    task: Task
+    reports: list[ProgressReport]
+    result: Any = None
+
+    @property
+    def steps(self) -> list[str]:
+        """Distinct step names in the order they were first reported."""
+        seen: list[str] = []
+        for report in self.reports:
+            if report.step is not None and report.step not in seen:
+                seen.append(report.step)
+        return seen
+
+
+def make_task(executor: TaskExecutor[Any], params: Any = None, **fields: Any) -> Task:
+    """A running task for `executor`, with `params` validated like the API does."""
+    cls = type(executor)
+    if params is None or isinstance(params, Mapping):
+        params = msgspec.convert(dict(params or {}), cls.Params)
+    return Task(
+        id=str(uuid.uuid4()),
+        session_key="test",
+        executor=cls.name,
+        name=fields.pop("name", cls.title or cls.name),
+        params=params,
+        status=TaskStatus.RUNNING,
+        attempts=1,
+        **fields,
+    )
+
+
+async def run_executor(
+    executor: type[TaskExecutor[Any]] | TaskExecutor[Any],
+    params: Any = None,
+    *,
+    validate: bool = True,
+    environ: Mapping[str, str] | None = None,
+    **task_fields: Any,
+) -> ExecutorRun:
+    """Run one attempt of `executor` in-process and collect what it reports.
+
+    Params are converted and (with `validate`) checked by `executor.validate` as the
+    API would; exceptions from `execute` propagate to the test.
+    """
+    instance = executor.from_environ(environ or {}) if isinstance(executor, type) else executor
+    task = make_task(instance, params, **task_fields)
+    if validate:
+        await instance.validate(task.params)
+    reports: list[ProgressReport] = []
+    reporter = ProgressReporter(
+        lambda percent, step, description: reports.append(ProgressReport(percent, step, description)),
+        type(instance).steps,
+    )
+    try:
+        if instance.is_blocking():
+            result = await anyio.to_thread.run_sync(instance.execute, task, ThreadProgress(reporter))
+        else:
+            result = await instance.execute(task, reporter)
+    finally:
+        reporter.close()
+    return ExecutorRun(task=task, reports=reports, result=result)
+
+
+class FakeClock(Clock):
+    """A clock that moves only when told to.
+
+    `sleep(s)` waits until `advance` has moved the fake time `s` seconds on (or
+    returns at once for `s <= 0`); every requested delay is kept in `sleeps`.
+    """
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self._now = start_ms / 1000
+        self._start = self._now
+        self.sleeps: list[float] = []
+        self._waiters: list[tuple[float, anyio.Event]] = []
+        self._sleeping: anyio.Event | None = None
+
+    def now_ms(self) -> int:
+        return int(round(self._now * 1000))
+
+    def monotonic(self) -> float:
+        return self._now - self._start
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        self._waiters.append((self._now + seconds, event))
+        if self._sleeping is not None:
+            self._sleeping.set()
+        await event.wait()
+
+    def advance(self, seconds: float) -> None:
+        """Move time on and wake every sleeper whose deadline has passed."""
+        self._now += seconds
+        due = [w for w in self._waiters if w[0] <= self._now + 1e-9]
+        self._waiters = [w for w in self._waiters if w[0] > self._now + 1e-9]
+        for _, event in due:
+            event.set()
+
+    @property
+    def sleepers(self) -> int:
+        return len(self._waiters)
+
+    async def wait_for_sleepers(self, count: int = 1) -> None:
+        """Wait (without real sleeping) until `count` coroutines sleep on this clock."""
+        while len(self._waiters) < count:
+            self._sleeping = anyio.Event()
+            await self._sleeping.wait()
