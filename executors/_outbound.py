@@ -1,0 +1,479 @@
+"""Which addresses an outbound demo request may reach, and an httpx transport that enforces it.
+
+The policy refuses loopback, private, link-local, metadata and other non-public
+addresses unless they are on an explicit allow-list. It is applied twice:
+
+* before a request, on the URL (scheme, user info, host) and on every address the
+  host resolves to, to give a clear refusal early (`OutboundPolicy.check`);
+* when a connection is opened (`GuardedNetworkBackend`): the backend resolves the
+  host itself, checks every address and connects to a checked address, so DNS
+  rebinding and redirects cannot reach an address the first check did not see.
+
+IPv4 text is read the way ``inet_aton`` reads it (``127.1``, ``0177.0.0.1``,
+``0x7f000001`` and ``2130706433`` all mean 127.0.0.1), and IPv6 addresses that embed
+an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by that address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+#: The setting named in refusals, so the person at the demo knows what to change.
+ALLOW_SETTING = "API_CALL_ALLOW_HOSTS"
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: Host names of cloud metadata services, refused whatever they resolve to.
+METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.internal",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.azure.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
+
+_V4_BLOCKED: tuple[tuple[IPv4Network, str], ...] = tuple(
+    (IPv4Network(net), why)
+    for net, why in (
+        ("0.0.0.0/8", "an unspecified ('this network') address"),
+        ("10.0.0.0/8", "a private address"),
+        ("100.64.0.0/10", "a carrier-grade NAT (shared) address"),
+        ("127.0.0.0/8", "a loopback address"),
+        ("169.254.169.254/32", "the cloud metadata address"),
+        ("169.254.0.0/16", "a link-local address"),
+        ("172.16.0.0/12", "a private address"),
+        ("192.0.0.0/24", "an IETF protocol address"),
+        ("192.0.2.0/24", "a documentation address"),
+        ("192.88.99.0/24", "a 6to4 relay address"),
+        ("192.168.0.0/16", "a private address"),
+        ("198.18.0.0/15", "a benchmarking address"),
+        ("198.51.100.0/24", "a documentation address"),
+        ("203.0.113.0/24", "a documentation address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("255.255.255.255/32", "the broadcast address"),
+        ("240.0.0.0/4", "a reserved address"),
+    )
+)
+
+_V6_BLOCKED: tuple[tuple[IPv6Network, str], ...] = tuple(
+    (IPv6Network(net), why)
+    for net, why in (
+        ("::/128", "the unspecified address"),
+        ("::1/128", "a loopback address"),
+        ("64:ff9b:1::/48", "a local-use NAT64 address"),
+        ("100::/64", "a discard-only address"),
+        ("2001::/32", "a Teredo tunnel address"),
+        ("2001:db8::/32", "a documentation address"),
+        ("2001::/23", "an IETF protocol address"),
+        ("fd00:ec2::254/128", "the cloud metadata address"),
+        ("fc00::/7", "a private (unique local) address"),
+        ("fe80::/10", "a link-local address"),
+        ("fec0::/10", "a site-local address"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+
+_MAPPED = IPv6Network("::ffff:0:0/96")
+_TRANSLATED = IPv6Network("::ffff:0:0:0/96")
+_COMPATIBLE = IPv6Network("::/96")
+_NAT64 = IPv6Network("64:ff9b::/96")
+_SIX_TO_FOUR = IPv6Network("2002::/16")
+_GLOBAL_UNICAST = IPv6Network("2000::/3")
+
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
+_V4_PART = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+
+
+class OutboundError(Exception):
+    """A request target the api-call executor will not use; the message is for a person."""
+
+
+class OutboundRefused(OutboundError):
+    """The target is refused by the address policy (scheme, user info or address)."""
+
+
+class UnresolvableHost(OutboundError):
+    """The host name does not resolve."""
+
+
+def parse_ipv4(text: str) -> IPv4Address | None:
+    """Read `text` as ``inet_aton`` does: 1 to 4 parts, each decimal, octal (``0``) or hex (``0x``).
+
+    Returns None when `text` is not an IPv4 address in any of those forms.
+    """
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_V4_PART.match(part) for part in parts):
+        return None
+    values = []
+    for part in parts:
+        if part[:2] in ("0x", "0X"):
+            values.append(int(part[2:], 16))
+        elif part.startswith("0"):
+            values.append(int(part, 8))
+        else:
+            values.append(int(part))
+    *leading, last = values
+    if any(value > 255 for value in leading) or last >= 256 ** (5 - len(values)):
+        return None
+    number = last
+    for index, value in enumerate(leading):
+        number |= value << (8 * (3 - index))
+    return IPv4Address(number)
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address `host` denotes if it is an IP literal in any accepted form, else None."""
+    if ":" in host:
+        try:
+            return IPv6Address(host)
+        except ValueError:
+            return None
+    return parse_ipv4(host.rstrip("."))
+
+
+def embedded_ipv4(ip: IPv6Address) -> tuple[str, IPv4Address] | None:
+    """The IPv4 address an IPv6 address carries (mapped, translated, compatible, NAT64, 6to4)."""
+    low32 = IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _MAPPED:
+        return "an IPv4-mapped address", low32
+    if ip in _TRANSLATED:
+        return "an IPv4-translated address", low32
+    if ip in _COMPATIBLE and int(ip) > 1:
+        return "an IPv4-compatible address", low32
+    if ip in _NAT64:
+        return "a NAT64 address", low32
+    if ip in _SIX_TO_FOUR and ip.sixtofour is not None:
+        return "a 6to4 address", ip.sixtofour
+    return None
+
+
+def blocked_reason(ip: IPAddress) -> str | None:
+    """Why `ip` is refused (e.g. "a loopback address"), or None for a public address."""
+    if isinstance(ip, IPv4Address):
+        for network, why in _V4_BLOCKED:
+            if ip in network:
+                return why
+        return None if ip.is_global else "a reserved address"
+    if ip.scope_id:
+        return "a scoped (zone) address"
+    embedded = embedded_ipv4(ip)
+    if embedded is not None:
+        kind, v4 = embedded
+        inner = blocked_reason(v4)
+        if inner is not None:
+            return f"{kind} for {v4}, {inner}"
+        if ip in _COMPATIBLE:
+            return f"{kind} (deprecated and not routable)"
+        return None
+    for network6, why in _V6_BLOCKED:
+        if ip in network6:
+            return why
+    if ip not in _GLOBAL_UNICAST or not ip.is_global:
+        return "a reserved address"
+    return None
+
+
+def _special_name(name: str) -> str | None:
+    """Names refused whatever they resolve to (``localhost`` always means loopback, RFC 6761)."""
+    if name in METADATA_HOSTS:
+        return "a cloud metadata host name"
+    if name == "localhost" or name.endswith(".localhost"):
+        return "a loopback host name"
+    return None
+
+
+def normalize_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+class AllowList:
+    """Host names and IP networks allowed even when the policy would refuse them."""
+
+    def __init__(self, names: Iterable[str] = (), networks: Iterable[IPNetwork] = ()) -> None:
+        self.names = frozenset(normalize_host(name) for name in names)
+        self.networks = tuple(networks)
+
+    @classmethod
+    def parse(cls, text: str) -> AllowList:
+        """Parse a comma-separated list of host names, IP addresses and CIDR networks.
+
+        Raises ValueError naming the first entry that is none of those.
+        """
+        names: list[str] = []
+        networks: list[IPNetwork] = []
+        for raw in text.split(","):
+            entry = raw.strip()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            loose = parse_ipv4(entry.rstrip("."))
+            if loose is not None:
+                networks.append(IPv4Network(loose))
+            elif _HOST_NAME.match(entry.lower()):
+                names.append(entry)
+            else:
+                raise ValueError(f"{entry!r} is not a host name, IP address or CIDR network")
+        return cls(names, networks)
+
+    def allows_name(self, host: str) -> bool:
+        return normalize_host(host) in self.names
+
+    def allows_ip(self, ip: IPAddress) -> bool:
+        candidates: list[IPAddress] = [ip]
+        if isinstance(ip, IPv6Address) and (embedded := embedded_ipv4(ip)) is not None:
+            candidates.append(embedded[1])
+        return any(candidate in network for candidate in candidates for network in self.networks)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to for a TCP connection, in resolver order."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def parse_url(text: str) -> httpx.URL:
+    """Parse an endpoint the way the httpx client will, refusing what it cannot use."""
+    try:
+        return httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise OutboundRefused(f"Not a valid URL: {exc}.") from None
+
+
+class OutboundPolicy:
+    """Decides whether a URL or host may be requested; see the module docstring."""
+
+    def __init__(self, allow: AllowList | None = None, *, resolve_timeout: float = 5.0) -> None:
+        self.allow = allow or AllowList()
+        self.resolve_timeout = resolve_timeout
+
+    def check_url(self, url: httpx.URL) -> None:
+        """Checks that need no network: scheme, user info, host and port."""
+        if url.scheme not in ALLOWED_SCHEMES:
+            shown = f"{url.scheme}://" if url.scheme else "a URL without a scheme"
+            raise OutboundRefused(f"Refused: only http:// and https:// URLs can be called, not {shown}.")
+        if url.userinfo:
+            raise OutboundRefused(
+                "Refused: URLs with a user name or password (user@host) are not allowed; "
+                "send credentials in a header instead."
+            )
+        if not url.raw_host:
+            raise OutboundRefused("The endpoint needs a host name, e.g. https://api.example.com/items.")
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise OutboundRefused(f"Refused: port {url.port} is out of range.")
+
+    def port_of(self, url: httpx.URL) -> int:
+        return url.port or DEFAULT_PORTS[url.scheme]
+
+    async def check(self, url: httpx.URL) -> list[IPAddress]:
+        """Check `url` fully, resolving its host; returns the addresses it may use."""
+        self.check_url(url)
+        return await self.addresses(url.raw_host.decode("ascii"), self.port_of(url))
+
+    async def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses a connection to `host` may use.
+
+        Raises `OutboundRefused` if the host or any address it resolves to is refused
+        (a name resolving to one public and one private address is refused), and
+        `UnresolvableHost` if it does not resolve.
+        """
+        name = normalize_host(host)
+        allowed_name = self.allow.allows_name(name)
+        if "%" in host:
+            raise OutboundRefused(f"Refused: {host} has a zone or percent-encoded part; use a plain host.")
+        literal = parse_ip_literal(name)
+        if literal is not None:
+            if not allowed_name:
+                self._check_ip(literal, f"{host} is" if name == str(literal) else f"{host} means {literal},")
+            return [literal]
+        if not _HOST_NAME.match(name):
+            raise OutboundRefused(f"Refused: {host!r} is not a valid host name.")
+        if not allowed_name and (kind := _special_name(name)) is not None:
+            raise OutboundRefused(f"Refused: {host} is {kind}. Add the host to {ALLOW_SETTING} to allow it.")
+        try:
+            with anyio.fail_after(self.resolve_timeout):
+                found = await resolve(host, port)
+        except TimeoutError:
+            raise UnresolvableHost(f"Cannot resolve host {host}: the DNS lookup timed out.") from None
+        except (OSError, UnicodeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UnresolvableHost(f"Cannot resolve host {host}: {detail}.") from None
+        if not found:
+            raise UnresolvableHost(f"Cannot resolve host {host}: no addresses.")
+        if not allowed_name:
+            for ip in found:
+                self._check_ip(ip, f"{host} resolves to {ip},")
+        return found
+
+    def _check_ip(self, ip: IPAddress, subject: str) -> None:
+        reason = blocked_reason(ip)
+        if reason is not None and not self.allow.allows_ip(ip):
+            raise OutboundRefused(
+                f"Refused: {subject} {reason}. Add the host to {ALLOW_SETTING} to allow it."
+            )
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to addresses the policy allows.
+
+    It resolves the host itself, checks every address, and connects to a checked
+    address (trying each in turn), so what is checked is what is connected to.
+    """
+
+    def __init__(self, policy: OutboundPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.policy = policy
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self.policy.addresses(host, port)
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # `addresses` is never empty
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise OutboundRefused("Refused: Unix sockets cannot be called.")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+# httpx's own mapping lives in a private module; this is the same table.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _HTTPCORE_ERRORS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            with _httpx_errors():
+                await self._stream.aclose()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport whose connections go through `GuardedNetworkBackend`.
+
+    Use it with ``httpx.AsyncClient(transport=..., trust_env=False)``: with
+    ``trust_env`` on, proxies from the environment would get their own transports.
+    """
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        ssl_context: Any = None,
+        max_connections: int = 4,
+    ) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            network_backend=GuardedNetworkBackend(policy),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            response = await self._pool.handle_async_request(core_request)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
