@@ -1,0 +1,44 @@
+"""`text-transform`: the worked example of writing an executor.
+
+Reverses a payload and appends its length, as the Task Processor seed's worker
+does (``"Hello world!"`` → ``"!dlrow olleH (len=12)"``), and returns the seed's
+standard result object ``{taskId, result, processedAt}``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+
+from async_tasks import Step, Task, TaskExecutor, TaskParams
+
+
+class TextTransformParams(TaskParams):
+    payload: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000, description="The text to transform.")]
+    delay_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000, description="Pause per step, to watch it move.")] = 500
+
+
+class TextTransformExecutor(TaskExecutor[TextTransformParams]):
+    name = "text-transform"
+    title = "Text Transform"
+    description = "Reverses a payload and appends its length (the Task Processor seed's worker)."
+    Params = TextTransformParams
+    steps = (
+        Step("Reading Payload", "Decoding the submitted text", at=0),
+        Step("Reversing", "Reversing the characters", at=40),
+        Step("Measuring", "Counting the characters", at=80),
+    )
+
+    async def execute(self, task: Task, progress: Any) -> dict[str, Any]:
+        params: TextTransformParams = task.params
+        await progress(0)
+        await anyio.sleep(params.delay_ms / 1000)
+        await progress(40)
+        reversed_text = params.payload[::-1]
+        await anyio.sleep(params.delay_ms / 1000)
+        await progress(80)
+        result = f"{reversed_text} (len={len(params.payload)})"
+        return {"taskId": task.id, "result": result, "processedAt": datetime.now(UTC).isoformat()}

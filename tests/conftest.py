@@ -1,0 +1,69 @@
+"""Shared fixtures: a fresh app per test, in-process clients, test executors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from async_tasks.app import create_app
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.settings import Settings
+from tests.helpers import TEST_EXECUTORS
+
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def make_app() -> Callable[..., Litestar]:
+    """Build an app with test settings; keyword arguments override `Settings` fields."""
+
+    def build(
+        executors: Any = TEST_EXECUTORS,
+        *,
+        environ: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        load_entry_points: bool = True,
+        **overrides: Any,
+    ) -> Litestar:
+        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0}
+        fields.update(overrides)
+        return create_app(
+            Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
+        )
+
+    return build
+
+
+@pytest.fixture
+async def app(make_app: Callable[..., Litestar]) -> Litestar:
+    return make_app()
+
+
+@asynccontextmanager
+async def serve_in_loop(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """Run `app` (lifespan included) in the test's own event loop and give an httpx client.
+
+    Unlike Litestar's AsyncTestClient (which runs the app in a portal thread), the
+    runner's tasks then share the test's loop, so tests can wait on events and
+    `anyio.wait_all_tasks_blocked()` instead of sleeping.
+    """
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+            yield http
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_in_loop(app) as http:
+        yield http

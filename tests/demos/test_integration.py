@@ -1,0 +1,29 @@
+"""The seed's processLargeFile example, running inside a foreign app."""
+
+from __future__ import annotations
+
+import pytest
+
+from demos.integration import create_app
+from tests.conftest import serve_in_loop
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_process_large_file_returns_at_once_and_the_task_completes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_KEY", "integration-secret-0123456789")
+    app = create_app()
+    async with serve_in_loop(app) as client:
+        response = await client.post("/files/process", json={"fileName": "welcome.txt", "filePath": "welcome.txt"})
+        assert response.status_code == 202
+        body = response.json()
+        assert body["message"] == "File processing started" and body["status"] in ("pending", "running")
+        task = await wait_for(app, body["taskId"], "completed")
+        assert task.metadata == {"fileName": "welcome.txt", "fileSize": 0}
+        assert task.result["sizeBytes"] > 0
+        status = (await client.get(f"/api/v1/tasks/{body['taskId']}/status")).json()
+        assert status["status"] == "completed"
+        # The example's own executor is registered beside the installed ones.
+        names = [e["name"] for e in (await client.get("/api/v1/executors")).json()["executors"]]
+        assert "text-transform" in names and "file-processing" in names

@@ -1,0 +1,24 @@
+"""The worked example executor, tested the way DEMO_GUIDE.md shows."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from async_tasks.testing import run_executor
+from demos.text_transform import TextTransformExecutor
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_reverses_and_appends_length() -> None:
+    run = await run_executor(TextTransformExecutor, {"payload": "Hello world!", "delayMs": 0})
+    assert run.result["result"] == "!dlrow olleH (len=12)"
+    assert run.result["taskId"] == run.task.id
+    assert run.steps == ["Reading Payload", "Reversing", "Measuring"]
+    assert [r.percent for r in run.reports] == [0, 40, 80]
+
+
+async def test_empty_payload_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError, match="payload"):
+        await run_executor(TextTransformExecutor, {"payload": ""})

@@ -1,0 +1,118 @@
+"""Executors and waiting helpers shared by the tests (no real sleeping anywhere)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any, ClassVar
+
+import anyio
+import msgspec
+from litestar import Litestar
+
+from async_tasks import Step, TaskExecutor, TaskParams
+from async_tasks.events import TaskEvent
+from async_tasks.manager import TaskManager
+from async_tasks.task import Task
+
+
+class ScriptParams(TaskParams):
+    steps: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    hold: bool = False
+    fail: str | None = None
+    fail_attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    result: Any = None
+
+
+class ScriptExecutor(TaskExecutor[ScriptParams]):
+    """Does what its params say: report `steps` steps, then hold (until cancelled or
+    released), fail with a message, fail the first `failAttempts` attempts, or return
+    `result`."""
+
+    name = "script"
+    title = "Scripted Task"
+    Params = ScriptParams
+    steps = (Step("Warming Up", "getting ready", 0), Step("Working", "doing the work", 50))
+    released: ClassVar[dict[str, anyio.Event]] = {}
+
+    async def execute(self, task: Task, progress: Any) -> Any:
+        params: ScriptParams = task.params
+        for i in range(params.steps):
+            await progress(round((i + 1) * 90 / max(params.steps, 1)))
+        if params.hold:
+            event = self.released.setdefault(task.id, anyio.Event())
+            await event.wait()
+        if params.fail_attempts and task.attempts <= params.fail_attempts:
+            raise RuntimeError(f"attempt {task.attempts} failed on purpose")
+        if params.fail:
+            raise RuntimeError(params.fail)
+        return params.result if params.result is not None else {"steps": params.steps}
+
+    @classmethod
+    def release(cls, task_id: str) -> None:
+        cls.released.setdefault(task_id, anyio.Event()).set()
+
+
+class BlockingParams(TaskParams):
+    steps: int = 2
+
+
+class BlockingExecutor(TaskExecutor[BlockingParams]):
+    """A plain ``def execute``: runs in a worker thread, waits on a threading.Event."""
+
+    name = "blocking"
+    title = "Blocking Task"
+    Params = BlockingParams
+    gates: ClassVar[dict[str, threading.Event]] = {}
+
+    def execute(self, task: Task, progress: Any) -> Any:
+        gate = self.gates.setdefault(task.id, threading.Event())
+        progress(10, step="Blocking", description="in a worker thread")
+        gate.wait(5)
+        for i in range(task.params.steps):
+            progress(50 + i)
+        return {"thread": threading.current_thread().name != "MainThread"}
+
+
+TEST_EXECUTORS = [ScriptExecutor, BlockingExecutor]
+
+
+def manager_of(app: Litestar) -> TaskManager:
+    return app.state.task_manager  # type: ignore[no-any-return]
+
+
+def find_task(app: Litestar, task_id: str) -> Task | None:
+    for session in manager_of(app).store.sessions.values():
+        if task_id in session.tasks:
+            return session.tasks[task_id]
+    return None
+
+
+async def wait_for(app: Litestar, task_id: str, *statuses: str, progress: float | None = None) -> Task:
+    """Wait (on the event hub, not the clock) until the task reaches a status or progress.
+
+    The app must run in the caller's event loop (the `client` fixture / `serve_in_loop`).
+    """
+    hub = manager_of(app).store.events
+    reached = anyio.Event()
+
+    def done(task: Task | None) -> bool:
+        if task is None:
+            return False
+        if progress is not None and task.progress >= progress:
+            return True
+        return task.status.value in statuses
+
+    def listener(event: TaskEvent) -> None:
+        if event.task_id == task_id and done(find_task(app, task_id)):
+            reached.set()
+
+    unsubscribe = hub.subscribe(listener)
+    try:
+        with anyio.fail_after(5):
+            if not done(find_task(app, task_id)):
+                await reached.wait()
+    finally:
+        unsubscribe()
+    task = find_task(app, task_id)
+    assert task is not None
+    return task

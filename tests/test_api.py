@@ -1,0 +1,224 @@
+"""The HTTP contract: every endpoint's shape and every client mistake's error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from tests.helpers import ScriptExecutor, wait_for
+
+pytestmark = pytest.mark.anyio
+API = "/api/v1"
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False and body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "Traceback" not in response.text
+    return body  # type: ignore[no-any-return]
+
+
+async def test_create_is_pending_unless_started(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{API}/tasks", json={"executor": "script", "name": "Mine", "tags": ["a"]})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["success"] is True
+    task = body["task"]
+    assert (task["status"], task["progress"], task["name"], task["tags"], task["attempts"]) == (
+        "pending", 0, "Mine", ["a"], 0)
+    assert task["params"] == {"steps": 3, "hold": False, "fail": None, "failAttempts": 0, "result": None}
+    full_fields = {"id", "name", "executor", "status", "progress", "createdAt", "completedAt", "description",
+                   "params", "metadata", "tags", "currentStep", "currentStepDescription", "result", "error",
+                   "attempts", "sessionKey", "startedAt", "updatedAt", "history"}
+    assert full_fields <= set(task)
+
+
+async def test_start_then_status_has_the_seed_shape(client: httpx.AsyncClient, app: Litestar) -> None:
+    task = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+    started = await client.post(f"{API}/tasks/{task['id']}/start")
+    assert started.status_code == 200 and started.json()["task"]["status"] in ("running", "completed")
+    await wait_for(app, task["id"], "completed")
+    status = (await client.get(f"{API}/tasks/{task['id']}/status")).json()
+    assert list(status) == ["success", "status", "progress", "currentStep", "currentStepDescription",
+                            "startedAt", "completedAt", "error"]
+    assert status["status"] == "completed" and status["progress"] == 100 and status["error"] is None
+
+
+async def test_get_task_includes_history(client: httpx.AsyncClient) -> None:
+    task = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+    body = (await client.get(f"{API}/tasks/{task['id']}")).json()
+    assert body["task"]["history"][0]["status"] == "pending"
+
+
+async def test_list_filters_and_pages(client: httpx.AsyncClient, app: Litestar) -> None:
+    ids = []
+    for i in range(5):
+        body = {"executor": "script", "start": i < 2, "tags": ["even"] if i % 2 == 0 else []}
+        ids.append((await client.post(f"{API}/tasks", json=body)).json()["task"]["id"])
+    for task_id in ids[:2]:
+        await wait_for(app, task_id, "completed")
+    listing = (await client.get(f"{API}/tasks")).json()
+    assert [t["id"] for t in listing["tasks"]] == ids[::-1]  # newest first
+    assert listing["count"] == listing["total"] == 5
+    assert set(listing["tasks"][0]) >= {"id", "name", "executor", "status", "progress", "createdAt", "completedAt"}
+    completed = (await client.get(f"{API}/tasks", params={"status": "completed"})).json()
+    assert sorted(t["id"] for t in completed["tasks"]) == sorted(ids[:2])
+    tagged = (await client.get(f"{API}/tasks", params={"tag": "even"})).json()
+    assert sorted(t["id"] for t in tagged["tasks"]) == sorted([ids[0], ids[2], ids[4]])
+    page = (await client.get(f"{API}/tasks", params={"limit": 2, "offset": 1})).json()
+    assert [t["id"] for t in page["tasks"]] == [ids[3], ids[2]] and page["count"] == 2 and page["total"] == 5
+    by_executor = (await client.get(f"{API}/tasks", params={"executor": "blocking"})).json()
+    assert by_executor["tasks"] == [] and by_executor["total"] == 0
+
+
+async def test_stats_count_by_status(client: httpx.AsyncClient, app: Litestar) -> None:
+    done = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
+    await wait_for(app, done["id"], "completed")
+    pending = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+    await client.post(f"{API}/tasks/{pending['id']}/cancel")
+    await client.post(f"{API}/tasks", json={"executor": "script"})
+    stats = (await client.get(f"{API}/tasks/stats")).json()["stats"]
+    assert {k: stats[k] for k in ("total", "pending", "running", "completed", "failed", "cancelled")} == {
+        "total": 3, "pending": 1, "running": 0, "completed": 1, "failed": 0, "cancelled": 1}
+
+
+async def test_delete(client: httpx.AsyncClient, app: Litestar) -> None:
+    running = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True,
+                                                        "params": {"hold": True}})).json()["task"]
+    assert_error(await client.delete(f"{API}/tasks/{running['id']}"), 409, "invalid_transition")
+    await client.post(f"{API}/tasks/{running['id']}/cancel")
+    assert (await client.delete(f"{API}/tasks/{running['id']}")).status_code == 204
+    assert_error(await client.get(f"{API}/tasks/{running['id']}"), 404, "task_not_found")
+    pending = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+    assert (await client.delete(f"{API}/tasks/{pending['id']}")).status_code == 204
+    assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["total"] == 0
+    ScriptExecutor.release(running["id"])
+
+
+async def test_demo_endpoint_matches_the_seed(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{API}/demo/tasks/sample", json={"delayMs": 0, "description": "My first"})
+    assert response.status_code == 201
+    body = response.json()
+    assert list(body) == ["success", "message", "task", "note"]
+    assert body["message"] == "Sample Long-Running Task created and started"
+    assert set(body["task"]) == {"id", "name", "status", "progress", "sessionKey"}
+    assert body["task"]["sessionKey"].startswith("ip_")
+
+
+async def test_generic_demo_route_runs_any_executor(client: httpx.AsyncClient, app: Litestar) -> None:
+    response = await client.post(f"{API}/demo/tasks/script", json={"steps": 1, "priority": 3})
+    assert response.status_code == 201
+    task = await wait_for(app, response.json()["task"]["id"], "completed")
+    assert task.priority == 3 and task.params.steps == 1
+
+
+async def test_executors_are_listed_with_schemas(client: httpx.AsyncClient) -> None:
+    body = (await client.get(f"{API}/executors")).json()
+    by_name = {e["name"]: e for e in body["executors"]}
+    assert {"sample", "file-processing", "api-call", "batch", "script", "blocking"} <= set(by_name)
+    script = by_name["script"]
+    assert script["title"] == "Scripted Task" and script["demoPath"] == "/api/v1/demo/tasks/script"
+    assert [s["name"] for s in script["steps"]] == ["Warming Up", "Working"]
+    assert "steps" in script["paramsSchema"]["$defs"]["ScriptParams"]["properties"]
+    assert by_name["blocking"]["blocking"] is True
+
+
+async def test_openapi_documents_each_executor_params(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/api/v1/demo/tasks/sample" in schema["paths"]
+    components = schema["components"]["schemas"]
+    sample = next(v for k, v in components.items() if k.endswith("SampleDemoRequest"))
+    assert "delayMs" in sample["properties"] and "description" in sample["properties"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/tasks", b"{not json", 400, "malformed_json"),
+        ("POST", "/tasks", {"executor": 5}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "script", "bogus": 1}, 400, "validation_error"),
+        ("POST", "/tasks", {}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "nope"}, 400, "unknown_executor"),
+        ("POST", "/tasks", {"executor": "script", "params": {"steps": "many"}}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "params": {"steps": 101}}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "params": {"unknown": 1}}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "priority": 10**6}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "script", "timeoutMs": 0}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "script", "timeoutMs": 86_400_000}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "maxRetries": 11}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "tags": ["x" * 65]}, 400, "validation_error"),
+        ("POST", "/demo/tasks/sample", {"delayMs": -1}, 400, "validation_error"),
+        ("POST", "/demo/tasks/sample", {"delayMs": 10**9}, 400, "validation_error"),
+        ("POST", "/demo/tasks/sample", {"delayMs": "soon"}, 400, "validation_error"),
+        ("POST", "/demo/tasks/sample", {"colour": "red"}, 400, "validation_error"),
+        ("POST", "/demo/tasks/sample", [1, 2], 400, "validation_error"),
+        ("POST", "/demo/tasks/nope", {}, 404, "unknown_executor"),
+        ("POST", "/demo/tasks/script", {"priority": "high"}, 400, "validation_error"),
+        ("GET", "/tasks?status=sleeping", None, 400, "validation_error"),
+        ("GET", "/tasks?limit=0", None, 400, "validation_error"),
+        ("GET", "/tasks?offset=-1", None, 400, "validation_error"),
+        ("GET", "/tasks/does-not-exist", None, 404, "task_not_found"),
+        ("GET", "/tasks/does-not-exist/status", None, 404, "task_not_found"),
+        ("POST", "/tasks/does-not-exist/start", None, 404, "task_not_found"),
+        ("POST", "/tasks/does-not-exist/cancel", None, 404, "task_not_found"),
+        ("POST", "/tasks/does-not-exist/retry", None, 404, "task_not_found"),
+        ("DELETE", "/tasks/does-not-exist", None, 404, "task_not_found"),
+        ("GET", "/nowhere", None, 404, "not_found"),
+        ("PUT", "/tasks", None, 405, "method_not_allowed"),
+    ],
+)
+async def test_client_mistakes_get_the_error_body(
+    client: httpx.AsyncClient, method: str, path: str, body: Any, status: int, code: str
+) -> None:
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs = {"content": body, "headers": {"content-type": "application/json"}}
+    elif body is not None:
+        kwargs = {"json": body}
+    assert_error(await client.request(method, f"{API}{path}", **kwargs), status, code)
+
+
+async def test_params_error_names_the_field(client: httpx.AsyncClient) -> None:
+    body = assert_error(await client.post(f"{API}/tasks", json={"executor": "script", "params": {"steps": "x"}}),
+                        400, "invalid_params")
+    assert body["error"]["details"][0]["key"] == "params.steps"
+    body = assert_error(await client.post(f"{API}/demo/tasks/sample", json={"delayMs": "x"}), 400,
+                        "validation_error")
+    assert body["error"]["details"][0]["key"] == "delayMs"
+
+
+async def test_oversized_body_is_413(make_app: Any) -> None:
+    from tests.conftest import serve_in_loop
+
+    async with serve_in_loop(make_app(max_request_body_bytes=2048)) as client:
+        response = await client.post(f"{API}/tasks", json={"executor": "script", "description": "x" * 5000})
+        assert_error(response, 413, "request_too_large")
+
+
+@pytest.mark.parametrize(("action", "setup"), [
+    ("start", "running"), ("start", "completed"), ("cancel", "completed"),
+    ("retry", "pending"), ("retry", "running"), ("retry", "completed"),
+])
+async def test_illegal_actions_are_409(client: httpx.AsyncClient, app: Litestar, action: str, setup: str) -> None:
+    params = {"hold": setup == "running"}
+    task = (await client.post(f"{API}/tasks", json={"executor": "script", "params": params,
+                                                     "start": setup != "pending"})).json()["task"]
+    if setup == "completed":
+        await wait_for(app, task["id"], "completed")
+    body = assert_error(await client.post(f"{API}/tasks/{task['id']}/{action}"), 409, "invalid_transition")
+    assert body["error"]["details"]["status"] == setup
+    ScriptExecutor.release(task["id"])
+
+
+async def test_retry_of_cancelled_task_runs_it_again(client: httpx.AsyncClient, app: Litestar) -> None:
+    task = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+    await client.post(f"{API}/tasks/{task['id']}/cancel")
+    response = await client.post(f"{API}/tasks/{task['id']}/retry")
+    assert response.status_code == 200
+    done = await wait_for(app, task["id"], "completed")
+    assert [h.status.value for h in done.history] == ["pending", "cancelled", "pending", "running", "completed"]

@@ -1,0 +1,101 @@
+"""Every curl example in DEMO_GUIDE.md runs as written against real servers.
+
+The guide's blocks are run in order in one bash process (so `TASK_ID=...` set by
+one block is used by the next), with only the port rewritten: `localhost:3000`
+is the server of the quick start, `localhost:3001` the integration example.
+A block starting with `# expect: error` must answer with the error body; every
+other block must not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "DEMO_GUIDE.md"
+BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
+SEPARATOR = "=====GUIDE-BLOCK====="
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the server's own start-up, not background work
+        if process.poll() is not None:
+            raise RuntimeError(f"{command} exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{command} did not start listening on {port}")
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[int, int]]:
+    main_port, integration_port = free_port(), free_port()
+    env = {**os.environ, "SECRET_KEY": "demo-guide-secret-0123456789", "API_CALL_ALLOW_HOSTS": "127.0.0.1",
+           "TASK_CREATE_RATE": "0"}
+    main = start([sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port)
+    integration = start([sys.executable, "-m", "uvicorn", "demos.integration:create_app", "--factory",
+                         "--port", str(integration_port), "--log-level", "warning"], env, integration_port)
+    try:
+        yield main_port, integration_port
+    finally:
+        for process in (main, integration):
+            process.terminate()
+            process.wait(timeout=15)
+
+
+def guide_blocks() -> list[str]:
+    blocks = BLOCK.findall(GUIDE.read_text())
+    return [b for b in blocks if "curl" in b and "async-tasks serve" not in b and "uvicorn " not in b]
+
+
+def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
+    text = "\n".join(guide_blocks())
+    for path in ["demo/tasks/sample", "demo/tasks/file-processing", "demo/tasks/api-call", "demo/tasks/batch",
+                 "/status", "/cancel", "/retry", "/start", "tasks/stats", "cleanup/status", "cleanup/run",
+                 "/session", "/executors", "-X DELETE", "files/process"]:
+        assert path in text, path
+
+
+def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
+    main_port, integration_port = servers
+    blocks = guide_blocks()
+    script = ["set -u"]
+    for block in blocks:
+        code = block.replace("localhost:3000", f"127.0.0.1:{main_port}").replace(
+            "127.0.0.1:3000", f"127.0.0.1:{main_port}").replace("localhost:3001", f"127.0.0.1:{integration_port}")
+        script += [f"echo '{SEPARATOR}'", code]
+    result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120)
+    outputs = result.stdout.split(SEPARATOR + "\n")[1:]
+    assert len(outputs) == len(blocks), result.stderr
+    for block, output in zip(blocks, outputs, strict=True):
+        expect_error = block.lstrip().startswith("# expect: error")
+        prints = any(line.startswith("curl") for line in block.splitlines())
+        assert output.strip() or not prints, f"no output from:\n{block}\nstderr: {result.stderr}"
+        if expect_error:
+            assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
+        else:
+            assert '"success":false' not in output and "Internal" not in output, f"{block}\n->\n{output}"
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,117 @@
+"""Executors registered by entry point and in code; the plugin inside a foreign app."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar, Request, get, post
+from litestar.di import NamedDependency
+
+from async_tasks import AsyncTasksPlugin, TaskExecutor, TaskManager
+from async_tasks.errors import ExecutorRegistrationError
+from async_tasks.executor import ExecutorRegistry
+from async_tasks.settings import Settings
+from executors.sample import SampleExecutor
+from tests.conftest import SECRET, serve_in_loop
+from tests.helpers import ScriptExecutor, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+def test_builtins_register_through_entry_points() -> None:
+    registry = ExecutorRegistry.build()
+    assert {"sample", "file-processing", "api-call", "batch"} <= set(registry.names())
+    assert isinstance(registry.get("sample"), SampleExecutor)
+
+
+def test_third_party_entry_point_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package declaring `[project.entry-points."async_tasks.executors"]` needs nothing else."""
+    ep = EntryPoint(name="script", value="tests.helpers:ScriptExecutor", group="async_tasks.executors")
+    monkeypatch.setattr("async_tasks.executor.entry_points", lambda group: [ep])
+    registry = ExecutorRegistry.build()
+    assert registry.names() == ["script"] and isinstance(registry.get("script"), ScriptExecutor)
+
+
+def test_duplicate_names_are_refused() -> None:
+    class Impostor(TaskExecutor[Any]):
+        name = "sample"
+
+        async def execute(self, task: Any, progress: Any) -> None: ...
+
+    with pytest.raises(ExecutorRegistrationError, match="Duplicate executor name 'sample'"):
+        ExecutorRegistry.build([Impostor])
+
+
+@pytest.mark.parametrize("broken", ["no_name", "no_execute", "bad_params"])
+def test_half_defined_executors_are_refused(broken: str) -> None:
+    attrs: dict[str, Any] = {"name": "x"}
+    if broken == "no_name":
+        attrs = {}
+    if broken != "no_execute":
+        async def execute(self: Any, task: Any, progress: Any) -> None: ...
+        attrs["execute"] = execute
+    if broken == "bad_params":
+        attrs["Params"] = dict
+    cls = type("Broken", (TaskExecutor,), attrs)
+    with pytest.raises(ExecutorRegistrationError):
+        ExecutorRegistry.build([cls], load_entry_points=False)
+
+
+async def test_plugin_in_a_foreign_app_with_its_own_routes() -> None:
+    """The seed's `createTask(req, {...})`: a handler gets `task_manager` injected and returns at once."""
+
+    @get("/")
+    async def home() -> dict[str, str]:
+        return {"app": "mine"}
+
+    @post("/files/process")
+    async def process_file(request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+                           ) -> dict[str, Any]:
+        task = await task_manager.create_task(
+            request, executor="script", params={"steps": 2}, name="File Processing",
+            description="Processing uploaded file", metadata={"fileName": "a.txt"},
+        )
+        return {"message": "File processing started", "taskId": task.id, "status": task.status.value}
+
+    plugin = AsyncTasksPlugin(executors=[ScriptExecutor], path="/tasks-api", load_entry_points=False,
+                              settings=Settings(secret_key=SECRET))
+    app = Litestar(route_handlers=[home, process_file], plugins=[plugin])
+    async with serve_in_loop(app) as client:
+        assert (await client.get("/")).json() == {"app": "mine"}
+        started = (await client.post("/files/process")).json()
+        assert started["message"] == "File processing started" and started["status"] == "running"
+        task = await wait_for(app, started["taskId"], "completed")
+        assert task.metadata == {"fileName": "a.txt"} and task.name == "File Processing"
+        status = await client.get(f"/tasks-api/tasks/{started['taskId']}/status")
+        assert status.status_code == 200 and status.json()["status"] == "completed"
+        assert (await client.get("/api/v1/tasks")).status_code == 404  # mounted where asked, only there
+        executors = (await client.get("/tasks-api/executors")).json()["executors"]
+        assert [e["name"] for e in executors] == ["script"]
+
+
+async def test_create_app_takes_executors_in_code(make_app: Any) -> None:
+    class Hello(TaskExecutor[Any]):
+        name = "hello"
+        title = "Say Hello"
+
+        async def execute(self, task: Any, progress: Any) -> str:
+            await progress(50, step="Greeting", description="saying hello")
+            return "hello"
+
+    app = make_app([Hello], load_entry_points=False)
+    async with serve_in_loop(app) as client:
+        response = await client.post("/api/v1/demo/tasks/hello", json={})
+        assert response.status_code == 201
+        done = await wait_for(app, response.json()["task"]["id"], "completed")
+        assert done.result == "hello" and done.name == "Say Hello"
+
+
+async def test_task_manager_works_without_a_request(client: httpx.AsyncClient, app: Litestar) -> None:
+    """Background code can create tasks in a named session."""
+    manager: TaskManager = app.state.task_manager
+    task = await manager.create_task("s_batch-job", executor="script")
+    await wait_for(app, task.id, "completed")
+    assert manager.list_tasks("s_batch-job")[1] == 1

@@ -1,0 +1,127 @@
+"""Session isolation: token (header or cookie), IP mapping, and the shared mode."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from tests.conftest import serve_in_loop
+
+pytestmark = pytest.mark.anyio
+API = "/api/v1"
+
+
+@asynccontextmanager
+async def from_ip(app: Litestar, ip: str) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+        yield client
+
+
+async def new_token(client: httpx.AsyncClient) -> str:
+    response = await client.post(f"{API}/session")
+    assert response.status_code == 201
+    return response.json()["token"]  # type: ignore[no-any-return]
+
+
+async def assert_foreign(client: httpx.AsyncClient, task_id: str, headers: dict[str, str] | None = None) -> None:
+    """Every operation on another session's task is a 404, and lists and stats do not count it."""
+    for method, path in [("GET", ""), ("GET", "/status"), ("POST", "/start"), ("POST", "/cancel"),
+                         ("POST", "/retry"), ("DELETE", "")]:
+        response = await client.request(method, f"{API}/tasks/{task_id}{path}", headers=headers)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "task_not_found", (method, path)
+    listing = (await client.get(f"{API}/tasks", headers=headers)).json()
+    assert task_id not in [t["id"] for t in listing["tasks"]]
+    stats = (await client.get(f"{API}/tasks/stats", headers=headers)).json()["stats"]
+    assert stats["total"] == listing["total"]
+
+
+async def test_two_tokens_are_isolated(client: httpx.AsyncClient) -> None:
+    alice, bob = await new_token(client), await new_token(client)
+    task = (await client.post(f"{API}/tasks", json={"executor": "script"},
+                              headers={"X-Session-Token": alice})).json()["task"]
+    assert task["sessionKey"].startswith("s_")
+    await assert_foreign(client, task["id"], {"X-Session-Token": bob})
+    await assert_foreign(client, task["id"])  # the IP session is a third one
+    mine = (await client.get(f"{API}/tasks/{task['id']}", headers={"X-Session-Token": alice}))
+    assert mine.status_code == 200
+
+
+async def test_two_ips_are_isolated(app: Litestar) -> None:
+    async with app.lifespan(), from_ip(app, "10.1.1.1") as one, from_ip(app, "10.2.2.2") as two:
+        task = (await one.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+        assert task["sessionKey"].startswith("ip_") and "10.1.1.1" not in task["sessionKey"]
+        await assert_foreign(two, task["id"])
+        assert (await one.get(f"{API}/tasks")).json()["total"] == 1
+
+
+async def test_same_ip_is_the_same_session(app: Litestar) -> None:
+    async with app.lifespan(), from_ip(app, "10.1.1.1") as one, from_ip(app, "10.1.1.1") as again:
+        task = (await one.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+        assert (await again.get(f"{API}/tasks/{task['id']}")).status_code == 200
+
+
+async def test_session_cookie_is_issued_and_honoured(make_app: Callable[..., Litestar]) -> None:
+    """Without IP mapping, a first request gets a new session: token header plus HttpOnly cookie."""
+    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
+        first = await client.post(f"{API}/tasks", json={"executor": "script"})
+        cookie = first.headers["set-cookie"]
+        assert "async_tasks_session=" in cookie and "HttpOnly" in cookie and "Path=/" in cookie
+        assert "SameSite=lax" in cookie or "SameSite=Lax" in cookie
+        assert first.headers["x-session-token"]
+        # httpx keeps the cookie: the next request is in the same session.
+        task_id = first.json()["task"]["id"]
+        assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 200
+        client.cookies.clear()
+        assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 404
+
+
+@pytest.mark.parametrize("forged", ["", "garbage", "s_abc", "a" * 5000, "eyJ.x.y", "s_x.AAAA.BBBB"])
+async def test_forged_token_is_treated_as_absent(make_app: Callable[..., Litestar], forged: str) -> None:
+    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
+        response = await client.get(f"{API}/session", headers={"X-Session-Token": forged})
+        assert response.status_code == 200
+        assert response.json()["sessionKey"].startswith("s_")
+        assert response.headers.get("x-session-token")  # a fresh session was issued
+
+
+async def test_token_from_other_key_is_not_accepted(make_app: Callable[..., Litestar]) -> None:
+    async with serve_in_loop(make_app(secret_key="another-secret-key-abcdefghij")) as other:
+        token = await new_token(other)
+    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
+        response = await client.get(f"{API}/session", headers={"X-Session-Token": token})
+        assert response.headers.get("x-session-token") and response.headers["x-session-token"] != token
+
+
+async def test_key_rotation_accepts_old_tokens(make_app: Callable[..., Litestar]) -> None:
+    old = "old-secret-key-0123456789abcdef"
+    async with serve_in_loop(make_app(secret_key=old)) as before:
+        token = await new_token(before)
+        key = (await before.get(f"{API}/session", headers={"X-Session-Token": token})).json()["sessionKey"]
+    async with serve_in_loop(make_app(secret_key=f"new-secret-key-0123456789abcdef,{old}",
+                                      auto_map_session_by_ip=False)) as after:
+        response = await after.get(f"{API}/session", headers={"X-Session-Token": token})
+        assert response.json()["sessionKey"] == key and "x-session-token" not in response.headers
+
+
+async def test_isolation_disabled_shares_one_session(make_app: Callable[..., Litestar]) -> None:
+    app = make_app(enable_session_isolation=False)
+    async with app.lifespan(), from_ip(app, "10.1.1.1") as one, from_ip(app, "10.2.2.2") as two:
+        task = (await one.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
+        assert task["sessionKey"] == "shared"
+        assert (await two.get(f"{API}/tasks/{task['id']}")).status_code == 200
+
+
+async def test_new_session_endpoint_starts_an_empty_session(client: httpx.AsyncClient) -> None:
+    await client.post(f"{API}/tasks", json={"executor": "script"})
+    response = await client.post(f"{API}/session")
+    body: dict[str, Any] = response.json()
+    assert body["sessionKey"].startswith("s_") and body["token"]
+    assert "async_tasks_session=" in response.headers["set-cookie"]
+    listing = (await client.get(f"{API}/tasks", headers={"X-Session-Token": body["token"]})).json()
+    assert listing["total"] == 0
