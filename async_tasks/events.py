@@ -33,6 +33,11 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     previous: str | None = None
     error: str | None = None
     result: Any = None
+    # Filled by the push streams (`async_tasks.streams`); the store leaves the defaults.
+    #: The task's display name (null on `removed`: the task is gone).
+    name: str | None = None
+    #: The attempt the event belongs to (`Task.attempts`; 0 before the first run).
+    attempt: int = 0
 
 
 EventListener = Callable[[TaskEvent], None]

@@ -1,0 +1,483 @@
+"""Push streams: task events to SSE and WebSocket clients, through Litestar channels.
+
+    store ──TaskEvent──▶ EventHub ──▶ StreamBridge ──▶ ChannelsPlugin channel ``session:<key>``
+                                                        └──▶ one Subscriber per open stream ──▶ SSE / WS
+
+The bridge is an `EventHub` listener. It forwards the events of a session only
+while that session has an open stream, and it is attached to the hub only while
+some stream is open: with no stream anywhere it costs nothing (the store builds
+events only when the hub has a listener); with streams in other sessions, one dict
+lookup per event.
+
+* **Coalescing.** Progress events are throttled per task: the first report after a
+  quiet `coalesce_window` goes out at once, later ones inside the window collapse
+  into one pending event (latest wins) sent when the window ends. Transitions and
+  removals are never coalesced and always flush the task's pending progress first,
+  so a client sees the order the store produced.
+* **Back-pressure.** Each open stream is a channels `Subscriber` with a bounded
+  backlog (`max_backlog`, ``dropleft``). Overflow is counted in
+  `events_dropped_total`; a stream that lost events re-synchronises by sending fresh
+  `snapshot` events from the store, so a slow client ends up right, just coarser.
+* **Consistency.** A stream first yields `OPENED` once it is subscribed (the HTTP
+  layer waits for it before sending the response headers, so a client holding the
+  headers misses nothing). Every forwarded event carries a sequence number taken
+  when the store produced it; a stream sends its snapshots, then only events newer
+  than them, so a snapshot is never followed by an older state.
+* **Shutdown.** `close()` sets `closing`, stops forwarding and ends every open
+  stream at once. The plugin calls it when shutdown begins (SIGTERM through
+  `AsyncTasksPlugin.request_shutdown`, or the end of the lifespan), before the
+  runner cancels tasks, so open streams never hold the server open.
+
+Channels runs on asyncio (``asyncio.Queue`` and tasks), like the rest of the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Final, NamedTuple
+
+import anyio
+import anyio.abc
+import msgspec
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.base import ChannelsBackend
+from litestar.channels.backends.memory import MemoryChannelsBackend
+from litestar.channels.subscriber import BacklogStrategy, Subscriber
+
+from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.store import TaskStore
+from async_tasks.task import TERMINAL, Task, TaskStatus
+
+logger = logging.getLogger("async_tasks.streams")
+
+#: Seconds between keep-alive comments on an idle SSE stream.
+KEEPALIVE_INTERVAL: Final = 15.0
+#: Seconds: at most one progress event per task per window reaches clients.
+COALESCE_WINDOW: Final = 0.1
+#: Events held for one stream that is not reading fast enough; older ones are dropped.
+MAX_BACKLOG: Final = 1000
+CHANNEL_PREFIX: Final = "session:"
+
+_TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
+_KEEPALIVE_ITEM: Final = b""  # never a valid envelope
+
+
+class Frame(NamedTuple):
+    """One message of a stream: the event type and the TaskEvent JSON (camelCase)."""
+
+    type: str
+    data: bytes
+
+
+#: Yielded by an SSE stream when it has been idle (the SSE layer writes a comment).
+KEEPALIVE: Final = Frame("keep-alive", b"")
+#: The first item of every stream, once it is subscribed: whatever happens from then
+#: on reaches it. The HTTP layer waits for it before sending the response headers.
+OPENED: Final = Frame("opened", b"")
+
+
+class _Envelope(msgspec.Struct, array_like=True, gc=False):
+    """What travels through the channel: routing fields and the encoded event."""
+
+    seq: int
+    task_id: str
+    type: str
+    status: str
+    attempt: int
+    event: msgspec.Raw
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+class StreamSubscriber(Subscriber):
+    """A channels subscriber that counts what its bounded backlog drops."""
+
+    def __init__(
+        self,
+        plugin: ChannelsPlugin,
+        max_backlog: int | None = None,
+        backlog_strategy: BacklogStrategy = "backoff",
+    ) -> None:
+        super().__init__(plugin, max_backlog, backlog_strategy)
+        self.max_backlog = max_backlog or 0
+        #: Events lost by this subscriber (its backlog was full).
+        self.dropped = 0
+        #: Whether the stream wants keep-alive items when idle (SSE does, WS does not).
+        self.keepalive = False
+        self.on_drop: Callable[[], None] | None = None
+
+    def put_nowait(self, item: bytes | None) -> bool:
+        if item and self.max_backlog and self.qsize >= self.max_backlog:
+            # "dropleft" discards the oldest item, "backoff" refuses this one: one lost either way.
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+        return super().put_nowait(item)
+
+
+class _Session:
+    """Bookkeeping of one session with at least one open stream."""
+
+    __slots__ = ("channel", "key", "last_sent", "subscribers")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.channel = CHANNEL_PREFIX + key
+        self.subscribers: set[StreamSubscriber] = set()
+        #: task id -> monotonic time its last progress event went out (coalescing only).
+        self.last_sent: dict[str, float] = {}
+
+
+class _Pending:
+    """The latest progress event of a task held back by coalescing."""
+
+    __slots__ = ("due", "event", "seq", "session")
+
+    def __init__(self, session: _Session, event: TaskEvent, seq: int, due: float) -> None:
+        self.session = session
+        self.event = event
+        self.seq = seq
+        self.due = due
+
+
+class StreamBridge:
+    """Forwards task events to the open push streams of their session."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        coalesce_window: float = COALESCE_WINDOW,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        max_backlog: int = MAX_BACKLOG,
+        backend: ChannelsBackend | None = None,
+    ) -> None:
+        """
+        Args:
+            store: where snapshots come from; its `EventHub` is where events come from.
+            coalesce_window: seconds; 0 forwards every progress event.
+            keepalive_interval: seconds between keep-alives on idle SSE streams.
+            max_backlog: events held per stream before the oldest are dropped.
+            backend: the channels backend (in-memory by default).
+        """
+        self.store = store
+        self.hub: EventHub = store.events
+        self.coalesce_window = coalesce_window
+        self.keepalive_interval = keepalive_interval
+        self.channels = ChannelsPlugin(
+            backend=backend or MemoryChannelsBackend(),
+            arbitrary_channels_allowed=True,
+            subscriber_max_backlog=max_backlog,
+            subscriber_backlog_strategy="dropleft",
+            subscriber_class=StreamSubscriber,
+        )
+        #: Sessions with at least one open stream, by session key.
+        self.sessions: dict[str, _Session] = {}
+        #: Events lost because a stream's backlog was full (for metrics).
+        self.events_dropped_total = 0
+        #: Progress events replaced by a later one inside the coalescing window.
+        self.events_coalesced_total = 0
+        #: Events handed to the channels (one per event, whatever the number of streams).
+        self.events_published_total = 0
+        self.running = False
+        self._closing: anyio.Event | None = None
+        self._wakeup: anyio.Event | None = None
+        self._seq = 0
+        self._pending: dict[str, _Pending] = {}
+        self._detach: Callable[[], None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def closing(self) -> anyio.Event:
+        """Set when the app shuts down: every stream returns, nothing more is forwarded."""
+        if self._closing is None:
+            self._closing = anyio.Event()
+        return self._closing
+
+    @property
+    def subscriber_count(self) -> int:
+        """Open streams (SSE and WebSocket) in all sessions."""
+        return sum(len(session.subscribers) for session in self.sessions.values())
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; start with ``await tg.start(bridge.run)`` in the lifespan."""
+        self._closing = anyio.Event()
+        self._wakeup = anyio.Event()
+        await self.channels.__aenter__()
+        self.running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flush_loop)
+                tg.start_soon(self._keepalive_loop)
+                task_status.started()
+        finally:
+            self.close()
+            self.running = False
+            with anyio.move_on_after(2, shield=True):
+                await self.channels.__aexit__(None, None, None)
+
+    def close(self) -> None:
+        """End every open stream now and stop forwarding events (idempotent)."""
+        self.closing.set()
+        self._detach_hub()
+        self._pending.clear()
+        for session in self.sessions.values():
+            for subscriber in session.subscribers:
+                subscriber.put_nowait(None)  # ends its iter_events()
+
+    def _count_drop(self) -> None:
+        self.events_dropped_total += 1
+
+    def _detach_hub(self) -> None:
+        if self._detach is not None:
+            detach, self._detach = self._detach, None
+            detach()
+
+    # -- from the hub: coalescing and forwarding -------------------------------------
+
+    def _on_event(self, event: TaskEvent) -> None:
+        # Called synchronously inside the store's transition: never raise into it.
+        try:
+            self._forward(event)
+        except Exception:
+            logger.exception("Could not forward a %s event of task %s", event.type.value, event.task_id)
+
+    def _forward(self, event: TaskEvent) -> None:
+        session = self.sessions.get(event.session_key)
+        if session is None or not self.running or self.closing.is_set():
+            return  # nobody in this session is listening
+        self._seq += 1
+        seq = self._seq
+        task_id = event.task_id
+        if event.type is EventType.PROGRESS:
+            window = self.coalesce_window
+            if window > 0:
+                pending = self._pending.get(task_id)
+                if pending is not None:
+                    pending.event, pending.seq = event, seq
+                    self.events_coalesced_total += 1
+                    return
+                now = time.monotonic()
+                last = session.last_sent.get(task_id)
+                if last is not None and now - last < window:
+                    self._pending[task_id] = _Pending(session, event, seq, last + window)
+                    if self._wakeup is not None:
+                        self._wakeup.set()
+                    return
+                session.last_sent[task_id] = now
+            self._publish(session, event, seq)
+            return
+        pending = self._pending.pop(task_id, None)
+        if pending is not None:
+            self._publish(session, pending.event, pending.seq)
+        if event.type is EventType.REMOVED or event.status in _TERMINAL_VALUES:
+            session.last_sent.pop(task_id, None)
+        self._publish(session, event, seq)
+
+    def _publish(self, session: _Session, event: TaskEvent, seq: int) -> None:
+        task = self._task(session.key, event.task_id)
+        if task is not None:
+            changes: dict[str, Any] = {"name": task.name, "attempt": task.attempts}
+            if event.type is EventType.TRANSITION and event.status == TaskStatus.COMPLETED.value:
+                changes["result"] = task.result
+            event = msgspec.structs.replace(event, **changes)
+        envelope = _Envelope(seq, event.task_id, event.type.value, event.status, event.attempt,
+                             msgspec.Raw(_encode(event)))
+        self.channels.publish(_encode(envelope), session.channel)
+        self.events_published_total += 1
+
+    async def _flush_loop(self) -> None:
+        """Send each held-back progress event when its task's window ends."""
+        while True:
+            assert self._wakeup is not None
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            while self._pending:
+                delay = min(pending.due for pending in self._pending.values()) - time.monotonic()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                self._flush_due(time.monotonic())
+
+    def _flush_due(self, now: float) -> None:
+        for task_id, pending in list(self._pending.items()):
+            if pending.due <= now:
+                del self._pending[task_id]
+                if self.sessions.get(pending.session.key) is pending.session:
+                    pending.session.last_sent[task_id] = now
+                    self._publish(pending.session, pending.event, pending.seq)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.keepalive_interval)
+            for session in list(self.sessions.values()):
+                for subscriber in list(session.subscribers):
+                    if subscriber.keepalive and subscriber.qsize == 0:
+                        subscriber.put_nowait(_KEEPALIVE_ITEM)
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _subscription(self, session_key: str, *, keepalive: bool) -> AsyncIterator[StreamSubscriber]:
+        session = self.sessions.get(session_key)
+        if session is None:
+            session = self.sessions[session_key] = _Session(session_key)
+            if self._detach is None and not self.closing.is_set():
+                self._detach = self.hub.subscribe(self._on_event)
+        subscriber: StreamSubscriber | None = None
+        try:
+            new = await self.channels.subscribe(session.channel)
+            assert isinstance(new, StreamSubscriber)
+            subscriber = new
+            subscriber.keepalive = keepalive
+            subscriber.on_drop = self._count_drop
+            session.subscribers.add(subscriber)
+            if self.closing.is_set():  # closed while we subscribed: end after the snapshot
+                subscriber.put_nowait(None)
+            yield subscriber
+        finally:
+            with anyio.CancelScope(shield=True):
+                if subscriber is not None:
+                    session.subscribers.discard(subscriber)
+                    await self.channels.unsubscribe(subscriber, session.channel)
+                    self._forget_channel(session.channel)
+                if not session.subscribers and self.sessions.get(session_key) is session:
+                    del self.sessions[session_key]
+                    for task_id in [tid for tid, p in self._pending.items() if p.session is session]:
+                        del self._pending[task_id]
+                    if not self.sessions:
+                        self._detach_hub()
+
+    def _forget_channel(self, channel: str) -> None:
+        # ChannelsPlugin keeps an empty subscriber set per channel ever used; with one
+        # channel per session that would grow with every session that ever streamed.
+        known: dict[str, set[Subscriber]] | None = getattr(self.channels, "_channels", None)
+        if known is not None and not known.get(channel, True):
+            del known[channel]
+
+    # -- streams ----------------------------------------------------------------------
+
+    async def session_stream(self, session_key: str, *, keepalive: bool = True) -> AsyncGenerator[Frame, None]:
+        """`OPENED`, a `snapshot` of each task of the session (oldest first), then its
+        events live, until `closing` (or the consumer stops). Yields `KEEPALIVE` when
+        idle if `keepalive`."""
+        if not self.running or self.closing.is_set():
+            yield OPENED
+            for frame in self._snapshots(session_key):
+                yield frame
+            return
+        async with self._subscription(session_key, keepalive=keepalive) as subscriber:
+            yield OPENED
+            # Snapshots as late as possible (when the consumer starts reading), and the
+            # floor at the same moment: queued events up to it are already in them.
+            floor = self._seq
+            for frame in self._snapshots(session_key):
+                yield frame
+            seen_drops = 0
+            async for raw in subscriber.iter_events():
+                if self.closing.is_set():
+                    return
+                if not raw:
+                    yield KEEPALIVE
+                    continue
+                if subscriber.dropped != seen_drops:
+                    # We fell behind and lost events: start again from the store's state.
+                    seen_drops = subscriber.dropped
+                    floor = self._seq
+                    for frame in self._snapshots(session_key):
+                        yield frame
+                    continue
+                envelope = _decode_envelope(raw)
+                if envelope.seq > floor:
+                    yield Frame(envelope.type, bytes(envelope.event))
+
+    async def task_stream(
+        self, session_key: str, task_id: str, *, keepalive: bool = True
+    ) -> AsyncGenerator[Frame, None]:
+        """`OPENED`, a `snapshot` of one task, then its events, ending after the task
+        settles: a terminal status it stays in (a failure followed by an automatic
+        retry does not end it), or `removed`. Check the task exists (404) first."""
+        task = self._task(session_key, task_id)
+        if task is None:
+            yield OPENED
+            return
+        if not self.running or self.closing.is_set() or task.status in TERMINAL:
+            yield OPENED
+            yield self._snapshot(task)
+            return
+        async with self._subscription(session_key, keepalive=keepalive) as subscriber:
+            yield OPENED
+            task = self._task(session_key, task_id)
+            if task is None:  # removed meanwhile
+                return
+            floor = self._seq
+            yield self._snapshot(task)
+            if task.status in TERMINAL:
+                return
+            seen_drops = 0
+            async for raw in subscriber.iter_events():
+                if self.closing.is_set():
+                    return
+                if not raw:
+                    yield KEEPALIVE
+                    continue
+                if subscriber.dropped != seen_drops:
+                    seen_drops = subscriber.dropped
+                    floor = self._seq
+                    task = self._task(session_key, task_id)
+                    if task is None:
+                        return
+                    yield self._snapshot(task)
+                    if task.status in TERMINAL:
+                        return
+                    continue
+                envelope = _decode_envelope(raw)
+                if envelope.seq <= floor or envelope.task_id != task_id:
+                    continue
+                yield Frame(envelope.type, bytes(envelope.event))
+                if envelope.type == EventType.REMOVED.value:
+                    return
+                if envelope.status in _TERMINAL_VALUES and self._settled(session_key, envelope):
+                    return
+
+    def _settled(self, session_key: str, envelope: _Envelope) -> bool:
+        """Whether the task is still where this terminal event left it (no automatic
+        or manual retry has moved it on since)."""
+        task = self._task(session_key, envelope.task_id)
+        return task is None or (task.status.value == envelope.status and task.attempts == envelope.attempt)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def _task(self, session_key: str, task_id: str) -> Task | None:
+        session = self.store.session(session_key)
+        return session.tasks.get(task_id) if session is not None else None
+
+    def _snapshots(self, session_key: str) -> list[Frame]:
+        """Snapshots of all the session's tasks, built at once (one consistent moment)."""
+        session = self.store.session(session_key)
+        tasks: Iterable[Task] = list(session.tasks.values()) if session is not None else ()
+        return [self._snapshot(task) for task in tasks]
+
+    @staticmethod
+    def _snapshot(task: Task) -> Frame:
+        event = TaskEvent(
+            type=EventType.SNAPSHOT,
+            task_id=task.id,
+            session_key=task.session_key,
+            status=task.status.value,
+            progress=task.progress,
+            current_step=task.current_step,
+            current_step_description=task.current_step_description,
+            at=task.updated_at,
+            executor=task.executor,
+            error=task.error,
+            result=task.result if task.status is TaskStatus.COMPLETED else None,
+            name=task.name,
+            attempt=task.attempts,
+        )
+        return Frame(EventType.SNAPSHOT.value, _encode(event))
