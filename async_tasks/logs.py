@@ -1,15 +1,37 @@
 """Log configuration. The default text format is the seed's::
 
     2025-08-12 05:56:10 info: Starting execution of task <id> for session <key>
+
+``LOG_FORMAT=json`` writes one JSON object per line instead: ``timestamp``,
+``level``, ``logger``, ``message`` and, where they apply, ``request_id``,
+``session_key``, ``task_id``, ``executor``, ``status``, ``duration_ms``, ``reason``
+and ``error``. The context fields come from the context variables of
+`async_tasks.requestid` (`ContextFilter`) unless a call passes them in ``extra=``.
+Nothing sensitive is logged: session keys are random or keyed hashes, never a
+token or an IP.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from datetime import UTC, datetime
 
+import msgspec
 from litestar.logging.config import LoggingConfig
 
+from async_tasks.requestid import executor_var, request_id_var, session_key_var, task_id_var
 from async_tasks.settings import Settings
+
+#: Record attributes filled from the log context when a call does not set them.
+CONTEXT_FIELDS = (
+    ("request_id", request_id_var),
+    ("session_key", session_key_var),
+    ("task_id", task_id_var),
+    ("executor", executor_var),
+)
+#: Record attributes a JSON line carries when they are set (context or ``extra=``).
+JSON_FIELDS = ("request_id", "session_key", "task_id", "executor", "status", "duration_ms", "reason", "error")
 
 
 class SeedFormatter(logging.Formatter):
@@ -24,15 +46,64 @@ class SeedFormatter(logging.Formatter):
         return super().format(record)
 
 
+class ContextFilter(logging.Filter):
+    """Copies the log context (request id, session key, task id, executor) onto each
+    record that does not carry them already. Attach it to handlers: it must run in
+    the thread and context of the logging call (a queue handler's filters do)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for attr, var in CONTEXT_FIELDS:
+            if getattr(record, attr, None) is None:
+                setattr(record, attr, var.get())
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for attr in JSON_FIELDS:
+            value = getattr(record, attr, None)
+            if value is not None:
+                line[attr] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(line, enc_hook=str).decode()
+
+
+def flush_logs() -> None:
+    """Write out every queued record now (before a hard exit skips ``atexit``)."""
+    seen: set[int] = set()
+    for logger in (logging.getLogger(), logging.getLogger("async_tasks"), logging.getLogger("litestar")):
+        for handler in logger.handlers:
+            listener = getattr(handler, "listener", None)
+            if listener is None or id(listener) in seen or getattr(listener, "_thread", None) is None:
+                continue
+            seen.add(id(listener))
+            listener.stop()  # processes what is queued, then joins its thread
+        for handler in logger.handlers:
+            handler.flush()
+    sys.stderr.flush()
+
+
 def logging_config(settings: Settings) -> LoggingConfig:
     level = settings.log_level.upper()
     return LoggingConfig(
-        formatters={"seed": {"()": SeedFormatter}},
+        formatters={"seed": {"()": SeedFormatter}, "json": {"()": JsonFormatter}},
+        filters={"context": {"()": ContextFilter}},
         handlers={
             "queue_listener": {
                 "class": "litestar.logging.standard.QueueListenerHandler",
                 "level": "DEBUG",
-                "formatter": "seed",
+                "formatter": "json" if settings.log_format == "json" else "seed",
+                "filters": ["context"],
             },
         },
         loggers={

@@ -24,6 +24,7 @@ from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import ShuttingDown
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.requestid import bind_task
 from async_tasks.settings import Settings
 from async_tasks.store import TaskStore
 from async_tasks.task import Task, TaskStatus
@@ -73,6 +74,9 @@ class Runner:
         self._idle: anyio.Event | None = None
         #: Called with (task, duration_seconds) when an attempt ends; metrics hook in here.
         self.on_finish: list[Callable[[Task, float], None]] = []
+        #: Attempts whose worker thread is still running (a blocking executor keeps going
+        #: there after its attempt was cancelled); shutdown reports them as abandoned.
+        self._threads: set[_Attempt] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -82,6 +86,10 @@ class Runner:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Start with ``await tg.start(runner.run)``."""
+        # An app's lifespan may run more than once (test clients, ASGI test harnesses):
+        # a new run accepts work again after the previous run's shutdown().
+        self.accepting = True
+        self._idle = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -106,15 +114,22 @@ class Runner:
         self._queued.clear()
         self._parked.clear()
         for attempt in list(self.running.values()):
-            self._cancel_running(attempt, SHUTDOWN)
+            if attempt.cancel_reason is None:
+                self._cancel_running(attempt, SHUTDOWN)
+        deadline = anyio.current_time() + grace
         if self.running:
             self._idle = anyio.Event()
             with anyio.move_on_after(grace):
                 await self._idle.wait()
+        # Worker threads cannot signal an event loop that is shutting down: poll them.
+        while self._threads and anyio.current_time() < deadline:  # noqa: ASYNC110
+            await anyio.sleep(0.02)
         abandoned = [attempt.task for attempt in self.running.values()]
+        ids = {task.id for task in abandoned}
+        abandoned += [attempt.task for attempt in list(self._threads) if attempt.task.id not in ids]
         for task in abandoned:
             logger.warning("Abandoned task %s for session %s: it did not stop within the grace period",
-                           task.id, task.session_key)
+                           task.id, task.session_key, extra=_log_fields(task, reason=SHUTDOWN))
         return abandoned
 
     # -- commands -------------------------------------------------------------
@@ -134,7 +149,7 @@ class Runner:
 
     def cancel(self, task: Task, reason: str = "cancelled by request") -> None:
         attempt = self.running.get(task.id)
-        if attempt is not None:
+        if attempt is not None and attempt.cancel_reason is None:
             self._cancel_running(attempt, reason)
         elif task.status is TaskStatus.PENDING:
             self._cancel_pending(task, reason)
@@ -209,6 +224,8 @@ class Runner:
 
     async def _execute(self, attempt: _Attempt, executor: TaskExecutor[Any] | None) -> None:
         task = attempt.task
+        # Every log line of the attempt carries the task and the request that created it.
+        bind_task(task.id, task.session_key, task.executor, task.request_id)
         logger.info("Starting execution of task %s for session %s", task.id, task.session_key)
         outcome: tuple[TaskStatus, Any, str | None] | None = None
         timeout_ms = task.timeout_ms or self.settings.default_task_timeout_ms
@@ -220,7 +237,7 @@ class Runner:
                         raise LookupError(f"executor {task.executor!r} is no longer registered")
                     if executor.is_blocking():
                         result = await anyio.to_thread.run_sync(
-                            executor.execute, task, ThreadProgress(attempt.reporter), abandon_on_cancel=True
+                            self._in_thread, executor, attempt, abandon_on_cancel=True
                         )
                     else:
                         result = await executor.execute(task, attempt.reporter)
@@ -244,10 +261,18 @@ class Runner:
         status, result, error = outcome
         if status is TaskStatus.COMPLETED and error is None:
             self.store.transition(task, TaskStatus.COMPLETED, result=result, reason="completed")
-            logger.info("Completed execution of task %s for session %s", task.id, task.session_key)
+            logger.info("Completed execution of task %s for session %s in %d ms", task.id, task.session_key,
+                        task.duration_ms or 0, extra=_log_fields(task))
         else:
             self._fail(task, error or "failed")
         self._notify(task, attempt)
+
+    def _in_thread(self, executor: TaskExecutor[Any], attempt: _Attempt) -> Any:
+        self._threads.add(attempt)
+        try:
+            return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
+        finally:
+            self._threads.discard(attempt)
 
     def _check_result(self, result: Any) -> str | None:
         try:
@@ -263,7 +288,7 @@ class Runner:
         if used < task.max_retries and self.accepting:
             self.store.transition(task, TaskStatus.FAILED, error=error, reason="attempt failed")
             logger.warning("Attempt %s of task %s for session %s failed: %s", task.attempts, task.id,
-                           task.session_key, error)
+                           task.session_key, error, extra=_log_fields(task, error=error))
             self._auto_retries[task.id] = used + 1
             delay = self.backoff_delay(used + 1)
             self.store.transition(
@@ -277,7 +302,8 @@ class Runner:
         if task.max_retries > 0:
             task.dead_lettered = True
         self.store.transition(task, TaskStatus.FAILED, error=error, reason="failed")
-        logger.error("Failed execution of task %s for session %s: %s", task.id, task.session_key, error)
+        logger.error("Failed execution of task %s for session %s: %s", task.id, task.session_key, error,
+                     extra=_log_fields(task, error=error))
 
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, capped."""
@@ -301,7 +327,8 @@ class Runner:
         attempt.reporter.close()  # progress frozen from this moment
         self.store.transition(task, TaskStatus.CANCELLED, reason=reason, error=None)
         attempt.scope.cancel()
-        logger.info("Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason)
+        logger.info("Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
+                    extra=_log_fields(task, reason=reason))
         self._notify(task, attempt)
 
     def _cancel_pending(self, task: Task, reason: str) -> None:
@@ -311,12 +338,15 @@ class Runner:
             scope.cancel()
         if task.status is TaskStatus.PENDING:
             self.store.transition(task, TaskStatus.CANCELLED, reason=reason)
-            logger.info("Cancelled task %s for session %s before it ran (%s)", task.id, task.session_key, reason)
+            logger.info("Cancelled task %s for session %s before it ran (%s)", task.id, task.session_key, reason,
+                        extra=_log_fields(task, reason=reason))
 
     def _release(self, attempt: _Attempt) -> None:
         task = attempt.task
-        if self.running.pop(task.id, None) is None:
-            return
+        # A cancelled attempt may still be unwinding when a retry launches the next one;
+        # only the current attempt owns the task's entry, but each attempt holds a slot.
+        if self.running.get(task.id) is attempt:
+            del self.running[task.id]
         key = task.session_key
         left = self._session_running[key] - 1
         if left:
@@ -337,6 +367,12 @@ class Runner:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(task, duration)
+
+
+def _log_fields(task: Task, **fields: Any) -> dict[str, Any]:
+    """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
+    return {"task_id": task.id, "session_key": task.session_key, "executor": task.executor,
+            "status": task.status.value, "duration_ms": task.duration_ms, **fields}
 
 
 def _describe(exc: BaseException) -> str:

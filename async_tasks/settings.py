@@ -75,6 +75,10 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     # Logs.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    # Operations: Prometheus /metrics, OpenTelemetry tracing (needs the `otel` extra), readiness.
+    metrics_enabled: bool = True
+    otel_enabled: bool = False
+    ready_max_loop_lag_ms: Positive = 500
 
     def __post_init__(self) -> None:
         for key in self.secret_keys:

@@ -33,9 +33,10 @@ _HINTS = {
 
 
 class SessionTasks:
-    """One session's tasks, counts, finished-order index and idempotency keys."""
+    """One session's tasks, counts, finished-order index, idempotency keys and the
+    summed run time of its completed tasks (kept as they complete or are removed)."""
 
-    __slots__ = ("counts", "finished", "idempotency", "key", "tasks")
+    __slots__ = ("counts", "duration_total_ms", "finished", "idempotency", "key", "tasks")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -43,10 +44,17 @@ class SessionTasks:
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
         self.idempotency: dict[str, tuple[str, bytes]] = {}
+        self.duration_total_ms = 0
 
     @property
     def active(self) -> int:
         return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.RUNNING]
+
+    @property
+    def average_duration_ms(self) -> float:
+        """Mean run time (start to completion) of the completed tasks held; 0 if none."""
+        completed = self.counts[TaskStatus.COMPLETED]
+        return self.duration_total_ms / completed if completed else 0.0
 
 
 class TaskStore:
@@ -152,6 +160,7 @@ class TaskStore:
             if target is TaskStatus.COMPLETED:
                 task.result = result
                 task.progress = 100
+                session.duration_total_ms += now - (task.started_at or now)
             elif error is not None:
                 task.error = error
         task.status = target
@@ -187,6 +196,8 @@ class TaskStore:
         self.totals[task.status] -= 1
         if task.status in TERMINAL:
             session.finished[task.status].pop(task.id, None)
+            if task.status is TaskStatus.COMPLETED:
+                session.duration_total_ms -= task.duration_ms or 0
         if session.idempotency:
             for key, (task_id, _) in list(session.idempotency.items()):
                 if task_id == task.id:
