@@ -1,0 +1,54 @@
+"""The live dashboard: ``GET /`` (the page) and ``/dashboard/*`` (its assets).
+
+A single page of vanilla JS (no build step) kept in ``async_tasks/dashboard/``.
+`create_app` mounts it; embedding apps using only `AsyncTasksPlugin` keep their
+own ``/``. The page talks to the API under the task manager's path (``/api/v1``
+by default), which is written into the page as ``<meta name="api-base">``.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+from typing import Any
+
+from litestar import MediaType, Response, Router, get
+from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency
+from litestar.static_files import create_static_files_router
+
+from async_tasks import __version__
+from async_tasks.manager import TaskManager
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+ASSETS_PATH = "/dashboard"
+#: Demo pages change while people iterate on them: always revalidate.
+_NO_CACHE = CacheControlHeader(no_cache=True)
+
+
+@functools.cache
+def _index_template() -> str:
+    return (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8")
+
+
+def render_index(api_base: str) -> str:
+    return (
+        _index_template()
+        .replace("{{API_BASE}}", html.escape(api_base, quote=True))
+        .replace("{{ASSETS}}", ASSETS_PATH)
+        .replace("{{VERSION}}", html.escape(__version__, quote=True))
+    )
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False, cache_control=_NO_CACHE, name="dashboard")
+async def dashboard_page(task_manager: NamedDependency[TaskManager]) -> Response[str]:
+    return Response(render_index(task_manager.path or ""), media_type=MediaType.HTML)
+
+
+def dashboard_route_handlers() -> list[Any]:
+    """The handlers to pass to `create_app(route_handlers=...)` / `Litestar(route_handlers=...)`."""
+    assets: Router = create_static_files_router(
+        path=ASSETS_PATH, directories=[DASHBOARD_DIR], name="dashboard-assets", cache_control=_NO_CACHE
+    )
+    return [dashboard_page, assets]

@@ -1,0 +1,91 @@
+"""A real uvicorn server in a thread, for tests that need real HTTP (client, CLI, browser).
+
+    from tests.live import live_server  # the fixture; yields the base URL
+
+The server listens on 127.0.0.1 on a free port (port 0), serves `create_app(...)`
+with the test executors beside the installed ones, and stops at the end of the
+module. Session isolation is on and IP mapping off, so every client without a
+token gets its own session (as two browsers or two notebooks would).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+from litestar import Litestar
+
+from async_tasks.app import create_app
+from async_tasks.settings import Settings
+from tests.conftest import SECRET
+from tests.helpers import TEST_EXECUTORS
+
+START_TIMEOUT_S = 15.0
+
+
+def live_app(executors: Any = TEST_EXECUTORS, **overrides: Any) -> Litestar:
+    """The app a live server runs; keyword arguments override `Settings` fields."""
+    fields: dict[str, Any] = {
+        "secret_key": SECRET,
+        "task_create_rate": 0.0,
+        "auto_map_session_by_ip": False,
+        "shutdown_grace_ms": 1000,
+    }
+    fields.update(overrides)
+    return create_app(Settings(**fields), executors, environ={})
+
+
+@contextmanager
+def serve_in_thread(app: Litestar, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` with uvicorn in a daemon thread; yield its base URL; stop it."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=0,
+        lifespan="on",
+        ws="none",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    # uvicorn offers no start event: poll its `started` flag with short waits, bounded.
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the live server did not start: {errors[0] if errors else 'exited'}")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the live server did not start within {START_TIMEOUT_S} s")
+        thread.join(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        if thread.is_alive():  # pragma: no cover - a hung shutdown
+            server.force_exit = True
+            thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[str]:
+    """The base URL of a real server running `live_app()` for this test module."""
+    with serve_in_thread(live_app()) as url:
+        yield url

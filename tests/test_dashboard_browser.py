@@ -1,0 +1,302 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``), driven by Playwright.
+
+Needs ``pip install playwright`` (the ``test`` extra) and ``apt-get install -y chromium``;
+``playwright install`` is never used. Skipped, with the reason, when either is missing.
+Every wait is Playwright's auto-waiting `expect` on DOM state; nothing sleeps.
+
+`test_screenshot` writes tests/artifacts/dashboard.png (docs/dashboard.png is a copy).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from async_tasks.client import TaskClient
+from tests.live import live_app, live_server, serve_in_thread  # noqa: F401 - live_server is a fixture
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+Browser = sync_api.Browser
+Page = sync_api.Page
+expect = sync_api.expect
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+COOKIE = "async_tasks_session"
+
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser profile (no cookie, so a new session) with a projector-sized window."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def open_dashboard(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page.locator("body[data-ready=true]")).to_be_attached()
+
+
+def submit(page: Page, executor: str, **fields: str) -> None:
+    """Fill the executor's generated form and start the task."""
+    page.locator(f'#executor-tabs [data-executor="{executor}"]').click()
+    form = page.locator(f'form[data-executor="{executor}"]')
+    expect(form).to_be_visible()
+    for name, value in fields.items():
+        form.locator(f'[name="{name}"]').fill(value)
+    form.get_by_role("button", name=f"Start {executor}").click()
+
+
+def session_token(page: Page) -> str:
+    return next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
+
+
+def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#session-key")).to_have_text(re.compile(r"^s_"))
+    submit(page, "sample", delayMs="300")
+    card = page.locator("li.task").first
+    expect(card.locator(".task-name")).to_have_text("Sample Long-Running Task")
+    expect(card.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    expect(card.locator(".badge")).to_have_text("completed")
+    expect(card.locator(".pct")).to_have_text("100%")
+    expect(card.locator(".step-name")).to_have_text("Finalizing")
+    expect(card.locator(".step-desc").last).to_have_text("Sample task completed")
+    expect(page.locator('.stat[data-stat="completed"] .n')).to_have_text("1")
+    expect(page.locator("#empty")).to_be_hidden()
+    # With the session cookie the page follows the session event stream.
+    expect(page.locator("#live")).to_have_attribute("data-mode", "stream")
+
+
+def test_cancel_retry_and_delete_with_the_buttons(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="120000")
+    card = page.locator("li.task").first
+    expect(card.locator(".badge")).to_have_text("running")
+    expect(card.get_by_role("button", name="Delete")).to_be_hidden()
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".badge")).to_have_text("cancelled")
+    expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator('.stat[data-stat="cancelled"] .n')).to_have_text("1")
+    card.get_by_role("button", name="Retry").click()
+    expect(card.locator(".badge")).to_have_text("running")
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".badge")).to_have_text("cancelled")
+    card.get_by_role("button", name="Details").click()
+    expect(card.locator(".details")).to_contain_text('"attempts": 2')
+    card.get_by_role("button", name="Delete").click()
+    expect(page.locator("li.task")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+
+
+def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="0")
+    expect(page.locator("li.task .badge")).to_have_text(["completed"])
+    old_key = page.locator("#session-key").inner_text()
+    page.get_by_role("button", name="New session").click()
+    expect(page.locator("#session-key")).not_to_have_text(old_key)
+    expect(page.locator("li.task")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator('.stat[data-stat="total"] .n')).to_have_text("0")
+    new_key = page.locator("#session-key").inner_text()
+    # Live updates follow the new session, and the cookie keeps it across reloads.
+    submit(page, "sample", delayMs="0")
+    expect(page.locator("li.task .badge")).to_have_text(["completed"])
+    page.reload()
+    expect(page.locator("#session-key")).to_have_text(new_key)
+    expect(page.locator("li.task")).to_have_count(1)
+
+
+def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="0")
+    expect(page.locator("li.task .badge")).to_have_text(["completed"])
+    first_key = page.locator("#session-key").inner_text()
+
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name=re.compile("Open second session")).click()
+    second = opened.value
+    expect(second.locator("body[data-ready=true]")).to_be_attached()
+    expect(second).to_have_url(re.compile(r"\?session=tab$"))
+    expect(second.locator("#session-mode")).to_be_visible()
+    expect(second.locator("#session-key")).to_have_text(re.compile(r"^s_"))
+    expect(second.locator("#session-key")).not_to_have_text(first_key)
+    expect(second.locator("li.task")).to_have_count(0)
+    # A header token cannot ride on EventSource: this window polls.
+    expect(second.locator("#live")).to_have_attribute("data-mode", "polling")
+    submit(second, "sample", delayMs="300")
+    expect(second.locator("li.task .badge")).to_have_text(["completed"])
+    second_bar = second.locator("li.task").first.get_by_role("progressbar")
+    expect(second_bar).to_have_attribute("aria-valuenow", "100")
+
+    # "New session" in that window replaces only that window's session.
+    second_key = second.locator("#session-key").inner_text()
+    second.get_by_role("button", name="New session").click()
+    expect(second.locator("#session-key")).not_to_have_text(second_key)
+    expect(second.locator("li.task")).to_have_count(0)
+
+    # The first window is untouched: same session (its cookie was not replaced), one task.
+    expect(page.locator("li.task")).to_have_count(1)
+    page.reload()
+    expect(page.locator("#session-key")).to_have_text(first_key)
+    expect(page.locator("li.task")).to_have_count(1)
+    second.close()
+
+
+def test_form_errors_show_the_servers_message(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="-1")
+    form = page.locator('form[data-executor="sample"]')
+    error = form.locator(".form-error")
+    expect(error).to_have_text("Invalid request: delayMs: Expected `int` >= 0")
+    expect(form.locator('[name="delayMs"]')).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("li.task")).to_have_count(0)
+    # A JSON field that does not parse is caught before sending.
+    submit(page, "script", result="{not json")
+    expect(page.locator('form[data-executor="script"] .form-error')).to_have_text("result: not valid JSON.")
+
+
+def test_button_errors_show_the_servers_message(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="120000")
+    card = page.locator("li.task").first
+    expect(card.locator(".badge")).to_have_text("running")
+    body = '{"success": false, "error": {"code": "invalid_transition", "message": "Too late: it finished."}}'
+    page.route("**/cancel",
+               lambda route: route.fulfill(status=409, content_type="application/json", body=body))
+    card.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".toast.error")).to_have_text(re.compile(r"^Too late: it finished\."))
+    page.unroute("**/cancel")
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".badge")).to_have_text("cancelled")
+
+
+def test_user_text_is_escaped(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    name = '<img src=x onerror="window.__xss=1"><b>bold</b>'
+    with TaskClient(live_server, token=session_token(page)) as tasks:
+        tasks.create_task("script", {"fail": "<script>window.__xss=2</script>"}, name=name, start=True)
+    card = page.locator("li.task").first
+    expect(card.locator(".task-name")).to_have_text(name)
+    expect(card.locator(".badge")).to_have_text("failed")
+    expect(card.locator(".task-error")).to_contain_text("<script>window.__xss=2</script>")
+    assert page.locator("li.task img, li.task b, li.task script").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    with TaskClient(live_server) as tasks:
+        names = sorted(e["name"] for e in tasks.executors())
+    expect(page.locator("#executor-tabs [data-executor]")).to_have_count(len(names))
+    expect(page.locator("form.exec-form")).to_have_count(len(names))
+    sample = page.locator('form[data-executor="sample"]')
+    delay = sample.locator('[name="delayMs"]')
+    expect(delay).to_have_attribute("type", "number")
+    expect(delay).to_have_value("3000")
+    expect(delay).to_have_attribute("min", "0")
+    expect(delay).to_have_attribute("max", "120000")
+    api_call = page.locator('form[data-executor="api-call"]')
+    expect(api_call.locator('select[name="method"] option:checked')).to_have_text("GET")
+    expect(api_call.locator('textarea[name="headers"]')).to_be_attached()
+    hold = page.locator('form[data-executor="script"] input[name="hold"]')
+    expect(hold).to_have_attribute("type", "checkbox")
+    # An array field takes one item per line.
+    submit(page, "batch", items="alpha\nbeta\ngamma", itemDelayMs="0")
+    card = page.locator("li.task").first
+    expect(card.locator(".badge")).to_have_text("completed")
+    card.get_by_role("button", name="Details").click()
+    expect(card.locator(".details")).to_contain_text('"succeeded": 3')
+
+
+def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:  # noqa: F811
+    open_dashboard(page, live_server)
+    expect(page.locator("#cleanup")).to_contain_text("50 completed · 20 failed")
+    expect(page.locator('.stat[data-stat="total"] .n')).to_have_text("0")
+    submit(page, "script", fail="nope")
+    expect(page.locator('.stat[data-stat="failed"] .n')).to_have_text("1")
+    page.get_by_role("button", name="Run cleanup").click()
+    expect(page.locator(".toast.ok").last).to_have_text(re.compile(r"^Cleanup removed 0 tasks"))
+    expect(page.locator("#cleanup")).to_contain_text("manual")
+
+
+# -- the screenshot for the docs ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs_server() -> Iterator[str]:
+    """A server with only the installed executors, as a demo audience sees it."""
+    with serve_in_thread(live_app(executors=[])) as url:
+        yield url
+
+
+def test_screenshot(browser: Browser, docs_server: str) -> None:
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    page = context.new_page()
+    try:
+        open_dashboard(page, docs_server)
+        with TaskClient(docs_server, token=session_token(page)) as tasks:
+            long_one = tasks.demo("sample", delayMs=120_000, description="cancelled from the dashboard")
+            tasks.demo("sample", delayMs=5000, timeoutMs=400)  # fails: timed out
+            tasks.demo("batch", items=["alpha", "beta", "gamma"], itemDelayMs=0)
+            tasks.create_task("sample", {"delayMs": 1000}, name="Nightly report (queued)")
+            long_card = page.locator(f'li.task[data-task-id="{long_one["id"]}"]')
+            expect(long_card.locator(".badge")).to_have_text("running")
+            long_card.get_by_role("button", name="Cancel").click()
+            batch = tasks.demo("batch", items=[f"item {i}" for i in range(6)], itemDelayMs=1500)
+            submit(page, "sample", delayMs="12000")
+        expect(page.locator("li.task")).to_have_count(6)
+        expect(page.locator("li.task .badge")).to_have_text(
+            ["running", "running", "pending", "completed", "failed", "cancelled"]
+        )
+        top = page.locator("li.task").first.get_by_role("progressbar")
+        expect(top).to_have_attribute("aria-valuenow", re.compile(r"^(2\d|3\d)$"))  # mid-way
+        batch_bar = page.locator(f'li.task[data-task-id="{batch["id"]}"]').get_by_role("progressbar")
+        expect(batch_bar).to_have_attribute("aria-valuenow", re.compile(r"^[1-9]\d$"))
+        expect(page.locator(".toast")).to_have_count(0)  # they dismiss themselves
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    finally:
+        context.close()
