@@ -10,10 +10,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from async_tasks import __version__
+from async_tasks.api.dashboard import dashboard_route_handlers
 from async_tasks.api.errors import EXCEPTION_HANDLERS
+from async_tasks.api.openapi import StrictStructSchemaPlugin
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.logs import logging_config
+from async_tasks.metrics import opentelemetry_plugins
 from async_tasks.plugin import AsyncTasksPlugin
 from async_tasks.settings import Settings
 
@@ -27,7 +30,8 @@ def create_app(
     clock: Clock = SYSTEM_CLOCK,
     route_handlers: Iterable[Any] = (),
 ) -> Litestar:
-    """The standalone server: the task system under ``/api/v1``, docs under ``/schema``.
+    """The standalone server: the task system under ``/api/v1``, docs under ``/schema``,
+    the live dashboard at ``/`` (assets under ``/dashboard``).
 
     Settings come from the environment unless given; `executors` are registered
     beside the installed ones (entry points).
@@ -37,8 +41,8 @@ def create_app(
         executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
     )
     return Litestar(
-        route_handlers=list(route_handlers),
-        plugins=[plugin],
+        route_handlers=[*dashboard_route_handlers(), *route_handlers],
+        plugins=[plugin, StrictStructSchemaPlugin(), *opentelemetry_plugins(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=logging_config(settings),
         openapi_config=OpenAPIConfig(

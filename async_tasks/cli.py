@@ -2,21 +2,42 @@
 
 ``async-tasks serve`` runs the server with uvicorn, honouring HOST, PORT and every
 other setting; a bad setting stops it with one line naming the variable.
+
+The other commands talk to a running server (``--url``, default $ASYNC_TASKS_URL
+or http://localhost:3000): ``submit EXECUTOR --param key=value ... [--watch]``,
+``list``, ``status ID``, ``watch ID``, ``cancel ID``, ``retry ID``, ``delete ID``,
+``executors`` and ``session``. They keep one session per server: its token is
+stored in ~/.cache/async-tasks/session-<host>.json (or $ASYNC_TASKS_SESSION_FILE),
+so ``submit`` and a later ``status`` see the same tasks.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.settings import Settings
 
+if TYPE_CHECKING:
+    import threading
+
+    from litestar import Litestar
+    from rich.console import Console
+
+    from async_tasks.client import TaskClient
+    from async_tasks.plugin import AsyncTasksPlugin
+
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from async_tasks.app import create_app
 
     try:
@@ -25,27 +46,537 @@ def serve(args: argparse.Namespace) -> int:
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
+    return run_server(app, settings, host=args.host, port=args.port)
+
+
+def run_server(app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
+    """Serve `app` with uvicorn until SIGTERM or SIGINT, then shut down within
+    SHUTDOWN_GRACE_MS.
+
+    When the signal arrives, new tasks are refused at once (503 ``shutting_down``)
+    and every task is cancelled with reason ``shutdown``, while uvicorn still waits
+    for open connections. Uvicorn waits for those at most 80% of the grace period.
+    A watchdog thread ends the process at the end of the grace period (one second
+    at least) if it is still alive (tasks that ignore cancellation keep the task group, and so the
+    lifespan, from finishing): it logs the abandoned tasks, flushes the logs and
+    exits with status 1. The process also exits with status 1, at once, when the
+    shutdown itself abandoned tasks (their worker threads would block the exit);
+    otherwise `run_server` returns 0. No access log is written (it would print
+    client IPs).
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    import uvicorn
+
+    from async_tasks.logs import flush_logs
+    from async_tasks.plugin import SHUTDOWN_RUNNER_SHARE, AsyncTasksPlugin
+
+    plugin = app.plugins.get(AsyncTasksPlugin)
+    grace = settings.shutdown_grace_ms / 1000
     config = uvicorn.Config(
         app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=host or settings.host,
+        port=port or settings.port,
         proxy_headers=settings.trust_proxy_headers,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=max(1, settings.shutdown_grace_ms // 1000 + 1),
+        # uvicorn passes it to asyncio.wait_for: fractions of a second work.
+        timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_RUNNER_SHARE),  # type: ignore[arg-type]
     )
+    server = uvicorn.Server(config)
+    signalled = threading.Event()
+    threading.Thread(
+        target=_shutdown_watchdog, args=(plugin, signalled, settings), name="async-tasks shutdown watchdog",
+        daemon=True,
+    ).start()
+
+    def on_signal(sig: int, frame: Any) -> None:
+        # uvicorn's own handler, except that it does not re-raise the signal once the
+        # server has stopped (that would kill the process before the logs are written).
+        # A signal handler: only signal-safe work here (no logging: it takes locks).
+        if server.should_exit and sig == signal.SIGINT:
+            server.force_exit = True
+        else:
+            server.should_exit = True
+        plugin.request_shutdown()
+        signalled.set()
+
+    server.handle_exit = on_signal  # type: ignore[method-assign]
     print(f"async-tasks serving on http://{config.host}:{config.port} (docs at /schema)", file=sys.stderr)
-    uvicorn.Server(config).run()
+    server.run()
+    if plugin.abandoned:
+        # Their worker threads would keep the interpreter from exiting.
+        logging.getLogger("async_tasks.shutdown").warning(
+            "Exiting with %d abandoned tasks", len(plugin.abandoned))
+        flush_logs()
+        os._exit(1)
     return 0
 
 
+def _shutdown_watchdog(plugin: AsyncTasksPlugin, signalled: threading.Event, settings: Settings) -> None:
+    import logging
+    import os
+    import time
+
+    from async_tasks.logs import flush_logs
+
+    logger = logging.getLogger("async_tasks.shutdown")
+    signalled.wait()
+    began = time.monotonic()
+    logger.info("Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
+                settings.shutdown_grace_ms)
+    time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
+    # Still alive: something ignores cancellation or the event loop is blocked.
+    reported = {task.id for task in plugin.abandoned}
+    for _ in range(5):
+        try:
+            stuck = [attempt.task for attempt in list(plugin.runner.running.values())]
+            break
+        except RuntimeError:  # changed size while the loop thread updated it
+            time.sleep(0.01)
+    else:
+        stuck = []
+    for task in stuck:
+        if task.id not in reported:
+            logger.warning("Abandoned task %s for session %s: it did not stop within the grace period",
+                           task.id, task.session_key,
+                           extra={"task_id": task.id, "session_key": task.session_key, "executor": task.executor,
+                                  "status": task.status.value, "reason": "shutdown"})
+    logger.error("Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, "
+                 "%d tasks abandoned", settings.shutdown_grace_ms, time.monotonic() - began,
+                 len(reported | {task.id for task in stuck}))
+    flush_logs()
+    os._exit(1)
+
+
+# -- client commands (talk to a running server) ------------------------------------
+
+URL_ENV = "ASYNC_TASKS_URL"
+SESSION_FILE_ENV = "ASYNC_TASKS_SESSION_FILE"
+DEFAULT_URL = "http://localhost:3000"
+STATUS_STYLES = {
+    "pending": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def default_url() -> str:
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def session_file(url: str) -> Path:
+    """Where the CLI keeps its session token for the server at `url`."""
+    override = os.environ.get(SESSION_FILE_ENV)
+    if override:
+        return Path(override).expanduser()
+    netloc = urlsplit(url).netloc or "default"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", netloc)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "async-tasks" / f"session-{safe}.json"
+
+
+def _server_key(url: str) -> str:
+    return url.rstrip("/")
+
+
+def load_session_token(url: str) -> str | None:
+    try:
+        data = json.loads(session_file(url).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = data.get("sessions", {}).get(_server_key(url)) if isinstance(data, dict) else None
+    token = entry.get("token") if isinstance(entry, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def save_session_token(url: str, token: str | None) -> None:
+    """Store (or with None, forget) the token for `url`; the file is private to the user."""
+    path = session_file(url)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    sessions = data.get("sessions") if isinstance(data, dict) else None
+    if not isinstance(sessions, dict):
+        sessions = {}
+    if token:
+        sessions[_server_key(url)] = {"token": token}
+    else:
+        sessions.pop(_server_key(url), None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump({"sessions": sessions}, out, indent=2)
+    os.replace(tmp, path)
+
+
+def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; a value is JSON when it parses (``2000``, ``true``, ``["a"]``), else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--param takes key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+def _open_client(args: argparse.Namespace) -> TaskClient:
+    from async_tasks.client import TaskClient
+
+    url = args.url
+    return TaskClient(
+        url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token)
+    )
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _client_command(func: Callable[[argparse.Namespace, TaskClient], int]) -> Command:
+    """Open a client for the command; turn API and connection errors into one line and exit 1."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        import httpx
+
+        from async_tasks.client import TaskApiError
+
+        _, err = _consoles()
+        try:
+            with _open_client(args) as client:
+                return func(args, client)
+        except UsageError as exc:
+            err.print(f"async-tasks {args.command}: {exc}", markup=False)
+            return 2
+        except TaskApiError as exc:
+            err.print(f"[bold red]error:[/] {_escape(exc.message)} [dim]({exc.code}, HTTP {exc.status})[/]")
+            return 1
+        except httpx.TransportError as exc:
+            err.print(f"[bold red]error:[/] cannot reach the server at {_escape(args.url)}: "
+                      f"{_escape(str(exc) or type(exc).__name__)}")
+            return 1
+
+    return run
+
+
+def _escape(text: Any) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+def _status_text(status: str) -> str:
+    return f"[bold {STATUS_STYLES.get(status, 'white')}]{_escape(status)}[/]"
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _short_json(data: Any, limit: int = 400) -> str:
+    text = json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int:
+    """Show a progress bar until the task ends: 0 when it completed, 1 when it failed or was cancelled."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    out, err = _consoles()
+    last: dict[str, Any] | None = None
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[step]}"),
+        BarColumn(bar_width=None),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[detail]}"),
+    )
+    try:
+        with Progress(*columns, console=out, expand=True) as progress:
+            bar = progress.add_task(name or task_id, total=100, step="waiting", detail="")
+            for update in client.watch(task_id):
+                last = update
+                progress.update(
+                    bar,
+                    completed=float(update.get("progress") or 0),
+                    step=_escape(update.get("currentStep") or update.get("status") or ""),
+                    detail=_escape(update.get("currentStepDescription") or ""),
+                )
+    except KeyboardInterrupt:
+        err.print(f"Stopped watching; the task keeps running (async-tasks cancel {task_id} to stop it).")
+        return 130
+    status = (last or {}).get("status", "unknown")
+    if status == "completed":
+        out.print(f"[bold green]✔[/] Task {task_id} {_status_text(status)}")
+        task = client.get_task(task_id)
+        if task.get("result") is not None:
+            out.print(f"Result: {_escape(_short_json(task['result']))}")
+        return 0
+    error = (last or {}).get("error")
+    reason = f": {_escape(error)}" if error else ""
+    err.print(f"[bold red]✘[/] Task {task_id} {_status_text(status)}{reason}")
+    return 1
+
+
+@_client_command
+def submit(args: argparse.Namespace, client: TaskClient) -> int:
+    params = parse_params(args.param)
+    if args.description is not None:
+        params["description"] = args.description
+    task = client.demo(args.executor, **params)
+    if args.json and not args.watch:
+        _print_json(task)
+        return 0
+    out, _ = _consoles()
+    out.print(f"Created task [bold]{task['id']}[/] ({_escape(task.get('name', ''))}) "
+              f"in session {_escape(task.get('sessionKey', '?'))}")
+    if not args.watch:
+        out.print(f"[dim]Follow it with: async-tasks watch {task['id']}[/]")
+        return 0
+    return watch_task(client, task["id"], task.get("name"))
+
+
+@_client_command
+def list_tasks(args: argparse.Namespace, client: TaskClient) -> int:
+    from rich.table import Table
+
+    tasks = client.list_tasks(args.status, executor=args.executor, limit=args.limit)
+    if args.json:
+        _print_json(tasks)
+        return 0
+    out, _ = _consoles()
+    if not tasks:
+        out.print("No tasks in this session" + (f" with status {args.status}." if args.status else "."))
+        return 0
+    table = Table(title=f"{len(tasks)} task(s)", title_justify="left")
+    table.add_column("ID", no_wrap=True, style="bold")
+    table.add_column("Name")
+    table.add_column("Executor")
+    table.add_column("Status")
+    table.add_column("Progress", justify="right")
+    table.add_column("Step")
+    for t in tasks:
+        table.add_row(
+            t["id"] if args.full_ids else t["id"][:8],
+            _escape(t.get("name", "")),
+            _escape(t.get("executor", "")),
+            _status_text(t["status"]),
+            f"{float(t.get('progress') or 0):.0f}%",
+            _escape(t.get("currentStep") or ""),
+        )
+    out.print(table)
+    return 0
+
+
+UUID_LENGTH = 36
+
+
+def resolve_id(client: TaskClient, task_id: str) -> str:
+    """A full task id from an id or a unique prefix of one (as `list` shows them)."""
+    task_id = task_id.strip()
+    if len(task_id) >= UUID_LENGTH or not task_id:
+        return task_id
+    matches = [t["id"] for t in client.list_tasks(limit=1000) if t["id"].startswith(task_id)]
+    if len(matches) > 1:
+        raise UsageError(f"{task_id!r} matches {len(matches)} tasks: give more of the id")
+    return matches[0] if matches else task_id
+
+
+@_client_command
+def show_status(args: argparse.Namespace, client: TaskClient) -> int:
+    args.id = resolve_id(client, args.id)
+    status = client.status(args.id)
+    if args.json:
+        _print_json(status)
+        return 0
+    out, _ = _consoles()
+    step = status.get("currentStep") or "—"
+    if status.get("currentStepDescription"):
+        step += f" — {status['currentStepDescription']}"
+    out.print(f"Task {args.id}: {_status_text(status['status'])} {float(status.get('progress') or 0):.0f}%")
+    out.print(f"  step:  {_escape(step)}")
+    if status.get("error"):
+        out.print(f"  error: [red]{_escape(status['error'])}[/]")
+    return 0
+
+
+@_client_command
+def watch(args: argparse.Namespace, client: TaskClient) -> int:
+    return watch_task(client, resolve_id(client, args.id))
+
+
+def _action(name: str, past: str) -> Command:
+    def command(args: argparse.Namespace, client: TaskClient) -> int:
+        args.id = resolve_id(client, args.id)
+        task = getattr(client, name)(args.id)
+        if getattr(args, "json", False):
+            _print_json(task)
+            return 0
+        out, _ = _consoles()
+        out.print(f"{past} task {args.id}: now {_status_text(task['status'])}")
+        if getattr(args, "watch", False):
+            return watch_task(client, args.id, task.get("name"))
+        return 0
+
+    command.__name__ = name
+    return _client_command(command)
+
+
+cancel = _action("cancel", "Cancelled")
+retry = _action("retry", "Retried")
+start = _action("start", "Started")
+
+
+@_client_command
+def delete(args: argparse.Namespace, client: TaskClient) -> int:
+    args.id = resolve_id(client, args.id)
+    client.delete(args.id)
+    out, _ = _consoles()
+    out.print(f"Deleted task {args.id}")
+    return 0
+
+
+@_client_command
+def executors(args: argparse.Namespace, client: TaskClient) -> int:
+    from rich.table import Table
+
+    found = client.executors()
+    if args.json:
+        _print_json(found)
+        return 0
+    out, _ = _consoles()
+    table = Table(title="Executors", title_justify="left")
+    table.add_column("Name", no_wrap=True, style="bold")
+    table.add_column("Title")
+    table.add_column("Params (default)")
+    for executor in found:
+        schema = executor.get("paramsSchema") or {}
+        body = schema.get("$defs", {}).get(schema.get("$ref", "").rpartition("/")[2], schema)
+        required = set(body.get("required") or [])
+        params = []
+        for key, prop in (body.get("properties") or {}).items():
+            if key in required:
+                params.append(f"{key} (required)")
+            elif prop.get("default") is not None:
+                params.append(f"{key}={json.dumps(prop['default'])}")
+            else:
+                params.append(key)
+        table.add_row(
+            _escape(executor["name"]), _escape(executor.get("title", "")), _escape(", ".join(params))
+        )
+    out.print(table)
+    return 0
+
+
+@_client_command
+def session(args: argparse.Namespace, client: TaskClient) -> int:
+    out, _ = _consoles()
+    if args.forget:
+        save_session_token(args.url, None)
+        out.print(f"Forgot the stored session for {_escape(args.url)}")
+        return 0
+    info = client.new_session() if args.new else client.session()
+    if args.json:
+        _print_json({"sessionKey": info.get("sessionKey"), "sessionFile": str(session_file(args.url))})
+        return 0
+    out.print(f"Session {_escape(info.get('sessionKey'))}{' (new)' if args.new else ''}")
+    out.print(f"[dim]token stored in {_escape(session_file(args.url))}[/]" if client.token
+              else "[dim]no token: the server maps this client by its IP address[/]")
+    return 0
+
+
+def _add_client_commands(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=default_url(),
+                        help=f"the server (default: ${URL_ENV} or {DEFAULT_URL})")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+    cmd = commands.add_parser("submit", parents=[common, as_json], help="create and start a task",
+                              description="Create and start a task of EXECUTOR (POST /demo/tasks/EXECUTOR).")
+    cmd.add_argument("executor", help="executor name (see: async-tasks executors)")
+    cmd.add_argument("--param", "-p", action="append", metavar="KEY=VALUE",
+                     help="a param; VALUE is JSON when it parses (2000, true, '[\"a\",\"b\"]'), "
+                          "else a string")
+    cmd.add_argument("--description", "-d", help="task description")
+    cmd.add_argument("--watch", "-w", action="store_true",
+                     help="show a progress bar until the task ends; exit 1 if it fails or is cancelled")
+    cmd.set_defaults(func=submit)
+
+    cmd = commands.add_parser("list", parents=[common, as_json], help="list this session's tasks")
+    cmd.add_argument("--status", choices=list(STATUS_STYLES), help="only tasks in this status")
+    cmd.add_argument("--executor", help="only tasks of this executor")
+    cmd.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    cmd.add_argument("--full-ids", action="store_true",
+                     help="show whole task ids (by default the first 8 characters, which commands accept)")
+    cmd.set_defaults(func=list_tasks)
+
+    for name, func, text in (
+        ("status", show_status, "show a task's status and current step"),
+        ("watch", watch, "follow a task with a progress bar until it ends"),
+        ("cancel", cancel, "cancel a pending or running task"),
+        ("retry", retry, "run a failed or cancelled task again"),
+        ("start", start, "start a pending task"),
+        ("delete", delete, "delete a task that is not running"),
+    ):
+        parents = [common] if name in ("watch", "delete") else [common, as_json]
+        cmd = commands.add_parser(name, parents=parents, help=text)
+        cmd.add_argument("id", help="the task id (or a unique prefix of it, as `list` shows)")
+        if name in ("retry", "start"):
+            cmd.add_argument("--watch", "-w", action="store_true", help="then follow it with a progress bar")
+        cmd.set_defaults(func=func)
+
+    cmd = commands.add_parser("executors", parents=[common, as_json],
+                              help="list the executors and their params")
+    cmd.set_defaults(func=executors)
+
+    cmd = commands.add_parser("session", parents=[common, as_json], help="show (or renew) the CLI's session")
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument("--new", action="store_true", help="start a new, empty session and keep its token")
+    group.add_argument("--forget", action="store_true", help="forget the stored token")
+    cmd.set_defaults(func=session)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default: $PORT or 3000)")
     serve_cmd.set_defaults(func=serve)
+    _add_client_commands(commands)
     return parser
 
 

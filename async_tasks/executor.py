@@ -22,12 +22,13 @@ thread and `progress` is a plain callable.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
 
+from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import ExecutorRegistrationError
 from async_tasks.settings import load_env
 
@@ -103,8 +104,15 @@ class TaskExecutor(Generic[P]):
     timeout_ms: ClassVar[int | None] = None
     max_retries: ClassVar[int] = 0
 
+    #: The server's clock; tests swap in `async_tasks.testing.FakeClock`.
+    clock: Clock = SYSTEM_CLOCK
+
     def __init__(self, config: Any = None) -> None:
         self.config = config
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait on the server's clock (a fake clock in tests), not the wall clock."""
+        await self.clock.sleep(seconds)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TaskExecutor[Any]:
@@ -163,7 +171,7 @@ class ExecutorRegistry:
     def names(self) -> list[str]:
         return list(self._executors)
 
-    def __iter__(self) -> Iterable[TaskExecutor[Any]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[TaskExecutor[Any]]:
         return iter(self._executors.values())
 
     def __len__(self) -> int:

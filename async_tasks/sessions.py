@@ -111,7 +111,7 @@ class SessionMiddleware(ASGIMiddleware):
             token = _cookie_value(cookie_header, COOKIE_NAME)
         client = scope.get("client")
         key, issued = self.resolver.resolve(token, client[0] if client else None)
-        state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[assignment]
+        state: dict[str, Any] = scope.setdefault("state", {})
         state[SESSION_STATE_KEY] = key
         if issued is None or scope["type"] != ScopeType.HTTP:
             await next_app(scope, receive, send)

@@ -72,14 +72,18 @@ async def run_executor(
     *,
     validate: bool = True,
     environ: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
     **task_fields: Any,
 ) -> ExecutorRun:
     """Run one attempt of `executor` in-process and collect what it reports.
 
     Params are converted and (with `validate`) checked by `executor.validate` as the
-    API would; exceptions from `execute` propagate to the test.
+    API would; exceptions from `execute` propagate to the test. With a `FakeClock`,
+    the executor's `self.sleep(...)` waits until the test advances the clock.
     """
     instance = executor.from_environ(environ or {}) if isinstance(executor, type) else executor
+    if clock is not None:
+        instance.clock = clock
     task = make_task(instance, params, **task_fields)
     if validate:
         await instance.validate(task.params)
@@ -113,7 +117,7 @@ class FakeClock(Clock):
         self._sleeping: anyio.Event | None = None
 
     def now_ms(self) -> int:
-        return int(round(self._now * 1000))
+        return round(self._now * 1000)
 
     def monotonic(self) -> float:
         return self._now - self._start
@@ -123,11 +127,15 @@ class FakeClock(Clock):
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
-        event = anyio.Event()
-        self._waiters.append((self._now + seconds, event))
+        waiter = (self._now + seconds, anyio.Event())
+        self._waiters.append(waiter)
         if self._sleeping is not None:
             self._sleeping.set()
-        await event.wait()
+        try:
+            await waiter[1].wait()
+        finally:
+            if waiter in self._waiters:  # cancelled before its time
+                self._waiters.remove(waiter)
 
     def advance(self, seconds: float) -> None:
         """Move time on and wake every sleeper whose deadline has passed."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 
 from async_tasks import Step, Task, TaskExecutor, TaskParams
@@ -35,10 +34,10 @@ class TextTransformExecutor(TaskExecutor[TextTransformParams]):
     async def execute(self, task: Task, progress: Any) -> dict[str, Any]:
         params: TextTransformParams = task.params
         await progress(0)
-        await anyio.sleep(params.delay_ms / 1000)
+        await self.sleep(params.delay_ms / 1000)
         await progress(40)
         reversed_text = params.payload[::-1]
-        await anyio.sleep(params.delay_ms / 1000)
+        await self.sleep(params.delay_ms / 1000)
         await progress(80)
         result = f"{reversed_text} (len={len(params.payload)})"
         return {"taskId": task.id, "result": result, "processedAt": datetime.now(UTC).isoformat()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-import anyio
 import msgspec
 
 from async_tasks.executor import Step, TaskExecutor, TaskParams
@@ -70,7 +69,7 @@ class SampleExecutor(TaskExecutor[SampleParams]):
                 percent = step.at + (end - step.at) * tick / TICKS_PER_STEP
                 await progress(percent, step.name, step.description)
                 if tick_seconds > 0:
-                    await anyio.sleep(tick_seconds)
+                    await self.sleep(tick_seconds)
         last = steps[-1]
         await progress(100, last.name, "Sample task completed")
         return {"message": "Sample task completed", "delayMs": params.delay_ms, "steps": len(steps)}

@@ -35,7 +35,7 @@ def test_retention_keeps_the_newest_per_status_and_session() -> None:
     cleaner = Cleaner(store, Settings(max_completed_tasks=2, max_failed_tasks=1, max_cancelled_tasks=0), clock)
     done = finished(store, "a", TaskStatus.COMPLETED, 5, clock)
     failed = finished(store, "a", TaskStatus.FAILED, 3, clock)
-    cancelled = finished(store, "a", TaskStatus.CANCELLED, 2, clock)
+    finished(store, "a", TaskStatus.CANCELLED, 2, clock)
     running = finished(store, "a", TaskStatus.RUNNING, 4, clock)
     pending = finished(store, "a", TaskStatus.PENDING, 4, clock)
     other = finished(store, "b", TaskStatus.COMPLETED, 2, clock)
@@ -102,5 +102,3 @@ async def test_cleanup_endpoints(make_app: Callable[..., Litestar]) -> None:
         assert result["removed"] == 2 and result["removedCancelled"] == 2 and result["durationMs"] >= 0
         assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["cancelled"] == 1
         assert (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]["lastRun"]["trigger"] == "manual"
-
-def _unused(client: httpx.AsyncClient) -> None: ...

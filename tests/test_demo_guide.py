@@ -68,7 +68,8 @@ def servers() -> Iterator[tuple[int, int]]:
 
 def guide_blocks() -> list[str]:
     blocks = BLOCK.findall(GUIDE.read_text())
-    return [b for b in blocks if "curl" in b and "async-tasks serve" not in b and "uvicorn " not in b]
+    return [b for b in blocks if ("curl" in b or "async-tasks " in b) and "async-tasks serve" not in b
+            and "uvicorn " not in b]
 
 
 def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
@@ -82,7 +83,7 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
 def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     main_port, integration_port = servers
     blocks = guide_blocks()
-    script = ["set -u"]
+    script = ["set -eu"]
     for block in blocks:
         code = block.replace("localhost:3000", f"127.0.0.1:{main_port}").replace(
             "127.0.0.1:3000", f"127.0.0.1:{main_port}").replace("localhost:3001", f"127.0.0.1:{integration_port}")
@@ -92,10 +93,41 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     assert len(outputs) == len(blocks), result.stderr
     for block, output in zip(blocks, outputs, strict=True):
         expect_error = block.lstrip().startswith("# expect: error")
-        prints = any(line.startswith("curl") for line in block.splitlines())
+        prints = any(line.startswith(("curl", "async-tasks")) for line in block.splitlines())
         assert output.strip() or not prints, f"no output from:\n{block}\nstderr: {result.stderr}"
         if expect_error:
             assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
         else:
             assert '"success":false' not in output and "Internal" not in output, f"{block}\n->\n{output}"
     assert result.returncode == 0, result.stderr
+
+
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+@pytest.mark.parametrize("document", ["DEMO_GUIDE.md", "README.md"])
+def test_python_examples_run_as_written(document: str, servers: tuple[int, int]) -> None:
+    """Each Python block executes (against the guide's server); the test functions it defines pass."""
+    import anyio
+
+    blocks = PYTHON_BLOCK.findall((ROOT / document).read_text())
+    assert blocks
+    for block in blocks:
+        block = block.replace("localhost:3000", f"127.0.0.1:{servers[0]}")
+        namespace: dict[str, object] = {"__name__": f"guide_example_{abs(hash(block))}"}
+        exec(compile(block, document, "exec"), namespace)
+        for name, value in namespace.items():
+            if name.startswith("test_") and callable(value):
+                anyio.run(value)  # type: ignore[arg-type]
+
+
+def test_readme_executor_example_works() -> None:
+    import anyio
+
+    from async_tasks.testing import run_executor
+
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    readme = (ROOT / "README.md").read_text()
+    exec(compile(PYTHON_BLOCK.findall(readme)[0], "README.md", "exec"), namespace)
+    run = anyio.run(run_executor, namespace["GreetExecutor"], {"who": "demo"})
+    assert run.result == {"greeting": "Hello, demo!"} and run.steps == ["Thinking", "Speaking"]

@@ -17,9 +17,8 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
-from async_tasks.api.errors import ExecutorNotFound, responses
-from async_tasks.api.schemas import Description, MaxRetries, Priority, Tags, TimeoutMs
-from async_tasks.api.schemas import DemoTask, DemoTaskResponse
+from async_tasks.api.errors import ExecutorNotFound, replay_responses, responses
+from async_tasks.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
 from async_tasks.api.tasks import IdempotencyKey
 from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
@@ -92,7 +91,7 @@ def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
         params, options = split_body(executor_cls, data)
         return await _create(request, task_manager, name, params, options, idempotency_key)
 
-    create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[valid-type]
+    create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]
     return post(
         f"/demo/tasks/{name}",
         name=f"demo-{name}",
@@ -101,11 +100,12 @@ def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
         description=executor_cls.description or None,
         tags=["demo"],
         status_code=201,
-        responses=responses(400, 413, 422, 429, 503),
+        responses={**responses(400, 413, 422, 429, 503), **replay_responses(DemoTaskResponse)},
     )(create_demo_task)
 
 
-@post("/demo/tasks/{executor:str}", tags=["demo"], status_code=201, responses=responses(400, 404, 413, 422, 429, 503),
+@post("/demo/tasks/{executor:str}", tags=["demo"], status_code=201,
+      responses={**responses(400, 404, 413, 422, 429, 503), **replay_responses(DemoTaskResponse)},
       summary="Create and start a task of any registered executor")
 async def create_any_demo_task(
     request: Request[Any, Any, Any],

@@ -93,9 +93,9 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Error
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    errors.TaskSystemError: _domain,  # type: ignore[dict-item]
-    ValidationException: _validation,  # type: ignore[dict-item]
-    HTTPException: _http,  # type: ignore[dict-item]
+    errors.TaskSystemError: _domain,
+    ValidationException: _validation,
+    HTTPException: _http,
     Exception: _internal,
 }
 
@@ -107,3 +107,10 @@ def responses(*statuses: int) -> dict[int, ResponseSpec]:
                              generate_examples=False)
         for status in statuses
     }
+
+
+def replay_responses(data_container: type[Any]) -> dict[int, ResponseSpec]:
+    """The OpenAPI entry of the 200 a create answers when an Idempotency-Key replays it."""
+    description = "Replayed: the task an earlier request with this Idempotency-Key created"
+    return {200: ResponseSpec(data_container=data_container, description=description,
+                              generate_examples=False)}

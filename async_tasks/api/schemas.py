@@ -5,17 +5,27 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.params import ParameterKwarg
 
 from async_tasks.cleanup import CleanupResult, LastRun
 from async_tasks.task import Task, TaskStatus
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Litestar 2.x reads msgspec.Meta only on a field itself, not on list items; its own marker
+# beside it puts the item constraints in the OpenAPI document too.
+Tag = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64), ParameterKwarg(min_length=1, max_length=64)
+]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=20)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000, description="Higher starts first when tasks queue.")]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="Fail the attempt after this long.")]
-MaxRetries = Annotated[int, msgspec.Meta(ge=0, le=100, description="Automatic retries after a failure.")]
+# Litestar drops a falsy bound (ge=0) of an optional field from the document; its marker keeps it.
+MaxRetries = Annotated[
+    int,
+    msgspec.Meta(ge=0, le=100, description="Automatic retries after a failure."),
+    ParameterKwarg(ge=0, le=100),
+]
 
 
 class Body(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
@@ -95,6 +105,8 @@ class Stats(msgspec.Struct, rename="camel", kw_only=True):
     completed: int
     failed: int
     cancelled: int
+    #: Mean run time (start to completion) of the session's completed tasks held, in ms; 0 if none.
+    average_duration_ms: float = 0.0
 
 
 class StatsResponse(Response, kw_only=True):
@@ -173,3 +185,31 @@ class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
 class ErrorResponse(msgspec.Struct, kw_only=True):
     success: bool = False
     error: ErrorDetail
+
+
+class SessionMetricsResponse(Response, kw_only=True):
+    """The session's figures in the shape of the Task Processor seed's ``/metrics``."""
+
+    total_tasks: int
+    completed_tasks: int
+    average_processing_time_ms: float
+
+
+class HealthResponse(msgspec.Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(msgspec.Struct, rename="camel", kw_only=True):
+    runner: Literal["ok", "stopped"]
+    cleaner: Literal["ok", "stopped"]
+    event_loop: Literal["ok", "lagging"]
+    accepting: Literal["ok", "shutting_down"]
+
+
+class ReadyResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    status: Literal["ready", "unavailable"]
+    checks: ReadyChecks
+    loop_lag_ms: float
+    max_loop_lag_ms: int
+    #: The names of the failing checks (only when unavailable).
+    failing: list[str] | None = None

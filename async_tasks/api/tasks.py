@@ -6,15 +6,16 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from async_tasks.api.errors import responses
+from async_tasks.api.errors import replay_responses, responses
 from async_tasks.api.schemas import (
     CleanupOptions,
     CleanupRunResponse,
     CleanupStatus,
     CleanupStatusResponse,
     CreateTaskRequest,
+    SessionMetricsResponse,
     Stats,
     StatsResponse,
     TaskListResponse,
@@ -25,7 +26,7 @@ from async_tasks.api.schemas import (
 from async_tasks.manager import TaskManager
 from async_tasks.task import TaskStatus
 
-TaskId = FromPath[Annotated[str, QueryParameter(max_length=100, description="The task id (uuid4).")]]
+TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(name="Idempotency-Key", max_length=200, min_length=1,
@@ -41,7 +42,8 @@ class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]
 
-    @post("/", status_code=201, responses=responses(400, 413, 422, 429, 503),
+    @post("/", status_code=201,
+          responses={**responses(400, 413, 422, 429, 503), **replay_responses(TaskResponse)},
           summary="Create a task (pending unless start is true)")
     async def create_task(
         self,
@@ -76,7 +78,7 @@ class TaskController(Controller):
         executor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
         dead_letter: Annotated[
-            bool | None, QueryParameter(query="deadLetter", description="Only tasks that exhausted their retries.")
+            bool | None, QueryParameter(name="deadLetter", description="Only tasks that exhausted their retries.")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
@@ -89,6 +91,7 @@ class TaskController(Controller):
     @get("/stats", summary="Per-status counts of the session's tasks")
     async def stats(self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]) -> StatsResponse:
         counts = task_manager.stats(request)
+        session = task_manager.store.session(task_manager.session_key_of(request))
         return StatsResponse(stats=Stats(
             total=sum(counts.values()),
             pending=counts[TaskStatus.PENDING],
@@ -96,7 +99,21 @@ class TaskController(Controller):
             completed=counts[TaskStatus.COMPLETED],
             failed=counts[TaskStatus.FAILED],
             cancelled=counts[TaskStatus.CANCELLED],
+            average_duration_ms=round(session.average_duration_ms, 3) if session is not None else 0.0,
         ))
+
+    @get("/metrics", summary="The session's task count and average processing time (Task Processor shape)")
+    async def session_metrics(
+        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+    ) -> SessionMetricsResponse:
+        session = task_manager.store.session(task_manager.session_key_of(request))
+        if session is None:
+            return SessionMetricsResponse(total_tasks=0, completed_tasks=0, average_processing_time_ms=0.0)
+        return SessionMetricsResponse(
+            total_tasks=len(session.tasks),
+            completed_tasks=session.counts[TaskStatus.COMPLETED],
+            average_processing_time_ms=round(session.average_duration_ms, 3),
+        )
 
     @get("/cleanup/status", summary="The cleaner's state and retention options")
     async def cleanup_status(self, task_manager: NamedDependency[TaskManager]) -> CleanupStatusResponse:
@@ -120,14 +137,14 @@ class TaskController(Controller):
     ) -> CleanupRunResponse:
         return CleanupRunResponse(result=task_manager.cleaner.run_once(task_manager.session_key_of(request)))
 
-    @get("/{task_id:str}", summary="A task with its history", responses=responses(404))
+    @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404))
     async def get_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.get_task(request, task_id))
 
     @get("/{task_id:str}/status", summary="Status and step progress (the polling endpoint)",
-         responses=responses(404))
+         responses=responses(400, 404))
     async def get_status(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskStatusResponse:
@@ -143,28 +160,28 @@ class TaskController(Controller):
         )
 
     @post("/{task_id:str}/start", status_code=200, summary="Start a pending task",
-          responses=responses(404, 409, 503))
+          responses=responses(400, 404, 409, 503))
     async def start_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.start_task(request, task_id))
 
     @post("/{task_id:str}/cancel", status_code=200, summary="Cancel a pending or running task",
-          responses=responses(404, 409))
+          responses=responses(400, 404, 409))
     async def cancel_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.cancel_task(request, task_id))
 
     @post("/{task_id:str}/retry", status_code=200, summary="Run a failed or cancelled task again",
-          responses=responses(404, 409, 503))
+          responses=responses(400, 404, 409, 503))
     async def retry_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.retry_task(request, task_id))
 
     @delete("/{task_id:str}", status_code=204, summary="Delete a task that is not running",
-            responses=responses(404, 409))
+            responses=responses(400, 404, 409))
     async def delete_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> None:
