@@ -42,8 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from async_tasks.errors import SettingsError
-from async_tasks.events import EventType, TaskEvent
-from async_tasks.task import TERMINAL, TaskStatus
+from async_tasks.task import TERMINAL, Task, TaskStatus
 
 if TYPE_CHECKING:
     from litestar.types import Message, Send
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     from async_tasks.runner import Runner
     from async_tasks.settings import Settings
     from async_tasks.store import TaskStore
-    from async_tasks.task import Task
 
 #: Route-handler ``opt`` key that keeps a route (health, metrics) out of request metrics
 #: and out of session resolution.
@@ -63,7 +61,6 @@ METRICS_PATH = "/metrics"
 OPS_PATH_PATTERN = r"^/(health|healthz|ready|metrics)/?$"
 #: Task run times span milliseconds (zero-delay demos) to minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 #: Litestar appends the charset to text/* media types itself.
 _EXPOSITION_TYPE = CONTENT_TYPE_LATEST.split("; charset=")[0]
 
@@ -172,17 +169,15 @@ class TaskMetrics:
         self.cleanup_removed = Counter("async_tasks_cleanup_removed", "Finished tasks removed by retention",
                                        ["reason"], registry=self.registry)
         self.registry.register(_ScrapeTimeCollector(self))
-        store.events.subscribe(self._on_event)
+        store.on_transition.append(self._on_transition)
         runner.on_finish.append(self._on_finish)
         cleaner.after_sweep.append(self._on_sweep)
 
-    def _on_event(self, event: TaskEvent) -> None:
-        if event.type is not EventType.TRANSITION:
-            return
-        if event.previous is None:
-            self.created.labels(event.executor).inc()
-        elif event.status in _TERMINAL_VALUES:
-            self.finished.labels(event.executor, event.status).inc()
+    def _on_transition(self, task: Task, previous: TaskStatus | None) -> None:
+        if previous is None:
+            self.created.labels(task.executor).inc()
+        elif task.status in TERMINAL:
+            self.finished.labels(task.executor, task.status.value).inc()
 
     def _on_finish(self, task: Task, duration: float) -> None:
         self.duration.labels(task.executor).observe(duration)

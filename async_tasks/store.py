@@ -7,7 +7,7 @@ order they finished, which is what the cleaner's retention needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
@@ -63,6 +63,9 @@ class TaskStore:
         self.events = events or EventHub()
         self.sessions: dict[str, SessionTasks] = {}
         self.totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        #: Called with (task, previous status) after each transition, and with (task, None)
+        #: when a task is added: cheap hooks (metrics) that need no event object.
+        self.on_transition: list[Callable[[Task, TaskStatus | None], None]] = []
 
     # -- lookup ---------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class TaskStore:
         self.totals[task.status] += 1
         if idempotency is not None:
             session.idempotency[idempotency[0]] = (task.id, idempotency[1])
+        for hook in self.on_transition:
+            hook(task, None)
         self._publish(task, EventType.TRANSITION, None)
         return task
 
@@ -172,6 +177,8 @@ class TaskStore:
         task.history.append(
             HistoryEntry(at=now, status=target, previous=source, attempt=max(task.attempts, 1), reason=reason)
         )
+        for hook in self.on_transition:
+            hook(task, source)
         self._publish(task, EventType.TRANSITION, source)
 
     def report_progress(self, task: Task, percent: float, step: str | None, description: str | None) -> None:
