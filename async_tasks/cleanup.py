@@ -53,7 +53,7 @@ class Cleaner:
         self.is_active = False
         self.last_run: LastRun | None = None
         #: Called after every sweep with (result, trigger); metrics and housekeeping hook in here.
-        self.after_sweep: list[Callable[[CleanupResult, str], None]] = []
+        self.after_sweep: list[Callable[[CleanupResult, str], object]] = []
         #: Called with each removed task id before removal (runner bookkeeping).
         self.on_remove: list[Callable[[str], None]] = []
 

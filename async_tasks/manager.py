@@ -195,8 +195,8 @@ class TaskManager:
             )
         self._buckets[session_key] = (tokens - 1, now)
 
-    def prune_rate_buckets(self) -> int:
-        """Forget buckets that have refilled (the cleaner calls this)."""
+    def prune_rate_buckets(self, *_: object) -> int:
+        """Forget buckets that have refilled (called after every cleanup sweep)."""
         rate = self.settings.task_create_rate
         if rate <= 0:
             self._buckets.clear()

@@ -108,7 +108,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self._shutdown_done: anyio.Event | None = None
         self._shutdown_requested: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.cleaner.after_sweep.append(lambda result, trigger: self.task_manager.prune_rate_buckets())
+        self.cleaner.after_sweep.append(self.task_manager.prune_rate_buckets)
 
     def router(self) -> Router:
         handlers: list[Any] = [TaskController, list_executors, current_session, new_session, create_any_demo_task]

@@ -307,8 +307,8 @@ class Runner:
 
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, capped."""
-        base = self.settings.retry_backoff_ms / 1000 * 2 ** (retry - 1)
-        capped = min(base, self.settings.retry_backoff_max_ms / 1000)
+        base: float = self.settings.retry_backoff_ms / 1000 * 2.0 ** (retry - 1)
+        capped: float = min(base, self.settings.retry_backoff_max_ms / 1000)
         return capped / 2 + capped / 2 * self._rng()
 
     async def _retry_after(self, task: Task, delay: float, scope: anyio.CancelScope) -> None:
