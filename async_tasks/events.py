@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from async_tasks.task import Task, TaskStatus
+
 
 class EventType(str, enum.Enum):
     SNAPSHOT = "snapshot"
@@ -39,6 +41,24 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     #: The attempt the event belongs to (`Task.attempts`; 0 before the first run).
     attempt: int = 0
 
+
+    @classmethod
+    def of(cls, task: Task, type: EventType, previous: TaskStatus | None = None, **extra: Any) -> TaskEvent:
+        """The event describing `task` as it is now."""
+        return cls(
+            type=type,
+            task_id=task.id,
+            session_key=task.session_key,
+            status=task.status.value,
+            progress=task.progress,
+            current_step=task.current_step,
+            current_step_description=task.current_step_description,
+            at=task.updated_at,
+            executor=task.executor,
+            previous=previous.value if previous is not None else None,
+            error=task.error,
+            **extra,
+        )
 
 EventListener = Callable[[TaskEvent], None]
 

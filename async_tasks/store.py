@@ -216,19 +216,5 @@ class TaskStore:
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if not self.events.listeners:
             return
-        self.events.publish(
-            TaskEvent(
-                type=kind,
-                task_id=task.id,
-                session_key=task.session_key,
-                status=task.status.value,
-                progress=task.progress,
-                current_step=task.current_step,
-                current_step_description=task.current_step_description,
-                at=task.updated_at,
-                executor=task.executor,
-                previous=previous.value if previous is not None else None,
-                error=task.error,
-            )
-        )
+        self.events.publish(TaskEvent.of(task, kind, previous))
 

@@ -465,17 +465,9 @@ class StreamBridge:
 
     @staticmethod
     def _snapshot(task: Task) -> Frame:
-        event = TaskEvent(
-            type=EventType.SNAPSHOT,
-            task_id=task.id,
-            session_key=task.session_key,
-            status=task.status.value,
-            progress=task.progress,
-            current_step=task.current_step,
-            current_step_description=task.current_step_description,
-            at=task.updated_at,
-            executor=task.executor,
-            error=task.error,
+        event = TaskEvent.of(
+            task,
+            EventType.SNAPSHOT,
             result=task.result if task.status is TaskStatus.COMPLETED else None,
             name=task.name,
             attempt=task.attempts,
