@@ -135,21 +135,20 @@ class TaskManager:
             raise InvalidParams(f"maxRetries must be from 0 to {self.settings.max_task_retries}", field="maxRetries")
 
         fingerprint = b""
-        session = self.store.session(session_key)
         if idempotency_key is not None:
             fingerprint = hashlib.sha256(
                 msgspec.json.encode([executor, params, name, description, metadata, tags, priority])
             ).digest()
-            if session is not None and idempotency_key in session.idempotency:
-                task_id, seen = session.idempotency[idempotency_key]
-                if seen != fingerprint:
-                    raise IdempotencyConflict(
-                        "This Idempotency-Key was already used with a different request in this session.",
-                        details={"idempotencyKey": idempotency_key, "taskId": task_id},
-                    )
-                return session.tasks[task_id], True
-        self._check_quota(session_key, session.active if session is not None else 0)
+            if (earlier := self._replay(session_key, idempotency_key, fingerprint)) is not None:
+                return earlier, True
+        self._check_quota(session_key)
         await impl.validate(params)
+        # `validate` may await (a DNS lookup, a file check): a concurrent create may have used
+        # this Idempotency-Key or filled the session's quota meanwhile.
+        if idempotency_key is not None:
+            if (earlier := self._replay(session_key, idempotency_key, fingerprint)) is not None:
+                return earlier, True
+        self._check_active(session_key)
 
         task = Task(
             id=str(uuid.uuid4()),
@@ -170,7 +169,22 @@ class TaskManager:
             self.runner.start(task)
         return task, False
 
-    def _check_quota(self, session_key: str, active: int) -> None:
+    def _replay(self, session_key: str, idempotency_key: str, fingerprint: bytes) -> Task | None:
+        """The task an earlier create with this key made in this session, if any."""
+        session = self.store.session(session_key)
+        if session is None or idempotency_key not in session.idempotency:
+            return None
+        task_id, seen = session.idempotency[idempotency_key]
+        if seen != fingerprint:
+            raise IdempotencyConflict(
+                "This Idempotency-Key was already used with a different request in this session.",
+                details={"idempotencyKey": idempotency_key, "taskId": task_id},
+            )
+        return session.tasks[task_id]
+
+    def _check_active(self, session_key: str) -> None:
+        session = self.store.session(session_key)
+        active = session.active if session is not None else 0
         if active >= self.settings.max_active_tasks_per_session:
             raise QuotaExceeded(
                 f"This session already has {active} active tasks (the limit is "
@@ -178,6 +192,9 @@ class TaskManager:
                 retry_after=1,
                 details={"limit": self.settings.max_active_tasks_per_session, "active": active},
             )
+
+    def _check_quota(self, session_key: str) -> None:
+        self._check_active(session_key)
         rate = self.settings.task_create_rate
         if rate <= 0:
             return

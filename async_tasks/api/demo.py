@@ -17,6 +17,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
+from async_tasks.api.body import strict_body
 from async_tasks.api.errors import ExecutorNotFound, replay_responses, responses
 from async_tasks.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
 from async_tasks.api.tasks import IdempotencyKey
@@ -88,7 +89,7 @@ def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
         data: Any,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DemoTaskResponse]:
-        params, options = split_body(executor_cls, data)
+        params, options = split_body(executor_cls, await strict_body(request, data))
         return await _create(request, task_manager, name, params, options, idempotency_key)
 
     create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]

@@ -92,10 +92,18 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Error
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Something went wrong on the server.")
 
 
+def _recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorResponse]:
+    # msgspec refuses JSON nested about 1000 deep with a RecursionError, not a DecodeError.
+    if "while deserializing" in str(exc):
+        return error_response(400, "malformed_json", "The request body is nested too deeply to be read as JSON.")
+    return _internal(request, exc)
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     errors.TaskSystemError: _domain,
     ValidationException: _validation,
     HTTPException: _http,
+    RecursionError: _recursion,
     Exception: _internal,
 }
 

@@ -8,6 +8,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
+from async_tasks.api.body import strict_body
 from async_tasks.api.errors import replay_responses, responses
 from async_tasks.api.schemas import (
     CleanupOptions,
@@ -52,6 +53,7 @@ class TaskController(Controller):
         data: JSONBody[CreateTaskRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[TaskResponse]:
+        data = await strict_body(request, data)
         task, replayed = await task_manager.create_or_replay(
             request,
             executor=data.executor,
