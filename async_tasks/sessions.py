@@ -34,6 +34,7 @@ COOKIE_NAME = "async_tasks_session"
 SHARED_SESSION = "shared"
 _SALT = "async-tasks.session"
 _MAX_TOKEN_LENGTH = 512
+_IP_CACHE_SIZE = 65_536
 
 
 class SessionResolver:
@@ -46,6 +47,8 @@ class SessionResolver:
         # itsdangerous signs with the last key and accepts all of them.
         self._serializer = URLSafeTimedSerializer(list(reversed(keys)), salt=_SALT)
         self._ip_key = hmac.new(keys[0].encode(), b"async-tasks.ip", hashlib.sha256).digest()
+        # The keyed hash costs more than the rest of session resolution; clients repeat.
+        self._ip_keys: dict[str, str] = {}
 
     def new_session(self) -> tuple[str, str]:
         """A fresh (session key, token)."""
@@ -65,8 +68,13 @@ class SessionResolver:
         return key if isinstance(key, str) and key.startswith("s_") else None
 
     def key_for_ip(self, ip: str) -> str:
-        digest = hmac.new(self._ip_key, ip.encode(), hashlib.sha256).hexdigest()
-        return "ip_" + digest[:24]
+        key = self._ip_keys.get(ip)
+        if key is None:
+            if len(self._ip_keys) >= _IP_CACHE_SIZE:
+                self._ip_keys.clear()  # bounded: a flood of addresses only costs recomputation
+            digest = hmac.new(self._ip_key, ip.encode(), hashlib.sha256).hexdigest()
+            key = self._ip_keys[ip] = "ip_" + digest[:24]
+        return key
 
     def resolve(self, token: str | None, client_ip: str | None) -> tuple[str, str | None]:
         """(session key, token to hand out or None)."""
