@@ -11,7 +11,7 @@ takes effect at once even if the executor never sleeps.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -29,12 +29,25 @@ class AttemptEnded(Exception):
     or timed out): the next progress call stops the thread's work."""
 
 
+def _checkpoint_function() -> Callable[[], Awaitable[None]]:
+    """The running event loop's checkpoint: what `anyio.lowlevel.checkpoint` awaits,
+    without the look-up of the current async library it repeats on every call (about
+    a quarter of a checkpoint's cost). Resolved once per reporter, inside the event loop."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        return get_async_backend().checkpoint
+    except Exception:  # an anyio without this private helper: the public function
+        return anyio.lowlevel.checkpoint
+
+
 class ProgressReporter:
     def __init__(self, sink: ProgressSink, steps: Sequence[Step] = (), start: float = 0) -> None:
         self._sink = sink
         self._steps = steps
         self.percent = start
         self.closed = False
+        self._checkpoint: Callable[[], Awaitable[None]] | None = None
 
     def _apply(self, percent: float, step: str | None, description: str | None) -> None:
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
@@ -59,7 +72,10 @@ class ProgressReporter:
 
     async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
         self._apply(percent, step, description)
-        await anyio.lowlevel.checkpoint()
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            checkpoint = self._checkpoint = _checkpoint_function()
+        await checkpoint()
 
     @asynccontextmanager
     async def step(self, name: str, description: str = "", *, end: float | None = None) -> AsyncIterator[None]:

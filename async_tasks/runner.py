@@ -143,7 +143,8 @@ class Runner:
             if task.status is not TaskStatus.PENDING:
                 self.store.transition(task, TaskStatus.RUNNING, action="start")
             return
-        self._auto_retries.setdefault(task.id, 0)
+        # No `_auto_retries` entry until a retry is used (`.get(id, 0)`): one dict entry
+        # less per task held.
         self._enqueue(task)
         self._dispatch()
 
