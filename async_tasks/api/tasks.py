@@ -41,7 +41,7 @@ def task_response(manager: TaskManager, task: Any) -> TaskResponse:
 
 class TaskController(Controller):
     path = "/tasks"
-    tags = ["tasks"]
+    tags = ["tasks"]  # noqa: RUF012 (Litestar reads the class attribute)
 
     @post("/", status_code=201,
           responses={**responses(400, 413, 422, 429, 503), **replay_responses(TaskResponse)},
