@@ -36,7 +36,7 @@ class SessionTasks:
     """One session's tasks, counts, finished-order index, idempotency keys and the
     summed run time of its completed tasks (kept as they complete or are removed)."""
 
-    __slots__ = ("counts", "duration_total_ms", "finished", "idempotency", "key", "tasks")
+    __slots__ = ("counts", "duration_total_ms", "finished", "idempotency", "idempotency_of", "key", "tasks")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -44,6 +44,8 @@ class SessionTasks:
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
         self.idempotency: dict[str, tuple[str, bytes]] = {}
+        #: task id -> its Idempotency-Key, so removing a task never scans the keys.
+        self.idempotency_of: dict[str, str] = {}
         self.duration_total_ms = 0
 
     @property
@@ -125,6 +127,7 @@ class TaskStore:
         self.totals[task.status] += 1
         if idempotency is not None:
             session.idempotency[idempotency[0]] = (task.id, idempotency[1])
+            session.idempotency_of[task.id] = idempotency[0]
         for hook in self.on_transition:
             hook(task, None)
         self._publish(task, EventType.TRANSITION, None)
@@ -205,10 +208,9 @@ class TaskStore:
             session.finished[task.status].pop(task.id, None)
             if task.status is TaskStatus.COMPLETED:
                 session.duration_total_ms -= task.duration_ms or 0
-        if session.idempotency:
-            for key, (task_id, _) in list(session.idempotency.items()):
-                if task_id == task.id:
-                    del session.idempotency[key]
+        key = session.idempotency_of.pop(task.id, None)
+        if key is not None:
+            del session.idempotency[key]
         if not session.tasks:
             del self.sessions[task.session_key]
         self._publish(task, EventType.REMOVED, None)
