@@ -345,7 +345,16 @@ async function toggleDetails(task) {
 
 async function fullSync() {
   const generation = live.generation;
-  const answer = await api("GET", `/tasks?limit=${LIST_LIMIT}`);
+  // Cleared before asking, not after: an event that arrives while this sync is in
+  // flight (e.g. for a task the list does not hold yet) must cause another sync.
+  live.dirty = false;
+  let answer;
+  try {
+    answer = await api("GET", `/tasks?limit=${LIST_LIMIT}`);
+  } catch (error) {
+    live.dirty = true;
+    throw error;
+  }
   if (generation !== live.generation) return;
   live.total = answer.total ?? answer.tasks.length;
   const seen = new Set();
@@ -369,20 +378,25 @@ async function fullSync() {
   }));
   if (generation !== live.generation) return;
   live.lastFull = Date.now();
-  live.dirty = false;
   renderList();
 }
 
 async function refreshStats() {
   const generation = live.generation;
-  const answer = await api("GET", "/tasks/stats");
+  live.statsDirty = false; // before asking, as in fullSync
+  let answer;
+  try {
+    answer = await api("GET", "/tasks/stats");
+  } catch (error) {
+    live.statsDirty = true;
+    throw error;
+  }
   if (generation !== live.generation) return;
   const stats = answer.stats;
   const box = $("#stats");
   box.replaceChildren(...["total", ...STATUSES].map((key) => el("div", { class: "stat", "data-stat": key },
     el("div", { class: "n", text: stats[key] ?? 0 }), el("div", { class: "k", text: key }))));
   live.lastStats = Date.now();
-  live.statsDirty = false;
 }
 
 async function refreshCleanup() {
