@@ -57,8 +57,9 @@ class Cleaner:
         #: Called with each removed task id before removal (runner bookkeeping).
         self.on_remove: list[Callable[[str], None]] = []
 
-    def run_once(self, session_key: str | None = None, *, trigger: Literal["interval", "manual"] = "manual"
-                 ) -> CleanupResult:
+    def run_once(
+        self, session_key: str | None = None, *, trigger: Literal["interval", "manual"] = "manual"
+    ) -> CleanupResult:
         """Enforce retention in one session, or in every session when `session_key` is None."""
         began = time.perf_counter()
         self.is_running = True
@@ -77,8 +78,9 @@ class Cleaner:
         result.duration_ms = round((time.perf_counter() - began) * 1000, 3)
         self.last_run = LastRun(at=self.clock.now_ms(), trigger=trigger, duration_ms=result.duration_ms)
         if result.removed:
-            logger.info("Cleanup removed %d finished tasks (%s) in %.1f ms", result.removed, trigger,
-                        result.duration_ms)
+            logger.info(
+                "Cleanup removed %d finished tasks (%s) in %.1f ms", result.removed, trigger, result.duration_ms
+            )
         for hook in self.after_sweep:
             hook(result, trigger)
         return result

@@ -89,7 +89,9 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     server = uvicorn.Server(config)
     signalled = threading.Event()
     threading.Thread(
-        target=_shutdown_watchdog, args=(plugin, signalled, settings), name="async-tasks shutdown watchdog",
+        target=_shutdown_watchdog,
+        args=(plugin, signalled, settings),
+        name="async-tasks shutdown watchdog",
         daemon=True,
     ).start()
 
@@ -109,8 +111,7 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     server.run()
     if plugin.abandoned:
         # Their worker threads would keep the interpreter from exiting.
-        logging.getLogger("async_tasks.shutdown").warning(
-            "Exiting with %d abandoned tasks", len(plugin.abandoned))
+        logging.getLogger("async_tasks.shutdown").warning("Exiting with %d abandoned tasks", len(plugin.abandoned))
         flush_logs()
         os._exit(1)
     return 0
@@ -126,8 +127,9 @@ def _shutdown_watchdog(plugin: AsyncTasksPlugin, signalled: threading.Event, set
     logger = logging.getLogger("async_tasks.shutdown")
     signalled.wait()
     began = time.monotonic()
-    logger.info("Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
-                settings.shutdown_grace_ms)
+    logger.info(
+        "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)", settings.shutdown_grace_ms
+    )
     time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
     # Still alive: something ignores cancellation or the event loop is blocked.
     reported = {task.id for task in plugin.abandoned}
@@ -141,13 +143,24 @@ def _shutdown_watchdog(plugin: AsyncTasksPlugin, signalled: threading.Event, set
         stuck = []
     for task in stuck:
         if task.id not in reported:
-            logger.warning("Abandoned task %s for session %s: it did not stop within the grace period",
-                           task.id, task.session_key,
-                           extra={"task_id": task.id, "session_key": task.session_key, "executor": task.executor,
-                                  "status": task.status.value, "reason": "shutdown"})
-    logger.error("Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, "
-                 "%d tasks abandoned", settings.shutdown_grace_ms, time.monotonic() - began,
-                 len(reported | {task.id for task in stuck}))
+            logger.warning(
+                "Abandoned task %s for session %s: it did not stop within the grace period",
+                task.id,
+                task.session_key,
+                extra={
+                    "task_id": task.id,
+                    "session_key": task.session_key,
+                    "executor": task.executor,
+                    "status": task.status.value,
+                    "reason": "shutdown",
+                },
+            )
+    logger.error(
+        "Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, %d tasks abandoned",
+        settings.shutdown_grace_ms,
+        time.monotonic() - began,
+        len(reported | {task.id for task in stuck}),
+    )
     flush_logs()
     os._exit(1)
 
@@ -246,9 +259,7 @@ def _open_client(args: argparse.Namespace) -> TaskClient:
     from async_tasks.client import TaskClient
 
     url = args.url
-    return TaskClient(
-        url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token)
-    )
+    return TaskClient(url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token))
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -274,8 +285,10 @@ def _client_command(func: Callable[[argparse.Namespace, TaskClient], int]) -> Co
             err.print(f"[bold red]error:[/] {_escape(exc.message)} [dim]({exc.code}, HTTP {exc.status})[/]")
             return 1
         except httpx.TransportError as exc:
-            err.print(f"[bold red]error:[/] cannot reach the server at {_escape(args.url)}: "
-                      f"{_escape(str(exc) or type(exc).__name__)}")
+            err.print(
+                f"[bold red]error:[/] cannot reach the server at {_escape(args.url)}: "
+                f"{_escape(str(exc) or type(exc).__name__)}"
+            )
             return 1
 
     return run
@@ -358,8 +371,10 @@ def submit(args: argparse.Namespace, client: TaskClient) -> int:
         _print_json(task)
         return 0
     out, _ = _consoles()
-    out.print(f"Created task [bold]{task['id']}[/] ({_escape(task.get('name', ''))}) "
-              f"in session {_escape(task.get('sessionKey', '?'))}")
+    out.print(
+        f"Created task [bold]{task['id']}[/] ({_escape(task.get('name', ''))}) "
+        f"in session {_escape(task.get('sessionKey', '?'))}"
+    )
     if not args.watch:
         out.print(f"[dim]Follow it with: async-tasks watch {task['id']}[/]")
         return 0
@@ -491,9 +506,7 @@ def executors(args: argparse.Namespace, client: TaskClient) -> int:
                 params.append(f"{key}={json.dumps(prop['default'])}")
             else:
                 params.append(key)
-        table.add_row(
-            _escape(executor["name"]), _escape(executor.get("title", "")), _escape(", ".join(params))
-        )
+        table.add_row(_escape(executor["name"]), _escape(executor.get("title", "")), _escape(", ".join(params)))
     out.print(table)
     return 0
 
@@ -510,35 +523,52 @@ def session(args: argparse.Namespace, client: TaskClient) -> int:
         _print_json({"sessionKey": info.get("sessionKey"), "sessionFile": str(session_file(args.url))})
         return 0
     out.print(f"Session {_escape(info.get('sessionKey'))}{' (new)' if args.new else ''}")
-    out.print(f"[dim]token stored in {_escape(session_file(args.url))}[/]" if client.token
-              else "[dim]no token: the server maps this client by its IP address[/]")
+    out.print(
+        f"[dim]token stored in {_escape(session_file(args.url))}[/]"
+        if client.token
+        else "[dim]no token: the server maps this client by its IP address[/]"
+    )
     return 0
 
 
 def _add_client_commands(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=default_url(),
-                        help=f"the server (default: ${URL_ENV} or {DEFAULT_URL})")
+    common.add_argument("--url", default=default_url(), help=f"the server (default: ${URL_ENV} or {DEFAULT_URL})")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
-    cmd = commands.add_parser("submit", parents=[common, as_json], help="create and start a task",
-                              description="Create and start a task of EXECUTOR (POST /demo/tasks/EXECUTOR).")
+    cmd = commands.add_parser(
+        "submit",
+        parents=[common, as_json],
+        help="create and start a task",
+        description="Create and start a task of EXECUTOR (POST /demo/tasks/EXECUTOR).",
+    )
     cmd.add_argument("executor", help="executor name (see: async-tasks executors)")
-    cmd.add_argument("--param", "-p", action="append", metavar="KEY=VALUE",
-                     help="a param; VALUE is JSON when it parses (2000, true, '[\"a\",\"b\"]'), "
-                          "else a string")
+    cmd.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        metavar="KEY=VALUE",
+        help='a param; VALUE is JSON when it parses (2000, true, \'["a","b"]\'), else a string',
+    )
     cmd.add_argument("--description", "-d", help="task description")
-    cmd.add_argument("--watch", "-w", action="store_true",
-                     help="show a progress bar until the task ends; exit 1 if it fails or is cancelled")
+    cmd.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="show a progress bar until the task ends; exit 1 if it fails or is cancelled",
+    )
     cmd.set_defaults(func=submit)
 
     cmd = commands.add_parser("list", parents=[common, as_json], help="list this session's tasks")
     cmd.add_argument("--status", choices=list(STATUS_STYLES), help="only tasks in this status")
     cmd.add_argument("--executor", help="only tasks of this executor")
     cmd.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    cmd.add_argument("--full-ids", action="store_true",
-                     help="show whole task ids (by default the first 8 characters, which commands accept)")
+    cmd.add_argument(
+        "--full-ids",
+        action="store_true",
+        help="show whole task ids (by default the first 8 characters, which commands accept)",
+    )
     cmd.set_defaults(func=list_tasks)
 
     for name, func, text in (
@@ -556,8 +586,7 @@ def _add_client_commands(commands: Any) -> None:
             cmd.add_argument("--watch", "-w", action="store_true", help="then follow it with a progress bar")
         cmd.set_defaults(func=func)
 
-    cmd = commands.add_parser("executors", parents=[common, as_json],
-                              help="list the executors and their params")
+    cmd = commands.add_parser("executors", parents=[common, as_json], help="list the executors and their params")
     cmd.set_defaults(func=executors)
 
     cmd = commands.add_parser("session", parents=[common, as_json], help="show (or renew) the CLI's session")
@@ -568,9 +597,7 @@ def _add_client_commands(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")

@@ -122,12 +122,16 @@ class _Calls:
         key = params.pop("idempotency_key", None)
         if key:
             headers["Idempotency-Key"] = str(key)
-        return _Call("POST", f"{self.api}/demo/tasks/{_quote(executor)}", json=params, headers=headers,
-                     extract=_key("task"))
+        return _Call(
+            "POST", f"{self.api}/demo/tasks/{_quote(executor)}", json=params, headers=headers, extract=_key("task")
+        )
 
     def list_tasks(self, **query: Any) -> _Call:
-        params = {_camel(k): (v.lower() if isinstance(v, str) and k == "status" else v)
-                  for k, v in query.items() if v is not None}
+        params = {
+            _camel(k): (v.lower() if isinstance(v, str) and k == "status" else v)
+            for k, v in query.items()
+            if v is not None
+        }
         for k, v in params.items():
             if isinstance(v, bool):
                 params[k] = "true" if v else "false"
@@ -195,8 +199,7 @@ def _body_of(response: httpx.Response) -> Any:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise TaskApiError(response.status_code, "invalid_response", "The server did not answer JSON.") \
-            from exc
+        raise TaskApiError(response.status_code, "invalid_response", "The server did not answer JSON.") from exc
     if isinstance(body, dict) and body.get("success") is False:
         raise _error_of(response)
     return body
@@ -228,9 +231,7 @@ class _SseParser:
         return None
 
 
-def _update(
-    payload: Mapping[str, Any], task_id: str, source: str, event: str | None = None
-) -> dict[str, Any]:
+def _update(payload: Mapping[str, Any], task_id: str, source: str, event: str | None = None) -> dict[str, Any]:
     """A status update as `watch` yields it: the /status fields plus taskId and source."""
     update = {k: v for k, v in payload.items() if k not in ("success", "sessionKey")}
     update.setdefault("currentStep", None)
@@ -388,9 +389,7 @@ class TaskClient(_Base):
 
     # -- tasks ------------------------------------------------------------------
 
-    def create_task(
-        self, executor: str, /, params: Mapping[str, Any] | None = None, **options: Any
-    ) -> dict[str, Any]:
+    def create_task(self, executor: str, /, params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """``POST /tasks``: the new task (pending unless ``start=True``).
 
         Options (snake_case or camelCase): name, description, metadata, tags, start,
@@ -419,8 +418,9 @@ class TaskClient(_Base):
         dead_letter: bool | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /tasks``: the session's task summaries, newest first."""
-        call = self._calls.list_tasks(status=status, executor=executor, tag=tag, limit=limit, offset=offset,
-                                      dead_letter=dead_letter)
+        call = self._calls.list_tasks(
+            status=status, executor=executor, tag=tag, limit=limit, offset=offset, dead_letter=dead_letter
+        )
         return self._run(call)  # type: ignore[no-any-return]
 
     def get_task(self, task_id: str) -> dict[str, Any]:
@@ -599,8 +599,9 @@ class AsyncTaskClient(_Base):
         offset: int | None = None,
         dead_letter: bool | None = None,
     ) -> list[dict[str, Any]]:
-        call = self._calls.list_tasks(status=status, executor=executor, tag=tag, limit=limit, offset=offset,
-                                      dead_letter=dead_letter)
+        call = self._calls.list_tasks(
+            status=status, executor=executor, tag=tag, limit=limit, offset=offset, dead_letter=dead_letter
+        )
         return await self._run(call)  # type: ignore[no-any-return]
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
@@ -714,4 +715,3 @@ class AsyncTaskClient(_Base):
             self._check_deadline(deadline, task_id)
             raise _StreamUnavailable(str(exc)) from exc
         raise _StreamUnavailable("the stream ended")
-

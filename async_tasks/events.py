@@ -41,7 +41,6 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     #: The attempt the event belongs to (`Task.attempts`; 0 before the first run).
     attempt: int = 0
 
-
     @classmethod
     def of(cls, task: Task, type: EventType, previous: TaskStatus | None = None, **extra: Any) -> TaskEvent:
         """The event describing `task` as it is now."""
@@ -59,6 +58,7 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
             error=task.error,
             **extra,
         )
+
 
 EventListener = Callable[[TaskEvent], None]
 

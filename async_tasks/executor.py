@@ -66,9 +66,7 @@ class Step(msgspec.Struct, frozen=True):
 class Progress(Protocol):
     """What `execute` receives to report progress (async form)."""
 
-    async def __call__(
-        self, percent: float, step: str | None = None, description: str | None = None
-    ) -> None: ...
+    async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None: ...
 
     def step(
         self, name: str, description: str = "", *, end: float | None = None

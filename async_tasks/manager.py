@@ -127,9 +127,7 @@ class TaskManager:
             raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping", field="params")
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
-            raise InvalidParams(
-                f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms}", field="timeoutMs"
-            )
+            raise InvalidParams(f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms}", field="timeoutMs")
         max_retries = max_retries if max_retries is not None else cls.max_retries
         if not 0 <= max_retries <= self.settings.max_task_retries:
             raise InvalidParams(f"maxRetries must be from 0 to {self.settings.max_task_retries}", field="maxRetries")

@@ -81,8 +81,9 @@ class AppPrometheusMiddleware(PrometheusMiddleware):
 
     _config: AppPrometheusConfig
 
-    def _metric(self, kind: type[MetricWrapperBase], suffix: str, documentation: str,
-                labels: dict[str, Any], **kwargs: Any) -> MetricWrapperBase:
+    def _metric(
+        self, kind: type[MetricWrapperBase], suffix: str, documentation: str, labels: dict[str, Any], **kwargs: Any
+    ) -> MetricWrapperBase:
         name = f"{self._config.prefix}_{suffix}"
         metric = self._config.metrics.get(name)
         if metric is None:
@@ -108,15 +109,22 @@ class AppPrometheusMiddleware(PrometheusMiddleware):
         return cast("Counter", self._metric(Counter, "requests_total", "Total requests", labels))
 
     def request_time(self, labels: dict[str, str | int | float]) -> Histogram:
-        return cast("Histogram", self._metric(
-            Histogram, "request_duration_seconds", "Request duration, in seconds", labels, **self._kwargs
-        ))
+        return cast(
+            "Histogram",
+            self._metric(Histogram, "request_duration_seconds", "Request duration, in seconds", labels, **self._kwargs),
+        )
 
     def requests_in_progress(self, labels: dict[str, str | int | float]) -> Gauge:
-        return cast("Gauge", self._metric(
-            Gauge, "requests_in_progress", "Total requests currently in progress", labels,
-            multiprocess_mode="livesum",
-        ))
+        return cast(
+            "Gauge",
+            self._metric(
+                Gauge,
+                "requests_in_progress",
+                "Total requests currently in progress",
+                labels,
+                multiprocess_mode="livesum",
+            ),
+        )
 
     def requests_error_count(self, labels: dict[str, str | int | float]) -> Counter:
         return cast("Counter", self._metric(Counter, "requests_error_total", "Total errors in requests", labels))
@@ -130,18 +138,22 @@ class _ScrapeTimeCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         store, runner = self._metrics.store, self._metrics.runner
-        yield GaugeMetricFamily("async_tasks_tasks_running", "Tasks running now",
-                                value=store.totals[TaskStatus.RUNNING])
-        yield GaugeMetricFamily("async_tasks_tasks_queued", "Tasks waiting for a concurrency slot",
-                                value=runner.queued_count)
-        yield GaugeMetricFamily("async_tasks_sessions", "Sessions holding at least one task",
-                                value=len(store.sessions))
+        yield GaugeMetricFamily(
+            "async_tasks_tasks_running", "Tasks running now", value=store.totals[TaskStatus.RUNNING]
+        )
+        yield GaugeMetricFamily(
+            "async_tasks_tasks_queued", "Tasks waiting for a concurrency slot", value=runner.queued_count
+        )
+        yield GaugeMetricFamily("async_tasks_sessions", "Sessions holding at least one task", value=len(store.sessions))
         by_status = GaugeMetricFamily("async_tasks_tasks", "Tasks held in memory, by status", labels=["status"])
         for status, count in store.totals.items():
             by_status.add_metric([status.value], count)
         yield by_status
-        yield CounterMetricFamily("async_tasks_events_dropped", "Push-stream events dropped for slow clients",
-                                  value=self._metrics.events_dropped())
+        yield CounterMetricFamily(
+            "async_tasks_events_dropped",
+            "Push-stream events dropped for slow clients",
+            value=self._metrics.events_dropped(),
+        )
 
 
 class TaskMetrics:
@@ -162,12 +174,22 @@ class TaskMetrics:
         self.registry = registry or CollectorRegistry()
         self.events_dropped = events_dropped
         self.created = Counter("async_tasks_tasks_created", "Tasks created", ["executor"], registry=self.registry)
-        self.finished = Counter("async_tasks_tasks_finished", "Tasks that reached a final status",
-                                ["executor", "status"], registry=self.registry)
-        self.duration = Histogram("async_tasks_task_duration_seconds", "Run time of task attempts, in seconds",
-                                  ["executor"], buckets=DURATION_BUCKETS, registry=self.registry)
-        self.cleanup_removed = Counter("async_tasks_cleanup_removed", "Finished tasks removed by retention",
-                                       ["reason"], registry=self.registry)
+        self.finished = Counter(
+            "async_tasks_tasks_finished",
+            "Tasks that reached a final status",
+            ["executor", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "async_tasks_task_duration_seconds",
+            "Run time of task attempts, in seconds",
+            ["executor"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.cleanup_removed = Counter(
+            "async_tasks_cleanup_removed", "Finished tasks removed by retention", ["reason"], registry=self.registry
+        )
         self.registry.register(_ScrapeTimeCollector(self))
         store.on_transition.append(self._on_transition)
         runner.on_finish.append(self._on_finish)
@@ -183,8 +205,11 @@ class TaskMetrics:
         self.duration.labels(task.executor).observe(duration)
 
     def _on_sweep(self, result: CleanupResult, trigger: str) -> None:
-        for reason, count in (("completed", result.removed_completed), ("failed", result.removed_failed),
-                              ("cancelled", result.removed_cancelled)):
+        for reason, count in (
+            ("completed", result.removed_completed),
+            ("failed", result.removed_failed),
+            ("cancelled", result.removed_cancelled),
+        ):
             if count:
                 self.cleanup_removed.labels(reason).inc(count)
 

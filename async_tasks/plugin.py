@@ -94,7 +94,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
         self.metrics = (
             TaskMetrics(self.store, self.runner, self.cleaner, events_dropped=self._events_dropped)
-            if self.settings.metrics_enabled else None
+            if self.settings.metrics_enabled
+            else None
         )
         self.lag_probe = LoopLagProbe()
         #: Called when shutdown begins (signal or lifespan end), before tasks are cancelled:
@@ -160,8 +161,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
                 self._loop = None
             tg.start_soon(self._shutdown_when_requested, self._shutdown_requested)
             app.state.task_manager = self.task_manager
-            logger.info("Task system initialized successfully (%d executors: %s)", len(self.executors),
-                        ", ".join(self.executors.names()))
+            logger.info(
+                "Task system initialized successfully (%d executors: %s)",
+                len(self.executors),
+                ", ".join(self.executors.names()),
+            )
             try:
                 yield
             finally:
@@ -200,8 +204,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self._shutdown_done = done = anyio.Event()
         try:
             self.runner.accepting = False
-            logger.info("Shutting down: cancelling %d running and %d queued tasks",
-                        len(self.runner.running), self.runner.queued_count)
+            logger.info(
+                "Shutting down: cancelling %d running and %d queued tasks",
+                len(self.runner.running),
+                self.runner.queued_count,
+            )
             for hook in self.on_shutdown:
                 try:
                     hook()

@@ -128,8 +128,12 @@ class Runner:
         ids = {task.id for task in abandoned}
         abandoned += [attempt.task for attempt in list(self._threads) if attempt.task.id not in ids]
         for task in abandoned:
-            logger.warning("Abandoned task %s for session %s: it did not stop within the grace period",
-                           task.id, task.session_key, extra=_log_fields(task, reason=SHUTDOWN))
+            logger.warning(
+                "Abandoned task %s for session %s: it did not stop within the grace period",
+                task.id,
+                task.session_key,
+                extra=_log_fields(task, reason=SHUTDOWN),
+            )
         return abandoned
 
     # -- commands -------------------------------------------------------------
@@ -206,10 +210,13 @@ class Runner:
     def _launch(self, task: Task) -> None:
         executor = self.executors.get(task.executor)
         assert self._tg is not None, "the runner is not running (is the app's lifespan active?)"
-        attempt = _Attempt(task, ProgressReporter(
-            lambda percent, step, description: self._report(task, percent, step, description),
-            type(executor).steps if executor is not None else (),
-        ))
+        attempt = _Attempt(
+            task,
+            ProgressReporter(
+                lambda percent, step, description: self._report(task, percent, step, description),
+                type(executor).steps if executor is not None else (),
+            ),
+        )
         self.store.transition(task, TaskStatus.RUNNING, reason="started")
         self.running[task.id] = attempt
         self._session_running[task.session_key] = self._session_running.get(task.session_key, 0) + 1
@@ -262,8 +269,13 @@ class Runner:
         status, result, error = outcome
         if status is TaskStatus.COMPLETED and error is None:
             self.store.transition(task, TaskStatus.COMPLETED, result=result, reason="completed")
-            logger.info("Completed execution of task %s for session %s in %d ms", task.id, task.session_key,
-                        task.duration_ms or 0, extra=_log_fields(task))
+            logger.info(
+                "Completed execution of task %s for session %s in %d ms",
+                task.id,
+                task.session_key,
+                task.duration_ms or 0,
+                extra=_log_fields(task),
+            )
         else:
             self._fail(task, error or "failed")
         self._notify(task, attempt)
@@ -288,12 +300,19 @@ class Runner:
         used = self._auto_retries.get(task.id, 0)
         if used < task.max_retries and self.accepting:
             self.store.transition(task, TaskStatus.FAILED, error=error, reason="attempt failed")
-            logger.warning("Attempt %s of task %s for session %s failed: %s", task.attempts, task.id,
-                           task.session_key, error, extra=_log_fields(task, error=error))
+            logger.warning(
+                "Attempt %s of task %s for session %s failed: %s",
+                task.attempts,
+                task.id,
+                task.session_key,
+                error,
+                extra=_log_fields(task, error=error),
+            )
             self._auto_retries[task.id] = used + 1
             delay = self.backoff_delay(used + 1)
             self.store.transition(
-                task, TaskStatus.PENDING,
+                task,
+                TaskStatus.PENDING,
                 reason=f"automatic retry {used + 1} of {task.max_retries} in {delay * 1000:.0f} ms",
             )
             assert self._tg is not None
@@ -303,8 +322,13 @@ class Runner:
         if task.max_retries > 0:
             task.dead_lettered = True
         self.store.transition(task, TaskStatus.FAILED, error=error, reason="failed")
-        logger.error("Failed execution of task %s for session %s: %s", task.id, task.session_key, error,
-                     extra=_log_fields(task, error=error))
+        logger.error(
+            "Failed execution of task %s for session %s: %s",
+            task.id,
+            task.session_key,
+            error,
+            extra=_log_fields(task, error=error),
+        )
 
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, capped."""
@@ -328,8 +352,13 @@ class Runner:
         attempt.reporter.close()  # progress frozen from this moment
         self.store.transition(task, TaskStatus.CANCELLED, reason=reason, error=None)
         attempt.scope.cancel()
-        logger.info("Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
-                    extra=_log_fields(task, reason=reason))
+        logger.info(
+            "Cancelled execution of task %s for session %s (%s)",
+            task.id,
+            task.session_key,
+            reason,
+            extra=_log_fields(task, reason=reason),
+        )
         self._notify(task, attempt)
 
     def _cancel_pending(self, task: Task, reason: str) -> None:
@@ -339,8 +368,13 @@ class Runner:
             scope.cancel()
         if task.status is TaskStatus.PENDING:
             self.store.transition(task, TaskStatus.CANCELLED, reason=reason)
-            logger.info("Cancelled task %s for session %s before it ran (%s)", task.id, task.session_key, reason,
-                        extra=_log_fields(task, reason=reason))
+            logger.info(
+                "Cancelled task %s for session %s before it ran (%s)",
+                task.id,
+                task.session_key,
+                reason,
+                extra=_log_fields(task, reason=reason),
+            )
 
     def _release(self, attempt: _Attempt) -> None:
         task = attempt.task
@@ -372,8 +406,14 @@ class Runner:
 
 def _log_fields(task: Task, **fields: Any) -> dict[str, Any]:
     """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
-    return {"task_id": task.id, "session_key": task.session_key, "executor": task.executor,
-            "status": task.status.value, "duration_ms": task.duration_ms, **fields}
+    return {
+        "task_id": task.id,
+        "session_key": task.session_key,
+        "executor": task.executor,
+        "status": task.status.value,
+        "duration_ms": task.duration_ms,
+        **fields,
+    }
 
 
 def _describe(exc: BaseException) -> str:

@@ -219,4 +219,3 @@ class TaskStore:
         if not self.events.listeners:
             return
         self.events.publish(TaskEvent.of(task, kind, previous))
-

@@ -287,8 +287,9 @@ class StreamBridge:
             if event.type is EventType.TRANSITION and event.status == TaskStatus.COMPLETED.value:
                 changes["result"] = task.result
             event = msgspec.structs.replace(event, **changes)
-        envelope = _Envelope(seq, event.task_id, event.type.value, event.status, event.attempt,
-                             msgspec.Raw(_encode(event)))
+        envelope = _Envelope(
+            seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(_encode(event))
+        )
         self.channels.publish(_encode(envelope), session.channel)
         self.events_published_total += 1
 

@@ -293,8 +293,13 @@ def running_memory(kind: str, count: int, chunk: int = 500) -> dict[str, Any]:
                 gc.collect()
                 after = rss_bytes()
                 tg.cancel_scope.cancel()
-            return {"kind": kind, "count": count, "rss_delta": after - before,
-                    "bytes_per_task": (after - before) / count, "spawn_us_per_task": spawned / count * 1e6}
+            return {
+                "kind": kind,
+                "count": count,
+                "rss_delta": after - before,
+                "bytes_per_task": (after - before) / count,
+                "spawn_us_per_task": spawned / count * 1e6,
+            }
 
         return _run(main)
 
@@ -314,8 +319,7 @@ def running_memory(kind: str, count: int, chunk: int = 500) -> dict[str, Any]:
             before = rss_bytes()
             began = time.perf_counter()
             for index in range(count):
-                await manager.create_task(conn.next_request(), executor=SleeperExecutor.name,
-                                          params={"seconds": 1800})
+                await manager.create_task(conn.next_request(), executor=SleeperExecutor.name, params={"seconds": 1800})
                 if index % chunk == chunk - 1:
                     await anyio.lowlevel.checkpoint()
             spawned = time.perf_counter() - began
@@ -323,8 +327,14 @@ def running_memory(kind: str, count: int, chunk: int = 500) -> dict[str, Any]:
             gc.collect()
             after = rss_bytes()
             running = len(plugin.runner.running)
-            result = {"kind": kind, "count": count, "running": running, "rss_delta": after - before,
-                      "bytes_per_task": (after - before) / count, "spawn_us_per_task": spawned / count * 1e6}
+            result = {
+                "kind": kind,
+                "count": count,
+                "running": running,
+                "rss_delta": after - before,
+                "bytes_per_task": (after - before) / count,
+                "spawn_us_per_task": spawned / count * 1e6,
+            }
             began = time.perf_counter()
         result["shutdown_s"] = time.perf_counter() - began
         return result
@@ -359,12 +369,22 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
     for s in range(sessions):
         key = f"s_bench{s:06d}"
         for _ in range(per_session):
-            task = Task(id=str(uuid.uuid4()), session_key=key, executor="sample", name="Sample Long-Running Task",
-                        params=params, request_id=new_request_id())
+            task = Task(
+                id=str(uuid.uuid4()),
+                session_key=key,
+                executor="sample",
+                name="Sample Long-Running Task",
+                params=params,
+                request_id=new_request_id(),
+            )
             store.add(task)
             store.transition(task, TaskStatus.RUNNING, reason="started")
-            store.transition(task, TaskStatus.COMPLETED, reason="completed",
-                             result={"message": "Sample task completed", "delayMs": 0, "steps": 5})
+            store.transition(
+                task,
+                TaskStatus.COMPLETED,
+                reason="completed",
+                result={"message": "Sample task completed", "delayMs": 0, "steps": 5},
+            )
     built = time.perf_counter() - began
     store.events.listeners[:] = listeners
     store.on_transition[:] = hooks
@@ -379,10 +399,16 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
     second = cleaner.run_once(trigger="interval")
     idle = time.perf_counter() - began
     return {
-        "sessions": sessions, "per_session": per_session, "keep": keep, "held_before": held,
-        "build_s": built, "removed": first.removed, "sweep_s": sweep,
+        "sessions": sessions,
+        "per_session": per_session,
+        "keep": keep,
+        "held_before": held,
+        "build_s": built,
+        "removed": first.removed,
+        "sweep_s": sweep,
         "us_per_removed_task": sweep / max(first.removed, 1) * 1e6,
-        "idle_sweep_s": idle, "removed_second": second.removed,
+        "idle_sweep_s": idle,
+        "removed_second": second.removed,
         "us_per_untouched_session": idle / sessions * 1e6,
         "held_after": len(store),
     }

@@ -56,8 +56,9 @@ class Spawn(msgspec.Struct):
 
 
 @post("/bench/spawn", status_code=200)
-async def spawn(request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], data: Spawn
-                ) -> dict[str, int]:
+async def spawn(
+    request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], data: Spawn
+) -> dict[str, int]:
     for index in range(data.count):
         await task_manager.create_task(request, executor=SleeperExecutor.name, params={"seconds": data.seconds})
         if index % 500 == 499:

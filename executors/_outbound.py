@@ -335,9 +335,7 @@ class OutboundPolicy:
     def _check_ip(self, ip: IPAddress, subject: str) -> None:
         reason = blocked_reason(ip)
         if reason is not None and not self.allow.allows_ip(ip):
-            raise OutboundRefused(
-                f"Refused: {subject} {reason}. Add the host to {ALLOW_SETTING} to allow it."
-            )
+            raise OutboundRefused(f"Refused: {subject} {reason}. Add the host to {ALLOW_SETTING} to allow it.")
 
 
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):

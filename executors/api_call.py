@@ -74,9 +74,7 @@ class ApiCallParams(TaskParams):
     headers: (
         Annotated[
             dict[HeaderName, HeaderValue],
-            msgspec.Meta(
-                max_length=MAX_HEADERS, description=f"Extra request headers (at most {MAX_HEADERS})."
-            ),
+            msgspec.Meta(max_length=MAX_HEADERS, description=f"Extra request headers (at most {MAX_HEADERS})."),
         ]
         | None
     ) = None
@@ -219,8 +217,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
                 await response.aclose()
                 if redirects >= self.config.api_call_max_redirects:
                     raise ApiCallFailed(
-                        f"{method} {params.endpoint} stopped after {redirects} redirects "
-                        "(API_CALL_MAX_REDIRECTS)."
+                        f"{method} {params.endpoint} stopped after {redirects} redirects (API_CALL_MAX_REDIRECTS)."
                     )
                 redirects += 1
                 request = response.next_request
@@ -266,9 +263,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
         except httpx.TimeoutException as exc:
             raise TimeoutError from exc
         except httpx.HTTPError as exc:
-            raise ApiCallFailed(
-                f"{request.method} {request.url}: reading the response failed: {exc}."
-            ) from None
+            raise ApiCallFailed(f"{request.method} {request.url}: reading the response failed: {exc}.") from None
 
         await progress(90, step="Parsing Response", description=f"{received} bytes")
         body, truncated = self._decode(response, b"".join(chunks))
@@ -278,9 +273,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
             "statusCode": response.status_code,
             "reason": response.reason_phrase,
             "headers": {
-                key: response.headers[key]
-                for key in ("content-type", "content-length")
-                if key in response.headers
+                key: response.headers[key] for key in ("content-type", "content-length") if key in response.headers
             },
             "bytes": received,
             "redirects": redirects,

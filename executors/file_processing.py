@@ -204,9 +204,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         super().__init__(config)
         root = self.settings.file_processing_root
         if root is not None and not Path(root).is_dir():
-            raise SettingsError(
-                f"Invalid value {root!r} for FILE_PROCESSING_ROOT: expected an existing directory"
-            )
+            raise SettingsError(f"Invalid value {root!r} for FILE_PROCESSING_ROOT: expected an existing directory")
 
     @property
     def settings(self) -> FileProcessingConfig:
@@ -289,9 +287,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         except BaseException:
             os.close(fd)
             raise
-        return CheckedFile(
-            fd=fd, path=resolved, relative=resolved.relative_to(root).as_posix(), size=after.st_size
-        )
+        return CheckedFile(fd=fd, path=resolved, relative=resolved.relative_to(root).as_posix(), size=after.st_size)
 
     @staticmethod
     def _require_regular(st: os.stat_result) -> None:

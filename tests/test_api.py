@@ -30,11 +30,35 @@ async def test_create_is_pending_unless_started(client: httpx.AsyncClient) -> No
     assert body["success"] is True
     task = body["task"]
     assert (task["status"], task["progress"], task["name"], task["tags"], task["attempts"]) == (
-        "pending", 0, "Mine", ["a"], 0)
+        "pending",
+        0,
+        "Mine",
+        ["a"],
+        0,
+    )
     assert task["params"] == {"steps": 3, "hold": False, "fail": None, "failAttempts": 0, "result": None}
-    full_fields = {"id", "name", "executor", "status", "progress", "createdAt", "completedAt", "description",
-                   "params", "metadata", "tags", "currentStep", "currentStepDescription", "result", "error",
-                   "attempts", "sessionKey", "startedAt", "updatedAt", "history"}
+    full_fields = {
+        "id",
+        "name",
+        "executor",
+        "status",
+        "progress",
+        "createdAt",
+        "completedAt",
+        "description",
+        "params",
+        "metadata",
+        "tags",
+        "currentStep",
+        "currentStepDescription",
+        "result",
+        "error",
+        "attempts",
+        "sessionKey",
+        "startedAt",
+        "updatedAt",
+        "history",
+    }
     assert full_fields <= set(task)
 
 
@@ -44,8 +68,16 @@ async def test_start_then_status_has_the_seed_shape(client: httpx.AsyncClient, a
     assert started.status_code == 200 and started.json()["task"]["status"] in ("running", "completed")
     await wait_for(app, task["id"], "completed")
     status = (await client.get(f"{API}/tasks/{task['id']}/status")).json()
-    assert list(status) == ["success", "status", "progress", "currentStep", "currentStepDescription",
-                            "startedAt", "completedAt", "error"]
+    assert list(status) == [
+        "success",
+        "status",
+        "progress",
+        "currentStep",
+        "currentStepDescription",
+        "startedAt",
+        "completedAt",
+        "error",
+    ]
     assert status["status"] == "completed" and status["progress"] == 100 and status["error"] is None
 
 
@@ -84,12 +116,19 @@ async def test_stats_count_by_status(client: httpx.AsyncClient, app: Litestar) -
     await client.post(f"{API}/tasks", json={"executor": "script"})
     stats = (await client.get(f"{API}/tasks/stats")).json()["stats"]
     assert {k: stats[k] for k in ("total", "pending", "running", "completed", "failed", "cancelled")} == {
-        "total": 3, "pending": 1, "running": 0, "completed": 1, "failed": 0, "cancelled": 1}
+        "total": 3,
+        "pending": 1,
+        "running": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 1,
+    }
 
 
 async def test_delete(client: httpx.AsyncClient, app: Litestar) -> None:
-    running = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True,
-                                                        "params": {"hold": True}})).json()["task"]
+    running = (
+        await client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"hold": True}})
+    ).json()["task"]
     assert_error(await client.delete(f"{API}/tasks/{running['id']}"), 409, "invalid_transition")
     await client.post(f"{API}/tasks/{running['id']}/cancel")
     assert (await client.delete(f"{API}/tasks/{running['id']}")).status_code == 204
@@ -184,11 +223,11 @@ async def test_client_mistakes_get_the_error_body(
 
 
 async def test_params_error_names_the_field(client: httpx.AsyncClient) -> None:
-    body = assert_error(await client.post(f"{API}/tasks", json={"executor": "script", "params": {"steps": "x"}}),
-                        400, "invalid_params")
+    body = assert_error(
+        await client.post(f"{API}/tasks", json={"executor": "script", "params": {"steps": "x"}}), 400, "invalid_params"
+    )
     assert body["error"]["details"][0]["key"] == "params.steps"
-    body = assert_error(await client.post(f"{API}/demo/tasks/sample", json={"delayMs": "x"}), 400,
-                        "validation_error")
+    body = assert_error(await client.post(f"{API}/demo/tasks/sample", json={"delayMs": "x"}), 400, "validation_error")
     assert body["error"]["details"][0]["key"] == "delayMs"
 
 
@@ -200,14 +239,22 @@ async def test_oversized_body_is_413(make_app: Any) -> None:
         assert_error(response, 413, "request_too_large")
 
 
-@pytest.mark.parametrize(("action", "setup"), [
-    ("start", "running"), ("start", "completed"), ("cancel", "completed"),
-    ("retry", "pending"), ("retry", "running"), ("retry", "completed"),
-])
+@pytest.mark.parametrize(
+    ("action", "setup"),
+    [
+        ("start", "running"),
+        ("start", "completed"),
+        ("cancel", "completed"),
+        ("retry", "pending"),
+        ("retry", "running"),
+        ("retry", "completed"),
+    ],
+)
 async def test_illegal_actions_are_409(client: httpx.AsyncClient, app: Litestar, action: str, setup: str) -> None:
     params = {"hold": setup == "running"}
-    task = (await client.post(f"{API}/tasks", json={"executor": "script", "params": params,
-                                                     "start": setup != "pending"})).json()["task"]
+    task = (
+        await client.post(f"{API}/tasks", json={"executor": "script", "params": params, "start": setup != "pending"})
+    ).json()["task"]
     if setup == "completed":
         await wait_for(app, task["id"], "completed")
     body = assert_error(await client.post(f"{API}/tasks/{task['id']}/{action}"), 409, "invalid_transition")

@@ -17,6 +17,7 @@ from tests.conftest import serve_in_loop
 
 API = "/api/v1"
 
+
 def finished(store: TaskStore, session: str, status: TaskStatus, n: int, clock: FakeClock) -> list[str]:
     ids = []
     for _ in range(n):
@@ -28,6 +29,7 @@ def finished(store: TaskStore, session: str, status: TaskStatus, n: int, clock: 
         clock.advance(1)
         ids.append(task.id)
     return ids
+
 
 def test_retention_keeps_the_newest_per_status_and_session() -> None:
     clock = FakeClock()
@@ -49,6 +51,7 @@ def test_retention_keeps_the_newest_per_status_and_session() -> None:
     assert store.counts("a")[TaskStatus.COMPLETED] == 2 and store.counts("a")[TaskStatus.RUNNING] == 4
     assert cleaner.last_run is not None and cleaner.last_run.trigger == "interval"
 
+
 def test_newest_means_most_recently_finished() -> None:
     clock = FakeClock()
     store = TaskStore(clock)
@@ -61,6 +64,7 @@ def test_newest_means_most_recently_finished() -> None:
     cleaner.run_once()
     assert list(store.sessions["a"].tasks) == ["first"]
 
+
 def test_manual_run_touches_only_the_callers_session() -> None:
     clock = FakeClock()
     store = TaskStore(clock)
@@ -69,6 +73,7 @@ def test_manual_run_touches_only_the_callers_session() -> None:
     finished(store, "b", TaskStatus.COMPLETED, 2, clock)
     assert cleaner.run_once("a").removed == 2
     assert "a" not in store.sessions and len(store.sessions["b"].tasks) == 2
+
 
 @pytest.mark.anyio
 async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Litestar]) -> None:
@@ -87,8 +92,13 @@ async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Lit
         status = (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]
         assert status["isActive"] is True and status["isRunning"] is False
         assert status["lastRun"]["trigger"] == "interval"
-        assert status["options"] == {"maxCompletedTasks": 1, "maxFailedTasks": 20, "maxCancelledTasks": 20,
-                                     "cleanupInterval": 60_000}
+        assert status["options"] == {
+            "maxCompletedTasks": 1,
+            "maxFailedTasks": 20,
+            "maxCancelledTasks": 20,
+            "cleanupInterval": 60_000,
+        }
+
 
 @pytest.mark.anyio
 async def test_cleanup_endpoints(make_app: Callable[..., Litestar]) -> None:

@@ -60,8 +60,7 @@ def test_submit_without_watch_returns_at_once(capsys: pytest.CaptureFixture[str]
     assert "Created task" in out and "async-tasks watch" in out
 
 
-def test_list_status_and_the_kept_session(capsys: pytest.CaptureFixture[str], cli_env: Path,
-                                          live_server: str) -> None:  # noqa: F811
+def test_list_status_and_the_kept_session(capsys: pytest.CaptureFixture[str], cli_env: Path, live_server: str) -> None:  # noqa: F811
     task = submit_json(capsys, "sample", "--param", "delayMs=0")
     task_id = str(task["id"])
     # The session file now holds the token the server issued, so the next commands
@@ -106,8 +105,9 @@ def test_cancel_retry_and_delete(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_submit_with_json_params(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "submit", "batch", "--param", 'items=["a", 2, {"fail": true}]',
-                         "--param", "itemDelayMs=0", "--watch")
+    code, out, err = run(
+        capsys, "submit", "batch", "--param", 'items=["a", 2, {"fail": true}]', "--param", "itemDelayMs=0", "--watch"
+    )
     assert code == 0, err
     assert '"total": 3' in out and '"failed": 1' in out
 
@@ -133,8 +133,7 @@ def test_executors(capsys: pytest.CaptureFixture[str]) -> None:
     assert {e["name"] for e in json.loads(out)} >= {"sample", "batch", "script"}
 
 
-def test_session_new_and_forget(capsys: pytest.CaptureFixture[str], cli_env: Path,
-                                live_server: str) -> None:  # noqa: F811
+def test_session_new_and_forget(capsys: pytest.CaptureFixture[str], cli_env: Path, live_server: str) -> None:  # noqa: F811
     submit_json(capsys, "sample", "--param", "delayMs=0")
     first = load_session_token(live_server)
     code, out, _ = run(capsys, "session", "--new")
@@ -147,9 +146,15 @@ def test_session_new_and_forget(capsys: pytest.CaptureFixture[str], cli_env: Pat
 
 
 def test_parse_params() -> None:
-    assert parse_params(["delayMs=2000", 'items=["a","b"]', "name=plain text", "flag=true", "empty=",
-                         "eq=a=b", "quoted=\"123\""]) == {
-        "delayMs": 2000, "items": ["a", "b"], "name": "plain text", "flag": True, "empty": "", "eq": "a=b",
+    assert parse_params(
+        ["delayMs=2000", 'items=["a","b"]', "name=plain text", "flag=true", "empty=", "eq=a=b", 'quoted="123"']
+    ) == {
+        "delayMs": 2000,
+        "items": ["a", "b"],
+        "name": "plain text",
+        "flag": True,
+        "empty": "",
+        "eq": "a=b",
         "quoted": "123",
     }
 
@@ -158,7 +163,11 @@ def test_the_installed_command_runs_in_a_subprocess(tmp_path: Path, live_server:
     env = {**os.environ, "ASYNC_TASKS_SESSION_FILE": str(tmp_path / "s.json"), "ASYNC_TASKS_URL": live_server}
     done = subprocess.run(
         [sys.executable, "-m", "async_tasks.cli", "submit", "sample", "--param", "delayMs=0", "--watch"],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "completed" in done.stdout

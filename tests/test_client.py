@@ -136,7 +136,12 @@ def test_list_filters_stats_and_status_shape(client: TaskClient) -> None:
         stats = client.stats()
         assert stats["total"] == 2 and stats["completed"] == 1
         assert set(client.status(done["id"])) == {
-            "status", "progress", "currentStep", "currentStepDescription", "startedAt", "completedAt",
+            "status",
+            "progress",
+            "currentStep",
+            "currentStepDescription",
+            "startedAt",
+            "completedAt",
             "error",
         }
     finally:
@@ -188,8 +193,16 @@ async def test_async_client(live_server: str) -> None:  # noqa: F811
 # -- the stream and its fallbacks, against scripted transports -----------------------
 
 TASK_ID = "00000000-0000-4000-8000-000000000001"
-STATUS_RUNNING = {"success": True, "status": "running", "progress": 10, "currentStep": "Working",
-                  "currentStepDescription": None, "startedAt": 1, "completedAt": None, "error": None}
+STATUS_RUNNING = {
+    "success": True,
+    "status": "running",
+    "progress": 10,
+    "currentStep": "Working",
+    "currentStepDescription": None,
+    "startedAt": 1,
+    "completedAt": None,
+    "error": None,
+}
 
 
 def sse(*events: tuple[str, dict[str, object]]) -> bytes:
@@ -200,9 +213,17 @@ def sse(*events: tuple[str, dict[str, object]]) -> bytes:
 
 
 def event(kind: str, status: str, progress: float, step: str | None = None) -> tuple[str, dict[str, object]]:
-    return kind, {"type": kind, "taskId": TASK_ID, "sessionKey": "s_x", "status": status,
-                  "progress": progress, "currentStep": step, "currentStepDescription": None, "error": None,
-                  "at": 1}
+    return kind, {
+        "type": kind,
+        "taskId": TASK_ID,
+        "sessionKey": "s_x",
+        "status": status,
+        "progress": progress,
+        "currentStep": step,
+        "currentStepDescription": None,
+        "error": None,
+        "at": 1,
+    }
 
 
 def error_response(status: int, code: str, message: str) -> httpx.Response:
@@ -230,8 +251,9 @@ def test_watch_reads_the_event_stream() -> None:
         event("transition", "completed", 100, "Finishing"),
         event("progress", "running", 1, "never read"),
     )
-    transport = scripted(httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}),
-                         [STATUS_RUNNING])
+    transport = scripted(
+        httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}), [STATUS_RUNNING]
+    )
     with TaskClient("http://test", transport=transport) as tasks:
         updates = list(tasks.watch(TASK_ID))
     assert [(u["source"], u["status"], u["progress"]) for u in updates] == [
@@ -255,8 +277,7 @@ def test_watch_polls_when_the_server_has_no_stream() -> None:
 def test_watch_polls_when_the_stream_breaks() -> None:
     done = {**STATUS_RUNNING, "status": "completed", "progress": 100, "completedAt": 2}
     half = sse(event("progress", "running", 40))
-    transport = scripted(httpx.Response(200, content=half, headers={"content-type": "text/event-stream"}),
-                         [done])
+    transport = scripted(httpx.Response(200, content=half, headers={"content-type": "text/event-stream"}), [done])
     with TaskClient("http://test", transport=transport) as tasks:
         updates = list(tasks.watch(TASK_ID, interval=0))
     assert [(u["source"], u["progress"]) for u in updates] == [("events", 40), ("poll", 100)]
@@ -264,8 +285,10 @@ def test_watch_polls_when_the_stream_breaks() -> None:
 
 def test_watch_of_a_missing_task_raises() -> None:
     gone = error_response(404, "task_not_found", "Not here")
-    with TaskClient("http://test", transport=scripted(gone, [STATUS_RUNNING])) as tasks, \
-            pytest.raises(TaskApiError) as error:
+    with (
+        TaskClient("http://test", transport=scripted(gone, [STATUS_RUNNING])) as tasks,
+        pytest.raises(TaskApiError) as error,
+    ):
         list(tasks.watch(TASK_ID))
     assert (error.value.status, error.value.code, error.value.message) == (404, "task_not_found", "Not here")
 

@@ -20,9 +20,7 @@ import pytest
 from async_tasks.client import TaskClient
 from tests.live import live_app, live_server, serve_in_thread  # noqa: F401 - live_server is a fixture
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 Browser = sync_api.Browser
 Page = sync_api.Page
 expect = sync_api.expect
@@ -203,8 +201,7 @@ def test_button_errors_show_the_servers_message(page: Page, live_server: str) ->
     card = page.locator("li.task").first
     expect(card.locator(".badge")).to_have_text("running")
     body = '{"success": false, "error": {"code": "invalid_transition", "message": "Too late: it finished."}}'
-    page.route("**/cancel",
-               lambda route: route.fulfill(status=409, content_type="application/json", body=body))
+    page.route("**/cancel", lambda route: route.fulfill(status=409, content_type="application/json", body=body))
     card.get_by_role("button", name="Cancel").click()
     expect(page.locator(".toast.error")).to_have_text(re.compile(r"^Too late: it finished\."))
     page.unroute("**/cancel")

@@ -53,11 +53,28 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[int, int]]:
     main_port, integration_port = free_port(), free_port()
-    env = {**os.environ, "SECRET_KEY": "demo-guide-secret-0123456789", "API_CALL_ALLOW_HOSTS": "127.0.0.1",
-           "TASK_CREATE_RATE": "0"}
+    env = {
+        **os.environ,
+        "SECRET_KEY": "demo-guide-secret-0123456789",
+        "API_CALL_ALLOW_HOSTS": "127.0.0.1",
+        "TASK_CREATE_RATE": "0",
+    }
     main = start([sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port)
-    integration = start([sys.executable, "-m", "uvicorn", "demos.integration:create_app", "--factory",
-                         "--port", str(integration_port), "--log-level", "warning"], env, integration_port)
+    integration = start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "demos.integration:create_app",
+            "--factory",
+            "--port",
+            str(integration_port),
+            "--log-level",
+            "warning",
+        ],
+        env,
+        integration_port,
+    )
     try:
         yield main_port, integration_port
     finally:
@@ -68,15 +85,32 @@ def servers() -> Iterator[tuple[int, int]]:
 
 def guide_blocks() -> list[str]:
     blocks = BLOCK.findall(GUIDE.read_text())
-    return [b for b in blocks if ("curl" in b or "async-tasks " in b) and "async-tasks serve" not in b
-            and "uvicorn " not in b]
+    return [
+        b
+        for b in blocks
+        if ("curl" in b or "async-tasks " in b) and "async-tasks serve" not in b and "uvicorn " not in b
+    ]
 
 
 def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
     text = "\n".join(guide_blocks())
-    for path in ["demo/tasks/sample", "demo/tasks/file-processing", "demo/tasks/api-call", "demo/tasks/batch",
-                 "/status", "/cancel", "/retry", "/start", "tasks/stats", "cleanup/status", "cleanup/run",
-                 "/session", "/executors", "-X DELETE", "files/process"]:
+    for path in [
+        "demo/tasks/sample",
+        "demo/tasks/file-processing",
+        "demo/tasks/api-call",
+        "demo/tasks/batch",
+        "/status",
+        "/cancel",
+        "/retry",
+        "/start",
+        "tasks/stats",
+        "cleanup/status",
+        "cleanup/run",
+        "/session",
+        "/executors",
+        "-X DELETE",
+        "files/process",
+    ]:
         assert path in text, path
 
 
@@ -85,8 +119,11 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     blocks = guide_blocks()
     script = ["set -eu"]
     for block in blocks:
-        code = block.replace("localhost:3000", f"127.0.0.1:{main_port}").replace(
-            "127.0.0.1:3000", f"127.0.0.1:{main_port}").replace("localhost:3001", f"127.0.0.1:{integration_port}")
+        code = (
+            block.replace("localhost:3000", f"127.0.0.1:{main_port}")
+            .replace("127.0.0.1:3000", f"127.0.0.1:{main_port}")
+            .replace("localhost:3001", f"127.0.0.1:{integration_port}")
+        )
         script += [f"echo '{SEPARATOR}'", code]
     result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120)
     outputs = result.stdout.split(SEPARATOR + "\n")[1:]

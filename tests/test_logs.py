@@ -56,10 +56,16 @@ async def test_json_lines_carry_request_task_status_and_duration(make_app: Calla
     app = make_app(log_format="json")
     with capture(JsonFormatter()) as out:
         async with serve_in_loop(app) as client:
-            ok = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True},
-                                    headers={"X-Request-ID": "req-ok"})).json()["task"]
-            bad = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True,
-                                                          "params": {"fail": "kaput"}})).json()["task"]
+            ok = (
+                await client.post(
+                    f"{API}/tasks", json={"executor": "script", "start": True}, headers={"X-Request-ID": "req-ok"}
+                )
+            ).json()["task"]
+            bad = (
+                await client.post(
+                    f"{API}/tasks", json={"executor": "script", "start": True, "params": {"fail": "kaput"}}
+                )
+            ).json()["task"]
             await wait_for(app, ok["id"], "completed")
             await wait_for(app, bad["id"], "failed")
     lines = out.json()
@@ -102,8 +108,9 @@ async def test_text_lines_are_the_seeds(make_app: Callable[..., Litestar]) -> No
     app = make_app(log_level="debug")
     with capture(SeedFormatter()) as out:
         async with serve_in_loop(app) as client:
-            task = (await client.post(f"{API}/tasks", json={"executor": "sample", "start": True,
-                                                           "params": {"delayMs": 0}})).json()["task"]
+            task = (
+                await client.post(f"{API}/tasks", json={"executor": "sample", "start": True, "params": {"delayMs": 0}})
+            ).json()["task"]
             await wait_for(app, task["id"], "completed")
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     key = re.escape(task["sessionKey"])
@@ -123,8 +130,9 @@ async def test_nothing_sensitive_is_logged(make_app: Callable[..., Litestar]) ->
             session = await client.post(f"{API}/session")
             token = session.json()["token"]
             client.headers["X-Session-Token"] = token
-            created = await client.post(f"{API}/tasks", json={"executor": "script", "start": True},
-                                        headers={"X-Forwarded-For": "203.0.113.7"})
+            created = await client.post(
+                f"{API}/tasks", json={"executor": "script", "start": True}, headers={"X-Forwarded-For": "203.0.113.7"}
+            )
             await wait_for(app, created.json()["task"]["id"], "completed")
             await client.post(f"{API}/tasks/cleanup/run")
             await client.get("/no/such/route")

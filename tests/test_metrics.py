@@ -120,8 +120,10 @@ async def test_no_label_carries_a_session_key_or_task_id(make_app: Callable[...,
         response = await client.get("/metrics")
     secrets = {tasks[0]["sessionKey"], *(task["id"] for task in tasks)}
     label_values = [
-        label for family in text_string_to_metric_families(response.text)
-        for sample in family.samples for label in sample.labels.values()
+        label
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        for label in sample.labels.values()
     ]
     assert label_values
     for label in label_values:
@@ -140,8 +142,9 @@ async def test_each_app_has_its_own_registry(make_app: Callable[..., Litestar]) 
     assert value(a, "async_tasks_tasks_created_total", executor="script") == 1
     assert value(b, "async_tasks_tasks_created_total", executor="script") == 0
     assert any(name == "async_tasks_http_requests_total" for name, _ in a)
-    assert not any(name == "async_tasks_http_requests_total" and dict(labels)["path"] == "/api/v1/tasks"
-                   for (name, labels) in b)
+    assert not any(
+        name == "async_tasks_http_requests_total" and dict(labels)["path"] == "/api/v1/tasks" for (name, labels) in b
+    )
     global_names = {metric.name for metric in prometheus_client.REGISTRY.collect()}
     assert not any(name.startswith("async_tasks") for name in global_names)
 

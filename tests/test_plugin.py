@@ -51,7 +51,9 @@ def test_half_defined_executors_are_refused(broken: str) -> None:
     if broken == "no_name":
         attrs = {}
     if broken != "no_execute":
+
         async def execute(self: Any, task: Any, progress: Any) -> None: ...
+
         attrs["execute"] = execute
     if broken == "bad_params":
         attrs["Params"] = dict
@@ -68,16 +70,22 @@ async def test_plugin_in_a_foreign_app_with_its_own_routes() -> None:
         return {"app": "mine"}
 
     @post("/files/process")
-    async def process_file(request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
-                           ) -> dict[str, Any]:
+    async def process_file(
+        request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+    ) -> dict[str, Any]:
         task = await task_manager.create_task(
-            request, executor="script", params={"steps": 2}, name="File Processing",
-            description="Processing uploaded file", metadata={"fileName": "a.txt"},
+            request,
+            executor="script",
+            params={"steps": 2},
+            name="File Processing",
+            description="Processing uploaded file",
+            metadata={"fileName": "a.txt"},
         )
         return {"message": "File processing started", "taskId": task.id, "status": task.status.value}
 
-    plugin = AsyncTasksPlugin(executors=[ScriptExecutor], path="/tasks-api", load_entry_points=False,
-                              settings=Settings(secret_key=SECRET))
+    plugin = AsyncTasksPlugin(
+        executors=[ScriptExecutor], path="/tasks-api", load_entry_points=False, settings=Settings(secret_key=SECRET)
+    )
     app = Litestar(route_handlers=[home, process_file], plugins=[plugin])
     async with serve_in_loop(app) as client:
         assert (await client.get("/")).json() == {"app": "mine"}

@@ -25,16 +25,18 @@ async def test_same_idempotency_key_returns_the_same_task(make_app: Callable[...
         assert again.json()["task"]["id"] == first.json()["task"]["id"]
         assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["total"] == 1
         demo = await client.post(f"{API}/demo/tasks/sample", json={"delayMs": 0}, headers={"Idempotency-Key": "d"})
-        demo_again = await client.post(f"{API}/demo/tasks/sample", json={"delayMs": 0},
-                                       headers={"Idempotency-Key": "d"})
+        demo_again = await client.post(
+            f"{API}/demo/tasks/sample", json={"delayMs": 0}, headers={"Idempotency-Key": "d"}
+        )
         assert demo_again.json()["task"]["id"] == demo.json()["task"]["id"]
 
 
 async def test_idempotency_key_with_another_body_is_refused(make_app: Callable[..., Litestar]) -> None:
     async with serve_in_loop(make_app()) as client:
         await client.post(f"{API}/tasks", json={"executor": "script"}, headers={"Idempotency-Key": "k"})
-        response = await client.post(f"{API}/tasks", json={"executor": "script", "params": {"steps": 9}},
-                                     headers={"Idempotency-Key": "k"})
+        response = await client.post(
+            f"{API}/tasks", json={"executor": "script", "params": {"steps": 9}}, headers={"Idempotency-Key": "k"}
+        )
         assert response.status_code == 422 and response.json()["error"]["code"] == "idempotency_key_reused"
 
 
@@ -43,16 +45,20 @@ async def test_idempotency_keys_are_per_session(make_app: Callable[..., Litestar
         token = (await client.post(f"{API}/session")).json()["token"]
         client.cookies.clear()  # keep this client in its IP session
         mine = await client.post(f"{API}/tasks", json={"executor": "script"}, headers={"Idempotency-Key": "k"})
-        theirs = await client.post(f"{API}/tasks", json={"executor": "script"},
-                                   headers={"Idempotency-Key": "k", "X-Session-Token": token})
+        theirs = await client.post(
+            f"{API}/tasks", json={"executor": "script"}, headers={"Idempotency-Key": "k", "X-Session-Token": token}
+        )
         assert theirs.status_code == 201 and theirs.json()["task"]["id"] != mine.json()["task"]["id"]
 
 
 async def test_active_task_quota_is_429_with_retry_after(make_app: Callable[..., Litestar]) -> None:
     async with serve_in_loop(make_app(max_active_tasks_per_session=2)) as client:
-        held = [(await client.post(f"{API}/tasks", json={"executor": "script", "start": True,
-                                                          "params": {"hold": True}})).json()["task"]
-                for _ in range(2)]
+        held = [
+            (
+                await client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"hold": True}})
+            ).json()["task"]
+            for _ in range(2)
+        ]
         response = await client.post(f"{API}/tasks", json={"executor": "script"})
         assert response.status_code == 429 and response.json()["error"]["code"] == "quota_exceeded"
         assert int(response.headers["retry-after"]) >= 1

@@ -50,8 +50,11 @@ async def test_a_valid_request_id_is_echoed_and_recorded_on_the_task(
 ) -> None:
     """The client's X-Request-ID comes back, is stored on the task it creates, and tags
     every log line of that task (with its id, session and executor)."""
-    response = await client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 2}},
-                                 headers={"X-Request-ID": "demo-42:a.b_c"})
+    response = await client.post(
+        f"{API}/tasks",
+        json={"executor": "script", "start": True, "params": {"steps": 2}},
+        headers={"X-Request-ID": "demo-42:a.b_c"},
+    )
     assert response.status_code == 201
     assert response.headers["x-request-id"] == "demo-42:a.b_c"
     task = response.json()["task"]
@@ -74,8 +77,11 @@ async def test_a_task_keeps_its_creators_request_id_when_started_later(
 ) -> None:
     """Started (and cancelled) by other requests, the task's own lines carry the creating
     request's id; the cancel line, logged by the cancel request, carries that request's id."""
-    create = await client.post(f"{API}/tasks", json={"executor": "script", "params": {"hold": True, "steps": 1}},
-                               headers={"X-Request-ID": "create-1"})
+    create = await client.post(
+        f"{API}/tasks",
+        json={"executor": "script", "params": {"hold": True, "steps": 1}},
+        headers={"X-Request-ID": "create-1"},
+    )
     task_id = create.json()["task"]["id"]
     started = await client.post(f"{API}/tasks/{task_id}/start", headers={"X-Request-ID": "start-2"})
     assert started.headers["x-request-id"] == "start-2"
@@ -101,8 +107,9 @@ async def test_an_id_is_generated_when_absent(client: httpx.AsyncClient) -> None
 @pytest.mark.parametrize("bad", ["has space", "x" * 129, "semi;colon", "a/b", "<script>", "naïve"])
 async def test_an_invalid_id_is_replaced(client: httpx.AsyncClient, bad: str) -> None:
     """Anything but 1-128 characters of [A-Za-z0-9._:-] is replaced by a generated id."""
-    response = await client.post(f"{API}/tasks", json={"executor": "script", "start": False},
-                                 headers={"X-Request-ID": bad.encode("utf-8")})  # type: ignore[dict-item]
+    response = await client.post(
+        f"{API}/tasks", json={"executor": "script", "start": False}, headers={"X-Request-ID": bad.encode("utf-8")}
+    )  # type: ignore[dict-item]
     assert response.status_code == 201
     echoed = response.headers["x-request-id"]
     assert GENERATED.fullmatch(echoed)

@@ -49,9 +49,7 @@ async def test_executor_exception_fails_only_that_task(client: httpx.AsyncClient
     await wait_for(app, sibling["id"], "completed")
 
 
-async def test_cancel_running_task_is_prompt_and_freezes_progress(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_cancel_running_task_is_prompt_and_freezes_progress(client: httpx.AsyncClient, app: Litestar) -> None:
     task = await create(client, params={"steps": 3, "hold": True})
     await wait_for(app, task["id"], progress=90)
     response = await client.post(f"{API}/tasks/{task['id']}/cancel")
@@ -129,8 +127,9 @@ async def test_concurrency_limit_queues_in_priority_order(make_app: Callable[...
         high = await create(client, params={"hold": True}, priority=5)
         low2 = await create(client, params={"hold": True}, priority=0)
         assert (low["status"], high["status"]) == ("pending", "pending")
-        positions = {t["id"]: (await client.get(f"{API}/tasks/{t['id']}")).json()["queuePosition"]
-                     for t in (high, low, low2)}
+        positions = {
+            t["id"]: (await client.get(f"{API}/tasks/{t['id']}")).json()["queuePosition"] for t in (high, low, low2)
+        }
         assert positions == {high["id"]: 1, low["id"]: 2, low2["id"]: 3}
         order = []
         for current in (first, high, low, low2):
@@ -164,9 +163,7 @@ async def test_blocking_executor_runs_in_a_thread(client: httpx.AsyncClient, app
     assert done.result == {"thread": True} and done.progress == 100
 
 
-async def test_cancelled_blocking_executor_stops_at_its_next_report(
-    client: httpx.AsyncClient, app: Litestar
-) -> None:
+async def test_cancelled_blocking_executor_stops_at_its_next_report(client: httpx.AsyncClient, app: Litestar) -> None:
     """Cancelling a thread is honest: the task is cancelled now; the thread stops at its next report."""
     response = await client.post(f"{API}/tasks", json={"executor": "blocking", "start": True})
     task_id = response.json()["task"]["id"]

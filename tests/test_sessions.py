@@ -31,8 +31,14 @@ async def new_token(client: httpx.AsyncClient) -> str:
 
 async def assert_foreign(client: httpx.AsyncClient, task_id: str, headers: dict[str, str] | None = None) -> None:
     """Every operation on another session's task is a 404, and lists and stats do not count it."""
-    for method, path in [("GET", ""), ("GET", "/status"), ("POST", "/start"), ("POST", "/cancel"),
-                         ("POST", "/retry"), ("DELETE", "")]:
+    for method, path in [
+        ("GET", ""),
+        ("GET", "/status"),
+        ("POST", "/start"),
+        ("POST", "/cancel"),
+        ("POST", "/retry"),
+        ("DELETE", ""),
+    ]:
         response = await client.request(method, f"{API}/tasks/{task_id}{path}", headers=headers)
         assert response.status_code == 404 and response.json()["error"]["code"] == "task_not_found", (method, path)
     listing = (await client.get(f"{API}/tasks", headers=headers)).json()
@@ -43,12 +49,13 @@ async def assert_foreign(client: httpx.AsyncClient, task_id: str, headers: dict[
 
 async def test_two_tokens_are_isolated(client: httpx.AsyncClient) -> None:
     alice, bob = await new_token(client), await new_token(client)
-    task = (await client.post(f"{API}/tasks", json={"executor": "script"},
-                              headers={"X-Session-Token": alice})).json()["task"]
+    task = (await client.post(f"{API}/tasks", json={"executor": "script"}, headers={"X-Session-Token": alice})).json()[
+        "task"
+    ]
     assert task["sessionKey"].startswith("s_")
     await assert_foreign(client, task["id"], {"X-Session-Token": bob})
     await assert_foreign(client, task["id"])  # the IP session is a third one
-    mine = (await client.get(f"{API}/tasks/{task['id']}", headers={"X-Session-Token": alice}))
+    mine = await client.get(f"{API}/tasks/{task['id']}", headers={"X-Session-Token": alice})
     assert mine.status_code == 200
 
 
@@ -103,8 +110,9 @@ async def test_key_rotation_accepts_old_tokens(make_app: Callable[..., Litestar]
     async with serve_in_loop(make_app(secret_key=old)) as before:
         token = await new_token(before)
         key = (await before.get(f"{API}/session", headers={"X-Session-Token": token})).json()["sessionKey"]
-    async with serve_in_loop(make_app(secret_key=f"new-secret-key-0123456789abcdef,{old}",
-                                      auto_map_session_by_ip=False)) as after:
+    async with serve_in_loop(
+        make_app(secret_key=f"new-secret-key-0123456789abcdef,{old}", auto_map_session_by_ip=False)
+    ) as after:
         response = await after.get(f"{API}/session", headers={"X-Session-Token": token})
         assert response.json()["sessionKey"] == key and "x-session-token" not in response.headers
 

@@ -15,23 +15,39 @@ from async_tasks.settings import Settings
 def test_defaults_are_the_seeds() -> None:
     settings = Settings.from_env({})
     assert (settings.max_completed_tasks, settings.max_failed_tasks, settings.task_cleanup_interval) == (
-        50, 20, 300_000)
+        50,
+        20,
+        300_000,
+    )
     assert settings.enable_session_isolation and settings.auto_map_session_by_ip
     assert (settings.host, settings.port) == ("127.0.0.1", 3000)
 
 
 def test_values_are_read_and_converted() -> None:
-    settings = Settings.from_env({"MAX_COMPLETED_TASKS": "5", "AUTO_MAP_SESSION_BY_IP": "false",
-                                  "PORT": " 8080 ", "LOG_LEVEL": "debug"})
+    settings = Settings.from_env(
+        {"MAX_COMPLETED_TASKS": "5", "AUTO_MAP_SESSION_BY_IP": "false", "PORT": " 8080 ", "LOG_LEVEL": "debug"}
+    )
     assert (settings.max_completed_tasks, settings.auto_map_session_by_ip, settings.port, settings.log_level) == (
-        5, False, 8080, "debug")
+        5,
+        False,
+        8080,
+        "debug",
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MAX_COMPLETED_TASKS", "-1"), ("MAX_FAILED_TASKS", "many"), ("TASK_CLEANUP_INTERVAL", "5"),
-     ("ENABLE_SESSION_ISOLATION", "perhaps"), ("PORT", "70000"), ("LOG_LEVEL", "loud"),
-     ("MAX_CONCURRENT_TASKS", "0"), ("TASK_CREATE_RATE", "-3"), ("SHUTDOWN_GRACE_MS", "1.5")],
+    [
+        ("MAX_COMPLETED_TASKS", "-1"),
+        ("MAX_FAILED_TASKS", "many"),
+        ("TASK_CLEANUP_INTERVAL", "5"),
+        ("ENABLE_SESSION_ISOLATION", "perhaps"),
+        ("PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
+        ("MAX_CONCURRENT_TASKS", "0"),
+        ("TASK_CREATE_RATE", "-3"),
+        ("SHUTDOWN_GRACE_MS", "1.5"),
+    ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -47,8 +63,9 @@ def test_short_secret_key_is_refused() -> None:
 
 def test_serve_stops_with_one_line_naming_the_variable() -> None:
     env = {**os.environ, "MAX_COMPLETED_TASKS": "lots"}
-    result = subprocess.run([sys.executable, "-m", "async_tasks.cli", "serve"], env=env, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "async_tasks.cli", "serve"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "MAX_COMPLETED_TASKS" in lines[0] and "'lots'" in lines[0]

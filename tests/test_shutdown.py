@@ -46,8 +46,9 @@ async def test_shutdown_starts_at_the_request_not_at_the_end_of_the_lifespan(
     (uvicorn may still be waiting for open connections then)."""
     held = []
     for _ in range(2):
-        response = await client.post(f"{API}/tasks", json={"executor": "script", "start": True,
-                                                           "params": {"hold": True, "steps": 1}})
+        response = await client.post(
+            f"{API}/tasks", json={"executor": "script", "start": True, "params": {"hold": True, "steps": 1}}
+        )
         held.append(response.json()["task"]["id"])
     waiting = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]["id"]
     for task_id in held:
@@ -125,8 +126,9 @@ def server(tmp_path: Path, *command: str, grace_ms: int, **env: str) -> Iterator
     }
     log = tmp_path / "server.log"
     with log.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=environ, stderr=stderr,
-                                   stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, *command], cwd=ROOT, env=environ, stderr=stderr, stdout=subprocess.DEVNULL
+        )
     running = Server(process, log, f"http://127.0.0.1:{port}", grace_ms)
     try:
         deadline = time.monotonic() + 30
@@ -149,7 +151,8 @@ def server(tmp_path: Path, *command: str, grace_ms: int, **env: str) -> Iterator
 def shutdown_accounting(lines: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
     """(ids cancelled with reason shutdown, ids reported abandoned)."""
     cancelled = {
-        str(line["task_id"]) for line in lines
+        str(line["task_id"])
+        for line in lines
         if str(line["message"]).startswith("Cancelled") and line.get("reason") == "shutdown"
     }
     abandoned = {str(line["task_id"]) for line in lines if str(line["message"]).startswith("Abandoned task")}
@@ -160,8 +163,9 @@ def shutdown_accounting(lines: list[dict[str, Any]]) -> tuple[set[str], set[str]
 def test_a_signal_cancels_hundreds_of_tasks_and_the_server_exits_in_time(tmp_path: Path, sig: int) -> None:
     """300 long tasks (250 running, 50 queued): after the signal every one is cancelled with
     reason shutdown, in the log, and the process exits 0 well within SHUTDOWN_GRACE_MS."""
-    with server(tmp_path, "-m", "async_tasks.cli", "serve", grace_ms=5000,
-                MAX_CONCURRENT_TASKS_PER_SESSION="250") as srv:
+    with server(
+        tmp_path, "-m", "async_tasks.cli", "serve", grace_ms=5000, MAX_CONCURRENT_TASKS_PER_SESSION="250"
+    ) as srv:
         ids = {srv.create("sample", delayMs=120_000) for _ in range(300)}
         srv.wait_until(lambda: srv.stats()["running"] == 250)
         assert srv.stats()["pending"] == 50
@@ -174,8 +178,7 @@ def test_a_signal_cancels_hundreds_of_tasks_and_the_server_exits_in_time(tmp_pat
     running_lines = [line for line in lines if str(line["message"]).startswith("Cancelled execution")]
     assert len(running_lines) == 250
     assert all(line["status"] == "cancelled" and line["executor"] == "sample" for line in running_lines)
-    assert any(str(line["message"]).startswith("Shutting down: cancelling 250 running and 50 queued")
-               for line in lines)
+    assert any(str(line["message"]).startswith("Shutting down: cancelling 250 running and 50 queued") for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -141,8 +141,9 @@ async def uvicorn_in_loop(app: Litestar) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", ws="none", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, lifespan="on", ws="none", log_config=None, access_log=False, timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     try:
         async with anyio.create_task_group() as tg:
@@ -188,8 +189,14 @@ async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, 
     assert response.text.endswith("}\r\n\r\n")
     messages = parse_sse(response.text)
     assert [m["id"] for m in messages] == [str(i) for i in range(1, 7)]
-    assert [m["event"] for m in messages] == ["snapshot", "transition", "progress", "progress", "progress",
-                                              "transition"]
+    assert [m["event"] for m in messages] == [
+        "snapshot",
+        "transition",
+        "progress",
+        "progress",
+        "progress",
+        "transition",
+    ]
     events = data_of(messages)
     assert all(set(e) == EVENT_FIELDS for e in events)
     assert all(e["type"] == m["event"] for e, m in zip(events, messages, strict=True))
@@ -271,7 +278,11 @@ async def test_coalescing_sends_the_latest_progress_before_the_transition(
     # 30 goes out at once (first in its window); 60 is replaced by 90 (latest wins);
     # the completion flushes 90 first, so the order is the store's.
     assert [(e["type"], e["progress"]) for e in events] == [
-        ("snapshot", 0), ("transition", 0), ("progress", 30), ("progress", 90), ("transition", 100)
+        ("snapshot", 0),
+        ("transition", 0),
+        ("progress", 30),
+        ("progress", 90),
+        ("transition", 100),
     ]
     assert bridge.events_coalesced_total == 1
 
@@ -342,7 +353,9 @@ async def test_session_streams_are_isolated_keep_alive_and_clean_up(make_app: Ca
                 assert {e["taskId"] for e in seen_by_bob} == {bobs["id"]}
                 assert {e["sessionKey"] for e in seen_by_bob} == {bob_key}
                 assert [e["status"] for e in seen_by_bob if e["type"] == "transition"] == [
-                    "pending", "running", "completed"
+                    "pending",
+                    "running",
+                    "completed",
                 ]
 
                 async for message in alice_messages:  # idle now: keep-alive comments
@@ -372,8 +385,9 @@ def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
             assert (first["type"], first["taskId"], first["status"]) == ("snapshot", before["id"], "pending")
             assert set(first) == EVENT_FIELDS
             client.post(f"{API}/tasks", json={"executor": "script", "start": True}, headers=bob)
-            mine = client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 1}},
-                               headers=alice).json()["task"]
+            mine = client.post(
+                f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 1}}, headers=alice
+            ).json()["task"]
             seen = []
             while not seen or seen[-1]["status"] != "completed":
                 seen.append(ws.receive_json(timeout=GUARD))

@@ -80,7 +80,11 @@ def test_retry_resets_progress_and_keeps_history() -> None:
     store.transition(task, TaskStatus.RUNNING)
     assert (task.progress, task.current_step, task.error, task.attempts) == (0, None, None, 2)
     assert [h.status for h in task.history] == [
-        TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.PENDING, TaskStatus.RUNNING
+        TaskStatus.PENDING,
+        TaskStatus.RUNNING,
+        TaskStatus.FAILED,
+        TaskStatus.PENDING,
+        TaskStatus.RUNNING,
     ]
 
 

@@ -66,15 +66,19 @@ async def _create(
     task, replayed = await manager.create_or_replay(
         request, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
     )
-    return Response(demo_response(task), status_code=200 if replayed else 201,
-                    headers={"Idempotent-Replayed": "true"} if replayed else None)
+    return Response(
+        demo_response(task),
+        status_code=200 if replayed else 201,
+        headers={"Idempotent-Replayed": "true"} if replayed else None,
+    )
 
 
 def demo_response(task: Task) -> DemoTaskResponse:
     return DemoTaskResponse(
         message=f"{task.name} created and started",
-        task=DemoTask(id=task.id, name=task.name, status=task.status, progress=task.progress,
-                      session_key=task.session_key),
+        task=DemoTask(
+            id=task.id, name=task.name, status=task.status, progress=task.progress, session_key=task.session_key
+        ),
     )
 
 
@@ -105,9 +109,13 @@ def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
     )(create_demo_task)
 
 
-@post("/demo/tasks/{executor:str}", tags=["demo"], status_code=201,
-      responses={**responses(400, 404, 413, 422, 429, 503), **replay_responses(DemoTaskResponse)},
-      summary="Create and start a task of any registered executor")
+@post(
+    "/demo/tasks/{executor:str}",
+    tags=["demo"],
+    status_code=201,
+    responses={**responses(400, 404, 413, 422, 429, 503), **replay_responses(DemoTaskResponse)},
+    summary="Create and start a task of any registered executor",
+)
 async def create_any_demo_task(
     request: Request[Any, Any, Any],
     task_manager: NamedDependency[TaskManager],
@@ -129,4 +137,3 @@ async def create_any_demo_task(
         return await _create(request, task_manager, executor, data, options, idempotency_key)
     except UnknownExecutor as exc:  # unregistered between lookup and create
         raise ExecutorNotFound(executor, task_manager.executors.names()) from exc
-

@@ -45,8 +45,9 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response[ErrorResponse]:
     return Response(
         ErrorResponse(error=ErrorDetail(code=code, message=message, details=details)),
         status_code=status,
@@ -111,8 +112,9 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
 def responses(*statuses: int) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the error statuses a route can answer."""
     return {
-        status: ResponseSpec(data_container=ErrorResponse, description=HTTPStatus(status).phrase,
-                             generate_examples=False)
+        status: ResponseSpec(
+            data_container=ErrorResponse, description=HTTPStatus(status).phrase, generate_examples=False
+        )
         for status in statuses
     }
 
@@ -120,5 +122,4 @@ def responses(*statuses: int) -> dict[int, ResponseSpec]:
 def replay_responses(data_container: type[Any]) -> dict[int, ResponseSpec]:
     """The OpenAPI entry of the 200 a create answers when an Idempotency-Key replays it."""
     description = "Replayed: the task an earlier request with this Idempotency-Key created"
-    return {200: ResponseSpec(data_container=data_container, description=description,
-                              generate_examples=False)}
+    return {200: ResponseSpec(data_container=data_container, description=description, generate_examples=False)}

@@ -70,8 +70,11 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
         "/ready",
         summary="Readiness: runner, cleaner and event loop are healthy and tasks are accepted",
         media_type=MediaType.JSON,
-        responses={503: ResponseSpec(data_container=ReadyResponse, description="Not ready: `failing` names why",
-                                     generate_examples=False)},
+        responses={
+            503: ResponseSpec(
+                data_container=ReadyResponse, description="Not ready: `failing` names why", generate_examples=False
+            )
+        },
         **_OPS,
     )
     async def ready(task_manager: NamedDependency[TaskManager]) -> Response[ReadyResponse]:
@@ -83,9 +86,16 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
             event_loop="ok" if lag < max_lag else "lagging",
             accepting="ok" if task_manager.runner.accepting else "shutting_down",
         )
-        failing = [name for name, field in (("runner", checks.runner), ("cleaner", checks.cleaner),
-                                            ("eventLoop", checks.event_loop), ("accepting", checks.accepting))
-                   if field != "ok"]
+        failing = [
+            name
+            for name, field in (
+                ("runner", checks.runner),
+                ("cleaner", checks.cleaner),
+                ("eventLoop", checks.event_loop),
+                ("accepting", checks.accepting),
+            )
+            if field != "ok"
+        ]
         body = ReadyResponse(
             status="unavailable" if failing else "ready",
             checks=checks,

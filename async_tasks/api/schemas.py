@@ -14,9 +14,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
 # Litestar 2.x reads msgspec.Meta only on a field itself, not on list items; its own marker
 # beside it puts the item constraints in the OpenAPI document too.
-Tag = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64), ParameterKwarg(min_length=1, max_length=64)
-]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64), ParameterKwarg(min_length=1, max_length=64)]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=20)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000, description="Higher starts first when tasks queue.")]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="Fail the attempt after this long.")]

@@ -17,8 +17,12 @@ async def current_session(request: Request[Any, Any, Any], task_manager: NamedDe
     return SessionInfo(session_key=task_manager.session_key_of(request))
 
 
-@post("/session", tags=["sessions"], status_code=201,
-      summary="Start a new session: returns its token and sets the session cookie")
+@post(
+    "/session",
+    tags=["sessions"],
+    status_code=201,
+    summary="Start a new session: returns its token and sets the session cookie",
+)
 async def new_session(task_manager: NamedDependency[TaskManager]) -> Response[SessionInfo]:
     resolver = task_manager.sessions
     if not task_manager.settings.enable_session_isolation:

@@ -61,12 +61,18 @@ async def _sse(frames: AsyncGenerator[Frame, None]) -> ServerSentEvent:
     return ServerSentEvent(messages())
 
 
-@get("/tasks/{task_id:str}/events", tags=["streams"], media_type="text/event-stream",
-     responses=responses(400, 404),
-     summary="Stream one task's events until it finishes", description=(
-         "Starts with a `snapshot` of the task, then every transition and progress change, and ends "
-         "after the task settles in `completed`, `failed` (with no automatic retry left) or "
-         "`cancelled`, or is `removed`. " + _FORMAT))
+@get(
+    "/tasks/{task_id:str}/events",
+    tags=["streams"],
+    media_type="text/event-stream",
+    responses=responses(400, 404),
+    summary="Stream one task's events until it finishes",
+    description=(
+        "Starts with a `snapshot` of the task, then every transition and progress change, and ends "
+        "after the task settles in `completed`, `failed` (with no automatic retry left) or "
+        "`cancelled`, or is `removed`. " + _FORMAT
+    ),
+)
 async def task_events(
     request: Request[Any, Any, Any],
     task_manager: NamedDependency[TaskManager],
@@ -77,11 +83,17 @@ async def task_events(
     return await _sse(task_streams.task_stream(task.session_key, task.id))
 
 
-@get("/tasks/events", tags=["streams"], media_type="text/event-stream",
-     summary="Stream all the session's task events",
-     description=("Starts with a `snapshot` of every task of the session, then its events live; stays "
-                  "open (a `: keep-alive` comment every 15 s when idle) until the client leaves or the "
-                  "server stops. " + _FORMAT))
+@get(
+    "/tasks/events",
+    tags=["streams"],
+    media_type="text/event-stream",
+    summary="Stream all the session's task events",
+    description=(
+        "Starts with a `snapshot` of every task of the session, then its events live; stays "
+        "open (a `: keep-alive` comment every 15 s when idle) until the client leaves or the "
+        "server stops. " + _FORMAT
+    ),
+)
 async def session_events(
     request: Request[Any, Any, Any],
     task_manager: NamedDependency[TaskManager],

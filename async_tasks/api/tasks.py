@@ -30,8 +30,12 @@ from async_tasks.task import TaskStatus
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", max_length=200, min_length=1,
-                    description="Repeat a create safely: the same key in the same session returns the same task."),
+    HeaderParameter(
+        name="Idempotency-Key",
+        max_length=200,
+        min_length=1,
+        description="Repeat a create safely: the same key in the same session returns the same task.",
+    ),
 ]
 
 
@@ -43,9 +47,12 @@ class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]  # noqa: RUF012 (Litestar reads the class attribute)
 
-    @post("/", status_code=201,
-          responses={**responses(400, 413, 422, 429, 503), **replay_responses(TaskResponse)},
-          summary="Create a task (pending unless start is true)")
+    @post(
+        "/",
+        status_code=201,
+        responses={**responses(400, 413, 422, 429, 503), **replay_responses(TaskResponse)},
+        summary="Create a task (pending unless start is true)",
+    )
     async def create_task(
         self,
         request: Request[Any, Any, Any],
@@ -68,8 +75,11 @@ class TaskController(Controller):
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
         )
-        return Response(task_response(task_manager, task), status_code=200 if replayed else 201,
-                        headers={"Idempotent-Replayed": "true"} if replayed else None)
+        return Response(
+            task_response(task_manager, task),
+            status_code=200 if replayed else 201,
+            headers={"Idempotent-Replayed": "true"} if replayed else None,
+        )
 
     @get("/", summary="List the session's tasks, newest first", responses=responses(400))
     async def list_tasks(
@@ -94,15 +104,17 @@ class TaskController(Controller):
     async def stats(self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]) -> StatsResponse:
         counts = task_manager.stats(request)
         session = task_manager.store.session(task_manager.session_key_of(request))
-        return StatsResponse(stats=Stats(
-            total=sum(counts.values()),
-            pending=counts[TaskStatus.PENDING],
-            running=counts[TaskStatus.RUNNING],
-            completed=counts[TaskStatus.COMPLETED],
-            failed=counts[TaskStatus.FAILED],
-            cancelled=counts[TaskStatus.CANCELLED],
-            average_duration_ms=round(session.average_duration_ms, 3) if session is not None else 0.0,
-        ))
+        return StatsResponse(
+            stats=Stats(
+                total=sum(counts.values()),
+                pending=counts[TaskStatus.PENDING],
+                running=counts[TaskStatus.RUNNING],
+                completed=counts[TaskStatus.COMPLETED],
+                failed=counts[TaskStatus.FAILED],
+                cancelled=counts[TaskStatus.CANCELLED],
+                average_duration_ms=round(session.average_duration_ms, 3) if session is not None else 0.0,
+            )
+        )
 
     @get("/metrics", summary="The session's task count and average processing time (Task Processor shape)")
     async def session_metrics(
@@ -121,17 +133,19 @@ class TaskController(Controller):
     async def cleanup_status(self, task_manager: NamedDependency[TaskManager]) -> CleanupStatusResponse:
         cleaner = task_manager.cleaner
         settings = task_manager.settings
-        return CleanupStatusResponse(status=CleanupStatus(
-            is_running=cleaner.is_running,
-            is_active=cleaner.is_active,
-            options=CleanupOptions(
-                max_completed_tasks=settings.max_completed_tasks,
-                max_failed_tasks=settings.max_failed_tasks,
-                max_cancelled_tasks=settings.max_cancelled_tasks,
-                cleanup_interval=settings.task_cleanup_interval,
-            ),
-            last_run=cleaner.last_run or "idle",
-        ))
+        return CleanupStatusResponse(
+            status=CleanupStatus(
+                is_running=cleaner.is_running,
+                is_active=cleaner.is_active,
+                options=CleanupOptions(
+                    max_completed_tasks=settings.max_completed_tasks,
+                    max_failed_tasks=settings.max_failed_tasks,
+                    max_cancelled_tasks=settings.max_cancelled_tasks,
+                    cleanup_interval=settings.task_cleanup_interval,
+                ),
+                last_run=cleaner.last_run or "idle",
+            )
+        )
 
     @post("/cleanup/run", status_code=200, summary="Apply retention to the session's finished tasks now")
     async def cleanup_run(
@@ -145,8 +159,11 @@ class TaskController(Controller):
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.get_task(request, task_id))
 
-    @get("/{task_id:str}/status", summary="Status and step progress (the polling endpoint)",
-         responses=responses(400, 404))
+    @get(
+        "/{task_id:str}/status",
+        summary="Status and step progress (the polling endpoint)",
+        responses=responses(400, 404),
+    )
     async def get_status(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskStatusResponse:
@@ -161,29 +178,42 @@ class TaskController(Controller):
             error=task.error,
         )
 
-    @post("/{task_id:str}/start", status_code=200, summary="Start a pending task",
-          responses=responses(400, 404, 409, 503))
+    @post(
+        "/{task_id:str}/start", status_code=200, summary="Start a pending task", responses=responses(400, 404, 409, 503)
+    )
     async def start_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.start_task(request, task_id))
 
-    @post("/{task_id:str}/cancel", status_code=200, summary="Cancel a pending or running task",
-          responses=responses(400, 404, 409))
+    @post(
+        "/{task_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a pending or running task",
+        responses=responses(400, 404, 409),
+    )
     async def cancel_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.cancel_task(request, task_id))
 
-    @post("/{task_id:str}/retry", status_code=200, summary="Run a failed or cancelled task again",
-          responses=responses(400, 404, 409, 503))
+    @post(
+        "/{task_id:str}/retry",
+        status_code=200,
+        summary="Run a failed or cancelled task again",
+        responses=responses(400, 404, 409, 503),
+    )
     async def retry_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> TaskResponse:
         return task_response(task_manager, task_manager.retry_task(request, task_id))
 
-    @delete("/{task_id:str}", status_code=204, summary="Delete a task that is not running",
-            responses=responses(400, 404, 409))
+    @delete(
+        "/{task_id:str}",
+        status_code=204,
+        summary="Delete a task that is not running",
+        responses=responses(400, 404, 409),
+    )
     async def delete_task(
         self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
     ) -> None:

@@ -108,10 +108,10 @@ async def server(
         yield app, client
 
 
-async def create(client: httpx.AsyncClient, executor: str, params: dict[str, Any] | None = None,
-                 **options: Any) -> str:
-    response = await client.post(f"{API}/tasks", json={"executor": executor, "params": params or {}, "start": True,
-                                                        **options})
+async def create(client: httpx.AsyncClient, executor: str, params: dict[str, Any] | None = None, **options: Any) -> str:
+    response = await client.post(
+        f"{API}/tasks", json={"executor": executor, "params": params or {}, "start": True, **options}
+    )
     assert response.status_code == 201, response.text
     return response.json()["task"]["id"]  # type: ignore[no-any-return]
 
@@ -134,8 +134,9 @@ async def sibling_completes(app: Litestar, client: httpx.AsyncClient) -> None:
         ("cyclic", "RecursionError"),
     ],
 )
-async def test_a_failing_executor_fails_only_its_task(make_app: Callable[..., Litestar], fault: str,
-                                                      error: str) -> None:
+async def test_a_failing_executor_fails_only_its_task(
+    make_app: Callable[..., Litestar], fault: str, error: str
+) -> None:
     async with server(make_app, max_result_bytes=1024) as (app, client):
         task_id = await create(client, "faulty", {"fault": fault})
         task = await wait_for(app, task_id, "failed")

@@ -36,8 +36,9 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 
 def from_ip(app: Litestar, ip: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)),
-                             base_url="http://testserver.local")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver.local"
+    )
 
 
 async def test_an_oversized_body_is_413_with_the_error_body(make_app: Callable[..., Litestar]) -> None:
@@ -49,20 +50,23 @@ async def test_an_oversized_body_is_413_with_the_error_body(make_app: Callable[.
             for _ in range(8):
                 yield b" " * 512
 
-        chunked = await client.post(f"{API}/demo/tasks/script", content=chunks(),
-                                    headers={"Content-Type": "application/json"})
+        chunked = await client.post(
+            f"{API}/demo/tasks/script", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert_error(chunked, 413, "request_too_large")
         assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["total"] == 0
 
 
 async def test_too_many_batch_items_is_400(make_app: Callable[..., Litestar]) -> None:
     async with serve_in_loop(make_app(environ={"BATCH_MAX_ITEMS": "5"})) as client:
-        error = assert_error(await client.post(f"{API}/demo/tasks/batch", json={"items": list(range(6))}),
-                             400, "invalid_params")
+        error = assert_error(
+            await client.post(f"{API}/demo/tasks/batch", json={"items": list(range(6))}), 400, "invalid_params"
+        )
         assert "at most 5" in str(error["message"])
         # Above the schema's hard bound it is refused before the executor sees it.
-        assert_error(await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 10_001}),
-                     400, "validation_error")
+        assert_error(
+            await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 10_001}), 400, "validation_error"
+        )
         accepted = await client.post(f"{API}/demo/tasks/batch", json={"items": list(range(5)), "itemDelayMs": 0})
         assert accepted.status_code == 201
 
@@ -70,8 +74,7 @@ async def test_too_many_batch_items_is_400(make_app: Callable[..., Litestar]) ->
 async def test_too_many_active_tasks_is_429_with_retry_after(make_app: Callable[..., Litestar]) -> None:
     app = make_app(max_active_tasks_per_session=3)
     async with serve_in_loop(app) as client, from_ip(app, "10.9.9.9") as other:
-        ids = [(await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]["id"]
-               for _ in range(3)]
+        ids = [(await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]["id"] for _ in range(3)]
         refused = await client.post(f"{API}/tasks", json={"executor": "script"})
         assert_error(refused, 429, "quota_exceeded")
         assert int(refused.headers["Retry-After"]) >= 1
@@ -103,8 +106,9 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
 ) -> None:
     """FLOOD refused creates add no task, session, rate bucket or live object; a window of
     them traced with tracemalloc keeps (almost) no memory."""
-    settings = {"max_active_tasks_per_session": 2} if limit == "quota" else {
-        "task_create_rate": 1.0, "task_create_burst": 2}
+    settings = (
+        {"max_active_tasks_per_session": 2} if limit == "quota" else {"task_create_rate": 1.0, "task_create_burst": 2}
+    )
     app = make_app(clock=FakeClock(), **settings)
     code = "quota_exceeded" if limit == "quota" else "rate_limited"
     async with serve_in_loop(app) as client:
@@ -144,8 +148,9 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
 @pytest.mark.parametrize("path", ["/tasks", "/demo/tasks/sample", "/demo/tasks/batch", "/demo/tasks/unknown"])
 async def test_a_deeply_nested_body_is_400_not_500(client: httpx.AsyncClient, path: str) -> None:
     nested = "[" * 1000 + "]" * 1000  # 2 KB: msgspec refuses this depth with a RecursionError
-    response = await client.post(f"{API}{path}", content='{"items": ' + nested + "}",
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        f"{API}{path}", content='{"items": ' + nested + "}", headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 400, "malformed_json")
 
 
@@ -158,8 +163,9 @@ async def test_a_deeply_nested_body_is_400_not_500(client: httpx.AsyncClient, pa
         ("/tasks", {"executor": "script", "priority": "5"}, "priority"),
     ],
 )
-async def test_body_fields_keep_their_json_types(client: httpx.AsyncClient, path: str, body: dict[str, object],
-                                                 key: str) -> None:
+async def test_body_fields_keep_their_json_types(
+    client: httpx.AsyncClient, path: str, body: dict[str, object], key: str
+) -> None:
     """A string is not a number, a boolean or null (Litestar alone would coerce it)."""
     error = assert_error(await client.post(f"{API}{path}", json=body), 400, "validation_error")
     assert error["details"] == [{"message": error["details"][0]["message"], "key": key, "source": "body"}]  # type: ignore[index]

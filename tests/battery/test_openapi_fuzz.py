@@ -47,7 +47,15 @@ schema.config.generation.update(
 )
 # A negative case must be refused with a 4xx (a body over the size limit gets 413), never a 5xx.
 schema.config.checks.negative_data_rejection.expected_statuses = [
-    "400", "404", "405", "406", "409", "413", "415", "422", "429"
+    "400",
+    "404",
+    "405",
+    "406",
+    "409",
+    "413",
+    "415",
+    "422",
+    "429",
 ]
 
 

@@ -84,10 +84,18 @@ async def test_concurrent_commands_on_one_task(make_app: Callable[..., Litestar]
     async with serve_in_loop(app) as client:
         totals: Counter[int] = Counter()
         for _ in range(6):
-            created = await client.post(f"{API}/tasks", json={
-                "executor": "script", "start": rng.random() < 0.7,
-                "params": {"hold": True, "steps": rng.randint(0, 2), "fail": "boom" if rng.random() < 0.3 else None},
-            })
+            created = await client.post(
+                f"{API}/tasks",
+                json={
+                    "executor": "script",
+                    "start": rng.random() < 0.7,
+                    "params": {
+                        "hold": True,
+                        "steps": rng.randint(0, 2),
+                        "fail": "boom" if rng.random() < 0.3 else None,
+                    },
+                },
+            )
             task_id = created.json()["task"]["id"]
             totals += await storm(client, task_id, rng)
             await anyio.wait_all_tasks_blocked()
@@ -106,8 +114,9 @@ async def test_retry_while_the_cancelled_attempt_still_unwinds(make_app: Callabl
     new attempt impossible to cancel)."""
     app = make_app()
     async with serve_in_loop(app) as client:
-        task = (await client.post(f"{API}/tasks", json={
-            "executor": "script", "start": True, "params": {"hold": True}})).json()["task"]
+        task = (
+            await client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"hold": True}})
+        ).json()["task"]
         await wait_for(app, task["id"], progress=90)
         manager = manager_of(app)
         manager.cancel_task(task["sessionKey"], task["id"])
@@ -144,8 +153,9 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_task(
         ids: set[str] = set()
 
         async def create() -> None:
-            response = await client.post(f"{API}/tasks", json={"executor": executor},
-                                         headers={"Idempotency-Key": "same-key"})
+            response = await client.post(
+                f"{API}/tasks", json={"executor": executor}, headers={"Idempotency-Key": "same-key"}
+            )
             codes[response.status_code] += 1
             ids.add(response.json()["task"]["id"])
 

@@ -60,8 +60,7 @@ class Victim:
         response = api.request("POST", f"{API}/session")
         self.token: str = response.json()["token"]
         self.key: str = response.json()["sessionKey"]
-        created = api.request("POST", f"{API}/tasks", headers={TOKEN_HEADER: self.token},
-                              json={"executor": "script"})
+        created = api.request("POST", f"{API}/tasks", headers={TOKEN_HEADER: self.token}, json={"executor": "script"})
         self.task_id: str = created.json()["task"]["id"]
 
     def resolve(self, token: str, *, cookie: bool = False) -> str:
@@ -79,8 +78,11 @@ class Victim:
 
 @pytest.fixture(scope="module")
 def victim() -> Iterator[Victim]:
-    app = create_app(Settings(secret_key=SECRET, task_create_rate=0.0, auto_map_session_by_ip=False,
-                              session_max_age=MAX_AGE), TEST_EXECUTORS, environ={})
+    app = create_app(
+        Settings(secret_key=SECRET, task_create_rate=0.0, auto_map_session_by_ip=False, session_max_age=MAX_AGE),
+        TEST_EXECUTORS,
+        environ={},
+    )
     with blocking_portal() as portal, running(app, portal) as api:
         yield Victim(api)
 
@@ -100,7 +102,7 @@ def test_a_tampered_token_is_refused(victim: Victim, data: st.DataObject, cookie
     token = victim.token
     index = data.draw(st.integers(0, len(token) - 1))
     char = data.draw(st.sampled_from(B64 + ".").filter(lambda c: c != token[index]))
-    tampered = token[:index] + char + token[index + 1:]
+    tampered = token[:index] + char + token[index + 1 :]
     if victim.resolve(tampered, cookie=cookie) == victim.key:
         # Only a different spelling of the same bytes (unused low bits of the last base64
         # character) may still verify; nothing signed changed.
@@ -147,8 +149,11 @@ def test_junk_never_resolves_and_never_breaks_the_server(victim: Victim, junk: s
 
 
 @EXAMPLES
-@given(raw=st.binary(max_size=300).map(lambda b: b.decode("latin-1")).filter(lambda s: "\r" not in s and
-                                                                              "\n" not in s and "\0" not in s))
+@given(
+    raw=st.binary(max_size=300)
+    .map(lambda b: b.decode("latin-1"))
+    .filter(lambda s: "\r" not in s and "\n" not in s and "\0" not in s)
+)
 def test_a_raw_cookie_header_never_breaks_the_server(victim: Victim, raw: str) -> None:
     response = victim.api.request("GET", f"{API}/tasks", headers={"Cookie": raw.encode("latin-1")})
     assert response.status_code == 200
@@ -160,8 +165,11 @@ def test_a_raw_cookie_header_never_breaks_the_server(victim: Victim, raw: str) -
 
 @pytest.fixture(scope="module")
 def rotated() -> Iterator[PortalApp]:
-    app = create_app(Settings(secret_key=f"{NEW},{OLD}", task_create_rate=0.0, auto_map_session_by_ip=False),
-                     TEST_EXECUTORS, environ={})
+    app = create_app(
+        Settings(secret_key=f"{NEW},{OLD}", task_create_rate=0.0, auto_map_session_by_ip=False),
+        TEST_EXECUTORS,
+        environ={},
+    )
     with blocking_portal() as portal, running(app, portal) as api:
         yield api
 
@@ -190,8 +198,9 @@ def cookie_attributes(set_cookie: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["POST /session", "first contact"])
 def test_the_session_cookie_is_httponly_samesite_and_site_wide(rotated: PortalApp, how: str) -> None:
-    response = (rotated.request("POST", f"{API}/session") if how == "POST /session"
-                else rotated.request("GET", f"{API}/tasks"))
+    response = (
+        rotated.request("POST", f"{API}/session") if how == "POST /session" else rotated.request("GET", f"{API}/tasks")
+    )
     attributes = cookie_attributes(response.headers["set-cookie"])
     assert "httponly" in attributes
     assert attributes["samesite"].lower() in {"lax", "strict"}

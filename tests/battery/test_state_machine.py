@@ -118,8 +118,9 @@ class TaskMachine(RuleBasedStateMachine):
 
     # -- plumbing ------------------------------------------------------------------
 
-    def send(self, session: Session, method: str, path: str, headers: dict[str, str] | None = None,
-             **kwargs: Any) -> Any:
+    def send(
+        self, session: Session, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
         headers = {**session.headers(), **(headers or {})}
         return self.api.request(method, f"{API}{path}", ip=session.ip, headers=headers, **kwargs)
 
@@ -160,8 +161,9 @@ class TaskMachine(RuleBasedStateMachine):
 
     # -- commands ------------------------------------------------------------------
 
-    @rule(index=st.integers(0, 3), start=st.booleans(), fails=st.booleans(), demo=st.booleans(),
-          steps=st.integers(0, 3))
+    @rule(
+        index=st.integers(0, 3), start=st.booleans(), fails=st.booleans(), demo=st.booleans(), steps=st.integers(0, 3)
+    )
     def create(self, index: int, start: bool, fails: bool, demo: bool, steps: int) -> None:
         session = self.sessions[index]
         params = {"hold": True, "steps": steps, "fail": "scripted failure" if fails else None}
@@ -169,8 +171,9 @@ class TaskMachine(RuleBasedStateMachine):
             response = self.send(session, "POST", "/demo/tasks/script", json=params)
             start = True
         else:
-            response = self.send(session, "POST", "/tasks", json={"executor": "script", "params": params,
-                                                                     "start": start})
+            response = self.send(
+                session, "POST", "/tasks", json={"executor": "script", "params": params, "start": start}
+            )
         assert response.status_code == 201, response.text
         task = response.json()["task"]
         assert task["sessionKey"] == session.key
@@ -255,8 +258,10 @@ class TaskMachine(RuleBasedStateMachine):
         session = self.sessions[index]
         removed = []
         for status in ("completed", "failed", "cancelled"):
-            done = sorted((t for t in self.tasks.values() if t.session is session and t.status == status),
-                          key=lambda t: t.finished)
+            done = sorted(
+                (t for t in self.tasks.values() if t.session is session and t.status == status),
+                key=lambda t: t.finished,
+            )
             removed += done[: max(0, len(done) - KEEP)]
         response = self.send(session, "POST", "/tasks/cleanup/run")
         assert response.status_code == 200
@@ -266,9 +271,20 @@ class TaskMachine(RuleBasedStateMachine):
 
     # -- isolation -----------------------------------------------------------------
 
-    @rule(data=st.data(), other=st.integers(1, 3),
-          op=st.sampled_from([("GET", ""), ("GET", "/status"), ("POST", "/start"), ("POST", "/cancel"),
-                              ("POST", "/retry"), ("DELETE", "")]))
+    @rule(
+        data=st.data(),
+        other=st.integers(1, 3),
+        op=st.sampled_from(
+            [
+                ("GET", ""),
+                ("GET", "/status"),
+                ("POST", "/start"),
+                ("POST", "/cancel"),
+                ("POST", "/retry"),
+                ("DELETE", ""),
+            ]
+        ),
+    )
     @precondition(lambda self: self.tasks)
     def foreign_access(self, data: st.DataObject, other: int, op: tuple[str, str]) -> None:
         """Another session's task is indistinguishable from a missing one, and stays as it was."""
@@ -312,9 +328,16 @@ class TaskMachine(RuleBasedStateMachine):
 @pytest.fixture(scope="module")
 def api() -> Iterator[PortalApp]:
     app = create_app(
-        Settings(secret_key=SECRET, task_create_rate=0.0, max_completed_tasks=KEEP, max_failed_tasks=KEEP,
-                 max_cancelled_tasks=KEEP, shutdown_grace_ms=0),
-        TEST_EXECUTORS, environ={},
+        Settings(
+            secret_key=SECRET,
+            task_create_rate=0.0,
+            max_completed_tasks=KEEP,
+            max_failed_tasks=KEEP,
+            max_cancelled_tasks=KEEP,
+            shutdown_grace_ms=0,
+        ),
+        TEST_EXECUTORS,
+        environ={},
         clock=FakeClock(),  # the periodic cleaner never fires: cleanup happens only when asked
     )
     with blocking_portal() as portal, running(app, portal) as api:

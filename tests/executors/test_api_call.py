@@ -164,9 +164,7 @@ class LocalServer:
                 "Connection: close",
             ]
             lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-            await stream.send(
-                "\r\n".join(lines).encode() + b"\r\n\r\n" + (b"" if method == "HEAD" else content)
-            )
+            await stream.send("\r\n".join(lines).encode() + b"\r\n\r\n" + (b"" if method == "HEAD" else content))
 
         if url.path == "/json":
             await reply(200, b'{"hello": "world", "n": 1}')
@@ -188,9 +186,7 @@ class LocalServer:
             for _ in range(int(query.get("chunks", "100"))):
                 await stream.send(b"x" * 1000)
         elif url.path == "/declared-big":
-            await stream.send(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10000000\r\n\r\nxx"
-            )
+            await stream.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10000000\r\n\r\nxx")
             await anyio.sleep_forever()
         elif url.path == "/hang":
             await anyio.sleep_forever()
@@ -294,9 +290,7 @@ BLOCKED = [
     pytest.param("http://LOCALHOST./", "loopback", id="localhost-upper-dot"),
     pytest.param("http://localhost:3000/api", "loopback", id="localhost-port"),
     pytest.param("http://app.localhost/", "loopback", id="localhost-subdomain"),
-    pytest.param(
-        "http://internal.example/", "internal.example resolves to 10.0.0.1, a private", id="dns-private"
-    ),
+    pytest.param("http://internal.example/", "internal.example resolves to 10.0.0.1, a private", id="dns-private"),
     pytest.param("http://mixed.example/", "resolves to 127.0.0.1", id="dns-one-of-two"),
     pytest.param("http://meta.example/", "cloud metadata address", id="dns-metadata"),
     pytest.param("http://ula.example/", "unique local", id="dns-v6-private"),
@@ -368,9 +362,7 @@ async def test_validate_accepts_public_targets(endpoint: str) -> None:
     ],
 )
 async def test_allow_list_exempts_exactly_its_hosts(endpoint: str, allowed: bool) -> None:
-    executor = ApiCallExecutor.from_environ(
-        {"API_CALL_ALLOW_HOSTS": "127.0.0.1, internal.example, 10.1.0.0/16, [::1]"}
-    )
+    executor = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": "127.0.0.1, internal.example, 10.1.0.0/16, [::1]"})
     if allowed:
         await executor.validate(params(endpoint))
     else:
@@ -530,9 +522,7 @@ async def test_dns_rebinding_after_the_check_is_refused_at_connect(dns: dict[str
     with sink() as target:
         task = make_task(executor, {"endpoint": f"http://rebind.example:{target.port}/", "timeoutMs": 1000})
         await executor.validate(task.params)
-        with pytest.raises(
-            OutboundRefused, match=re.escape("rebind.example resolves to 127.0.0.1, a loopback")
-        ):
+        with pytest.raises(OutboundRefused, match=re.escape("rebind.example resolves to 127.0.0.1, a loopback")):
             await executor.execute(task, ProgressReporter(sink_progress, ApiCallExecutor.steps))
         assert target.connections() == 0
 
@@ -592,9 +582,7 @@ async def test_post_sends_json_and_headers() -> None:
 @pytest.mark.anyio
 async def test_head_has_no_body() -> None:
     async with local_server() as server:
-        run = await run_executor(
-            ApiCallExecutor, {"endpoint": f"{server.base}/json", "method": "HEAD"}, environ=LOCAL
-        )
+        run = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/json", "method": "HEAD"}, environ=LOCAL)
     assert run.result["statusCode"] == 200 and run.result["body"] is None
 
 
@@ -611,9 +599,7 @@ async def test_long_text_is_truncated_and_binary_summarised() -> None:
 @pytest.mark.anyio
 async def test_redirect_to_an_allowed_target_is_followed() -> None:
     async with local_server() as server:
-        run = await run_executor(
-            ApiCallExecutor, {"endpoint": f"{server.base}/redirect?to=/json"}, environ=LOCAL
-        )
+        run = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/redirect?to=/json"}, environ=LOCAL)
     assert run.result["url"] == f"{server.base}/json"
     assert run.result["redirects"] == 1
     assert server.paths == ["/redirect", "/json"]
@@ -670,9 +656,7 @@ async def test_error_status_fails_the_task(status: int, phrase: str) -> None:
 @pytest.mark.anyio
 async def test_response_over_the_cap_is_cut_off_while_streaming() -> None:
     async with local_server() as server:
-        with pytest.raises(
-            ApiCallFailed, match=r"larger than the 4 KiB limit \(API_CALL_MAX_RESPONSE_BYTES\)"
-        ):
+        with pytest.raises(ApiCallFailed, match=r"larger than the 4 KiB limit \(API_CALL_MAX_RESPONSE_BYTES\)"):
             await run_executor(
                 ApiCallExecutor,
                 {"endpoint": f"{server.base}/big?chunks=1000"},
@@ -683,9 +667,7 @@ async def test_response_over_the_cap_is_cut_off_while_streaming() -> None:
 @pytest.mark.anyio
 async def test_declared_length_over_the_cap_fails_before_reading() -> None:
     async with local_server() as server:
-        with pytest.raises(
-            ApiCallFailed, match=r"announced a 10,000,000-byte response, over the 4 KiB limit"
-        ):
+        with pytest.raises(ApiCallFailed, match=r"announced a 10,000,000-byte response, over the 4 KiB limit"):
             await run_executor(
                 ApiCallExecutor,
                 {"endpoint": f"{server.base}/declared-big"},
@@ -698,9 +680,7 @@ async def test_declared_length_over_the_cap_fails_before_reading() -> None:
     ("timeout_ms", "environ", "limit"),
     [(200, LOCAL, 200), (10_000, {**LOCAL, "API_CALL_MAX_TIMEOUT_MS": "150"}, 150)],
 )
-async def test_a_server_that_never_answers_times_out(
-    timeout_ms: int, environ: dict[str, str], limit: int
-) -> None:
+async def test_a_server_that_never_answers_times_out(timeout_ms: int, environ: dict[str, str], limit: int) -> None:
     async with local_server() as server:
         started = anyio.current_time()
         with pytest.raises(ApiCallFailed, match=rf"timed out after {limit} ms"):

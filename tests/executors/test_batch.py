@@ -151,9 +151,7 @@ async def test_per_item_size_is_capped() -> None:
     assert caught.value.field == "items[0]"
     # The limit itself is configurable.
     with pytest.raises(InvalidParams):
-        await run_executor(
-            BatchExecutor, {"items": ["abcdefghijklmnopqrstu"]}, environ={"BATCH_MAX_ITEM_BYTES": "16"}
-        )
+        await run_executor(BatchExecutor, {"items": ["abcdefghijklmnopqrstu"]}, environ={"BATCH_MAX_ITEM_BYTES": "16"})
 
 
 def test_schema_bounds() -> None:

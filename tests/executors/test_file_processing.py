@@ -331,15 +331,11 @@ async def test_empty_file(layout: Layout) -> None:
 async def test_progress_follows_the_bytes_read(layout: Layout) -> None:
     data = b"0123456789" * 50  # 500 bytes
     (layout.root / "data.bin").write_bytes(data)
-    run = await run_executor(
-        FileProcessingExecutor, {"filePath": "data.bin", "chunkSize": 100}, environ=layout.environ
-    )
+    run = await run_executor(FileProcessingExecutor, {"filePath": "data.bin", "chunkSize": 100}, environ=layout.environ)
     reading = [r for r in run.reports if r.step == "Reading File"]
     # The first report announces the read; then one per 100-byte chunk.
     assert [r.percent for r in reading] == pytest.approx([5, 22, 39, 56, 73, 90])
-    assert [r.description for r in reading[1:]] == [
-        f"Read {n} of 500 bytes" for n in (100, 200, 300, 400, 500)
-    ]
+    assert [r.description for r in reading[1:]] == [f"Read {n} of 500 bytes" for n in (100, 200, 300, 400, 500)]
     percents = [r.percent for r in run.reports]
     assert percents == sorted(percents) and percents[-1] == 100
 
@@ -404,9 +400,7 @@ async def test_execute_checks_again_when_the_file_changed(layout: Layout) -> Non
 
 
 @pytest.mark.anyio
-async def test_file_swapped_between_check_and_open_is_refused(
-    layout: Layout, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_file_swapped_between_check_and_open_is_refused(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
     target = layout.root / "swap.txt"
     target.write_bytes(b"checked content")
     (layout.root / "other.txt").write_bytes(b"swapped in")
