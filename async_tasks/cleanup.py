@@ -19,8 +19,7 @@ import msgspec
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
-from async_tasks.store import SessionTasks, TaskStore
-from async_tasks.task import TaskStatus
+from async_tasks.store.base import Retention, TaskStore
 
 logger = logging.getLogger("async_tasks.cleanup")
 
@@ -44,38 +43,35 @@ class Cleaner:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.limits = {
-            TaskStatus.COMPLETED: settings.max_completed_tasks,
-            TaskStatus.FAILED: settings.max_failed_tasks,
-            TaskStatus.CANCELLED: settings.max_cancelled_tasks,
-        }
+        self.retention = Retention(
+            max_completed=settings.max_completed_tasks,
+            max_failed=settings.max_failed_tasks,
+            max_cancelled=settings.max_cancelled_tasks,
+        )
+        #: True while a sweep runs (sweeps yield to the event loop between batches).
         self.is_running = False
         self.is_active = False
         self.last_run: LastRun | None = None
         #: Called after every sweep with (result, trigger); metrics and housekeeping hook in here.
         self.after_sweep: list[Callable[[CleanupResult, str], object]] = []
-        #: Called with each removed task id before removal (runner bookkeeping).
-        self.on_remove: list[Callable[[str], None]] = []
 
-    def run_once(
+    async def run_once(
         self, session_key: str | None = None, *, trigger: Literal["interval", "manual"] = "manual"
     ) -> CleanupResult:
         """Enforce retention in one session, or in every session when `session_key` is None."""
         began = time.perf_counter()
         self.is_running = True
-        result = CleanupResult()
         try:
-            if session_key is None:
-                sessions = list(self.store.sessions.values())
-            else:
-                one = self.store.session(session_key)
-                sessions = [one] if one is not None else []
-            for session in sessions:
-                self._sweep(session, result)
+            trimmed = await self.store.trim(self.retention, session_key)
         finally:
             self.is_running = False
-        result.removed = result.removed_completed + result.removed_failed + result.removed_cancelled
-        result.duration_ms = round((time.perf_counter() - began) * 1000, 3)
+        result = CleanupResult(
+            removed=trimmed.total,
+            removed_completed=trimmed.completed,
+            removed_failed=trimmed.failed,
+            removed_cancelled=trimmed.cancelled,
+            duration_ms=round((time.perf_counter() - began) * 1000, 3),
+        )
         self.last_run = LastRun(at=self.clock.now_ms(), trigger=trigger, duration_ms=result.duration_ms)
         if result.removed:
             logger.info(
@@ -84,25 +80,6 @@ class Cleaner:
         for hook in self.after_sweep:
             hook(result, trigger)
         return result
-
-    def _sweep(self, session: SessionTasks, result: CleanupResult) -> None:
-        for status, limit in self.limits.items():
-            finished = session.finished[status]
-            excess = len(finished) - limit
-            if excess <= 0:
-                continue
-            oldest = [task_id for task_id, _ in zip(finished, range(excess), strict=False)]
-            for task_id in oldest:
-                task = session.tasks[task_id]
-                for hook in self.on_remove:
-                    hook(task_id)
-                self.store.remove(task)
-            if status is TaskStatus.COMPLETED:
-                result.removed_completed += excess
-            elif status is TaskStatus.FAILED:
-                result.removed_failed += excess
-            else:
-                result.removed_cancelled += excess
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Sweep every TASK_CLEANUP_INTERVAL ms until cancelled."""
@@ -113,7 +90,7 @@ class Cleaner:
             while True:
                 await self.clock.sleep(interval)
                 try:
-                    self.run_once(trigger="interval")
+                    await self.run_once(trigger="interval")
                 except Exception:  # a sweep must never end the loop
                     logger.exception("Cleanup sweep failed")
         finally:

@@ -18,151 +18,21 @@ import functools
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from async_tasks.errors import ExecutorRegistrationError, SettingsError
-from async_tasks.settings import Settings
-
 if TYPE_CHECKING:
-    import threading
-
-    from litestar import Litestar
     from rich.console import Console
 
     from async_tasks.client import TaskClient
-    from async_tasks.plugin import AsyncTasksPlugin
 
 
 def serve(args: argparse.Namespace) -> int:
-    from async_tasks.app import create_app
+    from async_tasks.server import serve as serve_app
 
-    try:
-        settings = Settings.from_env()
-        app = create_app(settings)
-    except (SettingsError, ExecutorRegistrationError) as exc:
-        print(f"async-tasks: {exc}", file=sys.stderr)
-        return 2
-    return run_server(app, settings, host=args.host, port=args.port)
-
-
-def run_server(app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
-    """Serve `app` with uvicorn until SIGTERM or SIGINT, then shut down within
-    SHUTDOWN_GRACE_MS.
-
-    When the signal arrives, new tasks are refused at once (503 ``shutting_down``)
-    and every task is cancelled with reason ``shutdown``, while uvicorn still waits
-    for open connections. Uvicorn waits for those at most 80% of the grace period.
-    A watchdog thread ends the process at the end of the grace period (one second
-    at least) if it is still alive (tasks that ignore cancellation keep the task group, and so the
-    lifespan, from finishing): it logs the abandoned tasks, flushes the logs and
-    exits with status 1. The process also exits with status 1, at once, when the
-    shutdown itself abandoned tasks (their worker threads would block the exit);
-    otherwise `run_server` returns 0. No access log is written (it would print
-    client IPs).
-    """
-    import logging
-    import os
-    import signal
-    import threading
-
-    import uvicorn
-
-    from async_tasks.logs import flush_logs
-    from async_tasks.plugin import SHUTDOWN_RUNNER_SHARE, AsyncTasksPlugin
-
-    plugin = app.plugins.get(AsyncTasksPlugin)
-    grace = settings.shutdown_grace_ms / 1000
-    config = uvicorn.Config(
-        app,
-        host=host or settings.host,
-        port=port or settings.port,
-        proxy_headers=settings.trust_proxy_headers,
-        access_log=False,
-        log_config=None,
-        # uvicorn passes it to asyncio.wait_for: fractions of a second work.
-        timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_RUNNER_SHARE),  # type: ignore[arg-type]
-    )
-    server = uvicorn.Server(config)
-    signalled = threading.Event()
-    threading.Thread(
-        target=_shutdown_watchdog,
-        args=(plugin, signalled, settings),
-        name="async-tasks shutdown watchdog",
-        daemon=True,
-    ).start()
-
-    def on_signal(sig: int, frame: Any) -> None:
-        # uvicorn's own handler, except that it does not re-raise the signal once the
-        # server has stopped (that would kill the process before the logs are written).
-        # A signal handler: only signal-safe work here (no logging: it takes locks).
-        if server.should_exit and sig == signal.SIGINT:
-            server.force_exit = True
-        else:
-            server.should_exit = True
-        plugin.request_shutdown()
-        signalled.set()
-
-    server.handle_exit = on_signal  # type: ignore[method-assign]
-    print(f"async-tasks serving on http://{config.host}:{config.port} (docs at /schema)", file=sys.stderr)
-    server.run()
-    if plugin.abandoned:
-        # Their worker threads would keep the interpreter from exiting.
-        logging.getLogger("async_tasks.shutdown").warning("Exiting with %d abandoned tasks", len(plugin.abandoned))
-        flush_logs()
-        os._exit(1)
-    return 0
-
-
-def _shutdown_watchdog(plugin: AsyncTasksPlugin, signalled: threading.Event, settings: Settings) -> None:
-    import logging
-    import os
-    import time
-
-    from async_tasks.logs import flush_logs
-
-    logger = logging.getLogger("async_tasks.shutdown")
-    signalled.wait()
-    began = time.monotonic()
-    logger.info(
-        "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)", settings.shutdown_grace_ms
-    )
-    time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
-    # Still alive: something ignores cancellation or the event loop is blocked.
-    reported = {task.id for task in plugin.abandoned}
-    for _ in range(5):
-        try:
-            stuck = [attempt.task for attempt in list(plugin.runner.running.values())]
-            break
-        except RuntimeError:  # changed size while the loop thread updated it
-            time.sleep(0.01)
-    else:
-        stuck = []
-    for task in stuck:
-        if task.id not in reported:
-            logger.warning(
-                "Abandoned task %s for session %s: it did not stop within the grace period",
-                task.id,
-                task.session_key,
-                extra={
-                    "task_id": task.id,
-                    "session_key": task.session_key,
-                    "executor": task.executor,
-                    "status": task.status.value,
-                    "reason": "shutdown",
-                },
-            )
-    logger.error(
-        "Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, %d tasks abandoned",
-        settings.shutdown_grace_ms,
-        time.monotonic() - began,
-        len(reported | {task.id for task in stuck}),
-    )
-    flush_logs()
-    os._exit(1)
+    return serve_app(host=args.host, port=args.port)
 
 
 # -- client commands (talk to a running server) ------------------------------------

@@ -35,15 +35,14 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
     previous: str | None = None
     error: str | None = None
     result: Any = None
-    # Filled by the push streams (`async_tasks.streams`); the store leaves the defaults.
-    #: The task's display name (null on `removed`: the task is gone).
+    #: The task's display name.
     name: str | None = None
     #: The attempt the event belongs to (`Task.attempts`; 0 before the first run).
     attempt: int = 0
 
     @classmethod
-    def of(cls, task: Task, type: EventType, previous: TaskStatus | None = None, **extra: Any) -> TaskEvent:
-        """The event describing `task` as it is now."""
+    def of(cls, task: Task, type: EventType, previous: TaskStatus | None = None) -> TaskEvent:
+        """The event describing `task` as it is now (with its result once completed)."""
         return cls(
             type=type,
             task_id=task.id,
@@ -56,7 +55,9 @@ class TaskEvent(msgspec.Struct, rename="camel", kw_only=True, gc=False):
             executor=task.executor,
             previous=previous.value if previous is not None else None,
             error=task.error,
-            **extra,
+            result=task.result if task.status is TaskStatus.COMPLETED else None,
+            name=task.name,
+            attempt=task.attempts,
         )
 
 
@@ -64,10 +65,16 @@ EventListener = Callable[[TaskEvent], None]
 
 
 class EventHub:
-    """Fan-out of task events to in-process listeners (called synchronously)."""
+    """Fan-out of task events to in-process listeners (called synchronously).
+
+    Two kinds of listener: `subscribe` gets a `TaskEvent` for every change (built
+    only while someone listens); `on_transition` hooks get the task and its previous
+    status (None when it was just created), with no event built, for cheap counters.
+    """
 
     def __init__(self) -> None:
         self.listeners: list[EventListener] = []
+        self.on_transition: list[Callable[[Task, TaskStatus | None], None]] = []
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         self.listeners.append(listener)

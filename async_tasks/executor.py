@@ -1,40 +1,52 @@
-"""The executor plugin API: a base class, declared steps, params, and the registry.
+"""The executor API: a base class or a decorated function, params, config, the registry.
 
-Write an executor by subclassing `TaskExecutor`::
+A class::
 
-    class Params(TaskParams):
-        delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1000
+    class GreetParams(TaskParams):
+        who: str = "world"
 
-    class SampleExecutor(TaskExecutor[Params]):
-        name = "sample"
-        title = "Sample Long-Running Task"
-        Params = Params
+    class GreetExecutor(TaskExecutor[GreetParams]):
+        name = "greet"
+        title = "Greeting"
+        steps = (Step("Thinking", at=0), Step("Speaking", at=50))
 
-        async def execute(self, task, progress):
-            await progress(25)
-            await progress(50, step="Processing Data", description="Analysing input")
-            return {"ok": True}
+        async def execute(self, task: Task[GreetParams], progress: Progress) -> dict[str, str]:
+            await progress(50)
+            return {"greeting": f"Hello, {task.params.who}!"}
 
-`execute` may also be a plain ``def`` (blocking code): it then runs in a worker
-thread and `progress` is a plain callable.
+`Params` is taken from ``TaskExecutor[GreetParams]``, so it is declared once and
+``task.params`` is typed. The same as a function::
+
+    @executor("greet", title="Greeting", steps=[Step("Thinking"), Step("Speaking", at=50)])
+    async def greet(params: GreetParams, progress: Progress) -> dict[str, str]:
+        await progress(50)
+        return {"greeting": f"Hello, {params.who}!"}
+
+`greet` is then an executor class, registered exactly like one. A plain ``def``
+(blocking code) runs in a worker thread and gets a `SyncProgress`.
+
+Settings of an executor come from environment variables through a typed `Config`
+struct: ``TaskExecutor[MyParams, MyConfig]`` makes ``self.config`` a ``MyConfig``
+loaded at start-up (field names encoded as the variable names, ``rename="upper"``;
+every field needs a default).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 import msgspec
+from typing_extensions import TypeVar
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import ExecutorRegistrationError
+from async_tasks.progress import Progress, Step, SyncProgress
 from async_tasks.settings import load_env
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
     from async_tasks.task import Task
 
 ENTRY_POINT_GROUP = "async_tasks.executors"
@@ -48,75 +60,67 @@ class NoParams(TaskParams):
     """Params of an executor that takes none."""
 
 
-P = TypeVar("P", bound=msgspec.Struct)
+class NoConfig(msgspec.Struct, frozen=True):
+    """Config of an executor that reads no environment variables."""
 
 
-class Step(msgspec.Struct, frozen=True):
-    """A declared step. `at` is the percent at which it begins.
-
-    When an executor reports only a percent (``await progress(40)``), the task's
-    current step becomes the last declared step whose `at` is not above it.
-    """
-
-    name: str
-    description: str = ""
-    at: float = 0
+P = TypeVar("P", bound=msgspec.Struct, default=NoParams)
+C = TypeVar("C", bound=msgspec.Struct, default=NoConfig)
 
 
-class Progress(Protocol):
-    """What `execute` receives to report progress (async form)."""
-
-    async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None: ...
-
-    def step(
-        self, name: str, description: str = "", *, end: float | None = None
-    ) -> AbstractAsyncContextManager[None]: ...
-
-
-class SyncProgress(Protocol):
-    """What a blocking ``def execute`` receives; calls cross back to the event loop."""
-
-    def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None: ...
-
-
-class TaskExecutor(Generic[P]):
+class TaskExecutor(Generic[P, C]):
     """Base class of every executor.
 
     Class attributes:
         name: registry key and the URL segment of ``POST /demo/tasks/{name}``.
         title: default task name.
         description: shown in ``GET /executors`` and the OpenAPI document.
-        Params: msgspec Struct validated at the API edge; `task.params` is an instance.
-        Config: optional msgspec Struct read from environment variables at start-up
-            (field names encoded as the variable names, e.g. ``rename="upper"``).
         steps: declared steps, shown to clients and used to name percent-only reports.
         timeout_ms / max_retries: defaults for the execution policies.
+        Params / Config: taken from ``TaskExecutor[Params, Config]``.
     """
 
     name: ClassVar[str]
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type[Any]] = NoParams
-    Config: ClassVar[type[msgspec.Struct] | None] = None
+    Config: ClassVar[type[Any]] = NoConfig
     steps: ClassVar[Sequence[Step]] = ()
     timeout_ms: ClassVar[int | None] = None
     max_retries: ClassVar[int] = 0
 
-    #: The server's clock; tests swap in `async_tasks.testing.FakeClock`.
+    #: The engine's clock; tests swap in `async_tasks.testing.FakeClock`.
     clock: Clock = SYSTEM_CLOCK
+    #: This executor's settings (an instance of `Config`).
+    config: C
 
-    def __init__(self, config: Any = None) -> None:
-        self.config = config
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if not (isinstance(origin, type) and issubclass(origin, TaskExecutor)):
+                continue
+            # ``TaskExecutor[Any]`` (or a type variable) leaves the defaults alone.
+            args = [
+                arg if isinstance(arg, type) and issubclass(arg, msgspec.Struct) else None
+                for arg in typing.get_args(base)
+            ]
+            if len(args) >= 1 and args[0] is not None and "Params" not in cls.__dict__:
+                cls.Params = args[0]
+            if len(args) >= 2 and args[1] is not None and "Config" not in cls.__dict__:
+                cls.Config = args[1]
+
+    def __init__(self, config: C | None = None) -> None:
+        self.config = config if config is not None else type(self).Config()
 
     async def sleep(self, seconds: float) -> None:
-        """Wait on the server's clock (a fake clock in tests), not the wall clock."""
+        """Wait on the engine's clock (a fake clock in tests), not the wall clock."""
         await self.clock.sleep(seconds)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TaskExecutor[Any]:
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TaskExecutor[Any, Any]:
         """Build the executor, loading its `Config` from the environment."""
-        config = load_env(cls.Config, environ) if cls.Config is not None else None
-        return cls(config)
+        return cls(load_env(cls.Config, environ))
 
     @classmethod
     def is_blocking(cls) -> bool:
@@ -129,25 +133,95 @@ class TaskExecutor(Generic[P]):
         Raise `async_tasks.InvalidParams` to refuse the request with a 400.
         """
 
-    def execute(self, task: Task, progress: Any) -> Any:
-        """Do the work. The return value becomes the task's `result`."""
+    def execute(self, task: Task[P], progress: Any) -> Any:
+        """Do the work: ``async def execute(self, task, progress: Progress)``, or a plain
+        ``def`` with a `SyncProgress` for blocking code. The return value (JSON-encodable)
+        becomes the task's `result`."""
         raise NotImplementedError(f"{type(self).__name__} must implement execute()")
 
-    def step_for(self, percent: float) -> Step | None:
-        current = None
-        for step in self.steps:
-            if step.at <= percent:
-                current = step
-        return current
+
+#: What `executor` decorates: ``async def f(params, progress: Progress)`` or a blocking
+#: ``def f(params, progress: SyncProgress)``.
+ExecuteFunction = Callable[[P, Progress], Awaitable[Any]] | Callable[[P, SyncProgress], Any]
+
+
+def executor(
+    name: str,
+    *,
+    title: str = "",
+    description: str = "",
+    steps: Sequence[Step] = (),
+    timeout_ms: int | None = None,
+    max_retries: int = 0,
+    params: type[msgspec.Struct] | None = None,
+) -> Callable[[ExecuteFunction[P]], type[TaskExecutor[P]]]:
+    """Make an executor class of a function taking ``(params, progress)``.
+
+    `Params` is the annotation of the function's first parameter (or `params`, when
+    the annotation cannot be resolved at import time); the other arguments are the
+    class attributes of `TaskExecutor`. The function's docstring describes it.
+    """
+
+    def decorate(func: ExecuteFunction[P]) -> type[TaskExecutor[P]]:
+        params_type = params or _first_parameter_type(func)
+        call: Callable[..., Any] = func  # which of the two forms is known at run time only
+        if inspect.iscoroutinefunction(func):
+
+            async def run_async(self: TaskExecutor[Any], task: Task[Any], progress: Progress) -> Any:
+                return await call(task.params, progress)
+
+            run: Callable[..., Any] = run_async
+        else:
+
+            def run_blocking(self: TaskExecutor[Any], task: Task[Any], progress: SyncProgress) -> Any:
+                return call(task.params, progress)
+
+            run = run_blocking
+        namespace: dict[str, Any] = {
+            "name": name,
+            "title": title,
+            "description": description or inspect.cleandoc(func.__doc__ or "").split("\n\n")[0],
+            "Params": params_type,
+            "steps": tuple(steps),
+            "timeout_ms": timeout_ms,
+            "max_retries": max_retries,
+            "execute": run,
+            "__doc__": func.__doc__,
+            "__module__": func.__module__,
+            "__qualname__": getattr(func, "__qualname__", name),
+        }
+        return type(getattr(func, "__name__", name), (TaskExecutor,), namespace)
+
+    return decorate
+
+
+def _first_parameter_type(func: Callable[..., Any]) -> type[msgspec.Struct]:
+    parameters = list(inspect.signature(func).parameters)
+    if len(parameters) != 2:
+        raise ExecutorRegistrationError(
+            f"{getattr(func, '__qualname__', func)!r} must take (params, progress): it takes {parameters}"
+        )
+    try:
+        hints = typing.get_type_hints(func)
+    except NameError as exc:
+        raise ExecutorRegistrationError(
+            f"Cannot resolve the params type of {func.__qualname__} ({exc}): pass it as @executor(..., params=...)"
+        ) from None
+    found = hints.get(parameters[0], NoParams)
+    if not (isinstance(found, type) and issubclass(found, msgspec.Struct)):
+        raise ExecutorRegistrationError(
+            f"The first parameter of {func.__qualname__} must be annotated with a TaskParams subclass"
+        )
+    return found
 
 
 class ExecutorRegistry:
     """Executors by name; refuses duplicates and half-defined classes."""
 
     def __init__(self) -> None:
-        self._executors: dict[str, TaskExecutor[Any]] = {}
+        self._executors: dict[str, TaskExecutor[Any, Any]] = {}
 
-    def register(self, executor: TaskExecutor[Any], *, origin: str = "code") -> None:
+    def register(self, executor: TaskExecutor[Any, Any], *, origin: str = "code") -> None:
         cls = type(executor)
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not name or "/" in name:
@@ -163,13 +237,13 @@ class ExecutorRegistry:
             raise ExecutorRegistrationError(f"{cls.__qualname__} must implement execute()")
         self._executors[name] = executor
 
-    def get(self, name: str) -> TaskExecutor[Any] | None:
+    def get(self, name: str) -> TaskExecutor[Any, Any] | None:
         return self._executors.get(name)
 
     def names(self) -> list[str]:
         return list(self._executors)
 
-    def __iter__(self) -> Iterator[TaskExecutor[Any]]:
+    def __iter__(self) -> Iterator[TaskExecutor[Any, Any]]:
         return iter(self._executors.values())
 
     def __len__(self) -> int:
@@ -178,7 +252,7 @@ class ExecutorRegistry:
     @classmethod
     def build(
         cls,
-        executors: Iterable[type[TaskExecutor[Any]] | TaskExecutor[Any]] = (),
+        executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
         *,
         load_entry_points: bool = True,
         environ: Mapping[str, str] | None = None,
@@ -186,6 +260,8 @@ class ExecutorRegistry:
         """Entry-point executors first (as installed packages declare them), then `executors`."""
         registry = cls()
         if load_entry_points:
+            from importlib.metadata import entry_points  # costs ~40 ms to import: only when used
+
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 try:
                     loaded = ep.load()

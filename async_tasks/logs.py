@@ -1,4 +1,4 @@
-"""Log configuration. The default text format is the seed's::
+"""Log formats and configuration. The default text format::
 
     2025-08-12 05:56:10 info: Starting execution of task <id> for session <key>
 
@@ -6,7 +6,7 @@
 ``level``, ``logger``, ``message`` and, where they apply, ``request_id``,
 ``session_key``, ``task_id``, ``executor``, ``status``, ``duration_ms``, ``reason``
 and ``error``. The context fields come from the context variables of
-`async_tasks.requestid` (`ContextFilter`) unless a call passes them in ``extra=``.
+`async_tasks.context` (`ContextFilter`) unless a call passes them in ``extra=``.
 Nothing sensitive is logged: session keys are random or keyed hashes, never a
 token or an IP.
 """
@@ -14,13 +14,14 @@ token or an IP.
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
-from litestar.logging.config import LoggingConfig
 
-from async_tasks.requestid import executor_var, request_id_var, session_key_var, task_id_var
+from async_tasks.context import executor_var, request_id_var, session_key_var, task_id_var
 from async_tasks.settings import Settings
 
 #: Record attributes filled from the log context when a call does not set them.
@@ -34,8 +35,8 @@ CONTEXT_FIELDS = (
 JSON_FIELDS = ("request_id", "session_key", "task_id", "executor", "status", "duration_ms", "reason", "error")
 
 
-class SeedFormatter(logging.Formatter):
-    """``<date time> <level>: <message>`` with a lower-case level, as in the seed."""
+class TextFormatter(logging.Formatter):
+    """``<date time> <level>: <message>`` with a lower-case level."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -94,23 +95,35 @@ def flush_logs() -> None:
     sys.stderr.flush()
 
 
-def logging_config(settings: Settings) -> LoggingConfig:
+def logging_dict(
+    settings: Settings, handler: dict[str, Any] | None = None, handler_name: str = "async_tasks"
+) -> dict[str, Any]:
+    """The `logging.config.dictConfig` schema of our logs: one handler (stderr unless
+    given) with the configured format and the context filter, for our loggers,
+    Litestar's (warnings) and the root logger."""
     level = settings.log_level.upper()
-    return LoggingConfig(
-        formatters={"seed": {"()": SeedFormatter}, "json": {"()": JsonFormatter}},
-        filters={"context": {"()": ContextFilter}},
-        handlers={
-            "queue_listener": {
-                "class": "litestar.logging.standard.QueueListenerHandler",
+    handler = handler or {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"text": {"()": TextFormatter}, "json": {"()": JsonFormatter}},
+        "filters": {"context": {"()": ContextFilter}},
+        "handlers": {
+            handler_name: {
+                **handler,
                 "level": "DEBUG",
-                "formatter": "json" if settings.log_format == "json" else "seed",
+                "formatter": "json" if settings.log_format == "json" else "text",
                 "filters": ["context"],
-            },
+            }
         },
-        loggers={
-            "async_tasks": {"level": level, "handlers": ["queue_listener"], "propagate": False},
-            "litestar": {"level": "WARNING", "handlers": ["queue_listener"], "propagate": False},
+        "loggers": {
+            "async_tasks": {"level": level, "handlers": [handler_name], "propagate": False},
+            "litestar": {"level": "WARNING", "handlers": [handler_name], "propagate": False},
         },
-        root={"level": "WARNING", "handlers": ["queue_listener"]},
-        log_exceptions="never",  # our 500 handler logs the error once, with the route
-    )
+        "root": {"level": "WARNING", "handlers": [handler_name]},
+    }
+
+
+def configure_logging(settings: Settings) -> None:
+    """Set up our logs in a process without the web app (a worker, a script)."""
+    logging.config.dictConfig(logging_dict(settings))

@@ -1,55 +1,85 @@
-"""The narrow handle an executor reports progress through.
+"""How an executor reports progress: declared steps and the handle it is given.
+
+An executor's `execute` receives a `Progress` (or, when it is a blocking ``def``, a
+`SyncProgress`) and calls it between steps::
+
+    await progress(25)                                   # a percent; the step is named from `steps`
+    await progress(50, "Loading", "Reading the input")   # a percent, a step name and a description
+    async with progress.step("Saving", "Writing the result", end=100):
+        ...
 
 One `ProgressReporter` exists per attempt. It checks each report (a number in
-0..100; a lower number than the last keeps the last, so progress never moves
-back), names the step from the executor's declared steps when the report does not,
-and hands the report to a sink (the store in the server, a recorder in tests).
-Each report is a cancellation point, so cancelling a task that reports progress
-takes effect at once even if the executor never sleeps.
+0..100; a lower number than the last keeps the last, so progress never moves back),
+names the step from the executor's declared steps when the report does not, and
+hands it to a sink (the task store in the engine, a recorder in tests). When the
+sink refuses the report (the attempt was cancelled or is over), the executor's
+next report raises `AttemptEnded`. Each async report is also a cancellation point,
+so cancelling a task that reports progress takes effect at once even if the
+executor never sleeps.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import msgspec
 
-from async_tasks.executor import Step
+#: Receives (percent, step, description) of each checked report; answers whether the
+#: report was accepted (False once the attempt is over).
+ProgressSink = Callable[[float, str | None, str | None], Awaitable[bool]]
 
-#: Receives (percent, step, description) for each accepted report.
-ProgressSink = Callable[[float, str | None, str | None], None]
+
+class Step(msgspec.Struct, frozen=True):
+    """A declared step. `at` is the percent at which it begins.
+
+    When an executor reports only a percent (``await progress(40)``), the task's
+    current step becomes the last declared step whose `at` is not above it.
+    """
+
+    name: str
+    description: str = ""
+    at: float = 0
+
+
+class Progress(Protocol):
+    """What an async `execute` receives to report progress."""
+
+    async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
+        """Report `percent` (0-100, never lower than before), optionally naming the step."""
+        ...
+
+    def step(self, name: str, description: str = "", *, end: float | None = None) -> AbstractAsyncContextManager[None]:
+        """Mark a named step for the duration of a block; report `end` when it exits."""
+        ...
+
+
+class SyncProgress(Protocol):
+    """What a blocking ``def execute`` receives; each call crosses back to the event loop."""
+
+    def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None: ...
 
 
 class AttemptEnded(Exception):
-    """Raised inside a blocking executor's thread when its attempt is over (cancelled
-    or timed out): the next progress call stops the thread's work."""
-
-
-def _checkpoint_function() -> Callable[[], Awaitable[None]]:
-    """The running event loop's checkpoint: what `anyio.lowlevel.checkpoint` awaits,
-    without the look-up of the current async library it repeats on every call (about
-    a quarter of a checkpoint's cost). Resolved once per reporter, inside the event loop."""
-    try:
-        from anyio._core._eventloop import get_async_backend
-
-        return get_async_backend().checkpoint
-    except Exception:  # an anyio without this private helper: the public function
-        return anyio.lowlevel.checkpoint
+    """Raised by a progress report once the attempt is over (cancelled, timed out or
+    taken over elsewhere): the executor's work is no longer wanted."""
 
 
 class ProgressReporter:
+    """The `Progress` of one attempt."""
+
     def __init__(self, sink: ProgressSink, steps: Sequence[Step] = (), start: float = 0) -> None:
         self._sink = sink
         self._steps = steps
         self.percent = start
         self.closed = False
-        self._checkpoint: Callable[[], Awaitable[None]] | None = None
 
-    def _apply(self, percent: float, step: str | None, description: str | None) -> None:
+    def _check(self, percent: float, step: str | None, description: str | None) -> tuple[float, str | None, str | None]:
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
             raise ValueError(f"progress must be a number from 0 to 100, got {percent!r}")
         if percent < 0 or percent > 100:
@@ -67,19 +97,22 @@ class ProgressReporter:
             if current is not None:
                 step = current.name
                 description = current.description if description is None else description
+        return percent, step, description
+
+    async def report(self, percent: float, step: str | None = None, description: str | None = None) -> None:
+        """Check and record a report, without the cancellation point of ``__call__``."""
+        percent, step, description = self._check(percent, step, description)
         self.percent = percent
-        self._sink(percent, step, description)
+        if not await self._sink(percent, step, description):
+            self.closed = True
+            raise AttemptEnded("this attempt has ended; progress is no longer accepted")
 
     async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
-        self._apply(percent, step, description)
-        checkpoint = self._checkpoint
-        if checkpoint is None:
-            checkpoint = self._checkpoint = _checkpoint_function()
-        await checkpoint()
+        await self.report(percent, step, description)
+        await anyio.lowlevel.checkpoint()
 
     @asynccontextmanager
     async def step(self, name: str, description: str = "", *, end: float | None = None) -> AsyncIterator[None]:
-        """Mark a named step for the duration of the block; report `end` when it exits."""
         await self(self.percent, name, description)
         yield
         if end is not None:
@@ -90,7 +123,7 @@ class ProgressReporter:
 
 
 class ThreadProgress:
-    """The sync `progress` a blocking executor gets: each call crosses to the loop."""
+    """The `SyncProgress` a blocking executor gets: each call runs the report on the loop."""
 
     def __init__(self, reporter: ProgressReporter) -> None:
         self._reporter = reporter
@@ -99,6 +132,6 @@ class ThreadProgress:
         if self._reporter.closed:
             raise AttemptEnded("this attempt has ended; stop working")
         try:
-            anyio.from_thread.run_sync(self._reporter._apply, percent, step, description)
+            anyio.from_thread.run(self._reporter.report, percent, step, description)
         except RuntimeError as exc:  # the event loop is gone (shutdown)
             raise AttemptEnded(str(exc)) from exc

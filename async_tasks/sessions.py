@@ -1,4 +1,4 @@
-"""Which session a request belongs to.
+"""Which session a caller belongs to: signed session tokens and keyed IP hashes.
 
 1. a signed token (itsdangerous) from the ``X-Session-Token`` header or the
    session cookie; a forged, truncated or expired token counts as absent;
@@ -8,6 +8,7 @@
    header and set as an HttpOnly, SameSite cookie.
 
 With ENABLE_SESSION_ISOLATION=false every request shares the session ``shared``.
+Reading the token from a request is the web layer's job (`async_tasks.web.middleware`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Any
 
 from itsdangerous import BadData, URLSafeTimedSerializer
-from litestar.datastructures import Cookie, MutableScopeHeaders
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from async_tasks.manager import SESSION_STATE_KEY
 from async_tasks.settings import Settings
 
 logger = logging.getLogger("async_tasks.sessions")
 
-TOKEN_HEADER = "X-Session-Token"
-COOKIE_NAME = "async_tasks_session"
 SHARED_SESSION = "shared"
 _SALT = "async-tasks.session"
 _MAX_TOKEN_LENGTH = 512
@@ -86,59 +79,3 @@ class SessionResolver:
         if self.settings.auto_map_session_by_ip and client_ip:
             return self.key_for_ip(client_ip), None
         return self.new_session()
-
-    def cookie(self, token: str) -> Cookie:
-        return Cookie(
-            key=COOKIE_NAME,
-            value=token,
-            max_age=self.settings.session_max_age,
-            path="/",
-            httponly=True,
-            samesite="lax",
-            secure=self.settings.session_cookie_secure,
-        )
-
-
-class SessionMiddleware(ASGIMiddleware):
-    """Resolves the session of every HTTP and WebSocket request into scope state."""
-
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
-
-    def __init__(self, resolver: SessionResolver) -> None:
-        self.resolver = resolver
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        token = None
-        cookie_header = None
-        for name, value in scope["headers"]:
-            if name == b"x-session-token":
-                token = value.decode("latin-1")
-            elif name == b"cookie":
-                cookie_header = value.decode("latin-1")
-        if token is None and cookie_header and COOKIE_NAME in cookie_header:
-            token = _cookie_value(cookie_header, COOKIE_NAME)
-        client = scope.get("client")
-        key, issued = self.resolver.resolve(token, client[0] if client else None)
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state[SESSION_STATE_KEY] = key
-        if issued is None or scope["type"] != ScopeType.HTTP:
-            await next_app(scope, receive, send)
-            return
-        set_cookie = self.resolver.cookie(issued).to_header(header="").strip()
-
-        async def send_with_session(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableScopeHeaders.from_message(message)
-                headers.add(TOKEN_HEADER, issued)
-                headers.add("set-cookie", set_cookie)
-            await send(message)
-
-        await next_app(scope, receive, send_with_session)
-
-
-def _cookie_value(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value.strip('"')
-    return None

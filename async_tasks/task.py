@@ -1,16 +1,20 @@
 """The task record, its status enum and the one table of legal transitions.
 
 A `Task` holds data only. Status, progress and timestamps change in exactly one
-place, `TaskStore.transition` / `TaskStore.report_progress` (see `store.py`), which
-stamps times and appends to `history`.
+place, the task store's `transition` / `report_progress` (see `async_tasks.store`),
+which stamps times and appends to `history`.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Generic
 
 import msgspec
+from typing_extensions import TypeVar
+
+#: The type of a task's params: the executor's `Params` struct.
+P = TypeVar("P", default=Any)
 
 
 class TaskStatus(str, enum.Enum):
@@ -52,19 +56,20 @@ class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True)
     reason: str | None = None
 
 
-class Task(msgspec.Struct, rename="camel", kw_only=True):
+class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
     """A unit of background work owned by one session.
 
     Times are epoch milliseconds. `params` is the executor's validated `Params`
-    instance. `progress` only moves forward within an attempt and only through the
-    executor's reporter; a retry resets it.
+    instance, so ``Task[GreetParams]`` types ``task.params.who``. `progress` only
+    moves forward within an attempt and only through the executor's reporter; a retry
+    resets it.
     """
 
     id: str
     session_key: str
     executor: str
     name: str
-    params: Any
+    params: P
     description: str = ""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     tags: list[str] = msgspec.field(default_factory=list)
@@ -78,6 +83,8 @@ class Task(msgspec.Struct, rename="camel", kw_only=True):
     priority: int = 0
     timeout_ms: int | None = None
     max_retries: int = 0
+    #: Automatic retries used since the task was created or last retried by hand.
+    auto_retries: int = 0
     dead_lettered: bool = False
     request_id: str | None = None
     created_at: int = 0

@@ -49,7 +49,7 @@ class ExecutorRun(msgspec.Struct):
         return seen
 
 
-def make_task(executor: TaskExecutor[Any], params: Any = None, **fields: Any) -> Task:
+def make_task(executor: TaskExecutor[Any, Any], params: Any = None, **fields: Any) -> Task:
     """A running task for `executor`, with `params` validated like the API does."""
     cls = type(executor)
     if params is None or isinstance(params, Mapping):
@@ -67,7 +67,7 @@ def make_task(executor: TaskExecutor[Any], params: Any = None, **fields: Any) ->
 
 
 async def run_executor(
-    executor: type[TaskExecutor[Any]] | TaskExecutor[Any],
+    executor: type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any],
     params: Any = None,
     *,
     validate: bool = True,
@@ -88,10 +88,12 @@ async def run_executor(
     if validate:
         await instance.validate(task.params)
     reports: list[ProgressReport] = []
-    reporter = ProgressReporter(
-        lambda percent, step, description: reports.append(ProgressReport(percent, step, description)),
-        type(instance).steps,
-    )
+
+    async def record(percent: float, step: str | None, description: str | None) -> bool:
+        reports.append(ProgressReport(percent, step, description))
+        return True
+
+    reporter = ProgressReporter(record, type(instance).steps)
     try:
         if instance.is_blocking():
             result = await anyio.to_thread.run_sync(instance.execute, task, ThreadProgress(reporter))

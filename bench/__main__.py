@@ -174,7 +174,7 @@ def app_server(
             sys.executable,
             "-m",
             "uvicorn",
-            factory or "async_tasks.app:create_app",
+            factory or "async_tasks.web:create_app",
             "--factory",
             *UVICORN_OPTS,
             "--port",
@@ -634,7 +634,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> s
         + (
             "`python -m async_tasks.cli serve`"
             if args.app_via == "serve"
-            else "`uvicorn async_tasks.app:create_app --factory ...`"
+            else "`uvicorn async_tasks.web:create_app --factory ...`"
         )
         + f". Load: `taskset -c {CLIENT_CORE} wrk -t1 -c{args.connections} -d{args.duration:g}s --timeout 10s "
         "--latency` "
@@ -797,7 +797,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> s
         ]
     if mem:
         out += [
-            f"Finished tasks: {mem['count']:,} zero-delay `sample` tasks created through `TaskManager` in "
+            f"Finished tasks: {mem['count']:,} zero-delay `sample` tasks created through `TaskSystem` in "
             f"batches of 1 000 (each batch run to completion), {mem['create_and_run_us_per_task']:.0f} µs per "
             f"task to create and run in-process; RSS delta {mem['rss_delta'] / 2**20:.1f} MiB.",
             "",

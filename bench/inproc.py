@@ -48,21 +48,11 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise RuntimeError("no VmRSS")
 
 
-class FakeConnection:
-    """What `TaskManager` reads from a request: scope state with the session key and
-    the request id (the server's middleware puts both there)."""
+def request_id() -> str:
+    """A fresh request id, as the server's middleware gives every request."""
+    from async_tasks.web.middleware import new_request_id
 
-    def __init__(self, session_key: str) -> None:
-        from async_tasks.manager import SESSION_STATE_KEY
-
-        self.scope: dict[str, Any] = {"state": {SESSION_STATE_KEY: session_key}}
-
-    def next_request(self) -> FakeConnection:
-        from async_tasks.manager import REQUEST_ID_STATE_KEY
-        from async_tasks.requestid import new_request_id
-
-        self.scope["state"][REQUEST_ID_STATE_KEY] = new_request_id()
-        return self
+    return new_request_id()
 
 
 def _run(main: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
@@ -70,14 +60,14 @@ def _run(main: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def _app(extra_executors: tuple[Any, ...] = ()) -> Any:
-    from async_tasks.app import create_app
     from async_tasks.settings import Settings
+    from async_tasks.web.app import create_app
 
     return create_app(Settings.from_env(TUNED_ENV), executors=extra_executors, environ=TUNED_ENV)
 
 
 def _plugin(app: Any) -> Any:
-    from async_tasks.plugin import AsyncTasksPlugin
+    from async_tasks.web.plugin import AsyncTasksPlugin
 
     return app.plugins.get(AsyncTasksPlugin)
 
@@ -93,7 +83,7 @@ class _Completions:
         self.finished = 0
         self.target = 0
         self.event: anyio.Event | None = None
-        plugin.store.on_transition.append(self._on_transition)
+        plugin.system.store.events.on_transition.append(self._on_transition)
 
     def _on_transition(self, task: Any, previous: Any) -> None:
         if previous is not None and task.status in self._terminal:
@@ -121,7 +111,7 @@ def latency(count: int, warmup: int) -> dict[str, Any]:
 
     app = _app()
     plugin = _plugin(app)
-    manager = plugin.task_manager
+    system = plugin.system
     created: dict[str, int] = {}
     samples: list[int] = []
     history_ms: list[int] = []
@@ -134,14 +124,16 @@ def latency(count: int, warmup: int) -> dict[str, Any]:
             samples.append(time.perf_counter_ns() - created.pop(task.id))
             state["done"].set()
 
-    plugin.store.on_transition.append(on_transition)
-    conn = FakeConnection("s_bench_latency")
+    plugin.system.store.events.on_transition.append(on_transition)
+    session = "s_bench_latency"
 
     async def main() -> dict[str, Any]:
         async with app.lifespan():
             for index in range(warmup + count):
                 state["done"] = anyio.Event()
-                task = await manager.create_task(conn.next_request(), executor="sample", params={"delayMs": 0})
+                task = await system.create_task(
+                    session, request_id=request_id(), executor="sample", params={"delayMs": 0}
+                )
                 await state["done"].wait()
                 if index >= warmup:
                     history_ms.append(task.history[-1].at - task.history[0].at)
@@ -172,9 +164,9 @@ def costs(count: int, repeats: int) -> dict[str, Any]:
 
     app = _app((SleeperExecutor,))
     plugin = _plugin(app)
-    manager = plugin.task_manager
+    system = plugin.system
     completions = _Completions(plugin)
-    conn = FakeConnection("s_bench_costs")
+    session = "s_bench_costs"
     kinds = {
         "create_only": {"executor": "sample", "params": {"delayMs": 0}, "start": False},
         "create_run_noop": {"executor": SleeperExecutor.name, "params": {"seconds": 0}},
@@ -186,7 +178,7 @@ def costs(count: int, repeats: int) -> dict[str, Any]:
         target = completions.finished + count
         began = time.process_time()
         for _ in range(count):
-            await manager.create_task(conn.next_request(), **options)
+            await system.create_task(session, request_id=request_id(), **options)
         created = time.process_time()
         if options.get("start", True):
             await completions.wait_for(target)
@@ -203,9 +195,11 @@ def costs(count: int, repeats: int) -> dict[str, Any]:
                     if name not in best or total < best[name]["total_us"]:
                         best[name] = {"create_us": create_us, "run_us": run_us, "total_us": total}
                 # Keep the store small between repeats.
-                for task in list(plugin.store.query("s_bench_costs")):
+                from async_tasks.store.base import TaskFilter
+
+                for task in (await system.store.query(session, TaskFilter())).tasks:
                     if task.is_terminal or task.status.value == "pending":
-                        manager.delete_task(conn, task.id)
+                        await system.delete_task(session, task.id)
         return {"count": count, "repeats": repeats, **best}
 
     return _run(main)
@@ -220,14 +214,14 @@ def finished_memory(count: int, batch: int, use_tracemalloc: bool) -> dict[str, 
     before the next, so the transient cost of running tasks is not counted."""
     app = _app()
     plugin = _plugin(app)
-    manager = plugin.task_manager
+    system = plugin.system
     completions = _Completions(plugin)
-    conn = FakeConnection("s_bench_memory")
+    session = "s_bench_memory"
 
     async def create(n: int) -> None:
         target = completions.finished + n
         for _ in range(n):
-            await manager.create_task(conn.next_request(), executor="sample", params={"delayMs": 0})
+            await system.create_task(session, request_id=request_id(), executor="sample", params={"delayMs": 0})
         await completions.wait_for(target)
 
     async def main() -> dict[str, Any]:
@@ -250,7 +244,7 @@ def finished_memory(count: int, batch: int, use_tracemalloc: bool) -> dict[str, 
             gc.collect()
             after = rss_bytes()
             traced = tracemalloc.get_traced_memory()[0] - base if use_tracemalloc else None
-            held = len(plugin.store)
+            held = len(plugin.system.store)
             return {
                 "count": count,
                 "held": held,
@@ -307,26 +301,30 @@ def running_memory(kind: str, count: int, chunk: int = 500) -> dict[str, Any]:
 
     app = _app((SleeperExecutor,))
     plugin = _plugin(app)
-    manager = plugin.task_manager
-    conn = FakeConnection("s_bench_running")
+    system = plugin.system
+    session = "s_bench_running"
 
     async def main_runner() -> dict[str, Any]:
         async with app.lifespan():
             for _ in range(chunk):  # warm-up: sleepers that end at once
-                await manager.create_task(conn.next_request(), executor=SleeperExecutor.name, params={"seconds": 0})
+                await system.create_task(
+                    session, request_id=request_id(), executor=SleeperExecutor.name, params={"seconds": 0}
+                )
             await anyio.sleep(0.2)
             gc.collect()
             before = rss_bytes()
             began = time.perf_counter()
             for index in range(count):
-                await manager.create_task(conn.next_request(), executor=SleeperExecutor.name, params={"seconds": 1800})
+                await system.create_task(
+                    session, request_id=request_id(), executor=SleeperExecutor.name, params={"seconds": 1800}
+                )
                 if index % chunk == chunk - 1:
                     await anyio.lowlevel.checkpoint()
             spawned = time.perf_counter() - began
             await anyio.sleep(1)
             gc.collect()
             after = rss_bytes()
-            running = len(plugin.runner.running)
+            running = len(plugin.system.execution.running)
             result = {
                 "kind": kind,
                 "count": count,
@@ -349,69 +347,94 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
     """A retention sweep over `sessions` x `per_session` completed tasks keeping `keep`
     per session, with the real plugin's store, cleaner and hooks (runner bookkeeping,
     metrics), then a second sweep that finds nothing to remove."""
-    from async_tasks.plugin import AsyncTasksPlugin
-    from async_tasks.requestid import new_request_id
     from async_tasks.settings import Settings
+    from async_tasks.store.base import CreateLimits
     from async_tasks.task import Task, TaskStatus
+    from async_tasks.web.plugin import AsyncTasksPlugin
     from executors.sample import SampleParams
 
     env = {**TUNED_ENV, "MAX_COMPLETED_TASKS": str(keep)}
     plugin = AsyncTasksPlugin(settings=Settings.from_env(env), environ=env)
-    store, cleaner = plugin.store, plugin.cleaner
+    store, cleaner = plugin.system.store, plugin.system.cleaner
     params = SampleParams(delay_ms=0)
-    began = time.perf_counter()
-    # Building a million records is not what is measured: no GC and no event
-    # listeners (metrics) while building; both are back for the sweeps.
-    gc.disable()
-    listeners, hooks = list(store.events.listeners), list(store.on_transition)
-    store.events.listeners.clear()
-    store.on_transition.clear()
-    for s in range(sessions):
-        key = f"s_bench{s:06d}"
-        for _ in range(per_session):
-            task = Task(
-                id=str(uuid.uuid4()),
-                session_key=key,
-                executor="sample",
-                name="Sample Long-Running Task",
-                params=params,
-                request_id=new_request_id(),
-            )
-            store.add(task)
-            store.transition(task, TaskStatus.RUNNING, reason="started")
-            store.transition(
-                task,
-                TaskStatus.COMPLETED,
-                reason="completed",
-                result={"message": "Sample task completed", "delayMs": 0, "steps": 5},
-            )
-    built = time.perf_counter() - began
-    store.events.listeners[:] = listeners
-    store.on_transition[:] = hooks
-    gc.enable()
-    gc.collect()
-    held = len(store)
-    began = time.perf_counter()
-    first = cleaner.run_once(trigger="interval")
-    sweep = time.perf_counter() - began
-    gc.collect()
-    began = time.perf_counter()
-    second = cleaner.run_once(trigger="interval")
-    idle = time.perf_counter() - began
-    return {
-        "sessions": sessions,
-        "per_session": per_session,
-        "keep": keep,
-        "held_before": held,
-        "build_s": built,
-        "removed": first.removed,
-        "sweep_s": sweep,
-        "us_per_removed_task": sweep / max(first.removed, 1) * 1e6,
-        "idle_sweep_s": idle,
-        "removed_second": second.removed,
-        "us_per_untouched_session": idle / sessions * 1e6,
-        "held_after": len(store),
-    }
+    limits = CreateLimits(max_active_per_session=1_000_000)
+
+    async def main() -> dict[str, Any]:
+        began = time.perf_counter()
+        # Building a million records is not what is measured: no GC and no event
+        # listeners (metrics) while building; both are back for the sweeps.
+        gc.disable()
+        listeners, hooks = list(store.events.listeners), list(store.events.on_transition)
+        store.events.listeners.clear()
+        store.events.on_transition.clear()
+        for s in range(sessions):
+            key = f"s_bench{s:06d}"
+            for _ in range(per_session):
+                task, _ = await store.create(
+                    Task(
+                        id=str(uuid.uuid4()),
+                        session_key=key,
+                        executor="sample",
+                        name="Sample Long-Running Task",
+                        params=params,
+                        request_id=request_id(),
+                    ),
+                    limits=limits,
+                )
+                await store.transition(key, task.id, TaskStatus.RUNNING, reason="started")
+                await store.transition(
+                    key,
+                    task.id,
+                    TaskStatus.COMPLETED,
+                    reason="completed",
+                    result={"message": "Sample task completed", "delayMs": 0, "steps": 5},
+                )
+        built = time.perf_counter() - began
+        store.events.listeners[:] = listeners
+        store.events.on_transition[:] = hooks
+        gc.enable()
+        gc.collect()
+        held = len(store)  # type: ignore[arg-type]
+        longest_block = 0.0
+        sweeping = True
+
+        async def probe() -> None:
+            # The longest stretch the sweep kept the event loop from other work.
+            nonlocal longest_block
+            last = time.perf_counter()
+            while sweeping:
+                await anyio.lowlevel.checkpoint()
+                now = time.perf_counter()
+                longest_block = max(longest_block, now - last)
+                last = now
+
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe)
+            first = await cleaner.run_once(trigger="interval")
+            sweeping = False
+        sweep = time.perf_counter() - began
+        gc.collect()
+        began = time.perf_counter()
+        second = await cleaner.run_once(trigger="interval")
+        idle = time.perf_counter() - began
+        return {
+            "sessions": sessions,
+            "per_session": per_session,
+            "keep": keep,
+            "held_before": held,
+            "build_s": built,
+            "removed": first.removed,
+            "sweep_s": sweep,
+            "longest_loop_block_ms": longest_block * 1000,
+            "us_per_removed_task": sweep / max(first.removed, 1) * 1e6,
+            "idle_sweep_s": idle,
+            "removed_second": second.removed,
+            "us_per_untouched_session": idle / sessions * 1e6,
+            "held_after": len(store),  # type: ignore[arg-type]
+        }
+
+    return _run(main)
 
 
 def main(argv: list[str] | None = None) -> int:

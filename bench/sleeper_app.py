@@ -1,6 +1,6 @@
 """The task server with one extra executor, for the "100 000 running tasks" measurement.
 
-It is `async_tasks.app.create_app` (same plugin, middleware, metrics and settings)
+It is `async_tasks.web.create_app` (same plugin, middleware, metrics and settings)
 plus:
 
 - ``bench-sleeper``: an executor whose task sleeps ``seconds`` and does nothing
@@ -8,7 +8,7 @@ plus:
   at 120 s, so 100 000 sample tasks would each wake every 6 s to report progress
   (about 17 000 wake-ups per second): that is load, not sleeping tasks.
 - ``POST /bench/spawn`` ``{"count": N, "seconds": S}``: creates and starts N sleeper
-  tasks in the caller's session through `TaskManager.create_task` (the path every
+  tasks in the caller's session through `TaskSystem.create_task` (the path every
   create route takes after decoding its body), yielding to the event loop every
   500 tasks. It exists so that 100 000 tasks can be started in seconds without
   measuring the client.
@@ -18,21 +18,19 @@ plus:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 import msgspec
-from litestar import Litestar, Request, post
+from litestar import Litestar, post
 from litestar.di import NamedDependency
 
-from async_tasks.app import create_app as create_task_app
-from async_tasks.executor import TaskExecutor, TaskParams
-from async_tasks.manager import TaskManager
+from async_tasks import TaskExecutor, TaskParams, TaskSystem
+from async_tasks.web import create_app as create_task_app
 
 if TYPE_CHECKING:
-    from async_tasks.executor import Progress
-    from async_tasks.task import Task
+    from async_tasks import Progress, Task
 
 
 class SleeperParams(TaskParams):
@@ -44,9 +42,8 @@ class SleeperExecutor(TaskExecutor[SleeperParams]):
 
     name = "bench-sleeper"
     title = "Benchmark sleeper"
-    Params = SleeperParams
 
-    async def execute(self, task: Task, progress: Progress) -> None:
+    async def execute(self, task: Task[SleeperParams], progress: Progress) -> None:
         await self.sleep(task.params.seconds)
 
 
@@ -57,10 +54,10 @@ class Spawn(msgspec.Struct):
 
 @post("/bench/spawn", status_code=200)
 async def spawn(
-    request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], data: Spawn
+    task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], data: Spawn
 ) -> dict[str, int]:
     for index in range(data.count):
-        await task_manager.create_task(request, executor=SleeperExecutor.name, params={"seconds": data.seconds})
+        await task_system.create_task(session_key, executor=SleeperExecutor.name, params={"seconds": data.seconds})
         if index % 500 == 499:
             await anyio.lowlevel.checkpoint()
     return {"created": data.count}

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from async_tasks import AsyncTasksPlugin, TaskManager
+from async_tasks import EXCEPTION_HANDLERS, AsyncTasksPlugin, TaskSystem
 from demos.text_transform import TextTransformExecutor
 
 
@@ -35,13 +35,13 @@ class ProcessFileRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=T
 
 @post("/files/process", status_code=202)
 async def process_large_file(
-    request: Request[Any, Any, Any],
-    task_manager: NamedDependency[TaskManager],
+    task_system: NamedDependency[TaskSystem],
+    session_key: NamedDependency[str],
     data: JSONBody[ProcessFileRequest],
 ) -> dict[str, Any]:
     """Create a task in the caller's session, start it, and return immediately."""
-    task = await task_manager.create_task(
-        request,
+    task = await task_system.create_task(
+        session_key,
         executor="file-processing",
         params={"filePath": data.file_path},
         name="File Processing",
@@ -60,4 +60,6 @@ def create_app() -> Litestar:
     return Litestar(
         route_handlers=[index, process_large_file],
         plugins=[AsyncTasksPlugin(executors=[TextTransformExecutor])],
+        # Errors in the task system's envelope, in words for a person, for your routes too.
+        exception_handlers=EXCEPTION_HANDLERS,
     )

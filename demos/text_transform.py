@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from async_tasks import Step, Task, TaskExecutor, TaskParams
+from async_tasks import Progress, Step, Task, TaskExecutor, TaskParams
 
 
 class TextTransformParams(TaskParams):
@@ -24,15 +24,14 @@ class TextTransformExecutor(TaskExecutor[TextTransformParams]):
     name = "text-transform"
     title = "Text Transform"
     description = "Reverses a payload and appends its length (the Task Processor seed's worker)."
-    Params = TextTransformParams
     steps = (
         Step("Reading Payload", "Decoding the submitted text", at=0),
         Step("Reversing", "Reversing the characters", at=40),
         Step("Measuring", "Counting the characters", at=80),
     )
 
-    async def execute(self, task: Task, progress: Any) -> dict[str, Any]:
-        params: TextTransformParams = task.params
+    async def execute(self, task: Task[TextTransformParams], progress: Progress) -> dict[str, Any]:
+        params = task.params
         await progress(0)
         await self.sleep(params.delay_ms / 1000)
         await progress(40)

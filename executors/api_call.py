@@ -22,8 +22,8 @@ import anyio
 import httpx
 import msgspec
 
+from async_tasks import Step, TaskExecutor, TaskParams
 from async_tasks.errors import InvalidParams, SettingsError
-from async_tasks.executor import Step, TaskExecutor, TaskParams
 from executors._outbound import (
     ALLOW_SETTING,
     AllowList,
@@ -36,8 +36,7 @@ from executors._outbound import (
 if TYPE_CHECKING:
     import ssl
 
-    from async_tasks.executor import Progress
-    from async_tasks.task import Task
+    from async_tasks import Progress, Task
 
 MAX_ENDPOINT_LENGTH = 2048
 MIN_TIMEOUT_MS = 100
@@ -125,7 +124,7 @@ def _size(n: int) -> str:
     return f"{n:,}-byte"
 
 
-class ApiCallExecutor(TaskExecutor[ApiCallParams]):
+class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
     """Calls an external HTTP API and returns its status, headers and (parsed) body."""
 
     name = "api-call"
@@ -135,8 +134,6 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
         "body (parsed when JSON). Loopback, private, link-local and cloud-metadata addresses are "
         "refused unless on API_CALL_ALLOW_HOSTS; time and response size are bounded."
     )
-    Params = ApiCallParams
-    Config = ApiCallConfig
     steps: ClassVar[tuple[Step, ...]] = (
         Step("Preparing Request", "Checking the URL and building the request", at=0),
         Step("Resolving Host", "Looking up the host and checking its addresses", at=10),
@@ -145,10 +142,8 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
         Step("Parsing Response", "Decoding the response body", at=90),
     )
 
-    config: ApiCallConfig
-
     def __init__(self, config: ApiCallConfig | None = None) -> None:
-        super().__init__(config or ApiCallConfig())
+        super().__init__(config)
         try:
             allow = AllowList.parse(self.config.api_call_allow_hosts)
         except ValueError as exc:
@@ -170,8 +165,8 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams]):
     def _time_limit_ms(self, params: ApiCallParams) -> int:
         return min(params.timeout_ms, self.config.api_call_max_timeout_ms)
 
-    async def execute(self, task: Task, progress: Progress) -> dict[str, Any]:
-        params: ApiCallParams = task.params
+    async def execute(self, task: Task[ApiCallParams], progress: Progress) -> dict[str, Any]:
+        params = task.params
         limit_ms = self._time_limit_ms(params)
         await progress(0, step="Preparing Request", description=f"{params.method} {params.endpoint}")
         try:

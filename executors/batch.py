@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import anyio
 import msgspec
 
+from async_tasks import Step, TaskExecutor, TaskParams
 from async_tasks.errors import InvalidParams
-from async_tasks.executor import Step, TaskExecutor, TaskParams
 
 if TYPE_CHECKING:
-    from async_tasks.executor import Progress
-    from async_tasks.task import Task
+    from async_tasks import Progress, Task
 
 #: Hard schema bound on the number of items; `BATCH_MAX_ITEMS` may only lower it.
 HARD_MAX_ITEMS = 10_000
@@ -152,7 +151,7 @@ def process_item(item: Any) -> dict[str, Any]:
     raise ItemFailed(f"unsupported item type {kind}")
 
 
-class BatchExecutor(TaskExecutor[BatchParams]):
+class BatchExecutor(TaskExecutor[BatchParams, BatchConfig]):
     """Processes JSON items one at a time; a failing item is recorded, not fatal.
 
     Per item: strings are normalised, upper-cased and hashed (SHA-256 prefix);
@@ -167,29 +166,23 @@ class BatchExecutor(TaskExecutor[BatchParams]):
         "strings are normalised and hashed, numbers squared, objects have their keys counted. "
         'null or {"fail": true} fails that item without stopping the batch.'
     )
-    Params = BatchParams
-    Config = BatchConfig
     steps: ClassVar[tuple[Step, ...]] = (
         Step("Preparing Batch", "Checking the items to process", at=0),
         Step("Processing Items", "Processing each item in turn", at=1),
         Step("Summarizing Results", "Counting successes and failures", at=100),
     )
 
-    @property
-    def settings(self) -> BatchConfig:
-        return self.config if isinstance(self.config, BatchConfig) else BatchConfig()
-
     async def validate(self, params: BatchParams) -> None:
-        settings = self.settings
+        config = self.config
         count = len(params.items)
         if count < 1:
             raise InvalidParams("items must hold at least one item", field="items")
-        if count > settings.batch_max_items:
+        if count > config.batch_max_items:
             raise InvalidParams(
-                f"items holds {count} items; at most {settings.batch_max_items} are allowed per batch",
+                f"items holds {count} items; at most {config.batch_max_items} are allowed per batch",
                 field="items",
             )
-        limit = settings.batch_max_item_bytes
+        limit = config.batch_max_item_bytes
         for index, item in enumerate(params.items):
             field = f"items[{index}]"
             try:
@@ -201,8 +194,8 @@ class BatchExecutor(TaskExecutor[BatchParams]):
                     f"{field} is {size} bytes as JSON; each item may be at most {limit} bytes", field=field
                 )
 
-    async def execute(self, task: Task, progress: Progress) -> dict[str, Any]:
-        params: BatchParams = task.params
+    async def execute(self, task: Task[BatchParams], progress: Progress) -> dict[str, Any]:
+        params = task.params
         items = params.items
         total = len(items)
         delay = params.item_delay_ms / 1000

@@ -45,12 +45,11 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from async_tasks import Step, TaskExecutor, TaskParams
 from async_tasks.errors import InvalidParams, SettingsError
-from async_tasks.executor import Step, TaskExecutor, TaskParams
 
 if TYPE_CHECKING:
-    from async_tasks.executor import Progress
-    from async_tasks.task import Task
+    from async_tasks import Progress, Task
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -181,7 +180,7 @@ def _refuse(message: str) -> InvalidParams:
     return InvalidParams(message, field=FIELD)
 
 
-class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
+class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingConfig]):
     """Reads a file from the demo folder (lines, words, SHA-256), or simulates it."""
 
     name = "file-processing"
@@ -191,8 +190,6 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         "SHA-256, with progress by bytes read. Without filePath it simulates processing "
         "fileSize bytes. Only regular files inside the demo folder can be read."
     )
-    Params = FileProcessingParams
-    Config = FileProcessingConfig
     steps: ClassVar[tuple[Step, ...]] = (
         Step("Opening File", "Checking the path and opening the file", at=0),
         Step("Reading File", "Reading the file in chunks", at=5),
@@ -200,20 +197,16 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         Step("Writing Summary", "Preparing the summary", at=95),
     )
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: FileProcessingConfig | None = None) -> None:
         super().__init__(config)
-        root = self.settings.file_processing_root
+        root = self.config.file_processing_root
         if root is not None and not Path(root).is_dir():
             raise SettingsError(f"Invalid value {root!r} for FILE_PROCESSING_ROOT: expected an existing directory")
 
     @property
-    def settings(self) -> FileProcessingConfig:
-        return self.config if isinstance(self.config, FileProcessingConfig) else FileProcessingConfig()
-
-    @property
     def root(self) -> Path:
         """The demo folder as configured (not resolved)."""
-        configured = self.settings.file_processing_root
+        configured = self.config.file_processing_root
         return Path(configured) if configured is not None else bundled_root()
 
     # -- the path check -------------------------------------------------------------
@@ -281,7 +274,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
             self._require_regular(after)
             if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
                 raise _refuse("filePath changed while it was being checked")
-            limit = self.settings.file_processing_max_bytes
+            limit = self.config.file_processing_max_bytes
             if after.st_size > limit:
                 raise _refuse(f"The file is {after.st_size} bytes; the limit is {limit} bytes")
         except BaseException:
@@ -330,8 +323,8 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         checked = await anyio.to_thread.run_sync(self.check_path, params.file_path)
         os.close(checked.fd)
 
-    async def execute(self, task: Task, progress: Progress) -> dict[str, Any]:
-        params: FileProcessingParams = task.params
+    async def execute(self, task: Task[FileProcessingParams], progress: Progress) -> dict[str, Any]:
+        params = task.params
         if params.file_path is None:
             return await self._simulate(params, progress)
         await progress(0, "Opening File", "Checking the path and opening the file")
@@ -356,7 +349,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
     async def _read(self, checked: CheckedFile, chunk_size: int, progress: Progress) -> Counts:
         expected = max(checked.size, 1)
         chunk = effective_chunk_size(checked.size, chunk_size)
-        limit = self.settings.file_processing_max_bytes
+        limit = self.config.file_processing_max_bytes
         counts = Counts()
         await progress(5, "Reading File", f"Reading {checked.relative} ({checked.size:,} bytes)")
         while True:
@@ -378,7 +371,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams]):
         size = params.file_size
         chunks = math.ceil(size / params.chunk_size)
         ticks = min(chunks, MAX_SIMULATED_TICKS)
-        seconds = min(self.settings.file_processing_simulate_max_seconds, size / SIMULATED_BYTES_PER_SECOND)
+        seconds = min(self.config.file_processing_simulate_max_seconds, size / SIMULATED_BYTES_PER_SECOND)
         pause = seconds / ticks
         await progress(0, "Opening File", f"No filePath given: simulating a {size:,} byte file")
         for tick in range(1, ticks + 1):

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from async_tasks.executor import Step, TaskExecutor, TaskParams
+from async_tasks import Step, TaskExecutor, TaskParams
 
 if TYPE_CHECKING:
-    from async_tasks.executor import Progress
-    from async_tasks.task import Task
+    from async_tasks import Progress, Task
 
 #: The documented maximum of ``delayMs`` (two minutes).
 MAX_DELAY_MS = 120_000
@@ -50,7 +49,6 @@ class SampleExecutor(TaskExecutor[SampleParams]):
         "A timed walk through five named steps (Initializing → Finalizing) taking "
         "`delayMs` milliseconds in total. Shows live progress without doing real work."
     )
-    Params = SampleParams
     steps: ClassVar[tuple[Step, ...]] = (
         Step("Initializing", "Setting up the task environment", at=0),
         Step("Loading Data", "Loading the input data set", at=20),
@@ -59,8 +57,8 @@ class SampleExecutor(TaskExecutor[SampleParams]):
         Step("Finalizing", "Cleaning up and saving the results", at=80),
     )
 
-    async def execute(self, task: Task, progress: Progress) -> dict[str, Any]:
-        params: SampleParams = task.params
+    async def execute(self, task: Task[SampleParams], progress: Progress) -> dict[str, Any]:
+        params = task.params
         steps = type(self).steps
         tick_seconds = params.delay_ms / 1000 / (len(steps) * TICKS_PER_STEP)
         for index, step in enumerate(steps):

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.app import create_app
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
+from async_tasks.web.app import create_app
 from tests.helpers import TEST_EXECUTORS
 
 SECRET = "test-secret-key-0123456789abcdef"

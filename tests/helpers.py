@@ -11,8 +11,10 @@ from litestar import Litestar
 
 from async_tasks import Step, TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
-from async_tasks.manager import TaskManager
+from async_tasks.store.memory import MemoryTaskStore
+from async_tasks.system import TaskSystem
 from async_tasks.task import Task
+from async_tasks.web.plugin import AsyncTasksPlugin
 
 
 class ScriptParams(TaskParams):
@@ -76,12 +78,18 @@ class BlockingExecutor(TaskExecutor[BlockingParams]):
 TEST_EXECUTORS = [ScriptExecutor, BlockingExecutor]
 
 
-def manager_of(app: Litestar) -> TaskManager:
-    return app.state.task_manager  # type: ignore[no-any-return]
+def system_of(app: Litestar) -> TaskSystem:
+    return app.plugins.get(AsyncTasksPlugin).system
+
+
+def memory_store_of(app: Litestar) -> MemoryTaskStore:
+    store = system_of(app).store
+    assert isinstance(store, MemoryTaskStore)
+    return store
 
 
 def find_task(app: Litestar, task_id: str) -> Task | None:
-    for session in manager_of(app).store.sessions.values():
+    for session in memory_store_of(app).sessions.values():
         if task_id in session.tasks:
             return session.tasks[task_id]
     return None
@@ -92,7 +100,7 @@ async def wait_for(app: Litestar, task_id: str, *statuses: str, progress: float 
 
     The app must run in the caller's event loop (the `client` fixture / `serve_in_loop`).
     """
-    hub = manager_of(app).store.events
+    hub = system_of(app).store.events
     reached = anyio.Event()
 
     def done(task: Task | None) -> bool:

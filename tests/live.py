@@ -20,8 +20,8 @@ import pytest
 import uvicorn
 from litestar import Litestar
 
-from async_tasks.app import create_app
 from async_tasks.settings import Settings
+from async_tasks.web.app import create_app
 from tests.conftest import SECRET
 from tests.helpers import TEST_EXECUTORS
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from async_tasks.app import create_app
-from async_tasks.cli import run_server
+from async_tasks.server import run_server
 from async_tasks.settings import Settings
+from async_tasks.web.app import create_app
 from tests.stubborn import STUBBORN_EXECUTORS
 
 

@@ -2,77 +2,88 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 from litestar import Litestar
 
 from async_tasks.cleanup import Cleaner
 from async_tasks.settings import Settings
-from async_tasks.store import TaskStore
+from async_tasks.store.base import CreateLimits
+from async_tasks.store.memory import TRIM_BATCH, MemoryTaskStore
 from async_tasks.task import Task, TaskStatus
 from async_tasks.testing import FakeClock
 from tests.conftest import serve_in_loop
 
 API = "/api/v1"
+UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
 
 
-def finished(store: TaskStore, session: str, status: TaskStatus, n: int, clock: FakeClock) -> list[str]:
+async def finished(store: MemoryTaskStore, session: str, status: TaskStatus, n: int) -> list[str]:
     ids = []
     for _ in range(n):
-        task = store.add(Task(id=f"{session}-{len(store)}", session_key=session, executor="x", name="t", params=None))
+        task, _ = await store.create(
+            Task(id=str(uuid.uuid4()), session_key=session, executor="x", name="t", params=None), limits=UNLIMITED
+        )
         if status is not TaskStatus.PENDING:
-            store.transition(task, TaskStatus.RUNNING)
+            await store.transition(session, task.id, TaskStatus.RUNNING)
         if status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
-            store.transition(task, status)
-        clock.advance(1)
+            await store.transition(session, task.id, status)
         ids.append(task.id)
     return ids
 
 
-def test_retention_keeps_the_newest_per_status_and_session() -> None:
+@pytest.mark.anyio
+async def test_a_sweep_applies_the_retention_settings_and_records_its_run() -> None:
     clock = FakeClock()
-    store = TaskStore(clock)
+    store = MemoryTaskStore(clock)
     cleaner = Cleaner(store, Settings(max_completed_tasks=2, max_failed_tasks=1, max_cancelled_tasks=0), clock)
-    done = finished(store, "a", TaskStatus.COMPLETED, 5, clock)
-    failed = finished(store, "a", TaskStatus.FAILED, 3, clock)
-    finished(store, "a", TaskStatus.CANCELLED, 2, clock)
-    running = finished(store, "a", TaskStatus.RUNNING, 4, clock)
-    pending = finished(store, "a", TaskStatus.PENDING, 4, clock)
-    other = finished(store, "b", TaskStatus.COMPLETED, 2, clock)
+    await finished(store, "a", TaskStatus.COMPLETED, 5)
+    await finished(store, "a", TaskStatus.FAILED, 3)
+    await finished(store, "a", TaskStatus.CANCELLED, 2)
+    await finished(store, "b", TaskStatus.RUNNING, 2)
 
-    result = cleaner.run_once(trigger="interval")
+    result = await cleaner.run_once(trigger="interval")
 
     assert (result.removed_completed, result.removed_failed, result.removed_cancelled, result.removed) == (3, 2, 2, 7)
-    remaining = set(store.sessions["a"].tasks)
-    assert remaining == set(done[-2:] + failed[-1:] + running + pending)
-    assert set(store.sessions["b"].tasks) == set(other)
-    assert store.counts("a")[TaskStatus.COMPLETED] == 2 and store.counts("a")[TaskStatus.RUNNING] == 4
+    assert (await store.counts("b")).total == 2
     assert cleaner.last_run is not None and cleaner.last_run.trigger == "interval"
+    assert cleaner.last_run.at == clock.now_ms()
 
 
-def test_newest_means_most_recently_finished() -> None:
-    clock = FakeClock()
-    store = TaskStore(clock)
-    cleaner = Cleaner(store, Settings(max_completed_tasks=1), clock)
-    first = store.add(Task(id="first", session_key="a", executor="x", name="t", params=None))
-    second = store.add(Task(id="second", session_key="a", executor="x", name="t", params=None))
-    for task in (second, first):  # created first, finished last
-        store.transition(task, TaskStatus.RUNNING)
-        store.transition(task, TaskStatus.COMPLETED)
-    cleaner.run_once()
-    assert list(store.sessions["a"].tasks) == ["first"]
-
-
-def test_manual_run_touches_only_the_callers_session() -> None:
-    clock = FakeClock()
-    store = TaskStore(clock)
-    cleaner = Cleaner(store, Settings(max_completed_tasks=0), clock)
-    finished(store, "a", TaskStatus.COMPLETED, 2, clock)
-    finished(store, "b", TaskStatus.COMPLETED, 2, clock)
-    assert cleaner.run_once("a").removed == 2
+@pytest.mark.anyio
+async def test_a_manual_run_touches_only_the_callers_session() -> None:
+    store = MemoryTaskStore()
+    cleaner = Cleaner(store, Settings(max_completed_tasks=0))
+    await finished(store, "a", TaskStatus.COMPLETED, 2)
+    await finished(store, "b", TaskStatus.COMPLETED, 2)
+    assert (await cleaner.run_once("a")).removed == 2
     assert "a" not in store.sessions and len(store.sessions["b"].tasks) == 2
+
+
+@pytest.mark.anyio
+async def test_a_large_sweep_yields_to_the_event_loop_and_says_it_is_running() -> None:
+    """A sweep removing many tasks lets other work run between batches, and meanwhile
+    `is_running` is true (what `/tasks/cleanup/status` reports)."""
+    store = MemoryTaskStore()
+    cleaner = Cleaner(store, Settings(max_completed_tasks=0))
+    await finished(store, "a", TaskStatus.COMPLETED, TRIM_BATCH * 3)
+    seen_running: list[bool] = []
+
+    async def meanwhile() -> None:
+        while not cleaner.last_run:
+            seen_running.append(cleaner.is_running)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(meanwhile)
+        await anyio.lowlevel.checkpoint()
+        result = await cleaner.run_once()
+    assert result.removed == TRIM_BATCH * 3
+    assert seen_running.count(True) >= 2 and not cleaner.is_running
 
 
 @pytest.mark.anyio

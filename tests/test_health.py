@@ -9,9 +9,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.plugin import AsyncTasksPlugin
+from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.conftest import serve_in_loop
-from tests.helpers import manager_of
+from tests.helpers import system_of
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +39,7 @@ async def test_not_ready_names_a_stopped_runner(
 ) -> None:
     """A stopped runner gives 503 with "runner" in `failing`."""
     with monkeypatch.context() as patch:
-        patch.setattr(manager_of(app).runner, "_tg", None)  # what `run` leaves when it ends
+        patch.setattr(system_of(app).execution, "_tg", None)  # what `run` leaves when it ends
         response = await client.get("/ready")
     assert response.status_code == 503
     body = response.json()
@@ -70,7 +70,7 @@ async def test_not_ready_when_the_event_loop_lags(make_app: Callable[..., Litest
 
 async def test_not_ready_while_shutting_down(client: httpx.AsyncClient, app: Litestar) -> None:
     """Once shutdown has begun, readiness fails on "accepting" (new tasks are refused)."""
-    app.plugins.get(AsyncTasksPlugin).request_shutdown()
+    app.plugins.get(AsyncTasksPlugin).system.request_shutdown()
     response = await client.get("/ready")
     assert response.status_code == 503
     assert response.json()["failing"] == ["accepting"]

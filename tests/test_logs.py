@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar
 
 from async_tasks.errors import SettingsError
-from async_tasks.logs import ContextFilter, JsonFormatter, SeedFormatter
+from async_tasks.logs import ContextFilter, JsonFormatter, TextFormatter
 from async_tasks.settings import Settings
 from tests.conftest import SECRET, serve_in_loop
 from tests.helpers import wait_for
@@ -71,7 +71,7 @@ async def test_json_lines_carry_request_task_status_and_duration(make_app: Calla
     lines = out.json()
     completed = next(line for line in lines if str(line["message"]).startswith("Completed execution"))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(completed["timestamp"]))
-    assert completed["level"] == "info" and completed["logger"] == "async_tasks.runner"
+    assert completed["level"] == "info" and completed["logger"] == "async_tasks.execution"
     assert completed["request_id"] == "req-ok"
     assert completed["session_key"] == ok["sessionKey"] and completed["task_id"] == ok["id"]
     assert completed["executor"] == "script" and completed["status"] == "completed"
@@ -96,7 +96,7 @@ async def test_the_json_setting_selects_the_json_formatter(make_app: Callable[..
     assert any(isinstance(f, ContextFilter) for f in handler.filters)
     make_app()
     (handler,) = logging.getLogger("async_tasks").handlers
-    assert isinstance(handler.formatter, SeedFormatter)
+    assert isinstance(handler.formatter, TextFormatter)
     assert Settings.from_env({"LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(SettingsError, match="LOG_FORMAT"):
         Settings.from_env({"LOG_FORMAT": "xml"})
@@ -106,7 +106,7 @@ async def test_text_lines_are_the_seeds(make_app: Callable[..., Litestar]) -> No
     """`<date> <time> info: Starting execution of task <id> for session <key>`, the debug
     progress line, and the completion line with its duration."""
     app = make_app(log_level="debug")
-    with capture(SeedFormatter()) as out:
+    with capture(TextFormatter()) as out:
         async with serve_in_loop(app) as client:
             task = (
                 await client.post(f"{API}/tasks", json={"executor": "sample", "start": True, "params": {"delayMs": 0}})

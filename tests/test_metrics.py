@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from async_tasks import cli
 from async_tasks.errors import SettingsError
-from async_tasks.metrics import opentelemetry_plugins
-from async_tasks.plugin import AsyncTasksPlugin
 from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock
+from async_tasks.web.metrics import opentelemetry_plugins
+from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.conftest import serve_in_loop
-from tests.helpers import ScriptExecutor, manager_of, wait_for
+from tests.helpers import ScriptExecutor, system_of, wait_for
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -74,7 +74,7 @@ async def test_every_metric_moves_as_tasks_run(make_app: Callable[..., Litestar]
         assert value(before, "async_tasks_tasks", status="pending") == 2
         assert value(before, "async_tasks_events_dropped_total") == 0
 
-        for task in (held, queued, pending):
+        for task in (queued, pending, held):  # the queued one first, or it takes the freed slot
             assert (await client.post(f"{API}/tasks/{task['id']}/cancel")).status_code == 200
         assert (await client.get(f"{API}/tasks/{done['id']}/status")).status_code == 200
         assert (await client.post(f"{API}/tasks/cleanup/run")).status_code == 200
@@ -189,7 +189,7 @@ async def test_session_figures_in_stats_and_task_processor_shape(make_app: Calla
         await client.post(f"{API}/tasks/cleanup/run")
         metrics = (await client.get(f"{API}/tasks/metrics")).json()
         assert metrics == {"success": True, "totalTasks": 2, "completedTasks": 1, "averageProcessingTimeMs": 300.0}
-        (session,) = manager_of(app).store.sessions.values()
+        (session,) = system_of(app).store.sessions.values()
         assert session.duration_total_ms == 300
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, get, post
 from litestar.di import NamedDependency
 
-from async_tasks import AsyncTasksPlugin, TaskExecutor, TaskManager
+from async_tasks import AsyncTasksPlugin, TaskExecutor, TaskSystem
 from async_tasks.errors import ExecutorRegistrationError
 from async_tasks.executor import ExecutorRegistry
 from async_tasks.settings import Settings
@@ -30,7 +30,7 @@ def test_builtins_register_through_entry_points() -> None:
 def test_third_party_entry_point_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A package declaring `[project.entry-points."async_tasks.executors"]` needs nothing else."""
     ep = EntryPoint(name="script", value="tests.helpers:ScriptExecutor", group="async_tasks.executors")
-    monkeypatch.setattr("async_tasks.executor.entry_points", lambda group: [ep])
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [ep])
     registry = ExecutorRegistry.build()
     assert registry.names() == ["script"] and isinstance(registry.get("script"), ScriptExecutor)
 
@@ -63,7 +63,8 @@ def test_half_defined_executors_are_refused(broken: str) -> None:
 
 
 async def test_plugin_in_a_foreign_app_with_its_own_routes() -> None:
-    """The seed's `createTask(req, {...})`: a handler gets `task_manager` injected and returns at once."""
+    """The seed's `createTask(req, {...})`: a handler gets `task_system` and its caller's
+    `session_key` injected and returns at once."""
 
     @get("/")
     async def home() -> dict[str, str]:
@@ -71,10 +72,10 @@ async def test_plugin_in_a_foreign_app_with_its_own_routes() -> None:
 
     @post("/files/process")
     async def process_file(
-        request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+        task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> dict[str, Any]:
-        task = await task_manager.create_task(
-            request,
+        task = await task_system.create_task(
+            session_key,
             executor="script",
             params={"steps": 2},
             name="File Processing",
@@ -117,9 +118,9 @@ async def test_create_app_takes_executors_in_code(make_app: Any) -> None:
         assert done.result == "hello" and done.name == "Say Hello"
 
 
-async def test_task_manager_works_without_a_request(client: httpx.AsyncClient, app: Litestar) -> None:
+async def test_task_system_works_without_a_request(client: httpx.AsyncClient, app: Litestar) -> None:
     """Background code can create tasks in a named session."""
-    manager: TaskManager = app.state.task_manager
-    task = await manager.create_task("s_batch-job", executor="script")
+    system: TaskSystem = app.state.task_system
+    task = await system.create_task("s_batch-job", executor="script")
     await wait_for(app, task.id, "completed")
-    assert manager.list_tasks("s_batch-job")[1] == 1
+    assert (await system.list_tasks("s_batch-job")).total == 1

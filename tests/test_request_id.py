@@ -11,8 +11,8 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from async_tasks.context import request_id_var, task_id_var
 from async_tasks.logs import ContextFilter
-from async_tasks.requestid import request_id_var, task_id_var
 from tests.helpers import ScriptExecutor, wait_for
 
 pytestmark = pytest.mark.anyio

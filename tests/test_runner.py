@@ -13,7 +13,7 @@ from litestar import Litestar
 
 from async_tasks.testing import FakeClock
 from tests.conftest import serve_in_loop
-from tests.helpers import BlockingExecutor, ScriptExecutor, find_task, manager_of, wait_for
+from tests.helpers import BlockingExecutor, ScriptExecutor, find_task, system_of, wait_for
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -57,7 +57,7 @@ async def test_cancel_running_task_is_prompt_and_freezes_progress(client: httpx.
     body = response.json()["task"]
     assert body["status"] == "cancelled" and body["progress"] == 90
     await anyio.wait_all_tasks_blocked()
-    assert manager_of(app).runner.running == {}  # the attempt has unwound
+    assert (await system_of(app).execution.load()).running == 0  # the attempt has unwound
     record = find_task(app, task["id"])
     assert record is not None and record.progress == 90 and record.history[-1].reason == "cancelled by request"
 
@@ -183,7 +183,7 @@ async def test_result_that_is_not_json_fails_the_task(client: httpx.AsyncClient,
         async def execute(self, task: Any, progress: Any) -> Any:
             return {"when": object()}
 
-    manager_of(app).executors.register(Weird())
+    system_of(app).executors.register(Weird())
     response = await client.post(f"{API}/tasks", json={"executor": "weird", "start": True})
     failed = await wait_for(app, response.json()["task"]["id"], "failed")
     assert failed.error is not None and "not JSON-encodable" in failed.error

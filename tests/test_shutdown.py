@@ -24,7 +24,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.plugin import AsyncTasksPlugin
+from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.conftest import SECRET
 from tests.helpers import wait_for
 
@@ -54,7 +54,7 @@ async def test_shutdown_starts_at_the_request_not_at_the_end_of_the_lifespan(
     for task_id in held:
         await wait_for(app, task_id, progress=90)
 
-    app.plugins.get(AsyncTasksPlugin).request_shutdown()
+    app.plugins.get(AsyncTasksPlugin).system.request_shutdown()
     refused = await client.post(f"{API}/tasks", json={"executor": "script", "start": True})
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shutting_down"

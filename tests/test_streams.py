@@ -22,11 +22,11 @@ from litestar.testing import TestClient
 
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
-from async_tasks.plugin import AsyncTasksPlugin
-from async_tasks.streams import OPENED, Frame, StreamBridge
 from async_tasks.task import Task
+from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.streams import OPENED, Frame, StreamBridge
 from tests.conftest import serve_in_loop
-from tests.helpers import TEST_EXECUTORS, ScriptExecutor, manager_of, wait_for
+from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
 
 API = "/api/v1"
 GUARD = 10.0  # seconds: a hang fails the test instead of blocking the run
@@ -443,13 +443,13 @@ async def test_a_disconnected_client_leaves_nothing_behind(client: httpx.AsyncCl
 
 @asynccontextmanager
 async def own_bridge(app: Litestar, **options: Any) -> AsyncIterator[tuple[Any, StreamBridge]]:
-    """The app running in this loop plus a bridge of our own on its store: (manager, bridge)."""
+    """The app running in this loop plus a bridge of our own on its store: (system, bridge)."""
     with anyio.fail_after(GUARD):
         async with app.lifespan(), anyio.create_task_group() as tg:
-            manager = manager_of(app)
-            bridge = StreamBridge(manager.store, **options)
+            system = system_of(app)
+            bridge = StreamBridge(system.store, **options)
             await tg.start(bridge.run)
-            yield manager, bridge
+            yield system, bridge
             tg.cancel_scope.cancel()
 
 
@@ -459,14 +459,14 @@ def task_id_of(frame: Frame) -> str:
 
 @pytest.mark.anyio
 async def test_a_slow_client_has_a_bounded_backlog_then_resyncs(app: Litestar) -> None:
-    async with own_bridge(app, max_backlog=5, coalesce_window=0) as (manager, bridge):
-        first = await manager.create_task("s_slow", executor="script", start=False)
+    async with own_bridge(app, max_backlog=5, coalesce_window=0) as (system, bridge):
+        first = await system.create_task("s_slow", executor="script", start=False)
         stream = bridge.session_stream("s_slow")
         assert await anext(stream) is OPENED
         frame = await anext(stream)
         assert frame.type == "snapshot" and task_id_of(frame) == first.id
         (subscriber,) = bridge.sessions["s_slow"].subscribers
-        more = [await manager.create_task("s_slow", executor="script", start=False) for _ in range(20)]
+        more = [await system.create_task("s_slow", executor="script", start=False) for _ in range(20)]
         await until(lambda: bridge.events_dropped_total == 15)  # 20 delivered, nobody read
         assert subscriber.qsize == 5
         assert subscriber.dropped == 15
@@ -480,19 +480,19 @@ async def test_a_slow_client_has_a_bounded_backlog_then_resyncs(app: Litestar) -
 
 @pytest.mark.anyio
 async def test_a_new_stream_never_gets_events_older_than_its_snapshot(app: Litestar) -> None:
-    async with own_bridge(app) as (manager, bridge):
-        existing = await manager.create_task("s_key", executor="script", start=False)
+    async with own_bridge(app) as (system, bridge):
+        existing = await system.create_task("s_key", executor="script", start=False)
         older = bridge.session_stream("s_key")  # a stream is open, so the session's events flow
         assert await anext(older) is OPENED
         assert task_id_of(await anext(older)) == existing.id
-        task = await manager.create_task("s_key", executor="script", start=False)
+        task = await system.create_task("s_key", executor="script", start=False)
         # The event of `task` is still on its way through the channels when a second stream
         # opens: that stream's snapshot already shows the task, so it must not get the event.
         newer = bridge.session_stream("s_key")
         assert await anext(newer) is OPENED
         snapshots = [await anext(newer), await anext(newer)]
         assert [(f.type, task_id_of(f)) for f in snapshots] == [("snapshot", existing.id), ("snapshot", task.id)]
-        later = await manager.create_task("s_key", executor="script", start=False)
+        later = await system.create_task("s_key", executor="script", start=False)
         frame = await anext(newer)
         assert (frame.type, task_id_of(frame)) == ("transition", later.id)
         await newer.aclose()

@@ -17,7 +17,7 @@ from litestar import Litestar
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.task import Task
 from tests.conftest import serve_in_loop
-from tests.helpers import TEST_EXECUTORS, find_task, manager_of, wait_for
+from tests.helpers import TEST_EXECUTORS, find_task, system_of, wait_for
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -187,14 +187,14 @@ async def test_an_executor_that_swallows_cancellation(make_app: Callable[..., Li
         assert cancelled.status_code == 200 and cancelled.json()["task"]["status"] == "cancelled"
         await sibling_completes(app, client)
         assert FaultyExecutor.swallowed > 0
-        runner = manager_of(app).runner
-        abandoned = await runner.shutdown(0.01)
+        execution = system_of(app).execution
+        abandoned = await execution.shutdown(0.01)
         assert [t.id for t in abandoned] == [task_id]
         FaultyExecutor.stubborn_done.set()
         await anyio.wait_all_tasks_blocked()
         task = find_task(app, task_id)
         assert task is not None and (task.status.value, task.result, task.progress) == ("cancelled", None, 5)
-        assert not runner.running and not runner._session_running
+        assert not execution.running_tasks() and (await execution.load()).running == 0
 
 
 @pytest.mark.parametrize("end", ["timeout", "cancel"])

@@ -18,7 +18,7 @@ from litestar import Litestar
 
 from async_tasks.testing import FakeClock
 from tests.conftest import serve_in_loop
-from tests.helpers import manager_of
+from tests.helpers import memory_store_of
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -112,7 +112,7 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
     app = make_app(clock=FakeClock(), **settings)
     code = "quota_exceeded" if limit == "quota" else "rate_limited"
     async with serve_in_loop(app) as client:
-        manager = manager_of(app)
+        store = memory_store_of(app)
 
         async def refused(times: int) -> None:
             for _ in range(times):
@@ -122,13 +122,13 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
         for _ in range(2):
             assert (await client.post(f"{API}/tasks", json={"executor": "script"})).status_code == 201
         await refused(100)  # warm every cache on the refusal path
-        books = len(manager.store), len(manager.store.sessions), len(manager._buckets)
+        books = len(store), len(store.sessions), len(store._buckets)
         gc.collect()
         objects = len(gc.get_objects())
         await refused(FLOOD)
         gc.collect()
         assert len(gc.get_objects()) - objects < 100
-        assert (len(manager.store), len(manager.store.sessions), len(manager._buckets)) == books
+        assert (len(store), len(store.sessions), len(store._buckets)) == books
 
         tracemalloc.start()
         try:

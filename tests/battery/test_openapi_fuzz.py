@@ -22,8 +22,8 @@ from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.schemas import BaseSchema
 
 import executors._outbound as outbound
-from async_tasks.app import create_app
 from async_tasks.settings import Settings
+from async_tasks.web.app import create_app
 from executors.api_call import ApiCallExecutor, ApiCallFailed
 from tests.conftest import SECRET
 from tests.helpers import TEST_EXECUTORS

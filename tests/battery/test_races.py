@@ -27,7 +27,7 @@ from litestar import Litestar
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.task import Task, TaskStatus, can_transition
 from tests.conftest import serve_in_loop
-from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, manager_of, wait_for
+from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, system_of, wait_for
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -63,10 +63,10 @@ async def assert_consistent(app: Litestar, client: httpx.AsyncClient) -> None:
     counts = Counter(t["status"] for t in listing["tasks"])
     assert stats["total"] == listing["total"] == len(listing["tasks"])
     assert {s.value: stats[s.value] for s in TaskStatus} == {s.value: counts[s.value] for s in TaskStatus}
-    runner = manager_of(app).runner
+    execution = system_of(app).execution
     running = [t["id"] for t in listing["tasks"] if t["status"] == "running"]
-    assert sorted(runner.running) == sorted(running)
-    assert sum(runner._session_running.values()) == len(running)
+    assert sorted(task.id for task in execution.running_tasks()) == sorted(running)
+    assert (await execution.load()).running == len(running)
     for summary in listing["tasks"]:
         task = find_task(app, summary["id"])
         assert task is not None
@@ -118,9 +118,9 @@ async def test_retry_while_the_cancelled_attempt_still_unwinds(make_app: Callabl
             await client.post(f"{API}/tasks", json={"executor": "script", "start": True, "params": {"hold": True}})
         ).json()["task"]
         await wait_for(app, task["id"], progress=90)
-        manager = manager_of(app)
-        manager.cancel_task(task["sessionKey"], task["id"])
-        manager.retry_task(task["sessionKey"], task["id"])  # the cancelled attempt has not unwound yet
+        system = system_of(app)
+        await system.cancel_task(task["sessionKey"], task["id"])
+        await system.retry_task(task["sessionKey"], task["id"])  # the cancelled attempt has not unwound yet
         await anyio.wait_all_tasks_blocked()
         await assert_consistent(app, client)
         cancelled = await client.post(f"{API}/tasks/{task['id']}/cancel")

@@ -34,11 +34,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from async_tasks.app import create_app
-from async_tasks.sessions import COOKIE_NAME
 from async_tasks.settings import Settings
 from async_tasks.task import TERMINAL, Task, TaskStatus, can_transition
 from async_tasks.testing import FakeClock
+from async_tasks.web.app import create_app
+from async_tasks.web.middleware import COOKIE_NAME
 from tests.battery.harness import PortalApp, blocking_portal, running
 from tests.conftest import SECRET
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, wait_for

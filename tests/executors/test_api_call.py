@@ -514,9 +514,10 @@ async def test_dns_rebinding_after_the_check_is_refused_at_connect(dns: dict[str
     """The name passes validate and the pre-check, then resolves to loopback when connecting."""
     executor = ApiCallExecutor()
 
-    def sink_progress(percent: float, step: str | None, description: str | None) -> None:
+    async def sink_progress(percent: float, step: str | None, description: str | None) -> bool:
         if step == "Sending Request":
             dns["rebind.example"] = ["127.0.0.1"]
+        return True
 
     dns["rebind.example"] = ["93.184.216.34"]
     with sink() as target:

@@ -89,9 +89,10 @@ async def test_cancel_is_prompt_during_a_long_step() -> None:
     first_report = anyio.Event()
     reports: list[tuple[float, str | None]] = []
 
-    def sink(percent: float, step: str | None, description: str | None) -> None:
+    async def sink(percent: float, step: str | None, description: str | None) -> bool:
         reports.append((percent, step))
         first_report.set()
+        return True
 
     reporter = ProgressReporter(sink, SampleExecutor.steps)
     finished = False

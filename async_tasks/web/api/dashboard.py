@@ -2,7 +2,7 @@
 
 A single page of vanilla JS (no build step) kept in ``async_tasks/dashboard/``.
 `create_app` mounts it; embedding apps using only `AsyncTasksPlugin` keep their
-own ``/``. The page talks to the API under the task manager's path (``/api/v1``
+own ``/``. The page talks to the API under the plugin's path (``/api/v1``
 by default), which is written into the page as ``<meta name="api-base">``.
 """
 
@@ -19,7 +19,6 @@ from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
 
 from async_tasks import __version__
-from async_tasks.manager import TaskManager
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 ASSETS_PATH = "/dashboard"
@@ -42,8 +41,8 @@ def render_index(api_base: str) -> str:
 
 
 @get("/", media_type=MediaType.HTML, include_in_schema=False, cache_control=_NO_CACHE, name="dashboard")
-async def dashboard_page(task_manager: NamedDependency[TaskManager]) -> Response[str]:
-    return Response(render_index(task_manager.path or ""), media_type=MediaType.HTML)
+async def dashboard_page(api_path: NamedDependency[str]) -> Response[str]:
+    return Response(render_index(api_path), media_type=MediaType.HTML)
 
 
 def dashboard_route_handlers() -> list[Any]:

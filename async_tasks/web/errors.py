@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from async_tasks import errors
-from async_tasks.api.schemas import ErrorDetail, ErrorResponse
+from async_tasks.web.api.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("async_tasks.api")
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import anyio
 import anyio.abc
@@ -47,9 +47,10 @@ from litestar.channels.backends.base import ChannelsBackend
 from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import BacklogStrategy, Subscriber
 
+from async_tasks.errors import TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
-from async_tasks.store import TaskStore
-from async_tasks.task import TERMINAL, Task, TaskStatus
+from async_tasks.store.base import TaskFilter, TaskStore
+from async_tasks.task import TERMINAL, Task
 
 logger = logging.getLogger("async_tasks.streams")
 
@@ -281,12 +282,6 @@ class StreamBridge:
         self._publish(session, event, seq)
 
     def _publish(self, session: _Session, event: TaskEvent, seq: int) -> None:
-        task = self._task(session.key, event.task_id)
-        if task is not None:
-            changes: dict[str, Any] = {"name": task.name, "attempt": task.attempts}
-            if event.type is EventType.TRANSITION and event.status == TaskStatus.COMPLETED.value:
-                changes["result"] = task.result
-            event = msgspec.structs.replace(event, **changes)
         envelope = _Envelope(
             seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(_encode(event))
         )
@@ -369,7 +364,7 @@ class StreamBridge:
         idle if `keepalive`."""
         if not self.running or self.closing.is_set():
             yield OPENED
-            for frame in self._snapshots(session_key):
+            for frame in await self._snapshots(session_key):
                 yield frame
             return
         async with self._subscription(session_key, keepalive=keepalive) as subscriber:
@@ -377,7 +372,7 @@ class StreamBridge:
             # Snapshots as late as possible (when the consumer starts reading), and the
             # floor at the same moment: queued events up to it are already in them.
             floor = self._seq
-            for frame in self._snapshots(session_key):
+            for frame in await self._snapshots(session_key):
                 yield frame
             seen_drops = 0
             async for raw in subscriber.iter_events():
@@ -390,7 +385,7 @@ class StreamBridge:
                     # We fell behind and lost events: start again from the store's state.
                     seen_drops = subscriber.dropped
                     floor = self._seq
-                    for frame in self._snapshots(session_key):
+                    for frame in await self._snapshots(session_key):
                         yield frame
                     continue
                 envelope = _decode_envelope(raw)
@@ -403,7 +398,7 @@ class StreamBridge:
         """`OPENED`, a `snapshot` of one task, then its events, ending after the task
         settles: a terminal status it stays in (a failure followed by an automatic
         retry does not end it), or `removed`. Check the task exists (404) first."""
-        task = self._task(session_key, task_id)
+        task = await self._task(session_key, task_id)
         if task is None:
             yield OPENED
             return
@@ -413,7 +408,7 @@ class StreamBridge:
             return
         async with self._subscription(session_key, keepalive=keepalive) as subscriber:
             yield OPENED
-            task = self._task(session_key, task_id)
+            task = await self._task(session_key, task_id)
             if task is None:  # removed meanwhile
                 return
             floor = self._seq
@@ -430,7 +425,7 @@ class StreamBridge:
                 if subscriber.dropped != seen_drops:
                     seen_drops = subscriber.dropped
                     floor = self._seq
-                    task = self._task(session_key, task_id)
+                    task = await self._task(session_key, task_id)
                     if task is None:
                         return
                     yield self._snapshot(task)
@@ -443,34 +438,28 @@ class StreamBridge:
                 yield Frame(envelope.type, bytes(envelope.event))
                 if envelope.type == EventType.REMOVED.value:
                     return
-                if envelope.status in _TERMINAL_VALUES and self._settled(session_key, envelope):
+                if envelope.status in _TERMINAL_VALUES and await self._settled(session_key, envelope):
                     return
 
-    def _settled(self, session_key: str, envelope: _Envelope) -> bool:
+    async def _settled(self, session_key: str, envelope: _Envelope) -> bool:
         """Whether the task is still where this terminal event left it (no automatic
         or manual retry has moved it on since)."""
-        task = self._task(session_key, envelope.task_id)
+        task = await self._task(session_key, envelope.task_id)
         return task is None or (task.status.value == envelope.status and task.attempts == envelope.attempt)
 
     # -- snapshots ----------------------------------------------------------------------
 
-    def _task(self, session_key: str, task_id: str) -> Task | None:
-        session = self.store.session(session_key)
-        return session.tasks.get(task_id) if session is not None else None
+    async def _task(self, session_key: str, task_id: str) -> Task | None:
+        try:
+            return await self.store.get(session_key, task_id)
+        except TaskNotFound:
+            return None
 
-    def _snapshots(self, session_key: str) -> list[Frame]:
-        """Snapshots of all the session's tasks, built at once (one consistent moment)."""
-        session = self.store.session(session_key)
-        tasks: Iterable[Task] = list(session.tasks.values()) if session is not None else ()
-        return [self._snapshot(task) for task in tasks]
+    async def _snapshots(self, session_key: str) -> list[Frame]:
+        """Snapshots of all the session's tasks, oldest first, read at one moment."""
+        page = await self.store.query(session_key, TaskFilter())
+        return [self._snapshot(task) for task in reversed(page.tasks)]
 
     @staticmethod
     def _snapshot(task: Task) -> Frame:
-        event = TaskEvent.of(
-            task,
-            EventType.SNAPSHOT,
-            result=task.result if task.status is TaskStatus.COMPLETED else None,
-            name=task.name,
-            attempt=task.attempts,
-        )
-        return Frame(EventType.SNAPSHOT.value, _encode(event))
+        return Frame(EventType.SNAPSHOT.value, _encode(TaskEvent.of(task, EventType.SNAPSHOT)))

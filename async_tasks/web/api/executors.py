@@ -8,9 +8,9 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
-from async_tasks.api.schemas import ExecutorInfo, ExecutorListResponse, StepInfo
 from async_tasks.executor import TaskExecutor
-from async_tasks.manager import TaskManager
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.schemas import ExecutorInfo, ExecutorListResponse, StepInfo
 
 
 def executor_info(executor: TaskExecutor[Any], prefix: str) -> ExecutorInfo:
@@ -30,6 +30,7 @@ def executor_info(executor: TaskExecutor[Any], prefix: str) -> ExecutorInfo:
 
 
 @get("/executors", tags=["executors"], summary="Registered executors with their params schemas")
-async def list_executors(task_manager: NamedDependency[TaskManager]) -> ExecutorListResponse:
-    prefix = task_manager.path
-    return ExecutorListResponse(executors=[executor_info(e, prefix) for e in task_manager.executors])
+async def list_executors(
+    task_system: NamedDependency[TaskSystem], api_path: NamedDependency[str]
+) -> ExecutorListResponse:
+    return ExecutorListResponse(executors=[executor_info(e, api_path) for e in task_system.executors])

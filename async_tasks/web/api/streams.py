@@ -21,16 +21,16 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
-from litestar import Request, Router, WebSocket, get, websocket
+from litestar import Router, WebSocket, get, websocket
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import WS_1001_GOING_AWAY
 
-from async_tasks.api.errors import responses
-from async_tasks.api.tasks import TaskId
-from async_tasks.manager import TaskManager
-from async_tasks.streams import KEEPALIVE, OPENED, Frame, StreamBridge
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.tasks import TaskId
+from async_tasks.web.errors import responses
+from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge
 
 _FORMAT = (
     "Server-Sent Events. Each message has `id` (a per-connection counter), `event` (`snapshot`, "
@@ -74,12 +74,12 @@ async def _sse(frames: AsyncGenerator[Frame, None]) -> ServerSentEvent:
     ),
 )
 async def task_events(
-    request: Request[Any, Any, Any],
-    task_manager: NamedDependency[TaskManager],
+    task_system: NamedDependency[TaskSystem],
+    session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
     task_id: TaskId,
 ) -> ServerSentEvent:
-    task = task_manager.get_task(request, task_id)  # 404 before any streaming
+    task = await task_system.get_task(session_key, task_id)  # 404 before any streaming
     return await _sse(task_streams.task_stream(task.session_key, task.id))
 
 
@@ -95,23 +95,21 @@ async def task_events(
     ),
 )
 async def session_events(
-    request: Request[Any, Any, Any],
-    task_manager: NamedDependency[TaskManager],
+    session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> ServerSentEvent:
-    return await _sse(task_streams.session_stream(task_manager.session_key_of(request)))
+    return await _sse(task_streams.session_stream(session_key))
 
 
 @websocket("/ws", name="session_socket")
 async def session_socket(
     socket: WebSocket[Any, Any, Any],
-    task_manager: NamedDependency[TaskManager],
+    session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> None:
     """The session stream over a WebSocket: one JSON text message per event (the SSE
     `data`). Messages from the client are ignored. The server closes with 1001 when
     it shuts down."""
-    session_key = task_manager.session_key_of(socket)
     server_ended = False
     frames = task_streams.session_stream(session_key, keepalive=False)
     async with contextlib.aclosing(frames):

@@ -8,9 +8,10 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from async_tasks.api.body import strict_body
-from async_tasks.api.errors import replay_responses, responses
-from async_tasks.api.schemas import (
+from async_tasks.system import TaskSystem
+from async_tasks.task import TaskStatus
+from async_tasks.web.api.body import strict_body
+from async_tasks.web.api.schemas import (
     CleanupOptions,
     CleanupRunResponse,
     CleanupStatus,
@@ -24,8 +25,7 @@ from async_tasks.api.schemas import (
     TaskStatusResponse,
     TaskSummary,
 )
-from async_tasks.manager import TaskManager
-from async_tasks.task import TaskStatus
+from async_tasks.web.errors import replay_responses, responses
 
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
@@ -39,8 +39,8 @@ IdempotencyKey = Annotated[
 ]
 
 
-def task_response(manager: TaskManager, task: Any) -> TaskResponse:
-    return TaskResponse(task=task, queue_position=manager.runner.queue_position(task))
+async def task_response(system: TaskSystem, task: Any) -> TaskResponse:
+    return TaskResponse(task=task, queue_position=await system.queue_position(task))
 
 
 class TaskController(Controller):
@@ -56,13 +56,14 @@ class TaskController(Controller):
     async def create_task(
         self,
         request: Request[Any, Any, Any],
-        task_manager: NamedDependency[TaskManager],
+        task_system: NamedDependency[TaskSystem],
+        session_key: NamedDependency[str],
         data: JSONBody[CreateTaskRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[TaskResponse]:
         data = await strict_body(request, data)
-        task, replayed = await task_manager.create_or_replay(
-            request,
+        task, replayed = await task_system.create_or_replay(
+            session_key,
             executor=data.executor,
             params=data.params,
             name=data.name,
@@ -76,7 +77,7 @@ class TaskController(Controller):
             idempotency_key=idempotency_key,
         )
         return Response(
-            task_response(task_manager, task),
+            await task_response(task_system, task),
             status_code=200 if replayed else 201,
             headers={"Idempotent-Replayed": "true"} if replayed else None,
         )
@@ -84,8 +85,8 @@ class TaskController(Controller):
     @get("/", summary="List the session's tasks, newest first", responses=responses(400))
     async def list_tasks(
         self,
-        request: Request[Any, Any, Any],
-        task_manager: NamedDependency[TaskManager],
+        task_system: NamedDependency[TaskSystem],
+        session_key: NamedDependency[str],
         status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks in this status.")] = None,
         executor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
@@ -95,44 +96,42 @@ class TaskController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> TaskListResponse:
-        tasks, total = task_manager.list_tasks(
-            request, status=status, executor=executor, tag=tag, dead_letter=dead_letter, limit=limit, offset=offset
+        tasks, total = await task_system.list_tasks(
+            session_key, status=status, executor=executor, tag=tag, dead_letter=dead_letter, limit=limit, offset=offset
         )
         return TaskListResponse(tasks=[TaskSummary.of(t) for t in tasks], count=len(tasks), total=total)
 
     @get("/stats", summary="Per-status counts of the session's tasks")
-    async def stats(self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]) -> StatsResponse:
-        counts = task_manager.stats(request)
-        session = task_manager.store.session(task_manager.session_key_of(request))
+    async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:
+        counts = await task_system.stats(session_key)
+        by_status = counts.by_status
         return StatsResponse(
             stats=Stats(
-                total=sum(counts.values()),
-                pending=counts[TaskStatus.PENDING],
-                running=counts[TaskStatus.RUNNING],
-                completed=counts[TaskStatus.COMPLETED],
-                failed=counts[TaskStatus.FAILED],
-                cancelled=counts[TaskStatus.CANCELLED],
-                average_duration_ms=round(session.average_duration_ms, 3) if session is not None else 0.0,
+                total=counts.total,
+                pending=by_status[TaskStatus.PENDING],
+                running=by_status[TaskStatus.RUNNING],
+                completed=by_status[TaskStatus.COMPLETED],
+                failed=by_status[TaskStatus.FAILED],
+                cancelled=by_status[TaskStatus.CANCELLED],
+                average_duration_ms=round(counts.average_duration_ms, 3),
             )
         )
 
     @get("/metrics", summary="The session's task count and average processing time (Task Processor shape)")
     async def session_metrics(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> SessionMetricsResponse:
-        session = task_manager.store.session(task_manager.session_key_of(request))
-        if session is None:
-            return SessionMetricsResponse(total_tasks=0, completed_tasks=0, average_processing_time_ms=0.0)
+        counts = await task_system.stats(session_key)
         return SessionMetricsResponse(
-            total_tasks=len(session.tasks),
-            completed_tasks=session.counts[TaskStatus.COMPLETED],
-            average_processing_time_ms=round(session.average_duration_ms, 3),
+            total_tasks=counts.total,
+            completed_tasks=counts.by_status[TaskStatus.COMPLETED],
+            average_processing_time_ms=round(counts.average_duration_ms, 3),
         )
 
     @get("/cleanup/status", summary="The cleaner's state and retention options")
-    async def cleanup_status(self, task_manager: NamedDependency[TaskManager]) -> CleanupStatusResponse:
-        cleaner = task_manager.cleaner
-        settings = task_manager.settings
+    async def cleanup_status(self, task_system: NamedDependency[TaskSystem]) -> CleanupStatusResponse:
+        cleaner = task_system.cleaner
+        settings = task_system.settings
         return CleanupStatusResponse(
             status=CleanupStatus(
                 is_running=cleaner.is_running,
@@ -149,15 +148,15 @@ class TaskController(Controller):
 
     @post("/cleanup/run", status_code=200, summary="Apply retention to the session's finished tasks now")
     async def cleanup_run(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager]
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> CleanupRunResponse:
-        return CleanupRunResponse(result=task_manager.cleaner.run_once(task_manager.session_key_of(request)))
+        return CleanupRunResponse(result=await task_system.run_cleanup(session_key))
 
     @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404))
     async def get_task(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return task_response(task_manager, task_manager.get_task(request, task_id))
+        return await task_response(task_system, await task_system.get_task(session_key, task_id))
 
     @get(
         "/{task_id:str}/status",
@@ -165,9 +164,9 @@ class TaskController(Controller):
         responses=responses(400, 404),
     )
     async def get_status(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskStatusResponse:
-        task = task_manager.get_task(request, task_id)
+        task = await task_system.get_task(session_key, task_id)
         return TaskStatusResponse(
             status=task.status,
             progress=task.progress,
@@ -182,9 +181,9 @@ class TaskController(Controller):
         "/{task_id:str}/start", status_code=200, summary="Start a pending task", responses=responses(400, 404, 409, 503)
     )
     async def start_task(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return task_response(task_manager, task_manager.start_task(request, task_id))
+        return await task_response(task_system, await task_system.start_task(session_key, task_id))
 
     @post(
         "/{task_id:str}/cancel",
@@ -193,9 +192,9 @@ class TaskController(Controller):
         responses=responses(400, 404, 409),
     )
     async def cancel_task(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return task_response(task_manager, task_manager.cancel_task(request, task_id))
+        return await task_response(task_system, await task_system.cancel_task(session_key, task_id))
 
     @post(
         "/{task_id:str}/retry",
@@ -204,9 +203,9 @@ class TaskController(Controller):
         responses=responses(400, 404, 409, 503),
     )
     async def retry_task(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return task_response(task_manager, task_manager.retry_task(request, task_id))
+        return await task_response(task_system, await task_system.retry_task(session_key, task_id))
 
     @delete(
         "/{task_id:str}",
@@ -215,6 +214,6 @@ class TaskController(Controller):
         responses=responses(400, 404, 409),
     )
     async def delete_task(
-        self, request: Request[Any, Any, Any], task_manager: NamedDependency[TaskManager], task_id: TaskId
+        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> None:
-        task_manager.delete_task(request, task_id)
+        await task_system.delete_task(session_key, task_id)

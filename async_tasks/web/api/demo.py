@@ -1,8 +1,10 @@
 """``/demo/tasks/{executor}``: create and start any executor's task in one call.
 
 Each registered executor gets its own route whose body is the executor's `Params`
-plus a few task options (`description`, `priority`, `timeoutMs`, `maxRetries`,
-`tags`, `metadata`). Litestar validates it and the OpenAPI document shows each
+plus the task options (`description`, `priority`, `timeoutMs`, `maxRetries`, `tags`,
+`metadata`) that the Params do not define themselves: a field of the Params always
+belongs to the Params (api-call's own `timeoutMs` is its HTTP timeout, never the
+task's). Litestar validates the body and the OpenAPI document shows each
 executor's schema. A generic route answers executors registered without one
 (and unknown names, with a 404).
 """
@@ -17,14 +19,14 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
-from async_tasks.api.body import strict_body
-from async_tasks.api.errors import ExecutorNotFound, replay_responses, responses
-from async_tasks.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
-from async_tasks.api.tasks import IdempotencyKey
 from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
-from async_tasks.manager import TaskManager
+from async_tasks.system import TaskSystem
 from async_tasks.task import Task
+from async_tasks.web.api.body import strict_body
+from async_tasks.web.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
+from async_tasks.web.api.tasks import IdempotencyKey
+from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
 
 #: Task options accepted beside the params in a demo body.
 OPTION_FIELDS: list[tuple[str, Any, Any]] = [
@@ -39,7 +41,7 @@ _OPTION_NAMES = [name for name, _, _ in OPTION_FIELDS]
 DemoOptions = msgspec.defstruct("DemoOptions", OPTION_FIELDS, kw_only=True, rename="camel", module=__name__)
 
 
-def demo_body_type(executor_cls: type[TaskExecutor[Any]]) -> type[msgspec.Struct]:
+def demo_body_type(executor_cls: type[TaskExecutor[Any, Any]]) -> type[msgspec.Struct]:
     """The executor's Params extended with the task options it does not define itself."""
     params_cls = executor_cls.Params
     own = set(params_cls.__struct_fields__)
@@ -48,23 +50,25 @@ def demo_body_type(executor_cls: type[TaskExecutor[Any]]) -> type[msgspec.Struct
     return msgspec.defstruct(name, extra, bases=(params_cls,), kw_only=True, module=__name__)
 
 
-def split_body(executor_cls: type[TaskExecutor[Any]], body: msgspec.Struct) -> tuple[Any, dict[str, Any]]:
+def split_body(executor_cls: type[TaskExecutor[Any, Any]], body: msgspec.Struct) -> tuple[Any, dict[str, Any]]:
+    """(the executor's params, the task options) of a demo body."""
     params_cls = executor_cls.Params
-    params = params_cls(**{f: getattr(body, f) for f in params_cls.__struct_fields__})
-    options = {name: getattr(body, name) for name in _OPTION_NAMES if hasattr(body, name)}
+    own = params_cls.__struct_fields__
+    params = params_cls(**{f: getattr(body, f) for f in own})
+    options = {name: getattr(body, name) for name in _OPTION_NAMES if name not in own}
     return params, options
 
 
 async def _create(
-    request: Request[Any, Any, Any],
-    manager: TaskManager,
+    system: TaskSystem,
+    session_key: str,
     executor: str,
     params: Any,
     options: dict[str, Any],
     idempotency_key: str | None,
 ) -> Response[DemoTaskResponse]:
-    task, replayed = await manager.create_or_replay(
-        request, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
+    task, replayed = await system.create_or_replay(
+        session_key, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
     )
     return Response(
         demo_response(task),
@@ -82,19 +86,20 @@ def demo_response(task: Task) -> DemoTaskResponse:
     )
 
 
-def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
+def demo_route(executor_cls: type[TaskExecutor[Any, Any]]) -> HTTPRouteHandler:
     """``POST /demo/tasks/<name>`` with the executor's params as the body."""
     body_type = demo_body_type(executor_cls)
     name = executor_cls.name
 
     async def create_demo_task(
         request: Request[Any, Any, Any],
-        task_manager: NamedDependency[TaskManager],
+        task_system: NamedDependency[TaskSystem],
+        session_key: NamedDependency[str],
         data: Any,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DemoTaskResponse]:
         params, options = split_body(executor_cls, await strict_body(request, data))
-        return await _create(request, task_manager, name, params, options, idempotency_key)
+        return await _create(task_system, session_key, name, params, options, idempotency_key)
 
     create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]
     return post(
@@ -117,16 +122,18 @@ def demo_route(executor_cls: type[TaskExecutor[Any]]) -> HTTPRouteHandler:
     summary="Create and start a task of any registered executor",
 )
 async def create_any_demo_task(
-    request: Request[Any, Any, Any],
-    task_manager: NamedDependency[TaskManager],
+    task_system: NamedDependency[TaskSystem],
+    session_key: NamedDependency[str],
     executor: FromPath[Annotated[str, msgspec.Meta(max_length=100)]],
     data: JSONBody[dict[str, Any]],
     idempotency_key: IdempotencyKey = None,
 ) -> Response[DemoTaskResponse]:
-    impl = task_manager.executors.get(executor)
+    impl = task_system.executors.get(executor)
     if impl is None:
-        raise ExecutorNotFound(executor, task_manager.executors.names())
-    fields = msgspec.structs.fields(DemoOptions)
+        raise ExecutorNotFound(executor, task_system.executors.names())
+    # Options the executor's Params define themselves are params (see the module docstring).
+    own = {f.encode_name for f in msgspec.structs.fields(type(impl).Params)}
+    fields = [f for f in msgspec.structs.fields(DemoOptions) if f.encode_name not in own]
     raw = {f.encode_name: data.pop(f.encode_name) for f in fields if f.encode_name in data}
     try:
         parsed = msgspec.convert(raw, DemoOptions)
@@ -134,6 +141,6 @@ async def create_any_demo_task(
         raise InvalidParams(str(exc).replace("$.", ""), field=None) from None
     options = {f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw}
     try:
-        return await _create(request, task_manager, executor, data, options, idempotency_key)
+        return await _create(task_system, session_key, executor, data, options, idempotency_key)
     except UnknownExecutor as exc:  # unregistered between lookup and create
-        raise ExecutorNotFound(executor, task_manager.executors.names()) from exc
+        raise ExecutorNotFound(executor, task_system.executors.names()) from exc

@@ -22,9 +22,9 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 
-from async_tasks.api.schemas import HealthResponse, ReadyChecks, ReadyResponse
-from async_tasks.manager import TaskManager
-from async_tasks.metrics import OPS_OPT_KEY
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.schemas import HealthResponse, ReadyChecks, ReadyResponse
+from async_tasks.web.metrics import OPS_OPT_KEY
 
 
 class LoopLagProbe:
@@ -77,14 +77,14 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
         },
         **_OPS,
     )
-    async def ready(task_manager: NamedDependency[TaskManager]) -> Response[ReadyResponse]:
-        max_lag = task_manager.settings.ready_max_loop_lag_ms
+    async def ready(task_system: NamedDependency[TaskSystem]) -> Response[ReadyResponse]:
+        max_lag = task_system.settings.ready_max_loop_lag_ms
         lag = probe.current_lag_ms()
         checks = ReadyChecks(
-            runner="ok" if task_manager.runner.alive else "stopped",
-            cleaner="ok" if task_manager.cleaner.is_active else "stopped",
+            runner="ok" if task_system.execution.alive else "stopped",
+            cleaner="ok" if task_system.cleaner.is_active else "stopped",
             event_loop="ok" if lag < max_lag else "lagging",
-            accepting="ok" if task_manager.runner.accepting else "shutting_down",
+            accepting="ok" if task_system.accepting else "shutting_down",
         )
         failing = [
             name

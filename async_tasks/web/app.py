@@ -1,4 +1,4 @@
-"""The app factory: ``uvicorn async_tasks.app:create_app --factory``."""
+"""The app factory: ``uvicorn async_tasks.web:create_app --factory``."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from litestar import Litestar
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from async_tasks import __version__
-from async_tasks.api.dashboard import dashboard_route_handlers
-from async_tasks.api.errors import EXCEPTION_HANDLERS
-from async_tasks.api.openapi import StrictStructSchemaPlugin
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
-from async_tasks.logs import logging_config
-from async_tasks.metrics import opentelemetry_plugins
-from async_tasks.plugin import AsyncTasksPlugin
+from async_tasks.logs import logging_dict
 from async_tasks.settings import Settings
+from async_tasks.web.api.dashboard import dashboard_route_handlers
+from async_tasks.web.api.openapi import StrictStructSchemaPlugin
+from async_tasks.web.errors import EXCEPTION_HANDLERS
+from async_tasks.web.metrics import opentelemetry_plugins
+from async_tasks.web.plugin import AsyncTasksPlugin
 
 
 def create_app(
     settings: Settings | None = None,
-    executors: Iterable[type[TaskExecutor[Any]] | TaskExecutor[Any]] = (),
+    executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
     *,
     environ: Mapping[str, str] | None = None,
     load_entry_points: bool = True,
@@ -51,4 +52,19 @@ def create_app(
             description="Background tasks with step progress for live demos and proofs of concept.",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
+    )
+
+
+def logging_config(settings: Settings) -> LoggingConfig:
+    """Our log format (`async_tasks.logs`) through Litestar's queue-listener handler."""
+    schema = logging_dict(
+        settings, handler={"class": "litestar.logging.standard.QueueListenerHandler"}, handler_name="queue_listener"
+    )
+    return LoggingConfig(
+        formatters=schema["formatters"],
+        filters=schema["filters"],
+        handlers=schema["handlers"],
+        loggers=schema["loggers"],
+        root=schema["root"],
+        log_exceptions="never",  # our 500 handler logs the error once, with the route
     )

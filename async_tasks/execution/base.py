@@ -1,0 +1,79 @@
+"""The execution seam: what runs a pending task's attempts.
+
+The task store says what a task's status is; an execution backend makes attempts
+happen and reports their outcome through the store (`transition` with the attempt
+number as a compare-and-set, `report_progress` from the executor's reporter). It
+owns the execution policies: concurrency limits, queue order, timeouts, automatic
+retries with backoff, and what shutdown does to tasks.
+
+- `submit` hands over a task that is pending in the store; it runs when the limits
+  allow (or, for a retry, after `delay` seconds).
+- `cancel` stops the attempt of a task the store has already marked cancelled (the
+  store refuses the attempt's later reports and outcome, so this is a hint: it frees
+  the slot and stops the executor's work).
+- `run` serves until cancelled (start it with ``await tg.start(backend.run)``);
+  `shutdown` refuses new work and ends what runs within a grace period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import anyio.abc
+import msgspec
+
+if TYPE_CHECKING:
+    from async_tasks.task import Task
+
+
+class ExecutionLoad(msgspec.Struct, kw_only=True):
+    """What an execution backend is doing now."""
+
+    running: int
+    queued: int
+
+
+class ExecutionBackend(Protocol):
+    #: Called with (task, seconds) when an attempt ends, whatever its outcome.
+    on_finish: list[Callable[[Task, float], None]]
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun: `submit` then raises `ShuttingDown`."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """True while `run` serves."""
+        ...
+
+    def stop_accepting(self) -> None:
+        """Refuse new work from now on (safe from a signal handler or another thread)."""
+        ...
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def submit(self, task: Task) -> None:
+        """Queue a task that is pending in the store. Raises `ShuttingDown` once shutdown began."""
+        ...
+
+    async def cancel(self, task: Task, reason: str) -> None:
+        """Stop the attempt (or the queued wait) of a task the store has marked cancelled."""
+        ...
+
+    async def queue_position(self, task: Task) -> int | None:
+        """1-based place of a queued task among its session's queued tasks, or None."""
+        ...
+
+    async def load(self) -> ExecutionLoad: ...
+
+    def running_tasks(self) -> list[Task]:
+        """The tasks whose attempts run here now (a snapshot; callable from any thread)."""
+        ...
+
+    async def shutdown(self, grace: float) -> list[Task]:
+        """Refuse new work, end every running and queued task with reason ``shutdown``
+        and wait up to `grace` seconds; returns the tasks that did not stop."""
+        ...

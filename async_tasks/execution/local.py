@@ -1,0 +1,447 @@
+"""Runs tasks in this process: one anyio task group for the engine's life, one
+cancel scope per attempt.
+
+Policies: the global and per-session concurrency limits (tasks over a limit wait
+`pending` in a queue: higher `priority` first, then first come first served),
+timeouts, automatic retries with exponential backoff and jitter, and shutdown. Task
+state changes only through the store, each transition a compare-and-set on the
+status and attempt, so an attempt that was cancelled meanwhile cannot overwrite it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import msgspec
+
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.context import bind_task
+from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
+from async_tasks.execution.base import ExecutionLoad
+from async_tasks.executor import ExecutorRegistry, TaskExecutor
+from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.settings import Settings
+from async_tasks.store.base import TaskStore
+from async_tasks.task import Task, TaskStatus
+
+logger = logging.getLogger("async_tasks.execution")
+
+SHUTDOWN = "shutdown"
+_RUNNING = frozenset({TaskStatus.RUNNING})
+_PENDING = frozenset({TaskStatus.PENDING})
+
+#: (-priority, sequence, task): the queue order.
+_Entry = tuple[int, int, Task]
+
+
+class _Attempt:
+    """What the runner knows about one running attempt."""
+
+    __slots__ = ("cancel_reason", "number", "reporter", "scope", "started", "task")
+
+    def __init__(self, task: Task, number: int) -> None:
+        self.task = task
+        self.number = number
+        self.reporter: ProgressReporter | None = None
+        self.scope = anyio.CancelScope()
+        self.cancel_reason: str | None = None
+        self.started = 0.0
+
+
+class LocalExecution:
+    """`ExecutionBackend` in this process's event loop."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        executors: ExecutorRegistry,
+        settings: Settings,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.executors = executors
+        self.settings = settings
+        self.clock = clock
+        self._rng = rng
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._accepting = True
+        self.running: dict[str, _Attempt] = {}
+        self._session_running: dict[str, int] = {}
+        self._queue: list[_Entry] = []
+        self._queued: dict[str, _Entry] = {}
+        self._parked: dict[str, list[_Entry]] = {}
+        #: Tasks waiting out a retry backoff: their wait's cancel scope.
+        self._backoff: dict[str, tuple[anyio.CancelScope, Task]] = {}
+        self._seq = itertools.count()
+        self._idle: anyio.Event | None = None
+        self.on_finish: list[Callable[[Task, float], None]] = []
+        #: Attempts whose worker thread is still running (a blocking executor keeps going
+        #: there after its attempt was cancelled); shutdown reports them as abandoned.
+        self._threads: set[_Attempt] = set()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        return self._tg is not None
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Start with ``await tg.start(execution.run)``."""
+        # An engine may be started more than once (test harnesses run an app's lifespan
+        # repeatedly): a new run accepts work again after the previous run's shutdown.
+        self._accepting = True
+        self._idle = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+
+    async def shutdown(self, grace: float) -> list[Task]:
+        self._accepting = False
+        waiting = [entry[2] for entry in self._queued.values()]
+        waiting += [entry[2] for parked in self._parked.values() for entry in parked]
+        for scope, task in self._backoff.values():
+            scope.cancel()
+            waiting.append(task)
+        self._queue.clear()
+        self._queued.clear()
+        self._parked.clear()
+        self._backoff.clear()
+        for task in waiting:
+            await self._cancel_pending(task, SHUTDOWN)
+        for attempt in list(self.running.values()):
+            if attempt.cancel_reason is None:
+                await self._cancel_running(attempt, SHUTDOWN)
+        deadline = anyio.current_time() + grace
+        if self.running:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle.wait()
+        # Worker threads cannot signal an event loop that is shutting down: poll them.
+        while self._threads and anyio.current_time() < deadline:  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+        abandoned = [attempt.task for attempt in self.running.values()]
+        ids = {task.id for task in abandoned}
+        abandoned += [attempt.task for attempt in list(self._threads) if attempt.task.id not in ids]
+        for task in abandoned:
+            logger.warning(
+                "Abandoned task %s for session %s: it did not stop within the grace period",
+                task.id,
+                task.session_key,
+                extra=log_fields(task, reason=SHUTDOWN),
+            )
+        return abandoned
+
+    # -- commands -------------------------------------------------------------
+
+    async def submit(self, task: Task) -> None:
+        if not self._accepting:
+            raise ShuttingDown()
+        running = self.running.get(task.id)
+        if task.id in self._queued or task.id in self._backoff or (running and running.cancel_reason is None):
+            return  # already on its way
+        self._enqueue(task)
+        await self._dispatch()
+
+    async def cancel(self, task: Task, reason: str) -> None:
+        attempt = self.running.get(task.id)
+        if attempt is not None and attempt.cancel_reason is None:
+            self._stop(attempt, reason)
+            return
+        self._queued.pop(task.id, None)  # the queue skips entries no longer in `_queued`
+        waiting = self._backoff.pop(task.id, None)
+        if waiting is not None:
+            waiting[0].cancel()
+
+    async def queue_position(self, task: Task) -> int | None:
+        entry = self._queued.get(task.id)
+        if entry is None:
+            return None
+        return 1 + sum(1 for other in self._queued.values() if other[:2] < entry[:2])
+
+    async def load(self) -> ExecutionLoad:
+        return ExecutionLoad(running=len(self.running), queued=len(self._queued))
+
+    def running_tasks(self) -> list[Task]:
+        for _ in range(5):
+            try:
+                return [attempt.task for attempt in list(self.running.values())]
+            except RuntimeError:  # changed size while the loop thread updated it
+                continue
+        return []
+
+    # -- queue ------------------------------------------------------------------
+
+    def _enqueue(self, task: Task) -> None:
+        entry = (-task.priority, next(self._seq), task)
+        self._queued[task.id] = entry
+        heapq.heappush(self._queue, entry)
+
+    async def _dispatch(self) -> None:
+        limit = self.settings.max_concurrent_tasks
+        per_session = self.settings.max_concurrent_tasks_per_session
+        while self._queue and len(self.running) < limit:
+            entry = heapq.heappop(self._queue)
+            task = entry[2]
+            if self._queued.get(task.id) is not entry:
+                continue  # cancelled or removed while queued
+            if self._session_running.get(task.session_key, 0) >= per_session:
+                self._parked.setdefault(task.session_key, []).append(entry)
+                continue
+            del self._queued[task.id]
+            await self._launch(task)
+
+    async def _launch(self, task: Task) -> None:
+        assert self._tg is not None, "the execution backend is not running (is the engine started?)"
+        try:
+            task = await self.store.transition(
+                task.session_key, task.id, TaskStatus.RUNNING, expect=_PENDING, reason="started"
+            )
+        except (InvalidTransition, TaskNotFound):
+            return  # cancelled or removed while it waited
+        executor = self.executors.get(task.executor)
+        attempt = _Attempt(task, task.attempts)
+        attempt.reporter = ProgressReporter(
+            self._progress_sink(task, attempt.number), type(executor).steps if executor is not None else ()
+        )
+        self.running[task.id] = attempt
+        self._session_running[task.session_key] = self._session_running.get(task.session_key, 0) + 1
+        attempt.started = self.clock.monotonic()
+        self._tg.start_soon(self._execute, attempt, executor, name=f"task {task.id}")
+
+    def _progress_sink(self, task: Task, attempt: int) -> Callable[[float, str | None, str | None], Any]:
+        report = self.store.report_progress
+        session_key, task_id = task.session_key, task.id
+        debug = logger.isEnabledFor(logging.DEBUG)
+
+        def sink(percent: float, step: str | None, description: str | None) -> Any:
+            if debug:
+                logger.debug("Task %s progress: %s%%", task_id, percent)
+            return report(session_key, task_id, attempt, percent, step, description)
+
+        return sink
+
+    # -- one attempt ------------------------------------------------------------
+
+    async def _execute(self, attempt: _Attempt, executor: TaskExecutor[Any, Any] | None) -> None:
+        task = attempt.task
+        reporter = attempt.reporter
+        assert reporter is not None
+        # Every log line of the attempt carries the task and the request that created it.
+        bind_task(task.id, task.session_key, task.executor, task.request_id)
+        logger.info("Starting execution of task %s for session %s", task.id, task.session_key)
+        outcome: tuple[TaskStatus, Any, str | None] | None = None
+        timeout_ms = task.timeout_ms or self.settings.default_task_timeout_ms
+        try:
+            with attempt.scope:
+                attempt.scope.deadline = anyio.current_time() + timeout_ms / 1000
+                try:
+                    if executor is None:
+                        raise LookupError(f"executor {task.executor!r} is no longer registered")
+                    if executor.is_blocking():
+                        result = await anyio.to_thread.run_sync(
+                            self._in_thread, executor, attempt, abandon_on_cancel=True
+                        )
+                    else:
+                        result = await executor.execute(task, reporter)
+                    outcome = (TaskStatus.COMPLETED, result, self._check_result(result))
+                except AttemptEnded:
+                    outcome = None
+                except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                    outcome = (TaskStatus.FAILED, None, describe(exc))
+            reporter.close()
+            if attempt.scope.cancelled_caught and attempt.cancel_reason is None:
+                outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
+            if attempt.cancel_reason is None and outcome is not None:
+                await self._record(attempt, *outcome)
+        except anyio.get_cancelled_exc_class():
+            # The backend itself is being torn down without a shutdown() first.
+            if attempt.cancel_reason is None:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel_running(attempt, SHUTDOWN)
+            raise
+        finally:
+            reporter.close()
+            self._release(attempt)
+        if self._idle is None and self._accepting:
+            await self._dispatch()
+
+    async def _record(self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None) -> None:
+        """Store the outcome of an attempt that ran to its end."""
+        task = attempt.task
+        try:
+            if status is TaskStatus.COMPLETED and error is None:
+                await self.store.transition(
+                    task.session_key, task.id, TaskStatus.COMPLETED,
+                    expect=_RUNNING, attempt=attempt.number, result=result, reason="completed",
+                )  # fmt: skip
+                logger.info(
+                    "Completed execution of task %s for session %s in %d ms",
+                    task.id, task.session_key, task.duration_ms or 0, extra=log_fields(task),
+                )  # fmt: skip
+            else:
+                await self._fail(attempt, error or "failed")
+        except (InvalidTransition, TaskNotFound):
+            return  # cancelled or removed while it finished: the store already says so
+        self._notify(attempt)
+
+    def _in_thread(self, executor: TaskExecutor[Any, Any], attempt: _Attempt) -> Any:
+        assert attempt.reporter is not None
+        self._threads.add(attempt)
+        try:
+            return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
+        finally:
+            self._threads.discard(attempt)
+
+    def _check_result(self, result: Any) -> str | None:
+        try:
+            size = len(msgspec.json.encode(result))
+        except (TypeError, ValueError, OverflowError) as exc:
+            return f"The executor returned a result that is not JSON-encodable: {exc}"
+        if size > self.settings.max_result_bytes:
+            return f"The executor's result is too large: {size} bytes (the limit is {self.settings.max_result_bytes})"
+        return None
+
+    async def _fail(self, attempt: _Attempt, error: str) -> None:
+        task = attempt.task
+        key, number = task.session_key, attempt.number
+        used = task.auto_retries
+        if used < task.max_retries and self._accepting:
+            await self.store.transition(
+                key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="attempt failed"
+            )
+            logger.warning(
+                "Attempt %s of task %s for session %s failed: %s", number, task.id, key, error,
+                extra=log_fields(task, error=error),
+            )  # fmt: skip
+            delay = self.backoff_delay(used + 1)
+            await self.store.transition(
+                key, task.id, TaskStatus.PENDING, attempt=number, automatic=True,
+                reason=f"automatic retry {used + 1} of {task.max_retries} in {delay * 1000:.0f} ms",
+            )  # fmt: skip
+            assert self._tg is not None
+            scope = anyio.CancelScope()
+            self._backoff[task.id] = (scope, task)
+            self._tg.start_soon(self._retry_after, task, delay, scope)
+            return
+        await self.store.transition(
+            key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="failed",
+            dead_letter=task.max_retries > 0,
+        )  # fmt: skip
+        logger.error(
+            "Failed execution of task %s for session %s: %s", task.id, key, error, extra=log_fields(task, error=error)
+        )
+
+    def backoff_delay(self, retry: int) -> float:
+        """Exponential backoff with jitter: half fixed, half random, capped."""
+        base: float = self.settings.retry_backoff_ms / 1000 * 2.0 ** (retry - 1)
+        capped: float = min(base, self.settings.retry_backoff_max_ms / 1000)
+        return capped / 2 + capped / 2 * self._rng()
+
+    async def _retry_after(self, task: Task, delay: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.clock.sleep(delay)
+        waiting = self._backoff.get(task.id)
+        if waiting is not None and waiting[0] is scope:
+            del self._backoff[task.id]
+        if not scope.cancelled_caught and self._accepting:
+            self._enqueue(task)  # launching checks the task is still pending
+            await self._dispatch()
+
+    # -- cancellation and bookkeeping ------------------------------------------------
+
+    def _stop(self, attempt: _Attempt, reason: str) -> None:
+        """Stop an attempt whose task the store already shows as cancelled."""
+        attempt.cancel_reason = reason
+        if attempt.reporter is not None:
+            attempt.reporter.close()  # progress frozen from this moment
+        attempt.scope.cancel()
+        task = attempt.task
+        logger.info(
+            "Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
+            extra=log_fields(task, reason=reason),
+        )  # fmt: skip
+        self._notify(attempt)
+
+    async def _cancel_running(self, attempt: _Attempt, reason: str) -> None:
+        task = attempt.task
+        try:
+            await self.store.transition(
+                task.session_key, task.id, TaskStatus.CANCELLED, expect=_RUNNING, attempt=attempt.number, reason=reason
+            )
+        except (InvalidTransition, TaskNotFound):
+            pass
+        self._stop(attempt, reason)
+
+    async def _cancel_pending(self, task: Task, reason: str) -> None:
+        try:
+            await self.store.transition(task.session_key, task.id, TaskStatus.CANCELLED, expect=_PENDING, reason=reason)
+        except (InvalidTransition, TaskNotFound):
+            return
+        logger.info(
+            "Cancelled task %s for session %s before it ran (%s)", task.id, task.session_key, reason,
+            extra=log_fields(task, reason=reason),
+        )  # fmt: skip
+
+    def _release(self, attempt: _Attempt) -> None:
+        task = attempt.task
+        # A cancelled attempt may still be unwinding when a retry launches the next one;
+        # only the current attempt owns the task's entry, but each attempt holds a slot.
+        if self.running.get(task.id) is attempt:
+            del self.running[task.id]
+        key = task.session_key
+        left = self._session_running[key] - 1
+        if left:
+            self._session_running[key] = left
+        else:
+            del self._session_running[key]
+        parked = self._parked.pop(key, None)
+        if parked:
+            for entry in parked:
+                heapq.heappush(self._queue, entry)
+        if self._idle is not None and not self.running:
+            self._idle.set()
+
+    def _notify(self, attempt: _Attempt) -> None:
+        if self.on_finish:
+            duration = self.clock.monotonic() - attempt.started
+            for hook in self.on_finish:
+                hook(attempt.task, duration)
+
+
+def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
+    """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
+    return {
+        "task_id": task.id,
+        "session_key": task.session_key,
+        "executor": task.executor,
+        "status": task.status.value,
+        "duration_ms": task.duration_ms,
+        **fields,
+    }
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a task's error: ``Type: message``."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,136 @@
+"""The server process: uvicorn serving the app, signals, and a bounded exit.
+
+`serve` is what ``async-tasks serve`` runs. When SIGTERM or SIGINT arrives, the
+task system begins shutting down at once (new tasks get 503 ``shutting_down``;
+running ones are cancelled with reason ``shutdown``, see `TaskSystem.shutdown`)
+while uvicorn still waits, for at most most of SHUTDOWN_GRACE_MS, for open
+connections. A watchdog thread ends the process when the grace period is over and
+it is still alive (a task that ignores cancellation keeps the lifespan from
+finishing): it logs the abandoned tasks, flushes the logs and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from litestar import Litestar
+
+from async_tasks.errors import ExecutorRegistrationError, SettingsError
+from async_tasks.logs import flush_logs
+from async_tasks.settings import Settings
+from async_tasks.system import SHUTDOWN_TASK_SHARE, TaskSystem
+
+logger = logging.getLogger("async_tasks.shutdown")
+
+
+def serve(*, host: str | None = None, port: int | None = None) -> int:
+    """Build the app from the environment and serve it; 2 on a bad setting."""
+    from async_tasks.web.app import create_app
+
+    try:
+        settings = Settings.from_env()
+        app = create_app(settings)
+    except (SettingsError, ExecutorRegistrationError) as exc:
+        print(f"async-tasks: {exc}", file=sys.stderr)
+        return 2
+    return run_server(app, settings, host=host, port=port)
+
+
+def task_system_of(app: Litestar) -> TaskSystem:
+    from async_tasks.web.plugin import AsyncTasksPlugin
+
+    return app.plugins.get(AsyncTasksPlugin).system
+
+
+def run_server(app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
+    """Serve `app` with uvicorn until SIGTERM or SIGINT, then shut down within
+    SHUTDOWN_GRACE_MS (see the module docstring).
+
+    Returns 0 after a clean shutdown. The process exits with status 1, at once, when
+    the shutdown abandoned tasks (their worker threads would block the exit). No
+    access log is written (it would print client IPs).
+    """
+    import uvicorn
+
+    system = task_system_of(app)
+    grace = settings.shutdown_grace_ms / 1000
+    config = uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        proxy_headers=settings.trust_proxy_headers,
+        access_log=False,
+        log_config=None,
+        # uvicorn passes it to asyncio.wait_for: fractions of a second work.
+        timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_TASK_SHARE),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    signalled = threading.Event()
+    threading.Thread(
+        target=_shutdown_watchdog,
+        args=(system, signalled, settings),
+        name="async-tasks shutdown watchdog",
+        daemon=True,
+    ).start()
+
+    def on_signal(sig: int, frame: Any) -> None:
+        # uvicorn's own handler, except that it does not re-raise the signal once the
+        # server has stopped (that would kill the process before the logs are written).
+        # A signal handler: only signal-safe work here (no logging: it takes locks).
+        if server.should_exit and sig == signal.SIGINT:
+            server.force_exit = True
+        else:
+            server.should_exit = True
+        system.request_shutdown()
+        signalled.set()
+
+    server.handle_exit = on_signal  # type: ignore[method-assign]
+    print(f"async-tasks serving on http://{config.host}:{config.port} (docs at /schema)", file=sys.stderr)
+    server.run()
+    if system.abandoned:
+        # Their worker threads would keep the interpreter from exiting.
+        logger.warning("Exiting with %d abandoned tasks", len(system.abandoned))
+        flush_logs()
+        os._exit(1)
+    return 0
+
+
+def _shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: Settings) -> None:
+    signalled.wait()
+    began = time.monotonic()
+    logger.info(
+        "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
+        settings.shutdown_grace_ms,
+    )
+    time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
+    # Still alive: something ignores cancellation or the event loop is blocked.
+    reported = {task.id for task in system.abandoned}
+    stuck = system.execution.running_tasks()
+    for task in stuck:
+        if task.id not in reported:
+            logger.warning(
+                "Abandoned task %s for session %s: it did not stop within the grace period",
+                task.id,
+                task.session_key,
+                extra={
+                    "task_id": task.id,
+                    "session_key": task.session_key,
+                    "executor": task.executor,
+                    "status": task.status.value,
+                    "reason": "shutdown",
+                },
+            )
+    logger.error(
+        "Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, %d tasks abandoned",
+        settings.shutdown_grace_ms,
+        time.monotonic() - began,
+        len(reported | {task.id for task in stuck}),
+    )
+    flush_logs()
+    os._exit(1)

@@ -1,0 +1,363 @@
+"""The in-memory task store: the default, nothing else to run.
+
+Per session: the tasks in creation order, counts by status kept as transitions
+happen, the finished tasks of each status in the order they finished (what retention
+needs), the Idempotency-Keys, and the summed run time of completed tasks. Create,
+get, transition and progress are O(1); an unfiltered page costs O(offset + page), a page by status
+stops scanning once it is full;
+stats never scan. Methods never await anything but a checkpoint in `trim`, so each
+one is atomic on the event loop.
+
+`get` returns the live record (no copy): callers read it and never write it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection
+from typing import Any
+
+import anyio.lowlevel
+
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.errors import IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.store.base import (
+    CreateLimits,
+    Idempotency,
+    Retention,
+    SessionCounts,
+    StoreTotals,
+    TaskFilter,
+    TaskPage,
+    TrimResult,
+)
+from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_transition
+
+#: Tasks removed by `trim` between two yields to the event loop.
+TRIM_BATCH = 2000
+
+_ACTIONS = {
+    TaskStatus.RUNNING: "start",
+    TaskStatus.CANCELLED: "cancel",
+    TaskStatus.PENDING: "retry",
+    TaskStatus.COMPLETED: "complete",
+    TaskStatus.FAILED: "fail",
+}
+_RETRY_HINT = "Only failed or cancelled tasks can be retried."
+_HINTS = {
+    ("cancel", TaskStatus.COMPLETED): "A completed task cannot be cancelled.",
+    ("retry", TaskStatus.PENDING): _RETRY_HINT,
+    ("retry", TaskStatus.RUNNING): _RETRY_HINT,
+    ("retry", TaskStatus.COMPLETED): _RETRY_HINT,
+    ("start", TaskStatus.FAILED): "Use retry to run it again.",
+    ("start", TaskStatus.CANCELLED): "Use retry to run it again.",
+    ("delete", TaskStatus.RUNNING): "Cancel it first.",
+}
+
+
+def refusal(task: Task, action: str) -> InvalidTransition:
+    """The contract's error for `action` on `task` in its current status."""
+    return InvalidTransition(task.id, task.status.value, action, _HINTS.get((action, task.status)))
+
+
+class SessionTasks:
+    """One session's tasks, counts, finished-order index, idempotency keys and the
+    summed run time of its completed tasks (kept as they complete or are removed)."""
+
+    __slots__ = ("counts", "duration_total_ms", "finished", "idempotency", "idempotency_of", "key", "tasks")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.tasks: dict[str, Task] = {}
+        self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
+        self.idempotency: dict[str, tuple[str, bytes]] = {}
+        #: task id -> its Idempotency-Key, so removing a task never scans the keys.
+        self.idempotency_of: dict[str, str] = {}
+        self.duration_total_ms = 0
+
+    @property
+    def active(self) -> int:
+        return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.RUNNING]
+
+    @property
+    def average_duration_ms(self) -> float:
+        """Mean run time (start to completion) of the completed tasks held; 0 if none."""
+        completed = self.counts[TaskStatus.COMPLETED]
+        return self.duration_total_ms / completed if completed else 0.0
+
+
+class MemoryTaskStore:
+    """`TaskStore` in this process's memory."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, events: EventHub | None = None) -> None:
+        self.clock = clock
+        self.events = events or EventHub()
+        self.sessions: dict[str, SessionTasks] = {}
+        self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
+        self._buckets: dict[str, tuple[float, float, float, int]] = {}
+
+    # -- reads -------------------------------------------------------------------
+
+    def _find(self, session_key: str, task_id: str) -> Task:
+        session = self.sessions.get(session_key)
+        task = session.tasks.get(task_id) if session is not None else None
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    async def get(self, session_key: str, task_id: str) -> Task:
+        return self._find(session_key, task_id)
+
+    async def query(
+        self, session_key: str, where: TaskFilter, *, limit: int | None = None, offset: int = 0
+    ) -> TaskPage:
+        session = self.sessions.get(session_key)
+        if session is None:
+            return TaskPage([], 0)
+        end = None if limit is None else offset + limit
+        if where.is_empty:
+            newest_first = reversed(session.tasks.values())
+            return TaskPage(list(itertools.islice(newest_first, offset, end)), len(session.tasks))
+        newest_first = (t for t in reversed(session.tasks.values()) if _matches(t, where))
+        if where.executor is None and where.tag is None and where.dead_letter is None:
+            # Status only: the total is a counter, and the scan stops at the page's end.
+            assert where.status is not None
+            return TaskPage(list(itertools.islice(newest_first, offset, end)), session.counts[where.status])
+        matching = list(newest_first)
+        return TaskPage(matching[offset:end], len(matching))
+
+    async def counts(self, session_key: str) -> SessionCounts:
+        session = self.sessions.get(session_key)
+        if session is None:
+            return SessionCounts(by_status=dict.fromkeys(TaskStatus, 0))
+        return SessionCounts(by_status=dict(session.counts), average_duration_ms=session.average_duration_ms)
+
+    async def totals(self) -> StoreTotals:
+        return StoreTotals(by_status=dict(self._totals), sessions=len(self.sessions))
+
+    def __len__(self) -> int:
+        return sum(self._totals.values())
+
+    # -- changes -------------------------------------------------------------------
+
+    async def create(
+        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None = None
+    ) -> tuple[Task, bool]:
+        session = self.sessions.get(task.session_key)
+        if session is not None:
+            if idempotency is not None:
+                earlier = self._replay(session, idempotency)
+                if earlier is not None:
+                    return earlier, True
+            active = session.active
+            if active >= limits.max_active_per_session:
+                raise QuotaExceeded(
+                    f"This session already has {active} active tasks (the limit is "
+                    f"{limits.max_active_per_session}). Wait for some to finish or cancel them.",
+                    retry_after=1,
+                    details={"limit": limits.max_active_per_session, "active": active},
+                )
+        else:
+            session = self.sessions[task.session_key] = SessionTasks(task.session_key)
+        now = self.clock.now_ms()
+        task.status = TaskStatus.PENDING
+        task.created_at = task.updated_at = now
+        task.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
+        session.tasks[task.id] = task
+        session.counts[TaskStatus.PENDING] += 1
+        self._totals[TaskStatus.PENDING] += 1
+        if idempotency is not None:
+            session.idempotency[idempotency.key] = (task.id, idempotency.fingerprint)
+            session.idempotency_of[task.id] = idempotency.key
+        for hook in self.events.on_transition:
+            hook(task, None)
+        self._publish(task, EventType.TRANSITION, None)
+        return task, False
+
+    async def replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
+        session = self.sessions.get(session_key)
+        return self._replay(session, idempotency) if session is not None else None
+
+    @staticmethod
+    def _replay(session: SessionTasks, idempotency: Idempotency) -> Task | None:
+        seen = session.idempotency.get(idempotency.key)
+        if seen is None:
+            return None
+        task_id, fingerprint = seen
+        if fingerprint != idempotency.fingerprint:
+            raise IdempotencyConflict(
+                "This Idempotency-Key was already used with a different request in this session.",
+                details={"idempotencyKey": idempotency.key, "taskId": task_id},
+            )
+        return session.tasks[task_id]
+
+    async def transition(
+        self,
+        session_key: str,
+        task_id: str,
+        target: TaskStatus,
+        *,
+        expect: Collection[TaskStatus] | None = None,
+        attempt: int | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+        result: Any = None,
+        action: str | None = None,
+        automatic: bool = False,
+        dead_letter: bool = False,
+    ) -> Task:
+        task = self._find(session_key, task_id)
+        source = task.status
+        if (
+            not can_transition(source, target)
+            or (expect is not None and source not in expect)
+            or (attempt is not None and task.attempts != attempt)
+        ):
+            raise refusal(task, action or _ACTIONS[target])
+        session = self.sessions[session_key]
+        now = self.clock.now_ms()
+        if source in TERMINAL:
+            del session.finished[source][task.id]
+        if target is TaskStatus.RUNNING:
+            task.attempts += 1
+            task.started_at = now
+            task.completed_at = None
+        elif target is TaskStatus.PENDING:  # retry: a fresh attempt from zero
+            task.progress = 0
+            task.current_step = task.current_step_description = None
+            task.result = task.error = None
+            task.started_at = task.completed_at = None
+            task.dead_lettered = False
+            task.auto_retries = task.auto_retries + 1 if automatic else 0
+        else:  # a terminal status
+            task.completed_at = now
+            session.finished[target][task.id] = None
+            if target is TaskStatus.COMPLETED:
+                task.result = result
+                task.progress = 100
+                session.duration_total_ms += now - (task.started_at or now)
+            elif error is not None:
+                task.error = error
+            task.dead_lettered = dead_letter
+        task.status = target
+        task.updated_at = now
+        session.counts[source] -= 1
+        session.counts[target] += 1
+        self._totals[source] -= 1
+        self._totals[target] += 1
+        task.history.append(
+            HistoryEntry(at=now, status=target, previous=source, attempt=max(task.attempts, 1), reason=reason)
+        )
+        for hook in self.events.on_transition:
+            hook(task, source)
+        self._publish(task, EventType.TRANSITION, source)
+        return task
+
+    async def report_progress(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        percent: float,
+        step: str | None,
+        description: str | None,
+    ) -> bool:
+        session = self.sessions.get(session_key)
+        task = session.tasks.get(task_id) if session is not None else None
+        if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+            return False
+        task.progress = percent
+        if step is not None:
+            task.current_step = step
+            task.current_step_description = description
+        elif description is not None:
+            task.current_step_description = description
+        task.updated_at = self.clock.now_ms()
+        if self.events.listeners:
+            self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
+        return True
+
+    async def remove(self, session_key: str, task_id: str) -> Task:
+        task = self._find(session_key, task_id)
+        if task.status is TaskStatus.RUNNING:
+            raise refusal(task, "delete")
+        self._forget(self.sessions[session_key], task)
+        return task
+
+    def _forget(self, session: SessionTasks, task: Task) -> None:
+        del session.tasks[task.id]
+        session.counts[task.status] -= 1
+        self._totals[task.status] -= 1
+        if task.status in TERMINAL:
+            del session.finished[task.status][task.id]
+            if task.status is TaskStatus.COMPLETED:
+                session.duration_total_ms -= task.duration_ms or 0
+        key = session.idempotency_of.pop(task.id, None)
+        if key is not None:
+            del session.idempotency[key]
+        if not session.tasks:
+            del self.sessions[session.key]
+        self._publish(task, EventType.REMOVED, None)
+
+    async def trim(self, retention: Retention, session_key: str | None = None) -> TrimResult:
+        result = TrimResult()
+        if session_key is None:
+            sessions = list(self.sessions.values())
+        else:
+            one = self.sessions.get(session_key)
+            sessions = [one] if one is not None else []
+        if session_key is None:
+            self._prune_buckets(self.clock.monotonic())
+        budget = TRIM_BATCH
+        for session in sessions:
+            for status in TERMINAL:
+                limit = retention.limit(status)
+                assert limit is not None
+                while self.sessions.get(session.key) is session and len(session.finished[status]) > limit:
+                    excess = len(session.finished[status]) - limit
+                    oldest = list(itertools.islice(session.finished[status], min(excess, budget)))
+                    for task_id in oldest:
+                        self._forget(session, session.tasks[task_id])
+                    setattr(result, status.value, getattr(result, status.value) + len(oldest))
+                    budget -= len(oldest)
+                    if budget <= 0:
+                        # Let requests in between batches: a sweep of 500 000 tasks must
+                        # not hold the event loop for seconds.
+                        await anyio.lowlevel.checkpoint()
+                        budget = TRIM_BATCH
+        return result
+
+    async def take_token(self, bucket: str, rate: float, burst: int) -> float:
+        now = self.clock.monotonic()
+        tokens, last, _, _ = self._buckets.get(bucket, (float(burst), now, rate, burst))
+        tokens = min(float(burst), tokens + (now - last) * rate)
+        if tokens < 1:
+            self._buckets[bucket] = (tokens, now, rate, burst)
+            return (1 - tokens) / rate
+        self._buckets[bucket] = (tokens - 1, now, rate, burst)
+        return 0.0
+
+    def _prune_buckets(self, now: float) -> None:
+        """Forget the buckets that have refilled: a full bucket is the same as none."""
+        full = [
+            name for name, (tokens, last, rate, burst) in self._buckets.items() if tokens + (now - last) * rate >= burst
+        ]
+        for name in full:
+            del self._buckets[name]
+
+    def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
+        if self.events.listeners:
+            self.events.publish(TaskEvent.of(task, kind, previous))
+
+
+def _matches(task: Task, where: TaskFilter) -> bool:
+    if where.status is not None and task.status is not where.status:
+        return False
+    if where.executor is not None and task.executor != where.executor:
+        return False
+    if where.tag is not None and where.tag not in task.tags:
+        return False
+    return where.dead_letter is None or task.dead_lettered is where.dead_letter

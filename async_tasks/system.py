@@ -1,0 +1,416 @@
+"""`TaskSystem`: the engine on its own, usable from a web app, a worker, a script.
+
+    async with TaskSystem(executors=[GreetExecutor]) as system:
+        task = await system.create_task("my-session", executor="greet", params={"who": "Ada"})
+        ...
+
+Entering it starts the execution backend and the cleaner; leaving it shuts them
+down gracefully (tasks still running are cancelled with reason ``shutdown`` and get
+most of SHUTDOWN_GRACE_MS to unwind). Every service method takes the caller's
+session key: a task of another session is never found. Input is validated against
+the executor here, quotas and the Idempotency-Key are checked atomically by the
+store, and execution is the backend's job; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from async_tasks.cleanup import Cleaner, CleanupResult
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.context import request_id_var
+from async_tasks.errors import InvalidParams, InvalidTransition, RateLimited, ShuttingDown, UnknownExecutor
+from async_tasks.execution.base import ExecutionBackend
+from async_tasks.execution.local import LocalExecution
+from async_tasks.executor import ExecutorRegistry, TaskExecutor
+from async_tasks.sessions import SessionResolver
+from async_tasks.settings import Settings
+from async_tasks.store.base import (
+    CreateLimits,
+    Idempotency,
+    SessionCounts,
+    TaskFilter,
+    TaskPage,
+    TaskStore,
+)
+from async_tasks.store.memory import MemoryTaskStore
+from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
+
+logger = logging.getLogger("async_tasks")
+
+#: The share of SHUTDOWN_GRACE_MS that tasks get to unwind; the rest is for the server.
+SHUTDOWN_TASK_SHARE = 0.8
+
+
+class TaskSystem:
+    """The task engine: executors, a task store, an execution backend and the cleaner."""
+
+    def __init__(
+        self,
+        executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
+        *,
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        load_entry_points: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        store: TaskStore | None = None,
+        execution: ExecutionBackend | None = None,
+    ) -> None:
+        """Build the engine. Bad settings or executors raise here, at start-up.
+
+        Args:
+            executors: executor classes (or instances) to register besides the ones
+                installed packages declare under the ``async_tasks.executors``
+                entry-point group.
+            settings: defaults to `Settings.from_env(environ)`.
+            environ: the environment to read settings and executor configs from.
+            load_entry_points: set False to register only `executors`.
+            clock: the time source (tests pass a `FakeClock`).
+            store / execution: the seams; in memory and in this process by default.
+        """
+        self.settings = settings or Settings.from_env(environ)
+        self.clock = clock
+        self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
+        for executor in self.executors:
+            executor.clock = clock
+        self.store: TaskStore = store or MemoryTaskStore(clock)
+        self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
+        self.cleaner = Cleaner(self.store, self.settings, clock)
+        self.sessions = SessionResolver(self.settings)
+        self.limits = CreateLimits(max_active_per_session=self.settings.max_active_tasks_per_session)
+        #: Called when shutdown begins, before tasks are cancelled (push streams close here).
+        self.on_shutdown: list[Callable[[], None]] = []
+        #: Tasks the last shutdown abandoned (they ignored cancellation or block in a thread).
+        self.abandoned: list[Task] = []
+        self._stack: AsyncExitStack | None = None
+        self._shutdown_done: anyio.Event | None = None
+        self._shutdown_requested: anyio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> TaskSystem:
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self.lifespan())
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[TaskSystem]:
+        """Run the execution backend and the cleaner for the duration of the block."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.execution.run)
+            await tg.start(self.cleaner.run)
+            self._shutdown_done = None
+            self._shutdown_requested = requested = anyio.Event()
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio: shutdown starts only when the block ends
+                self._loop = None
+            tg.start_soon(self._shutdown_when_requested, requested)
+            logger.info(
+                "Task system initialized successfully (%d executors: %s)",
+                len(self.executors),
+                ", ".join(self.executors.names()),
+            )
+            try:
+                yield self
+            finally:
+                self._loop = None
+                await self.shutdown()
+                tg.cancel_scope.cancel()
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun: new and retried tasks are refused."""
+        return self.execution.accepting
+
+    def request_shutdown(self) -> None:
+        """Begin shutting down now, without waiting for the lifespan to end.
+
+        Safe to call from a signal handler or another thread: new tasks are refused at
+        once, and `shutdown` runs in the event loop.
+        """
+        self.execution.stop_accepting()
+        loop, requested = self._loop, self._shutdown_requested
+        if loop is not None and requested is not None:
+            try:
+                loop.call_soon_threadsafe(requested.set)
+            except RuntimeError:  # the loop has closed
+                pass
+
+    async def _shutdown_when_requested(self, requested: anyio.Event) -> None:
+        await requested.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> list[Task]:
+        """Refuse new tasks, run the `on_shutdown` hooks, end every queued and running
+        task with reason ``shutdown`` and wait for them up to most of
+        SHUTDOWN_GRACE_MS. Returns the abandoned tasks. A second call waits for the
+        first one."""
+        if self._shutdown_done is not None:
+            await self._shutdown_done.wait()
+            return self.abandoned
+        self._shutdown_done = done = anyio.Event()
+        try:
+            self.execution.stop_accepting()
+            load = await self.execution.load()
+            logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
+            for hook in self.on_shutdown:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("A shutdown hook failed")
+            grace = self.settings.shutdown_grace_ms / 1000 * SHUTDOWN_TASK_SHARE
+            self.abandoned = await self.execution.shutdown(grace)
+        finally:
+            done.set()
+        return self.abandoned
+
+    # -- create ------------------------------------------------------------------
+
+    def executor(self, name: str) -> TaskExecutor[Any, Any]:
+        executor = self.executors.get(name)
+        if executor is None:
+            raise UnknownExecutor(name, self.executors.names())
+        return executor
+
+    async def create_task(
+        self,
+        session_key: str,
+        *,
+        executor: str,
+        params: Any = None,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        start: bool = True,
+        priority: int = 0,
+        timeout_ms: int | None = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> Task:
+        """Create a task in the session and (by default) start it; returns at once.
+
+        `params` is a mapping validated against the executor's `Params` (or a `Params`
+        instance). Either the task runs (or waits in the queue) or it was never
+        created: a failure or a shutdown between the two leaves nothing behind.
+        """
+        task, _ = await self.create_or_replay(
+            session_key,
+            executor=executor,
+            params=params,
+            name=name,
+            description=description,
+            metadata=metadata,
+            tags=tags,
+            start=start,
+            priority=priority,
+            timeout_ms=timeout_ms,
+            max_retries=max_retries,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+        )
+        return task
+
+    async def create_or_replay(
+        self,
+        session_key: str,
+        *,
+        executor: str,
+        params: Any = None,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        start: bool = True,
+        priority: int = 0,
+        timeout_ms: int | None = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[Task, bool]:
+        """`create_task`, also telling whether an Idempotency-Key replayed an earlier task."""
+        impl = self.executor(executor)
+        cls = type(impl)
+        if not self.accepting:
+            raise ShuttingDown()
+        params = self._convert_params(cls, params)
+        timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
+        if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
+            raise InvalidParams(f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms}", field="timeoutMs")
+        max_retries = max_retries if max_retries is not None else cls.max_retries
+        if not 0 <= max_retries <= self.settings.max_task_retries:
+            raise InvalidParams(f"maxRetries must be from 0 to {self.settings.max_task_retries}", field="maxRetries")
+        idempotency = None
+        if idempotency_key is not None:
+            fingerprint = hashlib.sha256(
+                msgspec.json.encode(
+                    [executor, params, name, description, metadata, tags, priority, timeout_ms, max_retries, start]
+                )
+            ).digest()
+            idempotency = Idempotency(idempotency_key, fingerprint)
+            # A replay costs no rate token and no validation.
+            earlier = await self.store.replay(session_key, idempotency)
+            if earlier is not None:
+                return earlier, True
+        await self._take_create_token(session_key)
+        await impl.validate(params)
+        if not self.accepting:  # shutdown began while `validate` awaited
+            raise ShuttingDown()
+        task: Task = Task(
+            id=str(uuid.uuid4()),
+            session_key=session_key,
+            executor=cls.name,
+            name=name or cls.title or cls.name,
+            description=description or "",
+            params=params,
+            metadata=dict(metadata or {}),
+            tags=list(tags or ()),
+            priority=priority,
+            timeout_ms=timeout_ms,
+            max_retries=max_retries,
+            request_id=request_id if request_id is not None else request_id_var.get(),
+        )
+        task, replayed = await self.store.create(task, limits=self.limits, idempotency=idempotency)
+        if start and not replayed:
+            try:
+                await self.execution.submit(task)
+            except BaseException:
+                # Never leave a pending task that will not run and counts against the quota.
+                with anyio.CancelScope(shield=True):
+                    await self.store.remove(session_key, task.id)
+                raise
+        return task, replayed
+
+    @staticmethod
+    def _convert_params(cls: type[TaskExecutor[Any, Any]], params: Any) -> Any:
+        if params is None or isinstance(params, Mapping):
+            try:
+                return msgspec.convert(dict(params or {}), cls.Params)
+            except msgspec.ValidationError as exc:
+                raise invalid_params(exc) from None
+        if not isinstance(params, cls.Params):
+            raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping", field="params")
+        return params
+
+    async def _take_create_token(self, session_key: str) -> None:
+        rate = self.settings.task_create_rate
+        if rate <= 0:
+            return
+        burst = self.settings.task_create_burst
+        wait = await self.store.take_token(session_key, rate, burst)
+        if wait > 0:
+            raise RateLimited(
+                f"Too many tasks created too quickly (limit {rate:g} per second). Retry in {wait:.2f} s.",
+                retry_after=wait,
+                details={"ratePerSecond": rate, "burst": burst},
+            )
+
+    # -- read --------------------------------------------------------------------
+
+    async def get_task(self, session_key: str, task_id: str) -> Task:
+        """The task, if it belongs to the session (`TaskNotFound` otherwise)."""
+        return await self.store.get(session_key, task_id)
+
+    async def list_tasks(
+        self,
+        session_key: str,
+        *,
+        status: TaskStatus | None = None,
+        executor: str | None = None,
+        tag: str | None = None,
+        dead_letter: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> TaskPage:
+        """A page of the session's tasks, newest first, and how many match in all."""
+        where = TaskFilter(status=status, executor=executor, tag=tag, dead_letter=dead_letter)
+        return await self.store.query(session_key, where, limit=limit, offset=offset)
+
+    async def stats(self, session_key: str) -> SessionCounts:
+        """The session's tasks by status and the mean run time of the completed ones."""
+        return await self.store.counts(session_key)
+
+    async def queue_position(self, task: Task) -> int | None:
+        return await self.execution.queue_position(task) if task.status is TaskStatus.PENDING else None
+
+    # -- control -----------------------------------------------------------------
+
+    async def start_task(self, session_key: str, task_id: str) -> Task:
+        """Start a pending task (it runs when the limits allow)."""
+        task = await self.store.get(session_key, task_id)
+        if task.status is not TaskStatus.PENDING:
+            raise InvalidTransition(task.id, task.status.value, "start", _start_hint(task.status))
+        await self.execution.submit(task)
+        return task
+
+    async def cancel_task(self, session_key: str, task_id: str, reason: str = "cancelled by request") -> Task:
+        """Cancel a pending or running task: it is `cancelled` at once and its progress
+        frozen; the executor is stopped at its next await."""
+        task = await self.store.transition(
+            session_key, task_id, TaskStatus.CANCELLED, expect=ACTIVE, reason=reason, action="cancel"
+        )
+        await self.execution.cancel(task, reason)
+        return task
+
+    async def retry_task(self, session_key: str, task_id: str) -> Task:
+        """Run a failed or cancelled task again (a fresh attempt; the automatic retry
+        budget starts again). Counts against the create rate."""
+        if not self.accepting:
+            raise ShuttingDown()
+        await self.store.get(session_key, task_id)  # 404 before a rate token is spent
+        await self._take_create_token(session_key)
+        task = await self.store.transition(
+            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry"
+        )
+        await self.execution.submit(task)
+        return task
+
+    async def delete_task(self, session_key: str, task_id: str) -> None:
+        """Forget a task that is not running (a pending one is cancelled first)."""
+        task = await self.store.get(session_key, task_id)
+        if task.status is TaskStatus.PENDING:
+            await self.cancel_task(session_key, task_id, reason="deleted")
+        await self.store.remove(session_key, task_id)
+
+    # -- cleanup -----------------------------------------------------------------
+
+    async def run_cleanup(self, session_key: str | None = None) -> CleanupResult:
+        """Apply retention now, in one session (or every session with None)."""
+        return await self.cleaner.run_once(session_key)
+
+
+def _start_hint(status: TaskStatus) -> str | None:
+    return "Use retry to run it again." if status in RETRYABLE else None
+
+
+def invalid_params(exc: msgspec.ValidationError) -> InvalidParams:
+    """A msgspec validation error of task params as the contract's `invalid_params`."""
+    message = str(exc)
+    field = "params"
+    marker = " - at `$"
+    if marker in message:
+        message, path = message.split(marker, 1)
+        field = "params" + path.rstrip("`")
+    return InvalidParams(f"{message} (at {field})", field=field)

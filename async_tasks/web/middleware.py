@@ -1,0 +1,168 @@
+"""Middleware that tells who is asking: the session of a request and its request id.
+
+`SessionMiddleware` reads the session token from the ``X-Session-Token`` header or
+the session cookie and resolves the session key (`async_tasks.sessions`) into scope
+state; a new session's token goes out in the ``X-Session-Token`` response header
+and an HttpOnly, SameSite=Lax cookie.
+
+Every HTTP request gets an id: the client's ``X-Request-ID`` when it is 1-128
+characters of ``[A-Za-z0-9._:-]``, else a generated uuid4 hex. It is stored in scope
+state (so a task created by the request records it), echoed in the ``X-Request-ID``
+response header of every response (404 and 405 included), and bound to the log
+context (`async_tasks.context`) for the request's duration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import Token
+from typing import Any
+
+from litestar.datastructures import Cookie, MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from async_tasks.context import request_id_var, session_key_var
+from async_tasks.sessions import SessionResolver
+
+#: Scope-state keys this middleware writes.
+SESSION_STATE_KEY = "async_tasks_session_key"
+REQUEST_ID_STATE_KEY = "async_tasks_request_id"
+
+TOKEN_HEADER = "X-Session-Token"
+COOKIE_NAME = "async_tasks_session"
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_CLEAR_VERSION_VARIANT = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+def session_cookie(resolver: SessionResolver, token: str) -> Cookie:
+    """The cookie that carries a session token."""
+    return Cookie(
+        key=COOKIE_NAME,
+        value=token,
+        max_age=resolver.settings.session_max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=resolver.settings.session_cookie_secure,
+    )
+
+
+def session_key_of(scope: Scope) -> str:
+    """The session key `SessionMiddleware` resolved for this request."""
+    key = scope.get("state", {}).get(SESSION_STATE_KEY)
+    if not key:
+        raise RuntimeError(
+            "No task session on this request: add AsyncTasksPlugin to the app so its session middleware runs."
+        )
+    return str(key)
+
+
+class SessionMiddleware(ASGIMiddleware):
+    """Resolves the session of every HTTP and WebSocket request into scope state."""
+
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
+
+    def __init__(self, resolver: SessionResolver) -> None:
+        self.resolver = resolver
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        token = None
+        cookie_header = None
+        for name, value in scope["headers"]:
+            if name == b"x-session-token":
+                token = value.decode("latin-1")
+            elif name == b"cookie":
+                cookie_header = value.decode("latin-1")
+        if token is None and cookie_header and COOKIE_NAME in cookie_header:
+            token = _cookie_value(cookie_header, COOKIE_NAME)
+        client = scope.get("client")
+        key, issued = self.resolver.resolve(token, client[0] if client else None)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state[SESSION_STATE_KEY] = key
+        if issued is None or scope["type"] != ScopeType.HTTP:
+            await next_app(scope, receive, send)
+            return
+        set_cookie = session_cookie(self.resolver, issued).to_header(header="").strip()
+
+        async def send_with_session(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableScopeHeaders.from_message(message)
+                headers.add(TOKEN_HEADER, issued)
+                headers.add("set-cookie", set_cookie)
+            await send(message)
+
+        await next_app(scope, receive, send_with_session)
+
+
+def _cookie_value(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value.strip('"')
+    return None
+
+
+def new_request_id() -> str:
+    """A uuid4 as 32 hex digits (what ``uuid.uuid4().hex`` gives, at about half the cost)."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & _CLEAR_VERSION_VARIANT) | _UUID4_BITS
+    return f"{value:032x}"
+
+
+def request_id_from(scope: Scope) -> str:
+    """The client's valid ``X-Request-ID``, or a new id."""
+    for name, value in scope.get("headers", ()):
+        if name == _REQUEST_ID_KEY:
+            if _VALID_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id, resolved and stored in scope state on first use."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    request_id = state.get(REQUEST_ID_STATE_KEY)
+    if request_id is None:
+        request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
+    return str(request_id)
+
+
+class RequestIdMiddleware(ASGIMiddleware):
+    """Resolves the request id into scope state and binds the log context.
+
+    It sits inside the session middleware, so the session key is known too. App
+    middleware only runs for matched routes: the response header is added by
+    `echo_request_id` (a ``before_send`` hook), which sees every response.
+    """
+
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        request_id = request_id_of(scope)
+        session_key = scope["state"].get(SESSION_STATE_KEY)
+        request_token: Token[str | None] = request_id_var.set(request_id)
+        session_token: Token[str | None] = session_key_var.set(session_key)
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            session_key_var.reset(session_token)
+            request_id_var.reset(request_token)
+
+
+async def echo_request_id(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: put ``X-Request-ID`` on every HTTP response."""
+    if message["type"] != "http.response.start":
+        return
+    request_id = request_id_of(scope)
+    headers = message.get("headers")
+    if not isinstance(headers, list):
+        headers = message["headers"] = list(headers or ())
+    if not any(name.lower() == _REQUEST_ID_KEY for name, _ in headers):
+        headers.append((_REQUEST_ID_KEY, request_id.encode("ascii")))

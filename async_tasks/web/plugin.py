@@ -1,0 +1,126 @@
+"""`AsyncTasksPlugin`: the task system as a door of a Litestar app.
+
+    app = Litestar(route_handlers=[my_routes], plugins=[AsyncTasksPlugin(executors=[MyExecutor])])
+
+It mounts the API under `path` (default ``/api/v1``) and the health and metrics
+routes, resolves the session of every request (handlers receive ``session_key``),
+injects the `TaskSystem` as ``task_system``, and joins the system's lifespan to the
+app's, as Litestar's own `ChannelsPlugin` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from litestar import Litestar, Router
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.plugins import InitPluginProtocol
+from litestar.types import Scope
+
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.executor import TaskExecutor
+from async_tasks.metrics import TaskMetrics
+from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.demo import create_any_demo_task, demo_route
+from async_tasks.web.api.executors import list_executors
+from async_tasks.web.api.health import LoopLagProbe, health_handlers
+from async_tasks.web.api.sessions import current_session, new_session
+from async_tasks.web.api.streams import stream_router
+from async_tasks.web.api.tasks import TaskController
+from async_tasks.web.errors import EXCEPTION_HANDLERS
+from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
+from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
+from async_tasks.web.streams import StreamBridge
+
+
+def provide_session_key(scope: Scope) -> str:
+    """The ``session_key`` dependency: the caller's session, resolved by the middleware."""
+    return session_key_of(scope)
+
+
+class AsyncTasksPlugin(InitPluginProtocol):
+    def __init__(
+        self,
+        executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
+        *,
+        path: str = "/api/v1",
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        load_entry_points: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        system: TaskSystem | None = None,
+    ) -> None:
+        """Build the task system (or use `system`). Bad settings or executors raise here.
+
+        Args:
+            executors: executor classes (or instances) to register besides the ones
+                installed packages declare under the ``async_tasks.executors``
+                entry-point group.
+            path: where the API is mounted.
+            settings: defaults to `Settings.from_env(environ)`.
+            environ: the environment to read settings and executor configs from.
+            load_entry_points: set False to register only `executors`.
+            clock: the time source (tests pass a `FakeClock`).
+            system: an engine built beforehand (then the arguments above are unused).
+        """
+        self.system = system or TaskSystem(
+            executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
+        )
+        self.settings = self.system.settings
+        self.path = "/" + path.strip("/") if path.strip("/") else ""
+        #: Push streams (SSE / WebSocket): task events forwarded to each session's open streams.
+        self.streams = StreamBridge(self.system.store)
+        self.system.on_shutdown.append(self.streams.close)
+        #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
+        self.metrics = (
+            TaskMetrics(self.system, events_dropped=lambda: self.streams.events_dropped_total)
+            if self.settings.metrics_enabled
+            else None
+        )
+        self.lag_probe = LoopLagProbe()
+
+    def router(self) -> Router:
+        handlers: list[Any] = [TaskController, list_executors, current_session, new_session, create_any_demo_task]
+        handlers += [demo_route(type(executor)) for executor in self.system.executors]
+        handlers.append(stream_router(self.streams))
+        return Router(
+            path=self.path or "/",
+            route_handlers=handlers,
+            exception_handlers=EXCEPTION_HANDLERS,
+            request_max_body_size=self.settings.max_request_body_bytes,
+        )
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.route_handlers.append(self.router())
+        app_config.route_handlers.extend(health_handlers(self.lag_probe))
+        if self.metrics is not None:
+            app_config.route_handlers.append(metrics_controller(self.metrics))
+            app_config.middleware.append(http_metrics_config(self.metrics).middleware)
+        system = self.system
+        app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
+        app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
+        app_config.dependencies["api_path"] = Provide(lambda: self.path, sync_to_thread=False)
+        session_middleware = SessionMiddleware(system.sessions)
+        session_middleware.exclude_opt_key = OPS_OPT_KEY  # health probes and scrapes need no session
+        app_config.middleware.append(session_middleware)
+        app_config.middleware.append(RequestIdMiddleware())  # inside: it reads the session key
+        app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
+        app_config.lifespan.append(self.lifespan)
+        app_config.signature_namespace["TaskSystem"] = TaskSystem
+        return app_config
+
+    @asynccontextmanager
+    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        """The task system, the push streams and the loop-lag probe live as long as the app."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.lag_probe.run)
+            await tg.start(self.streams.run)
+            async with self.system:
+                app.state.task_system = self.system
+                yield
+            tg.cancel_scope.cancel()

@@ -1,0 +1,358 @@
+"""The task-store contract, run against every implementation (`store` fixture).
+
+Each test pins one promise of `async_tasks.store.base.TaskStore`: the state machine
+and its history, compare-and-set on status and attempt, progress accepted only from
+the running attempt, idempotent and quota-checked creation, counts kept without
+scans, pages, removal and retention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import anyio
+import pytest
+
+from async_tasks.errors import IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.events import TaskEvent
+from async_tasks.store.base import CreateLimits, Idempotency, Retention, TaskFilter, TaskStore
+from async_tasks.task import TRANSITIONS, Task, TaskStatus
+
+pytestmark = pytest.mark.anyio
+
+UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
+LEGAL = [(s, t) for s, targets in TRANSITIONS.items() for t in targets]
+ILLEGAL = [(s, t) for s, t in itertools.product(TaskStatus, TaskStatus) if t not in TRANSITIONS[s]]
+# How to bring a fresh task into each status through legal moves only.
+PATHS = {
+    TaskStatus.PENDING: [],
+    TaskStatus.RUNNING: [TaskStatus.RUNNING],
+    TaskStatus.COMPLETED: [TaskStatus.RUNNING, TaskStatus.COMPLETED],
+    TaskStatus.FAILED: [TaskStatus.RUNNING, TaskStatus.FAILED],
+    TaskStatus.CANCELLED: [TaskStatus.CANCELLED],
+}
+
+
+def new_task(session: str = "s", *, executor: str = "x", tags: list[str] | None = None) -> Task:
+    return Task(
+        id=str(uuid.uuid4()), session_key=session, executor=executor, name="t", params={"n": 1}, tags=tags or []
+    )
+
+
+async def add(store: TaskStore, session: str = "s", status: TaskStatus = TaskStatus.PENDING, **fields: object) -> Task:
+    task, replayed = await store.create(new_task(session, **fields), limits=UNLIMITED)  # type: ignore[arg-type]
+    assert not replayed
+    for step in PATHS[status]:
+        task = await store.transition(session, task.id, step)
+    return task
+
+
+def test_transition_table_matches_the_design() -> None:
+    """pending→running|cancelled, running→completed|failed|cancelled, failed|cancelled→pending."""
+    assert set(LEGAL) == {
+        (TaskStatus.PENDING, TaskStatus.RUNNING),
+        (TaskStatus.PENDING, TaskStatus.CANCELLED),
+        (TaskStatus.RUNNING, TaskStatus.COMPLETED),
+        (TaskStatus.RUNNING, TaskStatus.FAILED),
+        (TaskStatus.RUNNING, TaskStatus.CANCELLED),
+        (TaskStatus.FAILED, TaskStatus.PENDING),
+        (TaskStatus.CANCELLED, TaskStatus.PENDING),
+    }
+
+
+async def test_create_makes_a_pending_task_with_a_created_entry(store: TaskStore) -> None:
+    task = await add(store)
+    fetched = await store.get("s", task.id)
+    assert fetched.status is TaskStatus.PENDING and fetched.params == {"n": 1}
+    assert fetched.created_at > 0 and fetched.updated_at == fetched.created_at
+    assert [(h.status, h.reason) for h in fetched.history] == [(TaskStatus.PENDING, "created")]
+
+
+async def test_a_task_is_found_only_in_its_own_session(store: TaskStore) -> None:
+    task = await add(store, "a")
+    with pytest.raises(TaskNotFound):
+        await store.get("b", task.id)
+    with pytest.raises(TaskNotFound):
+        await store.transition("b", task.id, TaskStatus.CANCELLED)
+    with pytest.raises(TaskNotFound):
+        await store.remove("b", task.id)
+    assert not await store.report_progress("b", task.id, 0, 50, None, None)
+
+
+@pytest.mark.parametrize(("source", "target"), LEGAL, ids=lambda s: s.value)
+async def test_legal_transition_is_applied_and_recorded(
+    store: TaskStore, source: TaskStatus, target: TaskStatus
+) -> None:
+    task = await add(store, status=source)
+    before = len(task.history)
+    moved = await store.transition("s", task.id, target, reason="because")
+    assert moved.status is target and (await store.get("s", task.id)).status is target
+    assert len(moved.history) == before + 1
+    entry = moved.history[-1]
+    assert (entry.previous, entry.status, entry.reason) == (source, target, "because")
+    assert entry.at == moved.updated_at >= task.updated_at
+    counts = (await store.counts("s")).by_status
+    assert counts[target] == 1 and counts[source] == (1 if source is target else 0)
+
+
+@pytest.mark.parametrize(("source", "target"), ILLEGAL, ids=lambda s: s.value)
+async def test_illegal_transition_is_refused_and_changes_nothing(
+    store: TaskStore, source: TaskStatus, target: TaskStatus
+) -> None:
+    task = await add(store, status=source)
+    with pytest.raises(InvalidTransition) as caught:
+        await store.transition("s", task.id, target)
+    assert caught.value.code == "invalid_transition"
+    after = await store.get("s", task.id)
+    assert after.status is source and after.history == task.history
+
+
+async def test_transition_is_a_compare_and_set_on_status_and_attempt(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.RUNNING)
+    assert task.attempts == 1
+    with pytest.raises(InvalidTransition):  # legal, but not from the status the caller saw
+        await store.transition("s", task.id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING})
+    with pytest.raises(InvalidTransition):  # an older attempt cannot finish the task
+        await store.transition("s", task.id, TaskStatus.COMPLETED, attempt=0)
+    assert (await store.get("s", task.id)).status is TaskStatus.RUNNING
+    done = await store.transition("s", task.id, TaskStatus.COMPLETED, expect={TaskStatus.RUNNING}, attempt=1)
+    assert done.status is TaskStatus.COMPLETED and done.progress == 100
+
+
+async def test_concurrent_finishes_of_one_attempt_leave_one_winner(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.RUNNING)
+    outcomes: list[str] = []
+
+    async def finish(target: TaskStatus) -> None:
+        try:
+            await store.transition("s", task.id, target, expect={TaskStatus.RUNNING}, attempt=1)
+            outcomes.append(target.value)
+        except InvalidTransition:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for target in (TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.FAILED) * 3:
+            tg.start_soon(finish, target)
+    assert sorted(outcomes).count("refused") == 8
+    final = await store.get("s", task.id)
+    assert final.status.value in outcomes and len(final.history) == 3
+
+
+async def test_running_stamps_attempts_and_times(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.RUNNING)
+    assert task.attempts == 1 and task.started_at is not None and task.completed_at is None
+    failed = await store.transition("s", task.id, TaskStatus.FAILED, error="Boom: it broke", dead_letter=True)
+    assert failed.error == "Boom: it broke" and failed.completed_at is not None and failed.dead_lettered
+
+
+async def test_retry_resets_the_attempt_and_keeps_history(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.RUNNING)
+    assert await store.report_progress("s", task.id, 1, 60, "Working", "halfway")
+    await store.transition("s", task.id, TaskStatus.FAILED, error="boom")
+    retried = await store.transition("s", task.id, TaskStatus.PENDING, automatic=True)
+    assert retried.auto_retries == 1
+    again = await store.transition("s", task.id, TaskStatus.RUNNING)
+    assert (again.progress, again.current_step, again.error, again.attempts) == (0, None, None, 2)
+    assert [h.status for h in again.history] == [
+        TaskStatus.PENDING,
+        TaskStatus.RUNNING,
+        TaskStatus.FAILED,
+        TaskStatus.PENDING,
+        TaskStatus.RUNNING,
+    ]
+    await store.transition("s", task.id, TaskStatus.CANCELLED)
+    manual = await store.transition("s", task.id, TaskStatus.PENDING)
+    assert manual.auto_retries == 0  # a manual retry gives the retry policy its budget back
+
+
+async def test_progress_is_accepted_only_from_the_running_attempt(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.RUNNING)
+    assert await store.report_progress("s", task.id, 1, 45, "Loading", "reading")
+    seen = await store.get("s", task.id)
+    assert (seen.progress, seen.current_step, seen.current_step_description) == (45, "Loading", "reading")
+    assert await store.report_progress("s", task.id, 1, 50, None, "still reading")
+    assert (await store.get("s", task.id)).current_step == "Loading"
+    assert not await store.report_progress("s", task.id, 2, 90, None, None)  # not this attempt
+    await store.transition("s", task.id, TaskStatus.CANCELLED)
+    assert not await store.report_progress("s", task.id, 1, 80, "late", None)
+    frozen = await store.get("s", task.id)
+    assert frozen.progress == 50 and frozen.status is TaskStatus.CANCELLED
+
+
+async def test_cancel_of_a_completed_task_says_why(store: TaskStore) -> None:
+    task = await add(store, status=TaskStatus.COMPLETED)
+    with pytest.raises(InvalidTransition, match="A completed task cannot be cancelled"):
+        await store.transition("s", task.id, TaskStatus.CANCELLED)
+
+
+async def test_an_idempotency_key_replays_its_task_and_refuses_another_request(store: TaskStore) -> None:
+    key = Idempotency("key-1", b"fingerprint-a")
+    first, replayed = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    assert not replayed
+    again, replayed = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    assert replayed and again.id == first.id
+    assert (await store.replay("s", key)) is not None
+    assert await store.replay("other", key) is None  # keys are per session
+    with pytest.raises(IdempotencyConflict):
+        await store.create(new_task(), limits=UNLIMITED, idempotency=Idempotency("key-1", b"fingerprint-b"))
+    with pytest.raises(IdempotencyConflict):
+        await store.replay("s", Idempotency("key-1", b"fingerprint-b"))
+    assert (await store.counts("s")).total == 1
+
+
+async def test_concurrent_creates_with_one_key_make_one_task(store: TaskStore) -> None:
+    key = Idempotency("same", b"f")
+    made: list[tuple[str, bool]] = []
+
+    async def create() -> None:
+        task, replayed = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+        made.append((task.id, replayed))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(create)
+    assert len({task_id for task_id, _ in made}) == 1
+    assert sum(1 for _, replayed in made if not replayed) == 1
+    assert (await store.counts("s")).total == 1
+
+
+async def test_the_active_quota_is_checked_with_the_insert(store: TaskStore) -> None:
+    limits = CreateLimits(max_active_per_session=2)
+    await store.create(new_task(), limits=limits)
+    second, _ = await store.create(new_task(), limits=limits)
+    with pytest.raises(QuotaExceeded) as caught:
+        await store.create(new_task(), limits=limits)
+    assert caught.value.details == {"limit": 2, "active": 2}
+    await store.create(new_task("other"), limits=limits)  # per session
+    await store.transition("s", second.id, TaskStatus.CANCELLED)
+    await store.create(new_task(), limits=limits)  # finished tasks do not count
+
+
+async def test_concurrent_creates_never_exceed_the_quota(store: TaskStore) -> None:
+    limits = CreateLimits(max_active_per_session=3)
+    refused = 0
+
+    async def create() -> None:
+        nonlocal refused
+        try:
+            await store.create(new_task(), limits=limits)
+        except QuotaExceeded:
+            refused += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(create)
+    assert refused == 7 and (await store.counts("s")).active == 3
+
+
+async def test_counts_follow_every_change(store: TaskStore) -> None:
+    for status in TaskStatus:
+        await add(store, status=status)
+    await add(store, "other", TaskStatus.RUNNING)
+    counts = await store.counts("s")
+    assert counts.by_status == dict.fromkeys(TaskStatus, 1) and counts.total == 5 and counts.active == 2
+    totals = await store.totals()
+    assert totals.sessions == 2 and totals.by_status[TaskStatus.RUNNING] == 2
+    assert (await store.counts("nobody")).total == 0
+
+
+async def test_average_duration_counts_completed_tasks_only(store: TaskStore) -> None:
+    assert (await store.counts("s")).average_duration_ms == 0
+    done = await add(store, status=TaskStatus.COMPLETED)
+    await add(store, status=TaskStatus.FAILED)
+    assert (await store.counts("s")).average_duration_ms == (done.completed_at or 0) - (done.started_at or 0)
+
+
+async def test_query_pages_newest_first_with_filters(store: TaskStore) -> None:
+    made = [await add(store, executor="a" if i % 2 else "b", tags=["odd"] if i % 2 else []) for i in range(7)]
+    await store.transition("s", made[0].id, TaskStatus.CANCELLED)
+    await store.transition("s", made[3].id, TaskStatus.CANCELLED)
+    newest_first = [t.id for t in reversed(made)]
+
+    page = await store.query("s", TaskFilter(), limit=3, offset=2)
+    assert [t.id for t in page.tasks] == newest_first[2:5] and page.total == 7
+    cancelled = await store.query("s", TaskFilter(status=TaskStatus.CANCELLED), limit=1)
+    assert [t.id for t in cancelled.tasks] == [made[3].id] and cancelled.total == 2
+    by_executor = await store.query("s", TaskFilter(executor="a"))
+    assert [t.id for t in by_executor.tasks] == [made[5].id, made[3].id, made[1].id] and by_executor.total == 3
+    tagged = await store.query("s", TaskFilter(tag="odd", status=TaskStatus.PENDING))
+    assert [t.id for t in tagged.tasks] == [made[5].id, made[1].id] and tagged.total == 2
+    assert (await store.query("s", TaskFilter(dead_letter=True))).total == 0
+    assert (await store.query("nobody", TaskFilter())).total == 0
+
+
+async def test_remove_forgets_a_task_but_never_a_running_one(store: TaskStore) -> None:
+    running = await add(store, status=TaskStatus.RUNNING)
+    with pytest.raises(InvalidTransition, match="Cancel it first"):
+        await store.remove("s", running.id)
+    key = Idempotency("k", b"f")
+    done, _ = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    await store.transition("s", done.id, TaskStatus.CANCELLED)
+    removed = await store.remove("s", done.id)
+    assert removed.id == done.id
+    with pytest.raises(TaskNotFound):
+        await store.get("s", done.id)
+    assert (await store.counts("s")).total == 1
+    assert await store.replay("s", key) is None  # its Idempotency-Key is free again
+
+
+async def test_trim_keeps_the_newest_finished_per_status_and_session(store: TaskStore) -> None:
+    done = [await add(store, status=TaskStatus.COMPLETED) for _ in range(5)]
+    failed = [await add(store, status=TaskStatus.FAILED) for _ in range(3)]
+    [await add(store, status=TaskStatus.CANCELLED) for _ in range(2)]
+    active = [await add(store, status=TaskStatus.RUNNING) for _ in range(2)]
+    active += [await add(store) for _ in range(2)]
+    other = [await add(store, "other", TaskStatus.COMPLETED) for _ in range(2)]
+
+    result = await store.trim(Retention(max_completed=2, max_failed=1, max_cancelled=0))
+
+    assert (result.completed, result.failed, result.cancelled, result.total) == (3, 2, 2, 7)
+    remaining = {t.id for t in (await store.query("s", TaskFilter())).tasks}
+    assert remaining == {t.id for t in done[-2:] + failed[-1:] + active}
+    assert {t.id for t in (await store.query("other", TaskFilter())).tasks} == {t.id for t in other}
+    assert (await store.counts("s")).by_status[TaskStatus.COMPLETED] == 2
+
+
+async def test_trim_keeps_the_most_recently_finished(store: TaskStore) -> None:
+    first = await add(store, status=TaskStatus.RUNNING)
+    second = await add(store, status=TaskStatus.RUNNING)
+    await store.transition("s", second.id, TaskStatus.COMPLETED)
+    await store.transition("s", first.id, TaskStatus.COMPLETED)  # created first, finished last
+    await store.trim(Retention(max_completed=1, max_failed=1, max_cancelled=1))
+    assert [t.id for t in (await store.query("s", TaskFilter())).tasks] == [first.id]
+
+
+async def test_trim_of_one_session_leaves_the_others(store: TaskStore) -> None:
+    for session in ("a", "b"):
+        for _ in range(2):
+            await add(store, session, TaskStatus.COMPLETED)
+    result = await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0), "a")
+    assert result.total == 2
+    assert (await store.counts("a")).total == 0 and (await store.counts("b")).total == 2
+    assert (await store.totals()).sessions == 1
+
+
+async def test_every_change_is_published_to_the_event_source(store: TaskStore) -> None:
+    events: list[TaskEvent] = []
+    unsubscribe = store.events.subscribe(events.append)
+    task = await add(store, status=TaskStatus.RUNNING)
+    await store.report_progress("s", task.id, 1, 30, "Step", None)
+    await store.transition("s", task.id, TaskStatus.COMPLETED, result={"ok": True})
+    await store.remove("s", task.id)
+    unsubscribe()
+    assert [(e.type.value, e.status) for e in events] == [
+        ("transition", "pending"),
+        ("transition", "running"),
+        ("progress", "running"),
+        ("transition", "completed"),
+        ("removed", "completed"),
+    ]
+    assert events[3].result == {"ok": True} and events[3].attempt == 1 and events[3].name == "t"
+
+
+async def test_token_buckets_refill_at_their_rate(store: TaskStore) -> None:
+    assert [await store.take_token("b", 1000.0, 3) for _ in range(3)] == [0, 0, 0]
+    wait = await store.take_token("b", 1000.0, 3)
+    assert 0 < wait <= 0.001
+    assert await store.take_token("another", 1000.0, 3) == 0
