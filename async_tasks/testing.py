@@ -1,4 +1,4 @@
-"""Test doubles for people writing executors (and for this project's own tests).
+"""Test helpers for people writing executors and apps (and for this project's own tests).
 
     from async_tasks.testing import run_executor
 
@@ -7,15 +7,25 @@
         assert run.result == {"done": 3}
         assert [r.percent for r in run.reports] == [0, 50, 100]
 
-`FakeClock` replaces the server's clock: time moves only when a test advances it,
-and `sleep` returns as soon as the fake time reaches its deadline.
+- `run_executor`: one attempt of an executor, in-process, with its reports recorded.
+- `FakeClock`: the engine's clock, moved only when a test advances it; `sleep`
+  returns as soon as the fake time reaches its deadline.
+- `wait_for`: wait until a task reaches a status or a progress, on the store's
+  events (never a sleep).
+- `serve_in_loop`: a Litestar app (lifespan included) running in the test's own
+  event loop, with an httpx client on it.
+- `capture_logs`: the log records the task system writes, as dicts.
+- `free_port`: a free TCP port on loopback, for tests that start real servers.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +36,13 @@ from async_tasks.clock import Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.progress import ProgressReporter, ThreadProgress
 from async_tasks.task import Task, TaskStatus
+
+if TYPE_CHECKING:
+    import httpx
+    from litestar import Litestar
+
+    from async_tasks.events import TaskEvent
+    from async_tasks.system import TaskSystem
 
 
 class ProgressReport(msgspec.Struct, frozen=True):
@@ -156,3 +173,89 @@ class FakeClock(Clock):
         while len(self._waiters) < count:
             self._sleeping = anyio.Event()
             await self._sleeping.wait()
+
+
+async def wait_for(
+    system: TaskSystem,
+    session_key: str,
+    task_id: str,
+    *statuses: TaskStatus | str,
+    progress: float | None = None,
+    limit: float = 5,
+) -> Task:
+    """Wait until the task is in one of `statuses` (or has reached `progress`), woken by
+    the store's events: never a sleep. Fails after `limit` seconds."""
+    wanted = {TaskStatus(status) for status in statuses}
+    store = system.store
+    changed = anyio.Event()
+
+    def reached(task: Task) -> bool:
+        return task.status in wanted or (progress is not None and task.progress >= progress)
+
+    def listener(event: TaskEvent) -> None:
+        if event.task_id == task_id:
+            changed.set()
+
+    unsubscribe = store.events.subscribe(listener)
+    try:
+        with anyio.fail_after(limit):
+            while not reached(task := await store.get(session_key, task_id)):
+                await changed.wait()
+                changed = anyio.Event()
+    finally:
+        unsubscribe()
+    return task
+
+
+@asynccontextmanager
+async def serve_in_loop(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+    """Run `app` (lifespan included) in the test's own event loop and give an httpx client.
+
+    Unlike Litestar's AsyncTestClient (which runs the app in a portal thread), the
+    engine's tasks then share the test's loop, so a test can wait on events and
+    `anyio.wait_all_tasks_blocked()` instead of sleeping.
+    """
+    import httpx
+
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=cast("Any", app), client=(client_ip, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+            yield http
+
+
+@contextmanager
+def capture_logs(logger: str = "async_tasks") -> Iterator[list[dict[str, Any]]]:
+    """Collect what `logger` (and its children) log, as dicts: ``level``, ``logger``,
+    ``message`` and the context fields (``task_id``, ``session_key``, ...) when set."""
+    from async_tasks.logs import ContextFilter
+
+    records: list[dict[str, Any]] = []
+    context = ContextFilter()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            context.filter(record)
+            entry = {"level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+            for field in ("request_id", "session_key", "task_id", "executor", "status", "reason", "error"):
+                value = getattr(record, field, None)
+                if value is not None:
+                    entry[field] = value
+            records.append(entry)
+
+    handler = Collect(logging.DEBUG)
+    target = logging.getLogger(logger)
+    level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for a test that starts a real server)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -16,7 +16,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from async_tasks.testing import free_port
 from bench.inproc import TUNED_ENV, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,12 +78,6 @@ def log(message: str) -> None:
 
 
 # -- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ from litestar import Litestar
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
+from async_tasks.testing import serve_in_loop
 from async_tasks.web.app import create_app
 from tests.helpers import TEST_EXECUTORS
 
@@ -47,20 +47,6 @@ def make_app() -> Callable[..., Litestar]:
 @pytest.fixture
 async def app(make_app: Callable[..., Litestar]) -> Litestar:
     return make_app()
-
-
-@asynccontextmanager
-async def serve_in_loop(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """Run `app` (lifespan included) in the test's own event loop and give an httpx client.
-
-    Unlike Litestar's AsyncTestClient (which runs the app in a portal thread), the
-    runner's tasks then share the test's loop, so tests can wait on events and
-    `anyio.wait_all_tasks_blocked()` instead of sleeping.
-    """
-    async with app.lifespan():
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
-            yield http
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import anyio
 import msgspec
 from litestar import Litestar
 
-from async_tasks import Step, TaskExecutor, TaskParams
-from async_tasks.events import TaskEvent
+from async_tasks import Step, TaskExecutor, TaskParams, testing
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task
@@ -96,31 +95,8 @@ def find_task(app: Litestar, task_id: str) -> Task | None:
 
 
 async def wait_for(app: Litestar, task_id: str, *statuses: str, progress: float | None = None) -> Task:
-    """Wait (on the event hub, not the clock) until the task reaches a status or progress.
-
-    The app must run in the caller's event loop (the `client` fixture / `serve_in_loop`).
-    """
-    hub = system_of(app).store.events
-    reached = anyio.Event()
-
-    def done(task: Task | None) -> bool:
-        if task is None:
-            return False
-        if progress is not None and task.progress >= progress:
-            return True
-        return task.status.value in statuses
-
-    def listener(event: TaskEvent) -> None:
-        if event.task_id == task_id and done(find_task(app, task_id)):
-            reached.set()
-
-    unsubscribe = hub.subscribe(listener)
-    try:
-        with anyio.fail_after(5):
-            if not done(find_task(app, task_id)):
-                await reached.wait()
-    finally:
-        unsubscribe()
+    """`async_tasks.testing.wait_for` for a task of any session of `app` (which must run
+    in the caller's event loop: the `client` fixture / `serve_in_loop`)."""
     task = find_task(app, task_id)
-    assert task is not None
-    return task
+    assert task is not None, f"no task {task_id}"
+    return await testing.wait_for(system_of(app), task.session_key, task_id, *statuses, progress=progress)

@@ -10,7 +10,6 @@ from litestar import Litestar
 
 from tests.helpers import ScriptExecutor, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 
 
@@ -232,7 +231,7 @@ async def test_params_error_names_the_field(client: httpx.AsyncClient) -> None:
 
 
 async def test_oversized_body_is_413(make_app: Any) -> None:
-    from tests.conftest import serve_in_loop
+    from async_tasks.testing import serve_in_loop
 
     async with serve_in_loop(make_app(max_request_body_bytes=2048)) as client:
         response = await client.post(f"{API}/tasks", json={"executor": "script", "description": "x" * 5000})

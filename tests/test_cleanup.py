@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
-import pytest
 from litestar import Litestar
 
 from async_tasks.cleanup import Cleaner
@@ -15,8 +14,7 @@ from async_tasks.settings import Settings
 from async_tasks.store.base import CreateLimits
 from async_tasks.store.memory import TRIM_BATCH, MemoryTaskStore
 from async_tasks.task import Task, TaskStatus
-from async_tasks.testing import FakeClock
-from tests.conftest import serve_in_loop
+from async_tasks.testing import FakeClock, serve_in_loop
 
 API = "/api/v1"
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
@@ -36,7 +34,6 @@ async def finished(store: MemoryTaskStore, session: str, status: TaskStatus, n: 
     return ids
 
 
-@pytest.mark.anyio
 async def test_a_sweep_applies_the_retention_settings_and_records_its_run() -> None:
     clock = FakeClock()
     store = MemoryTaskStore(clock)
@@ -54,7 +51,6 @@ async def test_a_sweep_applies_the_retention_settings_and_records_its_run() -> N
     assert cleaner.last_run.at == clock.now_ms()
 
 
-@pytest.mark.anyio
 async def test_a_manual_run_touches_only_the_callers_session() -> None:
     store = MemoryTaskStore()
     cleaner = Cleaner(store, Settings(max_completed_tasks=0))
@@ -64,7 +60,6 @@ async def test_a_manual_run_touches_only_the_callers_session() -> None:
     assert "a" not in store.sessions and len(store.sessions["b"].tasks) == 2
 
 
-@pytest.mark.anyio
 async def test_a_large_sweep_yields_to_the_event_loop_and_says_it_is_running() -> None:
     """A sweep removing many tasks lets other work run between batches, and meanwhile
     `is_running` is true (what `/tasks/cleanup/status` reports)."""
@@ -86,7 +81,6 @@ async def test_a_large_sweep_yields_to_the_event_loop_and_says_it_is_running() -
     assert seen_running.count(True) >= 2 and not cleaner.is_running
 
 
-@pytest.mark.anyio
 async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Litestar]) -> None:
     clock = FakeClock()
     app = make_app(clock=clock, max_completed_tasks=1, task_cleanup_interval=60_000)
@@ -111,7 +105,6 @@ async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Lit
         }
 
 
-@pytest.mark.anyio
 async def test_cleanup_endpoints(make_app: Callable[..., Litestar]) -> None:
     async with serve_in_loop(make_app(max_cancelled_tasks=1)) as client:
         status = (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]

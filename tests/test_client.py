@@ -114,7 +114,6 @@ def test_watch_follows_automatic_retries_to_the_end(client: TaskClient) -> None:
     assert client.get_task(task["id"])["attempts"] == 2
 
 
-@pytest.mark.anyio
 async def test_async_watch_follows_automatic_retries_to_the_end(live_server: str) -> None:  # noqa: F811
     async with AsyncTaskClient(live_server) as tasks:
         task = await tasks.create_task("script", {"failAttempts": 1}, maxRetries=1)
@@ -171,7 +170,6 @@ def test_executors_and_cleanup(client: TaskClient) -> None:
     assert result["removed"] >= 0
 
 
-@pytest.mark.anyio
 async def test_async_client(live_server: str) -> None:  # noqa: F811
     async with AsyncTaskClient(live_server) as tasks:
         task = await tasks.demo("sample", delayMs=0)

@@ -21,18 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from async_tasks.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "DEMO_GUIDE.md"
 BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 SEPARATOR = "=====GUIDE-BLOCK====="
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:

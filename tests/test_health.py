@@ -9,11 +9,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from async_tasks.testing import serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.conftest import serve_in_loop
 from tests.helpers import system_of
-
-pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("path", ["/health", "/healthz"])

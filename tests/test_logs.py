@@ -15,10 +15,10 @@ from litestar import Litestar
 from async_tasks.errors import SettingsError
 from async_tasks.logs import ContextFilter, JsonFormatter, TextFormatter
 from async_tasks.settings import Settings
-from tests.conftest import SECRET, serve_in_loop
+from async_tasks.testing import serve_in_loop
+from tests.conftest import SECRET
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 

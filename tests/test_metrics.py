@@ -16,13 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_tasks import cli
 from async_tasks.errors import SettingsError
 from async_tasks.settings import Settings
-from async_tasks.testing import FakeClock
+from async_tasks.testing import FakeClock, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.conftest import serve_in_loop
 from tests.helpers import ScriptExecutor, system_of, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -14,11 +14,10 @@ from async_tasks import AsyncTasksPlugin, TaskExecutor, TaskSystem
 from async_tasks.errors import ExecutorRegistrationError
 from async_tasks.executor import ExecutorRegistry
 from async_tasks.settings import Settings
+from async_tasks.testing import serve_in_loop
 from executors.sample import SampleExecutor
-from tests.conftest import SECRET, serve_in_loop
+from tests.conftest import SECRET
 from tests.helpers import ScriptExecutor, wait_for
-
-pytestmark = pytest.mark.anyio
 
 
 def test_builtins_register_through_entry_points() -> None:

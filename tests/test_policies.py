@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock
-from tests.conftest import serve_in_loop
+from async_tasks.testing import FakeClock, serve_in_loop
 from tests.helpers import ScriptExecutor
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 
 

@@ -15,7 +15,6 @@ from async_tasks.context import request_id_var, task_id_var
 from async_tasks.logs import ContextFilter
 from tests.helpers import ScriptExecutor, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 GENERATED = re.compile(r"[0-9a-f]{32}")
 

@@ -8,14 +8,11 @@ from typing import Any
 
 import anyio
 import httpx
-import pytest
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock
-from tests.conftest import serve_in_loop
+from async_tasks.testing import FakeClock, serve_in_loop
 from tests.helpers import BlockingExecutor, ScriptExecutor, find_task, system_of, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 
 

@@ -10,9 +10,8 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from tests.conftest import serve_in_loop
+from async_tasks.testing import serve_in_loop
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 
 

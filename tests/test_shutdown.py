@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from async_tasks.testing import free_port
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.conftest import SECRET
 from tests.helpers import wait_for
@@ -37,7 +37,6 @@ EXIT_MARGIN = 1.5
 # -- in process: the shutdown starts when the signal arrives -------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_shutdown_starts_at_the_request_not_at_the_end_of_the_lifespan(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:
@@ -66,12 +65,6 @@ async def test_shutdown_starts_at_the_request_not_at_the_end_of_the_lifespan(
 
 
 # -- real processes -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -23,9 +23,9 @@ from litestar.testing import TestClient
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
 from async_tasks.task import Task
+from async_tasks.testing import serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
 from async_tasks.web.streams import OPENED, Frame, StreamBridge
-from tests.conftest import serve_in_loop
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
 
 API = "/api/v1"
@@ -171,7 +171,6 @@ def assert_nothing_left(bridge: StreamBridge) -> None:
 # -- per-task stream (finite: the in-process client can read it) ----------------------------
 
 
-@pytest.mark.anyio
 async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, app: Litestar) -> None:
     bridge = bridge_of(app)
     bridge.coalesce_window = 0  # every progress report goes out: an exact sequence
@@ -213,7 +212,6 @@ async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, 
     assert_nothing_left(bridge)
 
 
-@pytest.mark.anyio
 async def test_task_stream_of_a_finished_task_is_one_snapshot(client: httpx.AsyncClient, app: Litestar) -> None:
     task = await create(client, start=True, params={"result": {"answer": 42}})
     await wait_for(app, task["id"], "completed")
@@ -226,7 +224,6 @@ async def test_task_stream_of_a_finished_task_is_one_snapshot(client: httpx.Asyn
     assert bridge_of(app).sessions == {}  # never subscribed
 
 
-@pytest.mark.anyio
 async def test_task_stream_of_unknown_or_foreign_task_is_404(client: httpx.AsyncClient) -> None:
     _, alice = await new_session(client)
     _, bob = await new_session(client)
@@ -238,7 +235,6 @@ async def test_task_stream_of_unknown_or_foreign_task_is_404(client: httpx.Async
         assert body["success"] is False and body["error"]["code"] == "task_not_found"
 
 
-@pytest.mark.anyio
 async def test_task_stream_follows_an_automatic_retry_to_the_end(make_app: Callable[..., Litestar]) -> None:
     app = make_app(retry_backoff_ms=0)
     async with serve_in_loop(app) as http:
@@ -262,7 +258,6 @@ async def test_task_stream_follows_an_automatic_retry_to_the_end(make_app: Calla
 # -- coalescing ------------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_coalescing_sends_the_latest_progress_before_the_transition(
     client: httpx.AsyncClient, app: Litestar
 ) -> None:
@@ -287,7 +282,6 @@ async def test_coalescing_sends_the_latest_progress_before_the_transition(
     assert bridge.events_coalesced_total == 1
 
 
-@pytest.mark.anyio
 async def test_a_progress_flood_is_coalesced(make_app: Callable[..., Litestar]) -> None:
     app = make_app([*TEST_EXECUTORS, FloodExecutor])
     bridge = bridge_of(app)  # the default window (100 ms)
@@ -309,7 +303,6 @@ async def test_a_progress_flood_is_coalesced(make_app: Callable[..., Litestar]) 
 # -- session stream over real HTTP ---------------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_session_streams_are_isolated_keep_alive_and_clean_up(make_app: Callable[..., Litestar]) -> None:
     app = make_app(auto_map_session_by_ip=False)
     bridge = bridge_of(app)
@@ -420,7 +413,6 @@ def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
 # -- disconnect, back-pressure, shutdown -----------------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_a_disconnected_client_leaves_nothing_behind(client: httpx.AsyncClient, app: Litestar) -> None:
     bridge = bridge_of(app)
     task = await create(client, start=True, params={"hold": True})
@@ -457,7 +449,6 @@ def task_id_of(frame: Frame) -> str:
     return json.loads(frame.data)["taskId"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.anyio
 async def test_a_slow_client_has_a_bounded_backlog_then_resyncs(app: Litestar) -> None:
     async with own_bridge(app, max_backlog=5, coalesce_window=0) as (system, bridge):
         first = await system.create_task("s_slow", executor="script", start=False)
@@ -478,7 +469,6 @@ async def test_a_slow_client_has_a_bounded_backlog_then_resyncs(app: Litestar) -
         assert_nothing_left(bridge)
 
 
-@pytest.mark.anyio
 async def test_a_new_stream_never_gets_events_older_than_its_snapshot(app: Litestar) -> None:
     async with own_bridge(app) as (system, bridge):
         existing = await system.create_task("s_key", executor="script", start=False)
@@ -500,7 +490,6 @@ async def test_a_new_stream_never_gets_events_older_than_its_snapshot(app: Lites
         assert_nothing_left(bridge)
 
 
-@pytest.mark.anyio
 async def test_streams_end_when_the_app_shuts_down(app: Litestar) -> None:
     bridge = bridge_of(app)
     stop, stopped = anyio.Event(), anyio.Event()

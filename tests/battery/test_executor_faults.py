@@ -16,10 +16,9 @@ from litestar import Litestar
 
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.task import Task
-from tests.conftest import serve_in_loop
+from async_tasks.testing import serve_in_loop
 from tests.helpers import TEST_EXECUTORS, find_task, system_of, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 FLOOD = 100_000
 

@@ -16,11 +16,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock
-from tests.conftest import serve_in_loop
+from async_tasks.testing import FakeClock, serve_in_loop
 from tests.helpers import memory_store_of
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 #: Refused creates in the flood test, and how many of them run under tracemalloc (slow).
 FLOOD = 5000 if os.environ.get("BATTERY_EXAMPLES") else 300

@@ -26,10 +26,9 @@ from litestar import Litestar
 
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.task import Task, TaskStatus, can_transition
-from tests.conftest import serve_in_loop
+from async_tasks.testing import serve_in_loop
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, system_of, wait_for
 
-pytestmark = pytest.mark.anyio
 API = "/api/v1"
 COMMANDS = ["start", "cancel", "retry", "delete", "release"]
 

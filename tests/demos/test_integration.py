@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from async_tasks.testing import serve_in_loop
 from demos.integration import create_app
-from tests.conftest import serve_in_loop
 from tests.helpers import wait_for
-
-pytestmark = pytest.mark.anyio
 
 
 async def test_process_large_file_returns_at_once_and_the_task_completes(monkeypatch: pytest.MonkeyPatch) -> None:

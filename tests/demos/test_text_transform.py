@@ -8,8 +8,6 @@ import pytest
 from async_tasks.testing import run_executor
 from demos.text_transform import TextTransformExecutor
 
-pytestmark = pytest.mark.anyio
-
 
 async def test_reverses_and_appends_length() -> None:
     run = await run_executor(TextTransformExecutor, {"payload": "Hello world!", "delayMs": 0})

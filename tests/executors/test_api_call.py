@@ -301,7 +301,6 @@ BLOCKED = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("endpoint", "fragment"), BLOCKED)
 async def test_validate_refuses_with_a_readable_message(endpoint: str, fragment: str) -> None:
     """Every blocked form is a 400 on `endpoint` saying why."""
@@ -315,7 +314,6 @@ def test_the_matrix_is_large_enough() -> None:
     assert len(BLOCKED) >= 40
 
 
-@pytest.mark.anyio
 async def test_refusal_message_says_what_to_change() -> None:
     with pytest.raises(InvalidParams) as info:
         await ApiCallExecutor().validate(params("https://internal.example/items"))
@@ -325,7 +323,6 @@ async def test_refusal_message_says_what_to_change() -> None:
     )
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     "endpoint",
     [
@@ -343,7 +340,6 @@ async def test_validate_accepts_public_targets(endpoint: str) -> None:
     await ApiCallExecutor().validate(params(endpoint))
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("endpoint", "allowed"),
     [
@@ -370,7 +366,6 @@ async def test_allow_list_exempts_exactly_its_hosts(endpoint: str, allowed: bool
             await executor.validate(params(endpoint))
 
 
-@pytest.mark.anyio
 async def test_reserved_headers_are_refused() -> None:
     with pytest.raises(InvalidParams) as info:
         await ApiCallExecutor().validate(params("https://public.example/", headers={"Host": "intranet"}))
@@ -453,7 +448,6 @@ def test_bad_limits_are_settings_errors(environ: dict[str, str]) -> None:
         ApiCallExecutor.from_environ(environ)
 
 
-@pytest.mark.anyio
 async def test_the_system_resolver_agrees_with_the_policy() -> None:
     """`localhost` and numeric spellings resolve to what the policy assumes."""
     assert any(ip.is_loopback for ip in await REAL_RESOLVE("localhost", 80))
@@ -483,7 +477,6 @@ CONNECT_BLOCKED = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("template", CONNECT_BLOCKED)
 async def test_execute_without_validate_refuses_before_connecting(template: str) -> None:
     with sink() as target:
@@ -496,7 +489,6 @@ async def test_execute_without_validate_refuses_before_connecting(template: str)
         assert target.connections() == 0
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("template", CONNECT_BLOCKED)
 async def test_the_transport_itself_refuses_to_connect(template: str) -> None:
     """The connection step re-checks, whatever checked (or did not check) the URL before."""
@@ -509,7 +501,6 @@ async def test_the_transport_itself_refuses_to_connect(template: str) -> None:
         assert target.connections() == 0
 
 
-@pytest.mark.anyio
 async def test_dns_rebinding_after_the_check_is_refused_at_connect(dns: dict[str, list[str]]) -> None:
     """The name passes validate and the pre-check, then resolves to loopback when connecting."""
     executor = ApiCallExecutor()
@@ -531,7 +522,6 @@ async def test_dns_rebinding_after_the_check_is_refused_at_connect(dns: dict[str
 # --- real calls to a local server -----------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_get_json_from_an_allowed_local_server() -> None:
     async with local_server() as server:
         run = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/json"}, environ=LOCAL)
@@ -549,7 +539,6 @@ async def test_get_json_from_an_allowed_local_server() -> None:
     assert run.steps == STEP_NAMES
 
 
-@pytest.mark.anyio
 async def test_an_allow_listed_name_is_resolved_and_called() -> None:
     """The demo setting: API_CALL_ALLOW_HOSTS=localhost lets a local API be called by name."""
     async with local_server() as server:
@@ -561,7 +550,6 @@ async def test_an_allow_listed_name_is_resolved_and_called() -> None:
     assert run.result["statusCode"] == 200 and run.result["body"]["hello"] == "world"
 
 
-@pytest.mark.anyio
 async def test_post_sends_json_and_headers() -> None:
     async with local_server() as server:
         run = await run_executor(
@@ -580,14 +568,12 @@ async def test_post_sends_json_and_headers() -> None:
     assert body["headers"]["content-type"] == "application/json"
 
 
-@pytest.mark.anyio
 async def test_head_has_no_body() -> None:
     async with local_server() as server:
         run = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/json", "method": "HEAD"}, environ=LOCAL)
     assert run.result["statusCode"] == 200 and run.result["body"] is None
 
 
-@pytest.mark.anyio
 async def test_long_text_is_truncated_and_binary_summarised() -> None:
     async with local_server() as server:
         text = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/text"}, environ=LOCAL)
@@ -597,7 +583,6 @@ async def test_long_text_is_truncated_and_binary_summarised() -> None:
     assert binary.result["body"] == "<256 bytes of application/octet-stream>"
 
 
-@pytest.mark.anyio
 async def test_redirect_to_an_allowed_target_is_followed() -> None:
     async with local_server() as server:
         run = await run_executor(ApiCallExecutor, {"endpoint": f"{server.base}/redirect?to=/json"}, environ=LOCAL)
@@ -618,7 +603,6 @@ REDIRECT_BLOCKED = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("template", "sink_host"), REDIRECT_BLOCKED)
 async def test_redirect_from_allowed_to_blocked_is_refused(template: str, sink_host: str | None) -> None:
     with sink(sink_host or "127.0.0.1") as target:
@@ -632,7 +616,6 @@ async def test_redirect_from_allowed_to_blocked_is_refused(template: str, sink_h
         assert target.connections() == 0
 
 
-@pytest.mark.anyio
 async def test_redirects_are_capped() -> None:
     async with local_server() as server:
         with pytest.raises(ApiCallFailed, match=r"stopped after 2 redirects \(API_CALL_MAX_REDIRECTS\)"):
@@ -644,7 +627,6 @@ async def test_redirects_are_capped() -> None:
         assert server.paths == ["/loop"] * 3
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("status", "phrase"), [(503, "Service Unavailable"), (404, "Not Found")])
 async def test_error_status_fails_the_task(status: int, phrase: str) -> None:
     async with local_server() as server:
@@ -654,7 +636,6 @@ async def test_error_status_fails_the_task(status: int, phrase: str) -> None:
     assert str(info.value) == f"GET {url} returned {status} {phrase}."
 
 
-@pytest.mark.anyio
 async def test_response_over_the_cap_is_cut_off_while_streaming() -> None:
     async with local_server() as server:
         with pytest.raises(ApiCallFailed, match=r"larger than the 4 KiB limit \(API_CALL_MAX_RESPONSE_BYTES\)"):
@@ -665,7 +646,6 @@ async def test_response_over_the_cap_is_cut_off_while_streaming() -> None:
             )
 
 
-@pytest.mark.anyio
 async def test_declared_length_over_the_cap_fails_before_reading() -> None:
     async with local_server() as server:
         with pytest.raises(ApiCallFailed, match=r"announced a 10,000,000-byte response, over the 4 KiB limit"):
@@ -676,7 +656,6 @@ async def test_declared_length_over_the_cap_fails_before_reading() -> None:
             )
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("timeout_ms", "environ", "limit"),
     [(200, LOCAL, 200), (10_000, {**LOCAL, "API_CALL_MAX_TIMEOUT_MS": "150"}, 150)],
@@ -691,7 +670,6 @@ async def test_a_server_that_never_answers_times_out(timeout_ms: int, environ: d
         assert anyio.current_time() - started < limit / 1000 + 1
 
 
-@pytest.mark.anyio
 async def test_connection_refused_is_a_readable_failure() -> None:
     with sink() as closed:
         port = closed.port

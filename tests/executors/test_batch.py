@@ -19,7 +19,6 @@ def sha16(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@pytest.mark.anyio
 async def test_per_item_results_with_failures_recorded() -> None:
     items = ["  hello \t world ", 3, -1.5, {"b": 1, "a": 2}, None, {"fail": True}, [1, "x", None], True]
     run = await run_executor(BatchExecutor, {"items": items, "itemDelayMs": 0})
@@ -55,7 +54,6 @@ async def test_per_item_results_with_failures_recorded() -> None:
     assert msgspec.json.decode(msgspec.json.encode(result)) == result
 
 
-@pytest.mark.anyio
 async def test_unicode_strings_are_normalised_before_hashing() -> None:
     decomposed = "cafe\u0301"  # 'e' + combining acute accent
     run = await run_executor(BatchExecutor, {"items": [decomposed, "caf\u00e9"], "itemDelayMs": 0})
@@ -65,7 +63,6 @@ async def test_unicode_strings_are_normalised_before_hashing() -> None:
     assert first["sha256"] == sha16("CAF\u00c9")
 
 
-@pytest.mark.anyio
 async def test_huge_numbers_fail_the_item_only() -> None:
     run = await run_executor(BatchExecutor, {"items": [10**301, 1e200, 7], "itemDelayMs": 0})
     statuses = [entry["status"] for entry in run.result["items"]]
@@ -73,7 +70,6 @@ async def test_huge_numbers_fail_the_item_only() -> None:
     assert run.result["items"][2]["output"]["square"] == 49
 
 
-@pytest.mark.anyio
 async def test_progress_is_reported_after_each_item() -> None:
     items = ["a", "b", None, "d", "e"]
     run = await run_executor(BatchExecutor, {"items": items, "itemDelayMs": 0})
@@ -89,7 +85,6 @@ async def test_progress_is_reported_after_each_item() -> None:
     assert run.steps[-1] == "Summarizing Results"
 
 
-@pytest.mark.anyio
 async def test_with_a_delay_the_item_in_hand_is_named_first(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
 
@@ -109,7 +104,6 @@ async def test_with_a_delay_the_item_in_hand_is_named_first(monkeypatch: pytest.
     ]
 
 
-@pytest.mark.anyio
 async def test_zero_delay_never_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     async def forbidden(seconds: float) -> None:
         raise AssertionError("slept with itemDelayMs=0")
@@ -119,7 +113,6 @@ async def test_zero_delay_never_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run.result["succeeded"] == 50
 
 
-@pytest.mark.anyio
 async def test_item_count_is_capped_by_config() -> None:
     environ = {"BATCH_MAX_ITEMS": "3"}
     run = await run_executor(BatchExecutor, {"items": [1, 2, 3], "itemDelayMs": 0}, environ=environ)
@@ -130,14 +123,12 @@ async def test_item_count_is_capped_by_config() -> None:
     assert "at most 3" in caught.value.message
 
 
-@pytest.mark.anyio
 async def test_default_item_cap_is_1000() -> None:
     with pytest.raises(InvalidParams) as caught:
         await run_executor(BatchExecutor, {"items": [0] * 1001, "itemDelayMs": 0})
     assert caught.value.field == "items"
 
 
-@pytest.mark.anyio
 async def test_per_item_size_is_capped() -> None:
     big = "x" * (10 * 1024)
     with pytest.raises(InvalidParams) as caught:
@@ -177,7 +168,6 @@ def test_bad_config_stops_start_up() -> None:
         BatchExecutor.from_environ({"BATCH_MAX_ITEMS": "lots"})
 
 
-@pytest.mark.anyio
 async def test_cancel_is_prompt_between_items() -> None:
     started = time.monotonic()
     with anyio.fail_after(2):

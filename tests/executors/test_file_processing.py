@@ -209,7 +209,6 @@ def test_at_least_thirty_unsafe_payloads() -> None:
     assert len(set(UNSAFE_PATHS)) == len(UNSAFE_PATHS)
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("payload", UNSAFE_PATHS, ids=lambda p: repr(p[:40]))
 async def test_unsafe_paths_are_refused(payload: str, shared_layout: Layout, opened: list[str]) -> None:
     layout = shared_layout
@@ -238,7 +237,6 @@ def test_schema_refuses_over_long_paths(payload: str) -> None:
         msgspec.convert({"filePath": payload}, FileProcessingParams)
 
 
-@pytest.mark.anyio
 async def test_refusal_messages_are_readable(shared_layout: Layout) -> None:
     layout = shared_layout
     executor = FileProcessingExecutor.from_environ(layout.environ)
@@ -263,7 +261,6 @@ async def test_refusal_messages_are_readable(shared_layout: Layout) -> None:
     assert "empty" in await message("")
 
 
-@pytest.mark.anyio
 async def test_fifo_never_hangs(shared_layout: Layout) -> None:
     layout = shared_layout
     with anyio.fail_after(2):
@@ -278,7 +275,6 @@ def reading_reports(run: ExecutorRun) -> list[float]:
     return [r.percent for r in run.reports if r.step == "Reading File"]
 
 
-@pytest.mark.anyio
 async def test_reads_a_file_and_summarises_it(layout: Layout, opened: list[str]) -> None:
     run = await run_executor(FileProcessingExecutor, {"filePath": "welcome.txt"}, environ=layout.environ)
     assert run.result == {"path": "welcome.txt", **expected_summary(WELCOME)}
@@ -294,7 +290,6 @@ async def test_reads_a_file_and_summarises_it(layout: Layout, opened: list[str])
 CHUNK_SIZES = [1, 2, 3, 4, 5, 7, 11, 64, 65536]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     "data",
     [
@@ -318,7 +313,6 @@ async def test_word_and_line_counts_across_chunk_boundaries(tmp_path: Path, data
         assert len(reading_reports(run)) == 1 + math.ceil(len(data) / chunk_size)
 
 
-@pytest.mark.anyio
 async def test_empty_file(layout: Layout) -> None:
     (layout.root / "empty.txt").write_bytes(b"")
     run = await run_executor(FileProcessingExecutor, {"filePath": "empty.txt"}, environ=layout.environ)
@@ -327,7 +321,6 @@ async def test_empty_file(layout: Layout) -> None:
     assert run.reports[-1].percent == 100
 
 
-@pytest.mark.anyio
 async def test_progress_follows_the_bytes_read(layout: Layout) -> None:
     data = b"0123456789" * 50  # 500 bytes
     (layout.root / "data.bin").write_bytes(data)
@@ -340,7 +333,6 @@ async def test_progress_follows_the_bytes_read(layout: Layout) -> None:
     assert percents == sorted(percents) and percents[-1] == 100
 
 
-@pytest.mark.anyio
 async def test_tiny_chunks_grow_for_big_files(layout: Layout) -> None:
     size = MAX_BYTES  # with chunkSize 1 that would be 1000 chunks; the cap is lower here
     data = bytes(range(256)) * 3 + b"x" * (size - 768)
@@ -359,7 +351,6 @@ async def test_tiny_chunks_grow_for_big_files(layout: Layout) -> None:
     assert MAX_CHUNKS == 2048
 
 
-@pytest.mark.anyio
 async def test_absolute_path_inside_the_root_is_accepted(layout: Layout) -> None:
     raw = str(layout.root / "docs" / "notes.md")
     run = await run_executor(FileProcessingExecutor, {"filePath": raw}, environ=layout.environ)
@@ -367,21 +358,18 @@ async def test_absolute_path_inside_the_root_is_accepted(layout: Layout) -> None
     assert run.result["sha256"] == hashlib.sha256(b"# Notes\n\nsome words here\n").hexdigest()
 
 
-@pytest.mark.anyio
 async def test_symlink_inside_the_root_is_followed(layout: Layout) -> None:
     run = await run_executor(FileProcessingExecutor, {"filePath": "link-inside"}, environ=layout.environ)
     assert run.result["path"] == "welcome.txt"
     assert run.result["sha256"] == hashlib.sha256(WELCOME).hexdigest()
 
 
-@pytest.mark.anyio
 async def test_percent_names_are_names_not_escapes(layout: Layout) -> None:
     run = await run_executor(FileProcessingExecutor, {"filePath": "%2e%2e/ok.txt"}, environ=layout.environ)
     assert run.result["path"] == "%2e%2e/ok.txt"
     assert run.result["words"] == 2
 
 
-@pytest.mark.anyio
 async def test_execute_checks_again_when_the_file_changed(layout: Layout) -> None:
     executor = FileProcessingExecutor.from_environ(layout.environ)
     params = FileProcessingParams(file_path="later.txt")
@@ -399,7 +387,6 @@ async def test_execute_checks_again_when_the_file_changed(layout: Layout) -> Non
         await run_executor(executor, params, validate=False)
 
 
-@pytest.mark.anyio
 async def test_file_swapped_between_check_and_open_is_refused(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
     target = layout.root / "swap.txt"
     target.write_bytes(b"checked content")
@@ -416,7 +403,6 @@ async def test_file_swapped_between_check_and_open_is_refused(layout: Layout, mo
         await run_executor(FileProcessingExecutor, {"filePath": "swap.txt"}, environ=layout.environ)
 
 
-@pytest.mark.anyio
 async def test_root_removed_at_run_time(layout: Layout) -> None:
     executor = FileProcessingExecutor.from_environ(layout.environ)
     shutil.rmtree(layout.root)
@@ -434,7 +420,6 @@ def test_missing_root_stops_start_up(tmp_path: Path) -> None:
 # -- the bundled demo folder --------------------------------------------------------
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("name", ["welcome.txt", "report.csv", "docs/notes.md"])
 async def test_bundled_demo_files(name: str) -> None:
     data = (bundled_root() / name).read_bytes()
@@ -442,7 +427,6 @@ async def test_bundled_demo_files(name: str) -> None:
     assert run.result == {"path": name, **expected_summary(data)}
 
 
-@pytest.mark.anyio
 async def test_bundled_big_sample_log() -> None:
     data = (bundled_root() / "big-sample.log").read_bytes()
     assert 150_000 < len(data) < 250_000
@@ -458,7 +442,6 @@ def test_bundled_root_is_the_demos_data_folder() -> None:
     assert (root / "welcome.txt").is_file()
 
 
-@pytest.mark.anyio
 async def test_bundled_root_refuses_escapes() -> None:
     with pytest.raises(InvalidParams, match="inside the demo folder"):
         await run_executor(FileProcessingExecutor, {"filePath": "../../pyproject.toml"})
@@ -481,7 +464,6 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return recorded
 
 
-@pytest.mark.anyio
 async def test_simulation_without_a_path(sleeps: list[float]) -> None:
     run = await run_executor(
         FileProcessingExecutor,
@@ -497,7 +479,6 @@ async def test_simulation_without_a_path(sleeps: list[float]) -> None:
     assert percents == sorted(percents) and percents[-1] == 100
 
 
-@pytest.mark.anyio
 async def test_simulated_time_scales_and_is_capped(sleeps: list[float]) -> None:
     await run_executor(FileProcessingExecutor, {"fileSize": 1024 * 1024})
     assert sum(sleeps) == pytest.approx(0.5)
@@ -527,7 +508,6 @@ def test_schema_bounds() -> None:
         msgspec.convert({"fileSize": 0}, FileProcessingParams)
 
 
-@pytest.mark.anyio
 async def test_cancel_is_prompt_in_simulation() -> None:
     # 1 GiB over up to 600 s: each of the 100 ticks sleeps for seconds.
     environ = {"FILE_PROCESSING_SIMULATE_MAX_SECONDS": "600"}

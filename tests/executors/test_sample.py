@@ -30,7 +30,6 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 STEP_NAMES = ["Initializing", "Loading Data", "Processing Data", "Generating Results", "Finalizing"]
 
 
-@pytest.mark.anyio
 async def test_zero_delay_completes_without_sleeping(sleeps: list[float]) -> None:
     started = time.monotonic()
     run = await run_executor(SampleExecutor, {"delayMs": 0})
@@ -43,7 +42,6 @@ async def test_zero_delay_completes_without_sleeping(sleeps: list[float]) -> Non
     assert percents[0] == 0 and percents[-1] == 100
 
 
-@pytest.mark.anyio
 async def test_delay_is_spread_over_the_steps(sleeps: list[float]) -> None:
     run = await run_executor(SampleExecutor, {"delayMs": 1000})
     assert sum(sleeps) == pytest.approx(1.0)
@@ -57,7 +55,6 @@ async def test_delay_is_spread_over_the_steps(sleeps: list[float]) -> None:
         assert first.description == step.description
 
 
-@pytest.mark.anyio
 async def test_seed_step_description_and_default_delay(sleeps: list[float]) -> None:
     run = await run_executor(SampleExecutor)
     assert run.result["delayMs"] == 3000
@@ -82,7 +79,6 @@ def test_delay_bounds_are_in_the_schema() -> None:
         msgspec.convert({"delay": 5}, SampleParams)
 
 
-@pytest.mark.anyio
 async def test_cancel_is_prompt_during_a_long_step() -> None:
     executor = SampleExecutor.from_environ({})
     task = make_task(executor, {"delayMs": MAX_DELAY_MS})
@@ -113,7 +109,6 @@ async def test_cancel_is_prompt_during_a_long_step() -> None:
     assert reports == [(0, "Initializing")]
 
 
-@pytest.mark.anyio
 async def test_cancel_when_blocked_in_sleep() -> None:
     """Cancelled once every task is blocked, i.e. while the executor sleeps."""
     with anyio.fail_after(2):

@@ -19,8 +19,6 @@ from async_tasks.events import TaskEvent
 from async_tasks.store.base import CreateLimits, Idempotency, Retention, TaskFilter, TaskStore
 from async_tasks.task import TRANSITIONS, Task, TaskStatus
 
-pytestmark = pytest.mark.anyio
-
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
 LEGAL = [(s, t) for s, targets in TRANSITIONS.items() for t in targets]
 ILLEGAL = [(s, t) for s, t in itertools.product(TaskStatus, TaskStatus) if t not in TRANSITIONS[s]]
