@@ -162,8 +162,14 @@ def executor(
     class attributes of `TaskExecutor`. The function's docstring describes it.
     """
 
+    # Annotations are strings under `from __future__ import annotations`: resolve them in
+    # the scope that applies the decorator too (a class defined in a function body).
+    caller = inspect.currentframe()
+    scope = dict(caller.f_back.f_locals) if caller is not None and caller.f_back is not None else {}
+    del caller
+
     def decorate(func: ExecuteFunction[P]) -> type[TaskExecutor[P]]:
-        params_type = params or _first_parameter_type(func)
+        params_type = params or _first_parameter_type(func, scope)
         call: Callable[..., Any] = func  # which of the two forms is known at run time only
         if inspect.iscoroutinefunction(func):
 
@@ -195,14 +201,14 @@ def executor(
     return decorate
 
 
-def _first_parameter_type(func: Callable[..., Any]) -> type[msgspec.Struct]:
+def _first_parameter_type(func: Callable[..., Any], scope: dict[str, Any]) -> type[msgspec.Struct]:
     parameters = list(inspect.signature(func).parameters)
     if len(parameters) != 2:
         raise ExecutorRegistrationError(
             f"{getattr(func, '__qualname__', func)!r} must take (params, progress): it takes {parameters}"
         )
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func, localns=scope)
     except NameError as exc:
         raise ExecutorRegistrationError(
             f"Cannot resolve the params type of {func.__qualname__} ({exc}): pass it as @executor(..., params=...)"
