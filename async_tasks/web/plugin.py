@@ -38,8 +38,12 @@ from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, e
 from async_tasks.web.streams import StreamBridge
 
 
-def provide_session_key(scope: Scope) -> str:
-    """The ``session_key`` dependency: the caller's session, resolved by the middleware."""
+def provide_session_key(scope: Scope, task_system: TaskSystem) -> str:
+    """The ``session_key`` dependency: the caller's session, resolved by the middleware.
+
+    It names ``task_system`` only to be resolved after it: Litestar resolves independent
+    dependencies of one request concurrently in a task group, which costs more than
+    both lookups together."""
     return session_key_of(scope)
 
 
