@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 from litestar.types import Scope
 
@@ -38,7 +38,7 @@ from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, e
 from async_tasks.web.streams import StreamBridge
 
 
-def provide_session_key(scope: Scope, task_system: TaskSystem) -> str:
+def provide_session_key(scope: Scope, task_system: NamedDependency[TaskSystem]) -> str:
     """The ``session_key`` dependency: the caller's session, resolved by the middleware.
 
     It names ``task_system`` only to be resolved after it: Litestar resolves independent
