@@ -19,7 +19,7 @@ from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.helpers import ScriptExecutor, system_of, wait_for
+from tests.helpers import ScriptExecutor, memory_store_of, wait_for
 
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -86,10 +86,10 @@ async def test_every_metric_moves_as_tasks_run(make_app: Callable[..., Litestar]
         for reason, count in (("completed", 1), ("failed", 1), ("cancelled", 3)):
             assert value(after, "async_tasks_cleanup_removed_total", reason=reason) == count
         requests: dict[str, float] = {}
-        for (name, labels), count in after.items():
+        for (name, labels), seen in after.items():
             if name == "async_tasks_http_requests_total":
                 path = dict(labels)["path"]
-                requests[path] = requests.get(path, 0) + count
+                requests[path] = requests.get(path, 0) + seen
         assert requests["/api/v1/tasks"] == 5
         assert requests["/api/v1/tasks/{task_id}/status"] == 1
         assert requests["/api/v1/tasks/{task_id}/cancel"] == 3
@@ -187,7 +187,7 @@ async def test_session_figures_in_stats_and_task_processor_shape(make_app: Calla
         await client.post(f"{API}/tasks/cleanup/run")
         metrics = (await client.get(f"{API}/tasks/metrics")).json()
         assert metrics == {"success": True, "totalTasks": 2, "completedTasks": 1, "averageProcessingTimeMs": 300.0}
-        (session,) = system_of(app).store.sessions.values()
+        (session,) = memory_store_of(app).sessions.values()
         assert session.duration_total_ms == 300
 
 

@@ -10,15 +10,14 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
 
 API = "/api/v1"
 
 
 @asynccontextmanager
 async def from_ip(app: Litestar, ip: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+    async with asgi_client(app, ip) as client:
         yield client
 
 

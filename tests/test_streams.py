@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
 from async_tasks.task import Task
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
 from async_tasks.web.streams import OPENED, Frame, StreamBridge
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
@@ -381,7 +381,7 @@ def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
             mine = client.post(
                 f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 1}}, headers=alice
             ).json()["task"]
-            seen = []
+            seen: list[dict[str, Any]] = []
             while not seen or seen[-1]["status"] != "completed":
                 seen.append(ws.receive_json(timeout=GUARD))
             assert {e["taskId"] for e in seen} == {mine["id"]}
@@ -501,8 +501,7 @@ async def test_streams_end_when_the_app_shuts_down(app: Litestar) -> None:
             await stop.wait()
         stopped.set()
 
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+    async with asgi_client(app) as http:
 
         async def fetch(name: str, url: str) -> None:
             results[name] = await http.get(url)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock, serve_in_loop
+from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from tests.helpers import memory_store_of
 
 API = "/api/v1"
@@ -34,9 +34,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 
 def from_ip(app: Litestar, ip: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver.local"
-    )
+    return asgi_client(app, ip)
 
 
 async def test_an_oversized_body_is_413_with_the_error_body(make_app: Callable[..., Litestar]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -100,7 +101,7 @@ ANY_EXECUTOR = ("POST", "/api/v1/demo/tasks/{executor}")
 
 
 @schema.parametrize()
-def test_api_conforms_to_its_openapi_document(case: schemathesis.Case) -> None:
+def test_api_conforms_to_its_openapi_document(case: schemathesis.Case[Any]) -> None:
     response = case.call()
     case.validate_response(
         response,
