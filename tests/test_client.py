@@ -324,3 +324,12 @@ def test_task_ids_are_quoted_into_paths() -> None:
     with TaskClient("http://test", transport=httpx.MockTransport(handle)) as tasks:
         tasks.get_task("../stats?x=1")
     assert paths == ["/api/v1/tasks/..%2Fstats%3Fx%3D1"]
+
+
+def test_an_answer_of_the_wrong_shape_raises_task_api_error() -> None:
+    """A server that answers without the expected object raises TaskApiError, not a KeyError."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"success": True}))
+    with TaskClient("http://test", transport=transport) as tasks, pytest.raises(TaskApiError) as error:
+        tasks.get_task(TASK_ID)
+    assert error.value.code == "invalid_response"
+    assert "'task'" in error.value.message
