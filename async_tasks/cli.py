@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import httpx
     from rich.console import Console
 
     from async_tasks.client import TaskClient
@@ -129,7 +130,12 @@ def _open_client(args: argparse.Namespace) -> TaskClient:
     from async_tasks.client import TaskClient
 
     url = args.url
-    return TaskClient(url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token))
+    return TaskClient(
+        url,
+        token=load_session_token(url),
+        on_token=lambda token: save_session_token(url, token),
+        transport=args.transport,
+    )
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -477,8 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run the command in `argv` (default: the process's arguments); its exit status.
+
+    `transport` is the httpx transport of the client commands (tests run the app
+    in-process through one); by default they connect to ``--url``.
+    """
     args = build_parser().parse_args(argv)
+    args.transport = transport
     return int(args.func(args))
 
 

@@ -484,7 +484,7 @@ class _BaseClient:
                         return
                     if changed(update):
                         yield from _Emit(update)
-                    if update["status"] in TERMINAL_STATUSES and not (yield from self._retrying(update)):
+                    if update["status"] in TERMINAL_STATUSES and (yield from self._settled(update, changed)):
                         return
                     deadline.check()
             except _StreamUnavailable:
@@ -498,12 +498,22 @@ class _BaseClient:
             deadline.check()
             yield from _Sleep(interval)
 
-    def _retrying(self, update: Json) -> Flow[bool]:
-        """Whether a failure seen on the stream is already followed by an automatic retry
-        (failed → pending at once): /status says."""
+    def _settled(self, update: Json, changed: Callable[[Json], bool]) -> Flow[bool]:
+        """Whether the task stays in the terminal status the stream just reported.
+
+        A failure may be followed by an automatic retry (failed → pending at once, the
+        retry may even be over by now): /status says. When it still says failed, that
+        answer (its error may be a later attempt's) is the last update; otherwise the
+        stream goes on with the retry's events.
+        """
         if update["status"] != "failed":
+            return True
+        now = _update((yield from self._status(update["taskId"])), update["taskId"], "poll")
+        if now["status"] != "failed":
             return False
-        return (yield from self._status(update["taskId"]))["status"] not in TERMINAL_STATUSES
+        if changed(now):
+            yield from _Emit(now)
+        return True
 
     def _open_stream(self, task_id: str, deadline: _Deadline) -> Flow[None]:
         """Open the task's event stream; raises `_StreamUnavailable` when there is none."""

@@ -1,4 +1,5 @@
-"""The client commands of ``async-tasks`` against a real server."""
+"""The ``async-tasks`` command: its client commands against the app in-process, and
+once, the installed command in a subprocess against a real server."""
 
 from __future__ import annotations
 
@@ -6,40 +7,59 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from async_tasks.cli import load_session_token, main, parse_params, session_file
-from tests.live import live_server  # noqa: F401 - the fixture
+from tests.inprocess import PortalTransport, sync_transport
+from tests.live import live_app, live_server  # noqa: F401 - the fixture
+
+URL = "http://testserver.local"
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(scope="module")
+def transport() -> Iterator[PortalTransport]:
+    """One app for the module, in-process; each test has its own session file, so its own session."""
+    with sync_transport(live_app(retry_backoff_ms=0)) as transport:
+        yield transport
 
 
 @pytest.fixture(autouse=True)
-def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, live_server: str) -> Path:  # noqa: F811
-    """Each test: its own session file (so its own session), the live server as default URL."""
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test: its own session file (so its own session), the app as default URL."""
     session = tmp_path / "session.json"
     monkeypatch.setenv("ASYNC_TASKS_SESSION_FILE", str(session))
-    monkeypatch.setenv("ASYNC_TASKS_URL", live_server)
+    monkeypatch.setenv("ASYNC_TASKS_URL", URL)
     monkeypatch.setenv("COLUMNS", "200")  # rich: no wrapping in captured output
     monkeypatch.delenv("NO_COLOR", raising=False)
     return session
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], transport: PortalTransport) -> Iterator[Run]:
+    """``run(*argv)``: the command's exit status, stdout and stderr."""
+
+    def run(*argv: str, via: httpx.BaseTransport | None = transport) -> tuple[int, str, str]:
+        code = main(list(argv), transport=via)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
 
 
-def submit_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
-    code, out, err = run(capsys, "submit", *argv, "--json")
+def submit_json(run: Run, *argv: str) -> dict[str, object]:
+    code, out, err = run("submit", *argv, "--json")
     assert code == 0, err
     task: dict[str, object] = json.loads(out)
     return task
 
 
-def test_submit_and_watch_until_completed(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "submit", "sample", "--param", "delayMs=0", "--watch")
+def test_submit_and_watch_until_completed(run: Run) -> None:
+    code, out, err = run("submit", "sample", "--param", "delayMs=0", "--watch")
     assert code == 0, err
     assert "Created task" in out
     assert "completed" in out
@@ -47,102 +67,108 @@ def test_submit_and_watch_until_completed(capsys: pytest.CaptureFixture[str]) ->
     assert '"delayMs": 0' in out  # the result
 
 
-def test_a_failing_task_exits_non_zero_and_prints_its_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "submit", "script", "--param", "fail=it broke on purpose", "--watch")
+def test_a_failing_task_exits_non_zero_and_prints_its_error(run: Run) -> None:
+    code, _, err = run("submit", "script", "--param", "fail=it broke on purpose", "--watch")
     assert code == 1
     assert "failed" in err
     assert "it broke on purpose" in err
 
 
-def test_submit_without_watch_returns_at_once(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "submit", "sample", "-p", "delayMs=0", "-d", "from the CLI")
+def test_submit_without_watch_returns_at_once(run: Run) -> None:
+    code, out, _ = run("submit", "sample", "-p", "delayMs=0", "-d", "from the CLI")
     assert code == 0
     assert "Created task" in out and "async-tasks watch" in out
 
 
-def test_list_status_and_the_kept_session(capsys: pytest.CaptureFixture[str], cli_env: Path, live_server: str) -> None:  # noqa: F811
-    task = submit_json(capsys, "sample", "--param", "delayMs=0")
+def test_list_status_and_the_kept_session(
+    run: Run,
+    cli_env: Path,
+) -> None:
+    task = submit_json(run, "sample", "--param", "delayMs=0")
     task_id = str(task["id"])
     # The session file now holds the token the server issued, so the next commands
     # (separate invocations) see the same session.
-    assert load_session_token(live_server)
-    assert session_file(live_server) == cli_env
+    assert load_session_token(URL)
+    assert session_file(URL) == cli_env
     assert oct(cli_env.stat().st_mode & 0o777) == "0o600"
-    assert run(capsys, "watch", task_id)[0] == 0
+    assert run("watch", task_id)[0] == 0
 
-    code, out, _ = run(capsys, "list", "--json")
+    code, out, _ = run("list", "--json")
     assert code == 0
     assert [t["id"] for t in json.loads(out)] == [task_id]
-    code, out, _ = run(capsys, "list")
+    code, out, _ = run("list")
     assert code == 0 and task_id[:8] in out and "completed" in out
-    code, out, _ = run(capsys, "list", "--status", "running")
+    code, out, _ = run("list", "--status", "running")
     assert code == 0 and "No tasks" in out
 
-    code, out, _ = run(capsys, "status", task_id, "--json")
+    code, out, _ = run("status", task_id, "--json")
     assert code == 0
     status = json.loads(out)
     assert status["status"] == "completed" and status["progress"] == 100
-    code, out, _ = run(capsys, "status", task_id[:8])  # a prefix, as `list` shows it
+    code, out, _ = run("status", task_id[:8])  # a prefix, as `list` shows it
     assert code == 0 and "completed" in out and "Finalizing" in out
 
 
-def test_cancel_retry_and_delete(capsys: pytest.CaptureFixture[str]) -> None:
-    task_id = str(submit_json(capsys, "script", "--param", "hold=true")["id"])
-    code, out, _ = run(capsys, "cancel", task_id)
+def test_cancel_retry_and_delete(run: Run) -> None:
+    task_id = str(submit_json(run, "script", "--param", "hold=true")["id"])
+    code, out, _ = run("cancel", task_id)
     assert code == 0 and "cancelled" in out
-    code, out, err = run(capsys, "watch", task_id)
+    code, out, err = run("watch", task_id)
     assert code == 1 and "cancelled" in err
-    code, out, err = run(capsys, "cancel", task_id)
+    code, out, err = run("cancel", task_id)
     assert code == 1
     assert "invalid_transition" in err and "HTTP 409" in err
-    code, out, _ = run(capsys, "retry", task_id, "--json")
+    code, out, _ = run("retry", task_id, "--json")
     assert code == 0 and json.loads(out)["status"] in ("pending", "running")
-    assert run(capsys, "cancel", task_id)[0] == 0
-    code, out, _ = run(capsys, "delete", task_id)
+    assert run("cancel", task_id)[0] == 0
+    code, out, _ = run("delete", task_id)
     assert code == 0 and "Deleted" in out
-    code, _, err = run(capsys, "status", task_id)
+    code, _, err = run("status", task_id)
     assert code == 1 and "task_not_found" in err
 
 
-def test_submit_with_json_params(capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_with_json_params(run: Run) -> None:
     code, out, err = run(
-        capsys, "submit", "batch", "--param", 'items=["a", 2, {"fail": true}]', "--param", "itemDelayMs=0", "--watch"
+        "submit", "batch", "--param", 'items=["a", 2, {"fail": true}]', "--param", "itemDelayMs=0", "--watch"
     )
     assert code == 0, err
     assert '"total": 3' in out and '"failed": 1' in out
 
 
-def test_errors_are_one_line_messages(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "submit", "sample", "--param", "delayMs=-5")
+def test_errors_are_one_line_messages(run: Run) -> None:
+    code, _, err = run("submit", "sample", "--param", "delayMs=-5")
     assert code == 1
     assert "delayMs" in err and "validation_error" in err
     assert "Traceback" not in err
-    code, _, err = run(capsys, "submit", "no-such-executor")
+    code, _, err = run("submit", "no-such-executor")
     assert code == 1 and "no-such-executor" in err
-    code, _, err = run(capsys, "submit", "sample", "--param", "delayMs")
+    code, _, err = run("submit", "sample", "--param", "delayMs")
     assert code == 2 and "key=value" in err
-    code, _, err = run(capsys, "list", "--url", "http://127.0.0.1:9")
+    code, _, err = run("list", "--url", "http://127.0.0.1:9", via=None)
     assert code == 1 and "cannot reach the server" in err
 
 
-def test_executors(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "executors")
+def test_executors(run: Run) -> None:
+    code, out, _ = run("executors")
     assert code == 0
     assert "sample" in out and "delayMs=3000" in out and "script" in out
-    code, out, _ = run(capsys, "executors", "--json")
+    code, out, _ = run("executors", "--json")
     assert {e["name"] for e in json.loads(out)} >= {"sample", "batch", "script"}
 
 
-def test_session_new_and_forget(capsys: pytest.CaptureFixture[str], cli_env: Path, live_server: str) -> None:  # noqa: F811
-    submit_json(capsys, "sample", "--param", "delayMs=0")
-    first = load_session_token(live_server)
-    code, out, _ = run(capsys, "session", "--new")
+def test_session_new_and_forget(
+    run: Run,
+    cli_env: Path,
+) -> None:
+    submit_json(run, "sample", "--param", "delayMs=0")
+    first = load_session_token(URL)
+    code, out, _ = run("session", "--new")
     assert code == 0 and "(new)" in out
-    assert load_session_token(live_server) not in (None, first)
-    code, out, _ = run(capsys, "list", "--json")
+    assert load_session_token(URL) not in (None, first)
+    code, out, _ = run("list", "--json")
     assert json.loads(out) == []
-    code, out, _ = run(capsys, "session", "--forget")
-    assert code == 0 and load_session_token(live_server) is None
+    code, out, _ = run("session", "--forget")
+    assert code == 0 and load_session_token(URL) is None
 
 
 def test_parse_params() -> None:
