@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from async_tasks.cli import load_session_token, main, parse_params, session_file
+from tests.conftest import SECRET
 from tests.inprocess import PortalTransport, sync_transport
 from tests.live import live_app, live_server  # noqa: F401 - the fixture
 
@@ -183,6 +185,25 @@ def test_parse_params() -> None:
         "eq": "a=b",
         "quoted": "123",
     }
+
+
+def test_serve_on_a_taken_port_says_so_first_and_only(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve on a port in use prints one line naming the address, nothing else, and exits 1."""
+    monkeypatch.setenv("SECRET_KEY", SECRET)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--host", "127.0.0.1", "--port", str(port)])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"async-tasks: cannot listen on 127.0.0.1:{port}: address already in use"
+        " (is another server running there? set PORT or --port)"
+    ]
 
 
 def test_the_installed_command_runs_in_a_subprocess(tmp_path: Path, live_server: str) -> None:  # noqa: F811
