@@ -3,12 +3,15 @@
 ``async-tasks serve`` runs the server with uvicorn, honouring HOST, PORT and every
 other setting; a bad setting stops it with one line naming the variable.
 
-The other commands talk to a running server (``--url``, default $ASYNC_TASKS_URL
-or http://localhost:3000): ``submit EXECUTOR --param key=value ... [--watch]``,
+The other commands talk to a running server (``--url``, before or after the
+command, default $ASYNC_TASKS_URL or http://localhost:3000):
+``submit EXECUTOR --param key=value ... [--watch]``,
 ``list``, ``status ID``, ``watch ID``, ``cancel ID``, ``retry ID``, ``delete ID``,
 ``executors`` and ``session``. They keep one session per server: its token is
 stored in ~/.cache/async-tasks/session-<host>.json (or $ASYNC_TASKS_SESSION_FILE),
 so ``submit`` and a later ``status`` see the same tasks.
+
+The help texts are plain (argparse shows them as written): no markup there.
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _consoles() -> tuple[Console, Console]:
     from rich.console import Console
 
-    return Console(highlight=False), Console(stderr=True, highlight=False)
+    # soft_wrap: a message stays one line (a terminal wraps it, a pipe or a log keeps it whole).
+    return Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _open_client(args: argparse.Namespace) -> TaskClient:
@@ -409,7 +413,8 @@ def session(args: argparse.Namespace, client: TaskClient) -> int:
 
 def _add_client_commands(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=default_url(), help=f"the server (default: ${URL_ENV} or {DEFAULT_URL})")
+    # SUPPRESS: a --url given before the command (build_parser) is kept when none follows it.
+    common.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
@@ -457,7 +462,7 @@ def _add_client_commands(commands: Any) -> None:
     ):
         parents = [common] if name in ("watch", "delete") else [common, as_json]
         cmd = commands.add_parser(name, parents=parents, help=text)
-        cmd.add_argument("id", help="the task id (or a unique prefix of it, as `list` shows)")
+        cmd.add_argument("id", help="the task id, or a unique prefix of it (as the list command shows ids)")
         if name in ("retry", "start"):
             cmd.add_argument("--watch", "-w", action="store_true", help="then follow it with a progress bar")
         cmd.set_defaults(func=func)
@@ -472,9 +477,20 @@ def _add_client_commands(commands: Any) -> None:
     cmd.set_defaults(func=session)
 
 
+DESCRIPTION = "Run the async-tasks server, or submit, follow and manage tasks on a running one."
+EPILOG = (
+    "The client commands talk to the server at --url (given before or after the command). "
+    "They keep one session per server: its token is stored in "
+    f"~/.cache/async-tasks/ (or ${SESSION_FILE_ENV}), so consecutive commands see the same tasks. "
+    "Run async-tasks COMMAND --help for a command's options."
+)
+URL_HELP = f"the server (default: ${URL_ENV} or {DEFAULT_URL})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="async-tasks", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--url", default=default_url(), help=URL_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default: $PORT or 3000)")

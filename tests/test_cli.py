@@ -21,6 +21,7 @@ from tests.live import live_app, live_server  # noqa: F401 - the fixture
 
 URL = "http://testserver.local"
 Run = Callable[..., tuple[int, str, str]]
+COMMANDS = ("serve", "submit", "list", "status", "watch", "cancel", "retry", "start", "delete", "executors", "session")
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +159,7 @@ def test_executors(run: Run) -> None:
     assert {e["name"] for e in json.loads(out)} >= {"sample", "batch", "script"}
 
 
-def test_session_new_and_forget(
-    run: Run,
-    cli_env: Path,
-) -> None:
+def test_session_new_and_forget(run: Run) -> None:
     submit_json(run, "sample", "--param", "delayMs=0")
     first = load_session_token(URL)
     code, out, _ = run("session", "--new")
@@ -187,6 +185,37 @@ def test_parse_params() -> None:
     }
 
 
+def test_the_url_goes_before_or_after_the_command(run: Run) -> None:
+    """--url is accepted before the command as well as after it; the one after wins."""
+    for argv, named in (
+        (["--url", "http://127.0.0.1:8", "list"], "http://127.0.0.1:8"),
+        (["list", "--url", "http://127.0.0.1:7"], "http://127.0.0.1:7"),
+        (["--url", "http://127.0.0.1:8", "list", "--url", "http://127.0.0.1:7"], "http://127.0.0.1:7"),
+    ):
+        code, _, err = run(*argv, via=None)  # nothing listens there: the error names the URL used
+        assert code == 1 and f"cannot reach the server at {named}" in err, argv
+    code, out, _ = run("--url", URL, "list", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of the command and of each subcommand shows no reST markup."""
+    for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: async-tasks") and "`" not in text, argv
+    assert "--url URL" in text
+
+
+def test_errors_stay_on_one_line_in_a_narrow_terminal(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error is one line however narrow the terminal: rich does not wrap it."""
+    monkeypatch.setenv("COLUMNS", "40")
+    code, _, err = run("list", "--url", "http://127.0.0.1:9", via=None)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+
+
 def test_serve_on_a_taken_port_says_so_first_and_only(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,10 +235,13 @@ def test_serve_on_a_taken_port_says_so_first_and_only(
     ]
 
 
-def test_the_installed_command_runs_in_a_subprocess(tmp_path: Path, live_server: str) -> None:  # noqa: F811
-    env = {**os.environ, "ASYNC_TASKS_SESSION_FILE": str(tmp_path / "s.json"), "ASYNC_TASKS_URL": live_server}
+def test_the_installed_command_runs_in_a_subprocess(live_server: str) -> None:  # noqa: F811
+    """The installed async-tasks script, against a real server: submit, follow, and the session kept."""
+    command = Path(sys.executable).with_name("async-tasks")
+    env = {**os.environ, "COLUMNS": "200"}  # the test's own session file (cli_env)
+    env.pop("ASYNC_TASKS_URL")
     done = subprocess.run(
-        [sys.executable, "-m", "async_tasks.cli", "submit", "sample", "--param", "delayMs=0", "--watch"],
+        [command, "--url", live_server, "submit", "sample", "--param", "delayMs=0", "--watch"],
         capture_output=True,
         text=True,
         env=env,
@@ -218,3 +250,4 @@ def test_the_installed_command_runs_in_a_subprocess(tmp_path: Path, live_server:
     )
     assert done.returncode == 0, done.stderr
     assert "completed" in done.stdout
+    assert load_session_token(live_server)
