@@ -3,6 +3,7 @@ once, the installed command in a subprocess against a real server."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -11,11 +12,18 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from litestar import Litestar
+from rich.console import Console
 
-from async_tasks.cli import load_session_token, main, parse_params, session_file
+from async_tasks.cli import RunTime, load_session_token, main, parse_params, progress_bar, session_file
+from async_tasks.settings import Settings
+from async_tasks.testing import FakeClock, wait_for
+from async_tasks.web.app import create_app
 from tests.conftest import SECRET
+from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of
 from tests.inprocess import PortalTransport, sync_transport
 from tests.live import live_app, live_server  # noqa: F401 - the fixture
 
@@ -216,6 +224,70 @@ def test_errors_stay_on_one_line_in_a_narrow_terminal(run: Run, monkeypatch: pyt
     assert code == 1 and len(err.strip().splitlines()) == 1, err
 
 
+def test_the_bar_stays_put_as_step_names_change() -> None:
+    """Step and description change, the bar keeps its place and length (an 80-column terminal)."""
+    console = Console(file=io.StringIO(), width=80, record=True, color_system=None)
+    bars = set()
+    with progress_bar(console, RunTime()) as progress:
+        bar = progress.add_task("task", total=100, step="", detail="")
+        for step, detail in (
+            ("Init", ""),
+            ("Processing item 1 of 6", 'Item 1: "a"'),
+            ("A step name far longer than the column is wide", "and a description far longer than the line " * 3),
+        ):
+            progress.update(bar, completed=40, step=step, detail=detail)
+            console.print(progress.get_renderable())
+            line = console.export_text().splitlines()[-1]
+            bars.add((line.index("━"), line.count("━") + line.count("╸") + line.count("╺")))
+    assert len(bars) == 1, bars
+    assert "A step name far" in line and line.count("…") == 2 and len(line) <= 80
+
+
+def clocked_app(clock: FakeClock) -> Litestar:
+    settings = Settings(secret_key=SECRET, task_create_rate=0.0, auto_map_session_by_ip=False)
+    return create_app(settings, TEST_EXECUTORS, environ={}, clock=clock)
+
+
+def test_watch_shows_the_run_time_the_server_measured(run: Run) -> None:
+    """The run time comes from the task's startedAt and completedAt, not from when watching began."""
+    clock = FakeClock()
+    app = clocked_app(clock)
+    with sync_transport(app) as transport:
+        task = json.loads(run("submit", "script", "-p", "hold=true", "--json", via=transport)[1])
+        system = system_of(app)
+        transport.portal.call(wait_for, system, task["sessionKey"], task["id"], "running")
+        clock.advance(75.5)
+        transport.portal.call(ScriptExecutor.release, task["id"])
+        transport.portal.call(wait_for, system, task["sessionKey"], task["id"], "completed")
+        code, out, err = run("watch", task["id"], via=transport)
+    assert code == 0, err
+    assert f"Task {task['id']} completed in 1m15s" in out
+    assert "0:00:00" not in out
+
+
+def test_a_watch_ended_by_server_shutdown_says_why(run: Run) -> None:
+    """A --watch that a server shutdown ends prints "cancelled (shutdown)"."""
+    app = clocked_app(FakeClock())
+    system = system_of(app)
+
+    async def shut_down_once_running() -> None:
+        running = anyio.Event()
+        unsubscribe = system.store.events.subscribe(lambda event: running.set() if event.status == "running" else None)
+        try:
+            await running.wait()
+        finally:
+            unsubscribe()
+        system.request_shutdown()
+
+    with sync_transport(app) as transport:
+        shutting_down = transport.portal.start_task_soon(shut_down_once_running)
+        code, _, err = run("submit", "script", "-p", "hold=true", "--watch", via=transport)
+        shutting_down.result(5)
+    assert code == 1
+    assert "cancelled (shutdown)" in err
+    assert "cannot reach" not in err
+
+
 def test_serve_on_a_taken_port_says_so_first_and_only(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,5 +321,5 @@ def test_the_installed_command_runs_in_a_subprocess(live_server: str) -> None:  
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "completed" in done.stdout
+    assert "completed in" in done.stdout
     assert load_session_token(live_server)
