@@ -261,8 +261,18 @@ def _update(payload: Mapping[str, Any], task_id: str, source: str, event: str | 
 _WATCHED = ("status", "progress", "currentStep", "currentStepDescription", "error")
 
 
-def _fingerprint(update: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(update.get(k) for k in _WATCHED)
+class _Changes:
+    """Whether an update differs (in what `watch` shows) from the last one that did."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Any, ...] | None = None
+
+    def __call__(self, update: Mapping[str, Any]) -> bool:
+        fingerprint = tuple(update.get(k) for k in _WATCHED)
+        if fingerprint == self.last:
+            return False
+        self.last = fingerprint
+        return True
 
 
 #: What `_event_update` returns for a ``removed`` event.
@@ -463,14 +473,7 @@ class _BaseClient:
         every `interval` seconds when there is no stream or it breaks.
         """
         deadline = _Deadline(task_id, timeout)
-        last: list[tuple[Any, ...]] = []
-
-        def changed(update: Json) -> bool:
-            if last and last[0] == _fingerprint(update):
-                return False
-            last[:] = [_fingerprint(update)]
-            return True
-
+        changed = _Changes()
         if events:
             try:
                 yield from self._open_stream(task_id, deadline)
@@ -493,12 +496,12 @@ class _BaseClient:
             update = _update((yield from self._status(task_id)), task_id, "poll")
             if changed(update):
                 yield from _Emit(update)
-            if update["status"] in TERMINAL_STATUSES:
+            if update.get("status") in TERMINAL_STATUSES:
                 return
             deadline.check()
             yield from _Sleep(interval)
 
-    def _settled(self, update: Json, changed: Callable[[Json], bool]) -> Flow[bool]:
+    def _settled(self, update: Json, changed: _Changes) -> Flow[bool]:
         """Whether the task stays in the terminal status the stream just reported.
 
         A failure may be followed by an automatic retry (failed → pending at once, the
@@ -509,7 +512,7 @@ class _BaseClient:
         if update["status"] != "failed":
             return True
         now = _update((yield from self._status(update["taskId"])), update["taskId"], "poll")
-        if now["status"] != "failed":
+        if now.get("status") != "failed":
             return False
         if changed(now):
             yield from _Emit(now)

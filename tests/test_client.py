@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import httpx
 import pytest
 
 from async_tasks.client import AsyncTaskClient, TaskApiError, TaskClient
+from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.inprocess import PortalTransport, streaming_transport, sync_transport
 from tests.live import live_app
 
@@ -131,6 +133,25 @@ def test_watch_follows_automatic_retries_to_the_end(client: TaskClient) -> None:
     assert "failed" in statuses
     assert any(u["source"] == "events" for u in updates)
     assert client.get_task(task["id"])["attempts"] == 2
+
+
+def test_leaving_a_watch_early_closes_its_stream(client: TaskClient, transport: PortalTransport) -> None:
+    """A watch the caller stops iterating closes its event stream (the server forgets the subscriber)."""
+    bridge = transport.transport.app.plugins.get(AsyncTasksPlugin).streams
+    before = bridge.subscriber_count
+    held = client.demo("script", hold=True)
+    watching = client.watch(held["id"])
+    next(watching)
+    assert bridge.subscriber_count == before + 1
+
+    async def until_closed() -> None:
+        with anyio.fail_after(5):
+            while bridge.subscriber_count != before:
+                await anyio.wait_all_tasks_blocked()
+
+    watching.close()
+    transport.portal.call(until_closed)
+    client.cancel(held["id"])
 
 
 async def test_async_watch_follows_automatic_retries_to_the_end(tasks: AsyncTaskClient) -> None:
