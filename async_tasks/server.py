@@ -11,9 +11,11 @@ finishing): it logs the abandoned tasks, flushes the logs and exits with status 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,11 +32,22 @@ logger = logging.getLogger("async_tasks.shutdown")
 
 
 def serve(*, host: str | None = None, port: int | None = None) -> int:
-    """Build the app from the environment and serve it; 2 on a bad setting."""
+    """Build the app from the environment and serve it; 2 on a bad setting, 1 when the
+    address cannot be listened on (the port is taken)."""
     from async_tasks.web.app import create_app
 
     try:
         settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"async-tasks: {exc}", file=sys.stderr)
+        return 2
+    # A taken port is said first and only: before the app is built (it logs) and
+    # before uvicorn runs the app's start-up, which it does before binding.
+    refused = _cannot_listen(host or settings.host, port or settings.port)
+    if refused:
+        print(f"async-tasks: {refused}", file=sys.stderr)
+        return 1
+    try:
         app = create_app(settings)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
@@ -99,6 +112,30 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
         flush_logs()
         os._exit(1)
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on `host`:`port` (the port is taken, the host is
+    not an address of this machine), or None. Binds and closes a socket per address,
+    as asyncio's ``create_server`` will (an address family the machine lacks is skipped)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: {exc.strerror}"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:
+                    continue
+                hint = " (is another server running there? set PORT or --port)" if exc.errno == errno.EADDRINUSE else ""
+                return f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}{hint}"
+    return None
 
 
 def _shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: Settings) -> None:
