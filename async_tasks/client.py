@@ -807,7 +807,7 @@ class TaskClient(_BaseClient):
 
     def watch(
         self, task_id: str, *, interval: float = 0.5, timeout: float | None = None, events: bool = True
-    ) -> Iterator[Json]:
+    ) -> Generator[Json, None, None]:
         """Yield the task's status each time it changes, until it completes, fails or is cancelled.
 
         Uses the push stream ``GET /tasks/{id}/events`` when the server has it (and

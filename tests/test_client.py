@@ -13,7 +13,7 @@ import pytest
 
 from async_tasks.client import AsyncTaskClient, TaskApiError, TaskClient
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.inprocess import PortalTransport, streaming_transport, sync_transport
+from tests.inprocess import PortalTransport, StreamingASGITransport, streaming_transport, sync_transport
 from tests.live import live_app
 
 WATCH_TIMEOUT = 20.0
@@ -137,7 +137,9 @@ def test_watch_follows_automatic_retries_to_the_end(client: TaskClient) -> None:
 
 def test_leaving_a_watch_early_closes_its_stream(client: TaskClient, transport: PortalTransport) -> None:
     """A watch the caller stops iterating closes its event stream (the server forgets the subscriber)."""
-    bridge = transport.transport.app.plugins.get(AsyncTasksPlugin).streams
+    inner = transport.transport
+    assert isinstance(inner, StreamingASGITransport)
+    bridge = inner.app.plugins.get(AsyncTasksPlugin).streams
     before = bridge.subscriber_count
     held = client.demo("script", hold=True)
     watching = client.watch(held["id"])
