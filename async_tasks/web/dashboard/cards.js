@@ -7,6 +7,7 @@ import { STATUSES, TERMINAL, live, markDirty, tasks, view } from "./state.js";
 export function createCard(task) {
   const refs = {};
   refs.badge = el("span", { class: "badge" });
+  refs.deadLetter = el("span", { class: "dead-letter", hidden: true, text: "retries spent" });
   refs.name = el("span", { class: "task-name" });
   refs.pct = el("span", { class: "pct" });
   refs.executor = el("span", { class: "executor" });
@@ -28,7 +29,7 @@ export function createCard(task) {
   refs.detailsBtn = el("button", { type: "button", class: "btn-details", "data-action": "details", text: "Details" });
   refs.details = el("pre", { class: "details", hidden: true });
   refs.root = el("li", { class: "task enter", "data-task-id": task.id },
-    el("div", { class: "task-head" }, refs.badge, refs.name, refs.pct),
+    el("div", { class: "task-head" }, refs.badge, refs.deadLetter, refs.name, refs.pct),
     el("div", { class: "task-meta" }, refs.executor, refs.id, refs.when, refs.duration),
     refs.bar,
     el("div", { class: "task-foot" }, refs.step,
@@ -69,7 +70,17 @@ export function renderTask(task) {
   r.cancel.hidden = TERMINAL.has(status);
   r.retry.hidden = !(status === "failed" || status === "cancelled");
   r.delete.hidden = status === "running";
+  // Dead-lettered: the last automatic retry failed too; it runs again only if retried by hand.
+  const dead = status === "failed" && task.deadLettered === true;
+  r.deadLetter.hidden = !dead;
+  r.deadLetter.title = dead ? deadLetterNote(task) : "";
   r.root.hidden = view.filter !== "all" && view.filter !== status;
+}
+
+function deadLetterNote(task) {
+  const retries = Number(task.maxRetries) > 0 ? `all ${task.maxRetries} automatic ${task.maxRetries === 1 ? "retry" : "retries"}` : "its automatic retries";
+  return `Dead-lettered: ${retries} failed too, so it will not run again by itself. Retry runs it again; ` +
+    "GET /tasks?deadLetter=true lists such tasks.";
 }
 
 export function upsert(data) {
@@ -85,7 +96,7 @@ export function upsert(data) {
 }
 
 export const FIELDS = ["name", "executor", "status", "progress", "createdAt", "completedAt", "startedAt",
-  "currentStep", "currentStepDescription", "error", "description"];
+  "currentStep", "currentStepDescription", "error", "description", "deadLettered", "maxRetries"];
 
 export function mergeInto(task, data) {
   for (const key of FIELDS) if (key in data && data[key] !== undefined) task[key] = data[key];
@@ -157,6 +168,26 @@ export async function onAction(id, action, button) {
   }
 }
 
+/** One history entry as a line; the first one has no previous status: the task was created. */
+function historyLine(entry) {
+  const change = `${entry.previous ?? "created"} → ${entry.status}`;
+  const reason = entry.reason && !(entry.previous == null && entry.reason === "created") ? `  (${entry.reason})` : "";
+  return `${fmtTime(entry.at)}  ${change}${reason}`;
+}
+
+/** Show a task's card: after starting a task from a long form, its card may be out of view. */
+export function revealTask(id) {
+  const task = tasks.get(id);
+  if (!task?.refs) return;
+  if (task.refs.root.hidden) { // filtered out: show every task again
+    view.filter = "all";
+    renderFilters();
+    renderList();
+  }
+  const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  task.refs.root.scrollIntoView({ block: "nearest", behavior: smooth ? "smooth" : "auto" });
+}
+
 export async function toggleDetails(task) {
   const r = task.refs;
   if (!r.details.hidden) {
@@ -169,8 +200,9 @@ export async function toggleDetails(task) {
     const t = answer.task;
     const shown = {
       id: t.id, status: t.status, attempts: t.attempts, description: t.description || undefined,
+      deadLettered: t.deadLettered || undefined,
       params: t.params, result: t.result, error: t.error ?? undefined,
-      history: t.history?.map((h) => `${fmtTime(h.at)}  ${h.previous ?? "—"} → ${h.status}${h.reason ? `  (${h.reason})` : ""}`),
+      history: t.history?.map(historyLine),
     };
     r.details.textContent = JSON.stringify(shown, null, 2);
     r.details.hidden = false;

@@ -1,7 +1,7 @@
 // The "Create a task" forms, built from each executor's JSON schema.
 
 import { api } from "./api.js";
-import { renderList, upsert } from "./cards.js";
+import { renderList, revealTask, upsert } from "./cards.js";
 import { $, el, toast, withCode } from "./dom.js";
 import { live, markDirty, tasks } from "./state.js";
 
@@ -38,13 +38,48 @@ function fieldSpec(name, property, root, required) {
   else if (schema.type === "integer") kind = "integer";
   else if (schema.type === "number") kind = "number";
   else if (schema.type === "string") kind = "string";
-  else if (schema.type === "array") {
+  let textItems = false;
+  if (schema.type === "array") {
     const items = schema.items ? resolveRef(schema.items, root) : {};
     kind = !items.type || items.type === "string" ? "lines" : "json";
+    textItems = items.type === "string";
   }
-  return { name, kind, required, nullable, schema };
+  return { name, kind, required, nullable, schema, textItems };
 }
 
+/** One line of a "lines" field: a JSON value when it parses as one, else the text itself. */
+function parseLine(line) {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return line;
+  }
+}
+
+/** The line showing `value` (the inverse of `parseLine`): text as is, unless it would read as JSON. */
+function lineOf(value) {
+  return typeof value === "string" && parseLine(value) === value ? value : JSON.stringify(value);
+}
+
+/** The items of a "lines" field: one JSON array, or one item per line. */
+function readLines(text, textItems) {
+  if (text.startsWith("[")) {
+    try {
+      const parsed = JSON.parse(text);
+      if (Array.isArray(parsed)) return parsed;
+    } catch { /* not JSON: one item per line */ }
+  }
+  // Unless the items are strings, a line that is JSON is that JSON value (so
+  // {"fail": true} is an object, 7 a number) and any other line is text.
+  const lines = text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== "");
+  return textItems ? lines : lines.map(parseLine);
+}
+
+/** The text showing `values` in a "lines" field: a line each, or a JSON array when lines would read back otherwise. */
+function linesOf(values, textItems) {
+  const text = values.map(textItems ? String : lineOf).join("\n");
+  return JSON.stringify(readLines(text, textItems)) === JSON.stringify(values) ? text : JSON.stringify(values);
+}
 
 function strip(object) {
   return Object.fromEntries(Object.entries(object).filter(([, v]) => v !== undefined));
@@ -99,17 +134,14 @@ function buildInput(spec, id) {
       })));
       return select;
     }
-    case "lines": {
-      let value;
-      if (Array.isArray(s.default)) {
-        value = s.default.every((v) => typeof v === "string") ? s.default.join("\n") : JSON.stringify(s.default);
-      }
+    case "lines":
       return el("textarea", {
         ...common, rows: "4", spellcheck: "false",
-        placeholder: "one item per line, or a JSON array like [\"a\", 2, {\"fail\": true}]",
-        text: value,
+        placeholder: spec.textItems
+          ? "one item per line, or a JSON array like [\"a\", \"b\"]"
+          : "one item per line: JSON values like 7 or {\"fail\": true} are read as JSON, other lines as text",
+        text: Array.isArray(s.default) ? linesOf(s.default, spec.textItems) : undefined,
       });
-    }
     default: {
       const value = s.default !== undefined && s.default !== null ? JSON.stringify(s.default, null, 2) : undefined;
       return el("textarea", {
@@ -148,13 +180,7 @@ function readField(spec, input) {
     case "string":
       return raw;
     case "lines":
-      if (text.startsWith("[")) {
-        try {
-          const parsed = JSON.parse(text);
-          if (Array.isArray(parsed)) return parsed;
-        } catch { /* not JSON: one item per line */ }
-      }
-      return text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== "");
+      return readLines(text, spec.textItems);
     default:
       try {
         return JSON.parse(text);
@@ -230,6 +256,7 @@ function buildForm(executor) {
         upsert({ ...created, executor: executor.name, createdAt: Date.now() });
       }
       renderList();
+      if (generation === live.generation && created?.id) revealTask(created.id);
       toast(`Started “${created?.name ?? executor.name}”`, "ok");
       markDirty();
     } catch (error) {

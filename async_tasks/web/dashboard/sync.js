@@ -36,14 +36,17 @@ export async function fullSync() {
   }
   for (const id of [...tasks.keys()]) if (!seen.has(id)) removeTask(id);
   // /status has the step description and the error: ask for it while a task is
-  // active, and once more whenever a task reaches a new status.
+  // active, and once more whenever a task reaches a new status. A failed task is
+  // asked for whole, once: only the task itself says whether it is dead-lettered.
   const wanted = [...tasks.values()].filter((t) => !TERMINAL.has(t.status) || t.detailedStatus !== t.status);
   await Promise.all(wanted.slice(0, 50).map(async (task) => {
+    const path = `/tasks/${encodeURIComponent(task.id)}`;
     try {
-      const status = await api("GET", `/tasks/${encodeURIComponent(task.id)}/status`);
+      const detail = task.status === "failed" ? (await api("GET", path)).task : await api("GET", `${path}/status`);
       if (generation !== live.generation) return;
-      mergeInto(task, status);
-      task.detailedStatus = status.status;
+      mergeInto(task, detail);
+      if (task.status !== "failed") task.deadLettered = false;
+      task.detailedStatus = detail.status;
     } catch (error) {
       if (error.status === 404) removeTask(task.id);
     }
