@@ -99,6 +99,8 @@ export const FIELDS = ["name", "executor", "status", "progress", "createdAt", "c
   "currentStep", "currentStepDescription", "error", "description", "deadLettered", "maxRetries"];
 
 export function mergeInto(task, data) {
+  // A new status makes what /status or the whole task said before out of date.
+  if (data.status !== undefined && data.status !== task.status) task.detailedStatus = null;
   for (const key of FIELDS) if (key in data && data[key] !== undefined) task[key] = data[key];
 }
 

@@ -41,12 +41,16 @@ export async function fullSync() {
   const wanted = [...tasks.values()].filter((t) => !TERMINAL.has(t.status) || t.detailedStatus !== t.status);
   await Promise.all(wanted.slice(0, 50).map(async (task) => {
     const path = `/tasks/${encodeURIComponent(task.id)}`;
+    const whole = task.status === "failed";
     try {
-      const detail = task.status === "failed" ? (await api("GET", path)).task : await api("GET", `${path}/status`);
+      const detail = whole ? (await api("GET", path)).task : await api("GET", `${path}/status`);
       if (generation !== live.generation) return;
       mergeInto(task, detail);
       if (task.status !== "failed") task.deadLettered = false;
-      task.detailedStatus = detail.status;
+      // A task that failed meanwhile is asked for again, whole, right away.
+      const known = whole || detail.status !== "failed";
+      task.detailedStatus = known ? detail.status : null;
+      if (!known) live.dirty = true;
     } catch (error) {
       if (error.status === 404) removeTask(task.id);
     }
