@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,17 @@ def test_pages_load_only_same_origin_script_files_served_as_javascript(live_serv
         assert http.get("/schema/openapi.json").json()["openapi"].startswith("3.")
         licence = http.get("/schema/assets/swagger-ui/LICENSE")
         assert licence.status_code == 200 and "Apache License" in licence.text
+
+
+def test_every_page_asset_is_package_data() -> None:
+    """A wheel carries every file of the dashboard and the API reference (pyproject's package data)."""
+    root = Path(__file__).parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["async_tasks"]
+    package = root / "async_tasks"
+    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    for folder in ("web/dashboard", "web/reference"):
+        files = {path for path in (package / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+        assert files and files <= shipped, sorted(str(path.relative_to(package)) for path in files - shipped)
 
 
 # -- the screenshot for the docs ----------------------------------------------------
