@@ -19,7 +19,7 @@ import shutil
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -27,9 +27,10 @@ import pytest
 from async_tasks.client import TaskClient
 from tests.live import live_app, serve_in_thread
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-Browser = sync_api.Browser
-Page = sync_api.Page
 expect = sync_api.expect
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
