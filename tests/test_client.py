@@ -193,7 +193,7 @@ def test_validation_errors_raise_with_the_servers_message(client: TaskClient) ->
     with pytest.raises(TaskApiError) as bad:
         client.demo("sample", delayMs=-1)
     assert bad.value.status == 400
-    assert bad.value.code == "validation_error"
+    assert bad.value.code == "invalid_params"
     assert "delayMs" in bad.value.message
     with pytest.raises(TaskApiError) as unknown:
         client.create_task("no-such-executor")
