@@ -29,6 +29,7 @@ from async_tasks.system import TaskSystem
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
+from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
 from async_tasks.web.api.streams import stream_router
 from async_tasks.web.api.tasks import TaskController
@@ -101,6 +102,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.append(self.router())
+        if app_config.openapi_config is not None:  # document the session token and cookie
+            app_config.openapi_config = with_session_security(app_config.openapi_config)
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))

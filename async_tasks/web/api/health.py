@@ -23,6 +23,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.openapi import NO_SESSION
 from async_tasks.web.api.schemas import HealthResponse, ReadyChecks, ReadyResponse
 from async_tasks.web.metrics import OPS_OPT_KEY
 
@@ -55,7 +56,7 @@ class LoopLagProbe:
         return max(self.lag_ms, (anyio.current_time() - self._due) * 1000)
 
 
-_OPS: dict[str, Any] = {"tags": ["ops"], "opt": {OPS_OPT_KEY: True}}
+_OPS: dict[str, Any] = {"tags": ["ops"], "opt": {OPS_OPT_KEY: True}, "security": NO_SESSION}
 
 
 @get(["/health", "/healthz"], summary="Liveness: the process answers", sync_to_thread=False, **_OPS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 
 from async_tasks.sessions import SHARED_SESSION
@@ -23,6 +24,14 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
     tags=["sessions"],
     status_code=201,
     summary="Start a new session: returns its token and sets the session cookie",
+    response_headers=[
+        ResponseHeader(
+            name=TOKEN_HEADER,
+            description="The new session's token (the body's `token`); absent with ENABLE_SESSION_ISOLATION=false.",
+            documentation_only=True,
+            required=False,
+        )
+    ],
     description=(
         "One request, one session: the token in the body is the one in the `X-Session-Token` "
         "response header and in the cookie. Send it back in the `X-Session-Token` header (or let "
