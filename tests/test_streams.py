@@ -405,6 +405,21 @@ async def test_session_streams_are_isolated_keep_alive_and_clean_up(make_app: Ca
 # -- WebSocket ---------------------------------------------------------------------------------------
 
 
+def test_seed_004s_socket_path_is_the_session_stream(make_app: Callable[..., Litestar]) -> None:
+    """``ws://host/ws`` (where seed 004's clients connect) streams the session like ``/api/v1/ws``."""
+    app = make_app(auto_map_session_by_ip=False)
+    with TestClient(app) as client:
+        token = client.post(f"{API}/session").json()["token"]
+        client.cookies.clear()
+        mine = {"X-Session-Token": token}
+        task = client.post(f"{API}/tasks", json={"executor": "script"}, headers=mine).json()["task"]
+        for path in ("/ws", f"{API}/ws"):
+            with client.websocket_connect(path, headers=mine) as ws:
+                first = ws.receive_json(timeout=GUARD)
+                assert (first["type"], first["taskId"], first["status"]) == ("snapshot", task["id"], "pending")
+        assert "/ws" in {route.path for route in app.routes}
+
+
 def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
     app = make_app(auto_map_session_by_ip=False)
     bridge = bridge_of(app)

@@ -31,7 +31,7 @@ from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
 from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
-from async_tasks.web.api.streams import stream_router
+from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import TaskController
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
@@ -102,6 +102,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.append(self.router())
+        if self.path:  # seed 004's WebSocket path, beside the API's own
+            app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie
             app_config.openapi_config = with_session_security(app_config.openapi_config)
         app_config.route_handlers.extend(health_handlers(self.lag_probe))

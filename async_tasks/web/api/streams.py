@@ -1,5 +1,6 @@
 """Push streams: ``GET /tasks/{id}/events`` and ``GET /tasks/events`` (Server-Sent
-Events) and ``WS /ws`` (the session stream over a WebSocket).
+Events) and ``WS /ws`` (the session stream over a WebSocket; also at the app's root
+``/ws``, seed 004's path).
 
 SSE framing, one message per event::
 
@@ -197,7 +198,6 @@ async def session_events(
     return await _sse(task_streams.session_stream(session_key))
 
 
-@websocket("/ws", name="session_socket")
 async def session_socket(
     socket: WebSocket[Any, Any, Any],
     session_key: NamedDependency[str],
@@ -235,6 +235,17 @@ def stream_router(bridge: StreamBridge) -> Router:
     """The stream routes, bound to `bridge` (mount it inside the API router)."""
     return Router(
         path="/",
-        route_handlers=[session_events, task_events, session_socket],
+        route_handlers=[session_events, task_events, websocket("/ws", name="session_socket")(session_socket)],
+        dependencies={"task_streams": Provide(lambda: bridge, sync_to_thread=False)},
+    )
+
+
+def root_socket_router(bridge: StreamBridge) -> Router:
+    """``WS /ws`` at the app's root: the session stream where seed 004 (TaskFlow) puts its
+    WebSocket, so a client written for it connects instead of getting a bare 403 (what a
+    server answers a WebSocket to a path with no route). Same stream as ``<api>/ws``."""
+    return Router(
+        path="/",
+        route_handlers=[websocket("/ws", name="session_socket_at_root")(session_socket)],
         dependencies={"task_streams": Provide(lambda: bridge, sync_to_thread=False)},
     )
