@@ -309,3 +309,21 @@ async def test_retry_of_cancelled_task_runs_it_again(client: httpx.AsyncClient, 
     assert response.status_code == 200
     done = await wait_for(app, task["id"], "completed")
     assert [h.status.value for h in done.history] == ["pending", "cancelled", "pending", "running", "completed"]
+
+
+async def test_the_batch_limit_advertised_is_the_limit_applied(client: httpx.AsyncClient) -> None:
+    """The OpenAPI document, GET /executors and the error all say 1000 items, and 1000 are taken."""
+    document = (await client.get("/schema/openapi.json")).json()
+    batch_body = document["components"]["schemas"]["BatchDemoRequest"]
+    assert batch_body["properties"]["items"]["maxItems"] == 1000
+    executors = (await client.get(f"{API}/executors")).json()["executors"]
+    (batch,) = [e for e in executors if e["name"] == "batch"]
+    assert batch["paramsSchema"]["$defs"]["BatchParams"]["properties"]["items"]["maxItems"] == 1000
+    error = assert_error(
+        await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 1001, "itemDelayMs": 0}),
+        400,
+        "invalid_params",
+    )
+    assert error["error"]["message"] == "items must hold at most 1000 items."
+    accepted = await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 1000, "itemDelayMs": 0})
+    assert accepted.status_code == 201, accepted.text
