@@ -222,3 +222,40 @@ def test_opentelemetry_plugin_is_added_when_enabled() -> None:
 
     (plugin,) = opentelemetry_plugins(Settings.from_env({"OTEL_ENABLED": "true"}))
     assert isinstance(plugin, OpenTelemetryPlugin)
+
+
+async def test_tasks_and_attempts_are_counted_apart(make_app: Callable[..., Litestar]) -> None:
+    """Automatic retries add attempts, not finished tasks: finished <= created + retries by hand."""
+    app = make_app(retry_backoff_ms=0)
+    async with serve_in_loop(app) as client:
+        response = await client.post(
+            f"{API}/tasks",
+            json={"executor": "script", "params": {"failAttempts": 2}, "maxRetries": 2, "start": True},
+        )
+        flaky = response.json()["task"]
+        await wait_for(app, flaky["id"], "completed")
+        failed = await create(client, fail="boom")
+        await wait_for(app, failed["id"], "failed")
+        assert (await client.post(f"{API}/tasks/{failed['id']}/retry")).status_code == 200
+        await wait_for(app, failed["id"], "failed")
+
+        samples = await scrape(client)
+        created = value(samples, "async_tasks_tasks_created_total", executor="script")
+        finished = {
+            status: value(samples, "async_tasks_tasks_finished_total", executor="script", status=status)
+            for status in ("completed", "failed", "cancelled")
+        }
+        attempts = {
+            outcome: value(samples, "async_tasks_task_attempts_total", executor="script", outcome=outcome)
+            for outcome in ("completed", "failed", "cancelled")
+        }
+        retries = {
+            kind: value(samples, "async_tasks_task_retries_total", executor="script", kind=kind)
+            for kind in ("automatic", "manual")
+        }
+        assert created == 2
+        assert finished == {"completed": 1, "failed": 2, "cancelled": 0}  # the failed one settled twice
+        assert attempts == {"completed": 1, "failed": 4, "cancelled": 0}  # 2 automatic retries, 2 failures
+        assert retries == {"automatic": 2, "manual": 1}
+        assert sum(finished.values()) <= created + retries["manual"]
+        assert sum(attempts.values()) == created + retries["automatic"] + retries["manual"]
