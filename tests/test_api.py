@@ -327,3 +327,20 @@ async def test_the_batch_limit_advertised_is_the_limit_applied(client: httpx.Asy
     assert error["error"]["message"] == "items must hold at most 1000 items."
     accepted = await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 1000, "itemDelayMs": 0})
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_history_keeps_the_error_of_a_failed_attempt(make_app: Any) -> None:
+    """A task that failed once and then succeeded shows the failure's error in its history."""
+    from async_tasks.testing import serve_in_loop
+
+    app = make_app(retry_backoff_ms=0)
+    async with serve_in_loop(app) as client:
+        body = {"executor": "script", "params": {"failAttempts": 1}, "maxRetries": 1, "start": True}
+        task = (await client.post(f"{API}/tasks", json=body)).json()["task"]
+        await wait_for(app, task["id"], "completed")
+        history = (await client.get(f"{API}/tasks/{task['id']}")).json()["task"]["history"]
+        failed = [entry for entry in history if entry["status"] == "failed"]
+        assert [(e.get("attempt", 1), e["error"], e["reason"]) for e in failed] == [
+            (1, "RuntimeError: attempt 1 failed on purpose", "attempt failed")
+        ]
+        assert all("error" not in entry for entry in history if entry["status"] != "failed")
