@@ -95,12 +95,13 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     def on_signal(sig: int, frame: Any) -> None:
         # uvicorn's own handler, except that it does not re-raise the signal once the
         # server has stopped (that would kill the process before the logs are written).
-        # A signal handler: only signal-safe work here (no logging: it takes locks).
+        # A signal handler: only signal-safe work here (no logging: it takes locks). The
+        # watchdog thread wakes at once, says "Shutdown requested" and only then starts
+        # the task system's shutdown, so the log tells the story in order.
         if server.should_exit and sig == signal.SIGINT:
             server.force_exit = True
         else:
             server.should_exit = True
-        system.request_shutdown()
         signalled.set()
 
     server.handle_exit = on_signal  # type: ignore[method-assign]
@@ -145,6 +146,7 @@ def _shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings:
         "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
         settings.shutdown_grace_ms,
     )
+    system.request_shutdown()  # after the line above: the cancellations are logged after it
     time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
     # Still alive: something ignores cancellation or the event loop is blocked.
     reported = {task.id for task in system.abandoned}
