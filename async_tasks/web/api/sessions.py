@@ -29,6 +29,7 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
             name=TOKEN_HEADER,
             description="The new session's token (the body's `token`); absent with ENABLE_SESSION_ISOLATION=false.",
             documentation_only=True,
+            value="",  # only its type is used: it gives the header a string schema in the document
             required=False,
         )
     ],
