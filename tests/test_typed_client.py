@@ -32,15 +32,18 @@ TYPE_OPTIONS = ["--default-non-nullable", "false"]
 #: Quiet, offline-friendly Node tools (no update checks, no telemetry).
 NODE_ENV = {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true", "NO_UPDATE_NOTIFIER": "1"}
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are not installed"
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are not installed"
+    ),
+]
 
 
 def guide_program() -> str:
     blocks = [b for b in TYPESCRIPT_BLOCK.findall((ROOT / "DEMO_GUIDE.md").read_text()) if "createClient" in b]
     assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one typed-client program"
-    return blocks[0]
+    return str(blocks[0])
 
 
 def run(command: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

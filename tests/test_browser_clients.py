@@ -1,5 +1,6 @@
-"""A task's event stream in a real browser (Debian's ``chromium`` through Playwright):
-a browser's ``EventSource`` stops by itself once the task has ended.
+"""What a browser client meets, in a real browser (Debian's ``chromium`` through
+Playwright): a task's ``EventSource`` stops by itself once the task has ended, and the
+API reference's Authorize dialog takes a session token.
 
 Skipped, with the reason, when Playwright or Chromium is missing (see
 tests/test_dashboard_browser.py for the setup). Waits are Playwright's own.
@@ -11,17 +12,22 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.live import live_server  # noqa: F401 - a fixture
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Response
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
@@ -45,7 +51,7 @@ FOLLOW = """async () => {
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[Any]:
+def page() -> Iterator[Page]:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -54,11 +60,11 @@ def page() -> Iterator[Any]:
             browser.close()
 
 
-def test_an_event_source_stops_after_the_task_ends(page: Any, live_server: str) -> None:  # noqa: F811
+def test_an_event_source_stops_after_the_task_ends(page: Page, live_server: str) -> None:  # noqa: F811
     """The stream ends with `end`; the browser's reconnect gets 204 and EventSource closes for good."""
     streams: list[tuple[int, str | None]] = []
 
-    def on_response(response: Any) -> None:
+    def on_response(response: Response) -> None:
         if response.url.endswith("/events"):
             streams.append((response.status, response.request.all_headers().get("last-event-id")))
 
@@ -67,7 +73,7 @@ def test_an_event_source_stops_after_the_task_ends(page: Any, live_server: str) 
     task_id = page.evaluate(FOLLOW)
     # EventSource.CLOSED (2): it gave up reconnecting, which only a 204 (or an error status) makes it do.
     page.wait_for_function("window.source.readyState === 2", timeout=15_000)
-    seen = page.evaluate("window.seen")
+    seen: list[dict[str, Any]] = page.evaluate("window.seen")
 
     kinds = [entry["kind"] for entry in seen]
     assert kinds.count("open") == 1, kinds
@@ -80,3 +86,13 @@ def test_an_event_source_stops_after_the_task_ends(page: Any, live_server: str) 
     assert end["id"].startswith("1-")
     # One stream, then one reconnect carrying the end's id, answered 204.
     assert streams == [(200, None), (204, end["id"])]
+
+
+def test_the_reference_can_authorize_with_a_session_token(page: Page, live_server: str) -> None:  # noqa: F811
+    """Swagger UI's Authorize offers the session token header (and the cookie) declared in the document."""
+    page.goto(f"{live_server}/schema")
+    page.get_by_role("button", name="Authorize").first.click()
+    schemes = page.locator(".auth-container")
+    sync_api.expect(schemes.first).to_contain_text("sessionToken")
+    sync_api.expect(schemes.first).to_contain_text("X-Session-Token")
+    sync_api.expect(schemes.nth(1)).to_contain_text("sessionCookie")
