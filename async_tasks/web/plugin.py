@@ -37,6 +37,16 @@ from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_co
 from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
 from async_tasks.web.streams import StreamBridge
 
+#: Bytes a create body may hold besides the task's data (name, description, options).
+BODY_OVERHEAD = 16_384
+
+
+def api_body_limit(settings: Settings) -> int:
+    """The largest body the API reads: a create body is the task's data plus a few
+    fields, so a body beyond MAX_TASK_DATA_BYTES + `BODY_OVERHEAD` is refused (413)
+    before it is decoded (a decoded body can take 20 times its size in memory)."""
+    return min(settings.max_request_body_bytes, settings.max_task_data_bytes + BODY_OVERHEAD)
+
 
 def provide_session_key(scope: Scope) -> str:
     """The ``session_key`` dependency: the caller's session, resolved by the middleware."""
@@ -92,7 +102,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             path=self.path or "/",
             route_handlers=handlers,
             exception_handlers=EXCEPTION_HANDLERS,
-            request_max_body_size=self.settings.max_request_body_bytes,
+            request_max_body_size=api_body_limit(self.settings),
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:

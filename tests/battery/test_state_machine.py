@@ -82,7 +82,8 @@ def assert_history_legal(history: list[Any], status: str) -> None:
     assert (first.status, first.previous, first.reason) == (TaskStatus.PENDING, None, "created")
     for before, entry in itertools.pairwise(history):
         assert entry.previous is before.status, history
-        assert can_transition(before.status, entry.status), history
+        # An entry standing for transitions left out of a capped history spans several.
+        assert entry.omitted or can_transition(before.status, entry.status), history
     assert history[-1].status.value == status
 
 
