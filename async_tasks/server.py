@@ -71,6 +71,7 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
         timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_TASK_SHARE),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
+    system.server_addresses.add(config.host, config.port)  # executors never call their own server
     signalled = threading.Event()
     threading.Thread(
         target=_shutdown_watchdog,

@@ -40,7 +40,7 @@ from async_tasks.errors import (
 )
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.execution.local import LocalExecution
-from async_tasks.executor import ExecutorRegistry, TaskExecutor
+from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.store.base import (
@@ -90,8 +90,11 @@ class TaskSystem:
         self.settings = settings or Settings.from_env(environ)
         self.clock = clock
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
+        #: Where the server running this engine listens; executors refuse to call it.
+        self.server_addresses = ServerAddresses()
         for executor in self.executors:
             executor.clock = clock
+            executor.server_addresses = self.server_addresses
         self.store: TaskStore = store or MemoryTaskStore(clock)
         self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
         self.cleaner = Cleaner(self.store, self.settings, clock)
