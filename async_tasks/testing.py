@@ -208,18 +208,21 @@ async def wait_for(
 
 
 @asynccontextmanager
-async def serve_in_loop(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+async def serve_in_loop(
+    app: Litestar, client_ip: str = "127.0.0.1", *, base_url: str = "http://localhost"
+) -> AsyncIterator[httpx.AsyncClient]:
     """Run `app` (lifespan included) in the test's own event loop and give an httpx client.
 
     Unlike Litestar's AsyncTestClient (which runs the app in a portal thread), the
     engine's tasks then share the test's loop, so a test can wait on events and
-    `anyio.wait_all_tasks_blocked()` instead of sleeping.
+    `anyio.wait_all_tasks_blocked()` instead of sleeping. The default `base_url` is a
+    loopback name, which the server accepts in the Host header (ALLOWED_HOSTS).
     """
     import httpx
 
     async with app.lifespan():
         transport = httpx.ASGITransport(app=cast("Any", app), client=(client_ip, 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
             yield http
 
 
