@@ -8,6 +8,7 @@ api-call (the guide's old self-call setup).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -93,8 +94,36 @@ def test_a_foreign_host_and_a_foreign_websocket_are_refused(server: str) -> None
     websockets = pytest.importorskip("websockets.sync.client")
     url = server.replace("http://", "ws://") + f"{API}/ws"
     with pytest.raises(websockets.InvalidStatus) as refused:  # type: ignore[attr-defined]
-        websockets.connect(url, origin="http://evil.example", open_timeout=5)
+        with websockets.connect(url, origin="http://evil.example", open_timeout=5):
+            pass
     assert refused.value.response.status_code == 403
     assert b"forbidden_origin" in refused.value.response.body
     with websockets.connect(url, origin=server, open_timeout=5) as socket:  # its own page is welcome
         socket.send("ping")
+
+
+def test_websockets_beyond_the_session_cap_get_429(server: str) -> None:
+    """Under uvicorn the refusal is an HTTP answer with the error body (the ASGI denial
+    extension); 16 streams per session by default."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    url = server.replace("http://", "ws://") + f"{API}/ws"
+    with contextlib.ExitStack() as stack:
+        for _ in range(16):
+            stack.enter_context(websockets.connect(url, open_timeout=5))
+        with pytest.raises(websockets.InvalidStatus) as refused:  # type: ignore[attr-defined]
+            with websockets.connect(url, open_timeout=5):
+                pass
+        assert refused.value.response.status_code == 429
+        assert b"MAX_STREAMS_PER_SESSION" in refused.value.response.body
+
+
+def test_a_large_websocket_message_closes_the_socket(server: str) -> None:
+    websockets = pytest.importorskip("websockets.sync.client")
+    from websockets.exceptions import ConnectionClosed
+
+    url = server.replace("http://", "ws://") + f"{API}/ws"
+    with websockets.connect(url, open_timeout=5) as socket:
+        socket.send("x" * 5000)
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

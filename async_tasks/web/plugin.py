@@ -88,7 +88,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self.settings = self.system.settings
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         #: Push streams (SSE / WebSocket): task events forwarded to each session's open streams.
-        self.streams = StreamBridge(self.system.store)
+        self.streams = StreamBridge(
+            self.system.store,
+            max_streams=self.settings.max_streams,
+            max_streams_per_session=self.settings.max_streams_per_session,
+        )
         self.system.on_shutdown.append(self.streams.close)
         #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
         self.metrics = (
