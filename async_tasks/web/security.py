@@ -91,7 +91,21 @@ _HEADERS: Final = [
 _CSP: Final = (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
 
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-_FORWARDING: Final = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-proto"})
+# The request headers the middleware reads, by kind (one dict look-up per header).
+_HOST, _ORIGIN, _CONTENT_TYPE, _LENGTH, _CHUNKED, _AUTHORIZATION, _API_KEY, _FORWARDED = range(8)
+_KINDS: Final = {
+    b"host": _HOST,
+    b"origin": _ORIGIN,
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CHUNKED,
+    b"authorization": _AUTHORIZATION,
+    b"x-api-key": _API_KEY,
+    b"x-forwarded-for": _FORWARDED,
+    b"forwarded": _FORWARDED,
+    b"x-real-ip": _FORWARDED,
+    b"x-forwarded-proto": _FORWARDED,
+}
 _JSON_TYPE: Final = re.compile(rb"^\s*application/([a-z0-9.+-]*\+)?json\s*(;|$)", re.IGNORECASE)
 _TICKET_PARAM: Final = b"ticket="
 _CACHE_SIZE: Final = 1024
@@ -156,32 +170,38 @@ class BoundaryMiddleware(ASGIMiddleware):
             hashlib.sha256(settings.metrics_token.strip().encode()).digest() if settings.metrics_token else None
         )
         self._hosts: dict[bytes, bool] = {}
+        self._origins: dict[tuple[bytes, bytes | None], bool] = {}
+        self._json_types: dict[bytes, bool] = {}
+        self._servers: set[Any] = set()
         self._peers: dict[str, bool] = {}
         self._warned_forwarding = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         server = scope.get("server")
-        if server is not None and tuple(server) not in self.addresses.seen:
-            self.addresses.add(str(server[0]), server[1])
+        if server is not None and server not in self._servers:
+            self._note_server(server)
         host = origin = content_type = authorization = api_key = None
         forwarded = False
         body = False
         for name, value in scope["headers"]:
-            if name == b"host":
+            kind = _KINDS.get(name)
+            if kind is None:
+                continue
+            if kind == _HOST:
                 host = value
-            elif name == b"origin":
+            elif kind == _ORIGIN:
                 origin = value
-            elif name == b"content-type":
+            elif kind == _CONTENT_TYPE:
                 content_type = value
-            elif name == b"content-length":
+            elif kind == _LENGTH:
                 body = body or value.strip() not in (b"0", b"")
-            elif name == b"transfer-encoding":
+            elif kind == _CHUNKED:
                 body = True
-            elif name == b"authorization":
+            elif kind == _AUTHORIZATION:
                 authorization = value
-            elif name == b"x-api-key":
+            elif kind == _API_KEY:
                 api_key = value
-            elif name in _FORWARDING:
+            else:
                 forwarded = True
         if forwarded:
             self._apply_forwarding(scope)
@@ -208,6 +228,12 @@ class BoundaryMiddleware(ASGIMiddleware):
         if scope.get("scheme") in ("https", "wss") and scope["type"] == ScopeType.HTTP:
             send = _secure_cookies(send)
         await next_app(scope, receive, send)
+
+    def _note_server(self, server: Any) -> None:
+        server = tuple(server)
+        self.addresses.add(str(server[0]), server[1])
+        if len(self._servers) < _CACHE_SIZE:
+            self._servers.add(server)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -251,7 +277,7 @@ class BoundaryMiddleware(ASGIMiddleware):
                 "This server needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
             )
         if body and not websocket and method not in _SAFE_METHODS:
-            if content_type is None or not _JSON_TYPE.match(content_type):
+            if content_type is None or not self._is_json(content_type):
                 shown = content_type.decode("latin-1") if content_type else "none"
                 return (
                     415,
@@ -283,7 +309,25 @@ class BoundaryMiddleware(ASGIMiddleware):
             return False
         return True
 
+    def _is_json(self, content_type: bytes) -> bool:
+        known = self._json_types.get(content_type)
+        if known is None:
+            known = _JSON_TYPE.match(content_type) is not None
+            if len(self._json_types) >= _CACHE_SIZE:
+                self._json_types.clear()
+            self._json_types[content_type] = known
+        return known
+
     def _origin_allowed(self, origin: bytes, host: bytes | None) -> bool:
+        known = self._origins.get((origin, host))
+        if known is None:
+            known = self._judge_origin(origin, host)
+            if len(self._origins) >= _CACHE_SIZE:
+                self._origins.clear()
+            self._origins[(origin, host)] = known
+        return known
+
+    def _judge_origin(self, origin: bytes, host: bytes | None) -> bool:
         text = origin.decode("latin-1").lower()
         if host is not None and text.partition("://")[2] == host.decode("latin-1").lower():
             return True  # the server's own origin (Host is checked above)
