@@ -8,7 +8,8 @@ or http://localhost:3000): ``submit EXECUTOR --param key=value ... [--watch]``,
 ``list``, ``status ID``, ``watch ID``, ``cancel ID``, ``retry ID``, ``delete ID``,
 ``executors`` and ``session``. They keep one session per server: its token is
 stored in ~/.cache/async-tasks/session-<host>.json (or $ASYNC_TASKS_SESSION_FILE),
-so ``submit`` and a later ``status`` see the same tasks.
+so ``submit`` and a later ``status`` see the same tasks. For a server with API_KEYS,
+set $ASYNC_TASKS_API_KEY.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def serve(args: argparse.Namespace) -> int:
 # -- client commands (talk to a running server) ------------------------------------
 
 URL_ENV = "ASYNC_TASKS_URL"
+API_KEY_ENV = "ASYNC_TASKS_API_KEY"
 SESSION_FILE_ENV = "ASYNC_TASKS_SESSION_FILE"
 DEFAULT_URL = "http://localhost:3000"
 STATUS_STYLES = {
@@ -129,7 +131,12 @@ def _open_client(args: argparse.Namespace) -> TaskClient:
     from async_tasks.client import TaskClient
 
     url = args.url
-    return TaskClient(url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token))
+    return TaskClient(
+        url,
+        token=load_session_token(url),
+        on_token=lambda token: save_session_token(url, token),
+        api_key=os.environ.get(API_KEY_ENV) or None,
+    )
 
 
 Command = Callable[[argparse.Namespace], int]

@@ -306,9 +306,11 @@ class _Base:
         token: str | None,
         api_path: str,
         on_token: Callable[[str], None] | None,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = str(base_url).rstrip("/")
         self.token = token
+        self.api_key = api_key
         self.on_token = on_token
         self._calls = _Calls(api_path)
 
@@ -316,6 +318,8 @@ class _Base:
         headers = {"Accept": "application/json"}
         if self.token:
             headers[TOKEN_HEADER] = self.token
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
         if extra:
             headers.update(extra)
         return headers
@@ -356,6 +360,7 @@ class TaskClient(_Base):
         api_path: where the API is mounted (default ``/api/v1``).
         transport: an httpx transport (tests: ``httpx.MockTransport``...).
         on_token: called with each new session token the client adopts.
+        api_key: sent as ``X-API-Key`` (for a server with API_KEYS set).
     """
 
     def __init__(
@@ -367,8 +372,9 @@ class TaskClient(_Base):
         api_path: str = "/api/v1",
         transport: httpx.BaseTransport | None = None,
         on_token: Callable[[str], None] | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, token=token, api_path=api_path, on_token=on_token)
+        super().__init__(base_url, token=token, api_path=api_path, on_token=on_token, api_key=api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> TaskClient:
@@ -561,8 +567,9 @@ class AsyncTaskClient(_Base):
         api_path: str = "/api/v1",
         transport: httpx.AsyncBaseTransport | None = None,
         on_token: Callable[[str], None] | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, token=token, api_path=api_path, on_token=on_token)
+        super().__init__(base_url, token=token, api_path=api_path, on_token=on_token, api_key=api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncTaskClient:

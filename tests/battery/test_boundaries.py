@@ -323,3 +323,19 @@ async def test_security_headers_on_pages_api_and_errors(client: httpx.AsyncClien
     assert response.headers["referrer-policy"] == "no-referrer"
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+
+
+async def test_the_python_client_sends_its_api_key(make_app: Callable[..., Litestar]) -> None:
+    from async_tasks.client import AsyncTaskClient, TaskApiError
+
+    app = make_app(api_keys=KEY)
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncTaskClient(f"http://{TEST_HOST}", transport=transport, api_key=KEY) as keyed:
+            task = await keyed.demo("script", steps=0)
+            done = [update async for update in keyed.watch(task["id"])]
+            assert done[-1]["status"] == "completed"
+        async with AsyncTaskClient(f"http://{TEST_HOST}", transport=transport) as keyless:
+            with pytest.raises(TaskApiError) as refused:
+                await keyless.executors()
+            assert refused.value.status == 401
