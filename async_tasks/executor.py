@@ -68,6 +68,32 @@ P = TypeVar("P", bound=msgspec.Struct, default=NoParams)
 C = TypeVar("C", bound=msgspec.Struct, default=NoConfig)
 
 
+class ServerAddresses:
+    """Where the server that runs this engine accepts connections: (host, port) pairs.
+
+    The server adds the address it binds at start-up, and the web layer each local
+    address a request arrives on (ASGI ``scope["server"]``), so it is right under
+    ``async-tasks serve``, plain uvicorn or any other server. Executors that make
+    outbound requests refuse these (and loopback on these ports): a task must never
+    call the server that runs it, with the server's own network position.
+    """
+
+    __slots__ = ("hosts", "ports", "seen")
+
+    def __init__(self) -> None:
+        #: Host strings as bound or seen (``0.0.0.0`` / ``::`` mean every local address).
+        self.hosts: set[str] = set()
+        self.ports: set[int] = set()
+        self.seen: set[tuple[str, int]] = set()
+
+    def add(self, host: str, port: int | None) -> None:
+        if port is None or not host:
+            return  # a Unix socket: nothing to call over TCP
+        self.seen.add((host, port))
+        self.hosts.add(host.strip("[]").lower())
+        self.ports.add(int(port))
+
+
 class TaskExecutor(Generic[P, C]):
     """Base class of every executor.
 
@@ -91,6 +117,8 @@ class TaskExecutor(Generic[P, C]):
 
     #: The engine's clock; tests swap in `async_tasks.testing.FakeClock`.
     clock: Clock = SYSTEM_CLOCK
+    #: Where the server running the engine listens (set by the engine; empty alone).
+    server_addresses: ServerAddresses = ServerAddresses()
     #: This executor's settings (an instance of `Config`).
     config: C
 
