@@ -74,15 +74,20 @@ CORS_ALLOW_HEADERS: Final = (
     "X-API-Key",
     "Last-Event-ID",
 )
-CORS_EXPOSE_HEADERS: Final = ("X-Session-Token", "X-Request-ID", "Idempotent-Replayed", "Retry-After")
+CORS_EXPOSE_HEADERS: Final = (
+    "X-Session-Token",
+    "X-Session-Token-Status",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "Retry-After",
+)
 
+#: The session WebSocket is also served at the app's root (where seed 004 puts it).
+ROOT_SOCKET_PATH: Final = "/ws"
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-#: Paths served without the CSP until their pages load no inline or remote script
-#: (the OpenAPI reference pages); they keep the other headers.
-CSP_EXEMPT_PREFIXES: Final = ("/schema",)
 _HEADERS: Final = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -214,7 +219,8 @@ class BoundaryMiddleware(ASGIMiddleware):
             )  # fmt: skip
             return
         path: str = scope["path"]
-        if path.startswith(self.api_prefix):
+        # The API, and the session stream's second door at the root (seed 004's ``/ws``).
+        if path.startswith(self.api_prefix) or path == ROOT_SOCKET_PATH:
             refusal = self._check_api(scope, path, host, origin, content_type, authorization, api_key, body)
             if refusal is not None:
                 await self._refuse(scope, receive, send, *refusal)
@@ -471,12 +477,12 @@ def _host_part(header: str) -> str | None:
 
 async def security_headers(message: Message, scope: Scope) -> None:
     """``before_send`` hook: the security headers on every HTTP response (errors and 404s
-    included), the CSP except on `CSP_EXEMPT_PREFIXES`."""
+    included). The dashboard and the API reference load no inline or remote code, so
+    the strict CSP holds for every page."""
     if message["type"] != "http.response.start":
         return
     headers = message.get("headers")
     if not isinstance(headers, list):
         headers = message["headers"] = list(headers or ())
     headers.extend(_HEADERS)
-    if not scope.get("path", "").startswith(CSP_EXEMPT_PREFIXES):
-        headers.append(_CSP)
+    headers.append(_CSP)

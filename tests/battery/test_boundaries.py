@@ -99,16 +99,18 @@ async def test_a_foreign_origin_cannot_create_cancel_or_read(make_app: Callable[
         )
 
 
-def test_a_websocket_from_a_foreign_origin_is_refused(make_app: Callable[..., Litestar]) -> None:
-    """``WS /ws`` used to accept any Origin (a foreign page read task params and results)."""
+@pytest.mark.parametrize("path", [f"{API}/ws", "/ws"])
+def test_a_websocket_from_a_foreign_origin_is_refused(make_app: Callable[..., Litestar], path: str) -> None:
+    """``WS /ws`` used to accept any Origin (a foreign page read task params and results);
+    the same at the root door."""
     app = make_app(cors_allow_origins=FRONT_END)
     with TestClient(app) as client:
         with pytest.raises(WebSocketDisconnect) as refused:
-            with client.websocket_connect(f"{API}/ws", headers={"Origin": EVIL}) as socket:
+            with client.websocket_connect(path, headers={"Origin": EVIL}) as socket:
                 socket.receive_text()
         assert refused.value.code == 1008
         for origin in (FRONT_END, f"http://{TEST_HOST}"):
-            with client.websocket_connect(f"{API}/ws", headers={"Origin": origin}) as socket:
+            with client.websocket_connect(path, headers={"Origin": origin}) as socket:
                 socket.send_text("hello")  # accepted: the stream is open
                 socket.close()
 
