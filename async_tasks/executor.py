@@ -249,6 +249,27 @@ def _first_parameter_type(func: Callable[..., Any], scope: dict[str, Any]) -> ty
     return found
 
 
+def _shadowed(module: str) -> str:
+    """A hint when the entry point's top-level package is not the installed one: a folder
+    of the same name in the working directory (say a project's own ``executors/``) comes
+    first on ``sys.path`` and hides the package that declared the entry point."""
+    import importlib.util
+    from pathlib import Path
+
+    top = module.partition(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ""
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not locations or not Path(locations[0]).resolve().is_relative_to(Path.cwd().resolve()):
+        return ""
+    return (
+        f". A package named {top!r} in the current directory ({locations[0]}) hides the installed one: "
+        "run from another directory, or rename your package"
+    )
+
+
 class ExecutorRegistry:
     """Executors by name; refuses duplicates and half-defined classes."""
 
@@ -300,7 +321,11 @@ class ExecutorRegistry:
                 try:
                     loaded = ep.load()
                 except Exception as exc:
-                    raise ExecutorRegistrationError(f"Cannot load executor entry point {ep.name!r}: {exc}") from exc
+                    missing = isinstance(exc, ModuleNotFoundError | AttributeError)
+                    hint = _shadowed(ep.module) if missing else ""
+                    raise ExecutorRegistrationError(
+                        f"Cannot load executor entry point {ep.name!r} ({ep.value}): {exc}{hint}"
+                    ) from exc
                 if not (isinstance(loaded, type) and issubclass(loaded, TaskExecutor)):
                     raise ExecutorRegistrationError(f"Entry point {ep.name!r} is not a TaskExecutor subclass")
                 if getattr(loaded, "name", None) != ep.name:
