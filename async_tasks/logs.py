@@ -2,7 +2,7 @@
 
     2025-08-12 05:56:10 info: Starting execution of task <id> for session <key> [request_id=demo-42]
 
-The seed's ``<date time> <level>: <message>``; a line written for a request, or for a
+``<date time> <level>: <message>``; a line written for a request, or for a
 task a request created, ends with `` [request_id=<id>]`` (the ``X-Request-ID`` of that
 request), so text logs can be searched by request id too.
 

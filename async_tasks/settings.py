@@ -46,7 +46,7 @@ def load_env(struct_type: type[S], environ: Mapping[str, str] | None = None) -> 
 
 
 class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
-    """Every core setting, with the seed's names and defaults. Times in milliseconds."""
+    """Every core setting, with its documented name and default. Times in milliseconds."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000

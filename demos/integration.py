@@ -1,4 +1,4 @@
-"""The seed's "Integration Examples" in Python: the task system inside your own app.
+"""The task system inside your own Litestar app: a route of yours creates a task.
 
 Run it::
 

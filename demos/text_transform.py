@@ -1,8 +1,8 @@
 """`text-transform`: the worked example of writing an executor.
 
-Reverses a payload and appends its length, as the Task Processor seed's worker
-does (``"Hello world!"`` → ``"!dlrow olleH (len=12)"``), and returns the seed's
-standard result object ``{taskId, result, processedAt}``.
+Reverses a payload and appends its length (``"Hello world!"`` →
+``"!dlrow olleH (len=12)"``) and returns a result object ``{taskId, result,
+processedAt}``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class TextTransformParams(TaskParams):
 class TextTransformExecutor(TaskExecutor[TextTransformParams]):
     name = "text-transform"
     title = "Text Transform"
-    description = "Reverses a payload and appends its length (the Task Processor seed's worker)."
+    description = "Reverses a payload and appends its length."
     steps = (
         Step("Reading Payload", "Decoding the submitted text", at=0),
         Step("Reversing", "Reversing the characters", at=40),

@@ -1,4 +1,4 @@
-"""`sample`: a timed walk through five named steps — the seed's first demo.
+"""`sample`: a timed walk through five named steps — the first demo to show.
 
 It does no real work: it shows what a client polling ``/status`` sees while a task
 runs (moving progress, step names and descriptions). The whole run takes

@@ -127,7 +127,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.append(self.router())
-        if self.path:  # seed 004's WebSocket path, beside the API's own
+        if self.path:  # the session socket at the root too, beside the API's own
             app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie
             app_config.openapi_config = with_session_security(app_config.openapi_config)

@@ -82,7 +82,7 @@ CORS_EXPOSE_HEADERS: Final = (
     "Retry-After",
 )
 
-#: The session WebSocket is also served at the app's root (where seed 004 puts it).
+#: The session WebSocket is also served at the app's root (see `web/api/streams.py`).
 ROOT_SOCKET_PATH: Final = "/ws"
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -219,7 +219,7 @@ class BoundaryMiddleware(ASGIMiddleware):
             )  # fmt: skip
             return
         path: str = scope["path"]
-        # The API, and the session stream's second door at the root (seed 004's ``/ws``).
+        # The API, and the session stream's second door at the root (``/ws``).
         if path.startswith(self.api_prefix) or path == ROOT_SOCKET_PATH:
             refusal = self._check_api(scope, path, host, origin, content_type, authorization, api_key, body)
             if refusal is not None:

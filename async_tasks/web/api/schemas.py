@@ -85,7 +85,7 @@ class TaskListResponse(Response, kw_only=True):
 
 
 class TaskStatusResponse(Response, kw_only=True):
-    """Exactly the seed's `/status` shape."""
+    """The documented `/status` shape, exactly (clients poll it: fields never change)."""
 
     status: TaskStatus
     progress: float
@@ -186,7 +186,7 @@ class ErrorResponse(msgspec.Struct, kw_only=True):
 
 
 class SessionMetricsResponse(Response, kw_only=True):
-    """The session's figures in the shape of the Task Processor seed's ``/metrics``."""
+    """The session's task count and mean processing time (``GET /tasks/metrics``)."""
 
     total_tasks: int
     completed_tasks: int

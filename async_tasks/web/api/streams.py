@@ -1,6 +1,6 @@
 """Push streams: ``GET /tasks/{id}/events`` and ``GET /tasks/events`` (Server-Sent
 Events) and ``WS /ws`` (the session stream over a WebSocket; also at the app's root
-``/ws``, seed 004's path).
+``/ws``, where clients written for a root WebSocket look).
 
 SSE framing, one message per event::
 
@@ -267,7 +267,7 @@ def stream_router(bridge: StreamBridge) -> Router:
 
 
 def root_socket_router(bridge: StreamBridge) -> Router:
-    """``WS /ws`` at the app's root: the session stream where seed 004 (TaskFlow) puts its
+    """``WS /ws`` at the app's root: the session stream where many task dashboards put their
     WebSocket, so a client written for it connects instead of getting a bare 403 (what a
     server answers a WebSocket to a path with no route). Same stream as ``<api>/ws``."""
     return Router(
