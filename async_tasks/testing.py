@@ -16,12 +16,17 @@
   event loop, with an httpx client on it.
 - `capture_logs`: the log records the task system writes, as dicts.
 - `free_port`: a free TCP port on loopback, for tests that start real servers.
+- `redis_server`: a throwaway ``redis-server`` (no persistence) on a free port, for
+  tests of the Redis backend; stopped by its PID when the block ends.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -259,3 +264,42 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server(executable: str = "redis-server", *, timeout: float = 10) -> Iterator[str]:
+    """Run a ``redis-server`` of its own on a free loopback port, without persistence,
+    and give its URL (``redis://127.0.0.1:<port>/0``); it is stopped (by PID) when the
+    block ends. Raises `FileNotFoundError` when the executable is not installed."""
+    path = shutil.which(executable)
+    if path is None:
+        raise FileNotFoundError(f"{executable} is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:  # the server's own start-up
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with status {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on port {port}")
+            time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -32,6 +32,7 @@ STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.IdempotencyConflict: 422,
     errors.QuotaExceeded: 429,
     errors.ShuttingDown: 503,
+    errors.StoreUnavailable: 503,
 }
 
 _HTTP_CODES = {

@@ -1,0 +1,210 @@
+"""What the Redis store promises beyond the shared contract: changes published on the
+session's channel in the push streams' envelope, the same JSON as the memory store,
+snapshots with the sequence they reflect, stores in several processes agreeing, and a
+clear error when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from async_tasks.errors import StoreUnavailable
+from async_tasks.events import EventType, TaskEvent
+from async_tasks.executor import TaskParams
+from async_tasks.store import redis as redis_store_module
+from async_tasks.store.base import CreateLimits, Idempotency, Retention, TaskFilter
+from async_tasks.store.memory import MemoryTaskStore
+from async_tasks.store.redis import RedisTaskStore, SessionBusy
+from async_tasks.task import Task, TaskStatus
+from async_tasks.testing import free_port
+
+UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
+
+
+class Params(TaskParams):
+    who: str = "world"
+    times: int = 2
+
+
+def new_task(session: str = "s", **fields: object) -> Task:
+    return Task(
+        id=str(uuid.uuid4()),
+        session_key=session,
+        executor="greet",
+        name="Greeting",
+        params=Params(who="Ada"),
+        metadata={"a": [1, 2.5, None]},
+        tags=["x"],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisTaskStore]:
+    made = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+@pytest.fixture
+async def other(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisTaskStore]:
+    """A second store on the same keys: what another process sees."""
+    made = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def test_a_task_reads_back_as_the_same_json_as_in_memory(store: RedisTaskStore) -> None:
+    """Params come back as plain JSON values and the task encodes exactly as the memory store's."""
+    memory = MemoryTaskStore()
+    task = new_task()
+    in_memory, _ = await memory.create(msgspec.structs.replace(task), limits=UNLIMITED)
+    in_redis, _ = await store.create(task, limits=UNLIMITED)
+    assert in_redis.params == {"who": "Ada", "times": 2}
+    for target in (TaskStatus.RUNNING,):
+        in_memory = await memory.transition("s", task.id, target)
+        in_redis = await store.transition("s", task.id, target)
+    assert await memory.report_progress("s", task.id, 1, 45, "Loading", None)
+    assert await store.report_progress("s", task.id, 1, 45, "Loading", None)
+    in_memory = await memory.transition("s", task.id, TaskStatus.COMPLETED, result={"n": [1, "two"]}, reason="done")
+    in_redis = await store.transition("s", task.id, TaskStatus.COMPLETED, result={"n": [1, "two"]}, reason="done")
+    stored = await store.get("s", task.id)
+
+    def comparable(t: Task) -> dict[str, object]:
+        data: dict[str, object] = msgspec.json.decode(msgspec.json.encode(t))
+        for key in ("createdAt", "updatedAt", "startedAt", "completedAt"):
+            data.pop(key)
+        for entry in data["history"]:  # type: ignore[attr-defined]
+            entry.pop("at")
+        return data
+
+    assert comparable(stored) == comparable(in_redis) == comparable(in_memory)
+    assert b'"progress":100,' in msgspec.json.encode(stored)
+
+
+async def test_every_change_is_published_on_the_session_channel(store: RedisTaskStore, redis_url: str) -> None:
+    """Each change reaches Redis subscribers as the envelope the push streams read, in order."""
+    listener = Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(store.channel_prefix + "s")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    try:
+        task, _ = await store.create(new_task(), limits=UNLIMITED)
+        await store.transition("s", task.id, TaskStatus.RUNNING)
+        await store.report_progress("s", task.id, 1, 12.5, "Step", "first")
+        done = await store.transition("s", task.id, TaskStatus.COMPLETED, result=[1])
+        await store.remove("s", task.id)
+        envelopes = []
+        with anyio.fail_after(5):
+            while len(envelopes) < 5:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    envelopes.append(msgspec.json.decode(message["data"]))
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+    seqs = [envelope[0] for envelope in envelopes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert [(e[2], e[3], e[4]) for e in envelopes] == [
+        ("transition", "pending", 0),
+        ("transition", "running", 1),
+        ("progress", "running", 1),
+        ("transition", "completed", 1),
+        ("removed", "completed", 1),
+    ]
+    expected = msgspec.json.decode(msgspec.json.encode(TaskEvent.of(done, EventType.TRANSITION, TaskStatus.RUNNING)))
+    assert envelopes[3][5] == expected
+    assert envelopes[2][5]["progress"] == 12.5 and envelopes[2][5]["currentStepDescription"] == "first"
+
+
+async def test_a_snapshot_carries_the_sequence_it_reflects(store: RedisTaskStore) -> None:
+    """Changes after a snapshot get higher sequence numbers than the snapshot's."""
+    first, _ = await store.create(new_task(), limits=UNLIMITED)
+    seq, tasks = await store.snapshot("s")
+    assert [t.id for t in tasks] == [first.id]
+    await store.transition("s", first.id, TaskStatus.RUNNING)
+    later, tasks = await store.snapshot("s", first.id)
+    assert later > seq and tasks[0].status is TaskStatus.RUNNING
+    assert (await store.snapshot("other", first.id))[1] == []
+
+
+async def test_two_processes_see_one_state(store: RedisTaskStore, other: RedisTaskStore) -> None:
+    """A task made through one store is found, counted, moved and refused through another."""
+    key = Idempotency("k", b"f")
+    made: list[tuple[str, bool]] = []
+
+    async def create(where: RedisTaskStore) -> None:
+        task, replayed = await where.create(new_task(), limits=UNLIMITED, idempotency=key)
+        made.append((task.id, replayed))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(create, store if i % 2 else other)
+    assert len({task_id for task_id, _ in made}) == 1 and sum(not replayed for _, replayed in made) == 1
+    task_id = made[0][0]
+    await other.transition("s", task_id, TaskStatus.RUNNING)
+    assert (await store.get("s", task_id)).status is TaskStatus.RUNNING
+    assert (await store.counts("s")).by_status[TaskStatus.RUNNING] == 1
+    assert (await other.totals()).sessions == 1
+
+
+async def test_trim_of_every_session_works_in_batches(store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention over many sessions removes everything beyond the limits, a batch per script."""
+    monkeypatch.setattr(redis_store_module, "TRIM_BATCH", 3)
+    monkeypatch.setattr(redis_store_module, "TRIM_SESSIONS", 2)
+    for session in ("a", "b", "c"):
+        for _ in range(4):
+            task, _ = await store.create(new_task(session), limits=UNLIMITED)
+            await store.transition(session, task.id, TaskStatus.CANCELLED)
+    result = await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=1))
+    assert result.cancelled == 9
+    assert [(await store.counts(s)).total for s in ("a", "b", "c")] == [1, 1, 1]
+    assert (await store.query("a", TaskFilter(status=TaskStatus.CANCELLED))).total == 1
+
+
+async def test_a_start_over_a_concurrency_limit_is_refused(store: RedisTaskStore) -> None:
+    """The session's and the global running limits are checked with the start, atomically."""
+    first, _ = await store.create(new_task(), limits=UNLIMITED)
+    second, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", first.id, TaskStatus.RUNNING, session_limit=1)
+    with pytest.raises(SessionBusy) as caught:
+        await store.transition("s", second.id, TaskStatus.RUNNING, session_limit=1)
+    assert caught.value.scope == "session"
+    with pytest.raises(SessionBusy) as caught:
+        await store.transition("s", second.id, TaskStatus.RUNNING, global_limit=1)
+    assert caught.value.scope == "global"
+    assert (await store.get("s", second.id)).status is TaskStatus.PENDING
+
+
+async def test_running_tasks_of_a_worker_without_a_lease_are_reported_lost(store: RedisTaskStore) -> None:
+    """The reconciler's query: running tasks whose worker's lease key is gone."""
+    alive, _ = await store.create(new_task(), limits=UNLIMITED)
+    dead, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", alive.id, TaskStatus.RUNNING, owner="w1")
+    await store.transition("s", dead.id, TaskStatus.RUNNING, owner="w2")
+    await store.redis.set(store.key("wk", "w1"), b"{}", px=5000)
+    assert await store.lost_attempts() == [(dead.id, "s", 1, "w2")]
+    await store.transition("s", dead.id, TaskStatus.FAILED, attempt=1)
+    assert await store.lost_attempts() == []
+
+
+async def test_an_unreachable_redis_is_a_store_unavailable_error() -> None:
+    """No Redis: the store raises StoreUnavailable (a 503 at the HTTP edge), not a crash."""
+    unreachable = RedisTaskStore(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), prefix="x:")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await unreachable.get("s", "t")
+        with pytest.raises(StoreUnavailable):
+            await unreachable.counts("s")
+        assert not await unreachable.ping()
+    finally:
+        await unreachable.aclose()
