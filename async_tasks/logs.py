@@ -119,6 +119,8 @@ def logging_dict(
         "loggers": {
             "async_tasks": {"level": level, "handlers": [handler_name], "propagate": False},
             "litestar": {"level": "WARNING", "handlers": [handler_name], "propagate": False},
+            # SAQ logs each job at info and a warning at every worker stop; its errors still show.
+            "saq": {"level": "ERROR", "handlers": [handler_name], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": [handler_name]},
     }

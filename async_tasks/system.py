@@ -84,6 +84,11 @@ class TaskSystem:
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
         for executor in self.executors:
             executor.clock = clock
+        if store is None and execution is None and self.settings.redis:
+            from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
+
+            worker = self.settings.worker_concurrency if self.settings.embedded_worker else 0
+            store, execution = redis_backend(self.settings, self.executors, clock, worker_concurrency=worker)
         self.store: TaskStore = store or MemoryTaskStore(clock)
         self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
         self.cleaner = Cleaner(self.store, self.settings, clock)

@@ -427,13 +427,14 @@ redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
 return wait
 """
 
-# Running tasks whose worker's lease has expired: flat {task id, session JSON, attempts, worker id, ...}.
+# ARGV: 3 a worker's id. Running tasks whose worker's lease has expired or that this
+# worker runs: flat {task id, session JSON, attempts, worker id, ...}.
 _LOST = r"""
 local out = {}
 local running = redis.call('HGETALL', P .. 'running')
 for i = 1, #running, 2 do
   local id, worker = running[i], running[i + 1]
-  if worker ~= '' and redis.call('EXISTS', P .. 'wk:' .. worker) == 0 then
+  if worker ~= '' and (worker == ARGV[3] or redis.call('EXISTS', P .. 'wk:' .. worker) == 0) then
     local f = redis.call('HMGET', P .. 't:' .. id, 'sessionKey', 'attempts')
     if f[1] then
       out[#out + 1] = id; out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = worker
@@ -796,10 +797,10 @@ class RedisTaskStore:
 
     # -- for the execution backend ------------------------------------------------------
 
-    async def lost_attempts(self) -> list[tuple[str, str, int, str]]:
-        """Running tasks whose worker's lease (``P wk:<worker id>``) has expired:
-        ``(task id, session key, attempt, worker id)`` each."""
-        flat = await self._run("lost", _LOST)
+    async def lost_attempts(self, worker: str = "") -> list[tuple[str, str, int, str]]:
+        """Running tasks whose worker's lease (``P wk:<worker id>``) has expired, and
+        those `worker` runs: ``(task id, session key, attempt, worker id)`` each."""
+        flat = await self._run("lost", _LOST, worker)
         return [
             (flat[i].decode(), _decode_str(flat[i + 1]), int(flat[i + 2]), flat[i + 3].decode())
             for i in range(0, len(flat), 4)
