@@ -30,7 +30,14 @@ import msgspec
 from async_tasks.cleanup import Cleaner, CleanupResult
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import request_id_var
-from async_tasks.errors import InvalidParams, InvalidTransition, RateLimited, ShuttingDown, UnknownExecutor
+from async_tasks.errors import (
+    InvalidParams,
+    InvalidTransition,
+    RateLimited,
+    SettingsError,
+    ShuttingDown,
+    UnknownExecutor,
+)
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.execution.local import LocalExecution
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
@@ -85,8 +92,13 @@ class TaskSystem:
         for executor in self.executors:
             executor.clock = clock
         if store is None and execution is None and self.settings.redis:
-            from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
-
+            try:
+                from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
+            except ImportError as exc:
+                raise SettingsError(
+                    f"TASK_BACKEND is Redis but {exc.name or 'a dependency'} is not installed: "
+                    "pip install 'async-tasks[redis]'"
+                ) from None
             worker = self.settings.worker_concurrency if self.settings.embedded_worker else 0
             store, execution = redis_backend(self.settings, self.executors, clock, worker_concurrency=worker)
         self.store: TaskStore = store or MemoryTaskStore(clock)

@@ -267,14 +267,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def redis_server(executable: str = "redis-server", *, timeout: float = 10) -> Iterator[str]:
-    """Run a ``redis-server`` of its own on a free loopback port, without persistence,
-    and give its URL (``redis://127.0.0.1:<port>/0``); it is stopped (by PID) when the
-    block ends. Raises `FileNotFoundError` when the executable is not installed."""
+def redis_server(executable: str = "redis-server", *, port: int | None = None, timeout: float = 10) -> Iterator[str]:
+    """Run a ``redis-server`` of its own on a loopback port (a free one by default),
+    without persistence, and give its URL (``redis://127.0.0.1:<port>/0``); it is stopped
+    (by PID) when the block ends. Raises `FileNotFoundError` when it is not installed."""
     path = shutil.which(executable)
     if path is None:
         raise FileNotFoundError(f"{executable} is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

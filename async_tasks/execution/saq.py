@@ -44,9 +44,10 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -55,7 +56,7 @@ import msgspec
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
-from async_tasks.errors import InvalidTransition, ShuttingDown, StoreUnavailable, TaskNotFound
+from async_tasks.errors import InvalidTransition, SettingsError, ShuttingDown, StoreUnavailable, TaskNotFound
 from async_tasks.execution.base import ExecutionLoad
 from async_tasks.execution.local import describe, log_fields
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
@@ -109,17 +110,41 @@ return 0
 """
 
 
-def redis_client(url: str, *, retries: int) -> Redis:
-    """A redis-py client for `url` that reconnects with backoff (``from_url`` alone never retries)."""
+def redis_client(url: str, *, retries: int, cap: float = 1.0) -> Redis:
+    """A redis-py client for `url` that reconnects with backoff up to `cap` seconds
+    (``from_url`` alone never retries)."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
 
     return Redis.from_url(
         url,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=cap), retries),
         socket_connect_timeout=2,
     )
+
+
+def check_redis(url: str, timeout: float = 2.0) -> None:
+    """Raise `SettingsError` with one line when Redis at `url` does not answer a PING."""
+    from redis import Redis as SyncRedis
+
+    client = SyncRedis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except Exception as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        raise SettingsError(f"Cannot reach Redis at {redact(url)} (TASK_BACKEND): {detail}") from None
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    """`url` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_backend(
@@ -132,7 +157,10 @@ def redis_backend(
     """The store and execution backend of TASK_BACKEND=redis://...; with
     `worker_concurrency`, this process also runs attempts (a worker)."""
     url = settings.task_backend
-    store = RedisTaskStore(factory=lambda: redis_client(url, retries=3), prefix=settings.redis_key_prefix, clock=clock)
+    # A request fails fast (503) when Redis is away; the worker's own client waits longer.
+    store = RedisTaskStore(
+        factory=lambda: redis_client(url, retries=2, cap=0.25), prefix=settings.redis_key_prefix, clock=clock
+    )
     execution = SaqExecution(store, executors, settings, url=url, clock=clock, worker_concurrency=worker_concurrency)
     return store, execution
 
@@ -245,6 +273,15 @@ class SaqExecution:
         self.lease_ms = settings.worker_lease_ms
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_channel = store.prefix + "stop"
+        #: The store as the worker side uses it: a client that waits out a Redis restart
+        #: (requests use `store`, which fails fast); the same event hub.
+        self.wstore = RedisTaskStore(
+            factory=lambda: redis_client(url, retries=30),
+            prefix=store.prefix,
+            channel_prefix=store.channel_prefix,
+            clock=clock,
+            events=store.events,
+        )
         self.on_finish: list[Callable[[Task, float], None]] = []
         self.running: dict[str, _Attempt] = {}
         self._claiming: set[str] = set()
@@ -282,7 +319,7 @@ class SaqExecution:
 
         self._accepting = True
         self._idle = None
-        self._queue = RedisQueue(redis_client(self.url, retries=3), name=self.queue_name)
+        self._queue = RedisQueue(redis_client(self.url, retries=2, cap=0.25), name=self.queue_name)
         await self._queue.connect()
         try:
             async with anyio.create_task_group() as tg:
@@ -297,17 +334,21 @@ class SaqExecution:
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self._stop_worker()
-                await self._queue.disconnect()
+                await _quietly(self._queue.disconnect())
                 self._queue = None
-                await self.store.aclose()
+                await _quietly(self.store.aclose())
+                await _quietly(self.wstore.aclose())
 
     async def shutdown(self, grace: float) -> list[Task]:
         """An API process: nothing to do (tasks live in Redis). A worker: wait up to
         `grace` for running attempts, hand the rest back to the queue."""
         self._accepting = False
-        if self._worker is None:
+        if self._worker_queue is None:
             return []
         deadline = anyio.current_time() + grace
+        # No more dequeuing: jobs taken but not started go back to the queue now, for
+        # the other workers; the attempts running here go on in our own task group.
+        await self._stop_dequeuing()
         if self.running:
             self._idle = anyio.Event()
             with anyio.move_on_after(grace):
@@ -322,7 +363,6 @@ class SaqExecution:
         # Worker threads cannot signal an event loop that is shutting down: poll them.
         while self._threads and anyio.current_time() < deadline:  # noqa: ASYNC110
             await anyio.sleep(0.02)
-        await self._stop_worker()
         abandoned = [attempt.task for attempt in self.running.values()]
         for task in abandoned:
             logger.warning(
@@ -378,9 +418,14 @@ class SaqExecution:
         return None if position is None else int(position) + 1
 
     async def load(self) -> ExecutionLoad:
+        """The attempts running in this process, and the jobs waiting in the shared queue
+        (0 when Redis cannot be reached)."""
         queue = self.queue
-        with reachable():
-            queued = await cast(Any, queue.redis.llen(queue.namespace("queued")))
+        try:
+            with reachable():
+                queued = await cast(Any, queue.redis.llen(queue.namespace("queued")))
+        except StoreUnavailable:
+            queued = 0
         return ExecutionLoad(running=len(self.running), queued=int(queued))
 
     def running_tasks(self) -> list[Task]:
@@ -391,9 +436,10 @@ class SaqExecution:
                 continue
         return []
 
-    async def _enqueue(self, task: Task, delay: float = 0.0, *, deferrals: int = 0) -> None:
-        """Enqueue the task's next attempt (a no-op if that attempt's job is queued already)."""
-        queue = self._queue or self._worker_queue
+    async def _enqueue(self, task: Task, delay: float = 0.0, *, deferrals: int = 0, worker: bool = False) -> None:
+        """Enqueue the task's next attempt (a no-op if that attempt's job is queued already);
+        from the worker side (`worker`) through the client that waits out Redis restarts."""
+        queue = (self._worker_queue if worker else None) or self._queue
         if queue is None:  # pragma: no cover
             raise RuntimeError("the execution backend is not running (is the engine started?)")
         number = task.attempts + 1
@@ -484,7 +530,8 @@ class SaqExecution:
             "Worker %s running up to %d attempts on queue %s", self.worker_id, self.worker_concurrency, self.queue_name
         )
 
-    async def _stop_worker(self) -> None:
+    async def _stop_dequeuing(self) -> None:
+        """Stop the SAQ worker: it takes no more jobs, and puts back those it holds."""
         worker, self._worker = self._worker, None
         if worker is None:
             return
@@ -493,13 +540,16 @@ class SaqExecution:
             await worker.stop()
         except Exception:
             logger.warning("The SAQ worker did not stop cleanly", exc_info=True)
+
+    async def _stop_worker(self) -> None:
+        await self._stop_dequeuing()
         queue, self._worker_queue = self._worker_queue, None
         if queue is not None:
             try:
                 await cast(Any, queue.redis).delete(self._lease_key)
             except Exception:
                 pass
-            await queue.disconnect()
+            await _quietly(queue.disconnect())
 
     @property
     def _lease_key(self) -> str:
@@ -548,7 +598,7 @@ class SaqExecution:
             self.store.key("reconcile"), self.worker_id, nx=True, px=max(50, int(self.reconcile_interval * 1000) - 50)
         )
         found = 0
-        for task_id, session_key, number, worker in await self.store.lost_attempts(self.worker_id):
+        for task_id, session_key, number, worker in await self.wstore.lost_attempts(self.worker_id):
             if worker == self.worker_id:
                 if task_id in self.running or task_id in self._claiming:
                     continue
@@ -604,7 +654,7 @@ class SaqExecution:
             return
         delay, deferrals, task = defer
         try:
-            await self._enqueue(task, delay, deferrals=deferrals)
+            await self._enqueue(task, delay, deferrals=deferrals, worker=True)
         except Exception:
             logger.exception("Could not put task %s back in the queue", task.id)
 
@@ -613,14 +663,14 @@ class SaqExecution:
         self._claiming.add(task_id)
         try:
             try:
-                task = await self.store.transition(
+                task = await self.wstore.transition(
                     session_key, task_id, TaskStatus.RUNNING, expect=_PENDING, attempt=number - 1, reason="started",
                     owner=self.worker_id, session_limit=self.settings.max_concurrent_tasks_per_session,
                     global_limit=self.settings.max_concurrent_tasks,
                 )  # fmt: skip
             except SessionBusy:
                 # Over a concurrency limit: back to the queue, later each time (up to 2 s).
-                waiting = await self.store.get(session_key, task_id)
+                waiting = await self.wstore.get(session_key, task_id)
                 ctx[_DEFER] = (min(2.0, 0.05 * 2**deferrals), deferrals + 1, waiting)
                 return
             except (InvalidTransition, TaskNotFound):
@@ -638,7 +688,7 @@ class SaqExecution:
         assert self._tg is not None
         executor = self.executors.get(task.executor)
         attempt = _Attempt(task, task.attempts)
-        sink = _Coalescer(self.store, task, attempt.number, self.progress_window, self._tg.start_soon)
+        sink = _Coalescer(self.wstore, task, attempt.number, self.progress_window, self._tg.start_soon)
         attempt.sink = sink
         attempt.reporter = reporter = ProgressReporter(sink, type(executor).steps if executor is not None else ())
         self.running[task.id] = attempt
@@ -710,7 +760,7 @@ class SaqExecution:
         task = attempt.task
         try:
             if status is TaskStatus.COMPLETED and error is None:
-                done = await self.store.transition(
+                done = await self.wstore.transition(
                     task.session_key, task.id, TaskStatus.COMPLETED,
                     expect=_RUNNING, attempt=attempt.number, result=result, reason="completed",
                 )  # fmt: skip
@@ -731,7 +781,7 @@ class SaqExecution:
         key = task.session_key
         used = task.auto_retries
         if used < task.max_retries:
-            await self.store.transition(
+            await self.wstore.transition(
                 key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="attempt failed"
             )
             logger.warning(
@@ -740,7 +790,7 @@ class SaqExecution:
             )  # fmt: skip
             await self._retry_later(task, number)
             return
-        await self.store.transition(
+        await self.wstore.transition(
             key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="failed",
             dead_letter=task.max_retries > 0,
         )  # fmt: skip
@@ -752,11 +802,11 @@ class SaqExecution:
         """Queue the next attempt of a task that just failed, after the backoff delay."""
         used = task.auto_retries
         delay = self.backoff_delay(used + 1)
-        retried = await self.store.transition(
+        retried = await self.wstore.transition(
             task.session_key, task.id, TaskStatus.PENDING, attempt=number, automatic=True,
             reason=f"automatic retry {used + 1} of {task.max_retries} in {delay * 1000:.0f} ms",
         )  # fmt: skip
-        await self._enqueue(retried, delay)
+        await self._enqueue(retried, delay, worker=True)
 
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, capped (as in memory mode)."""
@@ -767,9 +817,9 @@ class SaqExecution:
     async def _lose(self, session_key: str, task_id: str, number: int, *, reason: str, error: str) -> None:
         """Fail an attempt whose worker is gone; run the task again if its budget allows."""
         try:
-            task = await self.store.get(session_key, task_id)
+            task = await self.wstore.get(session_key, task_id)
             retry = task.auto_retries < task.max_retries
-            await self.store.transition(
+            await self.wstore.transition(
                 session_key, task_id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason=reason,
                 dead_letter=not retry and task.max_retries > 0,
             )  # fmt: skip
@@ -810,16 +860,16 @@ class SaqExecution:
             attempt.reporter.close()
         attempt.scope.cancel()
         try:
-            await self.store.transition(
+            await self.wstore.transition(
                 task.session_key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=attempt.number,
                 error="The worker running this task shut down; it runs again on another worker",
                 reason=WORKER_SHUTDOWN,
             )  # fmt: skip
-            again = await self.store.transition(
+            again = await self.wstore.transition(
                 task.session_key, task.id, TaskStatus.PENDING, attempt=attempt.number, keep_auto_retries=True,
                 reason="handed back to the queue",
             )  # fmt: skip
-            await self._enqueue(again)
+            await self._enqueue(again, worker=True)
         except (InvalidTransition, TaskNotFound):
             return
         except Exception:
@@ -855,3 +905,11 @@ class SaqExecution:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(attempt.task, duration)
+
+
+async def _quietly(closing: Awaitable[Any]) -> None:
+    """Close a connection; a Redis that is already gone is not an error here."""
+    try:
+        await closing
+    except Exception as exc:
+        logger.debug("Closing a Redis connection failed: %s", exc)

@@ -1,0 +1,285 @@
+"""The Redis backend with real processes: two API servers and a worker on one
+redis-server, as a deployment runs them. Every process is started here and stopped
+by its PID; waits poll the HTTP API with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from async_tasks.testing import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "cluster-secret-0123456789abcdef"
+API = "/api/v1"
+
+
+class Process:
+    """One ``async-tasks`` process, its output in a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.name, self.args, self.env, self.log, self.port = name, args, env, log, port
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "async_tasks.cli", *self.args], cwd=ROOT, env=self.env, stdout=out, stderr=out
+        )
+        out.close()
+        return self
+
+    def wait_ready(self, deadline: float) -> None:
+        """Until the server answers /health, or the worker has said it is running."""
+        assert self.popen is not None
+        while time.monotonic() < deadline:  # the process's own start-up
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.output()}")
+            if self.port is None:
+                if "async-tasks worker:" in self.output():
+                    return
+            else:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=0.5).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start: {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def send(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.send(sig)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+class Cluster:
+    def __init__(self, redis_url: str, prefix: str, logs: Path) -> None:
+        self.env = {
+            **os.environ,
+            "TASK_BACKEND": redis_url,
+            "REDIS_KEY_PREFIX": prefix,
+            "SECRET_KEY": SECRET,
+            "TASK_CREATE_RATE": "0",
+            "WORKER_LEASE_MS": "600",
+            "RETRY_BACKOFF_MS": "0",
+            "SHUTDOWN_GRACE_MS": "1000",
+            "API_CALL_ALLOW_HOSTS": "127.0.0.1",
+        }
+        self.logs = logs
+        self.apis = [self._api(i) for i in range(2)]
+        self.workers = [self._worker(0)]
+        self.count = 0
+
+    def _api(self, i: int) -> Process:
+        port = free_port()
+        return Process(f"api{i}", ["serve", "--port", str(port)], self.env, self.logs / f"api{i}.log", port)
+
+    def _worker(self, i: int) -> Process:
+        return Process(f"worker{i}", ["worker", "--concurrency", "4"], self.env, self.logs / f"worker{i}.log")
+
+    def start(self, *processes: Process) -> None:
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + 30
+        for process in processes:
+            process.wait_ready(deadline)
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.apis[i].port}"
+
+    def new_worker(self) -> Process:
+        self.count += 1
+        worker = self._worker(self.count)
+        self.workers.append(worker)
+        return worker
+
+    def stop(self, *processes: Process, sig: int = signal.SIGTERM) -> None:
+        """Signal them all, then wait for each (every process by default)."""
+        processes = processes or (*self.apis, *self.workers)
+        for process in processes:
+            process.send(sig)
+        for process in processes:
+            process.stop(sig)
+
+    def live_workers(self) -> list[Process]:
+        return [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    made = Cluster(redis_url, "cluster-test:", tmp_path_factory.mktemp("cluster"))
+    try:
+        made.start(*made.apis, *made.workers)
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+async def clients(cluster: Cluster) -> Any:
+    """A client on each API process, sharing one session token."""
+    async with httpx.AsyncClient(base_url=cluster.url(0)) as a, httpx.AsyncClient(base_url=cluster.url(1)) as b:
+        token = (await a.post(f"{API}/session")).json()["token"]
+        a.headers["X-Session-Token"] = b.headers["X-Session-Token"] = token
+        yield a, b
+
+
+async def until(check: Callable[[], Any], limit: float = 5.0, every: float = 0.02) -> Any:
+    """Poll `check` (an async callable) until it returns something truthy: the state is in
+    other processes, and polling the HTTP API is what a client of them does."""
+    with anyio.fail_after(limit):
+        while not (result := await check()):  # noqa: ASYNC110
+            await anyio.sleep(every)
+    return result
+
+
+async def create(client: httpx.AsyncClient, executor: str = "sample", **body: Any) -> dict[str, Any]:
+    response = await client.post(f"{API}/demo/tasks/{executor}", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["task"]  # type: ignore[no-any-return]
+
+
+async def task_of(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+    response = await client.get(f"{API}/tasks/{task_id}")
+    assert response.status_code == 200, response.text
+    return response.json()["task"]  # type: ignore[no-any-return]
+
+
+def in_status(client: httpx.AsyncClient, task_id: str, *statuses: str, attempts: int = 1) -> Callable[[], Any]:
+    async def check() -> dict[str, Any] | None:
+        task = await task_of(client, task_id)
+        return task if task["status"] in statuses and task["attempts"] >= attempts else None
+
+    return check
+
+
+async def test_a_task_made_on_one_api_is_polled_and_streamed_on_the_other(clients: Any) -> None:
+    """Create on A, follow the SSE stream and poll on B: the same events and state; lists and stats match."""
+    a, b = clients
+    task = await create(a, delayMs=600)
+    events: list[dict[str, Any]] = []
+    async with b.stream("GET", f"{API}/tasks/{task['id']}/events", timeout=10) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert events[0]["type"] == "snapshot" and events[-1]["status"] == "completed"
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 100
+    status = (await b.get(f"{API}/tasks/{task['id']}/status")).json()
+    assert status["status"] == "completed" and status["progress"] == 100
+    for path in ("/tasks", "/tasks/stats", "/tasks?status=completed&limit=1"):
+        assert (await a.get(API + path)).json() == (await b.get(API + path)).json()
+    stranger = (await b.get(f"{API}/tasks/{task['id']}/status", headers={"X-Session-Token": ""})).status_code
+    assert stranger == 404
+
+
+async def test_cancel_on_one_api_stops_the_attempt_on_its_worker(clients: Any, cluster: Cluster) -> None:
+    """Cancelled at once, progress frozen, and the worker stops the executor within a second."""
+    a, b = clients
+    task = await create(a, delayMs=20_000)
+    running = await until(in_status(b, task["id"], "running"))
+    response = await b.post(f"{API}/tasks/{task['id']}/cancel")
+    asked = time.monotonic()
+    assert response.status_code == 200 and response.json()["task"]["status"] == "cancelled"
+    frozen = response.json()["task"]["progress"]
+    assert frozen >= running["progress"]
+    line = f"Cancelled execution of task {task['id']}"
+
+    async def stopped() -> bool:
+        return any(line in worker.output() for worker in cluster.workers)
+
+    await until(stopped, limit=1)
+    assert time.monotonic() - asked < 1
+    assert (await task_of(a, task["id"]))["progress"] == frozen
+
+
+async def test_idempotent_creates_on_two_apis_make_one_task(clients: Any) -> None:
+    """Two concurrent creates with one Idempotency-Key, one per API process, make one task."""
+    a, b = clients
+    headers = {"Idempotency-Key": "one-key"}
+    body = {"executor": "sample", "params": {"delayMs": 100}, "start": True}
+    results: list[httpx.Response] = []
+
+    async def post(client: httpx.AsyncClient) -> None:
+        results.append(await client.post(f"{API}/tasks", json=body, headers=headers))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(post, a)
+        tg.start_soon(post, b)
+    assert sorted(r.status_code for r in results) == [200, 201]
+    assert len({r.json()["task"]["id"] for r in results}) == 1
+
+
+async def test_timeouts_and_retries_across_processes(clients: Any) -> None:
+    """A timed-out attempt fails saying so; a failing one is retried to its budget, then dead-lettered."""
+    a, b = clients
+    slow = (await a.post(f"{API}/tasks", json={"executor": "sample", "params": {"delayMs": 5000},
+                                                "timeoutMs": 200, "start": True})).json()["task"]  # fmt: skip
+    closed = f"http://127.0.0.1:{free_port()}/"
+    failing = await create(a, "api-call", endpoint=closed, maxRetries=1)
+    timed_out = await until(in_status(b, slow["id"], "failed"))
+    assert timed_out["error"] == "Task timed out after 200 ms"
+    failed = await until(in_status(b, failing["id"], "failed", attempts=2))
+    assert failed["deadLettered"] and failed["autoRetries"] == 1
+    assert [h["reason"] for h in failed["history"] if h["status"] == "failed"] == ["attempt failed", "failed"]
+
+
+async def test_a_killed_worker_s_task_runs_again_on_another(clients: Any, cluster: Cluster) -> None:
+    """SIGKILL mid-task: the task is re-run on another worker ('worker lost', attempts
+    counts it), or fails with that reason when no retry is left."""
+    a, b = clients
+    survivor = await create(a, delayMs=20_000, maxRetries=1)
+    doomed = await create(a, delayMs=20_000)
+    await until(in_status(b, survivor["id"], "running"))
+    await until(in_status(b, doomed["id"], "running"))
+    cluster.stop(*cluster.live_workers(), sig=signal.SIGKILL)
+    cluster.start(cluster.new_worker())
+    lost = await until(in_status(b, doomed["id"], "failed"))
+    assert lost["history"][-1]["reason"] == "worker lost" and "lost" in lost["error"]
+    again = await until(in_status(b, survivor["id"], "running", attempts=2))
+    assert [h["reason"] for h in again["history"]][-3:-1] == ["worker lost", "automatic retry 1 of 1 in 0 ms"]
+    await b.post(f"{API}/tasks/{survivor['id']}/cancel")
+
+
+async def test_restarted_processes_find_every_task_where_it_was(clients: Any, cluster: Cluster) -> None:
+    """An API process and the worker restart: every task is still there; the task the
+    worker was running is handed back and finishes on the new worker."""
+    a, b = clients
+    done = await create(a, delayMs=0)
+    await until(in_status(b, done["id"], "completed"))
+    running = await create(a, delayMs=1200)
+    await until(in_status(b, running["id"], "running"))
+    before = (await b.get(f"{API}/tasks")).json()
+    # SIGTERM: the worker hands back what does not finish within its grace period.
+    cluster.stop(cluster.apis[0], *cluster.live_workers())
+    cluster.start(cluster.apis[0], cluster.new_worker())
+    after = (await a.get(f"{API}/tasks")).json()
+    assert [t["id"] for t in after["tasks"]] == [t["id"] for t in before["tasks"]]
+    finished = await until(in_status(a, running["id"], "completed"), limit=8)
+    assert [h["reason"] for h in finished["history"]][2:4] == ["worker shutdown", "handed back to the queue"]
+    assert finished["attempts"] == 2 and finished["autoRetries"] == 0
+    assert (await task_of(a, done["id"]))["status"] == "completed"
