@@ -16,10 +16,10 @@ from async_tasks.errors import StoreUnavailable
 from async_tasks.server import serve
 from async_tasks.settings import Settings
 from async_tasks.store.redis import RedisTaskStore
-from async_tasks.web.redis_channels import redis_stream_bridge
-from async_tasks.web.streams import OPENED
 from async_tasks.system import TaskSystem
 from async_tasks.testing import free_port, redis_server, serve_in_loop, wait_for
+from async_tasks.web.redis_channels import redis_stream_bridge
+from async_tasks.web.streams import OPENED
 from async_tasks.worker import load_app, run_worker
 from tests.helpers import ScriptExecutor, system_of
 

@@ -11,8 +11,9 @@ taken over elsewhere can never overwrite the task. So SAQ may deliver a job twic
 does, rarely: tobymao/saq#277) and still at most one attempt runs to its end.
 
 - **Progress** goes to the store, coalesced in the worker: at most one write per task
-  per `PROGRESS_WINDOW` (latest wins; transitions are never coalesced). A report the
-  store refuses stops the attempt (`AttemptEnded`). Never through SAQ's `job.update`.
+  per `PROGRESS_WINDOW` (latest wins), the report still held when the attempt ends
+  stored with its outcome (transitions are never coalesced). A report the store
+  refuses stops the attempt (`AttemptEnded`). Never through SAQ's `job.update`.
 - **Cancel**: the API's store transition first (the task is cancelled at once and
   refuses later reports), then a message on ``P stop`` that the worker running the
   attempt gets in milliseconds; a job still queued is taken out of SAQ's queue.
@@ -38,7 +39,6 @@ does, rarely: tobymao/saq#277) and still at most one attempt runs to its end.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import socket
@@ -116,11 +116,15 @@ def redis_client(url: str, *, retries: int, cap: float = 1.0) -> Redis:
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
+    from redis.driver_info import DriverInfo
 
     return Redis.from_url(
         url,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=cap), retries),
         socket_connect_timeout=2,
+        # By default redis-py 7 reads its own package metadata for every new connection
+        # (8 ms here) and sends CLIENT SETINFO twice on each connect.
+        driver_info=DriverInfo(name=None, lib_version=None),
     )
 
 
@@ -195,51 +199,81 @@ def _merge(earlier: _Report | None, later: _Report) -> _Report:
 
 
 class _Coalescer:
-    """The progress sink of one attempt: at most one store write per window, latest
-    wins; once the store refuses a report, every later report is refused."""
+    """The progress sink of one attempt: at most one store write per window (the first
+    a window after the start), latest wins; what is still held when the attempt ends
+    is stored with its outcome. Once the store refuses a report, every later one is
+    refused. The writes themselves are made by `_Flusher`."""
 
-    def __init__(self, store: RedisTaskStore, task: Task, number: int, window: float, spawn: Callable[..., Any]):
-        self._report = store.report_progress
-        self._key = (task.session_key, task.id, number)
-        self._window = window
-        self._spawn = spawn
-        self._last = -math.inf
+    __slots__ = ("_flusher", "_pending", "closed", "due", "key", "last", "refused")
+
+    def __init__(self, flusher: _Flusher, task: Task, number: int) -> None:
+        self._flusher = flusher
+        self.key = (task.session_key, task.id, number)
+        self.last = time.monotonic()
         self._pending: _Report | None = None
-        self._scheduled = False
+        self.due = 0.0
         self.refused = False
         self.closed = False
 
     async def __call__(self, percent: float, step: str | None, description: str | None) -> bool:
         if self.refused:
             return False
-        now = time.monotonic()
-        if self._pending is None and now - self._last >= self._window:
-            self._last = now
-            accepted = await self._report(*self._key, percent, step, description)
-            self.refused = not accepted
-            return accepted
+        if self._pending is None:
+            self.due = self.last + self._flusher.window
+            self._flusher.hold(self)
         self._pending = _merge(self._pending, (percent, step, description))
-        if not self._scheduled:
-            self._scheduled = True
-            self._spawn(self._flush_later)
         return True
 
-    async def _flush_later(self) -> None:
-        try:
-            await anyio.sleep(max(0.0, self._last + self._window - time.monotonic()))
-            self._scheduled = False
-            if not self.closed:
-                await self.flush()
-        except Exception:
-            logger.exception("Could not store the progress of task %s", self._key[1])
-
-    async def flush(self) -> None:
-        """Write the held-back report now (before the attempt's outcome)."""
+    def pop(self) -> _Report | None:
         pending, self._pending = self._pending, None
-        if pending is None or self.refused:
+        return pending
+
+    def take(self) -> _Report | None:
+        """End the sink; the report still held back, to be stored with the outcome."""
+        self.closed = True
+        pending = self.pop()
+        return None if self.refused else pending
+
+
+class _Flusher:
+    """Writes the held-back reports of every attempt of a worker when their window ends
+    (one task for all of them, not one per attempt)."""
+
+    def __init__(self, store: RedisTaskStore, window: float) -> None:
+        self.store = store
+        self.window = window
+        self._held: dict[_Coalescer, None] = {}
+        self._wakeup = anyio.Event()
+
+    def hold(self, sink: _Coalescer) -> None:
+        self._held[sink] = None
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            while self._held:
+                now = time.monotonic()
+                due = [sink for sink in self._held if sink.due <= now]
+                if not due:
+                    with anyio.move_on_after(min(sink.due for sink in self._held) - now):
+                        await self._wakeup.wait()
+                        self._wakeup = anyio.Event()
+                    continue
+                for sink in due:
+                    del self._held[sink]
+                    await self._write(sink)
+
+    async def _write(self, sink: _Coalescer) -> None:
+        report = sink.pop()
+        if report is None or sink.closed or sink.refused:
             return
-        self._last = time.monotonic()
-        self.refused = not await self._report(*self._key, *pending)
+        sink.last = time.monotonic()
+        try:
+            sink.refused = not await self.store.report_progress(*sink.key, *report)
+        except Exception:
+            logger.exception("Could not store the progress of task %s", sink.key[1])
 
 
 class SaqExecution:
@@ -291,6 +325,7 @@ class SaqExecution:
         self._queue: RedisQueue | None = None
         self._worker_queue: RedisQueue | None = None
         self._worker: Any = None
+        self._flusher: _Flusher | None = None
         self._idle: anyio.Event | None = None
         self._threads: set[_Attempt] = set()
 
@@ -522,7 +557,9 @@ class SaqExecution:
         )
         worker.SIGNALS = []  # the process's own handlers stay (see async_tasks.worker)
         self._worker = worker
+        self._flusher = _Flusher(self.wstore, self.progress_window)
         await self._renew_lease()
+        tg.start_soon(self._flusher.run)
         tg.start_soon(self._upkeep)
         tg.start_soon(self._listen_for_stops)
         tg.start_soon(worker.start)
@@ -644,7 +681,8 @@ class SaqExecution:
         done = anyio.Event()
         tg.start_soon(self._attempt, cast("dict[str, Any]", ctx), s, t, a, d, done, name=f"task {t}")
         # The attempt runs in our task group, not in SAQ's job task: a cancellation SAQ
-        # sends to its job (a sweep mistaking it for a dead one) ends this wait only.
+        # sends to its job (a sweep mistaking it for a dead one) ends this wait only. It
+        # ends when the executor is done: SAQ finishes its job while the outcome is stored.
         await done.wait()
 
     async def _after_process(self, ctx: Context) -> None:
@@ -676,7 +714,7 @@ class SaqExecution:
             except (InvalidTransition, TaskNotFound):
                 return  # cancelled, removed, or this attempt already ran: nothing to do
             self._claiming.discard(task_id)
-            await self._run_attempt(task)
+            await self._run_attempt(task, done)
         except Exception:
             # Never into the task group: one attempt's trouble must not stop the worker.
             logger.exception("Attempt %s of task %s could not run", number, task_id)
@@ -684,11 +722,14 @@ class SaqExecution:
             self._claiming.discard(task_id)
             done.set()
 
-    async def _run_attempt(self, task: Task) -> None:
+    async def _run_attempt(self, task: Task, ran: anyio.Event) -> None:
+        """Run the attempt; set `ran` once the executor is done (SAQ may finish its job
+        while the outcome is stored: a worker lost meanwhile is the reconciler's case)."""
         assert self._tg is not None
         executor = self.executors.get(task.executor)
         attempt = _Attempt(task, task.attempts)
-        sink = _Coalescer(self.wstore, task, attempt.number, self.progress_window, self._tg.start_soon)
+        assert self._flusher is not None
+        sink = _Coalescer(self._flusher, task, attempt.number)
         attempt.sink = sink
         attempt.reporter = reporter = ProgressReporter(sink, type(executor).steps if executor is not None else ())
         self.running[task.id] = attempt
@@ -719,9 +760,9 @@ class SaqExecution:
             attempt.finished = True
             if attempt.scope.cancelled_caught and attempt.stop_reason is None:
                 outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
+            ran.set()
             if attempt.stop_reason is None and outcome is not None:
-                await sink.flush()  # the last held-back report, before the outcome
-                await self._record(attempt, *outcome)
+                await self._record(attempt, *outcome, report=sink.take())
         except anyio.get_cancelled_exc_class():
             # The backend itself is torn down without a shutdown() first.
             if attempt.stop_reason is None:
@@ -755,21 +796,23 @@ class SaqExecution:
             return f"The executor's result is too large: {size} bytes (the limit is {self.settings.max_result_bytes})"
         return None
 
-    async def _record(self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None) -> None:
-        """Store the outcome of an attempt that ran to its end."""
+    async def _record(
+        self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None, *, report: _Report | None
+    ) -> None:
+        """Store the outcome of an attempt that ran to its end (with its last held-back report)."""
         task = attempt.task
         try:
             if status is TaskStatus.COMPLETED and error is None:
                 done = await self.wstore.transition(
                     task.session_key, task.id, TaskStatus.COMPLETED,
-                    expect=_RUNNING, attempt=attempt.number, result=result, reason="completed",
+                    expect=_RUNNING, attempt=attempt.number, result=result, reason="completed", report=report,
                 )  # fmt: skip
                 logger.info(
                     "Completed execution of task %s for session %s in %d ms",
                     task.id, task.session_key, done.duration_ms or 0, extra=log_fields(done),
                 )  # fmt: skip
             else:
-                await self._fail(task, attempt.number, error or "failed")
+                await self._fail(task, attempt.number, error or "failed", report=report)
         except (InvalidTransition, TaskNotFound):
             return  # cancelled or removed while it finished: the store already says so
         except StoreUnavailable:
@@ -777,13 +820,14 @@ class SaqExecution:
             return
         self._notify(attempt)
 
-    async def _fail(self, task: Task, number: int, error: str) -> None:
+    async def _fail(self, task: Task, number: int, error: str, *, report: _Report | None = None) -> None:
         key = task.session_key
         used = task.auto_retries
         if used < task.max_retries:
             await self.wstore.transition(
-                key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="attempt failed"
-            )
+                key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="attempt failed",
+                report=report,
+            )  # fmt: skip
             logger.warning(
                 "Attempt %s of task %s for session %s failed: %s", number, task.id, key, error,
                 extra=log_fields(task, error=error),
@@ -792,7 +836,7 @@ class SaqExecution:
             return
         await self.wstore.transition(
             key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="failed",
-            dead_letter=task.max_retries > 0,
+            dead_letter=task.max_retries > 0, report=report,
         )  # fmt: skip
         logger.error(
             "Failed execution of task %s for session %s: %s", task.id, key, error, extra=log_fields(task, error=error)

@@ -215,7 +215,9 @@ return {'created', record_json(key)}
 # ARGV: 3 session, 4 task id, 5 target, 6 expected statuses (',pending,running,' or ''),
 # 7 attempt (''), 8 reason JSON (''), 9 error JSON (''), 10 result JSON (''), 11 automatic,
 # 12 dead letter, 13 owner (''), 14 session running limit (''), 15 global running limit (''),
-# 16 keep the automatic-retry count ('1').
+# 16 keep the automatic-retry count ('1'), 17 a last progress report's percent JSON (''),
+# 18 its step JSON (''), 19 its description JSON ('') (a running attempt's last report, stored
+# with its outcome).
 _TRANSITION = r"""
 local S, ID, target = ARGV[3], ARGV[4], ARGV[5]
 local key = P .. 't:' .. ID
@@ -256,6 +258,15 @@ elseif target == 'pending' then
     if ARGV[11] == '1' then put('autoRetries', int(tonumber(f[4]) + 1)) else put('autoRetries', '0') end
   end
 else
+  if source == 'running' and ARGV[17] ~= '' then
+    put('progress', ARGV[17])
+    if ARGV[18] ~= '' then
+      put('currentStep', ARGV[18])
+      if ARGV[19] ~= '' then put('currentStepDescription', ARGV[19]) else put('currentStepDescription', 'null') end
+    elseif ARGV[19] ~= '' then
+      put('currentStepDescription', ARGV[19])
+    end
+  end
   put('completedAt', int(now))
   redis.call('ZADD', P .. 'f:' .. S .. ':' .. target, order, ID)
   if target == 'completed' then
@@ -684,11 +695,14 @@ class RedisTaskStore:
         session_limit: int | None = None,
         global_limit: int | None = None,
         keep_auto_retries: bool = False,
+        report: tuple[float, str | None, str | None] | None = None,
     ) -> Task:
         """`TaskStore.transition`, plus what the Redis execution backend needs: `owner`
         (the worker running the attempt, for the reconciler), the concurrency limits a
-        start checks atomically (`SessionBusy` when one is reached), and
-        `keep_auto_retries` (a retry that leaves the automatic-retry count alone)."""
+        start checks atomically (`SessionBusy` when one is reached), `keep_auto_retries`
+        (a retry that leaves the automatic-retry count alone) and `report`, a running
+        attempt's last progress report (percent, step, description) applied with its
+        outcome, as if reported just before."""
         response = await self._run(
             "transition",
             _TRANSITION,
@@ -706,6 +720,9 @@ class RedisTaskStore:
             "" if session_limit is None else session_limit,
             "" if global_limit is None else global_limit,
             "1" if keep_auto_retries else "0",
+            b"" if report is None else _encode(report[0]),
+            b"" if report is None else _json_or_empty(report[1]),
+            b"" if report is None else _json_or_empty(report[2]),
         )
         kind = response[0]
         if kind == b"notfound":
