@@ -88,7 +88,7 @@ def guide_blocks() -> list[str]:
         if ("curl" in b or "async-tasks " in b)
         and "async-tasks serve" not in b
         and "uvicorn " not in b
-        and not b.startswith(SCALE_OUT)  # run by tests/test_demo_guide_scale_out.py
+        and not b.startswith(SCALE_OUT)  # run by tests/test_redis_processes.py
     ]
 
 

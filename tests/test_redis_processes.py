@@ -1,12 +1,16 @@
-"""The Redis backend with real processes: two API servers and a worker on one
-redis-server, as a deployment runs them. Every process is started here and stopped
-by its PID; waits poll the HTTP API with deadlines."""
+"""The Redis backend with real processes: redis-server, two API servers and a worker,
+started from the lines of DEMO_GUIDE's scale-out section as a deployment runs them
+(ports rewritten), and that section's curl blocks run as written. Every process is
+started here and stopped by its PID; waits poll the HTTP API with deadlines."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,41 +23,58 @@ import httpx
 import pytest
 
 from async_tasks.testing import free_port
+from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
 
+pytestmark = pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("redis-server") is None, reason="needs curl and redis-server"
+)
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "cluster-secret-0123456789abcdef"
 API = "/api/v1"
+PROCESSES = "# scale-out: each command in its own terminal"
+
+
+def scale_out_blocks() -> tuple[list[str], list[str]]:
+    """The scale-out section's process lines (redis-server, two servers, a worker) and curl blocks."""
+    blocks = [b for b in BLOCK.findall(GUIDE.read_text()) if b.startswith(SCALE_OUT)]
+    processes = [b for b in blocks if b.startswith(PROCESSES)]
+    assert len(processes) == 1, "the scale-out section starts its processes in one block"
+    lines = [line for line in processes[0].splitlines()[1:] if line.strip()]
+    assert len(lines) == 4 and "redis-server" in lines[0] and "worker" in lines[3], lines
+    return lines, [b for b in blocks if not b.startswith(PROCESSES)]
 
 
 class Process:
-    """One ``async-tasks`` process, its output in a file."""
+    """One process of the guide, started from its command line, its output in a file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> None:
-        self.name, self.args, self.env, self.log, self.port = name, args, env, log, port
+    def __init__(self, name: str, line: str, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.name, self.line, self.env, self.log, self.port = name, line, env, log, port
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
         out = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "async_tasks.cli", *self.args], cwd=ROOT, env=self.env, stdout=out, stderr=out
-        )
+        # `exec env LINE`: the process started is the guide's command itself (stopped by its PID).
+        command = ["bash", "-c", "exec env " + self.line]
+        self.popen = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=out)
         out.close()
         return self
 
     def wait_ready(self, deadline: float) -> None:
-        """Until the server answers /health, or the worker has said it is running."""
+        """Until the server answers /health, the worker has said it runs, or Redis listens."""
         assert self.popen is not None
         while time.monotonic() < deadline:  # the process's own start-up
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.output()}")
-            if self.port is None:
+            if self.name.startswith("worker"):
                 if "async-tasks worker:" in self.output():
                     return
             else:
                 try:
-                    if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=0.5).status_code == 200:
+                    if self.name == "redis":
+                        with socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.2):
+                            return
+                    elif httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=0.5).status_code == 200:
                         return
-                except httpx.TransportError:
+                except (OSError, httpx.TransportError):
                     pass
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start: {self.output()}")
@@ -77,29 +98,33 @@ class Process:
 
 
 class Cluster:
-    def __init__(self, redis_url: str, prefix: str, logs: Path) -> None:
+    def __init__(self, logs: Path) -> None:
+        self.ports = {"6379": free_port(), "3000": free_port(), "3001": free_port()}
+        self.lines, self.blocks = scale_out_blocks()
         self.env = {
             **os.environ,
-            "TASK_BACKEND": redis_url,
-            "REDIS_KEY_PREFIX": prefix,
-            "SECRET_KEY": SECRET,
-            "TASK_CREATE_RATE": "0",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            # Faster than the defaults, so the tests wait less for what they check.
             "WORKER_LEASE_MS": "600",
             "RETRY_BACKOFF_MS": "0",
-            "SHUTDOWN_GRACE_MS": "1000",
+            "SHUTDOWN_GRACE_MS": "500",
+            "TASK_CREATE_RATE": "0",
             "API_CALL_ALLOW_HOSTS": "127.0.0.1",
         }
         self.logs = logs
-        self.apis = [self._api(i) for i in range(2)]
-        self.workers = [self._worker(0)]
-        self.count = 0
+        self.redis = Process("redis", self.rewrite(self.lines[0]), self.env, logs / "redis.log", self.ports["6379"])
+        self.apis = [
+            Process(f"api{i}", self.rewrite(self.lines[1 + i]), self.env, logs / f"api{i}.log", self.ports[port])
+            for i, port in enumerate(("3000", "3001"))
+        ]
+        self.workers: list[Process] = []
+        self.new_worker()
 
-    def _api(self, i: int) -> Process:
-        port = free_port()
-        return Process(f"api{i}", ["serve", "--port", str(port)], self.env, self.logs / f"api{i}.log", port)
-
-    def _worker(self, i: int) -> Process:
-        return Process(f"worker{i}", ["worker", "--concurrency", "4"], self.env, self.logs / f"worker{i}.log")
+    def rewrite(self, text: str) -> str:
+        """The guide's text with this cluster's ports."""
+        return re.sub(
+            r"(localhost:|--port )(6379|3000|3001)\b", lambda m: m.group(1) + str(self.ports[m.group(2)]), text
+        )
 
     def start(self, *processes: Process) -> None:
         for process in processes:
@@ -112,31 +137,52 @@ class Cluster:
         return f"http://127.0.0.1:{self.apis[i].port}"
 
     def new_worker(self) -> Process:
-        self.count += 1
-        worker = self._worker(self.count)
+        name = f"worker{len(self.workers)}"
+        worker = Process(name, self.rewrite(self.lines[3]), self.env, self.logs / f"{name}.log")
         self.workers.append(worker)
         return worker
 
     def stop(self, *processes: Process, sig: int = signal.SIGTERM) -> None:
-        """Signal them all, then wait for each (every process by default)."""
+        """Signal them all, then wait for each (by default every server and worker, then Redis)."""
+        everything = not processes
         processes = processes or (*self.apis, *self.workers)
         for process in processes:
             process.send(sig)
         for process in processes:
             process.stop(sig)
+        if everything:
+            self.redis.stop()
 
     def live_workers(self) -> list[Process]:
         return [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    made = Cluster(redis_url, "cluster-test:", tmp_path_factory.mktemp("cluster"))
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    made = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
+        made.start(made.redis)
         made.start(*made.apis, *made.workers)
         yield made
     finally:
         made.stop()
+
+
+def test_the_guide_s_scale_out_section_runs_as_written(cluster: Cluster) -> None:
+    """DEMO_GUIDE's curl blocks: create on one server, poll and stream on the other, cancel across them, /ready."""
+    script = ["set -eu"]
+    for block in cluster.blocks:
+        script += [f"echo '{SEPARATOR}'", cluster.rewrite(block)]
+    result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    outputs = result.stdout.split(SEPARATOR + "\n")[1:]
+    assert len(outputs) == len(cluster.blocks)
+    for block, output in zip(cluster.blocks, outputs, strict=True):
+        assert output.strip() and '"success":false' not in output, f"{block}\n->\n{output}"
+    status, stream, control = outputs
+    assert '"status":"pending"' in status or '"status":"running"' in status
+    assert "event: snapshot" in stream and '"status":"completed"' in stream.splitlines()[-2]
+    assert '"status":"cancelled"' in control and '"redis":"ok"' in control
 
 
 @pytest.fixture
@@ -271,7 +317,7 @@ async def test_restarted_processes_find_every_task_where_it_was(clients: Any, cl
     a, b = clients
     done = await create(a, delayMs=0)
     await until(in_status(b, done["id"], "completed"))
-    running = await create(a, delayMs=1200)
+    running = await create(a, delayMs=800)
     await until(in_status(b, running["id"], "running"))
     before = (await b.get(f"{API}/tasks")).json()
     # SIGTERM: the worker hands back what does not finish within its grace period.
