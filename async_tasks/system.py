@@ -190,7 +190,10 @@ class TaskSystem:
         try:
             self.execution.stop_accepting()
             load = await self.execution.load()
-            logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
+            if self.settings.redis:
+                logger.info("Shutting down: %d tasks running in this process; queued tasks stay in Redis", load.running)
+            else:
+                logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
             for hook in self.on_shutdown:
                 try:
                     hook()

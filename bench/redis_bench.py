@@ -212,22 +212,28 @@ def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) 
             "worker_cpu_per_task": per_task["worker"]}  # fmt: skip
 
 
-def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) -> dict[str, Any]:
-    """wrk on /status of the Redis backend, then on the anchor, in the same round."""
-    from bench.__main__ import hello_server, measure
+def measure_status(env: dict[str, str], args: argparse.Namespace, log_dir: Path, name: str) -> dict[str, Any]:
+    """wrk on ``/tasks/{id}/status`` of an API process started with `env`, on core 0."""
+    from bench.__main__ import measure
 
-    env = backend_env(url, prefix)
     port = free_port()
-    with process("api-status", api_argv(port), WORKER_CORE, env, log_dir) as api:
+    with process(name, api_argv(port), WORKER_CORE, env, log_dir) as api:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health", api)
-        client = httpx.Client(base_url=base)
-        token = client.post(f"{API}/session").json()["token"]
-        task = client.post(f"{API}/tasks", json={"executor": "sample", "params": {"delayMs": 0}},
-                           headers={"X-Session-Token": token}).json()["task"]  # fmt: skip
-        client.close()
+        with httpx.Client(base_url=base) as client:
+            token = client.post(f"{API}/session").json()["token"]
+            task = client.post(f"{API}/tasks", json={"executor": "sample", "params": {"delayMs": 0}},
+                               headers={"X-Session-Token": token}).json()["task"]  # fmt: skip
         server: Any = _Pinned(api.pid, port)
-        status = measure(server, f"{API}/tasks/{task['id']}/status", args, token=token)
+        return measure(server, f"{API}/tasks/{task['id']}/status", args, token=token)  # type: ignore[no-any-return]
+
+
+def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) -> dict[str, Any]:
+    """wrk on /status of the Redis backend, of the memory backend and on the anchor, in the same round."""
+    from bench.__main__ import hello_server, measure
+
+    status = measure_status(backend_env(url, prefix), args, log_dir, "api-status")
+    memory = measure_status(dict(TUNED_ENV), args, log_dir, "api-status-memory")
     hello = hello_server()
     try:
         hello.start(log_dir)
@@ -236,7 +242,10 @@ def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str)
         hello.stop()
     return {"status_rps": status["rps"], "hello_rps": anchor["rps"], "status_p99_us": status["p99_us"],
             "ratio": status["rps"] / anchor["rps"], "cpu_ratio": status["rps_per_cpu"] / anchor["rps_per_cpu"],
-            "foreign_cpu": max(status["foreign_cpu_share"], anchor["foreign_cpu_share"])}  # fmt: skip
+            "memory_rps": memory["rps"], "memory_ratio": memory["rps"] / anchor["rps"],
+            "vs_memory": status["rps"] / memory["rps"],
+            "foreign_cpu": max(status["foreign_cpu_share"], memory["foreign_cpu_share"],
+                               anchor["foreign_cpu_share"])}  # fmt: skip
 
 
 class _Pinned:
@@ -278,7 +287,8 @@ def redis_section(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             log(f"round {number}: {ours['tasks_per_s']:.0f} tasks/s vs {saq['saq_jobs_per_s']:.0f} SAQ jobs/s "
                 f"({figures['e2e_ratio']:.3f}); /status {status['ratio']:.3f} x hello")  # fmt: skip
     keys = ("saq_jobs_per_s", "tasks_per_s", "e2e_ratio", "e2e_cpu_ratio", "saq_cpu_per_job", "worker_cpu_per_task",
-            "api_cpu_per_task", "status_rps", "hello_rps", "ratio", "cpu_ratio", "status_p99_us")  # fmt: skip
+            "api_cpu_per_task", "status_rps", "hello_rps", "ratio", "cpu_ratio", "status_p99_us", "memory_rps",
+            "memory_ratio", "vs_memory")  # fmt: skip
     return {
         "rounds": rounds,
         "median": {key: statistics.median(r[key] for r in rounds) for key in keys},
@@ -313,6 +323,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"({median['status_rps']:,.0f} vs {median['hello_rps']:,.0f} req/s; p99 "
         f"{median['status_p99_us'] / 1000:.1f} ms) | **{'met' if status >= 0.5 else 'missed'}** |",
         f"| the same per server CPU second | (report) | **{median['cpu_ratio']:.3f}** | — |",
+        f"| `/status` on the memory backend, same round (reference) | (report) | **{median['memory_ratio']:.3f}** "
+        f"x hello GET; Redis ÷ memory **{median['vs_memory']:.3f}** | — |",
         "",
         "| round | SAQ jobs/s | tasks/s | ratio | worker µs/job, SAQ / ours | /status req/s | hello req/s | ratio "
         "| other load on core 0 |",
