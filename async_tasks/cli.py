@@ -4,12 +4,15 @@
 other setting; a bad setting stops it with one line naming the variable. With a
 Redis backend (``--backend redis://...``), ``async-tasks worker`` runs the tasks.
 
-The other commands talk to a running server (``--url``, default $ASYNC_TASKS_URL
-or http://localhost:3000): ``submit EXECUTOR --param key=value ... [--watch]``,
+The other commands talk to a running server (``--url``, before or after the
+command, default $ASYNC_TASKS_URL or http://localhost:3000):
+``submit EXECUTOR --param key=value ... [--watch]``,
 ``list``, ``status ID``, ``watch ID``, ``cancel ID``, ``retry ID``, ``delete ID``,
 ``executors`` and ``session``. They keep one session per server: its token is
 stored in ~/.cache/async-tasks/session-<host>.json (or $ASYNC_TASKS_SESSION_FILE),
 so ``submit`` and a later ``status`` see the same tasks.
+
+The help texts are plain (argparse shows them as written): no markup there.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import httpx
     from rich.console import Console
+    from rich.progress import Progress
 
     from async_tasks.client import TaskClient
 
@@ -131,14 +137,20 @@ def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _consoles() -> tuple[Console, Console]:
     from rich.console import Console
 
-    return Console(highlight=False), Console(stderr=True, highlight=False)
+    # soft_wrap: a message stays one line (a terminal wraps it, a pipe or a log keeps it whole).
+    return Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _open_client(args: argparse.Namespace) -> TaskClient:
     from async_tasks.client import TaskClient
 
     url = args.url
-    return TaskClient(url, token=load_session_token(url), on_token=lambda token: save_session_token(url, token))
+    return TaskClient(
+        url,
+        token=load_session_token(url),
+        on_token=lambda token: save_session_token(url, token),
+        transport=args.transport,
+    )
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -192,31 +204,117 @@ def _short_json(data: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int:
-    """Show a progress bar until the task ends: 0 when it completed, 1 when it failed or was cancelled."""
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
+#: Width of the progress line's step column: the bar stays put as step names change.
+STEP_WIDTH = 22
+BAR_WIDTH = 24
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2s``, ``1m15s``, ``2h03m07s``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s"
+
+
+class RunTime:
+    """How long the watched task has run: from the server's ``startedAt`` (to its
+    ``completedAt`` once it ended), ticking on this machine's clock while it runs."""
+
+    def __init__(self) -> None:
+        self.started_ms: float | None = None
+        self.ended_ms: float | None = None
+
+    def observe(self, times: Mapping[str, Any]) -> None:
+        """Take ``startedAt`` and ``completedAt`` from a status or a task (absent: not started)."""
+        self.started_ms, self.ended_ms = _epoch_ms(times.get("startedAt")), _epoch_ms(times.get("completedAt"))
+
+    def seconds(self) -> float | None:
+        if self.started_ms is None:
+            return None
+        end = self.ended_ms if self.ended_ms is not None else time.time() * 1000
+        return max(0.0, (end - self.started_ms) / 1000)
+
+
+def _epoch_ms(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def progress_bar(console: Console, run_time: RunTime) -> Progress:
+    """The progress line of `watch`: spinner, step, bar, percent, run time, step description.
+    Every column but the last has a fixed width, so the bar stays put as steps change."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TaskProgressColumn, TextColumn
+    from rich.progress import Task as Bar
+    from rich.table import Column
+    from rich.text import Text
+
+    class RunTimeColumn(ProgressColumn):
+        def render(self, task: Bar) -> Text:
+            seconds = run_time.seconds()
+            return Text("-" if seconds is None else format_duration(seconds), style="progress.elapsed")
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn(
+            "[bold]{task.fields[step]}",
+            table_column=Column(width=STEP_WIDTH, no_wrap=True, overflow="ellipsis"),
+        ),
+        BarColumn(bar_width=BAR_WIDTH),
+        TaskProgressColumn(),
+        RunTimeColumn(table_column=Column(min_width=7, justify="right")),
+        # The description takes what is left of the line (and is cut short), never the bar.
+        TextColumn("[dim]{task.fields[detail]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+        console=console,
+        expand=True,
     )
 
-    out, err = _consoles()
-    last: dict[str, Any] | None = None
-    columns = (
-        SpinnerColumn(),
-        TextColumn("[bold]{task.fields[step]}"),
-        BarColumn(bar_width=None),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("[dim]{task.fields[detail]}"),
-    )
+
+def _end_reason(task: Mapping[str, Any] | None, status: str) -> str:
+    """Why the task ended as `status`, from its last history entry: `` (shutdown)``."""
+    history = (task or {}).get("history") or []
+    entry = history[-1] if isinstance(history, list) and history else None
+    if not isinstance(entry, dict) or entry.get("status") != status or not entry.get("reason"):
+        return ""
+    reason = str(entry["reason"])
+    if reason.startswith(status + " "):
+        reason = reason[len(status) + 1 :]
+    return "" if reason == status else f" ({_escape(reason)})"
+
+
+def _final_task(client: TaskClient, task_id: str) -> dict[str, Any] | None:
+    """The task as it ended, or None when the server cannot say (it is shutting down)."""
+    import httpx
+
+    from async_tasks.client import TaskApiError
+
     try:
-        with Progress(*columns, console=out, expand=True) as progress:
+        return client.get_task(task_id)
+    except (TaskApiError, httpx.TransportError):
+        return None
+
+
+def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int:
+    """Show a progress bar until the task ends: 0 when it completed, 1 when it failed or was cancelled.
+
+    The run time shown is the server's (``startedAt``, ``completedAt``); while the
+    task runs it ticks on this machine's clock.
+    """
+    out, err = _consoles()
+    run_time = RunTime()
+    last: dict[str, Any] = {}
+    task: dict[str, Any] | None = None
+    try:
+        with progress_bar(out, run_time) as progress:
             bar = progress.add_task(name or task_id, total=100, step="waiting", detail="")
             for update in client.watch(task_id):
+                if "startedAt" in update:
+                    run_time.observe(update)
+                elif update.get("status") != last.get("status"):
+                    # A stream event has no times: ask once per attempt.
+                    run_time.observe(client.status(task_id) if update.get("status") == "running" else {})
                 last = update
                 progress.update(
                     bar,
@@ -224,19 +322,23 @@ def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int
                     step=_escape(update.get("currentStep") or update.get("status") or ""),
                     detail=_escape(update.get("currentStepDescription") or ""),
                 )
+            task = _final_task(client, task_id)
+            if task is not None:
+                run_time.observe(task)
     except KeyboardInterrupt:
         err.print(f"Stopped watching; the task keeps running (async-tasks cancel {task_id} to stop it).")
         return 130
-    status = (last or {}).get("status", "unknown")
+    status = str(last.get("status", "unknown"))
+    seconds = run_time.seconds()
     if status == "completed":
-        out.print(f"[bold green]✔[/] Task {task_id} {_status_text(status)}")
-        task = client.get_task(task_id)
-        if task.get("result") is not None:
+        took = f" in {format_duration(seconds)}" if seconds is not None else ""
+        out.print(f"[bold green]✔[/] Task {task_id} {_status_text(status)}{took}")
+        if task is not None and task.get("result") is not None:
             out.print(f"Result: {_escape(_short_json(task['result']))}")
         return 0
-    error = (last or {}).get("error")
-    reason = f": {_escape(error)}" if error else ""
-    err.print(f"[bold red]✘[/] Task {task_id} {_status_text(status)}{reason}")
+    error = (task or last).get("error")
+    detail = f": {_escape(error)}" if error else ""
+    err.print(f"[bold red]✘[/] Task {task_id} {_status_text(status)}{_end_reason(task, status)}{detail}")
     return 1
 
 
@@ -412,7 +514,8 @@ def session(args: argparse.Namespace, client: TaskClient) -> int:
 
 def _add_client_commands(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=default_url(), help=f"the server (default: ${URL_ENV} or {DEFAULT_URL})")
+    # SUPPRESS: a --url given before the command (build_parser) is kept when none follows it.
+    common.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
@@ -460,7 +563,7 @@ def _add_client_commands(commands: Any) -> None:
     ):
         parents = [common] if name in ("watch", "delete") else [common, as_json]
         cmd = commands.add_parser(name, parents=parents, help=text)
-        cmd.add_argument("id", help="the task id (or a unique prefix of it, as `list` shows)")
+        cmd.add_argument("id", help="the task id, or a unique prefix of it (as the list command shows ids)")
         if name in ("retry", "start"):
             cmd.add_argument("--watch", "-w", action="store_true", help="then follow it with a progress bar")
         cmd.set_defaults(func=func)
@@ -475,9 +578,20 @@ def _add_client_commands(commands: Any) -> None:
     cmd.set_defaults(func=session)
 
 
+DESCRIPTION = "Run the async-tasks server, or submit, follow and manage tasks on a running one."
+EPILOG = (
+    "The client commands talk to the server at --url (given before or after the command). "
+    "They keep one session per server: its token is stored in "
+    f"~/.cache/async-tasks/ (or ${SESSION_FILE_ENV}), so consecutive commands see the same tasks. "
+    "Run async-tasks COMMAND --help for a command's options."
+)
+URL_HELP = f"the server (default: ${URL_ENV} or {DEFAULT_URL})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="async-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="async-tasks", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--url", default=default_url(), help=URL_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default: $PORT or 3000)")
@@ -507,8 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run the command in `argv` (default: the process's arguments); its exit status.
+
+    `transport` is the httpx transport of the client commands (tests run the app
+    in-process through one); by default they connect to ``--url``.
+    """
     args = build_parser().parse_args(argv)
+    args.transport = transport
     return int(args.func(args))
 
 

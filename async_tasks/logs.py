@@ -1,6 +1,10 @@
 """Log formats and configuration. The default text format::
 
-    2025-08-12 05:56:10 info: Starting execution of task <id> for session <key>
+    2025-08-12 05:56:10 info: Starting execution of task <id> for session <key> [request_id=demo-42]
+
+The seed's ``<date time> <level>: <message>``; a line written for a request, or for a
+task a request created, ends with `` [request_id=<id>]`` (the ``X-Request-ID`` of that
+request), so text logs can be searched by request id too.
 
 ``LOG_FORMAT=json`` writes one JSON object per line instead: ``timestamp``,
 ``level``, ``logger``, ``message`` and, where they apply, ``request_id``,
@@ -36,7 +40,8 @@ JSON_FIELDS = ("request_id", "session_key", "task_id", "executor", "status", "du
 
 
 class TextFormatter(logging.Formatter):
-    """``<date time> <level>: <message>`` with a lower-case level."""
+    """``<date time> <level>: <message>`` with a lower-case level, and `` [request_id=<id>]``
+    when the record carries a request id (see `ContextFilter`)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -44,6 +49,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord(record.__dict__)
         record.levelname = record.levelname.lower()
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            record.msg, record.args = f"{record.getMessage()} [request_id={request_id}]", None
         return super().format(record)
 
 
@@ -100,7 +108,12 @@ def logging_dict(
 ) -> dict[str, Any]:
     """The `logging.config.dictConfig` schema of our logs: one handler (stderr unless
     given) with the configured format and the context filter, for our loggers,
-    Litestar's (warnings) and the root logger."""
+    Litestar's and uvicorn's (warnings) and the root logger.
+
+    uvicorn's loggers are taken over so that ``uvicorn async_tasks.web:create_app
+    --factory`` writes the same lines as ``async-tasks serve``: its errors in our
+    format, its start-up chatter left out, and no access log (it would show client
+    addresses, which are never logged; every response carries ``X-Request-ID``)."""
     level = settings.log_level.upper()
     handler = handler or {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
     return {
@@ -119,6 +132,9 @@ def logging_dict(
         "loggers": {
             "async_tasks": {"level": level, "handlers": [handler_name], "propagate": False},
             "litestar": {"level": "WARNING", "handlers": [handler_name], "propagate": False},
+            "uvicorn": {"level": "WARNING", "handlers": [handler_name], "propagate": False},
+            "uvicorn.error": {"level": "WARNING", "handlers": [], "propagate": True},
+            "uvicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
             # SAQ logs each job at info and a warning at every worker stop; its errors still show.
             "saq": {"level": "ERROR", "handlers": [handler_name], "propagate": False},
         },

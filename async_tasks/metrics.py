@@ -1,9 +1,17 @@
 """The task system's Prometheus metrics, in a registry of their own.
 
-- ``async_tasks_tasks_created_total{executor}``
-- ``async_tasks_tasks_finished_total{executor,status}``: every time a task enters
-  completed, failed or cancelled (an attempt that fails before an automatic retry
-  counts as failed)
+Tasks and attempts are counted apart, so that the counters add up:
+
+- ``async_tasks_tasks_created_total{executor}``: tasks created.
+- ``async_tasks_tasks_finished_total{executor,status}``: tasks that settled in a final
+  status: ``completed``, ``cancelled``, or ``failed`` with no automatic retry left. An
+  attempt that fails and is retried automatically is not a finished task. A task
+  retried by hand counts again when it settles again, so finished <= created + retries
+  by hand.
+- ``async_tasks_task_attempts_total{executor,outcome}``: every attempt that ended
+  (``completed``, ``failed``, ``cancelled``), automatic retries included.
+- ``async_tasks_task_retries_total{executor,kind}``: retries, ``kind`` ``automatic``
+  (after a failed attempt) or ``manual`` (``POST /tasks/{id}/retry``).
 - ``async_tasks_task_duration_seconds{executor}``: run time of every ended attempt
 - ``async_tasks_cleanup_removed_total{reason}``: retention removals by the cleaner
 - gauges refreshed before each scrape (`refresh`), so nothing is kept up to date on
@@ -48,7 +56,19 @@ class TaskMetrics:
         r = self.registry
         self.created = Counter("async_tasks_tasks_created", "Tasks created", ["executor"], registry=r)
         self.finished = Counter(
-            "async_tasks_tasks_finished", "Tasks that reached a final status", ["executor", "status"], registry=r
+            "async_tasks_tasks_finished",
+            "Tasks that settled in a final status (a failure followed by an automatic retry is not one)",
+            ["executor", "status"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "async_tasks_task_attempts",
+            "Attempts that ended, by outcome (automatic retries included)",
+            ["executor", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "async_tasks_task_retries", "Retries of tasks, automatic or manual", ["executor", "kind"], registry=r
         )
         self.duration = Histogram(
             "async_tasks_task_duration_seconds",
@@ -72,10 +92,17 @@ class TaskMetrics:
         system.cleaner.after_sweep.append(self._on_sweep)
 
     def _on_transition(self, task: Task, previous: TaskStatus | None) -> None:
+        status = task.status
         if previous is None:
             self.created.labels(task.executor).inc()
-        elif task.status in TERMINAL:
-            self.finished.labels(task.executor, task.status.value).inc()
+        elif status in TERMINAL:
+            if previous is TaskStatus.RUNNING:
+                self.attempts.labels(task.executor, status.value).inc()
+            if status is not TaskStatus.FAILED or not retried_automatically(task):
+                self.finished.labels(task.executor, status.value).inc()
+        elif status is TaskStatus.PENDING:  # a retry (created tasks have previous None)
+            kind = "automatic" if task.auto_retries > 0 else "manual"
+            self.retries.labels(task.executor, kind).inc()
 
     def _on_finish(self, task: Task, duration: float) -> None:
         self.duration.labels(task.executor).observe(duration)
@@ -104,3 +131,10 @@ class TaskMetrics:
         """The registry in the text exposition format, gauges refreshed."""
         await self.refresh()
         return generate_latest(self.registry)
+
+
+def retried_automatically(task: Task) -> bool:
+    """Whether a task that has just failed will be retried automatically: it has retries
+    left (`auto_retries` counts the ones used since it was created or retried by hand)
+    and was not dead-lettered (a failure at shutdown is final even with retries left)."""
+    return not task.dead_lettered and task.auto_retries < task.max_retries

@@ -38,6 +38,7 @@ def shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: 
         "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
         settings.shutdown_grace_ms,
     )
+    system.request_shutdown()  # after the line above: the cancellations are logged after it
     time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
     # Still alive: something ignores cancellation or the event loop is blocked.
     reported = {task.id for task in system.abandoned}

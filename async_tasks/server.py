@@ -11,9 +11,11 @@ finishing): it logs the abandoned tasks, flushes the logs and exits with status 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -37,7 +39,8 @@ def serve(
     with_worker: bool = False,
     concurrency: int | None = None,
 ) -> int:
-    """Build the app from the environment and serve it; 2 on a bad setting.
+    """Build the app from the environment and serve it; 2 on a bad setting or an
+    unreachable Redis, 1 when the address cannot be listened on (the port is taken).
 
     `backend` overrides TASK_BACKEND; `with_worker` runs a worker in the same process
     (Redis backend), with `concurrency` slots (default WORKER_CONCURRENCY)."""
@@ -48,6 +51,16 @@ def serve(
         settings = Settings.from_env(environ)
         if with_worker and not settings.redis:
             raise SettingsError("--with-worker needs a Redis backend (TASK_BACKEND=redis://... or --backend)")
+    except SettingsError as exc:
+        print(f"async-tasks: {exc}", file=sys.stderr)
+        return 2
+    # A taken port is said first and only: before the app is built (it logs) and
+    # before uvicorn runs the app's start-up, which it does before binding.
+    refused = _cannot_listen(host or settings.host, port or settings.port)
+    if refused:
+        print(f"async-tasks: {refused}", file=sys.stderr)
+        return 1
+    try:
         if settings.redis:
             from async_tasks.execution.saq import check_redis
 
@@ -99,12 +112,13 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     def on_signal(sig: int, frame: Any) -> None:
         # uvicorn's own handler, except that it does not re-raise the signal once the
         # server has stopped (that would kill the process before the logs are written).
-        # A signal handler: only signal-safe work here (no logging: it takes locks).
+        # A signal handler: only signal-safe work here (no logging: it takes locks). The
+        # watchdog thread wakes at once, says "Shutdown requested" and only then starts
+        # the task system's shutdown, so the log tells the story in order.
         if server.should_exit and sig == signal.SIGINT:
             server.force_exit = True
         else:
             server.should_exit = True
-        system.request_shutdown()
         signalled.set()
 
     server.handle_exit = on_signal  # type: ignore[method-assign]
@@ -116,3 +130,27 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
         flush_logs()
         os._exit(1)
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on `host`:`port` (the port is taken, the host is
+    not an address of this machine), or None. Binds and closes a socket per address,
+    as asyncio's ``create_server`` will (an address family the machine lacks is skipped)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: {exc.strerror}"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:
+                    continue
+                hint = " (is another server running there? set PORT or --port)" if exc.errno == errno.EADDRINUSE else ""
+                return f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}{hint}"
+    return None

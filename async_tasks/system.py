@@ -53,6 +53,7 @@ from async_tasks.store.base import (
 )
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
+from async_tasks.validation import describe, field_of, field_type, join_field, split_location
 
 logger = logging.getLogger("async_tasks")
 
@@ -278,10 +279,16 @@ class TaskSystem:
         params = self._convert_params(cls, params)
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
-            raise InvalidParams(f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms}", field="timeoutMs")
+            raise InvalidParams(
+                f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms} (the server's MAX_TASK_TIMEOUT_MS).",
+                field="timeoutMs",
+            )
         max_retries = max_retries if max_retries is not None else cls.max_retries
         if not 0 <= max_retries <= self.settings.max_task_retries:
-            raise InvalidParams(f"maxRetries must be from 0 to {self.settings.max_task_retries}", field="maxRetries")
+            raise InvalidParams(
+                f"maxRetries must be from 0 to {self.settings.max_task_retries} (the server's MAX_TASK_RETRIES).",
+                field="maxRetries",
+            )
         idempotency = None
         if idempotency_key is not None:
             fingerprint = hashlib.sha256(
@@ -329,9 +336,9 @@ class TaskSystem:
             try:
                 return msgspec.convert(dict(params or {}), cls.Params)
             except msgspec.ValidationError as exc:
-                raise invalid_params(exc) from None
+                raise invalid_params(exc, cls.Params) from None
         if not isinstance(params, cls.Params):
-            raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping", field="params")
+            raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping.", field="params")
         return params
 
     async def _take_create_token(self, session_key: str) -> None:
@@ -425,12 +432,10 @@ def _start_hint(status: TaskStatus) -> str | None:
     return "Use retry to run it again." if status in RETRYABLE else None
 
 
-def invalid_params(exc: msgspec.ValidationError) -> InvalidParams:
-    """A msgspec validation error of task params as the contract's `invalid_params`."""
-    message = str(exc)
-    field = "params"
-    marker = " - at `$"
-    if marker in message:
-        message, path = message.split(marker, 1)
-        field = "params" + path.rstrip("`")
-    return InvalidParams(f"{message} (at {field})", field=field)
+def invalid_params(exc: msgspec.ValidationError, params_type: type[Any] | None = None) -> InvalidParams:
+    """A msgspec validation error of task params as the contract's `invalid_params`: a
+    sentence naming the field as ``params.<field>`` (see `async_tasks.validation`)."""
+    message, path = split_location(str(exc))
+    field = join_field("params", path)
+    node = field_type(params_type, path) if params_type is not None else None
+    return InvalidParams(describe(field, message, node), field=field_of(field, message))

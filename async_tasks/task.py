@@ -47,13 +47,15 @@ def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
 
 
 class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True):
-    """One transition in a task's audit trail."""
+    """One transition in a task's audit trail. An entry into ``failed`` keeps the
+    attempt's error: a retry clears `Task.error`, the history does not forget it."""
 
     at: int
     status: TaskStatus
     previous: TaskStatus | None = None
     attempt: int = 1
     reason: str | None = None
+    error: str | None = None
 
 
 class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):

@@ -13,7 +13,7 @@
 - `wait_for`: wait until a task reaches a status or a progress, on the store's
   events (never a sleep).
 - `serve_in_loop`: a Litestar app (lifespan included) running in the test's own
-  event loop, with an httpx client on it.
+  event loop, with an httpx client on it; `asgi_client` is that client alone.
 - `capture_logs`: the log records the task system writes, as dicts.
 - `free_port`: a free TCP port on loopback, for tests that start real servers.
 - `redis_server`: a throwaway ``redis-server`` (no persistence) on a free port, for
@@ -220,12 +220,18 @@ async def serve_in_loop(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIte
     engine's tasks then share the test's loop, so a test can wait on events and
     `anyio.wait_all_tasks_blocked()` instead of sleeping.
     """
+    async with app.lifespan(), asgi_client(app, client_ip) as http:
+        yield http
+
+
+def asgi_client(app: Litestar, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
+    """An httpx client calling `app` in-process as `client_ip` (no lifespan: see
+    `serve_in_loop` for the app with its task system running)."""
     import httpx
 
-    async with app.lifespan():
-        transport = httpx.ASGITransport(app=cast("Any", app), client=(client_ip, 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
-            yield http
+    # httpx types an ASGI app more narrowly than Litestar types its __call__.
+    transport = httpx.ASGITransport(app=cast("Any", app), client=(client_ip, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver.local")
 
 
 @contextmanager

@@ -8,7 +8,7 @@ then::
 
     curl -X POST http://localhost:3001/files/process \\
       -H "Content-Type: application/json" \\
-      -d '{"fileName": "big-sample.log", "filePath": "big-sample.log", "fileSize": 204883}'
+      -d '{"fileName": "report.csv", "filePath": "report.csv", "fileSize": 243}'
 
 It answers at once with the task id; poll ``/api/v1/tasks/<id>/status`` on the
 same server, or open ``/schema`` for the whole API.

@@ -17,9 +17,10 @@ A failing item is recorded in the result with ``"status": "error"``; it never st
 the batch. The task's result is
 ``{"total", "succeeded", "failed", "items": [{"index", "status", "output" | "error"}]}``.
 
-Limits: at least one item; at most ``BATCH_MAX_ITEMS`` items (env, default 1000,
-never above the schema's hard bound of 10000); each item at most
-``BATCH_MAX_ITEM_BYTES`` bytes once JSON-encoded (env, default 10 KiB).
+Limits: at least one item; at most ``MAX_ITEMS`` (1000) items, the bound the params
+schema advertises (``BATCH_MAX_ITEMS``, env, may only lower it, and the error then
+names the lower limit); each item at most ``BATCH_MAX_ITEM_BYTES`` bytes once
+JSON-encoded (env, default 10 KiB).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from async_tasks.errors import InvalidParams
 if TYPE_CHECKING:
     from async_tasks import Progress, Task
 
-#: Hard schema bound on the number of items; `BATCH_MAX_ITEMS` may only lower it.
-HARD_MAX_ITEMS = 10_000
+#: The most items a batch takes: the schema's bound and the default of `BATCH_MAX_ITEMS`,
+#: which may only lower it (one number, so what the schema advertises is what is taken).
+MAX_ITEMS = 1000
 MAX_ITEM_DELAY_MS = 10_000
 #: Largest integer whose square is still computed.
 MAX_SQUARE = 10**300
@@ -49,7 +51,7 @@ PREVIEW_CHARS = 60
 class BatchConfig(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     """Environment settings of the `batch` executor."""
 
-    batch_max_items: Annotated[int, msgspec.Meta(ge=1, le=HARD_MAX_ITEMS)] = 1000
+    batch_max_items: Annotated[int, msgspec.Meta(ge=1, le=MAX_ITEMS)] = MAX_ITEMS
     batch_max_item_bytes: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 10 * 1024
 
 
@@ -60,11 +62,11 @@ class BatchParams(TaskParams):
         list[Any],
         msgspec.Meta(
             min_length=1,
-            max_length=HARD_MAX_ITEMS,
+            max_length=MAX_ITEMS,
             description=(
                 "JSON values to process in order (strings, numbers, booleans, arrays, objects). "
-                "At least 1; at most BATCH_MAX_ITEMS (default 1000). Each item at most "
-                "BATCH_MAX_ITEM_BYTES (default 10240) bytes as JSON. null, or an object with "
+                f"At least 1; at most {MAX_ITEMS} (a server may set a lower BATCH_MAX_ITEMS). Each item "
+                "at most BATCH_MAX_ITEM_BYTES (default 10240) bytes as JSON. null, or an object with "
                 '"fail": true, fails that item (the batch goes on).'
             ),
         ),
@@ -179,7 +181,8 @@ class BatchExecutor(TaskExecutor[BatchParams, BatchConfig]):
             raise InvalidParams("items must hold at least one item", field="items")
         if count > config.batch_max_items:
             raise InvalidParams(
-                f"items holds {count} items; at most {config.batch_max_items} are allowed per batch",
+                f"items holds {count} items; this server takes at most {config.batch_max_items} per batch "
+                "(BATCH_MAX_ITEMS).",
                 field="items",
             )
         limit = config.batch_max_item_bytes

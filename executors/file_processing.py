@@ -4,10 +4,17 @@ With ``filePath`` the executor reads a real file in chunks (each read in a worke
 thread, so the event loop never blocks) and returns its size, line count, word
 count and SHA-256. Progress moves with the bytes read.
 
-Without ``filePath`` it simulates processing ``fileSize`` bytes in ``chunkSize``
-chunks, sleeping a little per chunk; the simulated run takes
+Reading a small file takes milliseconds, so its progress jumps to 100 %: for a live
+demo, ``chunkDelayMs`` pauses after each chunk (at most ``MAX_CHUNK_DELAY_MS``), e.g.
+the bundled ``big-sample.log`` (200 KB) in 8192-byte chunks with 100 ms takes about
+2.5 s.
+
+Without ``filePath`` it simulates processing ``fileSize`` bytes (default 1 MiB) in
+``chunkSize`` chunks, sleeping a little per chunk; the simulated run takes
 ``fileSize / 2 MiB`` seconds, but never more than ``FILE_PROCESSING_SIMULATE_MAX_SECONDS``
-(default 5).
+(default 5). ``fileSize`` only describes a simulation: with ``filePath`` the real size
+is read from the file (and a task's stored params keep ``fileSize`` as the client sent
+it, null when absent, never a made-up default).
 
 Safety: only regular files under the demo root are read. The root is
 ``FILE_PROCESSING_ROOT`` (env) or the bundled ``demos/data`` folder. ``filePath`` is
@@ -57,6 +64,10 @@ GIB = 1024 * MIB
 MAX_PATH_CHARS = 4096
 MAX_CHUNK_SIZE = 16 * MIB
 DEFAULT_CHUNK_SIZE = 64 * KIB
+#: Bytes a simulation processes when no fileSize is given.
+DEFAULT_SIMULATED_SIZE = MIB
+#: The longest pause after each chunk read (chunkDelayMs).
+MAX_CHUNK_DELAY_MS = 2000
 #: A file is read in at most this many chunks: tiny `chunkSize`s grow for big files.
 MAX_CHUNKS = 2048
 #: At most this many progress reports (and sleeps) in a simulated run.
@@ -109,14 +120,21 @@ class FileProcessingParams(TaskParams):
             ),
         ),
     ] = None
-    file_size: Annotated[
-        int,
-        msgspec.Meta(
-            ge=1,
-            le=GIB,
-            description="Bytes to simulate when filePath is absent (at most 1 GiB); ignored otherwise.",
-        ),
-    ] = MIB
+    # The bounds on the int itself (not on the union): where Litestar's OpenAPI document reads them.
+    file_size: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=GIB,
+                description=(
+                    "Bytes to simulate when filePath is absent (at most 1 GiB; 1 MiB when omitted). "
+                    "Ignored with filePath: the file's real size is used."
+                ),
+            ),
+        ]
+        | None
+    ) = None
     chunk_size: Annotated[
         int,
         msgspec.Meta(
@@ -128,6 +146,18 @@ class FileProcessingParams(TaskParams):
             ),
         ),
     ] = DEFAULT_CHUNK_SIZE
+    chunk_delay_ms: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=MAX_CHUNK_DELAY_MS,
+            description=(
+                f"Pause after each chunk read, in milliseconds (at most {MAX_CHUNK_DELAY_MS}), so that a "
+                "small file's progress can be watched: big-sample.log with chunkSize 8192 and "
+                "chunkDelayMs 100 takes about 2.5 s. Real files only; the task's timeout still applies."
+            ),
+        ),
+    ] = 0
 
 
 @dataclass
@@ -331,7 +361,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
         # Checked again: the file may have changed since the task was created.
         checked = await anyio.to_thread.run_sync(self.check_path, params.file_path)
         try:
-            counts = await self._read(checked, params.chunk_size, progress)
+            counts = await self._read(checked, params.chunk_size, params.chunk_delay_ms / 1000, progress)
         finally:
             os.close(checked.fd)
         await progress(90, "Analyzing Content", f"{counts.size:,} bytes read; totalling lines and words")
@@ -346,7 +376,7 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
         await progress(100, "Writing Summary", f"Processed {checked.relative}")
         return result
 
-    async def _read(self, checked: CheckedFile, chunk_size: int, progress: Progress) -> Counts:
+    async def _read(self, checked: CheckedFile, chunk_size: int, pause: float, progress: Progress) -> Counts:
         expected = max(checked.size, 1)
         chunk = effective_chunk_size(checked.size, chunk_size)
         limit = self.config.file_processing_max_bytes
@@ -365,10 +395,12 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
                 "Reading File",
                 f"Read {counts.size:,} of {max(checked.size, counts.size):,} bytes",
             )
+            if pause > 0:
+                await anyio.sleep(pause)
         return counts
 
     async def _simulate(self, params: FileProcessingParams, progress: Progress) -> dict[str, Any]:
-        size = params.file_size
+        size = params.file_size if params.file_size is not None else DEFAULT_SIMULATED_SIZE
         chunks = math.ceil(size / params.chunk_size)
         ticks = min(chunks, MAX_SIMULATED_TICKS)
         seconds = min(self.config.file_processing_simulate_max_seconds, size / SIMULATED_BYTES_PER_SECOND)

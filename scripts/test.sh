@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install everything the tests need on a fresh machine, then run the whole suite.
+# Everything CI checks, on a fresh machine or again after a change: install what is
+# missing (once), then lint, format, strict types (package, executors, demos, tests and
+# the docs' examples) and the whole test suite. Any failure fails the script.
 #   bash scripts/test.sh            # any extra arguments go to pytest
+#   bash scripts/test.sh --fast     # the inner loop only: unit and in-process API tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: curl (DEMO_GUIDE examples run as written), Debian's Chromium
-# (the dashboard's browser test; Playwright drives it, it never downloads a browser)
-# and redis-server (the Redis backend's tests start their own, without persistence).
+# (browser tests; Playwright drives it, it never downloads a browser) and
+# redis-server (the Redis backend's tests start their own, without persistence).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v chromium >/dev/null || missing+=(chromium)
@@ -17,9 +20,24 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m venv .venv
+# The venv is (re)installed only when pyproject.toml changed since the last install.
+[ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[test]"
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    python -m pip install -q --upgrade pip
+    python -m pip install -q -e ".[test,dev]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
 
+ruff check .
+ruff format --check .
+python scripts/doc_examples.py build/doc-examples >/dev/null
+mypy async_tasks executors demos tests build/doc-examples
+
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    set -- -m "not e2e and not battery" "$@"
+fi
 python -m pytest "$@"

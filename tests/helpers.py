@@ -74,7 +74,7 @@ class BlockingExecutor(TaskExecutor[BlockingParams]):
         return {"thread": threading.current_thread().name != "MainThread"}
 
 
-TEST_EXECUTORS = [ScriptExecutor, BlockingExecutor]
+TEST_EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [ScriptExecutor, BlockingExecutor]
 
 
 def system_of(app: Litestar) -> TaskSystem:

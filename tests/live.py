@@ -41,8 +41,8 @@ def live_app(executors: Any = TEST_EXECUTORS, **overrides: Any) -> Litestar:
 
 
 @contextmanager
-def serve_in_thread(app: Litestar, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` with uvicorn in a daemon thread; yield its base URL; stop it."""
+def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` (an ASGI app) with uvicorn in a daemon thread; yield its base URL; stop it."""
     config = uvicorn.Config(
         app,
         host=host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -178,28 +179,28 @@ async def test_openapi_documents_each_executor_params(client: httpx.AsyncClient)
     ("method", "path", "body", "status", "code"),
     [
         ("POST", "/tasks", b"{not json", 400, "malformed_json"),
-        ("POST", "/tasks", {"executor": 5}, 400, "validation_error"),
-        ("POST", "/tasks", {"executor": "script", "bogus": 1}, 400, "validation_error"),
-        ("POST", "/tasks", {}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": 5}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "bogus": 1}, 400, "invalid_params"),
+        ("POST", "/tasks", {}, 400, "invalid_params"),
         ("POST", "/tasks", {"executor": "nope"}, 400, "unknown_executor"),
         ("POST", "/tasks", {"executor": "script", "params": {"steps": "many"}}, 400, "invalid_params"),
         ("POST", "/tasks", {"executor": "script", "params": {"steps": 101}}, 400, "invalid_params"),
         ("POST", "/tasks", {"executor": "script", "params": {"unknown": 1}}, 400, "invalid_params"),
-        ("POST", "/tasks", {"executor": "script", "priority": 10**6}, 400, "validation_error"),
-        ("POST", "/tasks", {"executor": "script", "timeoutMs": 0}, 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "script", "priority": 10**6}, 400, "invalid_params"),
+        ("POST", "/tasks", {"executor": "script", "timeoutMs": 0}, 400, "invalid_params"),
         ("POST", "/tasks", {"executor": "script", "timeoutMs": 86_400_000}, 400, "invalid_params"),
         ("POST", "/tasks", {"executor": "script", "maxRetries": 11}, 400, "invalid_params"),
-        ("POST", "/tasks", {"executor": "script", "tags": ["x" * 65]}, 400, "validation_error"),
-        ("POST", "/demo/tasks/sample", {"delayMs": -1}, 400, "validation_error"),
-        ("POST", "/demo/tasks/sample", {"delayMs": 10**9}, 400, "validation_error"),
-        ("POST", "/demo/tasks/sample", {"delayMs": "soon"}, 400, "validation_error"),
-        ("POST", "/demo/tasks/sample", {"colour": "red"}, 400, "validation_error"),
-        ("POST", "/demo/tasks/sample", [1, 2], 400, "validation_error"),
+        ("POST", "/tasks", {"executor": "script", "tags": ["x" * 65]}, 400, "invalid_params"),
+        ("POST", "/demo/tasks/sample", {"delayMs": -1}, 400, "invalid_params"),
+        ("POST", "/demo/tasks/sample", {"delayMs": 10**9}, 400, "invalid_params"),
+        ("POST", "/demo/tasks/sample", {"delayMs": "soon"}, 400, "invalid_params"),
+        ("POST", "/demo/tasks/sample", {"colour": "red"}, 400, "invalid_params"),
+        ("POST", "/demo/tasks/sample", [1, 2], 400, "invalid_params"),
         ("POST", "/demo/tasks/nope", {}, 404, "unknown_executor"),
-        ("POST", "/demo/tasks/script", {"priority": "high"}, 400, "validation_error"),
-        ("GET", "/tasks?status=sleeping", None, 400, "validation_error"),
-        ("GET", "/tasks?limit=0", None, 400, "validation_error"),
-        ("GET", "/tasks?offset=-1", None, 400, "validation_error"),
+        ("POST", "/demo/tasks/script", {"priority": "high"}, 400, "invalid_params"),
+        ("GET", "/tasks?status=sleeping", None, 400, "invalid_params"),
+        ("GET", "/tasks?limit=0", None, 400, "invalid_params"),
+        ("GET", "/tasks?offset=-1", None, 400, "invalid_params"),
         ("GET", "/tasks/does-not-exist", None, 404, "task_not_found"),
         ("GET", "/tasks/does-not-exist/status", None, 404, "task_not_found"),
         ("POST", "/tasks/does-not-exist/start", None, 404, "task_not_found"),
@@ -221,12 +222,52 @@ async def test_client_mistakes_get_the_error_body(
     assert_error(await client.request(method, f"{API}{path}", **kwargs), status, code)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "key", "message"),
+    [
+        ("POST", "/demo/tasks/sample", {"delayMs": 999_999}, "delayMs", "delayMs must be at most 120000."),
+        ("POST", "/demo/tasks/sample", {"delayMs": "soon"}, "delayMs", "delayMs must be an integer (got a string)."),
+        ("POST", "/demo/tasks/sample", {"title": "x"}, "title", "The request body has no field 'title'; the fields"),
+        ("POST", "/tasks", {}, "executor", "executor is required."),
+        ("POST", "/tasks", {"executor": "script", "tags": ["x" * 65]}, "tags[0]", "tags[0] must be at most 64 char"),
+        ("POST", "/tasks", {"executor": "script", "params": {"steps": 101}}, "params.steps", "params.steps must be at"),
+        ("POST", "/tasks", {"executor": "script", "params": {"x": 1}}, "params.x", "params has no field 'x'; the fie"),
+        ("POST", "/demo/tasks/api-call", {"endpoint": "http://a", "method": "BREW"}, "method", "method must be one of"),
+        ("POST", "/demo/tasks/script", {"priority": "high"}, "priority", "priority must be an integer (got a string)."),
+        ("GET", "/tasks?status=processing", None, "status", "status must be one of pending, running, completed, f"),
+        ("GET", "/tasks?deadLetter=maybe", None, "deadLetter", "deadLetter must be true or false (got 'maybe')."),
+        ("GET", "/tasks?limit=0", None, "limit", "limit must be at least 1 (got '0')."),
+        ("GET", "/tasks/" + "x" * 101, None, "task_id", "The task id in the path must be at most 100 characters"),
+    ],
+)
+async def test_mistakes_read_as_sentences_naming_the_clients_field(
+    client: httpx.AsyncClient, method: str, path: str, body: Any, key: str, message: str
+) -> None:
+    """One code (invalid_params) for every field mistake, a sentence in the client's own words and names."""
+    kwargs: dict[str, Any] = {"json": body} if body is not None else {}
+    error = assert_error(await client.request(method, f"{API}{path}", **kwargs), 400, "invalid_params")["error"]
+    assert str(error["message"]).startswith(message), error
+    assert "`" not in error["message"] and "Expected" not in error["message"]
+    assert not re.search(r"\bdata\b", error["message"]), "an internal name leaked"
+    assert [d["key"] for d in error["details"]] == [key]
+
+
+async def test_valid_values_and_fields_are_listed(client: httpx.AsyncClient) -> None:
+    """An enum lists every valid value; an unknown field lists the real fields."""
+    error = (await client.get(f"{API}/tasks?status=processing")).json()["error"]
+    assert all(status in error["message"] for status in ("pending", "running", "completed", "failed", "cancelled"))
+    error = (await client.post(f"{API}/demo/tasks/sample", json={"title": "x"})).json()["error"]
+    assert "delayMs" in error["message"] and "description" in error["message"]
+    error = (await client.post(f"{API}/tasks", content=b"", headers={"content-type": "application/json"})).json()
+    assert error["error"]["message"] == "A JSON request body is required."
+
+
 async def test_params_error_names_the_field(client: httpx.AsyncClient) -> None:
     body = assert_error(
         await client.post(f"{API}/tasks", json={"executor": "script", "params": {"steps": "x"}}), 400, "invalid_params"
     )
     assert body["error"]["details"][0]["key"] == "params.steps"
-    body = assert_error(await client.post(f"{API}/demo/tasks/sample", json={"delayMs": "x"}), 400, "validation_error")
+    body = assert_error(await client.post(f"{API}/demo/tasks/sample", json={"delayMs": "x"}), 400, "invalid_params")
     assert body["error"]["details"][0]["key"] == "delayMs"
 
 
@@ -268,3 +309,38 @@ async def test_retry_of_cancelled_task_runs_it_again(client: httpx.AsyncClient, 
     assert response.status_code == 200
     done = await wait_for(app, task["id"], "completed")
     assert [h.status.value for h in done.history] == ["pending", "cancelled", "pending", "running", "completed"]
+
+
+async def test_the_batch_limit_advertised_is_the_limit_applied(client: httpx.AsyncClient) -> None:
+    """The OpenAPI document, GET /executors and the error all say 1000 items, and 1000 are taken."""
+    document = (await client.get("/schema/openapi.json")).json()
+    batch_body = document["components"]["schemas"]["BatchDemoRequest"]
+    assert batch_body["properties"]["items"]["maxItems"] == 1000
+    executors = (await client.get(f"{API}/executors")).json()["executors"]
+    (batch,) = [e for e in executors if e["name"] == "batch"]
+    assert batch["paramsSchema"]["$defs"]["BatchParams"]["properties"]["items"]["maxItems"] == 1000
+    error = assert_error(
+        await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 1001, "itemDelayMs": 0}),
+        400,
+        "invalid_params",
+    )
+    assert error["error"]["message"] == "items must hold at most 1000 items."
+    accepted = await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 1000, "itemDelayMs": 0})
+    assert accepted.status_code == 201, accepted.text
+
+
+async def test_history_keeps_the_error_of_a_failed_attempt(make_app: Any) -> None:
+    """A task that failed once and then succeeded shows the failure's error in its history."""
+    from async_tasks.testing import serve_in_loop
+
+    app = make_app(retry_backoff_ms=0)
+    async with serve_in_loop(app) as client:
+        body = {"executor": "script", "params": {"failAttempts": 1}, "maxRetries": 1, "start": True}
+        task = (await client.post(f"{API}/tasks", json=body)).json()["task"]
+        await wait_for(app, task["id"], "completed")
+        history = (await client.get(f"{API}/tasks/{task['id']}")).json()["task"]["history"]
+        failed = [entry for entry in history if entry["status"] == "failed"]
+        assert [(e.get("attempt", 1), e["error"], e["reason"]) for e in failed] == [
+            (1, "RuntimeError: attempt 1 failed on purpose", "attempt failed")
+        ]
+        assert all("error" not in entry for entry in history if entry["status"] != "failed")

@@ -1,23 +1,44 @@
-"""`async_tasks.client`: the sync and async clients against a real server, plus the
-stream parsing and fallbacks against scripted transports."""
+"""`async_tasks.client`: the sync and async clients against the app in-process (its
+event stream included), plus the stream parsing and fallbacks against scripted
+transports."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import httpx
 import pytest
 
 from async_tasks.client import AsyncTaskClient, TaskApiError, TaskClient
-from tests.live import live_server  # noqa: F401 - the fixture
+from async_tasks.web.plugin import AsyncTasksPlugin
+from tests.inprocess import PortalTransport, StreamingASGITransport, streaming_transport, sync_transport
+from tests.live import live_app
 
 WATCH_TIMEOUT = 20.0
+URL = "http://testserver.local"
+
+
+@pytest.fixture(scope="module")
+def transport() -> Iterator[PortalTransport]:
+    """One app for the module, in-process; each client without a token is its own session."""
+    with sync_transport(live_app(retry_backoff_ms=0)) as transport:
+        yield transport
 
 
 @pytest.fixture
-def client(live_server: str) -> Iterator[TaskClient]:  # noqa: F811
-    with TaskClient(live_server) as tasks:
+def client(transport: PortalTransport) -> Iterator[TaskClient]:
+    with TaskClient(URL, transport=transport) as tasks:
+        yield tasks
+
+
+@pytest.fixture
+async def tasks() -> AsyncIterator[AsyncTaskClient]:
+    async with (
+        streaming_transport(live_app(retry_backoff_ms=0)) as transport,
+        AsyncTaskClient(URL, transport=transport) as tasks,
+    ):
         yield tasks
 
 
@@ -43,8 +64,8 @@ def test_watch_by_polling_only(client: TaskClient) -> None:
     assert {u["source"] for u in updates} == {"poll"}
 
 
-def test_the_client_keeps_the_session_the_server_issued(live_server: str) -> None:  # noqa: F811
-    with TaskClient(live_server) as first, TaskClient(live_server) as second:
+def test_the_client_keeps_the_session_the_server_issued(transport: PortalTransport) -> None:
+    with TaskClient(URL, transport=transport) as first, TaskClient(URL, transport=transport) as second:
         task = first.demo("sample", delayMs=0)
         assert first.token, "the live server maps no IPs, so it issued a token"
         assert first.session()["sessionKey"] == task["sessionKey"]
@@ -55,7 +76,7 @@ def test_the_client_keeps_the_session_the_server_issued(live_server: str) -> Non
             second.status(task["id"])
         assert (missing.value.status, missing.value.code) == (404, "task_not_found")
         # The same token is the same session.
-        with TaskClient(live_server, token=first.token) as again:
+        with TaskClient(URL, token=first.token, transport=transport) as again:
             assert again.get_task(task["id"])["id"] == task["id"]
 
 
@@ -114,14 +135,35 @@ def test_watch_follows_automatic_retries_to_the_end(client: TaskClient) -> None:
     assert client.get_task(task["id"])["attempts"] == 2
 
 
-async def test_async_watch_follows_automatic_retries_to_the_end(live_server: str) -> None:  # noqa: F811
-    async with AsyncTaskClient(live_server) as tasks:
-        task = await tasks.create_task("script", {"failAttempts": 1}, maxRetries=1)
-        watching = tasks.watch(task["id"], timeout=WATCH_TIMEOUT)
-        first = await anext(watching)
-        await tasks.start(task["id"])
-        statuses = [first["status"]] + [u["status"] async for u in watching]
-        assert "failed" in statuses and statuses[-1] == "completed"
+def test_leaving_a_watch_early_closes_its_stream(client: TaskClient, transport: PortalTransport) -> None:
+    """A watch the caller stops iterating closes its event stream (the server forgets the subscriber)."""
+    inner = transport.transport
+    assert isinstance(inner, StreamingASGITransport)
+    bridge = inner.app.plugins.get(AsyncTasksPlugin).streams
+    before = bridge.subscriber_count
+    held = client.demo("script", hold=True)
+    watching = client.watch(held["id"])
+    next(watching)
+    assert bridge.subscriber_count == before + 1
+
+    async def until_closed() -> None:
+        with anyio.fail_after(5):
+            while bridge.subscriber_count != before:
+                await anyio.wait_all_tasks_blocked()
+
+    watching.close()
+    transport.portal.call(until_closed)
+    client.cancel(held["id"])
+
+
+async def test_async_watch_follows_automatic_retries_to_the_end(tasks: AsyncTaskClient) -> None:
+
+    task = await tasks.create_task("script", {"failAttempts": 1}, maxRetries=1)
+    watching = tasks.watch(task["id"], timeout=WATCH_TIMEOUT)
+    first = await anext(watching)
+    await tasks.start(task["id"])
+    statuses = [first["status"]] + [u["status"] async for u in watching]
+    assert "failed" in statuses and statuses[-1] == "completed"
 
 
 def test_list_filters_stats_and_status_shape(client: TaskClient) -> None:
@@ -151,7 +193,7 @@ def test_validation_errors_raise_with_the_servers_message(client: TaskClient) ->
     with pytest.raises(TaskApiError) as bad:
         client.demo("sample", delayMs=-1)
     assert bad.value.status == 400
-    assert bad.value.code == "validation_error"
+    assert bad.value.code == "invalid_params"
     assert "delayMs" in bad.value.message
     with pytest.raises(TaskApiError) as unknown:
         client.create_task("no-such-executor")
@@ -170,22 +212,22 @@ def test_executors_and_cleanup(client: TaskClient) -> None:
     assert result["removed"] >= 0
 
 
-async def test_async_client(live_server: str) -> None:  # noqa: F811
-    async with AsyncTaskClient(live_server) as tasks:
-        task = await tasks.demo("sample", delayMs=0)
-        updates = [u async for u in tasks.watch(task["id"], timeout=WATCH_TIMEOUT)]
-        assert updates[-1]["status"] == "completed"
-        polled = [u async for u in tasks.watch(task["id"], events=False, timeout=WATCH_TIMEOUT)]
-        assert [u["status"] for u in polled] == ["completed"]
-        assert (await tasks.wait(task["id"], timeout=WATCH_TIMEOUT))["progress"] == 100
-        assert (await tasks.stats())["completed"] == 1
-        held = await tasks.create_task("script", {"hold": True}, start=True)
-        assert (await tasks.cancel(held["id"]))["status"] == "cancelled"
-        with pytest.raises(TaskApiError) as refused:
-            await tasks.start(held["id"])
-        assert refused.value.code == "invalid_transition"
-        await tasks.new_session()
-        assert await tasks.list_tasks() == []
+async def test_async_client(tasks: AsyncTaskClient) -> None:
+
+    task = await tasks.demo("sample", delayMs=0)
+    updates = [u async for u in tasks.watch(task["id"], timeout=WATCH_TIMEOUT)]
+    assert updates[-1]["status"] == "completed"
+    polled = [u async for u in tasks.watch(task["id"], events=False, timeout=WATCH_TIMEOUT)]
+    assert [u["status"] for u in polled] == ["completed"]
+    assert (await tasks.wait(task["id"], timeout=WATCH_TIMEOUT))["progress"] == 100
+    assert (await tasks.stats())["completed"] == 1
+    held = await tasks.create_task("script", {"hold": True}, start=True)
+    assert (await tasks.cancel(held["id"]))["status"] == "cancelled"
+    with pytest.raises(TaskApiError) as refused:
+        await tasks.start(held["id"])
+    assert refused.value.code == "invalid_transition"
+    await tasks.new_session()
+    assert await tasks.list_tasks() == []
 
 
 # -- the stream and its fallbacks, against scripted transports -----------------------
@@ -324,3 +366,12 @@ def test_task_ids_are_quoted_into_paths() -> None:
     with TaskClient("http://test", transport=httpx.MockTransport(handle)) as tasks:
         tasks.get_task("../stats?x=1")
     assert paths == ["/api/v1/tasks/..%2Fstats%3Fx%3D1"]
+
+
+def test_an_answer_of_the_wrong_shape_raises_task_api_error() -> None:
+    """A server that answers without the expected object raises TaskApiError, not a KeyError."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"success": True}))
+    with TaskClient("http://test", transport=transport) as tasks, pytest.raises(TaskApiError) as error:
+        tasks.get_task(TASK_ID)
+    assert error.value.code == "invalid_response"
+    assert "'task'" in error.value.message

@@ -1,8 +1,12 @@
-"""The dashboard in a real headless Chromium (Debian's ``chromium``), driven by Playwright.
+"""The dashboard and the API reference in a real headless Chromium (Debian's ``chromium``).
 
 Needs ``pip install playwright`` (the ``test`` extra) and ``apt-get install -y chromium``;
 ``playwright install`` is never used. Skipped, with the reason, when either is missing.
 Every wait is Playwright's auto-waiting `expect` on DOM state; nothing sleeps.
+
+As in a demo room without internet, every request to a host other than the test server
+is refused (and any attempt fails the test), and every response carries a strict
+Content-Security-Policy (no inline script or style): a page that needs either fails here.
 
 `test_screenshot` writes tests/artifacts/dashboard.png (docs/dashboard.png is a copy).
 """
@@ -12,17 +16,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from async_tasks.client import TaskClient
-from tests.live import live_app, live_server, serve_in_thread  # noqa: F401 - live_server is a fixture
+from tests.live import live_app, serve_in_thread
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-Browser = sync_api.Browser
-Page = sync_api.Page
 expect = sync_api.expect
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,8 +49,38 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 COOKIE = "async_tasks_session"
+#: Any URL whose host is not the test server's.
+OTHER_HOSTS = re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/])")
+#: At least as strict as what the server sends: our pages may not use inline code or styles.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 
 expect.set_options(timeout=15_000)
+
+
+class WithCSP:
+    """ASGI wrapper adding `CSP` to every HTTP response of the app it wraps."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_with_csp(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", CSP.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_csp if scope["type"] == "http" else send)
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[str]:
+    """One real server for the module, behind the strict CSP."""
+    with serve_in_thread(WithCSP(live_app(retry_backoff_ms=0))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +93,42 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
+def offline_context(browser: Browser, **options: Any) -> tuple[Any, list[str]]:
+    """A fresh browser profile (no cookie, so a new session) that reaches only this machine.
+
+    Returns the context and the list collecting what went wrong on its pages: JavaScript
+    errors, Content-Security-Policy violations and attempts to reach another host.
+    """
+    context = browser.new_context(**options)
+    problems: list[str] = []
+
+    def refuse(route: Any) -> None:
+        problems.append(f"request to another host: {route.request.url}")
+        route.abort("internetdisconnected")
+
+    def on_console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            problems.append(f"CSP: {message.text}")
+
+    def watch(page: Page) -> None:
+        page.on("pageerror", lambda error: problems.append(f"JavaScript error: {error}"))
+        page.on("console", on_console)
+
+    context.route(OTHER_HOSTS, refuse)  # matched in the driver: local requests are not slowed down
+    context.on("page", watch)
+    return context, problems
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser profile (no cookie, so a new session) with a projector-sized window."""
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    """A page in a fresh offline profile with a projector-sized window; fails the test on any problem."""
+    context, problems = offline_context(browser, viewport={"width": 1600, "height": 1000})
     opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
     try:
         yield opened
     finally:
         context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    assert problems == [], f"Problems on the page: {problems}"
 
 
 def open_dashboard(page: Page, url: str) -> None:
@@ -88,7 +150,7 @@ def session_token(page: Page) -> str:
     return next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
 
 
-def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) -> None:  # noqa: F811
+def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#session-key")).to_have_text(re.compile(r"^s_"))
@@ -106,7 +168,7 @@ def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) ->
     expect(page.locator("#live")).to_have_attribute("data-mode", "stream")
 
 
-def test_cancel_retry_and_delete_with_the_buttons(page: Page, live_server: str) -> None:  # noqa: F811
+def test_cancel_retry_and_delete_with_the_buttons(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     submit(page, "sample", delayMs="120000")
     card = page.locator("li.task").first
@@ -127,7 +189,7 @@ def test_cancel_retry_and_delete_with_the_buttons(page: Page, live_server: str) 
     expect(page.locator("#empty")).to_be_visible()
 
 
-def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None:  # noqa: F811
+def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     submit(page, "sample", delayMs="0")
     expect(page.locator("li.task .badge")).to_have_text(["completed"])
@@ -146,7 +208,7 @@ def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None: 
     expect(page.locator("li.task")).to_have_count(1)
 
 
-def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> None:  # noqa: F811
+def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     submit(page, "sample", delayMs="0")
     expect(page.locator("li.task .badge")).to_have_text(["completed"])
@@ -182,12 +244,12 @@ def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> 
     second.close()
 
 
-def test_form_errors_show_the_servers_message(page: Page, live_server: str) -> None:  # noqa: F811
+def test_form_errors_show_the_servers_message(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     submit(page, "sample", delayMs="-1")
     form = page.locator('form[data-executor="sample"]')
     error = form.locator(".form-error")
-    expect(error).to_have_text("Invalid request: delayMs: Expected `int` >= 0")
+    expect(error).to_have_text("delayMs must be at least 0.")
     expect(form.locator('[name="delayMs"]')).to_have_attribute("aria-invalid", "true")
     expect(page.locator("li.task")).to_have_count(0)
     # A JSON field that does not parse is caught before sending.
@@ -195,7 +257,7 @@ def test_form_errors_show_the_servers_message(page: Page, live_server: str) -> N
     expect(page.locator('form[data-executor="script"] .form-error')).to_have_text("result: not valid JSON.")
 
 
-def test_button_errors_show_the_servers_message(page: Page, live_server: str) -> None:  # noqa: F811
+def test_button_errors_show_the_servers_message(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     submit(page, "sample", delayMs="120000")
     card = page.locator("li.task").first
@@ -209,7 +271,7 @@ def test_button_errors_show_the_servers_message(page: Page, live_server: str) ->
     expect(card.locator(".badge")).to_have_text("cancelled")
 
 
-def test_user_text_is_escaped(page: Page, live_server: str) -> None:  # noqa: F811
+def test_user_text_is_escaped(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     name = '<img src=x onerror="window.__xss=1"><b>bold</b>'
     with TaskClient(live_server, token=session_token(page)) as tasks:
@@ -222,7 +284,7 @@ def test_user_text_is_escaped(page: Page, live_server: str) -> None:  # noqa: F8
     assert page.evaluate("window.__xss") is None
 
 
-def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str) -> None:  # noqa: F811
+def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     with TaskClient(live_server) as tasks:
         names = sorted(e["name"] for e in tasks.executors())
@@ -247,7 +309,55 @@ def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str
     expect(card.locator(".details")).to_contain_text('"succeeded": 3')
 
 
-def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:  # noqa: F811
+def test_batch_lines_that_are_json_are_sent_as_json(page: Page, live_server: str) -> None:
+    """One item per line: {"fail": true} is an object (that item fails), 7 a number, other lines text."""
+    open_dashboard(page, live_server)
+    submit(page, "batch", items='alpha\n{"fail": true}\n7', itemDelayMs="0")
+    card = page.locator("li.task").first
+    expect(card.locator(".badge")).to_have_text("completed")
+    card.get_by_role("button", name="Details").click()
+    details = card.locator(".details")
+    expect(details).to_contain_text('"succeeded": 2')
+    expect(details).to_contain_text('"failed": 1')
+    expect(details).to_contain_text('"square": 49')
+
+
+def test_a_new_task_card_is_brought_into_view(page: Page, live_server: str) -> None:
+    """Starting a task at the bottom of a long form scrolls its new card into view."""
+    page.set_viewport_size({"width": 1600, "height": 500})
+    open_dashboard(page, live_server)
+    page.locator('#executor-tabs [data-executor="batch"]').click()
+    page.locator('form[data-executor="batch"] [name="items"]').fill("alpha\nbeta")
+    start = page.get_by_role("button", name="Start batch")
+    start.scroll_into_view_if_needed()
+    expect(page.locator("#tasks-title")).not_to_be_in_viewport()  # the list is above the window
+    start.click()
+    expect(page.locator("li.task").first).to_be_in_viewport()
+
+
+def test_a_dead_lettered_task_is_marked_and_its_history_starts_at_creation(page: Page, live_server: str) -> None:
+    """A task that failed its last automatic retry gets a marker saying so; one without retries does not."""
+    open_dashboard(page, live_server)
+    with TaskClient(live_server, token=session_token(page)) as tasks:
+        plain = tasks.create_task("script", {"fail": "broken"}, start=True)
+        dead = tasks.create_task("script", {"fail": "still broken"}, max_retries=1, start=True)
+    dead_card = page.locator(f'li.task[data-task-id="{dead["id"]}"]')
+    plain_card = page.locator(f'li.task[data-task-id="{plain["id"]}"]')
+    expect(dead_card.locator(".badge")).to_have_text("failed")
+    marker = dead_card.locator(".dead-letter")
+    expect(marker).to_be_visible()
+    expect(marker).to_have_attribute("title", re.compile(r"^Dead-lettered: all 1 automatic retry failed too"))
+    expect(plain_card.locator(".badge")).to_have_text("failed")
+    expect(plain_card.locator(".dead-letter")).to_be_hidden()
+    dead_card.get_by_role("button", name="Details").click()
+    details = dead_card.locator(".details")
+    expect(details).to_contain_text('"deadLettered": true')
+    expect(details).to_contain_text(re.compile(r'"[^"]+  created → pending",'))
+    expect(details).to_contain_text("failed → pending  (automatic retry 1 of 1")
+    expect(details).not_to_contain_text("—")
+
+
+def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     expect(page.locator("#cleanup")).to_contain_text("50 completed · 20 failed")
     expect(page.locator('.stat[data-stat="total"] .n')).to_have_text("0")
@@ -258,18 +368,71 @@ def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:  # noqa
     expect(page.locator("#cleanup")).to_contain_text("manual")
 
 
+# -- the API reference ----------------------------------------------------------------
+
+
+def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, live_server: str) -> None:
+    """The "API docs" link opens /schema, which renders every operation with no other host and no inline code."""
+    open_dashboard(page, live_server)
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name=re.compile("API docs")).click()
+    docs = opened.value
+    expect(docs).to_have_url(f"{live_server}/schema")
+    expect(docs.locator(".info .title")).to_contain_text("async-tasks")
+    paths = httpx.get(f"{live_server}/schema/openapi.json").json()["paths"]
+    expect(docs.locator(".opblock")).to_have_count(sum(len(operations) for operations in paths.values()))
+    # An operation can be tried from the page: same origin, the dashboard's session.
+    session = docs.locator(".opblock-get", has=docs.locator('[data-path="/api/v1/session"]'))
+    session.locator(".opblock-summary-control").click()
+    session.get_by_role("button", name="Try it out").click()
+    session.get_by_role("button", name="Execute").click()
+    result = session.locator(".live-responses-table tbody")
+    expect(result.locator(".response-col_status")).to_have_text("200")
+    expect(result.locator(".response-col_description")).to_contain_text(page.locator("#session-key").inner_text())
+    expect(docs.get_by_role("link", name=re.compile("Live dashboard"))).to_have_attribute("href", "/")
+
+
+def test_pages_load_only_same_origin_script_files_served_as_javascript(live_server: str) -> None:
+    """No inline script or handler in our pages; each script is JavaScript (browsers refuse modules otherwise)."""
+    with httpx.Client(base_url=live_server) as http:
+        for path in ("/", "/schema"):
+            page = http.get(path).text
+            assert re.findall(r"<script(?![^>]*\bsrc=)", page) == [], path
+            assert re.findall(r"<[^>]+\son[a-z]+=", page) == [], path
+            scripts = re.findall(r'<script[^>]*\bsrc="([^"]+)"', page)
+            assert scripts, path
+            for url in scripts:
+                answer = http.get(url)
+                assert answer.status_code == 200, url
+                assert answer.headers["content-type"].startswith("text/javascript"), url
+        assert http.get("/schema/openapi.json").json()["openapi"].startswith("3.")
+        licence = http.get("/schema/assets/swagger-ui/LICENSE")
+        assert licence.status_code == 200 and "Apache License" in licence.text
+
+
+def test_every_page_asset_is_package_data() -> None:
+    """A wheel carries every file of the dashboard and the API reference (pyproject's package data)."""
+    root = Path(__file__).parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["async_tasks"]
+    package = root / "async_tasks"
+    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    for folder in ("web/dashboard", "web/reference"):
+        files = {path for path in (package / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+        assert files and files <= shipped, sorted(str(path.relative_to(package)) for path in files - shipped)
+
+
 # -- the screenshot for the docs ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def docs_server() -> Iterator[str]:
     """A server with only the installed executors, as a demo audience sees it."""
-    with serve_in_thread(live_app(executors=[])) as url:
+    with serve_in_thread(WithCSP(live_app(executors=[]))) as url:
         yield url
 
 
 def test_screenshot(browser: Browser, docs_server: str) -> None:
-    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    context, problems = offline_context(browser, viewport={"width": 1920, "height": 1080})
     page = context.new_page()
     try:
         open_dashboard(page, docs_server)
@@ -297,3 +460,4 @@ def test_screenshot(browser: Browser, docs_server: str) -> None:
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     finally:
         context.close()
+    assert problems == [], f"Problems on the page: {problems}"

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_python_examples_run_as_written(document: str, servers: tuple[int, int])
         exec(compile(block, document, "exec"), namespace)
         for name, value in namespace.items():
             if name.startswith("test_") and callable(value):
-                anyio.run(value)  # type: ignore[arg-type]
+                anyio.run(value)
 
 
 def test_readme_executor_example_works() -> None:
@@ -166,5 +167,6 @@ def test_readme_executor_example_works() -> None:
     namespace: dict[str, object] = {"__name__": "readme_example"}
     readme = (ROOT / "README.md").read_text()
     exec(compile(PYTHON_BLOCK.findall(readme)[0], "README.md", "exec"), namespace)
-    run = anyio.run(run_executor, namespace["GreetExecutor"], {"who": "demo"})
+    greet: Any = namespace["GreetExecutor"]
+    run = anyio.run(run_executor, greet, {"who": "demo"})
     assert run.result == {"greeting": "Hello, demo!"} and run.steps == ["Thinking", "Speaking"]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.helpers import system_of
 
@@ -49,8 +49,7 @@ async def test_not_ready_names_a_stopped_runner(
 
 async def test_not_ready_without_the_lifespan(make_app: Callable[..., Litestar]) -> None:
     """Before the app's lifespan has started nothing runs: runner and cleaner are named."""
-    transport = httpx.ASGITransport(app=make_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+    async with asgi_client(make_app()) as client:
         response = await client.get("/ready")
     assert response.status_code == 503
     assert response.json()["failing"] == ["runner", "cleaner"]

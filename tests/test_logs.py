@@ -16,6 +16,7 @@ from async_tasks.errors import SettingsError
 from async_tasks.logs import ContextFilter, JsonFormatter, TextFormatter
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
+from async_tasks.web.app import create_app
 from tests.conftest import SECRET
 from tests.helpers import wait_for
 
@@ -117,9 +118,39 @@ async def test_text_lines_are_the_seeds(make_app: Callable[..., Litestar]) -> No
     tid = re.escape(task["id"])
     assert re.fullmatch(UUID, task["id"])
     text = "\n".join(out.lines)
-    assert re.search(rf"^{stamp} info: Starting execution of task {tid} for session {key}$", text, re.M)
-    assert re.search(rf"^{stamp} debug: Task {tid} progress: \d+(\.\d+)?%$", text, re.M)
-    assert re.search(rf"^{stamp} info: Completed execution of task {tid} for session {key} in \d+ ms$", text, re.M)
+    # A task a request created: its lines end with that request's id.
+    rid = rf" \[request_id={re.escape(task['requestId'])}\]"
+    assert re.search(rf"^{stamp} info: Starting execution of task {tid} for session {key}{rid}$", text, re.M)
+    assert re.search(rf"^{stamp} debug: Task {tid} progress: \d+(\.\d+)?%{rid}$", text, re.M)
+    assert re.search(rf"^{stamp} info: Completed execution of task {tid} for session {key} in \d+ ms{rid}$", text, re.M)
+
+
+def test_a_text_line_outside_a_request_has_no_request_id() -> None:
+    """The seed's line exactly, when no request is involved (start-up, the cleaner)."""
+    record = logging.LogRecord("async_tasks", logging.INFO, __file__, 1, "Task system initialized %s", ("ok",), None)
+    ContextFilter().filter(record)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d info: Task system initialized ok", TextFormatter().format(record)
+    )
+
+
+def test_plain_uvicorn_writes_the_documented_format(capsys: pytest.CaptureFixture[str]) -> None:
+    """Under ``uvicorn async_tasks.web:create_app --factory`` (uvicorn configures its own logging
+    first), the app's config takes uvicorn's loggers over: errors in our format, no access log."""
+    import logging.config
+
+    import uvicorn.config
+
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # what uvicorn does before the factory
+    create_app(Settings(secret_key=SECRET), environ={}, load_entry_points=False)
+    logging.getLogger("uvicorn.error").error("[Errno 98] address already in use")
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://127.0.0.1:3000")
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "203.0.113.7", "GET", "/", "1.1", 200)
+    for handler in logging.getLogger("uvicorn").handlers:  # written by a queue listener's thread
+        handler.listener.queue.join()  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d error: \[Errno 98\] address already in use$", err, re.M)
+    assert "Uvicorn running" not in err and "203.0.113.7" not in err and "INFO:" not in err
 
 
 async def test_nothing_sensitive_is_logged(make_app: Callable[..., Litestar]) -> None:

@@ -19,7 +19,7 @@ from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.helpers import ScriptExecutor, system_of, wait_for
+from tests.helpers import ScriptExecutor, memory_store_of, wait_for
 
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -86,10 +86,10 @@ async def test_every_metric_moves_as_tasks_run(make_app: Callable[..., Litestar]
         for reason, count in (("completed", 1), ("failed", 1), ("cancelled", 3)):
             assert value(after, "async_tasks_cleanup_removed_total", reason=reason) == count
         requests: dict[str, float] = {}
-        for (name, labels), count in after.items():
+        for (name, labels), seen in after.items():
             if name == "async_tasks_http_requests_total":
                 path = dict(labels)["path"]
-                requests[path] = requests.get(path, 0) + count
+                requests[path] = requests.get(path, 0) + seen
         assert requests["/api/v1/tasks"] == 5
         assert requests["/api/v1/tasks/{task_id}/status"] == 1
         assert requests["/api/v1/tasks/{task_id}/cancel"] == 3
@@ -187,7 +187,7 @@ async def test_session_figures_in_stats_and_task_processor_shape(make_app: Calla
         await client.post(f"{API}/tasks/cleanup/run")
         metrics = (await client.get(f"{API}/tasks/metrics")).json()
         assert metrics == {"success": True, "totalTasks": 2, "completedTasks": 1, "averageProcessingTimeMs": 300.0}
-        (session,) = system_of(app).store.sessions.values()
+        (session,) = memory_store_of(app).sessions.values()
         assert session.duration_total_ms == 300
 
 
@@ -222,3 +222,40 @@ def test_opentelemetry_plugin_is_added_when_enabled() -> None:
 
     (plugin,) = opentelemetry_plugins(Settings.from_env({"OTEL_ENABLED": "true"}))
     assert isinstance(plugin, OpenTelemetryPlugin)
+
+
+async def test_tasks_and_attempts_are_counted_apart(make_app: Callable[..., Litestar]) -> None:
+    """Automatic retries add attempts, not finished tasks: finished <= created + retries by hand."""
+    app = make_app(retry_backoff_ms=0)
+    async with serve_in_loop(app) as client:
+        response = await client.post(
+            f"{API}/tasks",
+            json={"executor": "script", "params": {"failAttempts": 2}, "maxRetries": 2, "start": True},
+        )
+        flaky = response.json()["task"]
+        await wait_for(app, flaky["id"], "completed")
+        failed = await create(client, fail="boom")
+        await wait_for(app, failed["id"], "failed")
+        assert (await client.post(f"{API}/tasks/{failed['id']}/retry")).status_code == 200
+        await wait_for(app, failed["id"], "failed")
+
+        samples = await scrape(client)
+        created = value(samples, "async_tasks_tasks_created_total", executor="script")
+        finished = {
+            status: value(samples, "async_tasks_tasks_finished_total", executor="script", status=status)
+            for status in ("completed", "failed", "cancelled")
+        }
+        attempts = {
+            outcome: value(samples, "async_tasks_task_attempts_total", executor="script", outcome=outcome)
+            for outcome in ("completed", "failed", "cancelled")
+        }
+        retries = {
+            kind: value(samples, "async_tasks_task_retries_total", executor="script", kind=kind)
+            for kind in ("automatic", "manual")
+        }
+        assert created == 2
+        assert finished == {"completed": 1, "failed": 2, "cancelled": 0}  # the failed one settled twice
+        assert attempts == {"completed": 1, "failed": 4, "cancelled": 0}  # 2 automatic retries, 2 failures
+        assert retries == {"automatic": 2, "manual": 1}
+        assert sum(finished.values()) <= created + retries["manual"]
+        assert sum(attempts.values()) == created + retries["automatic"] + retries["manual"]

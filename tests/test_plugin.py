@@ -123,3 +123,25 @@ async def test_task_system_works_without_a_request(client: httpx.AsyncClient, ap
     task = await system.create_task("s_batch-job", executor="script")
     await wait_for(app, task.id, "completed")
     assert (await system.list_tasks("s_batch-job")).total == 1
+
+
+async def test_the_session_is_documented_as_optional_security(client: httpx.AsyncClient) -> None:
+    """The OpenAPI document declares the token header and the cookie; every API operation accepts
+    either or neither, health probes need none."""
+    document = (await client.get("/schema/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["sessionToken"] == {**schemes["sessionToken"], "type": "apiKey", "in": "header"}
+    assert schemes["sessionToken"]["name"] == "X-Session-Token"
+    assert schemes["sessionCookie"]["in"] == "cookie" and schemes["sessionCookie"]["name"] == "async_tasks_session"
+    assert document["security"] == [{"sessionToken": []}, {"sessionCookie": []}, {}]
+    assert document["paths"]["/health"]["get"]["security"] == [{}]
+
+
+def test_a_foreign_apps_default_openapi_config_is_not_changed() -> None:
+    """The plugin documents the session in a copy: Litestar's shared default config stays as it was."""
+    from litestar.app import DEFAULT_OPENAPI_CONFIG
+
+    before = (DEFAULT_OPENAPI_CONFIG.security, DEFAULT_OPENAPI_CONFIG.components)
+    app = Litestar(plugins=[AsyncTasksPlugin(settings=Settings(secret_key=SECRET), load_entry_points=False)])
+    assert "sessionToken" in app.openapi_schema.to_schema()["components"]["securitySchemes"]
+    assert (DEFAULT_OPENAPI_CONFIG.security, DEFAULT_OPENAPI_CONFIG.components) == before

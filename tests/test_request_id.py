@@ -107,8 +107,8 @@ async def test_an_id_is_generated_when_absent(client: httpx.AsyncClient) -> None
 async def test_an_invalid_id_is_replaced(client: httpx.AsyncClient, bad: str) -> None:
     """Anything but 1-128 characters of [A-Za-z0-9._:-] is replaced by a generated id."""
     response = await client.post(
-        f"{API}/tasks", json={"executor": "script", "start": False}, headers={"X-Request-ID": bad.encode("utf-8")}
-    )  # type: ignore[dict-item]
+        f"{API}/tasks", json={"executor": "script", "start": False}, headers=[(b"X-Request-ID", bad.encode())]
+    )
     assert response.status_code == 201
     echoed = response.headers["x-request-id"]
     assert GENERATED.fullmatch(echoed)

@@ -47,7 +47,7 @@ class HoldExecutor(TaskExecutor[HoldParams]):
             self.stopping.setdefault(task.id, anyio.Event()).set()
 
 
-EXECUTORS = [ScriptExecutor, BlockingExecutor, HoldExecutor]
+EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [ScriptExecutor, BlockingExecutor, HoldExecutor]
 MakeSystem = Callable[..., Any]
 
 

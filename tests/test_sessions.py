@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
+from async_tasks.web.plugin import AsyncTasksPlugin
 
 API = "/api/v1"
 
 
 @asynccontextmanager
 async def from_ip(app: Litestar, ip: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+    async with asgi_client(app, ip) as client:
         yield client
 
 
@@ -132,3 +134,48 @@ async def test_new_session_endpoint_starts_an_empty_session(client: httpx.AsyncC
     assert "async_tasks_session=" in response.headers["set-cookie"]
     listing = (await client.get(f"{API}/tasks", headers={"X-Session-Token": body["token"]})).json()
     assert listing["total"] == 0
+
+
+async def test_a_new_session_is_one_session_with_one_token(make_app: Callable[..., Litestar]) -> None:
+    """POST /session without a token hands out exactly one session: one header, one cookie, a token that works."""
+    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
+        response = await client.post(f"{API}/session")
+        assert response.status_code == 201
+        assert len(response.headers.get_list("x-session-token")) == 1
+        assert len(response.headers.get_list("set-cookie")) == 1
+        body = response.json()
+        assert response.headers["x-session-token"] == body["token"]
+        assert f"async_tasks_session={body['token']}" in response.headers["set-cookie"]
+        client.cookies.clear()
+        again = await client.get(f"{API}/session", headers={"X-Session-Token": body["token"]})
+        assert again.json()["sessionKey"] == body["sessionKey"]
+        assert "x-session-token" not in again.headers and "x-session-token-status" not in again.headers
+
+
+@pytest.mark.parametrize("auto_map", [True, False])
+async def test_a_rejected_token_is_reported(make_app: Callable[..., Litestar], auto_map: bool) -> None:
+    """A token that does not verify is answered with X-Session-Token-Status: invalid (never silently)."""
+    async with serve_in_loop(make_app(auto_map_session_by_ip=auto_map)) as client:
+        token = await new_token(client)
+        client.cookies.clear()
+        good = await client.get(f"{API}/session", headers={"X-Session-Token": token})
+        assert "x-session-token-status" not in good.headers
+        bad = await client.get(f"{API}/session", headers={"X-Session-Token": token[:-2] + "xx"})
+        assert bad.status_code == 200 and bad.headers["x-session-token-status"] == "invalid"
+        assert bad.json()["sessionKey"] != good.json()["sessionKey"]
+
+
+async def test_an_expired_token_is_reported_and_its_cookie_cleared(make_app: Callable[..., Litestar]) -> None:
+    """An expired session cookie gets the invalid status and is deleted, so the browser stops sending it."""
+    later = make_app(session_max_age=60)
+    resolver = later.plugins.get(AsyncTasksPlugin).system.sessions
+    # A token signed ten minutes ago, without waiting (itsdangerous stamps with time.time()).
+    with mock.patch("itsdangerous.timed.time.time", return_value=time.time() - 600):
+        token = resolver.token_for("s_expiredexpiredexpired")
+    async with serve_in_loop(later) as client:
+        client.cookies.set("async_tasks_session", token)
+        response = await client.get(f"{API}/session")
+        assert response.headers["x-session-token-status"] == "invalid"
+        assert response.json()["sessionKey"].startswith("ip_")
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("async_tasks_session=") and "Max-Age=0" in cookie

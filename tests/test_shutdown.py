@@ -172,6 +172,12 @@ def test_a_signal_cancels_hundreds_of_tasks_and_the_server_exits_in_time(tmp_pat
     assert len(running_lines) == 250
     assert all(line["status"] == "cancelled" and line["executor"] == "sample" for line in running_lines)
     assert any(str(line["message"]).startswith("Shutting down: cancelling 250 running and 50 queued") for line in lines)
+    # The story in order: the request, the plan, then the cancellations.
+    messages = [str(line["message"]) for line in lines]
+    requested = next(i for i, m in enumerate(messages) if m.startswith("Shutdown requested"))
+    planned = next(i for i, m in enumerate(messages) if m.startswith("Shutting down: cancelling"))
+    first_cancel = next(i for i, m in enumerate(messages) if m.startswith("Cancelled"))
+    assert requested < planned < first_cancel, messages[requested - 2 : planned + 3]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from litestar.testing import TestClient
 from async_tasks import TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
 from async_tasks.task import Task
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
 from async_tasks.web.streams import OPENED, Frame, StreamBridge
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
@@ -103,7 +103,8 @@ async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]
 
 
 def data_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m["data"] for m in messages if "data" in m]
+    """The task events of some messages (not the `end` marker of a task's stream)."""
+    return [m["data"] for m in messages if "data" in m and m.get("event") != "end"]
 
 
 async def new_session(http: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
@@ -184,10 +185,9 @@ async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, 
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert response.text.startswith("id: 1\r\nevent: snapshot\r\ndata: {")
-    assert response.text.endswith("}\r\n\r\n")
-    messages = parse_sse(response.text)
-    assert [m["id"] for m in messages] == [str(i) for i in range(1, 7)]
+    assert response.text.startswith("id: 0-")
+    assert response.text.endswith('"reason":"completed"}\r\nretry: 1000\r\n\r\n')
+    *messages, end = parse_sse(response.text)
     assert [m["event"] for m in messages] == [
         "snapshot",
         "transition",
@@ -197,6 +197,14 @@ async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, 
         "transition",
     ]
     events = data_of(messages)
+    # Each id names the task state the event carries: <attempt>-<at>.
+    assert [m["id"] for m in messages] == [f"{e['attempt']}-{e['at']}" for e in events]
+    assert end == {
+        "id": messages[-1]["id"],
+        "event": "end",
+        "data": {"type": "end", "taskId": task["id"], "reason": "completed"},
+        "retry": "1000",
+    }
     assert all(set(e) == EVENT_FIELDS for e in events)
     assert all(e["type"] == m["event"] for e, m in zip(events, messages, strict=True))
     assert {e["taskId"] for e in events} == {task["id"]}
@@ -217,11 +225,45 @@ async def test_task_stream_of_a_finished_task_is_one_snapshot(client: httpx.Asyn
     await wait_for(app, task["id"], "completed")
     with anyio.fail_after(GUARD):
         response = await client.get(f"{API}/tasks/{task['id']}/events")
-    (message,) = parse_sse(response.text)
-    assert message["event"] == "snapshot" and message["id"] == "1"
+    message, end = parse_sse(response.text)
+    assert message["event"] == "snapshot" and message["id"] == f"1-{message['data']['at']}"
     assert message["data"]["status"] == "completed"
     assert message["data"]["result"] == {"answer": 42}
+    assert end["event"] == "end" and end["id"] == message["id"]
     assert bridge_of(app).sessions == {}  # never subscribed
+
+
+async def test_a_reconnect_after_the_end_is_204(client: httpx.AsyncClient, app: Litestar) -> None:
+    """EventSource reconnects with Last-Event-ID: for a finished task it already knows, 204 (stop);
+    one that missed the final state gets it, then `end`; a running task's reconnect streams on."""
+    task = await create(client, start=True)
+    await wait_for(app, task["id"], "completed")
+    url = f"{API}/tasks/{task['id']}/events"
+    with anyio.fail_after(GUARD):
+        final, end = parse_sse((await client.get(url)).text)
+        assert final["data"]["status"] == "completed" and end["id"] == final["id"]
+        stop = await client.get(url, headers={"Last-Event-ID": end["id"]})
+        assert stop.status_code == 204 and stop.content == b""
+        missed = await client.get(url, headers={"Last-Event-ID": "1-1"})
+        assert [m["event"] for m in parse_sse(missed.text)] == ["snapshot", "end"]
+        for garbage in ("", "abc", "1-x", "-1", "1-2-3"):
+            again = await client.get(url, headers={"Last-Event-ID": garbage})
+            assert again.status_code == 200 and parse_sse(again.text)[-1]["event"] == "end", garbage
+        # A retried task is not finished: the old id does not stop its new attempt's stream.
+        held = await create(client, start=True, params={"hold": True})
+        await wait_for(app, held["id"], "running")
+        old = f"{API}/tasks/{held['id']}/events"
+        assert (await client.post(old.replace("/events", "/cancel"))).status_code == 200
+        cancelled, cancelled_end = parse_sse((await client.get(old)).text)
+        assert cancelled_end["data"]["reason"] == cancelled["data"]["status"] == "cancelled"
+        assert (await client.get(old, headers={"Last-Event-ID": cancelled_end["id"]})).status_code == 204
+        assert (await client.post(old.replace("/events", "/retry"))).status_code == 200
+        async with streamed(client, old, headers={"Last-Event-ID": cancelled_end["id"]}) as result:
+            await wait_for(app, held["id"], "running")
+            ScriptExecutor.release(held["id"])
+        messages = parse_sse(result["response"].text)
+        assert messages[0]["event"] == "snapshot" and messages[-1]["event"] == "end"
+        assert messages[-1]["data"]["reason"] == "completed" and messages[-1]["id"].startswith("2-")
 
 
 async def test_task_stream_of_unknown_or_foreign_task_is_404(client: httpx.AsyncClient) -> None:
@@ -363,6 +405,21 @@ async def test_session_streams_are_isolated_keep_alive_and_clean_up(make_app: Ca
 # -- WebSocket ---------------------------------------------------------------------------------------
 
 
+def test_seed_004s_socket_path_is_the_session_stream(make_app: Callable[..., Litestar]) -> None:
+    """``ws://host/ws`` (where seed 004's clients connect) streams the session like ``/api/v1/ws``."""
+    app = make_app(auto_map_session_by_ip=False)
+    with TestClient(app) as client:
+        token = client.post(f"{API}/session").json()["token"]
+        client.cookies.clear()
+        mine = {"X-Session-Token": token}
+        task = client.post(f"{API}/tasks", json={"executor": "script"}, headers=mine).json()["task"]
+        for path in ("/ws", f"{API}/ws"):
+            with client.websocket_connect(path, headers=mine) as ws:
+                first = ws.receive_json(timeout=GUARD)
+                assert (first["type"], first["taskId"], first["status"]) == ("snapshot", task["id"], "pending")
+        assert "/ws" in {route.path for route in app.routes}
+
+
 def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
     app = make_app(auto_map_session_by_ip=False)
     bridge = bridge_of(app)
@@ -381,7 +438,7 @@ def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
             mine = client.post(
                 f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 1}}, headers=alice
             ).json()["task"]
-            seen = []
+            seen: list[dict[str, Any]] = []
             while not seen or seen[-1]["status"] != "completed":
                 seen.append(ws.receive_json(timeout=GUARD))
             assert {e["taskId"] for e in seen} == {mine["id"]}
@@ -501,8 +558,7 @@ async def test_streams_end_when_the_app_shuts_down(app: Litestar) -> None:
             await stop.wait()
         stopped.set()
 
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
+    async with asgi_client(app) as http:
 
         async def fetch(name: str, url: str) -> None:
             results[name] = await http.get(url)

@@ -11,7 +11,8 @@ so no caller ever reads, decides and writes in two steps.
   come from counters kept as transitions happen (never a scan).
 - `transition` is a compare-and-set: it applies only if the task is still in one of
   the `expect`-ed statuses and (when given) still on `attempt`; otherwise it raises
-  `InvalidTransition` and changes nothing. It stamps times and appends history.
+  `InvalidTransition` and changes nothing. It stamps times and appends history (an
+  entry into ``failed`` carries the attempt's `error`).
 - `report_progress` applies an executor's report and says whether it was accepted:
   a report for an attempt that is over (cancelled, timed out, superseded) is refused.
 - `remove` forgets a task that is not running; `trim` enforces retention.

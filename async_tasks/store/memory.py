@@ -249,7 +249,14 @@ class MemoryTaskStore:
         self._totals[source] -= 1
         self._totals[target] += 1
         task.history.append(
-            HistoryEntry(at=now, status=target, previous=source, attempt=max(task.attempts, 1), reason=reason)
+            HistoryEntry(
+                at=now,
+                status=target,
+                previous=source,
+                attempt=max(task.attempts, 1),
+                reason=reason,
+                error=error if target is TaskStatus.FAILED else None,
+            )
         )
         for hook in self.events.on_transition:
             hook(task, source)

@@ -282,6 +282,7 @@ if source == 'running' then redis.call('HDEL', P .. 'running', ID) end
 local entry = '{"at":' .. int(now) .. ',"status":"' .. target .. '","previous":"' .. source ..
   '","attempt":' .. int(math.max(attempts, 1))
 if ARGV[8] ~= '' then entry = entry .. ',"reason":' .. ARGV[8] end
+if target == 'failed' and ARGV[9] ~= '' then entry = entry .. ',"error":' .. ARGV[9] end
 entry = entry .. '}'
 local history = f[7]
 if history == '[]' then

@@ -8,7 +8,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from async_tasks import __version__
 from async_tasks.clock import SYSTEM_CLOCK, Clock
@@ -17,6 +16,7 @@ from async_tasks.logs import logging_dict
 from async_tasks.settings import Settings
 from async_tasks.web.api.dashboard import dashboard_route_handlers
 from async_tasks.web.api.openapi import StrictStructSchemaPlugin
+from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
@@ -50,7 +50,8 @@ def create_app(
             title="async-tasks",
             version=__version__,
             description="Background tasks with step progress for live demos and proofs of concept.",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            # Swagger UI from the package's own files: the reference renders with the network off.
+            render_plugins=[OfflineSwaggerRenderPlugin()],
         ),
     )
 

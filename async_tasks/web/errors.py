@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import ParameterKwarg
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from async_tasks import errors
+from async_tasks.validation import describe, field_of, field_type, join_field, split_location
 from async_tasks.web.api.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("async_tasks.api")
@@ -66,12 +69,78 @@ def _domain(request: Request[Any, Any, Any], exc: errors.TaskSystemError) -> Res
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
-    details = exc.extra if isinstance(exc.extra, list) else None
-    message = exc.detail or "The request is not valid."
+    """Litestar's validation of the body, query, path and headers, as ``invalid_params``
+    with one sentence per field (see `async_tasks.validation`)."""
+    details = [
+        _field_problem(request, entry)
+        for entry in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(entry, dict)
+    ]
     if details:
-        parts = [f"{d.get('key') or 'body'}: {d.get('message')}" for d in details if isinstance(d, dict)]
-        message = "Invalid request: " + "; ".join(parts) if parts else message
-    return error_response(400, "validation_error", message, details)
+        message = " ".join(detail["message"] for detail in details)
+        return error_response(400, "invalid_params", message, details)
+    detail = exc.detail or ""
+    if match := _MISSING_PARAMETER.match(detail):
+        kind, name = match["kind"], match["name"]
+        message = f"The {kind} parameter {name} is required."
+        return error_response(400, "invalid_params", message, [{"key": name, "message": message, "source": kind}])
+    return error_response(400, "invalid_params", _sentence(detail or "The request is not valid."))
+
+
+_MISSING_PARAMETER = re.compile(r"^Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _field_problem(request: Request[Any, Any, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """One entry of Litestar's validation ``extra`` (python names, msgspec wording) as
+    ``{"key", "message", "source"}`` with the client's own names and a sentence."""
+    raw_key = str(entry.get("key") or "")
+    source = entry.get("source") or ""
+    source = str(getattr(source, "value", source))  # Litestar's ParamType enum, or "body"
+    message, path = split_location(str(entry.get("message") or "is not valid"))
+    handler = request.scope.get("route_handler")
+    parameters = handler.parsed_fn_signature.parameters if handler is not None else {}
+    parameter = parameters.get(raw_key)
+    if source == "body" or (not source and raw_key.split(".")[0].split("[")[0] not in parameters):
+        # The body: Litestar strips "data." from field paths and reports the body itself as "data".
+        field = "" if raw_key == "data" else raw_key
+        data = handler.parsed_data_field if handler is not None else None
+        node = field_type(data.annotation, _as_path(field) + path) if data is not None else None
+        field = join_field(field, path)
+        problem = {"message": describe(field, message, node), "source": "body"}
+        key = field_of(field, message)
+        return {"key": key, **problem} if key else problem
+    kwarg = parameter.kwarg_definition if parameter is not None else None
+    name = raw_key
+    if isinstance(kwarg, ParameterKwarg):
+        name = kwarg.name or kwarg.query or kwarg.header or kwarg.cookie or raw_key
+        source = source or str(kwarg.param_type.value)
+    got = _raw_value(request, source, name)
+    node = field_type(parameter.annotation, path) if parameter is not None else None
+    subject = f"The {name.replace('_', ' ')} in the path" if source == "path" else name
+    return {"key": name, "message": describe(subject, message, node, got=got), "source": source or "query"}
+
+
+def _as_path(field: str) -> str:
+    return "" if not field else field if field.startswith("[") else "." + field
+
+
+def _raw_value(request: Request[Any, Any, Any], source: str, name: str) -> str | None:
+    if source == "query":
+        value = request.query_params.get(name)
+    elif source == "header":
+        value = request.headers.get(name)
+    elif source == "cookie":
+        value = request.cookies.get(name)
+    elif source == "path":
+        value = request.path_params.get(name)
+    else:
+        value = None
+    return value if isinstance(value, str) else None
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
@@ -86,6 +155,13 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
         message = "The request body is too large."
     elif status == 404:
         message = f"No route for {request.method} {request.url.path}."
+    elif status == 405:
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+        message = f"{request.method} is not allowed on {request.url.path}."
+        if allowed:
+            message += f" Allowed: {allowed}."
+    else:
+        message = _sentence(message)
     return error_response(status, code, message, headers=exc.headers)
 
 

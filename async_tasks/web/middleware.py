@@ -3,7 +3,12 @@
 `SessionMiddleware` reads the session token from the ``X-Session-Token`` header or
 the session cookie and resolves the session key (`async_tasks.sessions`) into scope
 state; a new session's token goes out in the ``X-Session-Token`` response header
-and an HttpOnly, SameSite=Lax cookie.
+and an HttpOnly, SameSite=Lax cookie, once per response (``POST /session`` hands
+out the session the middleware issued rather than a second one). A token that was
+sent but not accepted (forged, malformed, signed with another key or expired) is
+answered with ``X-Session-Token-Status: invalid``; a bad token from the cookie is
+also cleared (unless a new session's cookie replaces it), so a browser stops
+sending it.
 
 Every HTTP request gets an id: the client's ``X-Request-ID`` when it is 1-128
 characters of ``[A-Za-z0-9._:-]``, else a generated uuid4 hex. It is stored in scope
@@ -29,9 +34,13 @@ from async_tasks.sessions import SessionResolver
 
 #: Scope-state keys this middleware writes.
 SESSION_STATE_KEY = "async_tasks_session_key"
+#: The token of a session issued for this request (no valid token, no IP mapping).
+ISSUED_TOKEN_STATE_KEY = "async_tasks_issued_token"
 REQUEST_ID_STATE_KEY = "async_tasks_request_id"
 
 TOKEN_HEADER = "X-Session-Token"
+#: Response header saying the request's session token was not accepted.
+TOKEN_STATUS_HEADER = "X-Session-Token-Status"
 COOKIE_NAME = "async_tasks_session"
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
@@ -79,25 +88,61 @@ class SessionMiddleware(ASGIMiddleware):
                 token = value.decode("latin-1")
             elif name == b"cookie":
                 cookie_header = value.decode("latin-1")
+        from_cookie = False
         if token is None and cookie_header and COOKIE_NAME in cookie_header:
             token = _cookie_value(cookie_header, COOKIE_NAME)
+            from_cookie = True
         client = scope.get("client")
-        key, issued = self.resolver.resolve(token, client[0] if client else None)
+        resolver = self.resolver
+        # A token is verified once; without an accepted one, the resolver maps the IP
+        # or issues a new session (and with isolation off, everyone shares one).
+        accepted = resolver.key_from_token(token) if token and resolver.settings.enable_session_isolation else None
+        rejected = accepted is None and bool(token) and resolver.settings.enable_session_isolation
+        key, issued = (
+            (accepted, None) if accepted is not None else resolver.resolve(None, client[0] if client else None)
+        )
         state: dict[str, Any] = scope.setdefault("state", {})
         state[SESSION_STATE_KEY] = key
-        if issued is None or scope["type"] != ScopeType.HTTP:
+        if (issued is None and not rejected) or scope["type"] != ScopeType.HTTP:
             await next_app(scope, receive, send)
             return
-        set_cookie = session_cookie(self.resolver, issued).to_header(header="").strip()
+        if issued is not None:
+            state[ISSUED_TOKEN_STATE_KEY] = issued
+            set_cookie = session_cookie(resolver, issued).to_header(header="").strip()
+        elif from_cookie:
+            set_cookie = _expired_cookie(resolver)
+        else:
+            set_cookie = None
 
         async def send_with_session(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableScopeHeaders.from_message(message)
-                headers.add(TOKEN_HEADER, issued)
-                headers.add("set-cookie", set_cookie)
+                if rejected:
+                    headers.add(TOKEN_STATUS_HEADER, "invalid")
+                if issued is not None:
+                    headers.add(TOKEN_HEADER, issued)
+                if set_cookie is not None and not _sets_session_cookie(headers):
+                    headers.add("set-cookie", set_cookie)
             await send(message)
 
         await next_app(scope, receive, send_with_session)
+
+
+def _expired_cookie(resolver: SessionResolver) -> str:
+    cookie = session_cookie(resolver, "")
+    cookie.max_age = 0
+    return cookie.to_header(header="").strip()
+
+
+def _sets_session_cookie(headers: MutableScopeHeaders) -> bool:
+    prefix = COOKIE_NAME + "="
+    return any(value.startswith(prefix) for value in headers.getall("set-cookie", []))
+
+
+def issued_token_of(scope: Scope) -> str | None:
+    """The token of the session `SessionMiddleware` issued for this request, if any."""
+    token = scope.get("state", {}).get(ISSUED_TOKEN_STATE_KEY)
+    return str(token) if token else None
 
 
 def _cookie_value(header: str, name: str) -> str | None:

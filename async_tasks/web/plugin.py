@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.plugins import InitPluginProtocol
 from litestar.types import Scope
 
@@ -29,8 +29,9 @@ from async_tasks.system import TaskSystem
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
+from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
-from async_tasks.web.api.streams import stream_router
+from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import TaskController
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
@@ -38,8 +39,12 @@ from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, e
 from async_tasks.web.streams import StreamBridge
 
 
-def provide_session_key(scope: Scope) -> str:
-    """The ``session_key`` dependency: the caller's session, resolved by the middleware."""
+def provide_session_key(scope: Scope, task_system: NamedDependency[TaskSystem]) -> str:
+    """The ``session_key`` dependency: the caller's session, resolved by the middleware.
+
+    It names ``task_system`` only to be resolved after it: Litestar resolves independent
+    dependencies of one request concurrently in a task group, which costs more than
+    both lookups together."""
     return session_key_of(scope)
 
 
@@ -107,6 +112,10 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.append(self.router())
+        if self.path:  # seed 004's WebSocket path, beside the API's own
+            app_config.route_handlers.append(root_socket_router(self.streams))
+        if app_config.openapi_config is not None:  # document the session token and cookie
+            app_config.openapi_config = with_session_security(app_config.openapi_config)
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))

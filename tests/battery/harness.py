@@ -14,6 +14,8 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from litestar import Litestar
 
+from async_tasks.testing import asgi_client
+
 
 class PortalApp:
     """`app` with its lifespan running in `portal`; `request` is a plain function call."""
@@ -24,9 +26,9 @@ class PortalApp:
 
     def request(self, method: str, path: str, *, ip: str = "127.0.0.1", **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app, client=(ip, 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as http:
-                return await http.request(method, path, **kwargs)
+            async with asgi_client(self.app, ip) as http:
+                response: httpx.Response = await http.request(method, path, **kwargs)
+                return response
 
         return self.portal.call(send)
 

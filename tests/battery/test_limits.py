@@ -16,7 +16,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock, serve_in_loop
+from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from tests.helpers import memory_store_of
 
 API = "/api/v1"
@@ -34,9 +34,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 
 def from_ip(app: Litestar, ip: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver.local"
-    )
+    return asgi_client(app, ip)
 
 
 async def test_an_oversized_body_is_413_with_the_error_body(make_app: Callable[..., Litestar]) -> None:
@@ -62,9 +60,7 @@ async def test_too_many_batch_items_is_400(make_app: Callable[..., Litestar]) ->
         )
         assert "at most 5" in str(error["message"])
         # Above the schema's hard bound it is refused before the executor sees it.
-        assert_error(
-            await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 10_001}), 400, "validation_error"
-        )
+        assert_error(await client.post(f"{API}/demo/tasks/batch", json={"items": [0] * 10_001}), 400, "invalid_params")
         accepted = await client.post(f"{API}/demo/tasks/batch", json={"items": list(range(5)), "itemDelayMs": 0})
         assert accepted.status_code == 201
 
@@ -165,7 +161,7 @@ async def test_body_fields_keep_their_json_types(
     client: httpx.AsyncClient, path: str, body: dict[str, object], key: str
 ) -> None:
     """A string is not a number, a boolean or null (Litestar alone would coerce it)."""
-    error = assert_error(await client.post(f"{API}{path}", json=body), 400, "validation_error")
+    error = assert_error(await client.post(f"{API}{path}", json=body), 400, "invalid_params")
     assert error["details"] == [{"message": error["details"][0]["message"], "key": key, "source": "body"}]  # type: ignore[index]
 
 

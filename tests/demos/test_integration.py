@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from async_tasks import EXCEPTION_HANDLERS
 from async_tasks.testing import serve_in_loop
 from demos.integration import create_app
 from tests.helpers import wait_for
@@ -25,3 +26,30 @@ async def test_process_large_file_returns_at_once_and_the_task_completes(monkeyp
         # The example's own executor is registered beside the installed ones.
         names = [e["name"] for e in (await client.get("/api/v1/executors")).json()["executors"]]
         assert "text-transform" in names and "file-processing" in names
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "message"),
+    [
+        ({"fileName": "x", "filePath": "../../etc/passwd"}, "filePath", "filePath must stay inside the demo folder"),
+        ({"fileName": "x", "filePath": "missing.txt"}, "filePath", "No such file in the demo folder"),
+        ({"fileName": "x"}, "filePath", "filePath is required."),
+        ({"fileName": "x", "filePath": "welcome.txt", "owner": "me"}, "owner", "The request body has no field 'owner'"),
+    ],
+)
+async def test_mistakes_in_the_users_own_route_get_the_envelope(
+    monkeypatch: pytest.MonkeyPatch, body: dict[str, str], key: str, message: str
+) -> None:
+    """With the one-line EXCEPTION_HANDLERS install, the user's route answers 400 invalid_params in our envelope."""
+    monkeypatch.setenv("SECRET_KEY", "integration-secret-0123456789")
+    app = create_app()
+    assert app.exception_handlers == EXCEPTION_HANDLERS  # what the example installs: the package's own map
+    async with serve_in_loop(app) as client:
+        response = await client.post("/files/process", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()
+        assert error["success"] is False and error["error"]["code"] == "invalid_params"
+        assert str(error["error"]["message"]).startswith(message)
+        assert [detail["key"] for detail in error["error"]["details"]] == [key]
+        listing = (await client.get("/api/v1/tasks")).json()
+        assert listing["total"] == 0  # nothing was created

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import httpx
 import msgspec
 import pytest
 
@@ -22,6 +23,7 @@ from async_tasks.testing import ExecutorRun, run_executor
 from executors import file_processing as fp_module
 from executors.file_processing import (
     GIB,
+    MAX_CHUNK_DELAY_MS,
     MAX_CHUNKS,
     MAX_PATH_CHARS,
     FileProcessingExecutor,
@@ -496,12 +498,15 @@ def test_schema_bounds() -> None:
     file_path = next(option for option in props["filePath"]["anyOf"] if option.get("type") == "string")
     assert "demo folder" in props["filePath"]["description"]
     assert file_path["maxLength"] == MAX_PATH_CHARS
-    assert props["fileSize"]["minimum"] == 1
-    assert props["fileSize"]["maximum"] == GIB
+    file_size = next(option for option in props["fileSize"]["anyOf"] if option.get("type") == "integer")
+    assert (file_size["minimum"], file_size["maximum"]) == (1, GIB)
+    assert props["fileSize"].get("default") is None
+    assert (props["chunkDelayMs"]["minimum"], props["chunkDelayMs"]["maximum"]) == (0, MAX_CHUNK_DELAY_MS)
     assert props["chunkSize"]["minimum"] == 1
     assert "maximum" in props["chunkSize"]
-    for name in ("filePath", "fileSize", "chunkSize"):
+    for name in ("filePath", "chunkSize", "chunkDelayMs"):
         assert props[name].get("description")
+    assert file_size.get("description")
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"fileSize": GIB + 1}, FileProcessingParams)
     with pytest.raises(msgspec.ValidationError):
@@ -516,3 +521,26 @@ async def test_cancel_is_prompt_in_simulation() -> None:
             tg.start_soon(partial(run_executor, FileProcessingExecutor, {"fileSize": GIB}, environ=environ))
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
+
+
+async def test_chunk_delay_paces_a_small_file(sleeps: list[float]) -> None:
+    """chunkDelayMs makes the bundled big-sample.log take seconds: a pause after each chunk."""
+    run = await run_executor(
+        FileProcessingExecutor, {"filePath": "big-sample.log", "chunkSize": 8192, "chunkDelayMs": 100}
+    )
+    chunks = math.ceil(run.result["sizeBytes"] / 8192)
+    assert sleeps == [0.1] * chunks and sum(sleeps) == pytest.approx(2.6)
+    assert len(reading_reports(run)) == chunks + 1  # the 5 % "Reading" report, then one per chunk
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"chunkDelayMs": MAX_CHUNK_DELAY_MS + 1}, FileProcessingParams)
+
+
+async def test_no_made_up_file_size_is_stored(client: httpx.AsyncClient) -> None:
+    """With filePath, the stored params do not show a default fileSize beside the real size."""
+    created = await client.post("/api/v1/demo/tasks/file-processing", json={"filePath": "welcome.txt"})
+    assert created.status_code == 201, created.text
+    task_id = created.json()["task"]["id"]
+    task = (await client.get(f"/api/v1/tasks/{task_id}")).json()["task"]
+    assert task["params"]["fileSize"] is None and task["params"]["chunkDelayMs"] == 0
+    simulated = await run_executor(FileProcessingExecutor, {}, environ={"FILE_PROCESSING_SIMULATE_MAX_SECONDS": "0"})
+    assert simulated.result["sizeBytes"] == 1024 * 1024  # the simulation's own default

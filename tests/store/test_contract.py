@@ -164,6 +164,18 @@ async def test_retry_resets_the_attempt_and_keeps_history(store: TaskStore) -> N
     assert manual.auto_retries == 0  # a manual retry gives the retry policy its budget back
 
 
+async def test_a_failed_attempts_history_entry_keeps_its_error(store: TaskStore) -> None:
+    """The retry clears the task's error; the history entry of the failure still says what went wrong."""
+    task = await add(store, status=TaskStatus.RUNNING)
+    await store.transition("s", task.id, TaskStatus.FAILED, error="RuntimeError: boom", reason="attempt failed")
+    await store.transition("s", task.id, TaskStatus.PENDING, automatic=True)
+    again = await store.transition("s", task.id, TaskStatus.RUNNING)
+    assert again.error is None
+    failures = [h for h in again.history if h.status is TaskStatus.FAILED]
+    assert [(h.attempt, h.error, h.reason) for h in failures] == [(1, "RuntimeError: boom", "attempt failed")]
+    assert all(h.error is None for h in again.history if h.status is not TaskStatus.FAILED)
+
+
 async def test_progress_is_accepted_only_from_the_running_attempt(store: TaskStore) -> None:
     task = await add(store, status=TaskStatus.RUNNING)
     assert await store.report_progress("s", task.id, 1, 45, "Loading", "reading")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import msgspec
@@ -103,14 +104,14 @@ async def test_every_change_is_published_on_the_session_channel(store: RedisTask
         await store.report_progress("s", task.id, 1, 12.5, "Step", "first")
         done = await store.transition("s", task.id, TaskStatus.COMPLETED, result=[1])
         await store.remove("s", task.id)
-        envelopes = []
+        envelopes: list[Any] = []
         with anyio.fail_after(5):
             while len(envelopes) < 5:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                 if message is not None:
                     envelopes.append(msgspec.json.decode(message["data"]))
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await listener.aclose()
     seqs = [envelope[0] for envelope in envelopes]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 async def strict_body(request: Request[Any, Any, Any], data: T) -> T:
     """`data` (Litestar's lax conversion of the body) if the body also passes a strict
-    conversion; a 400 ``validation_error`` otherwise."""
+    conversion; a 400 ``invalid_params`` otherwise."""
     body = await request.body()
     try:
         return msgspec.json.decode(body, type=type(data))
@@ -31,7 +31,7 @@ async def strict_body(request: Request[Any, Any, Any], data: T) -> T:
         msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), type(data))
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `$")
-        key = path.rstrip("`").lstrip(".") or "body"
+        key = path.rstrip("`").lstrip(".") or "data"  # "data" is the body itself, as Litestar says
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}",
             extra=[{"message": message, "key": key, "source": "body"}],

@@ -1,6 +1,7 @@
 """The live dashboard: ``GET /`` (the page) and ``/dashboard/*`` (its assets).
 
-A single page of vanilla JS (no build step) kept in ``async_tasks/dashboard/``.
+A single page of vanilla JS split into ES modules (no build step) kept in
+``async_tasks/web/dashboard/``; ``main.js`` is the entry point.
 `create_app` mounts it; embedding apps using only `AsyncTasksPlugin` keep their
 own ``/``. The page talks to the API under the plugin's path (``/api/v1``
 by default), which is written into the page as ``<meta name="api-base">``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import mimetypes
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,17 @@ from async_tasks import __version__
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 ASSETS_PATH = "/dashboard"
 #: Demo pages change while people iterate on them: always revalidate.
-_NO_CACHE = CacheControlHeader(no_cache=True)
+NO_CACHE = CacheControlHeader(no_cache=True)
+
+
+def register_asset_types() -> None:
+    """Serve ``.js`` as JavaScript wherever the server runs.
+
+    Static files take their type from `mimetypes`, which on Windows reads the registry,
+    where ``.js`` is sometimes ``text/plain``: browsers refuse ES modules served so.
+    """
+    mimetypes.add_type("text/javascript", ".js")
+    mimetypes.add_type("text/css", ".css")
 
 
 @functools.cache
@@ -40,14 +52,15 @@ def render_index(api_base: str) -> str:
     )
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False, cache_control=_NO_CACHE, name="dashboard")
+@get("/", media_type=MediaType.HTML, include_in_schema=False, cache_control=NO_CACHE, name="dashboard")
 async def dashboard_page(api_path: NamedDependency[str]) -> Response[str]:
     return Response(render_index(api_path), media_type=MediaType.HTML)
 
 
 def dashboard_route_handlers() -> list[Any]:
     """The handlers to pass to `create_app(route_handlers=...)` / `Litestar(route_handlers=...)`."""
+    register_asset_types()
     assets: Router = create_static_files_router(
-        path=ASSETS_PATH, directories=[DASHBOARD_DIR], name="dashboard-assets", cache_control=_NO_CACHE
+        path=ASSETS_PATH, directories=[DASHBOARD_DIR], name="dashboard-assets", cache_control=NO_CACHE
     )
     return [dashboard_page, assets]

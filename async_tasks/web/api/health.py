@@ -23,6 +23,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.openapi import NO_SESSION
 from async_tasks.web.api.schemas import HealthResponse, ReadyChecks, ReadyResponse
 from async_tasks.web.metrics import OPS_OPT_KEY
 
@@ -66,7 +67,7 @@ async def _redis_check(task_system: TaskSystem) -> Literal["ok", "unreachable"] 
     return "unreachable"
 
 
-_OPS: dict[str, Any] = {"tags": ["ops"], "opt": {OPS_OPT_KEY: True}}
+_OPS: dict[str, Any] = {"tags": ["ops"], "opt": {OPS_OPT_KEY: True}, "security": NO_SESSION}
 
 
 @get(["/health", "/healthz"], summary="Liveness: the process answers", sync_to_thread=False, **_OPS)

@@ -1,10 +1,16 @@
-"""What Litestar 2.x leaves out of the OpenAPI document, put back."""
+"""What Litestar 2.x leaves out of the OpenAPI document, put back: closed request
+bodies, and the session token and cookie as (optional) security schemes."""
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, Reference, SecurityRequirement, SecurityScheme
+
+from async_tasks.web.middleware import COOKIE_NAME, TOKEN_HEADER
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
@@ -26,3 +32,44 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         schema = super().to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
         return schema
+
+
+#: The two ways a request names its session, as OpenAPI security schemes.
+SESSION_SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "sessionToken": SecurityScheme(
+        type="apiKey",
+        name=TOKEN_HEADER,
+        security_scheme_in="header",
+        description=(
+            "A session token from `POST /api/v1/session` (its `token`, also in its `X-Session-Token` response "
+            "header). Optional: without one a caller is in the session of its IP address (or, with "
+            "AUTO_MAP_SESSION_BY_IP=false, gets a new session and its token in the response). A token that is "
+            "not accepted is answered with `X-Session-Token-Status: invalid`."
+        ),
+    ),
+    "sessionCookie": SecurityScheme(
+        type="apiKey",
+        name=COOKIE_NAME,
+        security_scheme_in="cookie",
+        description="The same token in the HttpOnly cookie the server sets; browsers send it by themselves.",
+    ),
+}
+#: Every API operation: the token header, or the cookie, or neither (`{}`: the IP's session).
+SESSION_SECURITY: list[SecurityRequirement] = [{"sessionToken": []}, {"sessionCookie": []}, {}]
+#: Operations that never look at the session (health probes).
+NO_SESSION: list[SecurityRequirement] = [{}]
+
+
+def with_session_security(config: OpenAPIConfig) -> OpenAPIConfig:
+    """A copy of `config` that declares the session schemes, and makes them the default
+    (optional) security of every operation when `config` has none: the session
+    middleware reads them on every route of the app."""
+    components = config.components if isinstance(config.components, list) else [config.components]
+    # A shallow copy, not dataclasses.replace: re-running __init__ would pass the
+    # deprecated fields __post_init__ filled in (and warn); Litestar's default config
+    # object is shared by every app, so it is never changed in place.
+    documented = copy.copy(config)
+    documented.components = [*components, Components(security_schemes=SESSION_SECURITY_SCHEMES)]
+    if documented.security is None:
+        documented.security = SESSION_SECURITY
+    return documented

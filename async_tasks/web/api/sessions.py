@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from litestar import Response, get, post
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 
 from async_tasks.sessions import SHARED_SESSION
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import SessionInfo
-from async_tasks.web.middleware import TOKEN_HEADER, session_cookie
+from async_tasks.web.middleware import TOKEN_HEADER, issued_token_of, session_cookie
 
 
 @get("/session", tags=["sessions"], summary="The caller's session key")
@@ -21,11 +24,34 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
     tags=["sessions"],
     status_code=201,
     summary="Start a new session: returns its token and sets the session cookie",
+    response_headers=[
+        ResponseHeader(
+            name=TOKEN_HEADER,
+            description="The new session's token (the body's `token`); absent with ENABLE_SESSION_ISOLATION=false.",
+            documentation_only=True,
+            value="",  # only its type is used: it gives the header a string schema in the document
+            required=False,
+        )
+    ],
+    description=(
+        "One request, one session: the token in the body is the one in the `X-Session-Token` "
+        "response header and in the cookie. Send it back in the `X-Session-Token` header (or let "
+        "the browser send the cookie) to stay in this session."
+    ),
 )
-async def new_session(task_system: NamedDependency[TaskSystem]) -> Response[SessionInfo]:
-    resolver = task_system.sessions
+async def new_session(
+    request: Request[Any, Any, Any],
+    task_system: NamedDependency[TaskSystem],
+    session_key: NamedDependency[str],
+) -> Response[SessionInfo]:
     if not task_system.settings.enable_session_isolation:
         return Response(SessionInfo(session_key=SHARED_SESSION), status_code=201)
+    issued = issued_token_of(request.scope)
+    if issued is not None:
+        # The middleware already started a session for this request (it came without a
+        # token): hand out that one; its header and cookie are on the response already.
+        return Response(SessionInfo(session_key=session_key, token=issued), status_code=201)
+    resolver = task_system.sessions
     key, token = resolver.new_session()
     return Response(
         SessionInfo(session_key=key, token=token),

@@ -1,0 +1,215 @@
+// Task cards: one <li> per task, updated in place; their buttons; the status filter.
+
+import { api } from "./api.js";
+import { $, el, fmtDuration, fmtTime, pct, toast } from "./dom.js";
+import { STATUSES, TERMINAL, live, markDirty, tasks, view } from "./state.js";
+
+export function createCard(task) {
+  const refs = {};
+  refs.badge = el("span", { class: "badge" });
+  refs.deadLetter = el("span", { class: "dead-letter", hidden: true, text: "retries spent" });
+  refs.name = el("span", { class: "task-name" });
+  refs.pct = el("span", { class: "pct" });
+  refs.executor = el("span", { class: "executor" });
+  refs.id = el("code", { text: `#${task.id.slice(0, 8)}`, title: task.id });
+  refs.when = el("span");
+  refs.duration = el("span");
+  refs.fill = el("div", { class: "fill" });
+  refs.bar = el("div", {
+    class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": "0",
+  }, refs.fill);
+  refs.stepName = el("span", { class: "step-name" });
+  refs.stepSep = el("span", { class: "step-desc", text: " — " });
+  refs.stepDesc = el("span", { class: "step-desc" });
+  refs.step = el("div", { class: "step" }, refs.stepName, refs.stepSep, refs.stepDesc);
+  refs.error = el("div", { class: "task-error", hidden: true });
+  refs.cancel = el("button", { type: "button", class: "btn-cancel", "data-action": "cancel", text: "Cancel" });
+  refs.retry = el("button", { type: "button", class: "btn-retry", "data-action": "retry", text: "Retry" });
+  refs.delete = el("button", { type: "button", class: "btn-delete", "data-action": "delete", text: "Delete" });
+  refs.detailsBtn = el("button", { type: "button", class: "btn-details", "data-action": "details", text: "Details" });
+  refs.details = el("pre", { class: "details", hidden: true });
+  refs.root = el("li", { class: "task enter", "data-task-id": task.id },
+    el("div", { class: "task-head" }, refs.badge, refs.deadLetter, refs.name, refs.pct),
+    el("div", { class: "task-meta" }, refs.executor, refs.id, refs.when, refs.duration),
+    refs.bar,
+    el("div", { class: "task-foot" }, refs.step,
+      el("div", { class: "task-actions" }, refs.cancel, refs.retry, refs.delete, refs.detailsBtn)),
+    refs.error,
+    refs.details);
+  // Animate the first appearance only: moving the node later must not replay it.
+  refs.root.addEventListener("animationend", () => refs.root.classList.remove("enter"), { once: true });
+  for (const button of [refs.cancel, refs.retry, refs.delete, refs.detailsBtn]) {
+    button.addEventListener("click", () => onAction(task.id, button.dataset.action, button));
+  }
+  return refs;
+}
+
+export function renderTask(task) {
+  if (!task.refs) task.refs = createCard(task);
+  const r = task.refs;
+  const status = STATUSES.includes(task.status) ? task.status : "pending";
+  const progress = pct(task.progress);
+  r.root.dataset.status = status;
+  r.badge.dataset.status = status;
+  r.badge.textContent = status;
+  r.name.textContent = task.name || task.executor || task.id;
+  r.pct.textContent = `${progress}%`;
+  r.fill.style.width = `${progress}%`;
+  r.bar.setAttribute("aria-valuenow", String(progress));
+  r.bar.setAttribute("aria-label", `${task.name || "task"} progress`);
+  r.executor.textContent = task.executor || "";
+  r.when.textContent = task.createdAt ? `created ${fmtTime(task.createdAt)}` : "";
+  const took = task.startedAt && task.completedAt ? task.completedAt - task.startedAt : null;
+  r.duration.textContent = took !== null ? `took ${fmtDuration(took)}` : "";
+  const stepName = task.currentStep || (status === "pending" ? "Waiting to start" : "");
+  r.stepName.textContent = stepName;
+  r.stepDesc.textContent = task.currentStepDescription || "";
+  r.stepSep.hidden = !(stepName && task.currentStepDescription);
+  r.error.hidden = !task.error;
+  r.error.textContent = task.error ? (status === "cancelled" ? task.error : `Error: ${task.error}`) : "";
+  r.cancel.hidden = TERMINAL.has(status);
+  r.retry.hidden = !(status === "failed" || status === "cancelled");
+  r.delete.hidden = status === "running";
+  // Dead-lettered: the last automatic retry failed too; it runs again only if retried by hand.
+  const dead = status === "failed" && task.deadLettered === true;
+  r.deadLetter.hidden = !dead;
+  r.deadLetter.title = dead ? deadLetterNote(task) : "";
+  r.root.hidden = view.filter !== "all" && view.filter !== status;
+}
+
+function deadLetterNote(task) {
+  const retries = Number(task.maxRetries) > 0 ? `all ${task.maxRetries} automatic ${task.maxRetries === 1 ? "retry" : "retries"}` : "its automatic retries";
+  return `Dead-lettered: ${retries} failed too, so it will not run again by itself. Retry runs it again; ` +
+    "GET /tasks?deadLetter=true lists such tasks.";
+}
+
+export function upsert(data) {
+  const id = data.id ?? data.taskId;
+  if (!id) return null;
+  let task = tasks.get(id);
+  if (!task) {
+    task = { id, refs: null };
+    tasks.set(id, task);
+  }
+  mergeInto(task, data);
+  return task;
+}
+
+export const FIELDS = ["name", "executor", "status", "progress", "createdAt", "completedAt", "startedAt",
+  "currentStep", "currentStepDescription", "error", "description", "deadLettered", "maxRetries"];
+
+export function mergeInto(task, data) {
+  // A new status makes what /status or the whole task said before out of date.
+  if (data.status !== undefined && data.status !== task.status) task.detailedStatus = null;
+  for (const key of FIELDS) if (key in data && data[key] !== undefined) task[key] = data[key];
+}
+
+export function removeTask(id) {
+  const task = tasks.get(id);
+  if (!task) return;
+  task.refs?.root.remove();
+  tasks.delete(id);
+}
+
+export function renderList() {
+  const list = $("#tasks");
+  const ordered = [...tasks.values()].sort((a, b) => (b.createdAt ?? 0) - (a.createdAt ?? 0));
+  let previous = null;
+  for (const task of ordered) {
+    renderTask(task);
+    const node = task.refs.root;
+    const expected = previous ? previous.nextSibling : list.firstChild;
+    if (node !== expected) list.insertBefore(node, expected);
+    previous = node;
+  }
+  const visible = ordered.filter((t) => view.filter === "all" || t.status === view.filter).length;
+  $("#empty").hidden = visible > 0;
+  $("#empty").textContent = tasks.size === 0
+    ? "No tasks in this session yet. Create one with the form."
+    : `No ${view.filter} tasks.`;
+  $("#task-count").textContent = live.total > tasks.size ? `${tasks.size} of ${live.total}` : `(${tasks.size})`;
+}
+
+export function renderFilters() {
+  const box = $("#filters");
+  box.replaceChildren();
+  for (const name of ["all", ...STATUSES]) {
+    box.append(el("button", {
+      type: "button", class: "filter", "aria-pressed": String(view.filter === name), "data-filter": name, text: name,
+      onclick: () => { view.filter = name; renderFilters(); renderList(); },
+    }));
+  }
+}
+
+export async function onAction(id, action, button) {
+  const task = tasks.get(id);
+  if (!task) return;
+  if (action === "details") return toggleDetails(task);
+  const generation = live.generation;
+  button.disabled = true;
+  try {
+    if (action === "delete") {
+      await api("DELETE", `/tasks/${encodeURIComponent(id)}`);
+      if (generation === live.generation) removeTask(id);
+      toast(`Deleted “${task.name ?? id}”`, "ok");
+    } else {
+      const answer = await api("POST", `/tasks/${encodeURIComponent(id)}/${action}`);
+      if (generation === live.generation && answer?.task) {
+        const fresh = answer.task;
+        mergeInto(task, fresh);
+        if (action === "retry") task.detailedStatus = null;
+      }
+      toast(`${action === "cancel" ? "Cancelled" : "Retrying"} “${task.name ?? id}”`, "ok");
+    }
+  } catch (error) {
+    toast(error.message, "error");
+  } finally {
+    button.disabled = false;
+    renderList();
+    markDirty();
+  }
+}
+
+/** One history entry as a line; the first one has no previous status: the task was created. */
+function historyLine(entry) {
+  const change = `${entry.previous ?? "created"} → ${entry.status}`;
+  const reason = entry.reason && !(entry.previous == null && entry.reason === "created") ? `  (${entry.reason})` : "";
+  return `${fmtTime(entry.at)}  ${change}${reason}`;
+}
+
+/** Show a task's card: after starting a task from a long form, its card may be out of view. */
+export function revealTask(id) {
+  const task = tasks.get(id);
+  if (!task?.refs) return;
+  if (task.refs.root.hidden) { // filtered out: show every task again
+    view.filter = "all";
+    renderFilters();
+    renderList();
+  }
+  const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  task.refs.root.scrollIntoView({ block: "nearest", behavior: smooth ? "smooth" : "auto" });
+}
+
+export async function toggleDetails(task) {
+  const r = task.refs;
+  if (!r.details.hidden) {
+    r.details.hidden = true;
+    r.detailsBtn.textContent = "Details";
+    return;
+  }
+  try {
+    const answer = await api("GET", `/tasks/${encodeURIComponent(task.id)}`);
+    const t = answer.task;
+    const shown = {
+      id: t.id, status: t.status, attempts: t.attempts, description: t.description || undefined,
+      deadLettered: t.deadLettered || undefined,
+      params: t.params, result: t.result, error: t.error ?? undefined,
+      history: t.history?.map(historyLine),
+    };
+    r.details.textContent = JSON.stringify(shown, null, 2);
+    r.details.hidden = false;
+    r.detailsBtn.textContent = "Hide details";
+  } catch (error) {
+    toast(error.message, "error");
+  }
+}

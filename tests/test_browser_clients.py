@@ -1,0 +1,98 @@
+"""What a browser client meets, in a real browser (Debian's ``chromium`` through
+Playwright): a task's ``EventSource`` stops by itself once the task has ended, and the
+API reference's Authorize dialog takes a session token.
+
+Skipped, with the reason, when Playwright or Chromium is missing (see
+tests/test_dashboard_browser.py for the setup). Waits are Playwright's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.live import live_server  # noqa: F401 - a fixture
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Response
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+#: Starts a task (the response sets the session cookie), then follows it with an EventSource
+#: that never calls close(): what a page written without reading the guide does.
+FOLLOW = """async () => {
+  const answer = await fetch("/api/v1/demo/tasks/sample", {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({delayMs: 300}),
+  });
+  const {task} = await answer.json();
+  window.seen = [];
+  const source = new EventSource(`/api/v1/tasks/${task.id}/events`);
+  source.onopen = () => window.seen.push({kind: "open"});
+  source.onerror = () => window.seen.push({kind: "error", state: source.readyState});
+  for (const kind of ["snapshot", "transition", "progress", "end"]) {
+    source.addEventListener(kind, (event) => window.seen.push({kind, id: event.lastEventId, data: event.data}));
+  }
+  window.source = source;
+  return task.id;
+}"""
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Page]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_an_event_source_stops_after_the_task_ends(page: Page, live_server: str) -> None:  # noqa: F811
+    """The stream ends with `end`; the browser's reconnect gets 204 and EventSource closes for good."""
+    streams: list[tuple[int, str | None]] = []
+
+    def on_response(response: Response) -> None:
+        if response.url.endswith("/events"):
+            streams.append((response.status, response.request.all_headers().get("last-event-id")))
+
+    page.on("response", on_response)
+    page.goto(f"{live_server}/health")
+    task_id = page.evaluate(FOLLOW)
+    # EventSource.CLOSED (2): it gave up reconnecting, which only a 204 (or an error status) makes it do.
+    page.wait_for_function("window.source.readyState === 2", timeout=15_000)
+    seen: list[dict[str, Any]] = page.evaluate("window.seen")
+
+    kinds = [entry["kind"] for entry in seen]
+    assert kinds.count("open") == 1, kinds
+    # The server closes after `end` (error, state CONNECTING: EventSource will retry); the
+    # retry is answered 204 (error, state CLOSED: it will not).
+    assert kinds[:2] == ["open", "snapshot"] and kinds[-3:] == ["end", "error", "error"], kinds
+    assert [entry["state"] for entry in seen[-2:]] == [0, 2]
+    end = seen[-3]
+    assert end["data"] == f'{{"type":"end","taskId":"{task_id}","reason":"completed"}}'
+    assert end["id"].startswith("1-")
+    # One stream, then one reconnect carrying the end's id, answered 204.
+    assert streams == [(200, None), (204, end["id"])]
+
+
+def test_the_reference_can_authorize_with_a_session_token(page: Page, live_server: str) -> None:  # noqa: F811
+    """Swagger UI's Authorize offers the session token header (and the cookie) declared in the document."""
+    page.goto(f"{live_server}/schema")
+    page.get_by_role("button", name="Authorize").first.click()
+    schemes = page.locator(".auth-container")
+    sync_api.expect(schemes.first).to_contain_text("sessionToken")
+    sync_api.expect(schemes.first).to_contain_text("X-Session-Token")
+    sync_api.expect(schemes.nth(1)).to_contain_text("sessionCookie")

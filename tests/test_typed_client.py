@@ -1,0 +1,120 @@
+"""The OpenAPI document works with standard tools: a typed TypeScript client is generated
+from it, compiled and run against a real server, and Redocly's linter passes it.
+
+DEMO_GUIDE's TypeScript program ("A typed TypeScript client") is the program compiled
+here, so the guide cannot drift. The npm packages (pinned in tests/typed_client/) are
+installed once into pytest's cache directory and reused; the test is skipped, with the
+reason, only when node/npm are missing or npm cannot reach its registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.live import live_app, serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = Path(__file__).parent / "typed_client"
+TYPESCRIPT_BLOCK = re.compile(r"```typescript\n(.*?)```", re.S)
+OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|network|offline", re.I)
+#: As DEMO_GUIDE generates the types (a field with a default may be left out of a request).
+TYPE_OPTIONS = ["--default-non-nullable", "false"]
+#: Quiet, offline-friendly Node tools (no update checks, no telemetry).
+NODE_ENV = {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true", "NO_UPDATE_NOTIFIER": "1"}
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are not installed"
+    ),
+]
+
+
+def guide_program() -> str:
+    blocks = [b for b in TYPESCRIPT_BLOCK.findall((ROOT / "DEMO_GUIDE.md").read_text()) if "createClient" in b]
+    assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one typed-client program"
+    return str(blocks[0])
+
+
+def run(command: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **NODE_ENV}
+    )
+
+
+@pytest.fixture(scope="module")
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory with the pinned npm packages installed (cached between runs)."""
+    cache = getattr(request.config, "cache", None)
+    workdir = cache.mkdir("typed-client") if cache is not None else tmp_path_factory.mktemp("typed-client")
+    manifest = (FILES / "package.json").read_text()
+    installed = workdir / "node_modules" / ".installed-from"
+    if not installed.is_file() or installed.read_text() != manifest:
+        (workdir / "package.json").write_text(manifest)
+        result = run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline"], workdir, timeout=300)
+        if result.returncode != 0:
+            if OFFLINE.search(result.stderr):
+                pytest.skip(f"npm cannot reach its registry: {result.stderr.strip().splitlines()[-1]}")
+            pytest.fail(f"npm install failed:\n{result.stderr}")
+        installed.write_text(manifest)
+    shutil.copy(FILES / "tsconfig.json", workdir / "tsconfig.json")
+    (workdir / "client.ts").write_text(guide_program())
+    yield workdir
+
+
+def test_a_generated_typescript_client_compiles_and_runs(project: Path) -> None:
+    """openapi-typescript + openapi-fetch: the guide's program compiles (strict) and completes a task;
+    redocly lint finds no error (the session is declared as security schemes)."""
+    bin_dir = project / "node_modules" / ".bin"
+    with serve_in_thread(live_app()) as url:
+        document = httpx.get(f"{url}/schema/openapi.json").content
+        # Generating, linting and compiling cost seconds of Node start-up each: they are redone
+        # only when their inputs (the document, the program, the pinned tools) changed since the
+        # last run that passed. The document is hashed in a canonical form: the order of its
+        # paths varies between processes.
+        inputs = json.dumps(json.loads(document), sort_keys=True).encode()
+        for name in ("package.json", "tsconfig.json", "client.ts"):
+            inputs += (project / name).read_bytes()
+        checked = project / f".checked-{hashlib.sha256(inputs).hexdigest()}"
+        if not checked.is_file() or not (project / "dist" / "client.js").is_file():
+            (project / "openapi.json").write_bytes(document)
+            generate = start(project, [bin_dir / "openapi-typescript", "openapi.json", "-o", "api.d.ts", *TYPE_OPTIONS])
+            lint = start(project, [bin_dir / "redocly", "lint", "openapi.json", "--format=summary"])
+            generated, linted = generate.communicate(timeout=120), lint.communicate(timeout=120)
+            assert generate.returncode == 0, generated[1]
+            assert lint.returncode == 0, f"redocly lint found errors:\n{linted[0]}\n{linted[1]}"
+            assert "security-defined" not in linted[0] + linted[1]
+            shutil.rmtree(project / "dist", ignore_errors=True)
+            compiled = run([str(bin_dir / "tsc"), "-p", "."], project)
+            assert compiled.returncode == 0, f"the typed client does not compile:\n{compiled.stdout}{compiled.stderr}"
+            for stale in project.glob(".checked-*"):
+                stale.unlink()
+            checked.touch()
+
+        ran = run(["node", "dist/client.js", url], project, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+    outcome = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == "completed"
+    assert outcome["refused"] == "invalid_params"
+    assert re.fullmatch(r"[0-9a-f-]{36}", outcome["taskId"])
+
+
+def start(cwd: Path, command: list[Path | str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=cwd,
+        env={**os.environ, **NODE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
