@@ -475,7 +475,7 @@ class SaqExecution:
         """Enqueue the task's next attempt (a no-op if that attempt's job is queued already);
         from the worker side (`worker`) through the client that waits out Redis restarts."""
         queue = (self._worker_queue if worker else None) or self._queue
-        if queue is None:  # pragma: no cover
+        if queue is None:
             raise RuntimeError("the execution backend is not running (is the engine started?)")
         number = task.attempts + 1
         kwargs: dict[str, Any] = {"s": task.session_key, "t": task.id, "a": number}
@@ -708,7 +708,10 @@ class SaqExecution:
                 )  # fmt: skip
             except SessionBusy:
                 # Over a concurrency limit: back to the queue, later each time (up to 2 s).
-                waiting = await self.wstore.get(session_key, task_id)
+                try:
+                    waiting = await self.wstore.get(session_key, task_id)
+                except TaskNotFound:
+                    return  # removed meanwhile
                 ctx[_DEFER] = (min(2.0, 0.05 * 2**deferrals), deferrals + 1, waiting)
                 return
             except (InvalidTransition, TaskNotFound):
