@@ -10,7 +10,8 @@ command, default $ASYNC_TASKS_URL or http://localhost:3000):
 ``list``, ``status ID``, ``watch ID``, ``cancel ID``, ``retry ID``, ``delete ID``,
 ``executors`` and ``session``. They keep one session per server: its token is
 stored in ~/.cache/async-tasks/session-<host>.json (or $ASYNC_TASKS_SESSION_FILE),
-so ``submit`` and a later ``status`` see the same tasks.
+so ``submit`` and a later ``status`` see the same tasks. For a server with API_KEYS,
+set $ASYNC_TASKS_API_KEY.
 
 The help texts are plain (argparse shows them as written): no markup there.
 """
@@ -53,6 +54,7 @@ def worker(args: argparse.Namespace) -> int:
 # -- client commands (talk to a running server) ------------------------------------
 
 URL_ENV = "ASYNC_TASKS_URL"
+API_KEY_ENV = "ASYNC_TASKS_API_KEY"
 SESSION_FILE_ENV = "ASYNC_TASKS_SESSION_FILE"
 DEFAULT_URL = "http://localhost:3000"
 STATUS_STYLES = {
@@ -150,6 +152,7 @@ def _open_client(args: argparse.Namespace) -> TaskClient:
         token=load_session_token(url),
         on_token=lambda token: save_session_token(url, token),
         transport=args.transport,
+        api_key=os.environ.get(API_KEY_ENV) or None,
     )
 
 

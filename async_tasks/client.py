@@ -347,9 +347,11 @@ class _BaseClient:
         timeout: float,
         api_path: str,
         on_token: Callable[[str], None] | None,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = str(base_url).rstrip("/")
         self.token = token
+        self.api_key = api_key
         self.on_token = on_token
         self._timeout = timeout
         self._api = "/" + api_path.strip("/") if api_path.strip("/") else ""
@@ -369,6 +371,8 @@ class _BaseClient:
         merged = {"Accept": "application/json"}
         if self.token:
             merged[TOKEN_HEADER] = self.token
+        if self.api_key:
+            merged["X-API-Key"] = self.api_key
         merged.update(headers or {})
         return _Request(method, self._api + path, merged, json=json, params=params, timeout=timeout)
 
@@ -690,6 +694,7 @@ class TaskClient(_BaseClient):
         transport: an httpx transport (tests: ``httpx.MockTransport``, or one that runs
             the app in-process).
         on_token: called with each new session token the client adopts.
+        api_key: sent as ``X-API-Key`` (for a server with API_KEYS set).
     """
 
     def __init__(
@@ -701,8 +706,9 @@ class TaskClient(_BaseClient):
         api_path: str = "/api/v1",
         transport: httpx.BaseTransport | None = None,
         on_token: Callable[[str], None] | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, token=token, timeout=timeout, api_path=api_path, on_token=on_token)
+        super().__init__(base_url, token=token, timeout=timeout, api_path=api_path, on_token=on_token, api_key=api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> TaskClient:
@@ -842,8 +848,9 @@ class AsyncTaskClient(_BaseClient):
         api_path: str = "/api/v1",
         transport: httpx.AsyncBaseTransport | None = None,
         on_token: Callable[[str], None] | None = None,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, token=token, timeout=timeout, api_path=api_path, on_token=on_token)
+        super().__init__(base_url, token=token, timeout=timeout, api_path=api_path, on_token=on_token, api_key=api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncTaskClient:

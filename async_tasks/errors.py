@@ -76,6 +76,23 @@ class RateLimited(QuotaExceeded):
     code = "rate_limited"
 
 
+class CapacityExceeded(TaskSystemError):
+    """A server-wide limit was hit (stored tasks, live sessions, open streams); no single
+    session is at fault, so this is a 503 with `retry_after` seconds."""
+
+    code = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class TaskTooLarge(TaskSystemError):
+    """A task's params, metadata and tags encode to more bytes than allowed (413)."""
+
+    code = "task_too_large"
+
+
 class ShuttingDown(TaskSystemError):
     code = "shutting_down"
 

@@ -68,6 +68,32 @@ P = TypeVar("P", bound=msgspec.Struct, default=NoParams)
 C = TypeVar("C", bound=msgspec.Struct, default=NoConfig)
 
 
+class ServerAddresses:
+    """Where the server that runs this engine accepts connections: (host, port) pairs.
+
+    The server adds the address it binds at start-up, and the web layer each local
+    address a request arrives on (ASGI ``scope["server"]``), so it is right under
+    ``async-tasks serve``, plain uvicorn or any other server. Executors that make
+    outbound requests refuse these (and loopback on these ports): a task must never
+    call the server that runs it, with the server's own network position.
+    """
+
+    __slots__ = ("hosts", "ports", "seen")
+
+    def __init__(self) -> None:
+        #: Host strings as bound or seen (``0.0.0.0`` / ``::`` mean every local address).
+        self.hosts: set[str] = set()
+        self.ports: set[int] = set()
+        self.seen: set[tuple[str, int]] = set()
+
+    def add(self, host: str, port: int | None) -> None:
+        if port is None or not host:
+            return  # a Unix socket: nothing to call over TCP
+        self.seen.add((host, port))
+        self.hosts.add(host.strip("[]").lower())
+        self.ports.add(int(port))
+
+
 class TaskExecutor(Generic[P, C]):
     """Base class of every executor.
 
@@ -91,6 +117,8 @@ class TaskExecutor(Generic[P, C]):
 
     #: The engine's clock; tests swap in `async_tasks.testing.FakeClock`.
     clock: Clock = SYSTEM_CLOCK
+    #: Where the server running the engine listens (set by the engine; empty alone).
+    server_addresses: ServerAddresses = ServerAddresses()
     #: This executor's settings (an instance of `Config`).
     config: C
 
@@ -221,6 +249,27 @@ def _first_parameter_type(func: Callable[..., Any], scope: dict[str, Any]) -> ty
     return found
 
 
+def _shadowed(module: str) -> str:
+    """A hint when the entry point's top-level package is not the installed one: a folder
+    of the same name in the working directory (say a project's own ``executors/``) comes
+    first on ``sys.path`` and hides the package that declared the entry point."""
+    import importlib.util
+    from pathlib import Path
+
+    top = module.partition(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ""
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not locations or not Path(locations[0]).resolve().is_relative_to(Path.cwd().resolve()):
+        return ""
+    return (
+        f". A package named {top!r} in the current directory ({locations[0]}) hides the installed one: "
+        "run from another directory, or rename your package"
+    )
+
+
 class ExecutorRegistry:
     """Executors by name; refuses duplicates and half-defined classes."""
 
@@ -272,7 +321,11 @@ class ExecutorRegistry:
                 try:
                     loaded = ep.load()
                 except Exception as exc:
-                    raise ExecutorRegistrationError(f"Cannot load executor entry point {ep.name!r}: {exc}") from exc
+                    missing = isinstance(exc, ModuleNotFoundError | AttributeError)
+                    hint = _shadowed(ep.module) if missing else ""
+                    raise ExecutorRegistrationError(
+                        f"Cannot load executor entry point {ep.name!r} ({ep.value}): {exc}{hint}"
+                    ) from exc
                 if not (isinstance(loaded, type) and issubclass(loaded, TaskExecutor)):
                     raise ExecutorRegistrationError(f"Entry point {ep.name!r} is not a TaskExecutor subclass")
                 if getattr(loaded, "name", None) != ep.name:

@@ -13,7 +13,9 @@ Tasks and attempts are counted apart, so that the counters add up:
 - ``async_tasks_task_retries_total{executor,kind}``: retries, ``kind`` ``automatic``
   (after a failed attempt) or ``manual`` (``POST /tasks/{id}/retry``).
 - ``async_tasks_task_duration_seconds{executor}``: run time of every ended attempt
-- ``async_tasks_cleanup_removed_total{reason}``: retention removals by the cleaner
+- ``async_tasks_cleanup_removed_total{reason}``: finished tasks removed by retention
+  (``reason`` is their status; as tasks finish or in a sweep) or ``expired`` (past
+  FINISHED_TASK_TTL_MS, or held by a session idle for SESSION_IDLE_TTL_MS)
 - gauges refreshed before each scrape (`refresh`), so nothing is kept up to date on
   the hot path: ``async_tasks_tasks_running``, ``async_tasks_tasks_queued`` (waiting
   for a concurrency slot), ``async_tasks_sessions``, ``async_tasks_tasks{status}``.
@@ -32,7 +34,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from async_tasks.task import TERMINAL, Task, TaskStatus
 
 if TYPE_CHECKING:
-    from async_tasks.cleanup import CleanupResult
     from async_tasks.system import TaskSystem
 
 #: Task run times span milliseconds (zero-delay demos) to minutes.
@@ -40,8 +41,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class TaskMetrics:
-    """Counters fed by hooks on the store's events, the execution backend
-    (`on_finish`) and the cleaner (`after_sweep`); gauges read by `refresh`."""
+    """Counters fed by hooks on the store's events (`on_transition`, `on_removed`) and the
+    execution backend (`on_finish`); gauges read by `refresh`."""
 
     def __init__(
         self,
@@ -88,8 +89,8 @@ class TaskMetrics:
             "async_tasks_events_dropped_total", "Push-stream events dropped for slow clients", registry=r
         )
         system.store.events.on_transition.append(self._on_transition)
+        system.store.events.on_removed.append(self._on_removed)
         system.execution.on_finish.append(self._on_finish)
-        system.cleaner.after_sweep.append(self._on_sweep)
 
     def _on_transition(self, task: Task, previous: TaskStatus | None) -> None:
         status = task.status
@@ -107,14 +108,11 @@ class TaskMetrics:
     def _on_finish(self, task: Task, duration: float) -> None:
         self.duration.labels(task.executor).observe(duration)
 
-    def _on_sweep(self, result: CleanupResult, trigger: str) -> None:
-        for reason, count in (
-            ("completed", result.removed_completed),
-            ("failed", result.removed_failed),
-            ("cancelled", result.removed_cancelled),
-        ):
-            if count:
-                self.cleanup_removed.labels(reason).inc(count)
+    def _on_removed(self, task: Task, cause: str | None) -> None:
+        if cause == "retention":
+            self.cleanup_removed.labels(task.status.value).inc()
+        elif cause == "expired":
+            self.cleanup_removed.labels("expired").inc()
 
     async def refresh(self) -> None:
         """Read the gauges from the store and the execution backend."""

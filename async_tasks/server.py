@@ -88,19 +88,24 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     """
     import uvicorn
 
+    from async_tasks.web.api.streams import WS_MAX_MESSAGE_BYTES
+
     system = task_system_of(app)
     grace = settings.shutdown_grace_ms / 1000
     config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
-        proxy_headers=settings.trust_proxy_headers,
+        # The app applies TRUST_PROXY_HEADERS itself (`async_tasks.web.security`), under any server.
+        proxy_headers=False,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         access_log=False,
         log_config=None,
         # uvicorn passes it to asyncio.wait_for: fractions of a second work.
         timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_TASK_SHARE),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
+    system.server_addresses.add(config.host, config.port)  # executors never call their own server
     signalled = threading.Event()
     threading.Thread(
         target=shutdown_watchdog,

@@ -9,6 +9,10 @@
 
 With ENABLE_SESSION_ISOLATION=false every request shares the session ``shared``.
 Reading the token from a request is the web layer's job (`async_tasks.web.middleware`).
+
+A stream ticket is a short-lived (STREAM_TICKET_TTL seconds) signed stand-in for a
+session, for the clients that cannot send headers (``EventSource``, browser
+WebSockets): it goes in a URL, so it must not be the long-lived token.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ logger = logging.getLogger("async_tasks.sessions")
 
 SHARED_SESSION = "shared"
 _SALT = "async-tasks.session"
+_TICKET_SALT = "async-tasks.stream-ticket"
 _MAX_TOKEN_LENGTH = 512
 _IP_CACHE_SIZE = 65_536
 
@@ -39,6 +44,7 @@ class SessionResolver:
             logger.warning("SECRET_KEY is not set: using a random key, so session tokens end with this process")
         # itsdangerous signs with the last key and accepts all of them.
         self._serializer = URLSafeTimedSerializer(list(reversed(keys)), salt=_SALT)
+        self._tickets = URLSafeTimedSerializer(list(reversed(keys)), salt=_TICKET_SALT)
         self._ip_key = hmac.new(keys[0].encode(), b"async-tasks.ip", hashlib.sha256).digest()
         # The keyed hash costs more than the rest of session resolution; clients repeat.
         self._ip_keys: dict[str, str] = {}
@@ -59,6 +65,20 @@ class SessionResolver:
         except (BadData, ValueError, TypeError, UnicodeError):
             return None
         return key if isinstance(key, str) and key.startswith("s_") else None
+
+    def ticket_for(self, key: str) -> str:
+        """A stream ticket for session `key` (valid STREAM_TICKET_TTL seconds)."""
+        return self._tickets.dumps(key)
+
+    def key_from_ticket(self, ticket: str) -> str | None:
+        """The session a ticket stands for, or None if forged, truncated or expired."""
+        if not ticket or len(ticket) > _MAX_TOKEN_LENGTH:
+            return None
+        try:
+            key = self._tickets.loads(ticket, max_age=self.settings.stream_ticket_ttl)
+        except (BadData, ValueError, TypeError, UnicodeError):
+            return None
+        return key if isinstance(key, str) and key else None
 
     def key_for_ip(self, ip: str) -> str:
         key = self._ip_keys.get(ip)

@@ -7,6 +7,7 @@ raises `SettingsError` with one line naming the variable and what it takes.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +23,10 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)`")
+_ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:(\d{1,5}|\*))?$")
+_HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
+#: Shortest API key or metrics token accepted (like SECRET_KEY).
+MIN_KEY_LENGTH = 16
 
 
 def load_env(struct_type: type[S], environ: Mapping[str, str] | None = None) -> S:
@@ -58,10 +63,38 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     session_max_age: Annotated[int, msgspec.Meta(ge=60)] = 7 * 24 * 3600
     session_cookie_secure: bool = False
     trust_proxy_headers: bool = False
+    #: Proxies whose X-Forwarded-For/-Proto are believed with TRUST_PROXY_HEADERS
+    #: (uvicorn's variable: comma-separated IPs or CIDRs, or "*").
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Browsers and shared networks (see `async_tasks.web.security`).
+    #: Front-end origins allowed to call the API from a browser (CORS), comma-separated.
+    cors_allow_origins: str = ""
+    #: Host names accepted in the Host header besides loopback names, IP literals and HOST.
+    allowed_hosts: str = ""
+    #: When set (comma-separated), every API request needs one of these keys.
+    api_keys: str | None = None
+    #: When set, GET /metrics needs it as a bearer token.
+    metrics_token: str | None = None
+    #: Seconds a stream ticket (for EventSource/WebSocket with a token session) stays valid.
+    stream_ticket_ttl: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 60
     # Execution policies: global bounds and defaults.
     max_concurrent_tasks: Positive = 1000
     max_concurrent_tasks_per_session: Positive = 100
     max_active_tasks_per_session: Positive = 1000
+    # Server-wide memory bounds: every session together.
+    max_tasks: Positive = 10_000
+    max_sessions: Positive = 1000
+    #: Encoded size (JSON) of one task's params + metadata + tags.
+    max_task_data_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65_536
+    #: History entries kept per task (the first ones and the latest).
+    max_task_history: Annotated[int, msgspec.Meta(ge=3)] = 50
+    # Time limits (0 disables each): finished tasks, never-started tasks, idle sessions.
+    finished_task_ttl_ms: NonNegative = 86_400_000
+    pending_task_ttl_ms: NonNegative = 3_600_000
+    session_idle_ttl_ms: NonNegative = 3_600_000
+    # Push streams (SSE and WebSocket) open at once.
+    max_streams: Positive = 1000
+    max_streams_per_session: Positive = 16
     task_create_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
     task_create_burst: Positive = 200
     default_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 600_000
@@ -92,6 +125,14 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         for key in self.secret_keys:
             if len(key) < 16:
                 raise SettingsError("Invalid value for SECRET_KEY: each comma-separated key needs 16+ characters")
+        for name, keys in (("API_KEYS", self.api_key_list), ("METRICS_TOKEN", _split(self.metrics_token or ""))):
+            if any(len(key) < MIN_KEY_LENGTH for key in keys):
+                raise SettingsError(f"Invalid value for {name}: each key needs {MIN_KEY_LENGTH}+ characters")
+        if self.metrics_token is not None and len(_split(self.metrics_token)) > 1:
+            raise SettingsError("Invalid value for METRICS_TOKEN: one token, without commas")
+        self.cors_origins  # noqa: B018 (parsing validates)
+        self.allowed_host_names  # noqa: B018
+        self.forwarded_networks  # noqa: B018
         if self.task_backend != "memory":
             if not self.task_backend.startswith(REDIS_SCHEMES):
                 raise SettingsError(
@@ -110,6 +151,59 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         return self.task_backend != "memory"
 
     @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """CORS_ALLOW_ORIGINS as normalized origins (``scheme://host[:port]``; ``:*`` for any port)."""
+        origins = []
+        for entry in _split(self.cors_allow_origins):
+            origin = entry.lower().rstrip("/")
+            if origin in ("*", "null"):
+                raise SettingsError(
+                    f"Invalid value {entry!r} for CORS_ALLOW_ORIGINS: list each front-end origin, e.g. "
+                    "http://localhost:5173 (any web page could otherwise act in your sessions)"
+                )
+            if not _ORIGIN.match(origin):
+                raise SettingsError(
+                    f"Invalid value {entry!r} for CORS_ALLOW_ORIGINS: expected scheme://host[:port], "
+                    "e.g. http://localhost:5173 (no path; ':*' allows any port)"
+                )
+            origins.append(origin)
+        return tuple(origins)
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        """ALLOWED_HOSTS as lower-case names (``*.example.com`` for subdomains, ``*`` for any)."""
+        names = []
+        for entry in _split(self.allowed_hosts):
+            name = entry.lower().rstrip(".")
+            if name != "*" and not _HOST.match(name):
+                raise SettingsError(
+                    f"Invalid value {entry!r} for ALLOWED_HOSTS: expected host names without ports, "
+                    "e.g. demo.example.com or *.example.com ('*' accepts any)"
+                )
+            names.append(name)
+        return tuple(names)
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        return tuple(_split(self.api_keys or ""))
+
+    @property
+    def forwarded_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        """FORWARDED_ALLOW_IPS as networks; None for "*" (every peer is a trusted proxy)."""
+        entries = _split(self.forwarded_allow_ips)
+        if "*" in entries:
+            return None
+        networks = []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"Invalid value {entry!r} for FORWARDED_ALLOW_IPS: expected IP addresses or CIDR networks, or '*'"
+                ) from None
+        return tuple(networks)
+
+    @property
     def secret_keys(self) -> list[str]:
         """SECRET_KEY split on commas, newest (the signing key) first."""
         if not self.secret_key:
@@ -119,3 +213,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return load_env(cls, environ)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -36,17 +36,19 @@ from async_tasks.errors import (
     RateLimited,
     SettingsError,
     ShuttingDown,
+    TaskTooLarge,
     UnknownExecutor,
 )
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.execution.local import LocalExecution
-from async_tasks.executor import ExecutorRegistry, TaskExecutor
+from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.store.base import (
     CreateLimits,
     Idempotency,
     SessionCounts,
+    StorePolicy,
     TaskFilter,
     TaskPage,
     TaskStore,
@@ -90,8 +92,11 @@ class TaskSystem:
         self.settings = settings or Settings.from_env(environ)
         self.clock = clock
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
+        #: Where the server running this engine listens; executors refuse to call it.
+        self.server_addresses = ServerAddresses()
         for executor in self.executors:
             executor.clock = clock
+            executor.server_addresses = self.server_addresses
         if store is None and execution is None and self.settings.redis:
             try:
                 from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
@@ -105,8 +110,15 @@ class TaskSystem:
         self.store: TaskStore = store or MemoryTaskStore(clock)
         self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
         self.cleaner = Cleaner(self.store, self.settings, clock)
+        self.cleaner.on_expired.append(self._drop_expired)
+        # Retention as tasks finish and the history cap are the store's own rules.
+        self.store.policy = StorePolicy(retention=self.cleaner.retention, max_history=self.settings.max_task_history)
         self.sessions = SessionResolver(self.settings)
-        self.limits = CreateLimits(max_active_per_session=self.settings.max_active_tasks_per_session)
+        self.limits = CreateLimits(
+            max_active_per_session=self.settings.max_active_tasks_per_session,
+            max_tasks=self.settings.max_tasks,
+            max_sessions=self.settings.max_sessions,
+        )
         #: Called when shutdown begins, before tasks are cancelled (push streams close here).
         self.on_shutdown: list[Callable[[], None]] = []
         #: Tasks the last shutdown abandoned (they ignored cancellation or block in a thread).
@@ -277,6 +289,7 @@ class TaskSystem:
         if not self.accepting:
             raise ShuttingDown()
         params = self._convert_params(cls, params)
+        self._check_size(params, metadata, tags)
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
             raise InvalidParams(
@@ -340,6 +353,25 @@ class TaskSystem:
         if not isinstance(params, cls.Params):
             raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping.", field="params")
         return params
+
+    def _check_size(self, params: Any, metadata: Mapping[str, Any] | None, tags: Sequence[str] | None) -> None:
+        """Refuse a task whose params, metadata and tags encode to more than MAX_TASK_DATA_BYTES."""
+        limit = self.settings.max_task_data_bytes
+        try:
+            size = len(_encode(params)) + len(_encode(metadata)) + len(_encode(tags))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidParams(f"metadata must be JSON: {exc}", field="metadata") from None
+        if size > limit:
+            raise TaskTooLarge(
+                f"The task's params, metadata and tags take {size} bytes as JSON; the limit is {limit} "
+                "(MAX_TASK_DATA_BYTES).",
+                details={"limit": limit, "size": size, "setting": "MAX_TASK_DATA_BYTES"},
+            )
+
+    async def _drop_expired(self, tasks: list[Task]) -> None:
+        """Tasks the cleaner cancelled for never starting: end any queued wait for them."""
+        for task in tasks:
+            await self.execution.cancel(task, "expired")
 
     async def _take_create_token(self, session_key: str) -> None:
         rate = self.settings.task_create_rate
@@ -426,6 +458,9 @@ class TaskSystem:
     async def run_cleanup(self, session_key: str | None = None) -> CleanupResult:
         """Apply retention now, in one session (or every session with None)."""
         return await self.cleaner.run_once(session_key)
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def _start_hint(status: TaskStatus) -> str | None:

@@ -48,7 +48,13 @@ def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
 
 class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True):
     """One transition in a task's audit trail. An entry into ``failed`` keeps the
-    attempt's error: a retry clears `Task.error`, the history does not forget it."""
+    attempt's error: a retry clears `Task.error`, the history does not forget it.
+
+    When a task's history is capped (the store keeps its first and latest entries), one
+    entry stands for the transitions left out: `omitted` counts them, `previous` is
+    where the first of them started and `status`, `at` and `attempt` are those of the
+    last, so the trail still reads as a chain.
+    """
 
     at: int
     status: TaskStatus
@@ -56,6 +62,8 @@ class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True)
     attempt: int = 1
     reason: str | None = None
     error: str | None = None
+    #: How many transitions this entry stands for (0: it is one transition).
+    omitted: int = 0
 
 
 class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):

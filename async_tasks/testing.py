@@ -213,25 +213,30 @@ async def wait_for(
 
 
 @asynccontextmanager
-async def serve_in_loop(app: Litestar, client_ip: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+async def serve_in_loop(
+    app: Litestar, client_ip: str = "127.0.0.1", *, base_url: str = "http://localhost"
+) -> AsyncIterator[httpx.AsyncClient]:
     """Run `app` (lifespan included) in the test's own event loop and give an httpx client.
 
     Unlike Litestar's AsyncTestClient (which runs the app in a portal thread), the
     engine's tasks then share the test's loop, so a test can wait on events and
-    `anyio.wait_all_tasks_blocked()` instead of sleeping.
+    `anyio.wait_all_tasks_blocked()` instead of sleeping. The default `base_url` is a
+    loopback name, which the server accepts in the Host header (ALLOWED_HOSTS).
     """
-    async with app.lifespan(), asgi_client(app, client_ip) as http:
+    async with app.lifespan(), asgi_client(app, client_ip, base_url=base_url) as http:
         yield http
 
 
-def asgi_client(app: Litestar, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
+def asgi_client(
+    app: Litestar, client_ip: str = "127.0.0.1", *, base_url: str = "http://localhost"
+) -> httpx.AsyncClient:
     """An httpx client calling `app` in-process as `client_ip` (no lifespan: see
     `serve_in_loop` for the app with its task system running)."""
     import httpx
 
     # httpx types an ASGI app more narrowly than Litestar types its __call__.
     transport = httpx.ASGITransport(app=cast("Any", app), client=(client_ip, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver.local")
+    return httpx.AsyncClient(transport=transport, base_url=base_url)
 
 
 @contextmanager

@@ -35,6 +35,11 @@ TUNED_ENV = {
     "MAX_CONCURRENT_TASKS": "10000000",
     "MAX_CONCURRENT_TASKS_PER_SESSION": "10000000",
     "MAX_COMPLETED_TASKS": "100000000",
+    # The server-wide bounds would refuse the scale runs' hundreds of thousands of tasks.
+    "MAX_TASKS": "100000000",
+    "MAX_SESSIONS": "10000000",
+    "MAX_STREAMS": "1000000",
+    "MAX_STREAMS_PER_SESSION": "1000000",
     "LOG_LEVEL": "warning",
     "SECRET_KEY": "bench-secret-key-0123456789abcdef",
 }

@@ -1,13 +1,18 @@
 """Which addresses an outbound demo request may reach, and an httpx transport that enforces it.
 
 The policy refuses loopback, private, link-local, metadata and other non-public
-addresses unless they are on an explicit allow-list. It is applied twice:
+addresses unless they are on an explicit allow-list (whose entries may name a
+port: ``127.0.0.1:8080``). The server's own listening address and port are refused
+even when allow-listed: a task must never call the server that runs it (it would
+act with the server's network position). It is applied twice:
 
 * before a request, on the URL (scheme, user info, host) and on every address the
   host resolves to, to give a clear refusal early (`OutboundPolicy.check`);
 * when a connection is opened (`GuardedNetworkBackend`): the backend resolves the
   host itself, checks every address and connects to a checked address, so DNS
-  rebinding and redirects cannot reach an address the first check did not see.
+  rebinding and redirects cannot reach an address the first check did not see; a
+  connection to one of the server's ports is dropped if it reached this machine
+  (its local and peer addresses are the same), whatever address was used.
 
 IPv4 text is read the way ``inet_aton`` reads it (``127.1``, ``0177.0.0.1``,
 ``0x7f000001`` and ``2130706433`` all mean 127.0.0.1), and IPv6 addresses that embed
@@ -19,10 +24,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpcore
@@ -109,6 +114,16 @@ class OutboundError(Exception):
 
 class OutboundRefused(OutboundError):
     """The target is refused by the address policy (scheme, user info or address)."""
+
+
+class OwnAddressRefused(OutboundRefused):
+    """The target is the server that runs the task (even if allow-listed)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"Refused: {host}:{port} is this server's own address; a task cannot call the server that runs it "
+            f"(even with the host in {ALLOW_SETTING})."
+        )
 
 
 class UnresolvableHost(OutboundError):
@@ -206,46 +221,119 @@ def normalize_host(host: str) -> str:
 
 
 class AllowList:
-    """Host names and IP networks allowed even when the policy would refuse them."""
+    """Host names and IP networks allowed even when the policy would refuse them, on
+    any port or (``host:port``) on one port."""
 
-    def __init__(self, names: Iterable[str] = (), networks: Iterable[IPNetwork] = ()) -> None:
-        self.names = frozenset(normalize_host(name) for name in names)
-        self.networks = tuple(networks)
+    def __init__(
+        self,
+        names: Iterable[str | tuple[str, int | None]] = (),
+        networks: Iterable[IPNetwork | tuple[IPNetwork, int | None]] = (),
+    ) -> None:
+        pairs = [(name, None) if isinstance(name, str) else name for name in names]
+        nets = [(net, None) if not isinstance(net, tuple) else net for net in networks]
+        #: Names allowed on any port, and on given ports only.
+        self.names = frozenset(normalize_host(name) for name, port in pairs if port is None)
+        self.name_ports = frozenset((normalize_host(name), port) for name, port in pairs if port is not None)
+        #: Networks allowed on any port, and on given ports only.
+        self.networks = tuple(net for net, port in nets if port is None)
+        self.network_ports = tuple((net, port) for net, port in nets if port is not None)
 
     @classmethod
     def parse(cls, text: str) -> AllowList:
-        """Parse a comma-separated list of host names, IP addresses and CIDR networks.
+        """Parse a comma-separated list of host names, IP addresses and CIDR networks,
+        each optionally with a port (``localhost:8080``, ``127.0.0.1:8080``, ``[::1]:8080``).
 
         Raises ValueError naming the first entry that is none of those.
         """
-        names: list[str] = []
-        networks: list[IPNetwork] = []
+        names: list[tuple[str, int | None]] = []
+        networks: list[tuple[IPNetwork, int | None]] = []
         for raw in text.split(","):
             entry = raw.strip()
             if not entry:
                 continue
+            target, port = _split_port(entry)
             try:
-                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                networks.append((ipaddress.ip_network(target.strip("[]"), strict=False), port))
                 continue
             except ValueError:
                 pass
-            loose = parse_ipv4(entry.rstrip("."))
+            loose = parse_ipv4(target.rstrip("."))
             if loose is not None:
-                networks.append(IPv4Network(loose))
-            elif _HOST_NAME.match(entry.lower()):
-                names.append(entry)
+                networks.append((IPv4Network(loose), port))
+            elif _HOST_NAME.match(target.lower()):
+                names.append((target, port))
             else:
-                raise ValueError(f"{entry!r} is not a host name, IP address or CIDR network")
+                raise ValueError(f"{entry!r} is not a host name, IP address or CIDR network (with an optional :port)")
         return cls(names, networks)
 
-    def allows_name(self, host: str) -> bool:
-        return normalize_host(host) in self.names
+    def allows_name(self, host: str, port: int | None = None) -> bool:
+        name = normalize_host(host)
+        return name in self.names or (name, port) in self.name_ports
 
-    def allows_ip(self, ip: IPAddress) -> bool:
+    def allows_ip(self, ip: IPAddress, port: int | None = None) -> bool:
         candidates: list[IPAddress] = [ip]
         if isinstance(ip, IPv6Address) and (embedded := embedded_ipv4(ip)) is not None:
             candidates.append(embedded[1])
-        return any(candidate in network for candidate in candidates for network in self.networks)
+        return any(candidate in network for candidate in candidates for network in self.networks) or any(
+            candidate in network and port == allowed
+            for candidate in candidates
+            for network, allowed in self.network_ports
+        )
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """``host:port`` or ``[v6]:port`` into its parts (a bare IPv6 address has no port)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"{entry!r} is not a host name, IP address or CIDR network (with an optional :port)")
+        return host, _port(entry, rest[1:])
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, _port(entry, port)
+    return entry, None
+
+
+def _port(entry: str, text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{entry!r} has no valid port (1 to 65535)")
+    return int(text)
+
+
+class OwnAddresses(Protocol):
+    """Where the server runs (`async_tasks.executor.ServerAddresses` has this shape)."""
+
+    @property
+    def hosts(self) -> Collection[str]: ...
+
+    @property
+    def ports(self) -> Collection[int]: ...
+
+
+def is_own(ip: IPAddress, port: int, own: OwnAddresses) -> bool:
+    """Whether `ip`:`port` is (or may be) the server itself: one of its ports on loopback,
+    on the unspecified address, or on an address it was seen on or bound to."""
+    if port not in own.ports:
+        return False
+    candidates: list[IPAddress] = [ip]
+    if isinstance(ip, IPv6Address) and (embedded := embedded_ipv4(ip)) is not None:
+        candidates.append(embedded[1])
+    for candidate in candidates:
+        if candidate.is_loopback or candidate.is_unspecified:
+            return True
+        if any(parse_ip_literal(host) == candidate for host in own.hosts):
+            return True
+    return False
+
+
+def _no_own_addresses() -> OwnAddresses:
+    class _Nowhere:
+        hosts: Collection[str] = ()
+        ports: Collection[int] = ()
+
+    return _Nowhere()
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
@@ -270,9 +358,18 @@ def parse_url(text: str) -> httpx.URL:
 class OutboundPolicy:
     """Decides whether a URL or host may be requested; see the module docstring."""
 
-    def __init__(self, allow: AllowList | None = None, *, resolve_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        allow: AllowList | None = None,
+        *,
+        resolve_timeout: float = 5.0,
+        own: Callable[[], OwnAddresses] = _no_own_addresses,
+    ) -> None:
+        """`own` gives where the server itself listens (read at each check: the server
+        learns its addresses after the policy is built)."""
         self.allow = allow or AllowList()
         self.resolve_timeout = resolve_timeout
+        self.own = own
 
     def check_url(self, url: httpx.URL) -> None:
         """Checks that need no network: scheme, user info, host and port."""
@@ -305,13 +402,14 @@ class OutboundPolicy:
         `UnresolvableHost` if it does not resolve.
         """
         name = normalize_host(host)
-        allowed_name = self.allow.allows_name(name)
+        allowed_name = self.allow.allows_name(name, port)
         if "%" in host:
             raise OutboundRefused(f"Refused: {host} has a zone or percent-encoded part; use a plain host.")
         literal = parse_ip_literal(name)
         if literal is not None:
+            self._check_own(literal, port, host)
             if not allowed_name:
-                self._check_ip(literal, f"{host} is" if name == str(literal) else f"{host} means {literal},")
+                self._check_ip(literal, f"{host} is" if name == str(literal) else f"{host} means {literal},", port)
             return [literal]
         if not _HOST_NAME.match(name):
             raise OutboundRefused(f"Refused: {host!r} is not a valid host name.")
@@ -327,15 +425,37 @@ class OutboundPolicy:
             raise UnresolvableHost(f"Cannot resolve host {host}: {detail}.") from None
         if not found:
             raise UnresolvableHost(f"Cannot resolve host {host}: no addresses.")
+        for ip in found:
+            self._check_own(ip, port, host)
         if not allowed_name:
             for ip in found:
-                self._check_ip(ip, f"{host} resolves to {ip},")
+                self._check_ip(ip, f"{host} resolves to {ip},", port)
         return found
 
-    def _check_ip(self, ip: IPAddress, subject: str) -> None:
+    def _check_ip(self, ip: IPAddress, subject: str, port: int | None = None) -> None:
         reason = blocked_reason(ip)
-        if reason is not None and not self.allow.allows_ip(ip):
+        if reason is not None and not self.allow.allows_ip(ip, port):
             raise OutboundRefused(f"Refused: {subject} {reason}. Add the host to {ALLOW_SETTING} to allow it.")
+
+    def _check_own(self, ip: IPAddress, port: int, host: str) -> None:
+        if is_own(ip, port, self.own()):
+            raise OwnAddressRefused(host, port)
+
+    def check_connection(self, stream: Any, port: int, host: str) -> None:
+        """After connecting to one of the server's ports: refuse if the connection
+        reached this very machine (same local and peer address), whatever the address
+        (e.g. a LAN address of a server bound to all interfaces)."""
+        if port not in self.own().ports:
+            return
+        sock = stream.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            local, peer = sock.getsockname()[0], sock.getpeername()[0]
+        except OSError:
+            return
+        if ipaddress.ip_address(local.split("%")[0]) == ipaddress.ip_address(peer.split("%")[0]):
+            raise OwnAddressRefused(host, port)
 
 
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
@@ -361,7 +481,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         failure: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
@@ -370,6 +490,13 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
+                continue
+            try:
+                self.policy.check_connection(stream, port, host)
+            except OutboundRefused:
+                await stream.aclose()
+                raise
+            return stream
         assert failure is not None  # `addresses` is never empty
         raise failure
 

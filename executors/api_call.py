@@ -4,9 +4,12 @@ Safe to run on a laptop at a conference: only ``http``/``https`` URLs without us
 info, and never a loopback, private, link-local or metadata address — checked on the
 addresses the host resolves to, again when each connection is opened, and for every
 redirect hop (see `executors._outbound`). Hosts on ``API_CALL_ALLOW_HOSTS`` are
-exempt (e.g. ``localhost`` for a demo API on the same machine). The whole call is
-bounded in time (``timeoutMs``, at most ``API_CALL_MAX_TIMEOUT_MS``) and the response
-in size (``API_CALL_MAX_RESPONSE_BYTES``).
+exempt (e.g. ``localhost:8080`` for a demo API on the same machine), except the
+server's own address and port: a task never calls the server that runs it. Headers
+that carry identity or routing (cookies, session tokens, API keys, forwarding
+headers) cannot be set: a task cannot borrow another caller's identity. The whole
+call is bounded in time (``timeoutMs``, at most ``API_CALL_MAX_TIMEOUT_MS``) and the
+response in size (``API_CALL_MAX_RESPONSE_BYTES``).
 
 A 4xx/5xx answer fails the task with a message such as
 ``GET https://x/y returned 503 Service Unavailable``.
@@ -48,6 +51,23 @@ MAX_HEADER_VALUE = 4096
 MAX_TEXT_CHARS = 2000
 #: Headers the client sets from the request itself; a caller may not override them.
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
+#: Headers that carry identity or routing: a task may not send them (it could pose as
+#: another caller, or make a proxy believe it comes from elsewhere).
+IDENTITY_HEADERS = frozenset(
+    {
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "x-session-token",
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+    }
+)
+IDENTITY_PREFIXES = ("x-forwarded-",)
 
 HeaderName = Annotated[
     str,
@@ -148,18 +168,28 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
             allow = AllowList.parse(self.config.api_call_allow_hosts)
         except ValueError as exc:
             raise SettingsError(f"Invalid value for {ALLOW_SETTING}: {exc}") from None
-        self.policy = OutboundPolicy(allow)
+        self.policy = OutboundPolicy(allow, own=lambda: self.server_addresses)
 
     async def validate(self, params: ApiCallParams) -> None:
-        """Refuse a URL the policy refuses (resolving its host) and reserved headers."""
+        """Refuse a URL the policy refuses (resolving its host), reserved headers and
+        headers carrying identity or routing."""
+        self.check_headers(params)
         try:
             await self.policy.check(parse_url(params.endpoint))
         except OutboundError as exc:
             raise InvalidParams(str(exc), field="endpoint") from None
+
+    @staticmethod
+    def check_headers(params: ApiCallParams) -> None:
         for header in params.headers or {}:
-            if header.lower() in RESERVED_HEADERS:
+            lowered = header.lower()
+            if lowered in RESERVED_HEADERS:
                 raise InvalidParams(
                     f"The {header!r} header is set by the client and cannot be overridden.", field="headers"
+                )
+            if lowered in IDENTITY_HEADERS or lowered.startswith(IDENTITY_PREFIXES):
+                raise InvalidParams(
+                    f"The {header!r} header carries identity or routing; a task cannot send it.", field="headers"
                 )
 
     def _time_limit_ms(self, params: ApiCallParams) -> int:
@@ -181,6 +211,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
         started = anyio.current_time()
         method = params.method
         url = parse_url(params.endpoint)
+        self.check_headers(params)  # again: execute may run without validate
         headers = {"accept-encoding": "identity", **(params.headers or {})}
         transport = GuardedTransport(self.policy, ssl_context=_ssl_context())
         async with httpx.AsyncClient(

@@ -17,6 +17,9 @@ from async_tasks.web.app import create_app
 from tests.helpers import TEST_EXECUTORS
 
 SECRET = "test-secret-key-0123456789abcdef"
+#: The Host of Litestar's test clients and of our in-process clients: not a loopback
+#: name, so the tests allow it (the default ALLOWED_HOSTS does not).
+TEST_HOST = "testserver.local"
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def make_app() -> Callable[..., Litestar]:
         load_entry_points: bool = True,
         **overrides: Any,
     ) -> Litestar:
-        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0}
+        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
         fields.update(overrides)
         return create_app(
             Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points

@@ -41,17 +41,21 @@ def live_app(executors: Any = TEST_EXECUTORS, **overrides: Any) -> Litestar:
 
 
 @contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` (an ASGI app) with uvicorn in a daemon thread; yield its base URL; stop it."""
+def serve_in_thread(app: Any, host: str = "127.0.0.1", **options: Any) -> Iterator[str]:
+    """Run `app` (an ASGI app) with uvicorn in a daemon thread; yield its base URL; stop it.
+    `options` override the uvicorn config (``ws="auto"`` for WebSockets)."""
     config = uvicorn.Config(
         app,
-        host=host,
-        port=0,
-        lifespan="on",
-        ws="none",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
+        **{
+            "host": host,
+            "port": 0,
+            "lifespan": "on",
+            "ws": "none",
+            "log_config": None,
+            "access_log": False,
+            "timeout_graceful_shutdown": 2,
+            **options,
+        },
     )
     server = uvicorn.Server(config)
     errors: list[BaseException] = []

@@ -81,24 +81,37 @@ async def test_a_large_sweep_yields_to_the_event_loop_and_says_it_is_running() -
     assert seen_running.count(True) >= 2 and not cleaner.is_running
 
 
-async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Litestar]) -> None:
+async def test_retention_applies_as_soon_as_a_task_finishes(make_app: Callable[..., Litestar]) -> None:
+    """With MAX_COMPLETED_TASKS=1, three completed tasks leave one before any sweep runs."""
     clock = FakeClock()
     app = make_app(clock=clock, max_completed_tasks=1, task_cleanup_interval=60_000)
     async with serve_in_loop(app) as client:
         for _ in range(3):
             task = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
         await anyio.wait_all_tasks_blocked()
-        assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["completed"] == 3
+        listing = (await client.get(f"{API}/tasks")).json()
+        assert [t["id"] for t in listing["tasks"]] == [task["id"]]
+        assert (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]["lastRun"] == "idle"
+
+
+async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Litestar]) -> None:
+    """A limit of 0 keeps the task that just finished until the next sweep removes it."""
+    clock = FakeClock()
+    app = make_app(clock=clock, max_completed_tasks=0, task_cleanup_interval=60_000)
+    async with serve_in_loop(app) as client:
+        for _ in range(3):
+            task = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
+        await anyio.wait_all_tasks_blocked()
+        assert [t["id"] for t in (await client.get(f"{API}/tasks")).json()["tasks"]] == [task["id"]]
         await clock.wait_for_sleepers(1)
         clock.advance(60)
         await anyio.wait_all_tasks_blocked()
-        listing = (await client.get(f"{API}/tasks")).json()
-        assert [t["id"] for t in listing["tasks"]] == [task["id"]]
+        assert (await client.get(f"{API}/tasks")).json()["tasks"] == []
         status = (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]
         assert status["isActive"] is True and status["isRunning"] is False
         assert status["lastRun"]["trigger"] == "interval"
         assert status["options"] == {
-            "maxCompletedTasks": 1,
+            "maxCompletedTasks": 0,
             "maxFailedTasks": 20,
             "maxCancelledTasks": 20,
             "cleanupInterval": 60_000,
@@ -106,13 +119,14 @@ async def test_periodic_cleanup_runs_on_the_interval(make_app: Callable[..., Lit
 
 
 async def test_cleanup_endpoints(make_app: Callable[..., Litestar]) -> None:
-    async with serve_in_loop(make_app(max_cancelled_tasks=1)) as client:
+    async with serve_in_loop(make_app(max_cancelled_tasks=0)) as client:
         status = (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]
         assert status["lastRun"] == "idle"
         for _ in range(3):
             task = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
             await client.post(f"{API}/tasks/{task['id']}/cancel")
+        assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["cancelled"] == 1  # retention, at once
         result = (await client.post(f"{API}/tasks/cleanup/run")).json()["result"]
-        assert result["removed"] == 2 and result["removedCancelled"] == 2 and result["durationMs"] >= 0
-        assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["cancelled"] == 1
+        assert result["removed"] == 1 and result["removedCancelled"] == 1 and result["durationMs"] >= 0
+        assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["cancelled"] == 0
         assert (await client.get(f"{API}/tasks/cleanup/status")).json()["status"]["lastRun"]["trigger"] == "manual"

@@ -107,7 +107,7 @@ async def test_events_dropped_is_read_from_the_streams_bridge(make_app: Callable
 
 async def test_no_label_carries_a_session_key_or_task_id(make_app: Callable[..., Litestar]) -> None:
     """Labels are bounded: executor, status, reason, method, route template; never ids or keys."""
-    app = make_app(max_completed_tasks=0)
+    app = make_app()
     async with serve_in_loop(app) as client:
         tasks = [await create(client, steps=1) for _ in range(3)]
         for task in tasks:
@@ -165,7 +165,7 @@ async def test_session_figures_in_stats_and_task_processor_shape(make_app: Calla
     """stats.averageDurationMs and GET /tasks/metrics ({totalTasks, completedTasks,
     averageProcessingTimeMs}) come from the session's completed tasks, kept in O(1)."""
     clock = FakeClock()
-    app = make_app(clock=clock, max_completed_tasks=1)
+    app = make_app(clock=clock, max_completed_tasks=2)
     async with serve_in_loop(app) as client:
         empty = (await client.get(f"{API}/tasks/metrics")).json()
         assert empty == {"success": True, "totalTasks": 0, "completedTasks": 0, "averageProcessingTimeMs": 0.0}
@@ -183,12 +183,17 @@ async def test_session_figures_in_stats_and_task_processor_shape(make_app: Calla
         metrics = (await client.get(f"{API}/tasks/metrics")).json()
         assert metrics == {"success": True, "totalTasks": 3, "completedTasks": 2, "averageProcessingTimeMs": 200.0}
 
-        # Retention removes the older completed task: the figures follow what the session holds.
-        await client.post(f"{API}/tasks/cleanup/run")
+        # A third completed task makes retention remove the oldest: the figures follow
+        # what the session holds.
+        task = await create(client, hold=True)
+        await wait_for(app, task["id"], "running")
+        clock.advance(0.5)
+        ScriptExecutor.release(task["id"])
+        await wait_for(app, task["id"], "completed")
         metrics = (await client.get(f"{API}/tasks/metrics")).json()
-        assert metrics == {"success": True, "totalTasks": 2, "completedTasks": 1, "averageProcessingTimeMs": 300.0}
+        assert metrics == {"success": True, "totalTasks": 3, "completedTasks": 2, "averageProcessingTimeMs": 400.0}
         (session,) = memory_store_of(app).sessions.values()
-        assert session.duration_total_ms == 300
+        assert session.duration_total_ms == 800
 
 
 OTEL_INSTALLED = importlib.util.find_spec("opentelemetry") is not None

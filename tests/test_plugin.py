@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -145,3 +146,19 @@ def test_a_foreign_apps_default_openapi_config_is_not_changed() -> None:
     app = Litestar(plugins=[AsyncTasksPlugin(settings=Settings(secret_key=SECRET), load_entry_points=False)])
     assert "sessionToken" in app.openapi_schema.to_schema()["components"]["securitySchemes"]
     assert (DEFAULT_OPENAPI_CONFIG.security, DEFAULT_OPENAPI_CONFIG.components) == before
+
+
+def test_a_package_of_the_same_name_hiding_the_builtins_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's own package in the working directory named like the one declaring an entry
+    point (say `executors/`) hides the installed one: start-up says so instead of only
+    "No module named 'executors.sample'"."""
+    (tmp_path / "shadowed").mkdir()
+    (tmp_path / "shadowed" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = EntryPoint(name="sample", value="shadowed.sample:SampleExecutor", group="async_tasks.executors")
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [ep])
+    with pytest.raises(ExecutorRegistrationError, match=r"'shadowed' in the current directory .* hides the installed"):
+        ExecutorRegistry.build()

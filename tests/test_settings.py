@@ -69,3 +69,38 @@ def test_serve_stops_with_one_line_naming_the_variable() -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "MAX_COMPLETED_TASKS" in lines[0] and "'lots'" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_TASKS", "0"),
+        ("MAX_SESSIONS", "none"),
+        ("MAX_TASK_DATA_BYTES", "100"),
+        ("MAX_TASK_HISTORY", "2"),
+        ("PENDING_TASK_TTL_MS", "-1"),
+        ("MAX_STREAMS_PER_SESSION", "0"),
+        ("STREAM_TICKET_TTL", "1"),
+        ("ALLOWED_HOSTS", "example.com:8080"),
+        ("CORS_ALLOW_ORIGINS", "*"),
+        ("FORWARDED_ALLOW_IPS", "proxy.local"),
+    ],
+)
+def test_the_boundary_settings_are_checked_at_start_up(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    message = str(caught.value)
+    assert name in message and value in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["API_KEYS", "METRICS_TOKEN"])
+def test_short_keys_are_refused_without_echoing_them(name: str) -> None:
+    with pytest.raises(SettingsError, match=name) as caught:
+        Settings.from_env({name: "short-secret"})
+    assert "short-secret" not in str(caught.value)
+
+
+def test_the_boundary_defaults_keep_the_demo_open_on_this_machine() -> None:
+    settings = Settings.from_env({})
+    assert settings.cors_origins == () and settings.allowed_host_names == () and settings.api_key_list == ()
+    assert settings.metrics_token is None and not settings.trust_proxy_headers

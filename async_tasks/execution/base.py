@@ -4,7 +4,9 @@ The task store says what a task's status is; an execution backend makes attempts
 happen and reports their outcome through the store (`transition` with the attempt
 number as a compare-and-set, `report_progress` from the executor's reporter). It
 owns the execution policies: concurrency limits, queue order, timeouts, automatic
-retries with backoff, and what shutdown does to tasks.
+retries with backoff, and what shutdown does to tasks. Every backend shares the
+global slots fairly across sessions (one session, or a few, never holds them all
+while others wait) and lets `priority` order a session's own tasks only.
 
 - `submit` hands over a task that is pending in the store; it runs when the limits
   allow (or, for a retry, after `delay` seconds).
@@ -64,7 +66,8 @@ class ExecutionBackend(Protocol):
         ...
 
     async def queue_position(self, task: Task) -> int | None:
-        """1-based place of a queued task among its session's queued tasks, or None."""
+        """1-based place of a queued task among its own session's queued tasks, or None
+        (other sessions' queued tasks are never counted: they are not the caller's business)."""
         ...
 
     async def load(self) -> ExecutionLoad: ...

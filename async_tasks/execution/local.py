@@ -1,11 +1,21 @@
 """Runs tasks in this process: one anyio task group for the engine's life, one
 cancel scope per attempt.
 
-Policies: the global and per-session concurrency limits (tasks over a limit wait
-`pending` in a queue: higher `priority` first, then first come first served),
-timeouts, automatic retries with exponential backoff and jitter, and shutdown. Task
-state changes only through the store, each transition a compare-and-set on the
-status and attempt, so an attempt that was cancelled meanwhile cannot overwrite it.
+Policies: the global and per-session concurrency limits, fair sharing of the
+global slots, timeouts, automatic retries with exponential backoff and jitter, and
+shutdown. Task state changes only through the store, each transition a
+compare-and-set on the status and attempt, so an attempt that was cancelled
+meanwhile cannot overwrite it.
+
+Fair sharing. Tasks over a limit wait `pending` in their session's own queue
+(higher `priority` first, then first come first served: priority orders a
+session's own tasks, never other sessions'). A free slot goes to the session with
+queued work that runs the fewest tasks (ties: the one waiting longest), and a
+session starts a task only while it runs fewer tasks than there are free slots. So
+however many tasks one session (or a few) queue, the others always find a slot: a
+session alone takes at most half the slots, n busy sessions together at most
+n/(n+1) of them, and a newcomer's task starts at once. Dispatch costs O(log
+sessions) per task started; nothing scans the queue.
 """
 
 from __future__ import annotations
@@ -38,8 +48,20 @@ SHUTDOWN = "shutdown"
 _RUNNING = frozenset({TaskStatus.RUNNING})
 _PENDING = frozenset({TaskStatus.PENDING})
 
-#: (-priority, sequence, task): the queue order.
+#: (-priority, sequence, task): the order of a session's queue.
 _Entry = tuple[int, int, Task]
+
+
+class _SessionQueue:
+    """One session's queued tasks, and its place among the sessions waiting for a slot."""
+
+    __slots__ = ("heap", "queued", "ticket")
+
+    def __init__(self) -> None:
+        self.heap: list[_Entry] = []
+        self.queued: dict[str, _Entry] = {}
+        #: The sequence number of this session's valid entry in `_ready` (None: not there).
+        self.ticket: int | None = None
 
 
 class _Attempt:
@@ -76,9 +98,12 @@ class LocalExecution:
         self._accepting = True
         self.running: dict[str, _Attempt] = {}
         self._session_running: dict[str, int] = {}
-        self._queue: list[_Entry] = []
+        #: Every queued task by id (what cancel, load and shutdown look at).
         self._queued: dict[str, _Entry] = {}
-        self._parked: dict[str, list[_Entry]] = {}
+        #: Sessions with queued tasks, and the heap that picks the next one to run:
+        #: (tasks it runs, ticket, session key); entries whose ticket is stale are skipped.
+        self._sessions: dict[str, _SessionQueue] = {}
+        self._ready: list[tuple[int, int, str]] = []
         #: Tasks waiting out a retry backoff: their wait's cancel scope.
         self._backoff: dict[str, tuple[anyio.CancelScope, Task]] = {}
         self._seq = itertools.count()
@@ -118,13 +143,12 @@ class LocalExecution:
     async def shutdown(self, grace: float) -> list[Task]:
         self._accepting = False
         waiting = [entry[2] for entry in self._queued.values()]
-        waiting += [entry[2] for parked in self._parked.values() for entry in parked]
         for scope, task in self._backoff.values():
             scope.cancel()
             waiting.append(task)
-        self._queue.clear()
         self._queued.clear()
-        self._parked.clear()
+        self._sessions.clear()
+        self._ready.clear()
         self._backoff.clear()
         for task in waiting:
             await self._cancel_pending(task, SHUTDOWN)
@@ -167,16 +191,19 @@ class LocalExecution:
         if attempt is not None and attempt.cancel_reason is None:
             self._stop(attempt, reason)
             return
-        self._queued.pop(task.id, None)  # the queue skips entries no longer in `_queued`
+        self._unqueue(task)
         waiting = self._backoff.pop(task.id, None)
         if waiting is not None:
             waiting[0].cancel()
 
     async def queue_position(self, task: Task) -> int | None:
+        """The place among the task's own session's queued tasks (other sessions'
+        activity is not revealed, and does not decide the order)."""
         entry = self._queued.get(task.id)
-        if entry is None:
+        queue = self._sessions.get(task.session_key)
+        if entry is None or queue is None:
             return None
-        return 1 + sum(1 for other in self._queued.values() if other[:2] < entry[:2])
+        return 1 + sum(1 for other in queue.queued.values() if other[:2] < entry[:2])
 
     async def load(self) -> ExecutionLoad:
         return ExecutionLoad(running=len(self.running), queued=len(self._queued))
@@ -194,20 +221,62 @@ class LocalExecution:
     def _enqueue(self, task: Task) -> None:
         entry = (-task.priority, next(self._seq), task)
         self._queued[task.id] = entry
-        heapq.heappush(self._queue, entry)
+        queue = self._sessions.get(task.session_key)
+        if queue is None:
+            queue = self._sessions[task.session_key] = _SessionQueue()
+        heapq.heappush(queue.heap, entry)
+        queue.queued[task.id] = entry
+        if queue.ticket is None:
+            self._mark_ready(task.session_key, queue)
+
+    def _unqueue(self, task: Task) -> None:
+        """Forget a queued task (its heap entry is skipped when it comes up)."""
+        if self._queued.pop(task.id, None) is None:
+            return
+        queue = self._sessions.get(task.session_key)
+        if queue is not None:
+            queue.queued.pop(task.id, None)
+            if not queue.queued:
+                del self._sessions[task.session_key]
+
+    def _mark_ready(self, key: str, queue: _SessionQueue) -> None:
+        """(Re)place the session among those waiting, with the number of tasks it runs now."""
+        queue.ticket = ticket = next(self._seq)
+        heapq.heappush(self._ready, (self._session_running.get(key, 0), ticket, key))
+        if len(self._ready) > 2 * len(self._sessions) + 64:  # drop the stale entries (amortized O(1))
+            self._ready = [item for item in self._ready if (q := self._sessions.get(item[2])) and q.ticket == item[1]]
+            heapq.heapify(self._ready)
 
     async def _dispatch(self) -> None:
         limit = self.settings.max_concurrent_tasks
         per_session = self.settings.max_concurrent_tasks_per_session
-        while self._queue and len(self.running) < limit:
-            entry = heapq.heappop(self._queue)
-            task = entry[2]
-            if self._queued.get(task.id) is not entry:
-                continue  # cancelled or removed while queued
-            if self._session_running.get(task.session_key, 0) >= per_session:
-                self._parked.setdefault(task.session_key, []).append(entry)
+        while self._ready and len(self.running) < limit:
+            running, ticket, key = self._ready[0]
+            queue = self._sessions.get(key)
+            if queue is None or queue.ticket != ticket:
+                heapq.heappop(self._ready)  # stale: the session's queue emptied or it was re-placed
                 continue
+            if running != self._session_running.get(key, 0):
+                heapq.heappop(self._ready)
+                self._mark_ready(key, queue)
+                continue
+            # The least busy session with queued work: if it may not start a task, none may.
+            if running >= per_session or running >= limit - len(self.running):
+                return
+            heapq.heappop(self._ready)
+            queue.ticket = None
+            entry = heapq.heappop(queue.heap)
+            while queue.queued.get(entry[2].id) is not entry:
+                entry = heapq.heappop(queue.heap)  # cancelled while queued
+            task = entry[2]
+            del queue.queued[task.id]
             del self._queued[task.id]
+            if queue.queued:
+                self._session_running[key] = running + 1  # counted now, so its new place is right
+                self._mark_ready(key, queue)
+                self._session_running[key] = running
+            else:
+                del self._sessions[key]
             await self._launch(task)
 
     async def _launch(self, task: Task) -> None:
@@ -414,10 +483,9 @@ class LocalExecution:
             self._session_running[key] = left
         else:
             del self._session_running[key]
-        parked = self._parked.pop(key, None)
-        if parked:
-            for entry in parked:
-                heapq.heappush(self._queue, entry)
+        queue = self._sessions.get(key)
+        if queue is not None:
+            self._mark_ready(key, queue)  # it runs one task fewer: an earlier turn
         if self._idle is not None and not self.running:
             self._idle.set()
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from async_tasks.store.base import (
     CreateLimits,
+    Expiry,
+    ExpiryResult,
     Idempotency,
     Retention,
     SessionCounts,
+    StorePolicy,
     StoreTotals,
     TaskFilter,
     TaskPage,
@@ -17,10 +20,13 @@ from async_tasks.store.memory import MemoryTaskStore
 
 __all__ = [
     "CreateLimits",
+    "Expiry",
+    "ExpiryResult",
     "Idempotency",
     "MemoryTaskStore",
     "Retention",
     "SessionCounts",
+    "StorePolicy",
     "StoreTotals",
     "TaskFilter",
     "TaskPage",

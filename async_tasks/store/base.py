@@ -5,8 +5,9 @@ coroutine so that a store on another machine (Redis) fits the same shape as the
 in-memory one; each method is one atomic step (a Lua script or MULTI/EXEC on Redis),
 so no caller ever reads, decides and writes in two steps.
 
-- `create` checks the Idempotency-Key and the quotas and inserts, atomically;
-  `replay` only looks the key up.
+- `create` checks the Idempotency-Key and the quotas (`CreateLimits`: active tasks
+  per session, and the server-wide caps on stored tasks and on sessions holding
+  tasks) and inserts, atomically; `replay` only looks the key up.
 - `get`, `query`, `counts` and `totals` read; a page of `query` costs O(page), counts
   come from counters kept as transitions happen (never a scan).
 - `transition` is a compare-and-set: it applies only if the task is still in one of
@@ -15,11 +16,18 @@ so no caller ever reads, decides and writes in two steps.
   entry into ``failed`` carries the attempt's `error`).
 - `report_progress` applies an executor's report and says whether it was accepted:
   a report for an attempt that is over (cancelled, timed out, superseded) is refused.
-- `remove` forgets a task that is not running; `trim` enforces retention.
+- `remove` forgets a task that is not running; `trim` enforces retention; `expire`
+  applies the time limits (`Expiry`: finished tasks' TTL, the lifetime of tasks never
+  started, idle sessions), on the store's `clock`.
+- `policy` (`StorePolicy`) holds the rules the store applies by itself as tasks
+  change: retention the moment a task finishes (`transition`, O(1) per task removed,
+  from the per-session finished-order index), and the cap on each task's history
+  (the first entries and the latest are kept; one entry counts those left out).
 - `take_token` draws from a token bucket (the per-session create rate), so the rate
   holds across every process that shares the store.
 - `events` is the in-process event source: every change made through this store is
-  published there (push streams and metrics listen).
+  published there (push streams and metrics listen); its `on_removed` hooks learn
+  why a task went (``retention``, ``expired``, or None for `remove`).
 """
 
 from __future__ import annotations
@@ -29,12 +37,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
-from async_tasks.task import TaskStatus
+from async_tasks.task import Task, TaskStatus
 
 if TYPE_CHECKING:
     from async_tasks.clock import Clock
     from async_tasks.events import EventHub
-    from async_tasks.task import Task
 
 
 class TaskFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,10 +87,19 @@ class StoreTotals(msgspec.Struct, kw_only=True):
 
 
 class CreateLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """Quotas `create` checks atomically with the insert."""
+    """Quotas `create` checks atomically with the insert.
+
+    The server-wide caps bound memory however many sessions a client opens: beyond
+    them `create` raises `CapacityExceeded` (nothing is inserted).
+    """
 
     #: Pending + running tasks one session may hold.
     max_active_per_session: int
+    #: Tasks held in all sessions together (None: no cap).
+    max_tasks: int | None = None
+    #: Sessions holding at least one task (None: no cap); a create that would add a
+    #: session beyond it is refused, creates in existing sessions are not.
+    max_sessions: int | None = None
 
 
 class Idempotency(NamedTuple):
@@ -110,6 +126,54 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
         return None
 
 
+#: Entries kept from the start of a capped history (the rest of the cap is the latest).
+HISTORY_HEAD = 10
+
+
+class StorePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Rules the store applies by itself as tasks change (the engine sets them at start).
+
+    - `retention`: when a task enters a terminal status, the session's oldest-finished
+      tasks of that status beyond the limit are removed at once (the task finishing
+      is always kept, so with a limit of 0 it stays until the next `trim`).
+    - `max_history`: a task keeps at most this many history entries: the first
+      `HISTORY_HEAD` (or half the cap if smaller) and the latest; the entry after the
+      head stands for the ones left out (`HistoryEntry.omitted` counts them).
+    """
+
+    retention: Retention | None = None
+    max_history: int | None = None
+
+
+class Expiry(msgspec.Struct, frozen=True, kw_only=True):
+    """Time limits `expire` applies, in milliseconds of the store's clock (None: none).
+
+    - `finished_ttl_ms`: a completed, failed or cancelled task is removed this long
+      after it finished (`completed_at`).
+    - `pending_ttl_ms`: a task still pending this long after it was created, never
+      started (no attempt yet), is cancelled with reason ``expired``.
+    - `session_idle_ms`: a session with no pending or running task in which nothing
+      was created or changed for this long is forgotten with all its tasks (its
+      slot under `CreateLimits.max_sessions` is free again).
+    """
+
+    finished_ttl_ms: int | None = None
+    pending_ttl_ms: int | None = None
+    session_idle_ms: int | None = None
+
+
+class ExpiryResult(msgspec.Struct, kw_only=True):
+    """What one `expire` pass did."""
+
+    #: Finished tasks removed because their TTL ran out.
+    finished: int = 0
+    #: Never-started tasks cancelled (the engine stops any queued wait for them).
+    pending: list[Task] = msgspec.field(default_factory=list)
+    #: Sessions forgotten for being idle, and the tasks they held.
+    sessions: int = 0
+    session_tasks: int = 0
+
+
 class TrimResult(msgspec.Struct, kw_only=True):
     """What one retention pass removed, by status."""
 
@@ -127,6 +191,7 @@ class TaskStore(Protocol):
 
     clock: Clock
     events: EventHub
+    policy: StorePolicy
 
     async def create(
         self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None = None
@@ -134,8 +199,9 @@ class TaskStore(Protocol):
         """Insert `task` (pending, history "created"), or return the task an earlier
         create with the same Idempotency-Key made in the session: ``(task, replayed)``.
 
-        Raises `IdempotencyConflict` when the key was used with another fingerprint and
-        `QuotaExceeded` when a limit is reached; both leave the store unchanged."""
+        Raises `IdempotencyConflict` when the key was used with another fingerprint,
+        `QuotaExceeded` when the session's limit is reached and `CapacityExceeded` when
+        a server-wide cap is (a replay is never refused); all leave the store unchanged."""
         ...
 
     async def replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
@@ -180,7 +246,11 @@ class TaskStore(Protocol):
 
         A retry (to pending) with `automatic` is the retry policy's: it counts in
         `auto_retries`, while a manual retry resets that count. `dead_letter` marks a
-        final failure whose retries are spent."""
+        final failure whose retries are spent.
+
+        `policy` applies here: the history entry is added within `max_history`, and a
+        task entering a terminal status makes the session's oldest-finished tasks of
+        that status beyond `retention` go at once (each published as ``removed``)."""
         ...
 
     async def report_progress(
@@ -203,6 +273,13 @@ class TaskStore(Protocol):
     async def trim(self, retention: Retention, session_key: str | None = None) -> TrimResult:
         """Remove the oldest-finished tasks beyond `retention`, in one session or all.
         Never touches pending or running tasks; yields to the event loop in batches."""
+        ...
+
+    async def expire(self, expiry: Expiry, session_key: str | None = None) -> ExpiryResult:
+        """Apply `expiry` now (in one session, or all), on the store's clock: remove the
+        finished tasks past their TTL, cancel (reason ``expired``) the never-started
+        pending tasks past their lifetime, forget the idle sessions. Never touches a
+        running task. Cost: the expired tasks plus one look per session."""
         ...
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> float:

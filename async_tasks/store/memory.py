@@ -2,11 +2,13 @@
 
 Per session: the tasks in creation order, counts by status kept as transitions
 happen, the finished tasks of each status in the order they finished (what retention
-needs), the Idempotency-Keys, and the summed run time of completed tasks. Create,
-get, transition and progress are O(1); an unfiltered page costs O(offset + page), a page by status
-stops scanning once it is full;
-stats never scan. Methods never await anything but a checkpoint in `trim`, so each
-one is atomic on the event loop.
+and the finished TTL need), the never-started pending tasks in creation order (their
+lifetime), the Idempotency-Keys, the summed run time of completed tasks and when the
+session last changed (idle expiry). Create, get, transition and progress are O(1)
+(retention as a task finishes removes the oldest-finished directly); an unfiltered
+page costs O(offset + page), a page by status stops scanning once it is full; stats
+never scan. Methods never await anything but a checkpoint in `trim`, so each one is
+atomic on the event loop.
 
 `get` returns the live record (no copy): callers read it and never write it.
 """
@@ -20,13 +22,17 @@ from typing import Any
 import anyio.lowlevel
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.errors import IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
 from async_tasks.store.base import (
+    HISTORY_HEAD,
     CreateLimits,
+    Expiry,
+    ExpiryResult,
     Idempotency,
     Retention,
     SessionCounts,
+    StorePolicy,
     StoreTotals,
     TaskFilter,
     TaskPage,
@@ -36,6 +42,8 @@ from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_trans
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
+#: Token buckets held before the full ones are pruned (then twice what is left).
+BUCKETS_BEFORE_PRUNE = 4096
 
 _ACTIONS = {
     TaskStatus.RUNNING: "start",
@@ -65,17 +73,31 @@ class SessionTasks:
     """One session's tasks, counts, finished-order index, idempotency keys and the
     summed run time of its completed tasks (kept as they complete or are removed)."""
 
-    __slots__ = ("counts", "duration_total_ms", "finished", "idempotency", "idempotency_of", "key", "tasks")
+    __slots__ = (
+        "changed_ms",
+        "counts",
+        "duration_total_ms",
+        "finished",
+        "idempotency",
+        "idempotency_of",
+        "key",
+        "tasks",
+        "unstarted",
+    )
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, now_ms: int) -> None:
         self.key = key
         self.tasks: dict[str, Task] = {}
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
+        #: Pending tasks that never ran, in creation order (the pending lifetime).
+        self.unstarted: dict[str, None] = {}
         self.idempotency: dict[str, tuple[str, bytes]] = {}
         #: task id -> its Idempotency-Key, so removing a task never scans the keys.
         self.idempotency_of: dict[str, str] = {}
         self.duration_total_ms = 0
+        #: When a task was last created, changed or removed here (idle expiry).
+        self.changed_ms = now_ms
 
     @property
     def active(self) -> int:
@@ -91,13 +113,17 @@ class SessionTasks:
 class MemoryTaskStore:
     """`TaskStore` in this process's memory."""
 
-    def __init__(self, clock: Clock = SYSTEM_CLOCK, events: EventHub | None = None) -> None:
+    def __init__(
+        self, clock: Clock = SYSTEM_CLOCK, events: EventHub | None = None, policy: StorePolicy | None = None
+    ) -> None:
         self.clock = clock
         self.events = events or EventHub()
+        self.policy = policy or StorePolicy()
         self.sessions: dict[str, SessionTasks] = {}
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self._buckets: dict[str, tuple[float, float, float, int]] = {}
+        self._prune_buckets_at = BUCKETS_BEFORE_PRUNE
 
     # -- reads -------------------------------------------------------------------
 
@@ -160,13 +186,30 @@ class MemoryTaskStore:
                     retry_after=1,
                     details={"limit": limits.max_active_per_session, "active": active},
                 )
-        else:
-            session = self.sessions[task.session_key] = SessionTasks(task.session_key)
+        elif limits.max_sessions is not None and len(self.sessions) >= limits.max_sessions:
+            raise CapacityExceeded(
+                f"The server already holds tasks of {len(self.sessions)} sessions (the limit is "
+                f"{limits.max_sessions}, MAX_SESSIONS). Try again later, or reuse an existing session.",
+                retry_after=60,
+                details={"limit": limits.max_sessions, "setting": "MAX_SESSIONS"},
+            )
+        if limits.max_tasks is not None and (held := sum(self._totals.values())) >= limits.max_tasks:
+            raise CapacityExceeded(
+                f"The server already holds {held} tasks (the limit is {limits.max_tasks}, MAX_TASKS). "
+                "Try again later, or delete finished tasks.",
+                retry_after=60,
+                details={"limit": limits.max_tasks, "setting": "MAX_TASKS"},
+            )
         now = self.clock.now_ms()
+        if session is None:
+            session = self.sessions[task.session_key] = SessionTasks(task.session_key, now)
+        session.changed_ms = now
         task.status = TaskStatus.PENDING
         task.created_at = task.updated_at = now
         task.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
         session.tasks[task.id] = task
+        if task.attempts == 0:
+            session.unstarted[task.id] = None
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
         if idempotency is not None:
@@ -219,8 +262,11 @@ class MemoryTaskStore:
             raise refusal(task, action or _ACTIONS[target])
         session = self.sessions[session_key]
         now = self.clock.now_ms()
+        session.changed_ms = now
         if source in TERMINAL:
             del session.finished[source][task.id]
+        elif source is TaskStatus.PENDING:
+            session.unstarted.pop(task.id, None)
         if target is TaskStatus.RUNNING:
             task.attempts += 1
             task.started_at = now
@@ -248,20 +294,29 @@ class MemoryTaskStore:
         session.counts[target] += 1
         self._totals[source] -= 1
         self._totals[target] += 1
-        task.history.append(
-            HistoryEntry(
-                at=now,
-                status=target,
-                previous=source,
-                attempt=max(task.attempts, 1),
-                reason=reason,
-                error=error if target is TaskStatus.FAILED else None,
-            )
+        entry = HistoryEntry(
+            at=now,
+            status=target,
+            previous=source,
+            attempt=max(task.attempts, 1),
+            reason=reason,
+            error=error if target is TaskStatus.FAILED else None,
         )
+        append_history(task.history, entry, self.policy.max_history)
         for hook in self.events.on_transition:
             hook(task, source)
         self._publish(task, EventType.TRANSITION, source)
+        if target in TERMINAL and self.policy.retention is not None:
+            self._retain(session, target, self.policy.retention)
         return task
+
+    def _retain(self, session: SessionTasks, status: TaskStatus, retention: Retention) -> None:
+        """Retention as a task finishes: the oldest-finished beyond the limit go now (the
+        one just finished, the newest, always stays)."""
+        keep = max(retention.limit(status) or 0, 1)
+        finished = session.finished[status]
+        while len(finished) > keep:
+            self._forget(session, session.tasks[next(iter(finished))], "retention")
 
     async def report_progress(
         self,
@@ -294,19 +349,24 @@ class MemoryTaskStore:
         self._forget(self.sessions[session_key], task)
         return task
 
-    def _forget(self, session: SessionTasks, task: Task) -> None:
+    def _forget(self, session: SessionTasks, task: Task, cause: str | None = None) -> None:
         del session.tasks[task.id]
         session.counts[task.status] -= 1
         self._totals[task.status] -= 1
+        session.changed_ms = self.clock.now_ms()
         if task.status in TERMINAL:
             del session.finished[task.status][task.id]
             if task.status is TaskStatus.COMPLETED:
                 session.duration_total_ms -= task.duration_ms or 0
+        elif task.status is TaskStatus.PENDING:
+            session.unstarted.pop(task.id, None)
         key = session.idempotency_of.pop(task.id, None)
         if key is not None:
             del session.idempotency[key]
         if not session.tasks:
             del self.sessions[session.key]
+        for hook in self.events.on_removed:
+            hook(task, cause)
         self._publish(task, EventType.REMOVED, None)
 
     async def trim(self, retention: Retention, session_key: str | None = None) -> TrimResult:
@@ -327,7 +387,7 @@ class MemoryTaskStore:
                     excess = len(session.finished[status]) - limit
                     oldest = list(itertools.islice(session.finished[status], min(excess, budget)))
                     for task_id in oldest:
-                        self._forget(session, session.tasks[task_id])
+                        self._forget(session, session.tasks[task_id], "retention")
                     setattr(result, status.value, getattr(result, status.value) + len(oldest))
                     budget -= len(oldest)
                     if budget <= 0:
@@ -335,6 +395,51 @@ class MemoryTaskStore:
                         # not hold the event loop for seconds.
                         await anyio.lowlevel.checkpoint()
                         budget = TRIM_BATCH
+        return result
+
+    async def expire(self, expiry: Expiry, session_key: str | None = None) -> ExpiryResult:
+        result = ExpiryResult()
+        now = self.clock.now_ms()
+        if session_key is None:
+            sessions = list(self.sessions.values())
+        else:
+            one = self.sessions.get(session_key)
+            sessions = [one] if one is not None else []
+        for session in sessions:
+            if expiry.pending_ttl_ms is not None:
+                cutoff = now - expiry.pending_ttl_ms
+                while session.unstarted:
+                    task = session.tasks[next(iter(session.unstarted))]
+                    if task.created_at > cutoff:
+                        break
+                    minutes = expiry.pending_ttl_ms / 60_000
+                    result.pending.append(
+                        await self.transition(
+                            session.key, task.id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING},
+                            reason=f"expired: not started within {minutes:g} min (PENDING_TASK_TTL_MS)",
+                        )
+                    )  # fmt: skip
+            if expiry.finished_ttl_ms is not None:
+                cutoff = now - expiry.finished_ttl_ms
+                for status in TERMINAL:
+                    finished = session.finished[status]
+                    while finished and self.sessions.get(session.key) is session:
+                        task = session.tasks[next(iter(finished))]
+                        if (task.completed_at or 0) > cutoff:
+                            break
+                        self._forget(session, task, "expired")
+                        result.finished += 1
+            if (
+                expiry.session_idle_ms is not None
+                and self.sessions.get(session.key) is session
+                and not session.active
+                and session.changed_ms <= now - expiry.session_idle_ms
+            ):
+                result.sessions += 1
+                result.session_tasks += len(session.tasks)
+                for task in list(session.tasks.values()):
+                    self._forget(session, task, "expired")
+                self._buckets.pop(session.key, None)
         return result
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> float:
@@ -345,6 +450,10 @@ class MemoryTaskStore:
             self._buckets[bucket] = (tokens, now, rate, burst)
             return (1 - tokens) / rate
         self._buckets[bucket] = (tokens - 1, now, rate, burst)
+        if len(self._buckets) > self._prune_buckets_at:
+            # A flood of fresh sessions leaves a bucket each: bound them between sweeps.
+            self._prune_buckets(now)
+            self._prune_buckets_at = max(BUCKETS_BEFORE_PRUNE, 2 * len(self._buckets))
         return 0.0
 
     def _prune_buckets(self, now: float) -> None:
@@ -358,6 +467,28 @@ class MemoryTaskStore:
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if self.events.listeners:
             self.events.publish(TaskEvent.of(task, kind, previous))
+
+
+def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:
+    """Add `entry`, keeping at most `limit` entries: the first `HISTORY_HEAD` (at most half
+    the limit), then one entry standing for those left out, then the latest."""
+    history.append(entry)
+    if limit is None or len(history) <= limit or limit < 3:
+        return
+    head = min(HISTORY_HEAD, limit // 2)
+    marker = history[head]
+    absorbed = history.pop(head + 1)
+    if not marker.omitted:  # the first time: the entry after the head becomes the marker
+        marker = HistoryEntry(at=marker.at, status=marker.status, previous=marker.previous, omitted=1)
+    history[head] = HistoryEntry(
+        at=absorbed.at,
+        status=absorbed.status,
+        previous=marker.previous,
+        attempt=absorbed.attempt,
+        reason=f"{marker.omitted + 1} transitions omitted (history is capped at {limit} entries)",
+        error=absorbed.error,
+        omitted=marker.omitted + 1,
+    )
 
 
 def _matches(task: Task, where: TaskFilter) -> bool:

@@ -20,6 +20,7 @@ from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.security import security_headers
 
 
 def create_app(
@@ -32,7 +33,8 @@ def create_app(
     route_handlers: Iterable[Any] = (),
 ) -> Litestar:
     """The standalone server: the task system under ``/api/v1``, docs under ``/schema``,
-    the live dashboard at ``/`` (assets under ``/dashboard``).
+    the live dashboard at ``/`` (assets under ``/dashboard``), and the security headers
+    (CSP, frame and sniffing protection, no referrer) on every response.
 
     Settings come from the environment unless given; `executors` are registered
     beside the installed ones (entry points).
@@ -45,6 +47,7 @@ def create_app(
         route_handlers=[*dashboard_route_handlers(), *route_handlers],
         plugins=[plugin, StrictStructSchemaPlugin(), *opentelemetry_plugins(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[security_headers],
         logging_config=logging_config(settings),
         openapi_config=OpenAPIConfig(
             title="async-tasks",

@@ -34,6 +34,8 @@ STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.InvalidTransition: 409,
     errors.IdempotencyConflict: 422,
     errors.QuotaExceeded: 429,
+    errors.CapacityExceeded: 503,
+    errors.TaskTooLarge: 413,
     errors.ShuttingDown: 503,
     errors.StoreUnavailable: 503,
 }
@@ -63,7 +65,7 @@ def error_response(
 def _domain(request: Request[Any, Any, Any], exc: errors.TaskSystemError) -> Response[ErrorResponse]:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     headers = None
-    if isinstance(exc, errors.QuotaExceeded):
+    if isinstance(exc, (errors.QuotaExceeded, errors.CapacityExceeded)):
         headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
     return error_response(status, exc.code, exc.message, exc.details, headers)
 
@@ -152,7 +154,14 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
     if status == 400 and "JSON" in message:
         return error_response(400, "malformed_json", f"The request body is not valid JSON ({message}).")
     if status == 413:
+        limit = request.route_handler.resolve_request_max_body_size() if request.scope.get("route_handler") else None
         message = "The request body is too large."
+        if limit:
+            message = (
+                f"The request body is too large: the limit is {limit} bytes here "
+                "(MAX_TASK_DATA_BYTES for the task's data, MAX_REQUEST_BODY_BYTES for the whole body)."
+            )
+            return error_response(413, code, message, {"limit": limit}, headers=exc.headers)
     elif status == 404:
         message = f"No route for {request.method} {request.url.path}."
     elif status == 405:

@@ -3,7 +3,9 @@
     app = Litestar(route_handlers=[my_routes], plugins=[AsyncTasksPlugin(executors=[MyExecutor])])
 
 It mounts the API under `path` (default ``/api/v1``) and the health and metrics
-routes, resolves the session of every request (handlers receive ``session_key``),
+routes, guards the app's boundary (hosts, origins, JSON bodies, API keys, proxy
+headers: `async_tasks.web.security`; CORS for CORS_ALLOW_ORIGINS unless the app has
+its own), resolves the session of every request (handlers receive ``session_key``),
 injects the `TaskSystem` as ``task_system``, and joins the system's lifespan to the
 app's, as Litestar's own `ChannelsPlugin` does.
 """
@@ -33,10 +35,22 @@ from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
 from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import TaskController
+from async_tasks.web.api.tickets import stream_ticket
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
 from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
+from async_tasks.web.security import BoundaryMiddleware, cors_config
 from async_tasks.web.streams import StreamBridge
+
+#: Bytes a create body may hold besides the task's data (name, description, options).
+BODY_OVERHEAD = 16_384
+
+
+def api_body_limit(settings: Settings) -> int:
+    """The largest body the API reads: a create body is the task's data plus a few
+    fields, so a body beyond MAX_TASK_DATA_BYTES + `BODY_OVERHEAD` is refused (413)
+    before it is decoded (a decoded body can take 20 times its size in memory)."""
+    return min(settings.max_request_body_bytes, settings.max_task_data_bytes + BODY_OVERHEAD)
 
 
 def provide_session_key(scope: Scope, task_system: NamedDependency[TaskSystem]) -> str:
@@ -97,17 +111,28 @@ class AsyncTasksPlugin(InitPluginProtocol):
             store = self.system.store
             if isinstance(store, RedisTaskStore):
                 return redis_stream_bridge(store, self.settings)
-        return StreamBridge(self.system.store)
+        return StreamBridge(
+            self.system.store,
+            max_streams=self.settings.max_streams,
+            max_streams_per_session=self.settings.max_streams_per_session,
+        )
 
     def router(self) -> Router:
-        handlers: list[Any] = [TaskController, list_executors, current_session, new_session, create_any_demo_task]
+        handlers: list[Any] = [
+            TaskController,
+            list_executors,
+            current_session,
+            new_session,
+            stream_ticket,
+            create_any_demo_task,
+        ]
         handlers += [demo_route(type(executor)) for executor in self.system.executors]
         handlers.append(stream_router(self.streams))
         return Router(
             path=self.path or "/",
             route_handlers=handlers,
             exception_handlers=EXCEPTION_HANDLERS,
-            request_max_body_size=self.settings.max_request_body_bytes,
+            request_max_body_size=api_body_limit(self.settings),
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -124,6 +149,18 @@ class AsyncTasksPlugin(InitPluginProtocol):
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
         app_config.dependencies["api_path"] = Provide(lambda: self.path, sync_to_thread=False)
+        # Hosts, origins, JSON bodies, API keys and proxy headers: checked before a
+        # session is resolved or a body read (see `async_tasks.web.security`).
+        app_config.middleware.append(
+            BoundaryMiddleware(
+                self.settings,
+                api_path=self.path or "/",
+                sessions=system.sessions,
+                addresses=system.server_addresses,
+            )
+        )
+        if app_config.cors_config is None:
+            app_config.cors_config = cors_config(self.settings)
         session_middleware = SessionMiddleware(system.sessions)
         session_middleware.exclude_opt_key = OPS_OPT_KEY  # health probes and scrapes need no session
         app_config.middleware.append(session_middleware)

@@ -78,6 +78,12 @@ def _notifying_client(url: str, on_reconnect: Callable[[], None]) -> Redis:
 def redis_stream_bridge(store: RedisTaskStore, settings: Settings) -> StreamBridge:
     """The push streams of an API process on the Redis backend."""
     backend = ReconnectingPubSubBackend(url=settings.task_backend)
-    bridge = StreamBridge(store, backend=backend, shared=cast(SharedStore, store))
+    bridge = StreamBridge(
+        store,
+        backend=backend,
+        shared=cast(SharedStore, store),
+        max_streams=settings.max_streams,
+        max_streams_per_session=settings.max_streams_per_session,
+    )
     backend.on_resubscribe = bridge.resync
     return bridge

@@ -27,6 +27,12 @@ lookup per event.
   the session's channel with a global sequence number, and the bridge only subscribes
   (`shared`); a stream's floor is the sequence its snapshots were read at, and a
   channel that reconnected (`resync`) sends fresh snapshots to every open stream.
+* **Bounded and cheap.** At most `max_streams` streams are open at once, and
+  `max_streams_per_session` in one session (MAX_STREAMS, MAX_STREAMS_PER_SESSION):
+  beyond, opening one raises `QuotaExceeded` (429). Each event is encoded once for
+  all its subscribers: the channel message is decoded once (cached by its bytes)
+  into a `Frame` that carries the SSE lines and the WebSocket text ready to send.
+  The caps count this process's streams (with Redis, each API process has its own).
 * **Shutdown.** `close()` sets `closing`, stops forwarding and ends every open
   stream at once. The plugin calls it when shutdown begins (SIGTERM through
   `AsyncTasksPlugin.request_shutdown`, or the end of the lifespan), before the
@@ -51,7 +57,7 @@ from litestar.channels.backends.base import ChannelsBackend
 from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import BacklogStrategy, Subscriber
 
-from async_tasks.errors import TaskNotFound
+from async_tasks.errors import QuotaExceeded, TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
 from async_tasks.store.base import TaskFilter, TaskStore
 from async_tasks.task import TERMINAL, Task
@@ -65,6 +71,8 @@ COALESCE_WINDOW: Final = 0.1
 #: Events held for one stream that is not reading fast enough; older ones are dropped.
 MAX_BACKLOG: Final = 1000
 CHANNEL_PREFIX: Final = "session:"
+#: Decoded channel messages kept so each is decoded once for all its streams.
+FRAME_CACHE_SIZE: Final = 4096
 
 _TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
 _KEEPALIVE_ITEM: Final = b""  # never a valid envelope
@@ -72,10 +80,25 @@ _RESYNC_ITEM: Final = b"resync"  # nor this
 
 
 class Frame(NamedTuple):
-    """One message of a stream: the event type and the TaskEvent JSON (camelCase)."""
+    """One message of a stream: the event type and the TaskEvent JSON (camelCase); for
+    forwarded events also the SSE ``event:``/``data:`` lines and the WebSocket text,
+    made once for every stream (`sse_lines` makes them for the others)."""
 
     type: str
     data: bytes
+    sse: bytes = b""
+    text: str = ""
+
+
+def sse_lines(frame: Frame) -> bytes:
+    """The ``event:`` and ``data:`` lines of `frame` (the JSON is one line) and the blank line."""
+    return frame.sse or b"event: " + frame.type.encode() + b"\r\ndata: " + frame.data + b"\r\n\r\n"
+
+
+def shared_frame(type: str, data: bytes) -> Frame:
+    """A frame every stream of a session sends as is."""
+    frame = Frame(type, data)
+    return Frame(type, data, sse_lines(frame), data.decode())
 
 
 #: Yielded by an SSE stream when it has been idle (the SSE layer writes a comment).
@@ -140,12 +163,14 @@ class StreamSubscriber(Subscriber):
 class _Session:
     """Bookkeeping of one session with at least one open stream."""
 
-    __slots__ = ("channel", "key", "last_sent", "subscribers")
+    __slots__ = ("channel", "key", "last_sent", "streams", "subscribers")
 
     def __init__(self, key: str, channel_prefix: str = CHANNEL_PREFIX) -> None:
         self.key = key
         self.channel = channel_prefix + key
         self.subscribers: set[StreamSubscriber] = set()
+        #: Streams open or opening here (counted before subscribing, for the caps).
+        self.streams = 0
         #: task id -> monotonic time its last progress event went out (coalescing only).
         self.last_sent: dict[str, float] = {}
 
@@ -173,6 +198,8 @@ class StreamBridge:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         max_backlog: int = MAX_BACKLOG,
         backend: ChannelsBackend | None = None,
+        max_streams: int | None = None,
+        max_streams_per_session: int | None = None,
         shared: SharedStore | None = None,
     ) -> None:
         """
@@ -182,9 +209,15 @@ class StreamBridge:
             keepalive_interval: seconds between keep-alives on idle SSE streams.
             max_backlog: events held per stream before the oldest are dropped.
             backend: the channels backend (in-memory by default).
+            max_streams / max_streams_per_session: open streams allowed (None: no cap).
             shared: the store, when it publishes its changes itself (Redis): the bridge
                 then only subscribes, and takes floors from its sequence.
         """
+        self.max_streams = max_streams
+        self.max_streams_per_session = max_streams_per_session
+        #: Streams open or opening, in all sessions.
+        self.open_streams = 0
+        self._frames: dict[bytes, tuple[_Envelope, Frame]] = {}
         self.store = store
         self.hub: EventHub = store.events
         self.coalesce_window = coalesce_window
@@ -226,6 +259,21 @@ class StreamBridge:
     def subscriber_count(self) -> int:
         """Open streams (SSE and WebSocket) in all sessions."""
         return sum(len(session.subscribers) for session in self.sessions.values())
+
+    def _frame_of(self, raw: bytes) -> tuple[_Envelope, Frame]:
+        """The envelope and frame of a channel message, decoded once for all streams."""
+        known = self._frames.get(raw)
+        if known is None:
+            envelope = _decode_envelope(raw)
+            known = self._remember(raw, envelope, shared_frame(envelope.type, bytes(envelope.event)))
+        return known
+
+    def _remember(self, raw: bytes, envelope: _Envelope, frame: Frame) -> tuple[_Envelope, Frame]:
+        frames = self._frames
+        if len(frames) >= FRAME_CACHE_SIZE:
+            del frames[next(iter(frames))]  # the oldest: streams that far behind decode again
+        frames[raw] = known = (envelope, frame)
+        return known
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; start with ``await tg.start(bridge.run)`` in the lifespan."""
@@ -310,10 +358,11 @@ class StreamBridge:
         self._publish(session, event, seq)
 
     def _publish(self, session: _Session, event: TaskEvent, seq: int) -> None:
-        envelope = _Envelope(
-            seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(_encode(event))
-        )
-        self.channels.publish(_encode(envelope), session.channel)
+        data = _encode(event)
+        envelope = _Envelope(seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(data))
+        raw = _encode(envelope)
+        self._remember(raw, envelope, shared_frame(envelope.type, data))
+        self.channels.publish(raw, session.channel)
         self.events_published_total += 1
 
     async def _flush_loop(self) -> None:
@@ -346,13 +395,33 @@ class StreamBridge:
 
     # -- subscriptions ----------------------------------------------------------------
 
+    def _check_caps(self, session: _Session | None) -> None:
+        per_session = self.max_streams_per_session
+        if per_session is not None and session is not None and session.streams >= per_session:
+            raise QuotaExceeded(
+                f"This session already has {session.streams} open streams (the limit is {per_session}, "
+                "MAX_STREAMS_PER_SESSION). Close one first, or follow several tasks on the session stream.",
+                retry_after=5,
+                details={"limit": per_session, "setting": "MAX_STREAMS_PER_SESSION"},
+            )
+        if self.max_streams is not None and self.open_streams >= self.max_streams:
+            raise QuotaExceeded(
+                f"The server has {self.open_streams} open streams (the limit is {self.max_streams}, MAX_STREAMS). "
+                "Try again later, or poll /tasks/{id}/status.",
+                retry_after=5,
+                details={"limit": self.max_streams, "setting": "MAX_STREAMS"},
+            )
+
     @asynccontextmanager
     async def _subscription(self, session_key: str, *, keepalive: bool) -> AsyncIterator[StreamSubscriber]:
         session = self.sessions.get(session_key)
+        self._check_caps(session)
         if session is None:
             session = self.sessions[session_key] = _Session(session_key, self.channel_prefix)
             if self._detach is None and not self.closing.is_set() and self.shared is None:
                 self._detach = self.hub.subscribe(self._on_event)
+        session.streams += 1
+        self.open_streams += 1
         subscriber: StreamSubscriber | None = None
         try:
             new = await self.channels.subscribe(session.channel)
@@ -365,12 +434,14 @@ class StreamBridge:
                 subscriber.put_nowait(None)
             yield subscriber
         finally:
+            session.streams -= 1
+            self.open_streams -= 1
             with anyio.CancelScope(shield=True):
                 if subscriber is not None:
                     session.subscribers.discard(subscriber)
                     await self.channels.unsubscribe(subscriber, session.channel)
                     self._forget_channel(session.channel)
-                if not session.subscribers and self.sessions.get(session_key) is session:
+                if not session.streams and not session.subscribers and self.sessions.get(session_key) is session:
                     del self.sessions[session_key]
                     for task_id in [tid for tid, p in self._pending.items() if p.session is session]:
                         del self._pending[task_id]
@@ -418,9 +489,9 @@ class StreamBridge:
                     continue
                 if raw == _RESYNC_ITEM:
                     continue
-                envelope = _decode_envelope(raw)
+                envelope, frame = self._frame_of(raw)
                 if envelope.seq > floor:
-                    yield Frame(envelope.type, bytes(envelope.event))
+                    yield frame
 
     async def task_stream(
         self, session_key: str, task_id: str, *, keepalive: bool = True
@@ -462,10 +533,10 @@ class StreamBridge:
                     continue
                 if raw == _RESYNC_ITEM:
                     continue
-                envelope = _decode_envelope(raw)
+                envelope, frame = self._frame_of(raw)
                 if envelope.seq <= floor or envelope.task_id != task_id:
                     continue
-                yield Frame(envelope.type, bytes(envelope.event))
+                yield frame
                 if envelope.type == EventType.REMOVED.value:
                     return
                 if envelope.status in _TERMINAL_VALUES and await self._settled(session_key, envelope):

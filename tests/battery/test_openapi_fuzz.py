@@ -28,7 +28,7 @@ import executors._outbound as outbound
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from executors.api_call import ApiCallExecutor, ApiCallFailed
-from tests.conftest import SECRET
+from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import TEST_EXECUTORS
 
 MAX_EXAMPLES = int(os.environ.get("BATTERY_EXAMPLES", "5"))
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDep
 
 # schemathesis runs the app's lifespan once per operation; no grace wait at each shutdown.
 APP = create_app(
-    Settings(secret_key=SECRET, task_create_rate=0.0, shutdown_grace_ms=0),
+    Settings(secret_key=SECRET, task_create_rate=0.0, shutdown_grace_ms=0, allowed_hosts=f"{TEST_HOST},testserver"),
     TEST_EXECUTORS,
     environ={},
 )

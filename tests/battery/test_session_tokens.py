@@ -22,7 +22,7 @@ from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from async_tasks.web.middleware import COOKIE_NAME, TOKEN_HEADER
 from tests.battery.harness import PortalApp, blocking_portal, running
-from tests.conftest import SECRET
+from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import TEST_EXECUTORS
 
 API = "/api/v1"
@@ -80,7 +80,13 @@ class Victim:
 @pytest.fixture(scope="module")
 def victim() -> Iterator[Victim]:
     app = create_app(
-        Settings(secret_key=SECRET, task_create_rate=0.0, auto_map_session_by_ip=False, session_max_age=MAX_AGE),
+        Settings(
+            secret_key=SECRET,
+            task_create_rate=0.0,
+            auto_map_session_by_ip=False,
+            session_max_age=MAX_AGE,
+            allowed_hosts=TEST_HOST,
+        ),
         TEST_EXECUTORS,
         environ={},
     )
@@ -167,7 +173,9 @@ def test_a_raw_cookie_header_never_breaks_the_server(victim: Victim, raw: str) -
 @pytest.fixture(scope="module")
 def rotated() -> Iterator[PortalApp]:
     app = create_app(
-        Settings(secret_key=f"{NEW},{OLD}", task_create_rate=0.0, auto_map_session_by_ip=False),
+        Settings(
+            secret_key=f"{NEW},{OLD}", task_create_rate=0.0, auto_map_session_by_ip=False, allowed_hosts=TEST_HOST
+        ),
         TEST_EXECUTORS,
         environ={},
     )
@@ -210,7 +218,9 @@ def test_the_session_cookie_is_httponly_samesite_and_site_wide(rotated: PortalAp
 
 
 def test_the_cookie_is_secure_when_configured() -> None:
-    app = create_app(Settings(secret_key=SECRET, session_cookie_secure=True), TEST_EXECUTORS, environ={})
+    app = create_app(
+        Settings(secret_key=SECRET, session_cookie_secure=True, allowed_hosts=TEST_HOST), TEST_EXECUTORS, environ={}
+    )
     with blocking_portal() as portal, running(app, portal) as api:
         attributes = cookie_attributes(api.request("POST", f"{API}/session").headers["set-cookie"])
     assert "secure" in attributes and "httponly" in attributes

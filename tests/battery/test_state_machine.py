@@ -40,7 +40,7 @@ from async_tasks.testing import FakeClock
 from async_tasks.web.app import create_app
 from async_tasks.web.middleware import COOKIE_NAME
 from tests.battery.harness import PortalApp, blocking_portal, running
-from tests.conftest import SECRET
+from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, wait_for
 
 API = "/api/v1"
@@ -82,7 +82,8 @@ def assert_history_legal(history: list[Any], status: str) -> None:
     assert (first.status, first.previous, first.reason) == (TaskStatus.PENDING, None, "created")
     for before, entry in itertools.pairwise(history):
         assert entry.previous is before.status, history
-        assert can_transition(before.status, entry.status), history
+        # An entry standing for transitions left out of a capped history spans several.
+        assert entry.omitted or can_transition(before.status, entry.status), history
     assert history[-1].status.value == status
 
 
@@ -330,6 +331,7 @@ def api() -> Iterator[PortalApp]:
     app = create_app(
         Settings(
             secret_key=SECRET,
+            allowed_hosts=TEST_HOST,
             task_create_rate=0.0,
             max_completed_tasks=KEEP,
             max_failed_tasks=KEEP,

@@ -429,7 +429,9 @@ def test_public_addresses_are_not_blocked() -> None:
         assert blocked_reason(ipaddress.ip_address(text)) is None, text
 
 
-@pytest.mark.parametrize("value", ["not a host!", "example.com:8080", "10.0.0.0/33", "bücher.example"])
+@pytest.mark.parametrize(
+    "value", ["not a host!", "example.com:80800", "example.com:http", "10.0.0.0/33", "bücher.example"]
+)
 def test_a_bad_allow_list_is_a_settings_error(value: str) -> None:
     with pytest.raises(SettingsError, match="API_CALL_ALLOW_HOSTS"):
         ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": value})
@@ -718,3 +720,114 @@ def test_registers_like_any_executor() -> None:
     assert isinstance(executor, ApiCallExecutor)
     assert [step.name for step in executor.steps] == STEP_NAMES
     assert executor.title == "External API Call" and executor.description
+
+
+# --- the confused deputy: the server's own address and identity headers ----------------------
+
+
+class Own:
+    """Where a (pretend) server listens, as `ServerAddresses` says."""
+
+    def __init__(self, port: int, *hosts: str) -> None:
+        self.ports = {port}
+        self.hosts = set(hosts or ("127.0.0.1",))
+
+
+def executor_on(port: int, *hosts: str, allow: str = "127.0.0.1") -> ApiCallExecutor:
+    executor = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": allow})
+    assert isinstance(executor, ApiCallExecutor)
+    executor.server_addresses = Own(port, *hosts)  # type: ignore[assignment]
+    return executor
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://127.0.0.1:{port}/api/v1/tasks",
+        "http://127.0.0.2:{port}/api/v1/tasks",
+        "http://localhost:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+        "http://0.0.0.0:{port}/",
+    ],
+)
+async def test_the_servers_own_address_is_refused_even_when_allowed(template: str) -> None:
+    """With API_CALL_ALLOW_HOSTS covering loopback, the server's own port is still refused
+    (validate, and at connect time without validate), and nothing connects."""
+    with sink() as target:
+        executor = executor_on(target.port, allow="127.0.0.0/8,localhost,::ffff:127.0.0.1,0.0.0.0")
+        params = msgspec.convert({"endpoint": template.format(port=target.port)}, ApiCallParams)
+        with pytest.raises(InvalidParams, match="this server's own address"):
+            await executor.validate(params)
+        with pytest.raises(OutboundRefused, match="own address"):
+            await run_executor(executor, {"endpoint": template.format(port=target.port)}, validate=False)
+        assert target.connections() == 0
+
+
+async def test_other_ports_of_an_allowed_host_still_work() -> None:
+    async with local_server() as server:
+        executor = executor_on(server.port + 1)
+        run = await run_executor(executor, {"endpoint": f"{server.base}/json"})
+        assert run.result["statusCode"] == 200
+
+
+async def test_a_server_bound_to_every_interface_is_refused_on_a_lan_address() -> None:
+    """Bound to 0.0.0.0, the server answers on the machine's LAN address too: a connection
+    to its port that lands on this machine is dropped, even with the address allowed."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this picks the outbound interface
+            lan = probe.getsockname()[0]
+    except OSError:
+        pytest.skip("no non-loopback interface")
+    if ipaddress.ip_address(lan).is_loopback:
+        pytest.skip("no non-loopback interface")
+    with sink("0.0.0.0") as target:
+        executor = executor_on(target.port, "0.0.0.0", allow=lan)
+        with pytest.raises(OutboundRefused, match="own address"):
+            await run_executor(executor, {"endpoint": f"http://{lan}:{target.port}/"})
+        # The TCP handshake happened (that is how the machine is recognised); no request was sent.
+        assert target.connections() <= 1
+
+
+def test_allow_list_entries_may_name_a_port() -> None:
+    allow = AllowList.parse("127.0.0.1:8080, localhost:9000, [::1]:7000, 10.0.0.0/8, api.local")
+    assert allow.allows_ip(ipaddress.ip_address("127.0.0.1"), 8080)
+    assert not allow.allows_ip(ipaddress.ip_address("127.0.0.1"), 8081)
+    assert allow.allows_ip(ipaddress.ip_address("::1"), 7000) and not allow.allows_ip(ipaddress.ip_address("::1"), 1)
+    assert allow.allows_name("LOCALHOST.", 9000) and not allow.allows_name("localhost", 9001)
+    assert allow.allows_ip(ipaddress.ip_address("10.1.2.3"), 1) and allow.allows_name("api.local", 1)
+
+
+async def test_a_port_scoped_allow_entry_refuses_other_ports() -> None:
+    async with local_server() as server:
+        allowed = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": f"127.0.0.1:{server.port}"})
+        run = await run_executor(allowed, {"endpoint": f"{server.base}/json"})
+        assert run.result["statusCode"] == 200
+        other = msgspec.convert({"endpoint": f"http://127.0.0.1:{server.port + 1}/"}, ApiCallParams)
+        with pytest.raises(InvalidParams, match="loopback"):
+            await allowed.validate(other)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Cookie",
+        "X-Session-Token",
+        "Authorization",
+        "X-API-Key",
+        "Forwarded",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "X-Real-IP",
+        "Host",
+    ],
+)
+async def test_headers_carrying_identity_or_routing_are_refused(header: str) -> None:
+    params = msgspec.convert({"endpoint": "http://public.example/", "headers": {header: "203.0.113.7"}}, ApiCallParams)
+    with pytest.raises(InvalidParams) as caught:
+        await ApiCallExecutor().validate(params)
+    assert caught.value.field == "headers" and header in caught.value.message
+    with pytest.raises(InvalidParams):  # and again if execute runs without validate
+        await run_executor(
+            ApiCallExecutor, {"endpoint": "http://public.example/", "headers": {header: "x"}}, validate=False
+        )

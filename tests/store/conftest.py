@@ -1,19 +1,27 @@
-"""The `store` fixture: one fresh task store per test, for every implementation."""
+"""The `store` fixture: one fresh task store per test, for every implementation.
+
+`make_store` builds one on a given clock (the time-limit promises run on a
+`FakeClock`); `store` is one on the system clock. The Redis stores share one
+redis-server (`redis_url`), each test under a key prefix of its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.store.base import TaskStore
 from async_tasks.store.memory import MemoryTaskStore
 
+MakeStore = Callable[..., TaskStore]
+
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
     if request.param == "memory":
-        yield MemoryTaskStore()
+        yield MemoryTaskStore
         return
     from redis.asyncio import Redis
 
@@ -21,8 +29,19 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
 
     url: str = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")
-    redis_store = RedisTaskStore(Redis.from_url(url), prefix=prefix)
+    made: list[RedisTaskStore] = []
+
+    def build(clock: Clock = SYSTEM_CLOCK) -> TaskStore:
+        made.append(RedisTaskStore(Redis.from_url(url), prefix=prefix, clock=clock))
+        return made[-1]
+
     try:
-        yield redis_store
+        yield build
     finally:
-        await redis_store.aclose()
+        for store in made:
+            await store.aclose()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> TaskStore:
+    return make_store()

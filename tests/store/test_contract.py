@@ -3,7 +3,9 @@
 Each test pins one promise of `async_tasks.store.base.TaskStore`: the state machine
 and its history, compare-and-set on status and attempt, progress accepted only from
 the running attempt, idempotent and quota-checked creation, counts kept without
-scans, pages, removal and retention.
+scans, pages, removal and retention; and the store's own bounds: server-wide caps
+checked with the insert, retention as a task finishes, capped histories, and the
+time limits of `expire` (on the store's clock).
 """
 
 from __future__ import annotations
@@ -14,10 +16,21 @@ import uuid
 import anyio
 import pytest
 
-from async_tasks.errors import IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
 from async_tasks.events import TaskEvent
-from async_tasks.store.base import CreateLimits, Idempotency, Retention, TaskFilter, TaskStore
-from async_tasks.task import TRANSITIONS, Task, TaskStatus
+from async_tasks.store.base import (
+    HISTORY_HEAD,
+    CreateLimits,
+    Expiry,
+    Idempotency,
+    Retention,
+    StorePolicy,
+    TaskFilter,
+    TaskStore,
+)
+from async_tasks.task import TRANSITIONS, Task, TaskStatus, can_transition
+from async_tasks.testing import FakeClock
+from tests.store.conftest import MakeStore
 
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
 LEGAL = [(s, t) for s, targets in TRANSITIONS.items() for t in targets]
@@ -368,3 +381,165 @@ async def test_token_buckets_refill_at_their_rate(store: TaskStore) -> None:
     wait = await store.take_token("b", 100.0, 3)
     assert 0 < wait <= 0.01
     assert await store.take_token("another", 100.0, 3) == 0
+
+# -- the store's own bounds -------------------------------------------------------------
+
+
+async def test_the_server_wide_task_cap_is_checked_with_the_insert(store: TaskStore) -> None:
+    limits = CreateLimits(max_active_per_session=100, max_tasks=3)
+    key = Idempotency("k", b"f")
+    first, _ = await store.create(new_task("a"), limits=limits, idempotency=key)
+    await store.create(new_task("b"), limits=limits)
+    await store.create(new_task("c"), limits=limits)
+    with pytest.raises(CapacityExceeded) as caught:
+        await store.create(new_task("a"), limits=limits)
+    assert caught.value.code == "capacity_exceeded" and caught.value.retry_after > 0
+    assert caught.value.details["limit"] == 3 and "MAX_TASKS" in caught.value.message
+    replayed, was_replay = await store.create(new_task("a"), limits=limits, idempotency=key)
+    assert was_replay and replayed.id == first.id  # a replay adds nothing and is never refused
+    assert sum((await store.totals()).by_status.values()) == 3
+    await store.transition("a", first.id, TaskStatus.CANCELLED)
+    await store.remove("a", first.id)
+    await store.create(new_task("d"), limits=limits)  # room again
+
+
+async def test_the_session_cap_refuses_only_new_sessions(store: TaskStore) -> None:
+    limits = CreateLimits(max_active_per_session=100, max_sessions=2)
+    await store.create(new_task("a"), limits=limits)
+    await store.create(new_task("b"), limits=limits)
+    with pytest.raises(CapacityExceeded, match="MAX_SESSIONS"):
+        await store.create(new_task("c"), limits=limits)
+    await store.create(new_task("a"), limits=limits)  # an existing session may still create
+    assert (await store.totals()).sessions == 2
+
+
+async def test_concurrent_creates_in_fresh_sessions_never_exceed_the_caps(store: TaskStore) -> None:
+    limits = CreateLimits(max_active_per_session=100, max_sessions=5, max_tasks=8)
+    refused = 0
+
+    async def create(session: str) -> None:
+        nonlocal refused
+        try:
+            await store.create(new_task(session), limits=limits)
+        except CapacityExceeded:
+            refused += 1
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(create, f"s{i % 10}")
+    totals = await store.totals()
+    assert totals.sessions <= 5 and sum(totals.by_status.values()) == 8 and refused == 32
+
+
+async def test_retention_applies_when_a_task_finishes(store: TaskStore) -> None:
+    store.policy = StorePolicy(retention=Retention(max_completed=2, max_failed=1, max_cancelled=0))
+    events: list[TaskEvent] = []
+    store.events.subscribe(events.append)
+    done = [await add(store, status=TaskStatus.COMPLETED) for _ in range(4)]
+    assert {t.id for t in (await store.query("s", TaskFilter())).tasks} == {done[2].id, done[3].id}
+    assert [e.task_id for e in events if e.type.value == "removed"] == [done[0].id, done[1].id]
+    cancelled = [await add(store, status=TaskStatus.CANCELLED) for _ in range(3)]
+    # With a limit of 0 the task that just finished stays (until the next trim).
+    assert (await store.query("s", TaskFilter(status=TaskStatus.CANCELLED))).tasks == [cancelled[-1]]
+    running = await add(store, status=TaskStatus.RUNNING)
+    pending = await add(store)
+    await add(store, "other", TaskStatus.COMPLETED)
+    await add(store, "other", TaskStatus.COMPLETED)
+    await add(store, "other", TaskStatus.COMPLETED)
+    counts = (await store.counts("s")).by_status
+    assert counts[TaskStatus.RUNNING] == 1 and counts[TaskStatus.PENDING] == 1  # never touched
+    assert (await store.get("s", running.id)) and (await store.get("s", pending.id))
+    assert (await store.counts("other")).by_status[TaskStatus.COMPLETED] == 2  # per session
+
+
+async def test_a_failed_task_kept_by_retention_can_still_be_retried(store: TaskStore) -> None:
+    store.policy = StorePolicy(retention=Retention(max_completed=0, max_failed=0, max_cancelled=0))
+    task = await add(store, status=TaskStatus.FAILED)
+    retried = await store.transition("s", task.id, TaskStatus.PENDING, automatic=True)
+    assert retried.status is TaskStatus.PENDING
+
+
+async def test_history_keeps_the_first_and_latest_entries_and_counts_the_rest(store: TaskStore) -> None:
+    store.policy = StorePolicy(max_history=20)
+    task = await add(store, status=TaskStatus.CANCELLED)
+    for _ in range(100):  # retry and cancel, again and again
+        await store.transition("s", task.id, TaskStatus.PENDING, reason="retry")
+        await store.transition("s", task.id, TaskStatus.CANCELLED, reason="cancel")
+    history = (await store.get("s", task.id)).history
+    assert len(history) == 20
+    head = min(HISTORY_HEAD, 20 // 2)
+    assert history[0].reason == "created" and all(not h.omitted for h in history[:head])
+    marker = history[head]
+    total = 2 + 200  # created + first cancel + 100 x (retry, cancel)
+    assert marker.omitted == total - 19 and str(marker.omitted) in (marker.reason or "")
+    assert sum(max(h.omitted, 1) for h in history) == total
+    assert history[-1].reason == "cancel" and history[-2].reason == "retry"
+    for before, entry in itertools.pairwise(history):  # still a chain of statuses
+        assert entry.previous is before.status
+        assert entry.omitted or can_transition(before.status, entry.status)
+
+
+async def test_expire_removes_finished_tasks_after_their_ttl(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    old = await add(store, status=TaskStatus.COMPLETED)
+    clock.advance(30)
+    young = await add(store, status=TaskStatus.FAILED)
+    running = await add(store, status=TaskStatus.RUNNING)
+    clock.advance(35)  # old finished 65 s ago, young 35 s ago
+    result = await store.expire(Expiry(finished_ttl_ms=60_000))
+    assert result.finished == 1
+    assert {t.id for t in (await store.query("s", TaskFilter())).tasks} == {young.id, running.id}
+    assert old.id not in {t.id for t in (await store.query("s", TaskFilter())).tasks}
+
+
+async def test_expire_cancels_tasks_never_started_within_their_lifetime(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    never = await add(store)
+    retried = await add(store, status=TaskStatus.FAILED)
+    await store.transition("s", retried.id, TaskStatus.PENDING)  # pending again, but it ran once
+    clock.advance(50)
+    fresh = await add(store)
+    clock.advance(20)
+    result = await store.expire(Expiry(pending_ttl_ms=60_000))
+    assert [t.id for t in result.pending] == [never.id]
+    expired = await store.get("s", never.id)
+    assert expired.status is TaskStatus.CANCELLED and "expired" in (expired.history[-1].reason or "")
+    assert (await store.get("s", fresh.id)).status is TaskStatus.PENDING
+    assert (await store.get("s", retried.id)).status is TaskStatus.PENDING
+    started = await store.transition("s", fresh.id, TaskStatus.RUNNING)
+    clock.advance(3600)
+    assert (await store.expire(Expiry(pending_ttl_ms=60_000))).pending == []  # a retry or a run is not "never started"
+    assert (await store.get("s", started.id)).status is TaskStatus.RUNNING
+
+
+async def test_expire_forgets_idle_sessions_and_frees_their_slot(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    limits = CreateLimits(max_active_per_session=10, max_sessions=3)
+    for session in ("idle", "busy", "recent"):
+        task, _ = await store.create(new_task(session), limits=limits)
+        if session != "busy":
+            await store.transition(session, task.id, TaskStatus.CANCELLED)
+    clock.advance(100)
+    await add(store, "recent", TaskStatus.COMPLETED)  # a change resets the idle time
+    clock.advance(10)
+    with pytest.raises(CapacityExceeded):
+        await store.create(new_task("newcomer"), limits=limits)
+    result = await store.expire(Expiry(session_idle_ms=60_000))
+    assert (result.sessions, result.session_tasks) == (1, 1)
+    assert (await store.counts("idle")).total == 0
+    assert (await store.counts("busy")).active == 1  # a session with active tasks is never idle
+    assert (await store.counts("recent")).total == 2
+    await store.create(new_task("newcomer"), limits=limits)
+
+
+async def test_expire_of_one_session_leaves_the_others(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    await add(store, "a", TaskStatus.COMPLETED)
+    await add(store, "b", TaskStatus.COMPLETED)
+    clock.advance(120)
+    result = await store.expire(Expiry(finished_ttl_ms=60_000), "a")
+    assert result.finished == 1 and (await store.counts("b")).total == 1

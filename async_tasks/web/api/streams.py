@@ -40,21 +40,31 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1001_GOING_AWAY
 
+from async_tasks.errors import QuotaExceeded
 from async_tasks.events import EventType
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
-from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge
+from async_tasks.web.security import error_body, refuse_websocket
+from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge, sse_lines
+
+#: The largest message a WebSocket client may send (the server ignores them anyway);
+#: `async-tasks serve` also sets it as uvicorn's ``ws_max_size``.
+WS_MAX_MESSAGE_BYTES = 4096
+_SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+_KEEPALIVE_LINE = b": keep-alive\r\n\r\n"
 
 _FORMAT = (
     "Server-Sent Events. Each message has `event` (`snapshot`, `transition`, `progress` or `removed`), "
     "`data` (the event as camelCase JSON: `type`, `taskId`, `sessionKey`, `name`, `executor`, `status`, "
     "`previous`, `progress`, `currentStep`, `currentStepDescription`, `error`, `result` (on `completed`), "
     "`attempt`, `at` (epoch ms)) and an `id`. Progress is coalesced to at most about 10 events per second "
-    "per task (the latest value wins); transitions are never coalesced."
+    "per task (the latest value wins); transitions are never coalesced. Open streams are capped per session "
+    "and overall (429 beyond: MAX_STREAMS_PER_SESSION, MAX_STREAMS). A page that cannot send headers "
+    "(EventSource) opens it with `?ticket=` from `POST /session/ticket`."
 )
 LastEventId = Annotated[
     str | None,
@@ -101,50 +111,49 @@ async def _opened(frames: AsyncGenerator[Frame, None]) -> None:
     assert opened is OPENED
 
 
-async def _sse(frames: AsyncGenerator[Frame, None]) -> ServerSentEvent:
-    """The SSE response of the session stream: ids count the messages of the connection."""
+def _stream(messages: AsyncGenerator[bytes, None]) -> Stream:
+    return Stream(messages, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _sse(frames: AsyncGenerator[Frame, None]) -> Stream:
+    """The SSE response of the session stream: ids count the messages of the connection.
+    The event and data lines of a forwarded event are encoded once for every stream."""
     await _opened(frames)
 
-    async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
+    async def messages() -> AsyncGenerator[bytes, None]:
         count = 0
         async with contextlib.aclosing(frames):
             async for frame in frames:
                 if frame is KEEPALIVE:
-                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+                    yield _KEEPALIVE_LINE
                     continue
                 count += 1
-                yield ServerSentEventMessage(data=frame.data.decode(), event=frame.type, id=count)
+                yield b"id: %d\r\n" % count + sse_lines(frame)
 
-    return ServerSentEvent(messages())
+    return _stream(messages())
 
 
-async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: StreamBridge) -> ServerSentEvent:
+async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: StreamBridge) -> Stream:
     """The SSE response of a task's stream: state ids, and `end` once the task settled."""
     await _opened(frames)
 
-    async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
+    async def messages() -> AsyncGenerator[bytes, None]:
         last: _State | None = None
         async with contextlib.aclosing(frames):
             async for frame in frames:
                 if frame is KEEPALIVE:
-                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+                    yield _KEEPALIVE_LINE
                     continue
                 last = _decode_state(frame.data)
-                yield ServerSentEventMessage(
-                    data=frame.data.decode(), event=frame.type, id=state_id(last.attempt, last.at)
-                )
+                yield b"id: " + state_id(last.attempt, last.at).encode() + b"\r\n" + sse_lines(frame)
         if bridge.closing.is_set():
             return  # the server is stopping: the stream did not end, a reconnect is welcome
         reason = "removed" if last is None or last.type == EventType.REMOVED.value else last.status
-        end = {"type": "end", "taskId": task_id, "reason": reason}
-        yield ServerSentEventMessage(
-            data=_encode(end).decode(),
-            event="end",
-            id=state_id(last.attempt, last.at) if last is not None else None,
-            retry=END_RETRY_MS,
-        )
+        end = _encode({"type": "end", "taskId": task_id, "reason": reason})
+        ended = b"id: " + state_id(last.attempt, last.at).encode() + b"\r\n" if last is not None else b""
+        yield ended + b"event: end\r\ndata: " + end + b"\r\nretry: %d\r\n\r\n" % END_RETRY_MS
 
-    return ServerSentEvent(messages())
+    return _stream(messages())
 
 
 @get(
@@ -152,7 +161,7 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     tags=["streams"],
     media_type="text/event-stream",
     responses={
-        **responses(400, 404),
+        **responses(400, 401, 404, 429),
         204: ResponseSpec(data_container=None, description="The task is finished and the client has its final state"),
     },
     summary="Stream one task's events until it finishes",
@@ -171,7 +180,7 @@ async def task_events(
     task_streams: NamedDependency[StreamBridge],
     task_id: TaskId,
     last_event_id: LastEventId = None,
-) -> Response[None] | ServerSentEvent:
+) -> Response[None] | Stream:
     task = await task_system.get_task(session_key, task_id)  # 404 before any streaming
     seen = parse_state_id(last_event_id)
     if seen is not None and task.is_terminal and seen >= (task.attempts, task.updated_at):
@@ -184,6 +193,7 @@ async def task_events(
     "/tasks/events",
     tags=["streams"],
     media_type="text/event-stream",
+    responses=responses(401, 429),
     summary="Stream all the session's task events",
     description=(
         "Starts with a `snapshot` of every task of the session, then its events live; stays "
@@ -194,7 +204,7 @@ async def task_events(
 async def session_events(
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
-) -> ServerSentEvent:
+) -> Stream:
     return await _sse(task_streams.session_stream(session_key))
 
 
@@ -204,31 +214,47 @@ async def session_socket(
     task_streams: NamedDependency[StreamBridge],
 ) -> None:
     """The session stream over a WebSocket: one JSON text message per event (the SSE
-    `data`). Messages from the client are ignored. The server closes with 1001 when
-    it shuts down."""
+    `data`). Messages from the client are ignored; one larger than
+    `WS_MAX_MESSAGE_BYTES` closes the socket (1009). Beyond the stream caps the
+    handshake is refused with 429. The server closes with 1001 when it shuts down."""
     server_ended = False
+    too_big = False
     frames = task_streams.session_stream(session_key, keepalive=False)
     async with contextlib.aclosing(frames):
-        await anext(frames)  # OPENED: subscribed before the client sees the socket open
+        try:
+            await anext(frames)  # OPENED: subscribed before the client sees the socket open
+        except QuotaExceeded as exc:
+            body = error_body(exc.code, exc.message, exc.details)
+            headers = [(b"content-type", b"application/json"), (b"retry-after", str(int(exc.retry_after)).encode())]
+            await refuse_websocket(socket.scope, socket.receive, socket.send, 429, body, headers)
+            return
         await socket.accept()
         async with anyio.create_task_group() as tg:
 
             async def until_client_leaves() -> None:
-                async for _ in socket.iter_data("text"):
-                    pass
+                nonlocal too_big
+                while True:
+                    message = await socket.receive()
+                    if message["type"] != "websocket.receive":
+                        break
+                    size = len(message.get("text") or "") + len(message.get("bytes") or b"")
+                    if size > WS_MAX_MESSAGE_BYTES:
+                        too_big = True
+                        break
                 tg.cancel_scope.cancel()
 
             tg.start_soon(until_client_leaves)
             try:
                 async for frame in frames:
-                    await socket.send_text(frame.data.decode())
+                    await socket.send_text(frame.text or frame.data.decode())
                 server_ended = True
             except (WebSocketDisconnect, OSError):
                 pass  # the client went away while we were sending
             tg.cancel_scope.cancel()
-    if server_ended:
+    if server_ended or too_big:
+        code, reason = (1009, "message too big") if too_big else (WS_1001_GOING_AWAY, "server shutting down")
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-            await socket.close(code=WS_1001_GOING_AWAY, reason="server shutting down")
+            await socket.close(code=code, reason=reason)
 
 
 def stream_router(bridge: StreamBridge) -> Router:

@@ -1,0 +1,37 @@
+"""``POST /session/ticket``: a short-lived stand-in for the session, for push streams.
+
+``EventSource`` and browser WebSockets cannot send headers, so a page using a token
+session (``X-Session-Token``) or an API key cannot authenticate them. It asks for a
+ticket and opens ``/tasks/events?ticket=…`` (or ``/ws?ticket=…``): the ticket stands
+for the caller's session (and key) for STREAM_TICKET_TTL seconds, and only on the
+stream routes, so the long-lived token never goes in a URL or a log.
+"""
+
+from __future__ import annotations
+
+from litestar import post
+from litestar.di import NamedDependency
+
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.schemas import Response
+from async_tasks.web.errors import responses
+
+
+class TicketResponse(Response, kw_only=True):
+    #: Put it in the stream URL as ``?ticket=``.
+    ticket: str
+    #: Seconds it can be used to open a stream (STREAM_TICKET_TTL).
+    expires_in: int
+
+
+@post(
+    "/session/ticket",
+    tags=["sessions"],
+    status_code=201,
+    summary="A short-lived ticket to open a push stream (EventSource, WebSocket) without headers",
+    responses=responses(401, 403),
+)
+async def stream_ticket(task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> TicketResponse:
+    return TicketResponse(
+        ticket=task_system.sessions.ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
+    )

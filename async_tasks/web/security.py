@@ -1,0 +1,488 @@
+"""The HTTP boundary: which hosts, origins, bodies and keys the server accepts, and the
+headers it answers with.
+
+`BoundaryMiddleware` runs before sessions are resolved or bodies read, for HTTP and
+WebSocket requests, with everything it compares computed once at start-up:
+
+* **Proxy headers.** With TRUST_PROXY_HEADERS the client address and scheme come
+  from ``X-Forwarded-For`` / ``X-Forwarded-Proto`` when the peer is one of
+  FORWARDED_ALLOW_IPS, whatever server runs the app. Without it, a request carrying
+  forwarding headers gets no client address (so no IP-mapped session): plain
+  ``uvicorn`` believes ``X-Forwarded-For`` from loopback by default, and that must
+  not let a local page or process pick another caller's IP session.
+* **Host** (DNS rebinding). The ``Host`` header must be a loopback name
+  (``localhost``, ``*.localhost``), an IP literal (a rebinding page always sends its
+  own name), HOST, or one of ALLOWED_HOSTS (``*.example.com`` for subdomains, ``*``
+  for any): else 400 ``invalid_host``. Litestar's `AllowedHostsConfig` answers with
+  its own body and compares the port too, so it is not used.
+* **Origin** (cross-site requests). Under the API path, a state-changing request or
+  a WebSocket upgrade whose ``Origin`` is neither the server's own (same host and
+  port as ``Host``) nor one of CORS_ALLOW_ORIGINS is refused: 403
+  ``forbidden_origin``. Requests without ``Origin`` (curl, scripts) are not browsers
+  acting for a page and pass. This is the defence for JSON APIs; Litestar's CSRF
+  tokens would break every curl example and header-authenticated client.
+* **JSON bodies.** A state-changing API request with a body must say
+  ``Content-Type: application/json`` (or ``+json``): else 415
+  ``unsupported_media_type`` (forms and ``text/plain`` are what other sites can send
+  without asking).
+* **API keys.** With API_KEYS, every API request needs one (``Authorization:
+  Bearer <key>`` or ``X-API-Key``), else 401 ``unauthorized``; sessions still
+  isolate callers. With METRICS_TOKEN, ``/metrics`` needs ``Authorization: Bearer
+  <token>``.
+* **Stream tickets.** ``EventSource`` and browser WebSockets cannot send headers: a
+  stream route accepts ``?ticket=`` (from ``POST /session/ticket``, valid
+  STREAM_TICKET_TTL seconds) in place of the session token and the API key.
+* **Secure cookies.** A request over TLS (directly, or behind a trusted proxy that
+  says so) gets its cookies marked ``Secure``.
+* It records each local address requests arrive on (`ServerAddresses`), so
+  executors can refuse to call the server itself.
+
+`security_headers` (a ``before_send`` hook, so 404s and errors get them too) adds
+``Content-Security-Policy``, ``X-Frame-Options``, ``X-Content-Type-Options`` and
+``Referrer-Policy``; `cors_config` is Litestar's `CORSConfig` for CORS_ALLOW_ORIGINS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import msgspec
+from litestar.config.cors import CORSConfig
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from async_tasks.executor import ServerAddresses
+from async_tasks.sessions import SessionResolver
+from async_tasks.settings import Settings
+
+logger = logging.getLogger("async_tasks.security")
+
+#: Request headers a browser front-end may send, and response headers it may read.
+CORS_ALLOW_HEADERS: Final = (
+    "Content-Type",
+    "X-Session-Token",
+    "X-Request-ID",
+    "Idempotency-Key",
+    "Authorization",
+    "X-API-Key",
+    "Last-Event-ID",
+)
+CORS_EXPOSE_HEADERS: Final = (
+    "X-Session-Token",
+    "X-Session-Token-Status",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "Retry-After",
+)
+
+#: The session WebSocket is also served at the app's root (where seed 004 puts it).
+ROOT_SOCKET_PATH: Final = "/ws"
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_HEADERS: Final = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_CSP: Final = (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
+
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# The request headers the middleware reads, by kind (one dict look-up per header).
+_HOST, _ORIGIN, _CONTENT_TYPE, _LENGTH, _CHUNKED, _AUTHORIZATION, _API_KEY, _FORWARDED = range(8)
+_KINDS: Final = {
+    b"host": _HOST,
+    b"origin": _ORIGIN,
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CHUNKED,
+    b"authorization": _AUTHORIZATION,
+    b"x-api-key": _API_KEY,
+    b"x-forwarded-for": _FORWARDED,
+    b"forwarded": _FORWARDED,
+    b"x-real-ip": _FORWARDED,
+    b"x-forwarded-proto": _FORWARDED,
+}
+_JSON_TYPE: Final = re.compile(rb"^\s*application/([a-z0-9.+-]*\+)?json\s*(;|$)", re.IGNORECASE)
+_TICKET_PARAM: Final = b"ticket="
+_CACHE_SIZE: Final = 1024
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Litestar's CORS for CORS_ALLOW_ORIGINS (None when the list is empty): the listed
+    origins get credentials, the session, request-id and idempotency headers."""
+    exact, wildcard = _split_origins(settings.cors_origins)
+    if not exact and not wildcard:
+        return None
+    return CORSConfig(
+        allow_origins=list(exact),
+        allow_origin_regex=wildcard.pattern if wildcard is not None else None,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        expose_headers=list(CORS_EXPOSE_HEADERS),
+        allow_credentials=True,
+        max_age=600,
+    )
+
+
+def _split_origins(origins: Iterable[str]) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    """Exact origins, and one pattern for the ``scheme://host:*`` entries (any port)."""
+    exact = frozenset(origin for origin in origins if not origin.endswith(":*"))
+    patterns = [re.escape(origin[:-2]) + r":\d{1,5}" for origin in origins if origin.endswith(":*")]
+    return exact, re.compile("|".join(patterns)) if patterns else None
+
+
+def error_body(code: str, message: str, details: Any = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return msgspec.json.encode({"success": False, "error": error})
+
+
+class BoundaryMiddleware(ASGIMiddleware):
+    """See the module docstring. Built once per app; `handle` does a single pass over the
+    request headers and set lookups."""
+
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
+
+    def __init__(
+        self, settings: Settings, *, api_path: str, sessions: SessionResolver, addresses: ServerAddresses
+    ) -> None:
+        self.sessions = sessions
+        self.addresses = addresses
+        self.api_prefix = api_path.rstrip("/")
+        self.stream_socket = self.api_prefix + "/ws"
+        self.trust_proxy = settings.trust_proxy_headers
+        self.proxies = settings.forwarded_networks
+        self.any_host = "*" in settings.allowed_host_names
+        names = {name for name in settings.allowed_host_names if not name.startswith("*.")}
+        bind = settings.host.strip("[]").lower()
+        if bind and bind not in ("0.0.0.0", "::"):
+            names.add(bind)
+        self.host_names = frozenset(names)
+        self.host_suffixes = tuple(name[1:] for name in settings.allowed_host_names if name.startswith("*."))
+        self.origins, self.origin_pattern = _split_origins(settings.cors_origins)
+        self.api_keys = frozenset(hashlib.sha256(key.encode()).digest() for key in settings.api_key_list)
+        self.metrics_token = (
+            hashlib.sha256(settings.metrics_token.strip().encode()).digest() if settings.metrics_token else None
+        )
+        self._hosts: dict[bytes, bool] = {}
+        self._origins: dict[tuple[bytes, bytes | None], bool] = {}
+        self._json_types: dict[bytes, bool] = {}
+        self._servers: set[Any] = set()
+        self._peers: dict[str, bool] = {}
+        self._warned_forwarding = False
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        server = scope.get("server")
+        if server is not None and (type(server) is not tuple or server not in self._servers):
+            self._note_server(server)  # (a list in some servers and test clients)
+        host = origin = content_type = authorization = api_key = None
+        forwarded = False
+        body = False
+        for name, value in scope["headers"]:
+            kind = _KINDS.get(name)
+            if kind is None:
+                continue
+            if kind == _HOST:
+                host = value
+            elif kind == _ORIGIN:
+                origin = value
+            elif kind == _CONTENT_TYPE:
+                content_type = value
+            elif kind == _LENGTH:
+                body = body or value.strip() not in (b"0", b"")
+            elif kind == _CHUNKED:
+                body = True
+            elif kind == _AUTHORIZATION:
+                authorization = value
+            elif kind == _API_KEY:
+                api_key = value
+            else:
+                forwarded = True
+        if forwarded:
+            self._apply_forwarding(scope)
+        if host is not None and not self.any_host and not self._host_allowed(host):
+            shown = host.decode("latin-1")
+            await self._refuse(
+                scope, receive, send, 400, "invalid_host",
+                f"The Host header {shown!r} is not one this server answers to. Add the host name to "
+                "ALLOWED_HOSTS (loopback names and IP addresses are always accepted).",
+            )  # fmt: skip
+            return
+        path: str = scope["path"]
+        # The API, and the session stream's second door at the root (seed 004's ``/ws``).
+        if path.startswith(self.api_prefix) or path == ROOT_SOCKET_PATH:
+            refusal = self._check_api(scope, path, host, origin, content_type, authorization, api_key, body)
+            if refusal is not None:
+                await self._refuse(scope, receive, send, *refusal)
+                return
+        elif self.metrics_token is not None and path == "/metrics" and not self._bearer_is(authorization):
+            await self._refuse(
+                scope, receive, send, 401, "unauthorized",
+                "GET /metrics needs the METRICS_TOKEN as 'Authorization: Bearer <token>'.",
+            )  # fmt: skip
+            return
+        if scope.get("scheme") in ("https", "wss") and scope["type"] == ScopeType.HTTP:
+            send = _secure_cookies(send)
+        await next_app(scope, receive, send)
+
+    def _note_server(self, server: Any) -> None:
+        server = tuple(server)
+        self.addresses.add(str(server[0]), server[1])
+        if len(self._servers) < _CACHE_SIZE:
+            self._servers.add(server)
+
+    # -- checks ----------------------------------------------------------------------
+
+    def _check_api(
+        self,
+        scope: Scope,
+        path: str,
+        host: bytes | None,
+        origin: bytes | None,
+        content_type: bytes | None,
+        authorization: bytes | None,
+        api_key: bytes | None,
+        body: bool,
+    ) -> tuple[int, str, str] | None:
+        websocket = scope["type"] == ScopeType.WEBSOCKET
+        method = "" if websocket else scope["method"]  # type: ignore[typeddict-item]
+        state_changing = websocket or method not in _SAFE_METHODS
+        if origin is not None and state_changing and not self._origin_allowed(origin, host):
+            shown = origin.decode("latin-1")
+            return (
+                403,
+                "forbidden_origin",
+                f"Requests from the page at {shown} are refused: it is not this server's own origin and not in "
+                "CORS_ALLOW_ORIGINS.",
+            )
+        ticketed = False
+        if (websocket or path.endswith("/events")) and _TICKET_PARAM in scope.get("query_string", b""):
+            key = self._ticket(scope)
+            if key is None:
+                return (
+                    401,
+                    "invalid_ticket",
+                    "The stream ticket is invalid or expired (they last STREAM_TICKET_TTL seconds): "
+                    f"get a new one with POST {self.api_prefix}/session/ticket.",
+                )
+            ticketed = True
+        if self.api_keys and not ticketed and not self._key_allowed(authorization, api_key):
+            return (
+                401,
+                "unauthorized",
+                "This server needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+            )
+        if body and not websocket and method not in _SAFE_METHODS:
+            if content_type is None or not self._is_json(content_type):
+                shown = content_type.decode("latin-1") if content_type else "none"
+                return (
+                    415,
+                    "unsupported_media_type",
+                    f"Send the request body as JSON with 'Content-Type: application/json' (got {shown}).",
+                )
+        return None
+
+    def _host_allowed(self, header: bytes) -> bool:
+        known = self._hosts.get(header)
+        if known is None:
+            known = self._judge_host(header.decode("latin-1"))
+            if len(self._hosts) >= _CACHE_SIZE:
+                self._hosts.clear()
+            self._hosts[header] = known
+        return known
+
+    def _judge_host(self, header: str) -> bool:
+        host = _host_part(header)
+        if host is None:
+            return False
+        if host == "localhost" or host.endswith(".localhost") or host in self.host_names:
+            return True
+        if self.host_suffixes and host.endswith(self.host_suffixes):
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+
+    def _is_json(self, content_type: bytes) -> bool:
+        known = self._json_types.get(content_type)
+        if known is None:
+            known = _JSON_TYPE.match(content_type) is not None
+            if len(self._json_types) >= _CACHE_SIZE:
+                self._json_types.clear()
+            self._json_types[content_type] = known
+        return known
+
+    def _origin_allowed(self, origin: bytes, host: bytes | None) -> bool:
+        known = self._origins.get((origin, host))
+        if known is None:
+            known = self._judge_origin(origin, host)
+            if len(self._origins) >= _CACHE_SIZE:
+                self._origins.clear()
+            self._origins[(origin, host)] = known
+        return known
+
+    def _judge_origin(self, origin: bytes, host: bytes | None) -> bool:
+        text = origin.decode("latin-1").lower()
+        if host is not None and text.partition("://")[2] == host.decode("latin-1").lower():
+            return True  # the server's own origin (Host is checked above)
+        if text in self.origins:
+            return True
+        return self.origin_pattern is not None and self.origin_pattern.fullmatch(text) is not None
+
+    def _key_allowed(self, authorization: bytes | None, api_key: bytes | None) -> bool:
+        if api_key is not None and hashlib.sha256(api_key.strip()).digest() in self.api_keys:
+            return True
+        return authorization is not None and _bearer(authorization) in self.api_keys
+
+    def _bearer_is(self, authorization: bytes | None) -> bool:
+        return authorization is not None and _bearer(authorization) == self.metrics_token
+
+    def _ticket(self, scope: Scope) -> str | None:
+        """Resolve ``?ticket=``: the session it stands for goes in as its token."""
+        values = parse_qs(scope["query_string"].decode("latin-1")).get("ticket")
+        key = self.sessions.key_from_ticket(values[-1]) if values else None
+        if key is None:
+            return None
+        if key.startswith("s_"):  # a token session: the session middleware reads the token
+            token = self.sessions.token_for(key).encode()
+            headers = [(n, v) for n, v in scope["headers"] if n != b"x-session-token"]
+            headers.append((b"x-session-token", token))
+            scope["headers"] = headers
+        return key
+
+    def _apply_forwarding(self, scope: Scope) -> None:
+        client = scope.get("client")
+        if not self.trust_proxy:
+            if client is not None:
+                scope["client"] = None  # no IP session from an address anyone can claim
+            if not self._warned_forwarding:
+                self._warned_forwarding = True
+                logger.warning(
+                    "A request carried X-Forwarded-For or Forwarded, but TRUST_PROXY_HEADERS is false: its "
+                    "client address is not used for sessions. Behind a proxy you run, set "
+                    "TRUST_PROXY_HEADERS=true (and FORWARDED_ALLOW_IPS to the proxy's address)."
+                )
+            return
+        if client is None or not self._peer_trusted(str(client[0])):
+            return
+        headers = dict(scope["headers"])
+        chain = [part.strip() for part in headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")]
+        chain = [part for part in chain if part]
+        if chain:
+            # The nearest address no trusted proxy added is the client.
+            for address in reversed(chain):
+                if not self._peer_trusted(address):
+                    scope["client"] = (address, 0)
+                    break
+            else:
+                scope["client"] = (chain[0], 0)
+        proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
+        if proto in ("http", "https"):
+            if scope["type"] == ScopeType.WEBSOCKET:
+                proto = "wss" if proto == "https" else "ws"
+            scope["scheme"] = proto
+
+    def _peer_trusted(self, address: str) -> bool:
+        if self.proxies is None:
+            return True
+        known = self._peers.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address.strip("[]"))
+                known = any(ip in network for network in self.proxies)
+            except ValueError:
+                known = False
+            if len(self._peers) >= _CACHE_SIZE:
+                self._peers.clear()
+            self._peers[address] = known
+        return known
+
+    # -- refusals --------------------------------------------------------------------
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+        body = error_body(code, message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="async-tasks"'))
+        if scope["type"] == ScopeType.WEBSOCKET:
+            await refuse_websocket(scope, receive, send, status, body, headers)
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer when the server supports it (the
+    ASGI denial extension; uvicorn does), else by closing before accepting (a 403)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": ""})
+
+
+def _secure_cookies(send: Send) -> Send:
+    async def send_secure(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (name, value + b"; Secure")
+                if name.lower() == b"set-cookie" and b"secure" not in value.lower()
+                else (name, value)
+                for name, value in message.get("headers", ())
+            ]
+        await send(message)
+
+    return send_secure
+
+
+def _bearer(authorization: bytes) -> bytes | None:
+    scheme, _, credentials = authorization.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not credentials.strip():
+        return None
+    return hashlib.sha256(credentials.strip()).digest()
+
+
+def _host_part(header: str) -> str | None:
+    """The host of a Host header, lower-case, without port or trailing dot."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        host, sep, rest = header[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return host
+    host, sep, port = header.rpartition(":")
+    if sep and port.isdigit():
+        header = host
+    elif sep:
+        return None
+    return header.rstrip(".") or None
+
+
+async def security_headers(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: the security headers on every HTTP response (errors and 404s
+    included). The dashboard and the API reference load no inline or remote code, so
+    the strict CSP holds for every page."""
+    if message["type"] != "http.response.start":
+        return
+    headers = message.get("headers")
+    if not isinstance(headers, list):
+        headers = message["headers"] = list(headers or ())
+    headers.extend(_HEADERS)
+    headers.append(_CSP)
