@@ -57,8 +57,7 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, SettingsError, ShuttingDown, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad
-from async_tasks.execution.local import describe, log_fields
+from async_tasks.execution.base import ExecutionLoad, describe, log_fields
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.settings import Settings
@@ -309,13 +308,7 @@ class SaqExecution:
         self.stop_channel = store.prefix + "stop"
         #: The store as the worker side uses it: a client that waits out a Redis restart
         #: (requests use `store`, which fails fast); the same event hub.
-        self.wstore = RedisTaskStore(
-            factory=lambda: redis_client(url, retries=30),
-            prefix=store.prefix,
-            channel_prefix=store.channel_prefix,
-            clock=clock,
-            events=store.events,
-        )
+        self.wstore = store.sibling(lambda: redis_client(url, retries=30))
         self.on_finish: list[Callable[[Task, float], None]] = []
         self.running: dict[str, _Attempt] = {}
         self._claiming: set[str] = set()

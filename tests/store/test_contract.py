@@ -382,6 +382,7 @@ async def test_token_buckets_refill_at_their_rate(store: TaskStore) -> None:
     assert 0 < wait <= 0.01
     assert await store.take_token("another", 100.0, 3) == 0
 
+
 # -- the store's own bounds -------------------------------------------------------------
 
 

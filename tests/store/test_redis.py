@@ -18,11 +18,11 @@ from async_tasks.errors import StoreUnavailable
 from async_tasks.events import EventType, TaskEvent
 from async_tasks.executor import TaskParams
 from async_tasks.store import redis as redis_store_module
-from async_tasks.store.base import CreateLimits, Idempotency, Retention, TaskFilter
+from async_tasks.store.base import CreateLimits, Expiry, Idempotency, Retention, StorePolicy, TaskFilter
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.store.redis import RedisTaskStore, SessionBusy
 from async_tasks.task import Task, TaskStatus
-from async_tasks.testing import free_port
+from async_tasks.testing import FakeClock, free_port
 
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
 
@@ -209,3 +209,65 @@ async def test_an_unreachable_redis_is_a_store_unavailable_error() -> None:
         assert not await unreachable.ping()
     finally:
         await unreachable.aclose()
+
+
+async def test_a_capped_history_reads_as_in_memory(store: RedisTaskStore) -> None:
+    """The entry standing for the omitted transitions (built in Lua) is the memory store's, errors included."""
+    memory = MemoryTaskStore()
+    policy = StorePolicy(max_history=7)
+    memory.policy = store.policy = policy
+    task = new_task()
+    await memory.create(msgspec.structs.replace(task), limits=UNLIMITED)
+    await store.create(task, limits=UNLIMITED)
+    for attempt in range(1, 6):
+        for where in (memory, store):
+            await where.transition("s", task.id, TaskStatus.RUNNING)
+            await where.transition("s", task.id, TaskStatus.FAILED, error=f'Boom/{attempt}: é "quoted"')
+            await where.transition("s", task.id, TaskStatus.PENDING, automatic=True, reason=f"retry {attempt}")
+
+    def entries(t: Task) -> list[dict[str, object]]:
+        data = msgspec.json.decode(msgspec.json.encode(t.history))
+        for entry in data:
+            entry.pop("at")
+        return data  # type: ignore[no-any-return]
+
+    in_memory, in_redis = await memory.get("s", task.id), await store.get("s", task.id)
+    assert len(in_redis.history) == 7 and in_redis.history[3].omitted == 16 - 6
+    assert entries(in_redis) == entries(in_memory)
+
+
+async def test_what_the_store_removes_by_itself_reaches_the_hooks_with_its_cause(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Retention, expiry and remove call `on_removed` with ``retention``, ``expired`` or None, as in memory."""
+    clock = FakeClock()
+    in_redis = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix, clock=clock)
+    try:
+        for store in (MemoryTaskStore(clock), in_redis):
+            assert await removals(store, clock) == [
+                ("completed", "retention"),
+                ("cancelled", None),
+                ("completed", "expired"),
+                ("cancelled", "retention"),
+            ], type(store)
+    finally:
+        await in_redis.aclose()
+
+
+async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) -> list[tuple[str, str | None]]:
+    causes: list[tuple[str, str | None]] = []
+    store.events.on_removed.append(lambda task, cause: causes.append((task.status.value, cause)))
+    store.policy = StorePolicy(retention=Retention(max_completed=1, max_failed=1, max_cancelled=5))
+    for _ in range(2):
+        task, _ = await store.create(new_task(), limits=UNLIMITED)
+        await store.transition("s", task.id, TaskStatus.RUNNING)
+        await store.transition("s", task.id, TaskStatus.COMPLETED)
+    gone, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", gone.id, TaskStatus.CANCELLED)
+    await store.remove("s", gone.id)
+    await store.create(new_task(), limits=UNLIMITED)
+    clock.advance(3600)
+    expired = await store.expire(Expiry(pending_ttl_ms=60_000, finished_ttl_ms=60_000))
+    assert len(expired.pending) == 1 and expired.finished == 1
+    await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
+    return causes
