@@ -250,17 +250,36 @@ async def test_the_session_concurrency_limit_holds_across_workers(make_system: M
     assert running_at_once == 1
 
 
-async def test_higher_priority_starts_first(make_system: MakeSystem) -> None:
-    """Queued behind a busy worker, a task with a priority above 0 goes before earlier ones of lower priority."""
+async def test_priority_orders_a_session_s_own_tasks_only(make_system: MakeSystem) -> None:
+    """Queued behind a busy worker, a higher priority goes before the session's earlier tasks, never another's."""
     worker = await make_system(worker=True, worker_concurrency=1)
     busy = await worker.create_task(SESSION, executor="script", params={"hold": True})
     await wait_for(worker, SESSION, busy.id, "running")
     low = await worker.create_task(SESSION, executor="script")
+    other = await worker.create_task("other", executor="script")
     normal = await worker.create_task(SESSION, executor="script", priority=1)
     high = await worker.create_task(SESSION, executor="script", priority=5)
     higher = await worker.create_task(SESSION, executor="script", priority=5)  # equal: first come first
-    order = (high, higher, normal, low)
-    assert [await worker.queue_position(t) for t in order] == [1, 2, 3, 4]
+    own = (high, higher, normal, low)
+    assert [await worker.queue_position(t) for t in own] == [1, 2, 3, 4]
+    assert await worker.queue_position(other) == 1  # other sessions' tasks are not counted
     ScriptExecutor.release(busy.id)
-    finished = [await wait_for(worker, SESSION, t.id, "completed") for t in order]
+    order = (high, other, higher, normal, low)
+    finished = [await wait_for(worker, t.session_key, t.id, "completed") for t in order]
     assert [t.id for t in sorted(finished, key=lambda t: t.started_at or 0)] == [t.id for t in order]
+
+
+async def test_a_freed_slot_goes_to_a_waiting_session_first(make_system: MakeSystem) -> None:
+    """A session holding every slot with more queued does not get the next free slot while another waits."""
+    worker = await make_system(worker=True, worker_concurrency=3)
+    mine = [await worker.create_task(SESSION, executor="script", params={"hold": True}) for _ in range(5)]
+    for task in mine[:3]:
+        await wait_for(worker, SESSION, task.id, "running")
+    newcomer = await worker.create_task("newcomer", executor="script", params={"hold": True})
+    ScriptExecutor.release(mine[0].id)
+    await wait_for(worker, "newcomer", newcomer.id, "running")
+    assert (await worker.stats(SESSION)).by_status[TaskStatus.RUNNING] == 2
+    for task in (*mine, newcomer):
+        ScriptExecutor.release(task.id)
+    for task in (*mine, newcomer):
+        await wait_for(worker, task.session_key, task.id, "completed")

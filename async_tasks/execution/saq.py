@@ -27,9 +27,14 @@ does, rarely: tobymao/saq#277) and still at most one attempt runs to its end.
 - **Limits**: MAX_CONCURRENT_TASKS and MAX_CONCURRENT_TASKS_PER_SESSION hold across
   every worker (checked by the start's compare-and-set; a task over a limit goes back
   to the queue with a growing delay). Each worker runs at most WORKER_CONCURRENCY.
-- **Order**: first come, first served across sessions (no fair share); a task with
-  priority above 0 is placed ahead of the queued tasks of lower priority (the scan
-  that places it looks at most `PRIORITY_SCAN` queued tasks).
+- **Fair share** (an approximation of the in-process rule): while other sessions have
+  pending tasks, a session starts a task only while it runs fewer than the free slots
+  (the live workers' concurrency, at most MAX_CONCURRENT_TASKS, minus what runs); its
+  jobs over that go back to the queue, so a freed slot goes to a waiting session, not
+  to the next job of the session holding the most. A session alone uses every slot.
+- **Order**: the queue is first come, first served; priority orders a session's own
+  tasks only (a task with priority above 0 takes the place of its session's first
+  queued job of lower priority, within the last `PRIORITY_SCAN` queued jobs).
 - **Shutdown** of a worker: it takes no new attempts, waits up to the grace period for
   its running ones, then hands the rest back to the queue (history ``worker
   shutdown``; the retry budget is not used) so another worker runs them. An API
@@ -79,8 +84,6 @@ PROGRESS_WINDOW: Final = 0.1
 RECONCILE_INTERVAL: Final = 1.0
 #: Queued tasks the placement of a prioritised task looks at.
 PRIORITY_SCAN: Final = 1000
-#: Queued tasks `queue_position` looks at (beyond: unknown).
-POSITION_SCAN: Final = 10_000
 WORKER_LOST: Final = "worker lost"
 WORKER_SHUTDOWN: Final = "worker shutdown"
 
@@ -88,24 +91,30 @@ _RUNNING = frozenset({TaskStatus.RUNNING})
 _PENDING = frozenset({TaskStatus.PENDING})
 _DEFER: Final = "async_tasks.defer"
 
-# Moves a just-enqueued job (the tail of SAQ's queued list) in front of the queued jobs
-# of lower priority. KEYS: queued list. ARGV: job id, its priority, key prefix, scan limit.
+# Moves a just-enqueued job (near the tail of SAQ's queued list) ahead of its own
+# session's queued jobs of lower priority, never ahead of another session's: it takes the
+# place of the first of them and each of them moves to the next place the session holds.
+# KEYS: queued list. ARGV: job id, its priority, key prefix, scan limit, session key.
 _PLACE = r"""
-local queued, id, priority, P, scan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local ids = redis.call('LRANGE', queued, 0, scan - 1)
-for _, other in ipairs(ids) do
-  if other == id then return 0 end
+local queued, id, priority, P, scan, S = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local first = math.max(0, redis.call('LLEN', queued) - scan)
+local ids = redis.call('LRANGE', queued, first, -1)
+local mine, lower, me = {}, nil, nil
+for i, other in ipairs(ids) do
   local task = string.match(other, ':([^:]+):%d+$')
-  local p = tonumber(task and redis.call('HGET', P .. 't:' .. task, 'priority')) or 0
-  if p < priority then
-    if redis.call('LREM', queued, -1, id) == 1 then
-      redis.call('LINSERT', queued, 'BEFORE', other, id)
-      return 1
+  if task then
+    local f = redis.call('HMGET', P .. 't:' .. task, '_s', 'priority')
+    if f[1] == S then
+      mine[#mine + 1] = i
+      if other == id then me = #mine; break end
+      if not lower and (tonumber(f[2]) or 0) < priority then lower = #mine end
     end
-    return 0
   end
 end
-return 0
+if not me or not lower then return 0 end
+for j = me, lower + 1, -1 do redis.call('LSET', queued, first + mine[j] - 1, ids[mine[j - 1]]) end
+redis.call('LSET', queued, first + mine[lower] - 1, id)
+return 1
 """
 
 
@@ -439,11 +448,9 @@ class SaqExecution:
             logger.warning("Could not take job %s out of the queue", key, exc_info=True)
 
     async def queue_position(self, task: Task) -> int | None:
-        queue = self.queue
-        job_id = queue.job_id(f"{task.id}:{task.attempts + 1}")
-        with reachable():
-            position = await cast(Any, queue.redis.lpos(queue.namespace("queued"), job_id, maxlen=POSITION_SCAN))
-        return None if position is None else int(position) + 1
+        """The place among the session's own pending tasks: higher priority first, then
+        oldest first (other sessions' tasks are neither counted nor revealed)."""
+        return await self.store.queue_position(task.session_key, task.id)
 
     async def load(self) -> ExecutionLoad:
         """The attempts running in this process, and the jobs waiting in the shared queue
@@ -495,7 +502,14 @@ class SaqExecution:
                 job = await queue.enqueue(FUNCTION, **options, **kwargs)
             if job is not None and task.priority > 0 and delay <= 0:
                 await cast(Any, queue.redis).eval(
-                    _PLACE, 1, queue.namespace("queued"), job.id, task.priority, self.store.prefix, PRIORITY_SCAN
+                    _PLACE,
+                    1,
+                    queue.namespace("queued"),
+                    job.id,
+                    task.priority,
+                    self.store.prefix,
+                    PRIORITY_SCAN,
+                    task.session_key,
                 )
 
     # -- worker side: the SAQ worker, leases, the reconciler and stop messages ----------
@@ -577,6 +591,7 @@ class SaqExecution:
         if queue is not None:
             try:
                 await cast(Any, queue.redis).delete(self._lease_key)
+                await cast(Any, queue.redis).hdel(self.store.key("workers"), self.worker_id)
             except Exception:
                 pass
             await _quietly(queue.disconnect())
@@ -588,7 +603,12 @@ class SaqExecution:
     async def _renew_lease(self) -> None:
         assert self._worker_queue is not None
         info = msgspec.json.encode({"pid": os.getpid(), "concurrency": self.worker_concurrency})
-        await cast(Any, self._worker_queue.redis).set(self._lease_key, info, px=self.lease_ms)
+        async with cast(Any, self._worker_queue.redis).pipeline(transaction=False) as pipe:
+            pipe.set(self._lease_key, info, px=self.lease_ms)
+            # The deployment's slots (what fair sharing divides); the reconciler forgets
+            # the workers whose lease expired.
+            pipe.hset(self.store.key("workers"), self.worker_id, self.worker_concurrency)
+            await pipe.execute()
 
     async def _upkeep(self) -> None:
         """Keep the lease alive, check the running attempts against the store, reconcile."""
@@ -697,7 +717,7 @@ class SaqExecution:
                 task = await self.wstore.transition(
                     session_key, task_id, TaskStatus.RUNNING, expect=_PENDING, attempt=number - 1, reason="started",
                     owner=self.worker_id, session_limit=self.settings.max_concurrent_tasks_per_session,
-                    global_limit=self.settings.max_concurrent_tasks,
+                    global_limit=self.settings.max_concurrent_tasks, fair=True,
                 )  # fmt: skip
             except SessionBusy:
                 # Over a concurrency limit: back to the queue, later each time (up to 2 s).

@@ -17,6 +17,7 @@ clock, `FakeClock`, is passed in instead). Keys, under a per-deployment prefix `
     P i:<session>              hash: Idempotency-Key -> "<task id>|<fingerprint>"
     P totals / P sessions      every session's counts by status / the sessions holding tasks
     P running                  hash: running task id -> the worker that runs it (the reconciler's index)
+    P workers                  hash: live worker id -> its concurrency (the slots fair sharing divides)
     P seq                      the global event sequence: every change takes the next number
     P b:<bucket>               token buckets (they expire once full: no pruning needed)
 
@@ -276,6 +277,17 @@ local function move(S, ID, target, o)
       (tonumber(redis.call('HGET', P .. 'totals', 'running')) or 0) >= tonumber(o.global_limit) then
       return {'busy', 'global'}
     end
+    if o.fair == '1' then
+      -- While other sessions wait, a session runs fewer tasks than there are free slots.
+      local all = redis.call('HMGET', P .. 'totals', 'pending', 'running')
+      local own = redis.call('HMGET', P .. 'c:' .. S, 'pending', 'running')
+      if (tonumber(all[1]) or 0) > (tonumber(own[1]) or 0) then
+        local slots = 0
+        for _, n in ipairs(redis.call('HVALS', P .. 'workers')) do slots = slots + tonumber(n) end
+        if o.global_limit ~= '' then slots = math.min(slots, tonumber(o.global_limit)) end
+        if (tonumber(own[2]) or 0) >= slots - (tonumber(all[2]) or 0) then return {'busy', 'fair'} end
+      end
+    end
   end
   local now = now_ms()
   local order = redis.call('INCR', P .. 'seq')
@@ -353,7 +365,7 @@ end
 local function options(expect, reason)
   return {expect = expect, attempt = '', reason = reason, error = '', result = '', automatic = '0',
     dead_letter = '0', owner = '', session_limit = '', global_limit = '', keep_auto = '0', percent = '',
-    step = '', description = ''}
+    step = '', description = '', fair = ''}
 end
 """.replace("__HISTORY_HEAD__", str(HISTORY_HEAD))
 
@@ -414,12 +426,13 @@ return {'created', record_json(ID)}
 # 15 dead letter, 16 owner (''), 17 session running limit (''), 18 global running limit (''),
 # 19 keep the automatic-retry count ('1'), 20 a last progress report's percent JSON (''),
 # 21 its step JSON (''), 22 its description JSON ('') (a running attempt's last report, stored
-# with its outcome). Returns {'ok', JSON, removed} or the refusal.
+# with its outcome), 23 '1' to apply fair sharing to a start. Returns {'ok', JSON, removed}
+# or the refusal.
 _TRANSITION = r"""
 local r = move(ARGV[6], ARGV[7], ARGV[8], {expect = ARGV[9], attempt = ARGV[10], reason = ARGV[11],
   error = ARGV[12], result = ARGV[13], automatic = ARGV[14], dead_letter = ARGV[15], owner = ARGV[16],
   session_limit = ARGV[17], global_limit = ARGV[18], keep_auto = ARGV[19], percent = ARGV[20],
-  step = ARGV[21], description = ARGV[22]})
+  step = ARGV[21], description = ARGV[22], fair = ARGV[23]})
 if r[1] == 'ok' then r[3] = REMOVED end
 return r
 """
@@ -616,10 +629,35 @@ redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
 return wait
 """
 
+# ARGV: 6 session, 7 task id. The task's place among the session's pending tasks (higher
+# priority first, then oldest first), or nil when it is not pending.
+_POSITION = r"""
+local S, ID = ARGV[6], ARGV[7]
+local index = P .. 'ss:' .. S .. ':pending'
+local seq = redis.call('ZSCORE', index, ID)
+if not seq then return false end
+seq = tonumber(seq)
+local priority = tonumber(redis.call('HGET', P .. 't:' .. ID, 'priority')) or 0
+local ahead = 0
+local flat = redis.call('ZRANGE', index, 0, -1, 'WITHSCORES')
+for i = 1, #flat, 2 do
+  if flat[i] ~= ID then
+    local p = tonumber(redis.call('HGET', P .. 't:' .. flat[i], 'priority')) or 0
+    if p > priority or (p == priority and tonumber(flat[i + 1]) < seq) then ahead = ahead + 1 end
+  end
+end
+return ahead + 1
+"""
+
 # ARGV: 6 a worker's id. Running tasks whose worker's lease has expired or that this
-# worker runs: flat {task id, session JSON, attempts, worker id, ...}.
+# worker runs: flat {task id, session JSON, attempts, worker id, ...}. Forgets the
+# slots of the workers whose lease has expired.
 _LOST = r"""
 local out = {}
+local workers = redis.call('HKEYS', P .. 'workers')
+for _, worker in ipairs(workers) do
+  if redis.call('EXISTS', P .. 'wk:' .. worker) == 0 then redis.call('HDEL', P .. 'workers', worker) end
+end
 local running = redis.call('HGETALL', P .. 'running')
 for i = 1, #running, 2 do
   local id, worker = running[i], running[i + 1]
@@ -920,10 +958,13 @@ class RedisTaskStore:
         global_limit: int | None = None,
         keep_auto_retries: bool = False,
         report: tuple[float, str | None, str | None] | None = None,
+        fair: bool = False,
     ) -> Task:
         """`TaskStore.transition`, plus what the Redis execution backend needs: `owner`
         (the worker running the attempt, for the reconciler), the concurrency limits a
-        start checks atomically (`SessionBusy` when one is reached), `keep_auto_retries`
+        start checks atomically (`SessionBusy` when one is reached; with `fair`, also
+        when other sessions have pending tasks and this one runs as many as there are
+        free slots: the live workers' concurrency, within `global_limit`), `keep_auto_retries`
         (a retry that leaves the automatic-retry count alone) and `report`, a running
         attempt's last progress report (percent, step, description) applied with its
         outcome, as if reported just before."""
@@ -947,6 +988,7 @@ class RedisTaskStore:
             b"" if report is None else _encode(report[0]),
             b"" if report is None else _json_or_empty(report[1]),
             b"" if report is None else _json_or_empty(report[2]),
+            "1" if fair else "",
         )
         kind = response[0]
         if kind == b"notfound":
@@ -1079,6 +1121,13 @@ class RedisTaskStore:
             (flat[i].decode(), _decode_str(flat[i + 1]), int(flat[i + 2]), flat[i + 3].decode())
             for i in range(0, len(flat), 4)
         ]
+
+    async def queue_position(self, session_key: str, task_id: str) -> int | None:
+        """A pending task's place among its session's pending tasks (higher priority
+        first, then oldest first); None when it is not pending. O(the session's pending
+        tasks): the session's own queue, never another's."""
+        position = await self._run("position", _POSITION, session_key, task_id)
+        return None if position is None else int(position)
 
     # -- events -------------------------------------------------------------------------
 

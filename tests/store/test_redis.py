@@ -6,8 +6,8 @@ clear error when Redis cannot be reached."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -271,3 +271,29 @@ async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) ->
     assert len(expired.pending) == 1 and expired.finished == 1
     await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
     return causes
+
+
+async def test_a_fair_start_leaves_free_slots_to_waiting_sessions(store: RedisTaskStore) -> None:
+    """While another session waits, a session runs fewer tasks than the free slots; alone, it may use them all."""
+    await cast("Awaitable[int]", store.redis.hset(store.key("workers"), "w", "2"))
+    a1, a2 = [(await store.create(new_task("a"), limits=UNLIMITED))[0] for _ in range(2)]
+    b1, _ = await store.create(new_task("b"), limits=UNLIMITED)
+    await store.transition("a", a1.id, TaskStatus.RUNNING, fair=True)
+    with pytest.raises(SessionBusy) as caught:  # 1 running, 1 slot free, and b waits
+        await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)
+    assert caught.value.scope == "fair"
+    await store.transition("b", b1.id, TaskStatus.RUNNING, fair=True)
+    await store.transition("b", b1.id, TaskStatus.COMPLETED)
+    await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)  # nobody else waits
+
+
+async def test_a_queue_position_counts_the_session_s_own_pending_tasks(store: RedisTaskStore) -> None:
+    """Higher priority first, then oldest first, among the session's pending tasks only."""
+    low, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.create(new_task("other", priority=9), limits=UNLIMITED)
+    high, _ = await store.create(new_task(priority=5), limits=UNLIMITED)
+    later, _ = await store.create(new_task(), limits=UNLIMITED)
+    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [1, 2, 3]
+    await store.transition("s", high.id, TaskStatus.RUNNING)
+    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [None, 1, 2]
+    assert await store.queue_position("other", low.id) is None
