@@ -448,9 +448,9 @@ class SaqExecution:
             logger.warning("Could not take job %s out of the queue", key, exc_info=True)
 
     async def queue_position(self, task: Task) -> int | None:
-        """The place among the session's own pending tasks: higher priority first, then
+        """The place among the session's own queued tasks: higher priority first, then
         oldest first (other sessions' tasks are neither counted nor revealed)."""
-        return await self.store.queue_position(task.session_key, task.id)
+        return await self.store.queue_position(task.session_key, task.id, self.queue.job_id(""))
 
     async def load(self) -> ExecutionLoad:
         """The attempts running in this process, and the jobs waiting in the shared queue

@@ -629,21 +629,28 @@ redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
 return wait
 """
 
-# ARGV: 6 session, 7 task id. The task's place among the session's pending tasks (higher
-# priority first, then oldest first), or nil when it is not pending.
+# ARGV: 6 session, 7 task id, 8 the key prefix of queued jobs ('' to count every pending
+# task). The task's place among the session's pending tasks (higher priority first, then
+# oldest first) that have a job ``<8><task id>:<next attempt>`` waiting; nil if it has none.
 _POSITION = r"""
-local S, ID = ARGV[6], ARGV[7]
+local S, ID, JOBS = ARGV[6], ARGV[7], ARGV[8]
 local index = P .. 'ss:' .. S .. ':pending'
+local function waiting(id)
+  local f = redis.call('HMGET', P .. 't:' .. id, 'priority', 'attempts')
+  if JOBS ~= '' and redis.call('EXISTS', JOBS .. id .. ':' .. int(tonumber(f[2]) + 1)) == 0 then return nil end
+  return tonumber(f[1]) or 0
+end
 local seq = redis.call('ZSCORE', index, ID)
 if not seq then return false end
 seq = tonumber(seq)
-local priority = tonumber(redis.call('HGET', P .. 't:' .. ID, 'priority')) or 0
+local priority = waiting(ID)
+if not priority then return false end
 local ahead = 0
 local flat = redis.call('ZRANGE', index, 0, -1, 'WITHSCORES')
 for i = 1, #flat, 2 do
   if flat[i] ~= ID then
-    local p = tonumber(redis.call('HGET', P .. 't:' .. flat[i], 'priority')) or 0
-    if p > priority or (p == priority and tonumber(flat[i + 1]) < seq) then ahead = ahead + 1 end
+    local p = waiting(flat[i])
+    if p and (p > priority or (p == priority and tonumber(flat[i + 1]) < seq)) then ahead = ahead + 1 end
   end
 end
 return ahead + 1
@@ -1122,11 +1129,13 @@ class RedisTaskStore:
             for i in range(0, len(flat), 4)
         ]
 
-    async def queue_position(self, session_key: str, task_id: str) -> int | None:
+    async def queue_position(self, session_key: str, task_id: str, jobs: str = "") -> int | None:
         """A pending task's place among its session's pending tasks (higher priority
-        first, then oldest first); None when it is not pending. O(the session's pending
-        tasks): the session's own queue, never another's."""
-        position = await self._run("position", _POSITION, session_key, task_id)
+        first, then oldest first); None when it is not pending. With `jobs`, only the
+        tasks whose next attempt's job (key ``<jobs><task id>:<attempt>``) exists count,
+        and None when this one has none. O(the session's pending tasks): the session's
+        own queue, never another's."""
+        position = await self._run("position", _POSITION, session_key, task_id, jobs)
         return None if position is None else int(position)
 
     # -- events -------------------------------------------------------------------------
