@@ -138,6 +138,7 @@ def test_the_worker_finds_executors_registered_in_code() -> None:
     assert not entry_points and {type(e).name for e in executors} >= {"sample"}
 
 
+@pytest.mark.e2e
 async def test_streams_start_again_from_snapshots_after_redis_comes_back(redis_prefix: str) -> None:
     """Pub/sub loses what is published while it reconnects: after a Redis restart every
     open stream sends fresh snapshots, then follows changes again."""

@@ -1,7 +1,11 @@
 """The Redis backend with real processes: redis-server, two API servers and a worker,
-started from the lines of DEMO_GUIDE's scale-out section as a deployment runs them
-(ports rewritten), and that section's curl blocks run as written. Every process is
-started here and stopped by its PID; waits poll the HTTP API with deadlines."""
+started from the lines of DEMO_GUIDE's scale-out section (ports rewritten), and that
+section's curl blocks run as written. The ``async-tasks`` lines run the CLI's entry
+point in processes forked from a server that imported the project once
+(`tests.forked`), so starting and restarting them is quick. Every process is started
+here and stopped by its PID; waits poll the HTTP API with deadlines. One cluster serves
+every test of the module: session-scoped, so that however xdist orders the module's
+tests (one xdist group, one worker) it starts once."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,12 @@ import httpx
 import pytest
 
 from async_tasks.testing import free_port
+from tests import forked
 from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.xdist_group("redis-cluster"),
     pytest.mark.skipif(
         shutil.which("curl") is None or shutil.which("redis-server") is None, reason="needs curl and redis-server"
     ),
@@ -47,25 +54,40 @@ def scale_out_blocks() -> tuple[list[str], list[str]]:
 
 
 class Process:
-    """One process of the guide, started from its command line, its output in a file."""
+    """One process of the guide, started from its command line, its output in a file:
+    redis-server through bash as written, ``async-tasks`` lines forked (`tests.forked`)."""
 
     def __init__(self, name: str, line: str, env: dict[str, str], log: Path, port: int | None = None) -> None:
         self.name, self.line, self.env, self.log, self.port = name, line, env, log, port
         self.popen: subprocess.Popen[bytes] | None = None
+        self.forked: BaseProcess | None = None
 
     def start(self) -> Process:
-        out = self.log.open("ab")
-        # `exec env LINE`: the process started is the guide's command itself (stopped by its PID).
-        command = ["bash", "-c", "exec env " + self.line]
-        self.popen = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=out)
-        out.close()
+        if self.line.startswith("redis-server"):
+            out = self.log.open("ab")
+            # `exec env LINE`: the process started is the guide's command itself (stopped by its PID).
+            self.popen = subprocess.Popen(
+                ["bash", "-c", "exec env " + self.line], cwd=ROOT, env=self.env, stdout=out, stderr=out
+            )
+            out.close()
+        else:
+            self.forked = forked.start(self.line, self.env, self.log)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else self.forked.pid if self.forked is not None else None
+
+    @property
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.forked is not None and self.forked.is_alive()
 
     def wait_ready(self, deadline: float) -> None:
         """Until the server answers /health, the worker has said it runs, or Redis listens."""
-        assert self.popen is not None
         while time.monotonic() < deadline:  # the process's own start-up
-            if self.popen.poll() is not None:
+            if not self.alive:
                 raise RuntimeError(f"{self.name} exited: {self.output()}")
             if self.name.startswith("worker"):
                 if "async-tasks worker:" in self.output():
@@ -79,25 +101,31 @@ class Process:
                         return
                 except (OSError, httpx.TransportError):
                     pass
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise RuntimeError(f"{self.name} did not start: {self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def send(self, sig: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            os.kill(self.popen.pid, sig)
+        if self.alive and self.pid is not None:
+            os.kill(self.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen is None or self.popen.poll() is not None:
+        if not self.alive:
             return
         self.send(sig)
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        elif self.forked is not None:
+            self.forked.join(timeout=10)
+            if self.forked.is_alive():
+                self.forked.kill()
+                self.forked.join()
 
 
 class Cluster:
@@ -110,7 +138,7 @@ class Cluster:
             # Faster than the defaults, so the tests wait less for what they check.
             "WORKER_LEASE_MS": "600",
             "RETRY_BACKOFF_MS": "0",
-            "SHUTDOWN_GRACE_MS": "500",
+            "SHUTDOWN_GRACE_MS": "300",
             "TASK_CREATE_RATE": "0",
             "API_CALL_ALLOW_HOSTS": "127.0.0.1",
         }
@@ -146,29 +174,30 @@ class Cluster:
         return worker
 
     def stop(self, *processes: Process, sig: int = signal.SIGTERM) -> None:
-        """Signal them all, then wait for each (by default every server and worker, then Redis)."""
-        everything = not processes
-        processes = processes or (*self.apis, *self.workers)
+        """Signal them all, then wait for each."""
         for process in processes:
             process.send(sig)
         for process in processes:
             process.stop(sig)
-        if everything:
-            self.redis.stop()
+
+    def kill(self) -> None:
+        """The end of the tests: every process killed by its PID (nothing left to check)."""
+        self.stop(*self.apis, *self.workers, self.redis, sig=signal.SIGKILL)
 
     def live_workers(self) -> list[Process]:
-        return [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
+        return [w for w in self.workers if w.alive]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    forked.warm_up()  # imports while Redis starts
     made = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
         made.start(made.redis)
         made.start(*made.apis, *made.workers)
         yield made
     finally:
-        made.stop()
+        made.kill()
 
 
 def test_the_guide_s_scale_out_section_runs_as_written(cluster: Cluster) -> None:
@@ -306,8 +335,8 @@ async def test_a_killed_worker_s_task_runs_again_on_another(clients: Any, cluste
     doomed = await create(a, delayMs=20_000)
     await until(in_status(b, survivor["id"], "running"))
     await until(in_status(b, doomed["id"], "running"))
-    cluster.stop(*cluster.live_workers(), sig=signal.SIGKILL)
-    cluster.start(cluster.new_worker())
+    replacement = cluster.new_worker().start()  # starts while the others die
+    cluster.stop(*[w for w in cluster.live_workers() if w is not replacement], sig=signal.SIGKILL)
     lost = await until(in_status(b, doomed["id"], "failed"))
     assert lost["history"][-1]["reason"] == "worker lost" and "lost" in lost["error"]
     again = await until(in_status(b, survivor["id"], "running", attempts=2))
@@ -324,9 +353,12 @@ async def test_restarted_processes_find_every_task_where_it_was(clients: Any, cl
     running = await create(a, delayMs=800)
     await until(in_status(b, running["id"], "running"))
     before = (await b.get(f"{API}/tasks")).json()
-    # SIGTERM: the worker hands back what does not finish within its grace period.
-    cluster.stop(cluster.apis[0], *cluster.live_workers())
-    cluster.start(cluster.apis[0], cluster.new_worker())
+    # SIGTERM: the worker hands back what does not finish within its grace period; its
+    # successor starts meanwhile (a rolling restart), the API process once its port is free.
+    old = cluster.live_workers()
+    cluster.new_worker().start()
+    cluster.stop(cluster.apis[0], *old)
+    cluster.start(cluster.apis[0])
     after = (await a.get(f"{API}/tasks")).json()
     assert [t["id"] for t in after["tasks"]] == [t["id"] for t in before["tasks"]]
     finished = await until(in_status(a, running["id"], "completed"), limit=8)

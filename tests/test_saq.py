@@ -143,6 +143,15 @@ async def test_failures_retry_with_backoff_as_delayed_jobs(make_system: MakeSyst
     assert reasons[:3] == ["created", "started", "attempt failed"] and reasons[3].startswith("automatic retry 1 of 3")
 
 
+async def test_a_retry_runs_after_its_backoff_not_a_scheduler_tick(make_system: MakeSystem) -> None:
+    """The retry is queued when its delay ends, not at SAQ's next once-a-second schedule."""
+    system = await make_system(worker=True, retry_backoff_ms=200)
+    task = await system.create_task(SESSION, executor="script", params={"failAttempts": 1}, max_retries=1)
+    done = await wait_for(system, SESSION, task.id, "completed")
+    failed_at = next(h.at for h in done.history if h.status is TaskStatus.FAILED)
+    assert 100 <= (done.started_at or 0) - failed_at < 900  # the delay is 100 to 200 ms
+
+
 async def test_spent_retries_fail_the_task_as_dead_letter(make_system: MakeSystem) -> None:
     """When the retry budget is spent the task fails for good, marked dead letter."""
     system = await make_system(worker=True)
@@ -279,7 +288,5 @@ async def test_a_freed_slot_goes_to_a_waiting_session_first(make_system: MakeSys
     ScriptExecutor.release(mine[0].id)
     await wait_for(worker, "newcomer", newcomer.id, "running")
     assert (await worker.stats(SESSION)).by_status[TaskStatus.RUNNING] == 2
-    for task in (*mine, newcomer):
-        ScriptExecutor.release(task.id)
-    for task in (*mine, newcomer):
-        await wait_for(worker, task.session_key, task.id, "completed")
+    for task in (*mine[1:], newcomer):
+        await worker.cancel_task(task.session_key, task.id)

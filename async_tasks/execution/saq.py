@@ -19,11 +19,14 @@ does, rarely: tobymao/saq#277) and still at most one attempt runs to its end.
   attempt gets in milliseconds; a job still queued is taken out of SAQ's queue.
 - **Leases**: each worker keeps a key ``P wk:<worker id>`` alive every third of
   WORKER_LEASE_MS and checks its attempts against the store (a missed stop message is
-  caught there). A reconciler (one worker at a time, every second) finds running tasks
-  whose worker's lease has expired: the attempt is failed with reason ``worker lost``
-  and runs again per the retry budget. SAQ's own job heartbeats stay off: its sweep
-  can mistake a just-dequeued job for a dead one (saq#277) and kill a healthy task.
-- **Retries** after a failure are SAQ jobs scheduled after the backoff delay.
+  caught there). A reconciler (one worker at a time, every third of the lease, at
+  most every second) finds running tasks whose worker's lease has expired: the
+  attempt is failed with reason ``worker lost`` and runs again per the retry budget.
+  SAQ's own job heartbeats stay off: its sweep can mistake a just-dequeued job for a
+  dead one (saq#277) and kill a healthy task.
+- **Retries** after a failure are SAQ jobs scheduled after the backoff delay; the
+  worker that schedules one also queues it at its time (SAQ's scheduler only looks
+  once a second, and does it if that worker is gone).
 - **Limits**: MAX_CONCURRENT_TASKS and MAX_CONCURRENT_TASKS_PER_SESSION hold across
   every worker (checked by the start's compare-and-set; a task over a limit goes back
   to the queue with a growing delay). Each worker runs at most WORKER_CONCURRENCY.
@@ -115,6 +118,20 @@ if not me or not lower then return 0 end
 for j = me, lower + 1, -1 do redis.call('LSET', queued, first + mine[j] - 1, ids[mine[j - 1]]) end
 redis.call('LSET', queued, first + mine[lower] - 1, id)
 return 1
+"""
+
+
+# Queues a scheduled job now, as SAQ's scheduler does when its time comes (whichever
+# runs first moves it; the other finds it queued). KEYS: incomplete zset, queued list.
+# ARGV: job id.
+_DUE = r"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > 0 then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
 """
 
 
@@ -311,8 +328,9 @@ class SaqExecution:
         self.worker_concurrency = worker_concurrency
         self.queue_name = queue_name or store.prefix.rstrip(":") or "async-tasks"
         self.progress_window = progress_window
-        self.reconcile_interval = reconcile_interval
         self.lease_ms = settings.worker_lease_ms
+        # A lost worker is found within its lease plus a third of it (at most a second).
+        self.reconcile_interval = min(reconcile_interval, self.lease_ms / 3000)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_channel = store.prefix + "stop"
         #: The store as the worker side uses it: a client that waits out a Redis restart
@@ -511,6 +529,17 @@ class SaqExecution:
                     PRIORITY_SCAN,
                     task.session_key,
                 )
+        if job is not None and delay > 0 and worker and self._tg is not None:
+            self._tg.start_soon(self._due, queue, job.id, delay)
+
+    async def _due(self, queue: RedisQueue, job_id: str, delay: float) -> None:
+        """Queue a scheduled job at its time: SAQ's own scheduler looks only once a second
+        (it still does, if this worker is gone by then)."""
+        await anyio.sleep(delay)
+        try:
+            await cast(Any, queue.redis).eval(_DUE, 2, queue.namespace("incomplete"), queue.namespace("queued"), job_id)
+        except Exception as exc:
+            logger.debug("Could not queue job %s at its time (SAQ's scheduler will): %s", job_id, exc)
 
     # -- worker side: the SAQ worker, leases, the reconciler and stop messages ----------
 
