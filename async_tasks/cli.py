@@ -1,7 +1,8 @@
 """The ``async-tasks`` command.
 
 ``async-tasks serve`` runs the server with uvicorn, honouring HOST, PORT and every
-other setting; a bad setting stops it with one line naming the variable.
+other setting; a bad setting stops it with one line naming the variable. With a
+Redis backend (``--backend redis://...``), ``async-tasks worker`` runs the tasks.
 
 The other commands talk to a running server (``--url``, before or after the
 command, default $ASYNC_TASKS_URL or http://localhost:3000):
@@ -39,7 +40,15 @@ if TYPE_CHECKING:
 def serve(args: argparse.Namespace) -> int:
     from async_tasks.server import serve as serve_app
 
-    return serve_app(host=args.host, port=args.port)
+    return serve_app(
+        host=args.host, port=args.port, backend=args.backend, with_worker=args.with_worker, concurrency=args.concurrency
+    )
+
+
+def worker(args: argparse.Namespace) -> int:
+    from async_tasks.worker import run_worker
+
+    return run_worker(backend=args.backend, concurrency=args.concurrency, app=args.app)
 
 
 # -- client commands (talk to a running server) ------------------------------------
@@ -589,7 +598,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default: $PORT or 3000)")
+    backend_help = "memory, or redis://host:port/db to share tasks between processes (default: $TASK_BACKEND or memory)"
+    serve_cmd.add_argument("--backend", help=backend_help)
+    serve_cmd.add_argument(
+        "--with-worker", action="store_true", help="also run tasks in this process (Redis backend: a one-box setup)"
+    )
+    serve_cmd.add_argument("--concurrency", type=int, help="with --with-worker: tasks at once (default 10)")
     serve_cmd.set_defaults(func=serve)
+    worker_cmd = commands.add_parser(
+        "worker",
+        help="run tasks from a Redis backend's queue",
+        description="Run tasks from the queue of TASK_BACKEND=redis://... until SIGTERM.",
+    )
+    worker_cmd.add_argument("--backend", help="redis://host:port/db (default: $TASK_BACKEND)")
+    worker_cmd.add_argument(
+        "--concurrency", type=int, help="tasks at once in this worker (default: $WORKER_CONCURRENCY or 10)"
+    )
+    worker_cmd.add_argument(
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="executors registered in code: an executor class or list, a TaskSystem, a Litestar app or a factory",
+    )
+    worker_cmd.set_defaults(func=worker)
     _add_client_commands(commands)
     return parser
 

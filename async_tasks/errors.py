@@ -100,6 +100,12 @@ class ShuttingDown(TaskSystemError):
         super().__init__("The server is shutting down and accepts no new tasks.")
 
 
+class StoreUnavailable(TaskSystemError):
+    """The shared task store (Redis) cannot be reached; the request may be retried."""
+
+    code = "store_unavailable"
+
+
 class ExecutorRegistrationError(Exception):
     """Misconfigured executors; raised at start-up, never at request time."""
 

@@ -135,6 +135,8 @@ def logging_dict(
             "uvicorn": {"level": "WARNING", "handlers": [handler_name], "propagate": False},
             "uvicorn.error": {"level": "WARNING", "handlers": [], "propagate": True},
             "uvicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+            # SAQ logs each job at info and a warning at every worker stop; its errors still show.
+            "saq": {"level": "ERROR", "handlers": [handler_name], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": [handler_name]},
     }

@@ -18,26 +18,39 @@ import signal
 import socket
 import sys
 import threading
-import time
 from typing import Any
 
 from litestar import Litestar
 
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.logs import flush_logs
+from async_tasks.process import environment, shutdown_watchdog
 from async_tasks.settings import Settings
 from async_tasks.system import SHUTDOWN_TASK_SHARE, TaskSystem
 
 logger = logging.getLogger("async_tasks.shutdown")
 
 
-def serve(*, host: str | None = None, port: int | None = None) -> int:
-    """Build the app from the environment and serve it; 2 on a bad setting, 1 when the
-    address cannot be listened on (the port is taken)."""
+def serve(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    backend: str | None = None,
+    with_worker: bool = False,
+    concurrency: int | None = None,
+) -> int:
+    """Build the app from the environment and serve it; 2 on a bad setting or an
+    unreachable Redis, 1 when the address cannot be listened on (the port is taken).
+
+    `backend` overrides TASK_BACKEND; `with_worker` runs a worker in the same process
+    (Redis backend), with `concurrency` slots (default WORKER_CONCURRENCY)."""
     from async_tasks.web.app import create_app
 
+    environ = environment(backend=backend, with_worker=with_worker, concurrency=concurrency)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
+        if with_worker and not settings.redis:
+            raise SettingsError("--with-worker needs a Redis backend (TASK_BACKEND=redis://... or --backend)")
     except SettingsError as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
@@ -48,7 +61,11 @@ def serve(*, host: str | None = None, port: int | None = None) -> int:
         print(f"async-tasks: {refused}", file=sys.stderr)
         return 1
     try:
-        app = create_app(settings)
+        if settings.redis:
+            from async_tasks.execution.saq import check_redis
+
+            check_redis(settings.task_backend)
+        app = create_app(settings, environ=environ)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +108,7 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     system.server_addresses.add(config.host, config.port)  # executors never call their own server
     signalled = threading.Event()
     threading.Thread(
-        target=_shutdown_watchdog,
+        target=shutdown_watchdog,
         args=(system, signalled, settings),
         name="async-tasks shutdown watchdog",
         daemon=True,
@@ -142,39 +159,3 @@ def _cannot_listen(host: str, port: int) -> str | None:
                 hint = " (is another server running there? set PORT or --port)" if exc.errno == errno.EADDRINUSE else ""
                 return f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}{hint}"
     return None
-
-
-def _shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: Settings) -> None:
-    signalled.wait()
-    began = time.monotonic()
-    logger.info(
-        "Shutdown requested: refusing new tasks and cancelling running ones (grace %d ms)",
-        settings.shutdown_grace_ms,
-    )
-    system.request_shutdown()  # after the line above: the cancellations are logged after it
-    time.sleep(max(settings.shutdown_grace_ms / 1000, 1.0))
-    # Still alive: something ignores cancellation or the event loop is blocked.
-    reported = {task.id for task in system.abandoned}
-    stuck = system.execution.running_tasks()
-    for task in stuck:
-        if task.id not in reported:
-            logger.warning(
-                "Abandoned task %s for session %s: it did not stop within the grace period",
-                task.id,
-                task.session_key,
-                extra={
-                    "task_id": task.id,
-                    "session_key": task.session_key,
-                    "executor": task.executor,
-                    "status": task.status.value,
-                    "reason": "shutdown",
-                },
-            )
-    logger.error(
-        "Shutdown did not finish within SHUTDOWN_GRACE_MS (%d ms, %.1f s elapsed): exiting now, %d tasks abandoned",
-        settings.shutdown_grace_ms,
-        time.monotonic() - began,
-        len(reported | {task.id for task in stuck}),
-    )
-    flush_logs()
-    os._exit(1)

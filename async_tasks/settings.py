@@ -21,6 +21,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)`")
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:(\d{1,5}|\*))?$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
@@ -112,6 +113,13 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     metrics_enabled: bool = True
     otel_enabled: bool = False
     ready_max_loop_lag_ms: Positive = 500
+    # Backend: `memory` (one process) or a Redis URL (many API processes and SAQ workers;
+    # needs the `redis` extra).
+    task_backend: str = "memory"
+    redis_key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "async-tasks:"
+    worker_concurrency: Positive = 10
+    worker_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=600_000)] = 3000
+    embedded_worker: bool = False
 
     def __post_init__(self) -> None:
         for key in self.secret_keys:
@@ -125,6 +133,22 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         self.cors_origins  # noqa: B018 (parsing validates)
         self.allowed_host_names  # noqa: B018
         self.forwarded_networks  # noqa: B018
+        if self.task_backend != "memory":
+            if not self.task_backend.startswith(REDIS_SCHEMES):
+                raise SettingsError(
+                    f"Invalid value {self.task_backend!r} for TASK_BACKEND: expected `memory` or a Redis URL "
+                    "(redis://host:port/db)"
+                )
+            if not self.secret_keys:
+                raise SettingsError(
+                    "TASK_BACKEND is Redis but SECRET_KEY is not set: every process must sign sessions with the "
+                    "same key (16+ characters)"
+                )
+
+    @property
+    def redis(self) -> bool:
+        """True with a Redis backend."""
+        return self.task_backend != "memory"
 
     @property
     def cors_origins(self) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from async_tasks.errors import (
     InvalidParams,
     InvalidTransition,
     RateLimited,
+    SettingsError,
     ShuttingDown,
     TaskTooLarge,
     UnknownExecutor,
@@ -96,6 +97,16 @@ class TaskSystem:
         for executor in self.executors:
             executor.clock = clock
             executor.server_addresses = self.server_addresses
+        if store is None and execution is None and self.settings.redis:
+            try:
+                from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
+            except ImportError as exc:
+                raise SettingsError(
+                    f"TASK_BACKEND is Redis but {exc.name or 'a dependency'} is not installed: "
+                    "pip install 'async-tasks[redis]'"
+                ) from None
+            worker = self.settings.worker_concurrency if self.settings.embedded_worker else 0
+            store, execution = redis_backend(self.settings, self.executors, clock, worker_concurrency=worker)
         self.store: TaskStore = store or MemoryTaskStore(clock)
         self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
         self.cleaner = Cleaner(self.store, self.settings, clock)
@@ -192,7 +203,10 @@ class TaskSystem:
         try:
             self.execution.stop_accepting()
             load = await self.execution.load()
-            logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
+            if self.settings.redis:
+                logger.info("Shutting down: %d tasks running in this process; queued tasks stay in Redis", load.running)
+            else:
+                logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
             for hook in self.on_shutdown:
                 try:
                     hook()

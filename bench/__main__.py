@@ -836,8 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["http", "sleepers", "latency", "memory", "cleanup"],
-        help="run only these sections",
+        choices=["http", "sleepers", "latency", "memory", "cleanup", "redis"],
+        help="run only these sections (redis: the Redis backend, see bench/redis_bench.py; not run by default)",
     )
     parser.add_argument("--skip", nargs="+", default=[], choices=["http", "sleepers", "latency", "memory", "cleanup"])
     parser.add_argument(
@@ -859,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=str(BENCH / "last_run.md"), help="markdown report (default bench/last_run.md)"
     )
     parser.add_argument("--json", help="also write every raw figure here")
+    from bench.redis_bench import add_arguments as add_redis_arguments
+
+    add_redis_arguments(parser)
     args = parser.parse_args(argv)
     sections = set(args.only or ["http", "sleepers", "latency", "memory", "cleanup"]) - set(args.skip)
     for tool in ("wrk", "taskset"):
@@ -891,12 +894,20 @@ def main(argv: list[str] | None = None) -> int:
         results["cleanup"] = inproc(
             "cleanup", "--sessions", str(args.cleanup_sessions), "--per-session", str(args.cleanup_per_session)
         )
+    if "redis" in sections:
+        from bench.redis_bench import redis_section
+
+        results["redis"] = redis_section(args, log_dir)
     if args.breakdown:
         results["breakdown"] = breakdown_rounds(args, log_dir)
     if args.profile:
         results["profiles"] = profile_endpoints(args, log_dir)
     results["elapsed_s"] = time.time() - began
     text = report(args, results, command)
+    if "redis" in results:
+        from bench.redis_bench import markdown as redis_markdown
+
+        text += "\n" + redis_markdown(results["redis"])
     print(text)
     Path(args.output).write_text(text, encoding="utf-8")
     if args.json:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ from litestar import Litestar
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
-from async_tasks.testing import serve_in_loop
+from async_tasks.testing import redis_server, serve_in_loop
 from async_tasks.web.app import create_app
 from tests.helpers import TEST_EXECUTORS
 
@@ -56,3 +57,19 @@ async def app(make_app: Callable[..., Litestar]) -> Litestar:
 async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     async with serve_in_loop(app) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One throwaway redis-server for the whole test session (tests keep apart by key prefix)."""
+    try:
+        with redis_server() as url:
+            yield url
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own on the shared redis-server."""
+    return f"test-{uuid.uuid4().hex[:12]}:"

@@ -15,12 +15,15 @@ while others wait) and lets `priority` order a session's own tasks only.
   the slot and stops the executor's work).
 - `run` serves until cancelled (start it with ``await tg.start(backend.run)``);
   `shutdown` refuses new work and ends what runs within a grace period.
+
+`log_fields` and `describe` are what every backend writes about an attempt: the
+fields of its log lines, and an exception as the task's error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -80,3 +83,22 @@ class ExecutionBackend(Protocol):
         """Refuse new work, end every running and queued task with reason ``shutdown``
         and wait up to `grace` seconds; returns the tasks that did not stop."""
         ...
+
+
+def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
+    """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
+    return {
+        "task_id": task.id,
+        "session_key": task.session_key,
+        "executor": task.executor,
+        "status": task.status.value,
+        "duration_ms": task.duration_ms,
+        **fields,
+    }
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a task's error: ``Type: message``."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -35,7 +35,7 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad
+from async_tasks.execution.base import ExecutionLoad, describe, log_fields
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.settings import Settings
@@ -494,22 +494,3 @@ class LocalExecution:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(attempt.task, duration)
-
-
-def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
-    """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
-    return {
-        "task_id": task.id,
-        "session_key": task.session_key,
-        "executor": task.executor,
-        "status": task.status.value,
-        "duration_ms": task.duration_ms,
-        **fields,
-    }
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as a task's error: ``Type: message``."""
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name

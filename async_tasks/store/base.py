@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
+from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded
 from async_tasks.task import Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -184,6 +185,67 @@ class TrimResult(msgspec.Struct, kw_only=True):
     @property
     def total(self) -> int:
         return self.completed + self.failed + self.cancelled
+
+
+# -- the errors every store raises, worded once ---------------------------------------
+
+#: What a transition into each status is called in a refusal.
+ACTIONS: dict[TaskStatus, str] = {
+    TaskStatus.RUNNING: "start",
+    TaskStatus.CANCELLED: "cancel",
+    TaskStatus.PENDING: "retry",
+    TaskStatus.COMPLETED: "complete",
+    TaskStatus.FAILED: "fail",
+}
+_RETRY_HINT = "Only failed or cancelled tasks can be retried."
+_HINTS = {
+    ("cancel", TaskStatus.COMPLETED): "A completed task cannot be cancelled.",
+    ("retry", TaskStatus.PENDING): _RETRY_HINT,
+    ("retry", TaskStatus.RUNNING): _RETRY_HINT,
+    ("retry", TaskStatus.COMPLETED): _RETRY_HINT,
+    ("start", TaskStatus.FAILED): "Use retry to run it again.",
+    ("start", TaskStatus.CANCELLED): "Use retry to run it again.",
+    ("delete", TaskStatus.RUNNING): "Cancel it first.",
+}
+
+
+def refusal(task_id: str, status: TaskStatus, action: str) -> InvalidTransition:
+    """The contract's error for `action` on a task in `status`."""
+    return InvalidTransition(task_id, status.value, action, _HINTS.get((action, status)))
+
+
+def idempotency_conflict(key: str, task_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        "This Idempotency-Key was already used with a different request in this session.",
+        details={"idempotencyKey": key, "taskId": task_id},
+    )
+
+
+def quota_exceeded(limit: int, active: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"This session already has {active} active tasks (the limit is {limit}). "
+        "Wait for some to finish or cancel them.",
+        retry_after=1,
+        details={"limit": limit, "active": active},
+    )
+
+
+def too_many_sessions(limit: int, held: int) -> CapacityExceeded:
+    return CapacityExceeded(
+        f"The server already holds tasks of {held} sessions (the limit is {limit}, MAX_SESSIONS). "
+        "Try again later, or reuse an existing session.",
+        retry_after=60,
+        details={"limit": limit, "setting": "MAX_SESSIONS"},
+    )
+
+
+def too_many_tasks(limit: int, held: int) -> CapacityExceeded:
+    return CapacityExceeded(
+        f"The server already holds {held} tasks (the limit is {limit}, MAX_TASKS). "
+        "Try again later, or delete finished tasks.",
+        retry_after=60,
+        details={"limit": limit, "setting": "MAX_TASKS"},
+    )
 
 
 class TaskStore(Protocol):

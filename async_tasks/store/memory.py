@@ -22,9 +22,10 @@ from typing import Any
 import anyio.lowlevel
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.errors import TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
 from async_tasks.store.base import (
+    ACTIONS,
     HISTORY_HEAD,
     CreateLimits,
     Expiry,
@@ -37,6 +38,11 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
+    idempotency_conflict,
+    quota_exceeded,
+    refusal,
+    too_many_sessions,
+    too_many_tasks,
 )
 from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_transition
 
@@ -44,29 +50,6 @@ from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_trans
 TRIM_BATCH = 2000
 #: Token buckets held before the full ones are pruned (then twice what is left).
 BUCKETS_BEFORE_PRUNE = 4096
-
-_ACTIONS = {
-    TaskStatus.RUNNING: "start",
-    TaskStatus.CANCELLED: "cancel",
-    TaskStatus.PENDING: "retry",
-    TaskStatus.COMPLETED: "complete",
-    TaskStatus.FAILED: "fail",
-}
-_RETRY_HINT = "Only failed or cancelled tasks can be retried."
-_HINTS = {
-    ("cancel", TaskStatus.COMPLETED): "A completed task cannot be cancelled.",
-    ("retry", TaskStatus.PENDING): _RETRY_HINT,
-    ("retry", TaskStatus.RUNNING): _RETRY_HINT,
-    ("retry", TaskStatus.COMPLETED): _RETRY_HINT,
-    ("start", TaskStatus.FAILED): "Use retry to run it again.",
-    ("start", TaskStatus.CANCELLED): "Use retry to run it again.",
-    ("delete", TaskStatus.RUNNING): "Cancel it first.",
-}
-
-
-def refusal(task: Task, action: str) -> InvalidTransition:
-    """The contract's error for `action` on `task` in its current status."""
-    return InvalidTransition(task.id, task.status.value, action, _HINTS.get((action, task.status)))
 
 
 class SessionTasks:
@@ -180,26 +163,11 @@ class MemoryTaskStore:
                     return earlier, True
             active = session.active
             if active >= limits.max_active_per_session:
-                raise QuotaExceeded(
-                    f"This session already has {active} active tasks (the limit is "
-                    f"{limits.max_active_per_session}). Wait for some to finish or cancel them.",
-                    retry_after=1,
-                    details={"limit": limits.max_active_per_session, "active": active},
-                )
+                raise quota_exceeded(limits.max_active_per_session, active)
         elif limits.max_sessions is not None and len(self.sessions) >= limits.max_sessions:
-            raise CapacityExceeded(
-                f"The server already holds tasks of {len(self.sessions)} sessions (the limit is "
-                f"{limits.max_sessions}, MAX_SESSIONS). Try again later, or reuse an existing session.",
-                retry_after=60,
-                details={"limit": limits.max_sessions, "setting": "MAX_SESSIONS"},
-            )
+            raise too_many_sessions(limits.max_sessions, len(self.sessions))
         if limits.max_tasks is not None and (held := sum(self._totals.values())) >= limits.max_tasks:
-            raise CapacityExceeded(
-                f"The server already holds {held} tasks (the limit is {limits.max_tasks}, MAX_TASKS). "
-                "Try again later, or delete finished tasks.",
-                retry_after=60,
-                details={"limit": limits.max_tasks, "setting": "MAX_TASKS"},
-            )
+            raise too_many_tasks(limits.max_tasks, held)
         now = self.clock.now_ms()
         if session is None:
             session = self.sessions[task.session_key] = SessionTasks(task.session_key, now)
@@ -231,10 +199,7 @@ class MemoryTaskStore:
             return None
         task_id, fingerprint = seen
         if fingerprint != idempotency.fingerprint:
-            raise IdempotencyConflict(
-                "This Idempotency-Key was already used with a different request in this session.",
-                details={"idempotencyKey": idempotency.key, "taskId": task_id},
-            )
+            raise idempotency_conflict(idempotency.key, task_id)
         return session.tasks[task_id]
 
     async def transition(
@@ -259,7 +224,7 @@ class MemoryTaskStore:
             or (expect is not None and source not in expect)
             or (attempt is not None and task.attempts != attempt)
         ):
-            raise refusal(task, action or _ACTIONS[target])
+            raise refusal(task.id, task.status, action or ACTIONS[target])
         session = self.sessions[session_key]
         now = self.clock.now_ms()
         session.changed_ms = now
@@ -345,7 +310,7 @@ class MemoryTaskStore:
     async def remove(self, session_key: str, task_id: str) -> Task:
         task = self._find(session_key, task_id)
         if task.status is TaskStatus.RUNNING:
-            raise refusal(task, "delete")
+            raise refusal(task.id, task.status, "delete")
         self._forget(self.sessions[session_key], task)
         return task
 

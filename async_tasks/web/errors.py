@@ -37,6 +37,7 @@ STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.CapacityExceeded: 503,
     errors.TaskTooLarge: 413,
     errors.ShuttingDown: 503,
+    errors.StoreUnavailable: 503,
 }
 
 _HTTP_CODES = {

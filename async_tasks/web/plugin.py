@@ -93,11 +93,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self.settings = self.system.settings
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         #: Push streams (SSE / WebSocket): task events forwarded to each session's open streams.
-        self.streams = StreamBridge(
-            self.system.store,
-            max_streams=self.settings.max_streams,
-            max_streams_per_session=self.settings.max_streams_per_session,
-        )
+        self.streams = self._stream_bridge()
         self.system.on_shutdown.append(self.streams.close)
         #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
         self.metrics = (
@@ -106,6 +102,20 @@ class AsyncTasksPlugin(InitPluginProtocol):
             else None
         )
         self.lag_probe = LoopLagProbe()
+
+    def _stream_bridge(self) -> StreamBridge:
+        if self.settings.redis:
+            from async_tasks.store.redis import RedisTaskStore
+            from async_tasks.web.redis_channels import redis_stream_bridge
+
+            store = self.system.store
+            if isinstance(store, RedisTaskStore):
+                return redis_stream_bridge(store, self.settings)
+        return StreamBridge(
+            self.system.store,
+            max_streams=self.settings.max_streams,
+            max_streams_per_session=self.settings.max_streams_per_session,
+        )
 
     def router(self) -> Router:
         handlers: list[Any] = [

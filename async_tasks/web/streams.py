@@ -23,11 +23,16 @@ lookup per event.
   headers misses nothing). Every forwarded event carries a sequence number taken
   when the store produced it; a stream sends its snapshots, then only events newer
   than them, so a snapshot is never followed by an older state.
+* **Across processes** (the Redis backend): the store itself publishes every change on
+  the session's channel with a global sequence number, and the bridge only subscribes
+  (`shared`); a stream's floor is the sequence its snapshots were read at, and a
+  channel that reconnected (`resync`) sends fresh snapshots to every open stream.
 * **Bounded and cheap.** At most `max_streams` streams are open at once, and
   `max_streams_per_session` in one session (MAX_STREAMS, MAX_STREAMS_PER_SESSION):
   beyond, opening one raises `QuotaExceeded` (429). Each event is encoded once for
   all its subscribers: the channel message is decoded once (cached by its bytes)
   into a `Frame` that carries the SSE lines and the WebSocket text ready to send.
+  The caps count this process's streams (with Redis, each API process has its own).
 * **Shutdown.** `close()` sets `closing`, stops forwarding and ends every open
   stream at once. The plugin calls it when shutdown begins (SIGTERM through
   `AsyncTasksPlugin.request_shutdown`, or the end of the lifespan), before the
@@ -42,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import anyio
 import anyio.abc
@@ -71,6 +76,7 @@ FRAME_CACHE_SIZE: Final = 4096
 
 _TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
 _KEEPALIVE_ITEM: Final = b""  # never a valid envelope
+_RESYNC_ITEM: Final = b"resync"  # nor this
 
 
 class Frame(NamedTuple):
@@ -117,6 +123,17 @@ _encode = msgspec.json.Encoder().encode
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 
 
+class SharedStore(Protocol):
+    """A store that publishes its changes on the channels itself (``<channel_prefix><session
+    key>``), each with a sequence number that orders every change of the store."""
+
+    channel_prefix: str
+
+    async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[Task]]:
+        """The session's tasks (or one), newest first, and the sequence number they reflect."""
+        ...
+
+
 class StreamSubscriber(Subscriber):
     """A channels subscriber that counts what its bounded backlog drops."""
 
@@ -148,9 +165,9 @@ class _Session:
 
     __slots__ = ("channel", "key", "last_sent", "streams", "subscribers")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, channel_prefix: str = CHANNEL_PREFIX) -> None:
         self.key = key
-        self.channel = CHANNEL_PREFIX + key
+        self.channel = channel_prefix + key
         self.subscribers: set[StreamSubscriber] = set()
         #: Streams open or opening here (counted before subscribing, for the caps).
         self.streams = 0
@@ -183,6 +200,7 @@ class StreamBridge:
         backend: ChannelsBackend | None = None,
         max_streams: int | None = None,
         max_streams_per_session: int | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         """
         Args:
@@ -192,6 +210,8 @@ class StreamBridge:
             max_backlog: events held per stream before the oldest are dropped.
             backend: the channels backend (in-memory by default).
             max_streams / max_streams_per_session: open streams allowed (None: no cap).
+            shared: the store, when it publishes its changes itself (Redis): the bridge
+                then only subscribes, and takes floors from its sequence.
         """
         self.max_streams = max_streams
         self.max_streams_per_session = max_streams_per_session
@@ -223,6 +243,8 @@ class StreamBridge:
         self._seq = 0
         self._pending: dict[str, _Pending] = {}
         self._detach: Callable[[], None] | None = None
+        self.shared = shared
+        self.channel_prefix = shared.channel_prefix if shared is not None else CHANNEL_PREFIX
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -278,6 +300,13 @@ class StreamBridge:
         for session in self.sessions.values():
             for subscriber in session.subscribers:
                 subscriber.put_nowait(None)  # ends its iter_events()
+
+    def resync(self) -> None:
+        """Make every open stream start again from snapshots (its channel lost messages)."""
+        for session in self.sessions.values():
+            for subscriber in session.subscribers:
+                subscriber.dropped += 1
+                subscriber.put_nowait(_RESYNC_ITEM)
 
     def _count_drop(self) -> None:
         self.events_dropped_total += 1
@@ -388,8 +417,8 @@ class StreamBridge:
         session = self.sessions.get(session_key)
         self._check_caps(session)
         if session is None:
-            session = self.sessions[session_key] = _Session(session_key)
-            if self._detach is None and not self.closing.is_set():
+            session = self.sessions[session_key] = _Session(session_key, self.channel_prefix)
+            if self._detach is None and not self.closing.is_set() and self.shared is None:
                 self._detach = self.hub.subscribe(self._on_event)
         session.streams += 1
         self.open_streams += 1
@@ -441,8 +470,8 @@ class StreamBridge:
             yield OPENED
             # Snapshots as late as possible (when the consumer starts reading), and the
             # floor at the same moment: queued events up to it are already in them.
-            floor = self._seq
-            for frame in await self._snapshots(session_key):
+            floor, frames = await self._floor_and_snapshots(session_key)
+            for frame in frames:
                 yield frame
             seen_drops = 0
             async for raw in subscriber.iter_events():
@@ -454,9 +483,11 @@ class StreamBridge:
                 if subscriber.dropped != seen_drops:
                     # We fell behind and lost events: start again from the store's state.
                     seen_drops = subscriber.dropped
-                    floor = self._seq
-                    for frame in await self._snapshots(session_key):
+                    floor, frames = await self._floor_and_snapshots(session_key)
+                    for frame in frames:
                         yield frame
+                    continue
+                if raw == _RESYNC_ITEM:
                     continue
                 envelope, frame = self._frame_of(raw)
                 if envelope.seq > floor:
@@ -478,10 +509,9 @@ class StreamBridge:
             return
         async with self._subscription(session_key, keepalive=keepalive) as subscriber:
             yield OPENED
-            task = await self._task(session_key, task_id)
+            floor, task = await self._floor_and_task(session_key, task_id)
             if task is None:  # removed meanwhile
                 return
-            floor = self._seq
             yield self._snapshot(task)
             if task.status in TERMINAL:
                 return
@@ -494,13 +524,14 @@ class StreamBridge:
                     continue
                 if subscriber.dropped != seen_drops:
                     seen_drops = subscriber.dropped
-                    floor = self._seq
-                    task = await self._task(session_key, task_id)
+                    floor, task = await self._floor_and_task(session_key, task_id)
                     if task is None:
                         return
                     yield self._snapshot(task)
                     if task.status in TERMINAL:
                         return
+                    continue
+                if raw == _RESYNC_ITEM:
                     continue
                 envelope, frame = self._frame_of(raw)
                 if envelope.seq <= floor or envelope.task_id != task_id:
@@ -524,6 +555,21 @@ class StreamBridge:
             return await self.store.get(session_key, task_id)
         except TaskNotFound:
             return None
+
+    async def _floor_and_snapshots(self, session_key: str) -> tuple[int, list[Frame]]:
+        """`_snapshots` and the sequence number they reflect, read at one moment."""
+        if self.shared is None:
+            floor = self._seq  # the memory store answers without yielding: the same moment
+            return floor, await self._snapshots(session_key)
+        seq, tasks = await self.shared.snapshot(session_key)
+        return seq, [self._snapshot(task) for task in reversed(tasks)]
+
+    async def _floor_and_task(self, session_key: str, task_id: str) -> tuple[int, Task | None]:
+        if self.shared is None:
+            floor = self._seq
+            return floor, await self._task(session_key, task_id)
+        seq, tasks = await self.shared.snapshot(session_key, task_id)
+        return seq, tasks[0] if tasks else None
 
     async def _snapshots(self, session_key: str) -> list[Frame]:
         """Snapshots of all the session's tasks, oldest first, read at one moment."""

@@ -1,12 +1,13 @@
 """The `store` fixture: one fresh task store per test, for every implementation.
 
 `make_store` builds one on a given clock (the time-limit promises run on a
-`FakeClock`); `store` is one on the system clock.
+`FakeClock`); `store` is one on the system clock. The Redis stores share one
+redis-server (`redis_url`), each test under a key prefix of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -17,14 +18,28 @@ from async_tasks.store.memory import MemoryTaskStore
 MakeStore = Callable[..., TaskStore]
 
 
-@pytest.fixture(params=["memory"])
-def make_store(request: pytest.FixtureRequest) -> MakeStore:
-    def build(clock: Clock = SYSTEM_CLOCK) -> TaskStore:
-        if request.param == "memory":
-            return MemoryTaskStore(clock)
-        raise AssertionError(request.param)
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
+    if request.param == "memory":
+        yield MemoryTaskStore
+        return
+    from redis.asyncio import Redis
 
-    return build
+    from async_tasks.store.redis import RedisTaskStore
+
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    made: list[RedisTaskStore] = []
+
+    def build(clock: Clock = SYSTEM_CLOCK) -> TaskStore:
+        made.append(RedisTaskStore(Redis.from_url(url), prefix=prefix, clock=clock))
+        return made[-1]
+
+    try:
+        yield build
+    finally:
+        for store in made:
+            await store.aclose()
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 - ``GET /health`` and ``GET /healthz``: the process answers (liveness); always
   ``{"status": "ok"}``.
 - ``GET /ready``: 200 ``{"status": "ready", "checks": {...}}`` when the runner and
-  the cleaner are alive, new tasks are accepted (no shutdown under way) and the
-  event loop's lag is under READY_MAX_LOOP_LAG_MS; otherwise 503
+  the cleaner are alive, new tasks are accepted (no shutdown under way), the
+  event loop's lag is under READY_MAX_LOOP_LAG_MS and (Redis backend) Redis answers; otherwise 503
   ``{"status": "unavailable", "failing": [...], "checks": {...}}`` naming what fails.
 
 The lag comes from `LoopLagProbe`, a tiny task in the app's lifespan that sleeps
@@ -13,7 +13,7 @@ The lag comes from `LoopLagProbe`, a tiny task in the app's lifespan that sleeps
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -56,6 +56,17 @@ class LoopLagProbe:
         return max(self.lag_ms, (anyio.current_time() - self._due) * 1000)
 
 
+async def _redis_check(task_system: TaskSystem) -> Literal["ok", "unreachable"] | None:
+    """With the Redis backend: whether Redis answers a PING within a second."""
+    ping = getattr(task_system.store, "ping", None)
+    if not task_system.settings.redis or ping is None:
+        return None
+    with anyio.move_on_after(1):
+        if await ping():
+            return "ok"
+    return "unreachable"
+
+
 _OPS: dict[str, Any] = {"tags": ["ops"], "opt": {OPS_OPT_KEY: True}, "security": NO_SESSION}
 
 
@@ -86,6 +97,7 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
             cleaner="ok" if task_system.cleaner.is_active else "stopped",
             event_loop="ok" if lag < max_lag else "lagging",
             accepting="ok" if task_system.accepting else "shutting_down",
+            redis=await _redis_check(task_system),
         )
         failing = [
             name
@@ -94,8 +106,9 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
                 ("cleaner", checks.cleaner),
                 ("eventLoop", checks.event_loop),
                 ("accepting", checks.accepting),
+                ("redis", checks.redis),
             )
-            if field != "ok"
+            if field not in ("ok", None)
         ]
         body = ReadyResponse(
             status="unavailable" if failing else "ready",

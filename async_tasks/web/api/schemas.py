@@ -197,11 +197,13 @@ class HealthResponse(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
-class ReadyChecks(msgspec.Struct, rename="camel", kw_only=True):
+class ReadyChecks(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     runner: Literal["ok", "stopped"]
     cleaner: Literal["ok", "stopped"]
     event_loop: Literal["ok", "lagging"]
     accepting: Literal["ok", "shutting_down"]
+    #: With the Redis backend only: whether Redis answers.
+    redis: Literal["ok", "unreachable"] | None = None
 
 
 class ReadyResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):

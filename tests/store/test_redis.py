@@ -1,0 +1,299 @@
+"""What the Redis store promises beyond the shared contract: changes published on the
+session's channel in the push streams' envelope, the same JSON as the memory store,
+snapshots with the sequence they reflect, stores in several processes agreeing, and a
+clear error when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, cast
+
+import anyio
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from async_tasks.errors import StoreUnavailable
+from async_tasks.events import EventType, TaskEvent
+from async_tasks.executor import TaskParams
+from async_tasks.store import redis as redis_store_module
+from async_tasks.store.base import CreateLimits, Expiry, Idempotency, Retention, StorePolicy, TaskFilter
+from async_tasks.store.memory import MemoryTaskStore
+from async_tasks.store.redis import RedisTaskStore, SessionBusy
+from async_tasks.task import Task, TaskStatus
+from async_tasks.testing import FakeClock, free_port
+
+UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
+
+
+class Params(TaskParams):
+    who: str = "world"
+    times: int = 2
+
+
+def new_task(session: str = "s", **fields: object) -> Task:
+    return Task(
+        id=str(uuid.uuid4()),
+        session_key=session,
+        executor="greet",
+        name="Greeting",
+        params=Params(who="Ada"),
+        metadata={"a": [1, 2.5, None]},
+        tags=["x"],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisTaskStore]:
+    made = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+@pytest.fixture
+async def other(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisTaskStore]:
+    """A second store on the same keys: what another process sees."""
+    made = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def test_a_task_reads_back_as_the_same_json_as_in_memory(store: RedisTaskStore) -> None:
+    """Params come back as plain JSON values and the task encodes exactly as the memory store's."""
+    memory = MemoryTaskStore()
+    task = new_task()
+    in_memory, _ = await memory.create(msgspec.structs.replace(task), limits=UNLIMITED)
+    in_redis, _ = await store.create(task, limits=UNLIMITED)
+    assert in_redis.params == {"who": "Ada", "times": 2}
+    for target in (TaskStatus.RUNNING,):
+        in_memory = await memory.transition("s", task.id, target)
+        in_redis = await store.transition("s", task.id, target)
+    assert await memory.report_progress("s", task.id, 1, 45, "Loading", None)
+    assert await store.report_progress("s", task.id, 1, 45, "Loading", None)
+    in_memory = await memory.transition("s", task.id, TaskStatus.COMPLETED, result={"n": [1, "two"]}, reason="done")
+    in_redis = await store.transition("s", task.id, TaskStatus.COMPLETED, result={"n": [1, "two"]}, reason="done")
+    stored = await store.get("s", task.id)
+
+    def comparable(t: Task) -> dict[str, object]:
+        data: dict[str, object] = msgspec.json.decode(msgspec.json.encode(t))
+        for key in ("createdAt", "updatedAt", "startedAt", "completedAt"):
+            data.pop(key)
+        for entry in data["history"]:  # type: ignore[attr-defined]
+            entry.pop("at")
+        return data
+
+    assert comparable(stored) == comparable(in_redis) == comparable(in_memory)
+    assert b'"progress":100,' in msgspec.json.encode(stored)
+
+
+async def test_every_change_is_published_on_the_session_channel(store: RedisTaskStore, redis_url: str) -> None:
+    """Each change reaches Redis subscribers as the envelope the push streams read, in order."""
+    listener = Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(store.channel_prefix + "s")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    try:
+        task, _ = await store.create(new_task(), limits=UNLIMITED)
+        await store.transition("s", task.id, TaskStatus.RUNNING)
+        await store.report_progress("s", task.id, 1, 12.5, "Step", "first")
+        done = await store.transition("s", task.id, TaskStatus.COMPLETED, result=[1])
+        await store.remove("s", task.id)
+        envelopes: list[Any] = []
+        with anyio.fail_after(5):
+            while len(envelopes) < 5:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    envelopes.append(msgspec.json.decode(message["data"]))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listener.aclose()
+    seqs = [envelope[0] for envelope in envelopes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert [(e[2], e[3], e[4]) for e in envelopes] == [
+        ("transition", "pending", 0),
+        ("transition", "running", 1),
+        ("progress", "running", 1),
+        ("transition", "completed", 1),
+        ("removed", "completed", 1),
+    ]
+    expected = msgspec.json.decode(msgspec.json.encode(TaskEvent.of(done, EventType.TRANSITION, TaskStatus.RUNNING)))
+    assert envelopes[3][5] == expected
+    assert envelopes[2][5]["progress"] == 12.5 and envelopes[2][5]["currentStepDescription"] == "first"
+
+
+async def test_a_snapshot_carries_the_sequence_it_reflects(store: RedisTaskStore) -> None:
+    """Changes after a snapshot get higher sequence numbers than the snapshot's."""
+    first, _ = await store.create(new_task(), limits=UNLIMITED)
+    seq, tasks = await store.snapshot("s")
+    assert [t.id for t in tasks] == [first.id]
+    await store.transition("s", first.id, TaskStatus.RUNNING)
+    later, tasks = await store.snapshot("s", first.id)
+    assert later > seq and tasks[0].status is TaskStatus.RUNNING
+    assert (await store.snapshot("other", first.id))[1] == []
+
+
+async def test_two_processes_see_one_state(store: RedisTaskStore, other: RedisTaskStore) -> None:
+    """A task made through one store is found, counted, moved and refused through another."""
+    key = Idempotency("k", b"f")
+    made: list[tuple[str, bool]] = []
+
+    async def create(where: RedisTaskStore) -> None:
+        task, replayed = await where.create(new_task(), limits=UNLIMITED, idempotency=key)
+        made.append((task.id, replayed))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(create, store if i % 2 else other)
+    assert len({task_id for task_id, _ in made}) == 1 and sum(not replayed for _, replayed in made) == 1
+    task_id = made[0][0]
+    await other.transition("s", task_id, TaskStatus.RUNNING)
+    assert (await store.get("s", task_id)).status is TaskStatus.RUNNING
+    assert (await store.counts("s")).by_status[TaskStatus.RUNNING] == 1
+    assert (await other.totals()).sessions == 1
+
+
+async def test_trim_of_every_session_works_in_batches(store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention over many sessions removes everything beyond the limits, a batch per script."""
+    monkeypatch.setattr(redis_store_module, "TRIM_BATCH", 3)
+    monkeypatch.setattr(redis_store_module, "TRIM_SESSIONS", 2)
+    for session in ("a", "b", "c"):
+        for _ in range(4):
+            task, _ = await store.create(new_task(session), limits=UNLIMITED)
+            await store.transition(session, task.id, TaskStatus.CANCELLED)
+    result = await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=1))
+    assert result.cancelled == 9
+    assert [(await store.counts(s)).total for s in ("a", "b", "c")] == [1, 1, 1]
+    assert (await store.query("a", TaskFilter(status=TaskStatus.CANCELLED))).total == 1
+
+
+async def test_a_start_over_a_concurrency_limit_is_refused(store: RedisTaskStore) -> None:
+    """The session's and the global running limits are checked with the start, atomically."""
+    first, _ = await store.create(new_task(), limits=UNLIMITED)
+    second, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", first.id, TaskStatus.RUNNING, session_limit=1)
+    with pytest.raises(SessionBusy) as caught:
+        await store.transition("s", second.id, TaskStatus.RUNNING, session_limit=1)
+    assert caught.value.scope == "session"
+    with pytest.raises(SessionBusy) as caught:
+        await store.transition("s", second.id, TaskStatus.RUNNING, global_limit=1)
+    assert caught.value.scope == "global"
+    assert (await store.get("s", second.id)).status is TaskStatus.PENDING
+
+
+async def test_running_tasks_of_a_worker_without_a_lease_are_reported_lost(store: RedisTaskStore) -> None:
+    """The reconciler's query: running tasks whose worker's lease key is gone."""
+    alive, _ = await store.create(new_task(), limits=UNLIMITED)
+    dead, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", alive.id, TaskStatus.RUNNING, owner="w1")
+    await store.transition("s", dead.id, TaskStatus.RUNNING, owner="w2")
+    await store.redis.set(store.key("wk", "w1"), b"{}", px=5000)
+    assert await store.lost_attempts() == [(dead.id, "s", 1, "w2")]
+    await store.transition("s", dead.id, TaskStatus.FAILED, attempt=1)
+    assert await store.lost_attempts() == []
+
+
+async def test_an_unreachable_redis_is_a_store_unavailable_error() -> None:
+    """No Redis: the store raises StoreUnavailable (a 503 at the HTTP edge), not a crash."""
+    unreachable = RedisTaskStore(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), prefix="x:")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await unreachable.get("s", "t")
+        with pytest.raises(StoreUnavailable):
+            await unreachable.counts("s")
+        assert not await unreachable.ping()
+    finally:
+        await unreachable.aclose()
+
+
+async def test_a_capped_history_reads_as_in_memory(store: RedisTaskStore) -> None:
+    """The entry standing for the omitted transitions (built in Lua) is the memory store's, errors included."""
+    memory = MemoryTaskStore()
+    policy = StorePolicy(max_history=7)
+    memory.policy = store.policy = policy
+    task = new_task()
+    await memory.create(msgspec.structs.replace(task), limits=UNLIMITED)
+    await store.create(task, limits=UNLIMITED)
+    for attempt in range(1, 6):
+        for where in (memory, store):
+            await where.transition("s", task.id, TaskStatus.RUNNING)
+            await where.transition("s", task.id, TaskStatus.FAILED, error=f'Boom/{attempt}: é "quoted"')
+            await where.transition("s", task.id, TaskStatus.PENDING, automatic=True, reason=f"retry {attempt}")
+
+    def entries(t: Task) -> list[dict[str, object]]:
+        data = msgspec.json.decode(msgspec.json.encode(t.history))
+        for entry in data:
+            entry.pop("at")
+        return data  # type: ignore[no-any-return]
+
+    in_memory, in_redis = await memory.get("s", task.id), await store.get("s", task.id)
+    assert len(in_redis.history) == 7 and in_redis.history[3].omitted == 16 - 6
+    assert entries(in_redis) == entries(in_memory)
+
+
+async def test_what_the_store_removes_by_itself_reaches_the_hooks_with_its_cause(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Retention, expiry and remove call `on_removed` with ``retention``, ``expired`` or None, as in memory."""
+    clock = FakeClock()
+    in_redis = RedisTaskStore(Redis.from_url(redis_url), prefix=redis_prefix, clock=clock)
+    try:
+        for store in (MemoryTaskStore(clock), in_redis):
+            assert await removals(store, clock) == [
+                ("completed", "retention"),
+                ("cancelled", None),
+                ("completed", "expired"),
+                ("cancelled", "retention"),
+            ], type(store)
+    finally:
+        await in_redis.aclose()
+
+
+async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) -> list[tuple[str, str | None]]:
+    causes: list[tuple[str, str | None]] = []
+    store.events.on_removed.append(lambda task, cause: causes.append((task.status.value, cause)))
+    store.policy = StorePolicy(retention=Retention(max_completed=1, max_failed=1, max_cancelled=5))
+    for _ in range(2):
+        task, _ = await store.create(new_task(), limits=UNLIMITED)
+        await store.transition("s", task.id, TaskStatus.RUNNING)
+        await store.transition("s", task.id, TaskStatus.COMPLETED)
+    gone, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.transition("s", gone.id, TaskStatus.CANCELLED)
+    await store.remove("s", gone.id)
+    await store.create(new_task(), limits=UNLIMITED)
+    clock.advance(3600)
+    expired = await store.expire(Expiry(pending_ttl_ms=60_000, finished_ttl_ms=60_000))
+    assert len(expired.pending) == 1 and expired.finished == 1
+    await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
+    return causes
+
+
+async def test_a_fair_start_leaves_free_slots_to_waiting_sessions(store: RedisTaskStore) -> None:
+    """While another session waits, a session runs fewer tasks than the free slots; alone, it may use them all."""
+    await cast("Awaitable[int]", store.redis.hset(store.key("workers"), "w", "2"))
+    a1, a2 = [(await store.create(new_task("a"), limits=UNLIMITED))[0] for _ in range(2)]
+    b1, _ = await store.create(new_task("b"), limits=UNLIMITED)
+    await store.transition("a", a1.id, TaskStatus.RUNNING, fair=True)
+    with pytest.raises(SessionBusy) as caught:  # 1 running, 1 slot free, and b waits
+        await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)
+    assert caught.value.scope == "fair"
+    await store.transition("b", b1.id, TaskStatus.RUNNING, fair=True)
+    await store.transition("b", b1.id, TaskStatus.COMPLETED)
+    await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)  # nobody else waits
+
+
+async def test_a_queue_position_counts_the_session_s_own_pending_tasks(store: RedisTaskStore) -> None:
+    """Higher priority first, then oldest first, among the session's pending tasks only."""
+    low, _ = await store.create(new_task(), limits=UNLIMITED)
+    await store.create(new_task("other", priority=9), limits=UNLIMITED)
+    high, _ = await store.create(new_task(priority=5), limits=UNLIMITED)
+    later, _ = await store.create(new_task(), limits=UNLIMITED)
+    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [1, 2, 3]
+    await store.transition("s", high.id, TaskStatus.RUNNING)
+    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [None, 1, 2]
+    assert await store.queue_position("other", low.id) is None
