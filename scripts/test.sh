@@ -2,8 +2,10 @@
 # Everything CI checks, on a fresh machine or again after a change: install what is
 # missing (once), then lint, format, strict types (package, executors, demos, tests and
 # the docs' examples) and the whole test suite. Any failure fails the script.
-#   bash scripts/test.sh            # any extra arguments go to pytest
-#   bash scripts/test.sh --fast     # the inner loop only: unit and in-process API tests
+#   bash scripts/test.sh            # everything; extra arguments go to pytest
+#   bash scripts/test.sh --fast     # the inner loop: unit and in-process API tests
+# The tests run in parallel (pytest-xdist, one worker per core; TEST_WORKERS=N to
+# choose, 0 for none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,10 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The compiled modules (and pytest's assert-rewritten test modules) are kept in
+# __pycache__ between runs: without them every test process compiles them again.
+unset PYTHONDONTWRITEBYTECODE
+
 ruff check .
 ruff format --check .
 python scripts/doc_examples.py build/doc-examples >/dev/null
@@ -38,6 +44,8 @@ mypy async_tasks executors demos tests build/doc-examples
 
 if [ "${1:-}" = "--fast" ]; then
     shift
-    set -- -m "not e2e and not battery" "$@"
+    # What the markers leave; tests/browser and tests/battery hold only e2e and battery
+    # tests, so they are not even collected.
+    set -- -m "not e2e and not battery" --ignore=tests/browser --ignore=tests/battery "$@"
 fi
-python -m pytest "$@"
+python -m pytest -n "${TEST_WORKERS:-auto}" "$@"

@@ -1,9 +1,22 @@
-"""Shared fixtures: a fresh app per test, in-process clients, test executors."""
+"""Shared fixtures: apps with test settings, in-process clients, test executors.
+
+- `make_app` / `app` / `client`: a fresh app per test, running in the test's event loop.
+  Use them when the test's point involves the whole app's state (stats of every
+  session, metrics, cleanup, settings, shutdown).
+- `shared_app` / `session_client`: one app for the module (building an app costs
+  ~130 ms: Litestar copies every handler at registration) and, per test, a client
+  with a session of its own (its own client address). Use them for matrices of
+  mistakes and for anything a session sees only of itself.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import logging.handlers
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from queue import Queue
 from typing import Any
 
 import httpx
@@ -12,7 +25,7 @@ from litestar import Litestar
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
-from async_tasks.testing import redis_server, serve_in_loop
+from async_tasks.testing import asgi_client, redis_server, serve_in_loop
 from async_tasks.web.app import create_app
 from tests.helpers import TEST_EXECUTORS
 
@@ -20,32 +33,42 @@ SECRET = "test-secret-key-0123456789abcdef"
 #: The Host of Litestar's test clients and of our in-process clients: not a loopback
 #: name, so the tests allow it (the default ALLOWED_HOSTS does not).
 TEST_HOST = "testserver.local"
+#: Client addresses handed out to `session_client`s: each test its own IP session.
+_ADDRESSES = (f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in itertools.count(1))
 
 
-@pytest.fixture
+def build_app(
+    executors: Any = TEST_EXECUTORS,
+    *,
+    environ: dict[str, str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    load_entry_points: bool = True,
+    **overrides: Any,
+) -> Litestar:
+    """An app with test settings; keyword arguments override `Settings` fields."""
+    fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
+    fields.update(overrides)
+    return create_app(
+        Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
+    )
+
+
+def new_address() -> str:
+    """A client address no other test of this process uses (so an IP session of its own)."""
+    return next(_ADDRESSES)
+
+
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
+    # Session scope lets module-scoped async fixtures (`shared_app`) run in the event
+    # loop of their module's tests; a test without one still gets a loop of its own.
     return "asyncio"
 
 
 @pytest.fixture
 def make_app() -> Callable[..., Litestar]:
-    """Build an app with test settings; keyword arguments override `Settings` fields."""
-
-    def build(
-        executors: Any = TEST_EXECUTORS,
-        *,
-        environ: dict[str, str] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-        load_entry_points: bool = True,
-        **overrides: Any,
-    ) -> Litestar:
-        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
-        fields.update(overrides)
-        return create_app(
-            Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
-        )
-
-    return build
+    """`build_app`: an app with test settings; keyword arguments override `Settings` fields."""
+    return build_app
 
 
 @pytest.fixture
@@ -73,3 +96,32 @@ def redis_url() -> Iterator[str]:
 def redis_prefix() -> str:
     """A key prefix of this test's own on the shared redis-server."""
     return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(scope="module")
+async def shared_app() -> AsyncIterator[Litestar]:
+    """One app with test settings for the module, its lifespan running in the module's loop."""
+    app = build_app()
+    async with app.lifespan():
+        yield app
+
+
+@pytest.fixture
+async def session_client(shared_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `shared_app` from an address of its own: a new session, empty."""
+    async with asgi_client(shared_app, new_address()) as http:
+        yield http
+
+
+@pytest.fixture(autouse=True)
+def _logs_written_within_the_test() -> Iterator[None]:
+    """The app's log handler writes from a queue listener's thread: wait (on the queue, no
+    sleep) until it has written what the test logged, so that no line lands in another
+    test's output or, after the last test, in pytest's closed capture."""
+    yield
+    for name in ("", "async_tasks", "litestar", "uvicorn"):
+        for handler in logging.getLogger(name).handlers:
+            listener = getattr(handler, "listener", None)
+            running = getattr(listener, "_thread", None) is not None
+            if isinstance(handler, logging.handlers.QueueHandler) and isinstance(handler.queue, Queue) and running:
+                handler.queue.join()

@@ -1,4 +1,9 @@
-"""The HTTP contract: every endpoint's shape and every client mistake's error body."""
+"""The HTTP contract: every endpoint's shape and every client mistake's error body.
+
+The tests share one app (`shared_app`), each with a session of its own: what they
+check is a request, its answer and the session's own tasks. Tests of a setting
+build their own app.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,16 @@ from litestar import Litestar
 from tests.helpers import ScriptExecutor, wait_for
 
 API = "/api/v1"
+
+
+@pytest.fixture
+def app(shared_app: Litestar) -> Litestar:
+    return shared_app
+
+
+@pytest.fixture
+def client(session_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return session_client
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -307,6 +307,7 @@ def test_serve_on_a_taken_port_says_so_first_and_only(
     ]
 
 
+@pytest.mark.e2e
 def test_the_installed_command_runs_in_a_subprocess(live_server: str) -> None:  # noqa: F811
     """The installed async-tasks script, against a real server: submit, follow, and the session kept."""
     command = Path(sys.executable).with_name("async-tasks")

@@ -31,6 +31,8 @@ SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+#: The tests that need the guide's servers (real processes, started once) run in one worker.
+GUIDE_SERVERS = pytest.mark.xdist_group("demo-guide")
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -115,6 +117,8 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
         assert path in text, path
 
 
+@pytest.mark.e2e
+@GUIDE_SERVERS
 def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     main_port, integration_port = servers
     blocks = guide_blocks()
@@ -143,6 +147,8 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
+@pytest.mark.e2e
+@GUIDE_SERVERS
 @pytest.mark.parametrize("document", ["DEMO_GUIDE.md", "README.md"])
 def test_python_examples_run_as_written(document: str, servers: tuple[int, int]) -> None:
     """Each Python block executes (against the guide's server); the test functions it defines pass."""

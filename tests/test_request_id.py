@@ -1,5 +1,8 @@
 """Request ids: accepted or generated, echoed on every response, recorded on the task
-and carried by every log line of the request and of the task it created."""
+and carried by every log line of the request and of the task it created.
+
+The tests share one app (`shared_app`), each with a session of its own.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,16 @@ from tests.helpers import ScriptExecutor, wait_for
 
 API = "/api/v1"
 GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.fixture
+def app(shared_app: Litestar) -> Litestar:
+    return shared_app
+
+
+@pytest.fixture
+def client(session_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return session_client
 
 
 class Capture(logging.Handler):

@@ -1,4 +1,8 @@
-"""Execution: success, failure, cancellation, retries, timeouts, limits, blocking executors."""
+"""Execution: success, failure, cancellation, retries, timeouts, limits, blocking executors.
+
+Tests of one task share an app (`shared_app`), each with a session of its own; tests of
+a setting, of the whole runner's load or that change the app build their own.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,23 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from litestar import Litestar
 
 from async_tasks.testing import FakeClock, serve_in_loop
 from tests.helpers import BlockingExecutor, ScriptExecutor, find_task, system_of, wait_for
 
 API = "/api/v1"
+
+
+@pytest.fixture
+def app(shared_app: Litestar) -> Litestar:
+    return shared_app
+
+
+@pytest.fixture
+def client(session_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return session_client
 
 
 async def create(client: httpx.AsyncClient, start: bool = True, **body: Any) -> dict[str, Any]:
@@ -46,17 +61,19 @@ async def test_executor_exception_fails_only_that_task(client: httpx.AsyncClient
     await wait_for(app, sibling["id"], "completed")
 
 
-async def test_cancel_running_task_is_prompt_and_freezes_progress(client: httpx.AsyncClient, app: Litestar) -> None:
-    task = await create(client, params={"steps": 3, "hold": True})
-    await wait_for(app, task["id"], progress=90)
-    response = await client.post(f"{API}/tasks/{task['id']}/cancel")
-    assert response.status_code == 200
-    body = response.json()["task"]
-    assert body["status"] == "cancelled" and body["progress"] == 90
-    await anyio.wait_all_tasks_blocked()
-    assert (await system_of(app).execution.load()).running == 0  # the attempt has unwound
-    record = find_task(app, task["id"])
-    assert record is not None and record.progress == 90 and record.history[-1].reason == "cancelled by request"
+async def test_cancel_running_task_is_prompt_and_freezes_progress(make_app: Callable[..., Litestar]) -> None:
+    app = make_app()  # its own: the runner's whole load is checked
+    async with serve_in_loop(app) as client:
+        task = await create(client, params={"steps": 3, "hold": True})
+        await wait_for(app, task["id"], progress=90)
+        response = await client.post(f"{API}/tasks/{task['id']}/cancel")
+        assert response.status_code == 200
+        body = response.json()["task"]
+        assert body["status"] == "cancelled" and body["progress"] == 90
+        await anyio.wait_all_tasks_blocked()
+        assert (await system_of(app).execution.load()).running == 0  # the attempt has unwound
+        record = find_task(app, task["id"])
+        assert record is not None and record.progress == 90 and record.history[-1].reason == "cancelled by request"
 
 
 async def test_cancel_pending_task(client: httpx.AsyncClient) -> None:
@@ -171,7 +188,7 @@ async def test_cancelled_blocking_executor_stops_at_its_next_report(client: http
     assert record is not None and record.status.value == "cancelled" and record.progress == 10
 
 
-async def test_result_that_is_not_json_fails_the_task(client: httpx.AsyncClient, app: Litestar) -> None:
+async def test_result_that_is_not_json_fails_the_task(make_app: Callable[..., Litestar]) -> None:
     from async_tasks import TaskExecutor
 
     class Weird(TaskExecutor[Any]):
@@ -180,7 +197,9 @@ async def test_result_that_is_not_json_fails_the_task(client: httpx.AsyncClient,
         async def execute(self, task: Any, progress: Any) -> Any:
             return {"when": object()}
 
+    app = make_app()  # its own: the test registers an executor in it
     system_of(app).executors.register(Weird())
-    response = await client.post(f"{API}/tasks", json={"executor": "weird", "start": True})
-    failed = await wait_for(app, response.json()["task"]["id"], "failed")
-    assert failed.error is not None and "not JSON-encodable" in failed.error
+    async with serve_in_loop(app) as client:
+        response = await client.post(f"{API}/tasks", json={"executor": "weird", "start": True})
+        failed = await wait_for(app, response.json()["task"]["id"], "failed")
+        assert failed.error is not None and "not JSON-encodable" in failed.error

@@ -1,4 +1,8 @@
-"""Session isolation: token (header or cookie), IP mapping, and the shared mode."""
+"""Session isolation: token (header or cookie), IP mapping, and the shared mode.
+
+Most tests share an app per module (IP mapping on: `shared_app`; off: `tokens_app`)
+with sessions of their own; tests of other keys or modes build their own.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,23 @@ from litestar import Litestar
 
 from async_tasks.testing import asgi_client, serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
+from tests.conftest import build_app, new_address
 
 API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+async def tokens_app() -> AsyncIterator[Litestar]:
+    """An app without IP mapping, for the module: a client without a token or cookie gets a new session."""
+    app = build_app(auto_map_session_by_ip=False)
+    async with app.lifespan():
+        yield app
+
+
+@pytest.fixture
+async def tokens_client(tokens_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(tokens_app) as client:
+        yield client
 
 
 @asynccontextmanager
@@ -48,7 +67,8 @@ async def assert_foreign(client: httpx.AsyncClient, task_id: str, headers: dict[
     assert stats["total"] == listing["total"]
 
 
-async def test_two_tokens_are_isolated(client: httpx.AsyncClient) -> None:
+async def test_two_tokens_are_isolated(session_client: httpx.AsyncClient) -> None:
+    client = session_client
     alice, bob = await new_token(client), await new_token(client)
     task = (await client.post(f"{API}/tasks", json={"executor": "script"}, headers={"X-Session-Token": alice})).json()[
         "task"
@@ -60,50 +80,52 @@ async def test_two_tokens_are_isolated(client: httpx.AsyncClient) -> None:
     assert mine.status_code == 200
 
 
-async def test_two_ips_are_isolated(app: Litestar) -> None:
-    async with app.lifespan(), from_ip(app, "10.1.1.1") as one, from_ip(app, "10.2.2.2") as two:
+async def test_two_ips_are_isolated(shared_app: Litestar) -> None:
+    ip = new_address()
+    async with from_ip(shared_app, ip) as one, from_ip(shared_app, new_address()) as two:
         task = (await one.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
-        assert task["sessionKey"].startswith("ip_") and "10.1.1.1" not in task["sessionKey"]
+        assert task["sessionKey"].startswith("ip_") and ip not in task["sessionKey"]
         await assert_foreign(two, task["id"])
         assert (await one.get(f"{API}/tasks")).json()["total"] == 1
 
 
-async def test_same_ip_is_the_same_session(app: Litestar) -> None:
-    async with app.lifespan(), from_ip(app, "10.1.1.1") as one, from_ip(app, "10.1.1.1") as again:
+async def test_same_ip_is_the_same_session(shared_app: Litestar) -> None:
+    ip = new_address()
+    async with from_ip(shared_app, ip) as one, from_ip(shared_app, ip) as again:
         task = (await one.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]
         assert (await again.get(f"{API}/tasks/{task['id']}")).status_code == 200
 
 
-async def test_session_cookie_is_issued_and_honoured(make_app: Callable[..., Litestar]) -> None:
+async def test_session_cookie_is_issued_and_honoured(tokens_client: httpx.AsyncClient) -> None:
     """Without IP mapping, a first request gets a new session: token header plus HttpOnly cookie."""
-    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
-        first = await client.post(f"{API}/tasks", json={"executor": "script"})
-        cookie = first.headers["set-cookie"]
-        assert "async_tasks_session=" in cookie and "HttpOnly" in cookie and "Path=/" in cookie
-        assert "SameSite=lax" in cookie or "SameSite=Lax" in cookie
-        assert first.headers["x-session-token"]
-        # httpx keeps the cookie: the next request is in the same session.
-        task_id = first.json()["task"]["id"]
-        assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 200
-        client.cookies.clear()
-        assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 404
+    client = tokens_client
+    first = await client.post(f"{API}/tasks", json={"executor": "script"})
+    cookie = first.headers["set-cookie"]
+    assert "async_tasks_session=" in cookie and "HttpOnly" in cookie and "Path=/" in cookie
+    assert "SameSite=lax" in cookie or "SameSite=Lax" in cookie
+    assert first.headers["x-session-token"]
+    # httpx keeps the cookie: the next request is in the same session.
+    task_id = first.json()["task"]["id"]
+    assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 200
+    client.cookies.clear()
+    assert (await client.get(f"{API}/tasks/{task_id}")).status_code == 404
 
 
 @pytest.mark.parametrize("forged", ["", "garbage", "s_abc", "a" * 5000, "eyJ.x.y", "s_x.AAAA.BBBB"])
-async def test_forged_token_is_treated_as_absent(make_app: Callable[..., Litestar], forged: str) -> None:
-    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
-        response = await client.get(f"{API}/session", headers={"X-Session-Token": forged})
-        assert response.status_code == 200
-        assert response.json()["sessionKey"].startswith("s_")
-        assert response.headers.get("x-session-token")  # a fresh session was issued
+async def test_forged_token_is_treated_as_absent(tokens_client: httpx.AsyncClient, forged: str) -> None:
+    response = await tokens_client.get(f"{API}/session", headers={"X-Session-Token": forged})
+    assert response.status_code == 200
+    assert response.json()["sessionKey"].startswith("s_")
+    assert response.headers.get("x-session-token")  # a fresh session was issued
 
 
-async def test_token_from_other_key_is_not_accepted(make_app: Callable[..., Litestar]) -> None:
+async def test_token_from_other_key_is_not_accepted(
+    make_app: Callable[..., Litestar], tokens_client: httpx.AsyncClient
+) -> None:
     async with serve_in_loop(make_app(secret_key="another-secret-key-abcdefghij")) as other:
         token = await new_token(other)
-    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
-        response = await client.get(f"{API}/session", headers={"X-Session-Token": token})
-        assert response.headers.get("x-session-token") and response.headers["x-session-token"] != token
+    response = await tokens_client.get(f"{API}/session", headers={"X-Session-Token": token})
+    assert response.headers.get("x-session-token") and response.headers["x-session-token"] != token
 
 
 async def test_key_rotation_accepts_old_tokens(make_app: Callable[..., Litestar]) -> None:
@@ -126,7 +148,8 @@ async def test_isolation_disabled_shares_one_session(make_app: Callable[..., Lit
         assert (await two.get(f"{API}/tasks/{task['id']}")).status_code == 200
 
 
-async def test_new_session_endpoint_starts_an_empty_session(client: httpx.AsyncClient) -> None:
+async def test_new_session_endpoint_starts_an_empty_session(session_client: httpx.AsyncClient) -> None:
+    client = session_client
     await client.post(f"{API}/tasks", json={"executor": "script"})
     response = await client.post(f"{API}/session")
     body: dict[str, Any] = response.json()
@@ -136,20 +159,20 @@ async def test_new_session_endpoint_starts_an_empty_session(client: httpx.AsyncC
     assert listing["total"] == 0
 
 
-async def test_a_new_session_is_one_session_with_one_token(make_app: Callable[..., Litestar]) -> None:
+async def test_a_new_session_is_one_session_with_one_token(tokens_client: httpx.AsyncClient) -> None:
     """POST /session without a token hands out exactly one session: one header, one cookie, a token that works."""
-    async with serve_in_loop(make_app(auto_map_session_by_ip=False)) as client:
-        response = await client.post(f"{API}/session")
-        assert response.status_code == 201
-        assert len(response.headers.get_list("x-session-token")) == 1
-        assert len(response.headers.get_list("set-cookie")) == 1
-        body = response.json()
-        assert response.headers["x-session-token"] == body["token"]
-        assert f"async_tasks_session={body['token']}" in response.headers["set-cookie"]
-        client.cookies.clear()
-        again = await client.get(f"{API}/session", headers={"X-Session-Token": body["token"]})
-        assert again.json()["sessionKey"] == body["sessionKey"]
-        assert "x-session-token" not in again.headers and "x-session-token-status" not in again.headers
+    client = tokens_client
+    response = await client.post(f"{API}/session")
+    assert response.status_code == 201
+    assert len(response.headers.get_list("x-session-token")) == 1
+    assert len(response.headers.get_list("set-cookie")) == 1
+    body = response.json()
+    assert response.headers["x-session-token"] == body["token"]
+    assert f"async_tasks_session={body['token']}" in response.headers["set-cookie"]
+    client.cookies.clear()
+    again = await client.get(f"{API}/session", headers={"X-Session-Token": body["token"]})
+    assert again.json()["sessionKey"] == body["sessionKey"]
+    assert "x-session-token" not in again.headers and "x-session-token-status" not in again.headers
 
 
 @pytest.mark.parametrize("auto_map", [True, False])

@@ -61,6 +61,7 @@ def test_short_secret_key_is_refused() -> None:
         Settings.from_env({"SECRET_KEY": "short"})
 
 
+@pytest.mark.e2e
 def test_serve_stops_with_one_line_naming_the_variable() -> None:
     env = {**os.environ, "MAX_COMPLETED_TASKS": "lots"}
     result = subprocess.run(

@@ -152,6 +152,7 @@ def shutdown_accounting(lines: list[dict[str, Any]]) -> tuple[set[str], set[str]
     return cancelled, abandoned
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_cancels_hundreds_of_tasks_and_the_server_exits_in_time(tmp_path: Path, sig: int) -> None:
     """300 long tasks (250 running, 50 queued): after the signal every one is cancelled with
@@ -180,6 +181,7 @@ def test_a_signal_cancels_hundreds_of_tasks_and_the_server_exits_in_time(tmp_pat
     assert requested < planned < first_cancel, messages[requested - 2 : planned + 3]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("stubborn", "forced_line"),
     [

@@ -345,6 +345,7 @@ async def test_a_progress_flood_is_coalesced(make_app: Callable[..., Litestar]) 
 # -- session stream over real HTTP ---------------------------------------------------------------
 
 
+@pytest.mark.e2e
 async def test_session_streams_are_isolated_keep_alive_and_clean_up(make_app: Callable[..., Litestar]) -> None:
     app = make_app(auto_map_session_by_ip=False)
     bridge = bridge_of(app)

@@ -55,6 +55,7 @@ def settings(**overrides: Any) -> Settings:
     return Settings(**{"secret_key": SECRET, "task_create_rate": 0.0, **overrides})
 
 
+@pytest.mark.e2e
 def test_the_engine_never_imports_the_web_framework() -> None:
     """Importing every engine module (and the CLI and client) leaves Litestar unimported."""
     imports = "".join(f"import {module}\n" for module in ENGINE_MODULES)
@@ -63,6 +64,7 @@ def test_the_engine_never_imports_the_web_framework() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.e2e
 def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tmp_path: Path) -> None:
     """The engine in a script: both executor forms run end to end; Litestar is never imported."""
     script = tmp_path / "script.py"

@@ -22,6 +22,9 @@ from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import free_port
 
+# One worker runs them all: one server process.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("uvicorn-boundaries")]
+
 SECRET = "uvicorn-boundary-secret-0123456789"
 API = "/api/v1"
 

@@ -27,6 +27,8 @@ from tests.battery.test_limits import API, assert_error
 from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import system_of, wait_for
 
+pytestmark = pytest.mark.battery
+
 EVIL = "http://evil.example"
 FRONT_END = "http://localhost:5173"
 KEY = "demo-api-key-0123456789"

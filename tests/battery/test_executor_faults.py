@@ -19,6 +19,8 @@ from async_tasks.task import Task
 from async_tasks.testing import serve_in_loop
 from tests.helpers import TEST_EXECUTORS, find_task, system_of, wait_for
 
+pytestmark = pytest.mark.battery
+
 API = "/api/v1"
 FLOOD = 100_000
 

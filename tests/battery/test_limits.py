@@ -19,6 +19,8 @@ from litestar import Litestar
 from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from tests.helpers import memory_store_of
 
+pytestmark = pytest.mark.battery
+
 API = "/api/v1"
 #: Refused creates in the flood test, and how many of them run under tracemalloc (slow).
 FLOOD = 5000 if os.environ.get("BATTERY_EXAMPLES") else 300

@@ -26,6 +26,8 @@ from async_tasks.testing import FakeClock, serve_in_loop
 from tests.battery.test_limits import API, assert_error
 from tests.helpers import ScriptExecutor, memory_store_of, system_of, wait_for
 
+pytestmark = pytest.mark.battery
+
 #: Fresh sessions in the session flood, completions in the retention burst, cancel/retry cycles.
 SESSIONS = 5000 if os.environ.get("BATTERY_EXAMPLES") else 600
 BURST = 844 if os.environ.get("BATTERY_EXAMPLES") else 150

@@ -33,35 +33,46 @@ from tests.helpers import TEST_EXECUTORS
 
 MAX_EXAMPLES = int(os.environ.get("BATTERY_EXAMPLES", "5"))
 
-# Raised inside schemathesis' own strategies (it draws with `random`), not in ours.
-pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
-
-# schemathesis runs the app's lifespan once per operation; no grace wait at each shutdown.
-APP = create_app(
-    Settings(secret_key=SECRET, task_create_rate=0.0, shutdown_grace_ms=0, allowed_hosts=f"{TEST_HOST},testserver"),
-    TEST_EXECUTORS,
-    environ={},
-)
-schema: BaseSchema = schemathesis.openapi.from_asgi("/schema/openapi.json", APP)
-schema.config.generation.update(
-    modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-    max_examples=MAX_EXAMPLES,
-    deterministic=True,
-)
-# A negative case must be refused with a 4xx (a body over the size limit gets 413), never a 5xx.
-schema.config.checks.negative_data_rejection.expected_statuses = [
-    "400",
-    "404",
-    "405",
-    "406",
-    "409",
-    "413",
-    "415",
-    "422",
-    "429",
+pytestmark = [
+    pytest.mark.battery,
+    # Raised inside schemathesis' own strategies (it draws with `random`), not in ours.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
 ]
 
 
+@pytest.fixture(scope="module")
+def api_schema() -> BaseSchema:
+    """The app's own document, loaded when the test runs: never at import or collection (a
+    collection-only run or another worker starts no app)."""
+    # schemathesis runs the app's lifespan once per operation; no grace wait at each shutdown.
+    app = create_app(
+        Settings(secret_key=SECRET, task_create_rate=0.0, shutdown_grace_ms=0, allowed_hosts=f"{TEST_HOST},testserver"),
+        TEST_EXECUTORS,
+        environ={},
+    )
+    loaded = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
+    loaded.config.generation.update(
+        modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        max_examples=MAX_EXAMPLES,
+        deterministic=True,
+    )
+    # A negative case must be refused with a 4xx (a body over the size limit gets 413), never a 5xx.
+    loaded.config.checks.negative_data_rejection.expected_statuses = [
+        "400",
+        "404",
+        "405",
+        "406",
+        "409",
+        "413",
+        "415",
+        "422",
+        "429",
+    ]
+    return loaded
+
+
+# Each operation is reported as a subtest of the one test below.
+schema = schemathesis.pytest.from_fixture("api_schema")
 # The session's SSE stream (`GET /tasks/events`) never ends: an in-process client waits for
 # the whole body. The per-task stream ends with its task and stays in. WebSocket routes are
 # not in the OpenAPI document at all.
@@ -74,6 +85,13 @@ if "BATTERY_EXAMPLES" not in os.environ:
 
 #: The fields Litestar's validation (what the document describes) refused, for the last case.
 SCHEMA_REFUSALS: list[object] = []
+
+
+@pytest.fixture(autouse=True)
+def _nodeid_for_schemathesis(request: pytest.FixtureRequest) -> None:
+    """schemathesis 4.32's lazy schemas read ``node._nodeid``, which pytest 9.2 no longer has."""
+    if not hasattr(request.node, "_nodeid"):
+        setattr(request.node, "_nodeid", request.node.nodeid)  # noqa: B010 - a name mypy cannot see
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,6 +29,8 @@ from async_tasks.task import Task, TaskStatus, can_transition
 from async_tasks.testing import serve_in_loop
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, system_of, wait_for
 
+pytestmark = pytest.mark.battery
+
 API = "/api/v1"
 COMMANDS = ["start", "cancel", "retry", "delete", "release"]
 

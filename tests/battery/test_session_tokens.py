@@ -25,6 +25,8 @@ from tests.battery.harness import PortalApp, blocking_portal, running
 from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import TEST_EXECUTORS
 
+pytestmark = pytest.mark.battery
+
 API = "/api/v1"
 OLD = "old-secret-key-0123456789abcdef"
 NEW = "new-secret-key-0123456789abcdef"

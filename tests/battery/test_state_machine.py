@@ -43,6 +43,8 @@ from tests.battery.harness import PortalApp, blocking_portal, running
 from tests.conftest import SECRET, TEST_HOST
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, wait_for
 
+pytestmark = pytest.mark.battery
+
 API = "/api/v1"
 EXAMPLES = int(os.environ.get("BATTERY_EXAMPLES", "0")) or None
 #: Finished tasks kept per status and session by the cleaner (small, so cleanup has work).

@@ -31,6 +31,8 @@ from tests.battery.test_limits import API, assert_error
 from tests.helpers import system_of
 from tests.test_streams import until, uvicorn_in_loop
 
+pytestmark = pytest.mark.battery
+
 
 def bridge_of(app: Litestar) -> StreamBridge:
     return app.plugins.get(AsyncTasksPlugin).streams
@@ -162,6 +164,7 @@ async def test_fan_out_cost_per_stream_stays_small(make_app: Callable[..., Lites
         assert elapsed < 5, f"{received} deliveries took {elapsed:.2f} s"
 
 
+@pytest.mark.e2e
 async def test_real_sse_streams_are_refused_beyond_the_cap_over_http(make_app: Callable[..., Litestar]) -> None:
     """Through a real server: open SSE responses count, and leaving frees the place."""
     app = make_app(max_streams_per_session=1)

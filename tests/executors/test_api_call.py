@@ -43,11 +43,6 @@ STEP_NAMES = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- a fake resolver: names under .example resolve as the test says ------------------------
 
 FAKE_DNS: dict[str, list[str]] = {

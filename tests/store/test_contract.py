@@ -33,7 +33,9 @@ from async_tasks.testing import FakeClock
 from tests.store.conftest import MakeStore
 
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
-LEGAL = [(s, t) for s, targets in TRANSITIONS.items() for t in targets]
+# In TaskStatus order (not a frozenset's, which varies between processes): pytest-xdist's
+# workers must collect the same tests in the same order.
+LEGAL = [(s, t) for s, t in itertools.product(TaskStatus, TaskStatus) if t in TRANSITIONS[s]]
 ILLEGAL = [(s, t) for s, t in itertools.product(TaskStatus, TaskStatus) if t not in TRANSITIONS[s]]
 # How to bring a fresh task into each status through legal moves only.
 PATHS = {

@@ -1,5 +1,4 @@
-"""A front-end on another origin, in a real browser (Debian's ``chromium`` driven by
-Playwright; ``playwright install`` is never used).
+"""A front-end on another origin, in a real browser (see conftest.py).
 
 The API runs on ``http://localhost:<api>`` with ``CORS_ALLOW_ORIGINS`` listing
 ``http://localhost:<page>``, where a second server serves a blank page: the page's
@@ -13,11 +12,8 @@ listed can neither read nor write. The dashboard loads with no CSP violation.
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,10 +26,9 @@ from tests.helpers import TEST_EXECUTORS, memory_store_of
 from tests.live import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
+
 PAGE = b"<!doctype html><html><head><meta charset='utf-8'><title>front-end</title></head><body>front-end</body></html>"
 
 
@@ -78,16 +73,6 @@ def api_app(page_port: int) -> Litestar:
 def api(api_app: Litestar) -> Iterator[str]:
     with serve_in_thread(api_app, ws="auto") as url:
         yield url.replace("127.0.0.1", "localhost")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

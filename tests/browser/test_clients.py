@@ -1,35 +1,21 @@
-"""What a browser client meets, in a real browser (Debian's ``chromium`` through
-Playwright): a task's ``EventSource`` stops by itself once the task has ended, and the
-API reference's Authorize dialog takes a session token.
-
-Skipped, with the reason, when Playwright or Chromium is missing (see
-tests/test_dashboard_browser.py for the setup). Waits are Playwright's own.
+"""What a browser client meets, in a real browser (see conftest.py): a task's
+``EventSource`` stops by itself once the task has ended, and the API reference's
+Authorize dialog takes a session token. Waits are Playwright's own.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.live import live_server  # noqa: F401 - a fixture
-
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, Response
+    from playwright.sync_api import Browser, Page, Response
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-
-pytestmark = pytest.mark.e2e
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
 
 #: Starts a task (the response sets the session cookie), then follows it with an EventSource
 #: that never calls close(): what a page written without reading the guide does.
@@ -51,18 +37,17 @@ FOLLOW = """async () => {
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[Page]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            # The page's own code is what this test drives through Playwright (which waits by
-            # evaluating expressions); the server's CSP is tested elsewhere.
-            yield browser.new_page(bypass_csp=True)
-        finally:
-            browser.close()
+def page(browser: Browser) -> Iterator[Page]:
+    # The page's own code is what this test drives through Playwright (which waits by
+    # evaluating expressions); the server's CSP is tested elsewhere.
+    context = browser.new_context(bypass_csp=True)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
-def test_an_event_source_stops_after_the_task_ends(page: Page, live_server: str) -> None:  # noqa: F811
+def test_an_event_source_stops_after_the_task_ends(page: Page, live_server: str) -> None:
     """The stream ends with `end`; the browser's reconnect gets 204 and EventSource closes for good."""
     streams: list[tuple[int, str | None]] = []
 
@@ -90,7 +75,7 @@ def test_an_event_source_stops_after_the_task_ends(page: Page, live_server: str)
     assert streams == [(200, None), (204, end["id"])]
 
 
-def test_the_reference_can_authorize_with_a_session_token(page: Page, live_server: str) -> None:  # noqa: F811
+def test_the_reference_can_authorize_with_a_session_token(page: Page, live_server: str) -> None:
     """Swagger UI's Authorize offers the session token header (and the cookie) declared in the document."""
     page.goto(f"{live_server}/schema")
     page.get_by_role("button", name="Authorize").first.click()

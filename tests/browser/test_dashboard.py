@@ -1,7 +1,5 @@
-"""The dashboard and the API reference in a real headless Chromium (Debian's ``chromium``).
+"""The dashboard and the API reference in a real headless Chromium (see conftest.py).
 
-Needs ``pip install playwright`` (the ``test`` extra) and ``apt-get install -y chromium``;
-``playwright install`` is never used. Skipped, with the reason, when either is missing.
 Every wait is Playwright's auto-waiting `expect` on DOM state; nothing sleeps.
 
 As in a demo room without internet, every request to a host other than the test server
@@ -13,10 +11,7 @@ Content-Security-Policy (no inline script or style): a page that needs either fa
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +20,7 @@ import httpx
 import pytest
 
 from async_tasks.client import TaskClient
+from tests.browser.conftest import WithCSP
 from tests.live import live_app, serve_in_thread
 
 if TYPE_CHECKING:
@@ -33,73 +29,26 @@ if TYPE_CHECKING:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 expect = sync_api.expect
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 COOKIE = "async_tasks_session"
 #: Any URL whose host is not the test server's.
 OTHER_HOSTS = re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/])")
-#: At least as strict as what the server sends: our pages may not use inline code or styles.
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
 
 expect.set_options(timeout=15_000)
 
 
-class WithCSP:
-    """ASGI wrapper adding `CSP` to every HTTP response of the app it wraps."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def send_with_csp(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (b"content-security-policy", CSP.encode())]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_csp if scope["type"] == "http" else send)
-
-
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[str]:
-    """One real server for the module, behind the strict CSP."""
-    with serve_in_thread(WithCSP(live_app(retry_backoff_ms=0))) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 def offline_context(browser: Browser, **options: Any) -> tuple[Any, list[str]]:
-    """A fresh browser profile (no cookie, so a new session) that reaches only this machine.
+    """A fresh browser profile (no cookie, so a new session) that reaches only this machine,
+    with reduced motion.
 
     Returns the context and the list collecting what went wrong on its pages: JavaScript
     errors, Content-Security-Policy violations and attempts to reach another host.
     """
-    context = browser.new_context(**options)
+    # Reduced motion (the page honours it): no endless pulse and stripes to paint at 60 fps,
+    # which cost a 2-core CI machine a sixth of the module's time and tested nothing.
+    context = browser.new_context(reduced_motion="reduce", **options)
     problems: list[str] = []
 
     def refuse(route: Any) -> None:
@@ -390,35 +339,6 @@ def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, l
     expect(result.locator(".response-col_status")).to_have_text("200")
     expect(result.locator(".response-col_description")).to_contain_text(page.locator("#session-key").inner_text())
     expect(docs.get_by_role("link", name=re.compile("Live dashboard"))).to_have_attribute("href", "/")
-
-
-def test_pages_load_only_same_origin_script_files_served_as_javascript(live_server: str) -> None:
-    """No inline script or handler in our pages; each script is JavaScript (browsers refuse modules otherwise)."""
-    with httpx.Client(base_url=live_server) as http:
-        for path in ("/", "/schema"):
-            page = http.get(path).text
-            assert re.findall(r"<script(?![^>]*\bsrc=)", page) == [], path
-            assert re.findall(r"<[^>]+\son[a-z]+=", page) == [], path
-            scripts = re.findall(r'<script[^>]*\bsrc="([^"]+)"', page)
-            assert scripts, path
-            for url in scripts:
-                answer = http.get(url)
-                assert answer.status_code == 200, url
-                assert answer.headers["content-type"].startswith("text/javascript"), url
-        assert http.get("/schema/openapi.json").json()["openapi"].startswith("3.")
-        licence = http.get("/schema/assets/swagger-ui/LICENSE")
-        assert licence.status_code == 200 and "Apache License" in licence.text
-
-
-def test_every_page_asset_is_package_data() -> None:
-    """A wheel carries every file of the dashboard and the API reference (pyproject's package data)."""
-    root = Path(__file__).parent.parent
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["async_tasks"]
-    package = root / "async_tasks"
-    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
-    for folder in ("web/dashboard", "web/reference"):
-        files = {path for path in (package / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
-        assert files and files <= shipped, sorted(str(path.relative_to(package)) for path in files - shipped)
 
 
 # -- the screenshot for the docs ----------------------------------------------------
