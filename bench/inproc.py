@@ -175,7 +175,7 @@ def costs(count: int, repeats: int) -> dict[str, Any]:
     manager = plugin.task_manager
     completions = _Completions(plugin)
     conn = FakeConnection("s_bench_costs")
-    kinds = {
+    kinds: dict[str, dict[str, Any]] = {
         "create_only": {"executor": "sample", "params": {"delayMs": 0}, "start": False},
         "create_run_noop": {"executor": SleeperExecutor.name, "params": {"seconds": 0}},
         "create_run_sample": {"executor": "sample", "params": {"delayMs": 0}},
