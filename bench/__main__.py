@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from bench import TASK_APP_FACTORY
 from bench.inproc import TUNED_ENV, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ def app_server(
             sys.executable,
             "-m",
             "uvicorn",
-            factory or "async_tasks.app:create_app",
+            factory or TASK_APP_FACTORY,
             "--factory",
             *UVICORN_OPTS,
             "--port",
@@ -634,7 +635,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> s
         + (
             "`python -m async_tasks.cli serve`"
             if args.app_via == "serve"
-            else "`uvicorn async_tasks.app:create_app --factory ...`"
+            else f"`uvicorn {TASK_APP_FACTORY} --factory ...`"
         )
         + f". Load: `taskset -c {CLIENT_CORE} wrk -t1 -c{args.connections} -d{args.duration:g}s --timeout 10s "
         "--latency` "
