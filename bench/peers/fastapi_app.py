@@ -168,7 +168,16 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0
 ) -> TaskListResponse:
     page = [
-        TaskSummary.model_validate(record, from_attributes=True)
+        TaskSummary(
+            id=record.id,
+            name=record.name,
+            executor=record.executor,
+            status=record.status,
+            progress=record.progress,
+            created_at=record.created_at,
+            completed_at=record.completed_at,
+            current_step=record.current_step,
+        )
         for record in islice(reversed(tasks.values()), offset, offset + limit)
     ]
     return TaskListResponse(tasks=page, count=len(page), total=len(tasks))
