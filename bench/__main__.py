@@ -292,6 +292,7 @@ def measure(
     `discarded_requests`/`discarded_errors` (a discarded create run still created tasks)."""
     discarded = discarded_errors = 0
     for attempt in range(args.foreign_retries + 1):
+        wait_for_quiet_core(args)
         result = measure_once(server, path, args, method=method, body=body, token=token)
         if result["foreign_cpu_share"] <= args.max_foreign or attempt == args.foreign_retries:
             break
@@ -300,6 +301,19 @@ def measure(
         discarded_errors += result["errors"] + result["warmup_errors"]
     result.update(attempts=attempt + 1, discarded_requests=discarded, discarded_errors=discarded_errors)
     return result
+
+
+def wait_for_quiet_core(args: argparse.Namespace) -> None:
+    """Waits (at most `--quiet-wait` seconds) until the server core's load over one second,
+    while no run is going on, is at most `--max-foreign`: cheaper than measuring again."""
+    deadline = time.monotonic() + args.quiet_wait
+    while True:
+        before = core_busy_seconds(SERVER_CORE)
+        time.sleep(1)
+        busy = core_busy_seconds(SERVER_CORE) - before
+        if busy <= args.max_foreign or time.monotonic() > deadline:
+            return
+        log(f"  core {SERVER_CORE} is {busy:.0%} busy between runs: waiting")
 
 
 def sent(run: dict[str, Any], args: argparse.Namespace) -> tuple[int, int, int]:
@@ -1272,6 +1286,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--foreign-retries", type=int, default=2, help="at most this many repeats of a run (default 2; 0: never)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
+        help="before each run, wait at most this many seconds for the server's core to be quiet (default 30)",
     )
     parser.add_argument("--sleepers", type=int, default=100_000, help="sleeping tasks for the load test")
     parser.add_argument("--finished", type=int, default=100_000, help="finished tasks for the memory test")
