@@ -37,7 +37,7 @@ from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import TaskController
 from async_tasks.web.api.tickets import stream_ticket
 from async_tasks.web.errors import EXCEPTION_HANDLERS
-from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
+from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
 from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
 from async_tasks.web.security import BoundaryMiddleware, cors_config
 from async_tasks.web.streams import StreamBridge
@@ -134,7 +134,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))
-            app_config.middleware.append(http_metrics_config(self.metrics).middleware)
+            app_config.middleware.append(request_metrics_middleware(self.metrics))
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
