@@ -34,7 +34,7 @@ from async_tasks.web.api.health import LoopLagProbe, health_handlers
 from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
 from async_tasks.web.api.streams import root_socket_router, stream_router
-from async_tasks.web.api.tasks import TaskController
+from async_tasks.web.api.tasks import task_controller
 from async_tasks.web.api.tickets import stream_ticket
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
@@ -109,7 +109,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def router(self) -> Router:
         handlers: list[Any] = [
-            TaskController,
+            task_controller(self.system),
             list_executors,
             current_session,
             new_session,
