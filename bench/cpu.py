@@ -248,14 +248,50 @@ class Peer(System):
                 await anyio.sleep(0.001)
 
 
+class GCLog:
+    """Garbage-collector passes (gc.callbacks): how many per generation, how long in all,
+    the longest, and how many objects each full pass examined."""
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.thread_time()
+            return
+        generation = info["generation"]
+        took = time.thread_time() - self._began
+        self.passes[generation] += 1
+        self.seconds[generation] += took
+        self.longest[generation] = max(self.longest[generation], took)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "passes": self.passes,
+            "ms": [round(s * 1000, 1) for s in self.seconds],
+            "longest_ms": [round(s * 1000, 2) for s in self.longest],
+            "tracked_objects": len(gc.get_objects()),
+        }
+
+
 async def batch(system: System, call: Call, creates: bool, count: int, concurrency: int) -> float:
-    """CPU µs per request over `count` requests (creates: until their tasks completed)."""
+    """CPU µs per request over `count` requests (creates: until their tasks completed).
+
+    After each request the client yields to the event loop once, as a server does
+    between requests (reading the next one from a socket): the tasks a create started
+    run in between, not all at the end."""
+    pause = anyio.lowlevel.checkpoint
     began = time.process_time()
     if concurrency <= 1:
         for _ in range(count):
             if creates and isinstance(system, TaskServer):
                 system.count_create()
             await call()
+            await pause()
     else:
         remaining = count
 
@@ -266,6 +302,7 @@ async def batch(system: System, call: Call, creates: bool, count: int, concurren
                 if creates and isinstance(system, TaskServer):
                     system.count_create()
                 await call()
+                await pause()
 
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
@@ -295,6 +332,7 @@ def measure(
     only: set[str] | None,
     profile: str | None,
     warmup: int = 500,
+    gc_report: bool = False,
 ) -> dict[str, Any]:
     system = make(name)
 
@@ -311,8 +349,9 @@ def measure(
                     raise RuntimeError(f"{name} {kind}: HTTP {status}")
             await system.drain()
             gc.collect()
-            results: dict[str, float] = {}
+            results: dict[str, Any] = {}
             profiler = cProfile.Profile() if profile else None
+            gc_log = GCLog() if gc_report else None
             for kind, (call, creates) in calls.items():
                 if only and kind not in only:
                     continue
@@ -327,6 +366,8 @@ def measure(
                 results[kind] = round(best, 1)
             if profiler is not None and profile:
                 profiler.dump_stats(profile)
+            if gc_log is not None:
+                results["gc"] = gc_log.summary()
             return results
         finally:
             await stop()
@@ -343,12 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--gc", action="store_true", help="report the garbage collector's passes")
     args = parser.parse_args(argv)
     names = ["hello", "minimal", "fastapi", "app"] if args.system == "all" else args.system.split(",")
     only = set(args.only.split(",")) if args.only else None
     result: dict[str, Any] = {"count": args.count, "repeats": args.repeats, "concurrency": args.concurrency}
     for name in names:
-        result[name] = measure(name, args.count, args.repeats, args.concurrency, only, args.profile, args.warmup)
+        result[name] = measure(
+            name, args.count, args.repeats, args.concurrency, only, args.profile, args.warmup, args.gc
+        )
         print(name, result[name], file=sys.stderr, flush=True)
     result["pid"] = os.getpid()
     sys.stdout.write("BENCH_JSON " + json.dumps(result) + "\n")
