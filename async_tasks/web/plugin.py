@@ -38,7 +38,7 @@ from async_tasks.web.api.tasks import task_controller
 from async_tasks.web.api.tickets import stream_ticket
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
-from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
+from async_tasks.web.middleware import RequestMiddleware, echo_request_id, session_key_of
 from async_tasks.web.security import BoundaryMiddleware, cors_config
 from async_tasks.web.streams import StreamBridge
 
@@ -151,10 +151,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         )
         if app_config.cors_config is None:
             app_config.cors_config = cors_config(self.settings)
-        session_middleware = SessionMiddleware(system.sessions)
-        session_middleware.exclude_opt_key = OPS_OPT_KEY  # health probes and scrapes need no session
-        app_config.middleware.append(session_middleware)
-        app_config.middleware.append(RequestIdMiddleware())  # inside: it reads the session key
+        # The session (health probes and scrapes need none) and the request id.
+        app_config.middleware.append(RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY))
         app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
         app_config.lifespan.append(self.lifespan)
         app_config.signature_namespace["TaskSystem"] = TaskSystem
