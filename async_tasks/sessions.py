@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
@@ -33,6 +34,8 @@ _SALT = "async-tasks.session"
 _TICKET_SALT = "async-tasks.stream-ticket"
 _MAX_TOKEN_LENGTH = 512
 _IP_CACHE_SIZE = 65_536
+#: Verified session tokens remembered (the oldest is forgotten first).
+_TOKEN_CACHE_SIZE = 4096
 
 
 class SessionResolver:
@@ -48,6 +51,10 @@ class SessionResolver:
         self._ip_key = hmac.new(keys[0].encode(), b"async-tasks.ip", hashlib.sha256).digest()
         # The keyed hash costs more than the rest of session resolution; clients repeat.
         self._ip_keys: dict[str, str] = {}
+        # Verifying a token (HMAC, base64, JSON) costs a fifth of a status request, and a
+        # client sends the same token with every request: an accepted token is verified
+        # once and remembered with the time it was signed, so it still expires on time.
+        self._verified: dict[str, tuple[str, int]] = {}
 
     def new_session(self) -> tuple[str, str]:
         """A fresh (session key, token)."""
@@ -60,11 +67,24 @@ class SessionResolver:
     def key_from_token(self, token: str | None) -> str | None:
         if not token or len(token) > _MAX_TOKEN_LENGTH:
             return None
+        max_age = self.settings.session_max_age
+        verified = self._verified.get(token)
+        if verified is not None:
+            key, signed_at = verified
+            if 0 <= int(time.time()) - signed_at <= max_age:
+                return key
+            del self._verified[token]
+            return None
         try:
-            key = self._serializer.loads(token, max_age=self.settings.session_max_age)
+            key, signed = self._serializer.loads(token, max_age=max_age, return_timestamp=True)
         except (BadData, ValueError, TypeError, UnicodeError):
             return None
-        return key if isinstance(key, str) and key.startswith("s_") else None
+        if not (isinstance(key, str) and key.startswith("s_")):
+            return None
+        if len(self._verified) >= _TOKEN_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (key, int(signed.timestamp()))
+        return key
 
     def ticket_for(self, key: str) -> str:
         """A stream ticket for session `key` (valid STREAM_TICKET_TTL seconds)."""

@@ -7,8 +7,8 @@
     python -m bench.inproc cleanup [--sessions N] [--per-session N] [--keep N]
 
 Each prints one line ``BENCH_JSON {...}``. Event loops are uvloop, like the server
-under uvicorn. Apps are built with `async_tasks.app.create_app` and the same tuned
-settings as the HTTP measurements, and run inside ``app.lifespan()``.
+under uvicorn. Apps are built with the task server's factory (`bench.TASK_APP_FACTORY`)
+and the same tuned settings as the HTTP measurements, and run inside ``app.lifespan()``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def _run(main: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
 
 def _app(extra_executors: tuple[Any, ...] = ()) -> Any:
     from async_tasks.settings import Settings
-    from async_tasks.web.app import create_app
+    from bench import task_app_factory
 
-    return create_app(Settings.from_env(TUNED_ENV), executors=extra_executors, environ=TUNED_ENV)
+    return task_app_factory()(Settings.from_env(TUNED_ENV), executors=extra_executors, environ=TUNED_ENV)
 
 
 def _plugin(app: Any) -> Any:
@@ -172,7 +172,7 @@ def costs(count: int, repeats: int) -> dict[str, Any]:
     system = plugin.system
     completions = _Completions(plugin)
     session = "s_bench_costs"
-    kinds = {
+    kinds: dict[str, dict[str, Any]] = {
         "create_only": {"executor": "sample", "params": {"delayMs": 0}, "start": False},
         "create_run_noop": {"executor": SleeperExecutor.name, "params": {"seconds": 0}},
         "create_run_sample": {"executor": "sample", "params": {"delayMs": 0}},

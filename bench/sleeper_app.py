@@ -1,7 +1,7 @@
 """The task server with one extra executor, for the "100 000 running tasks" measurement.
 
-It is `async_tasks.web.create_app` (same plugin, middleware, metrics and settings)
-plus:
+It is the task server's app factory (`bench.TASK_APP_FACTORY`: same plugin,
+middleware, metrics and settings) plus:
 
 - ``bench-sleeper``: an executor whose task sleeps ``seconds`` and does nothing
   else. The built-in ``sample`` executor cannot stand in: its ``delayMs`` is capped
@@ -27,7 +27,7 @@ from litestar import Litestar, post
 from litestar.di import NamedDependency
 
 from async_tasks import TaskExecutor, TaskParams, TaskSystem
-from async_tasks.web import create_app as create_task_app
+from bench import task_app_factory
 
 if TYPE_CHECKING:
     from async_tasks import Progress, Task
@@ -64,4 +64,4 @@ async def spawn(
 
 
 def create_app() -> Litestar:
-    return create_task_app(executors=[SleeperExecutor], route_handlers=[spawn])
+    return task_app_factory()(executors=[SleeperExecutor], route_handlers=[spawn])

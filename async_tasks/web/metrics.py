@@ -1,37 +1,49 @@
 """Request metrics and the ``GET /metrics`` route, on the engine's metrics registry.
 
-HTTP requests are counted and timed by Litestar's own `PrometheusMiddleware`
-(``async_tasks_http_requests_total``, ``..._request_duration_seconds``,
-``..._requests_in_progress``, ``..._requests_error_total``), labelled with the
-route *template* (``group_path=True``), never a concrete path with an id in it.
-The task metrics themselves are `async_tasks.metrics.TaskMetrics`.
+HTTP requests are counted and timed by `RequestMetricsMiddleware` under the names
+and labels of Litestar's `PrometheusMiddleware` (``async_tasks_http_requests_total``,
+``..._request_duration_seconds``, ``..._requests_in_progress``,
+``..._requests_error_total``; labels ``method``, ``path``, ``status_code``,
+``app_name``), labelled with the route *template*, never a concrete path with an id
+in it. The task metrics themselves are `async_tasks.metrics.TaskMetrics`.
 
-Why not the stock setup: `PrometheusMiddleware` caches its metrics in a class-level
-dict and creates them in the global default registry, and `PrometheusController`
-always serves the global registry. Tests build many apps per process, and two
-apps in one process must not share counters, so `AppPrometheusConfig` carries a
-registry and a metric cache per app, `AppPrometheusMiddleware` creates its metrics
-there, and `MetricsController` serves that registry.
+Why not the stock middleware: it cost a sixth of a status request (a `Request` and
+its parsed URL, label dicts and four ``labels()`` look-ups per request), it keeps its
+metrics in a class-level dict in the global registry, and `PrometheusController`
+always serves the global registry. Tests build many apps per process, and two apps in
+one process must not share counters. So `RequestMetrics` keeps plain numbers per
+(method, route, status) for one app and turns them into metric families of that
+app's registry when it is scraped (a `prometheus_client` collector), and
+`MetricsController` serves that registry.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from litestar import MediaType, Response
 from litestar import get as http_get
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.plugins.prometheus import PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from async_tasks.errors import SettingsError
 from async_tasks.metrics import TaskMetrics
 
 if TYPE_CHECKING:
-    from litestar.types import Message, Send
-    from prometheus_client.metrics import MetricWrapperBase
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
     from async_tasks.settings import Settings
 
@@ -43,71 +55,128 @@ METRICS_PATH = "/metrics"
 OPS_PATH_PATTERN = r"^/(health|healthz|ready|metrics)/?$"
 #: Litestar appends the charset to text/* media types itself.
 _EXPOSITION_TYPE = CONTENT_TYPE_LATEST.split("; charset=")[0]
+#: prometheus_client's default histogram buckets (what Litestar's middleware used).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_LABELS = ("method", "path", "status_code", "app_name")
 
 
-@dataclass
-class AppPrometheusConfig(PrometheusConfig):
-    """`PrometheusConfig` whose middleware registers its metrics in `registry`."""
+class _Series:
+    """One (method, route, status)'s requests: count, summed seconds, per-bucket counts."""
 
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    metrics: dict[str, MetricWrapperBase] = field(default_factory=dict)
+    __slots__ = ("buckets", "count", "created", "errors", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.count = 0
+        self.errors = 0
+        self.total = 0.0
+        self.buckets = [0] * (buckets + 1)  # the last one is +Inf
+        self.created = time.time()
 
 
-class AppPrometheusMiddleware(PrometheusMiddleware):
-    """Litestar's middleware with its metrics cached per config (one per app), not per class.
+class RequestMetrics(Collector):
+    """The request metrics of one app, in `registry`.
 
-    Litestar builds one middleware instance per route; they share the config.
-    """
+    Counting is a few additions on plain numbers (the event loop's thread is the only
+    writer); the metric families are built when the registry is collected."""
 
-    _config: AppPrometheusConfig
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        prefix: str = "async_tasks_http",
+        app_name: str = "async_tasks",
+        buckets: tuple[float, ...] = REQUEST_BUCKETS,
+    ) -> None:
+        self.prefix = prefix
+        self.app_name = app_name
+        self.bounds = buckets
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        #: Requests in progress per (method, route), with the time its series appeared.
+        self._in_progress: dict[tuple[str, str], list[Any]] = {}
+        registry.register(self)
 
-    def _metric(
-        self, kind: type[MetricWrapperBase], suffix: str, documentation: str, labels: dict[str, Any], **kwargs: Any
-    ) -> MetricWrapperBase:
-        name = f"{self._config.prefix}_{suffix}"
-        metric = self._config.metrics.get(name)
-        if metric is None:
-            metric = self._config.metrics[name] = kind(
-                name, documentation, labelnames=[*labels.keys()], registry=self._config.registry, **kwargs
+    def started(self, method: str, path: str) -> None:
+        counter = self._in_progress.get((method, path))
+        if counter is None:
+            counter = self._in_progress[(method, path)] = [0, time.time()]
+        counter[0] += 1
+
+    def ended(self, method: str, path: str, status: int, seconds: float) -> None:
+        self._in_progress[(method, path)][0] -= 1
+        series = self._series.get((method, path, status))
+        if series is None:
+            series = self._series[(method, path, status)] = _Series(len(self.bounds))
+        series.count += 1
+        series.total += seconds
+        series.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
+        if status >= 500:
+            series.errors += 1
+
+    def collect(self) -> Iterator[Metric]:
+        prefix, app = self.prefix, self.app_name
+        progress = GaugeMetricFamily(
+            f"{prefix}_requests_in_progress", "Total requests currently in progress", labels=_LABELS
+        )
+        for (method, path), (count, _) in list(self._in_progress.items()):
+            progress.add_metric([method, path, "200", app], count)
+        yield progress
+        series = list(self._series.items())
+        requests = CounterMetricFamily(f"{prefix}_requests", "Total requests", labels=_LABELS)
+        errors = CounterMetricFamily(f"{prefix}_requests_error", "Total errors in requests", labels=_LABELS)
+        duration = HistogramMetricFamily(
+            f"{prefix}_request_duration_seconds", "Request duration, in seconds", labels=_LABELS
+        )
+        bounds = [*(repr(float(bound)) for bound in self.bounds), "+Inf"]  # as prometheus_client writes them
+        for (method, path, status), one in series:
+            labels = [method, path, str(status), app]
+            requests.add_metric(labels, one.count, created=one.created)
+            if one.errors:
+                errors.add_metric(labels, one.errors, created=one.created)
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, one.buckets, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            duration.add_metric(labels, buckets, one.total)
+            duration.samples.append(
+                Sample(f"{duration.name}_created", dict(zip(_LABELS, labels, strict=True)), one.created)
             )
-        return metric
+        yield requests
+        yield duration
+        if errors.samples:
+            yield errors
 
-    def _get_wrapped_send(self, send: Send, request_span: dict[str, float]) -> Callable[[Message], Any]:
-        # The base class's, minus a `functools.wraps` on every request.
-        async def wrapped_send(message: Message) -> None:
+
+class RequestMetricsMiddleware(ASGIMiddleware):
+    """Counts and times each request of a route (not the ops routes) in `RequestMetrics`.
+
+    App middleware runs after routing, so the route template is in the scope. A
+    WebSocket is counted as method ``websocket`` for as long as it is open."""
+
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
+    exclude_opt_key = OPS_OPT_KEY
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        metrics = self.metrics
+        method = scope["method"] if scope["type"] == ScopeType.HTTP else "websocket"
+        path = scope["path_template"]
+        began = time.perf_counter()
+        span = [200, 0.0]
+
+        async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                request_span["status_code"] = message["status"]
+                span[0] = message["status"]
             elif message["type"] == "http.response.body":
-                end = time.perf_counter()
-                request_span["duration"] = end - request_span["start_time"]
-                request_span["end_time"] = end
+                span[1] = time.perf_counter() - began
             await send(message)
 
-        return wrapped_send
-
-    def request_count(self, labels: dict[str, str | int | float]) -> Counter:
-        return cast("Counter", self._metric(Counter, "requests_total", "Total requests", labels))
-
-    def request_time(self, labels: dict[str, str | int | float]) -> Histogram:
-        return cast(
-            "Histogram",
-            self._metric(Histogram, "request_duration_seconds", "Request duration, in seconds", labels, **self._kwargs),
-        )
-
-    def requests_in_progress(self, labels: dict[str, str | int | float]) -> Gauge:
-        return cast(
-            "Gauge",
-            self._metric(
-                Gauge,
-                "requests_in_progress",
-                "Total requests currently in progress",
-                labels,
-                multiprocess_mode="livesum",
-            ),
-        )
-
-    def requests_error_count(self, labels: dict[str, str | int | float]) -> Counter:
-        return cast("Counter", self._metric(Counter, "requests_error_total", "Total errors in requests", labels))
+        metrics.started(method, path)
+        try:
+            await next_app(scope, receive, counting_send)
+        finally:
+            metrics.ended(method, path, int(span[0]), span[1])
 
 
 class MetricsController(PrometheusController):
@@ -142,16 +211,9 @@ def opentelemetry_plugins(settings: Settings) -> list[Any]:
     return [OpenTelemetryPlugin(OpenTelemetryConfig(exclude=OPS_PATH_PATTERN, exclude_opt_key=OPS_OPT_KEY))]
 
 
-def http_metrics_config(metrics: TaskMetrics) -> AppPrometheusConfig:
+def request_metrics_middleware(metrics: TaskMetrics) -> RequestMetricsMiddleware:
     """Request metrics for one app, in the registry of its task metrics."""
-    return AppPrometheusConfig(
-        app_name="async_tasks",
-        prefix="async_tasks_http",
-        group_path=True,
-        exclude_opt_key=OPS_OPT_KEY,
-        middleware_class=AppPrometheusMiddleware,
-        registry=metrics.registry,
-    )
+    return RequestMetricsMiddleware(RequestMetrics(metrics.registry))
 
 
 def metrics_controller(metrics: TaskMetrics) -> type[PrometheusController]:

@@ -1,8 +1,9 @@
 """Middleware that tells who is asking: the session of a request and its request id.
 
-`SessionMiddleware` reads the session token from the ``X-Session-Token`` header or
-the session cookie and resolves the session key (`async_tasks.sessions`) into scope
-state; a new session's token goes out in the ``X-Session-Token`` response header
+One middleware, `RequestMiddleware`, does both (a middleware layer costs a request
+about as much as the work either does). It reads the session token from the
+``X-Session-Token`` header or the session cookie and resolves the session key
+(`async_tasks.sessions`) into scope state; a new session's token goes out in the ``X-Session-Token`` response header
 and an HttpOnly, SameSite=Lax cookie, once per response (``POST /session`` hands
 out the session the middleware issued rather than a second one). A token that was
 sent but not accepted (forged, malformed, signed with another key or expired) is
@@ -14,12 +15,12 @@ Every HTTP request gets an id: the client's ``X-Request-ID`` when it is 1-128
 characters of ``[A-Za-z0-9._:-]``, else a generated uuid4 hex. It is stored in scope
 state (so a task created by the request records it), echoed in the ``X-Request-ID``
 response header of every response (404 and 405 included), and bound to the log
-context (`async_tasks.context`) for the request's duration.
+context (`async_tasks.context`) for the request's duration, with the session key.
 """
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from contextvars import Token
 from typing import Any
@@ -47,6 +48,7 @@ _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _CLEAR_VERSION_VARIANT = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+_random_bits = random.getrandbits
 
 
 def session_cookie(resolver: SessionResolver, token: str) -> Cookie:
@@ -63,7 +65,7 @@ def session_cookie(resolver: SessionResolver, token: str) -> Cookie:
 
 
 def session_key_of(scope: Scope) -> str:
-    """The session key `SessionMiddleware` resolved for this request."""
+    """The session key `RequestMiddleware` resolved for this request."""
     key = scope.get("state", {}).get(SESSION_STATE_KEY)
     if not key:
         raise RuntimeError(
@@ -72,15 +74,43 @@ def session_key_of(scope: Scope) -> str:
     return str(key)
 
 
-class SessionMiddleware(ASGIMiddleware):
-    """Resolves the session of every HTTP and WebSocket request into scope state."""
+class RequestMiddleware(ASGIMiddleware):
+    """Resolves the request id, and the session (except on the routes whose ``opt`` has
+    `session_exempt_key`: health probes and scrapes), of every HTTP and WebSocket request
+    into scope state, and binds both to the log context while the request runs.
+
+    App middleware only runs for matched routes: the request id response header is
+    added by `echo_request_id` (a ``before_send`` hook), which sees every response.
+    """
 
     scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
-    def __init__(self, resolver: SessionResolver) -> None:
+    def __init__(self, resolver: SessionResolver, session_exempt_key: str | None = None) -> None:
         self.resolver = resolver
+        self.session_exempt_key = session_exempt_key
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        state: dict[str, Any] = scope.setdefault("state", {})
+        request_id = state.get(REQUEST_ID_STATE_KEY)
+        if request_id is None:
+            request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
+        exempt = self.session_exempt_key
+        route_handler = scope.get("route_handler")
+        if exempt is not None and route_handler is not None and route_handler.opt.get(exempt):
+            session_key = state.get(SESSION_STATE_KEY)
+        else:
+            session_key, send = self._resolve_session(scope, state, send)
+        request_token: Token[str | None] = request_id_var.set(request_id)
+        session_token: Token[str | None] = session_key_var.set(session_key)
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            session_key_var.reset(session_token)
+            request_id_var.reset(request_token)
+
+    def _resolve_session(self, scope: Scope, state: dict[str, Any], send: Send) -> tuple[str, Send]:
+        """The session key into scope state; `send`, or a wrapper that adds the headers and
+        cookie of a new session or a rejected token."""
         token = None
         cookie_header = None
         for name, value in scope["headers"]:
@@ -101,11 +131,9 @@ class SessionMiddleware(ASGIMiddleware):
         key, issued = (
             (accepted, None) if accepted is not None else resolver.resolve(None, client[0] if client else None)
         )
-        state: dict[str, Any] = scope.setdefault("state", {})
         state[SESSION_STATE_KEY] = key
         if (issued is None and not rejected) or scope["type"] != ScopeType.HTTP:
-            await next_app(scope, receive, send)
-            return
+            return key, send
         if issued is not None:
             state[ISSUED_TOKEN_STATE_KEY] = issued
             set_cookie = session_cookie(resolver, issued).to_header(header="").strip()
@@ -125,7 +153,7 @@ class SessionMiddleware(ASGIMiddleware):
                     headers.add("set-cookie", set_cookie)
             await send(message)
 
-        await next_app(scope, receive, send_with_session)
+        return key, send_with_session
 
 
 def _expired_cookie(resolver: SessionResolver) -> str:
@@ -140,7 +168,7 @@ def _sets_session_cookie(headers: MutableScopeHeaders) -> bool:
 
 
 def issued_token_of(scope: Scope) -> str | None:
-    """The token of the session `SessionMiddleware` issued for this request, if any."""
+    """The token of the session `RequestMiddleware` issued for this request, if any."""
     token = scope.get("state", {}).get(ISSUED_TOKEN_STATE_KEY)
     return str(token) if token else None
 
@@ -154,9 +182,10 @@ def _cookie_value(header: str, name: str) -> str | None:
 
 
 def new_request_id() -> str:
-    """A uuid4 as 32 hex digits (what ``uuid.uuid4().hex`` gives, at about half the cost)."""
-    value = int.from_bytes(os.urandom(16), "big")
-    value = (value & _CLEAR_VERSION_VARIANT) | _UUID4_BITS
+    """A uuid4 as 32 hex digits (the form of ``uuid.uuid4().hex``). Its random bits come
+    from `random`, not the OS: an id must be unique, not secret (clients choose their
+    own), and `random` is reseeded in a forked worker."""
+    value = (_random_bits(128) & _CLEAR_VERSION_VARIANT) | _UUID4_BITS
     return f"{value:032x}"
 
 
@@ -177,28 +206,6 @@ def request_id_of(scope: Scope) -> str:
     if request_id is None:
         request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
     return str(request_id)
-
-
-class RequestIdMiddleware(ASGIMiddleware):
-    """Resolves the request id into scope state and binds the log context.
-
-    It sits inside the session middleware, so the session key is known too. App
-    middleware only runs for matched routes: the response header is added by
-    `echo_request_id` (a ``before_send`` hook), which sees every response.
-    """
-
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request_id = request_id_of(scope)
-        session_key = scope["state"].get(SESSION_STATE_KEY)
-        request_token: Token[str | None] = request_id_var.set(request_id)
-        session_token: Token[str | None] = session_key_var.set(session_key)
-        try:
-            await next_app(scope, receive, send)
-        finally:
-            session_key_var.reset(session_token)
-            request_id_var.reset(request_token)
 
 
 async def echo_request_id(message: Message, scope: Scope) -> None:

@@ -34,11 +34,11 @@ from async_tasks.web.api.health import LoopLagProbe, health_handlers
 from async_tasks.web.api.openapi import with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
 from async_tasks.web.api.streams import root_socket_router, stream_router
-from async_tasks.web.api.tasks import TaskController
+from async_tasks.web.api.tasks import task_controller
 from async_tasks.web.api.tickets import stream_ticket
 from async_tasks.web.errors import EXCEPTION_HANDLERS
-from async_tasks.web.metrics import OPS_OPT_KEY, http_metrics_config, metrics_controller
-from async_tasks.web.middleware import RequestIdMiddleware, SessionMiddleware, echo_request_id, session_key_of
+from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
+from async_tasks.web.middleware import RequestMiddleware, echo_request_id, session_key_of
 from async_tasks.web.security import BoundaryMiddleware, cors_config
 from async_tasks.web.streams import StreamBridge
 
@@ -119,7 +119,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
 
     def router(self) -> Router:
         handlers: list[Any] = [
-            TaskController,
+            task_controller(self.system),
             list_executors,
             current_session,
             new_session,
@@ -144,7 +144,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))
-            app_config.middleware.append(http_metrics_config(self.metrics).middleware)
+            app_config.middleware.append(request_metrics_middleware(self.metrics))
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
@@ -161,10 +161,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         )
         if app_config.cors_config is None:
             app_config.cors_config = cors_config(self.settings)
-        session_middleware = SessionMiddleware(system.sessions)
-        session_middleware.exclude_opt_key = OPS_OPT_KEY  # health probes and scrapes need no session
-        app_config.middleware.append(session_middleware)
-        app_config.middleware.append(RequestIdMiddleware())  # inside: it reads the session key
+        # The session (health probes and scrapes need none) and the request id.
+        app_config.middleware.append(RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY))
         app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
         app_config.lifespan.append(self.lifespan)
         app_config.signature_namespace["TaskSystem"] = TaskSystem

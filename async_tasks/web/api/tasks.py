@@ -1,12 +1,25 @@
-"""``/tasks``: create, list, inspect, control and delete the session's tasks."""
+"""``/tasks``: create, list, inspect, control and delete the session's tasks.
+
+The polling routes (status, list) and the demo creates are the server's hot paths:
+they take the engine from their controller and the session from the scope (no
+per-request dependency injection), and answer with `encoded`: the body encoded once
+by msgspec and sent as it is. Users' own handlers get ``task_system`` and
+``session_key`` by injection as before.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar, TypeVar, cast
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.background_tasks import BackgroundTask, BackgroundTasks
+from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
+from litestar.enums import MediaType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.types import Receive, Scope, Send, TypeEncodersMap
 
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
@@ -26,6 +39,70 @@ from async_tasks.web.api.schemas import (
     TaskSummary,
 )
 from async_tasks.web.errors import replay_responses, responses
+from async_tasks.web.middleware import session_key_of
+
+T = TypeVar("T")
+_JSON_TYPE = (b"content-type", b"application/json")
+_encode = msgspec.json.Encoder().encode
+
+
+class EncodedJSON(Response[Any]):
+    """A `Response` whose JSON body is already encoded, and that sends itself.
+
+    Litestar turns a response into an `ASGIResponse` (headers object, body rendered
+    with the app's encoders) on every request, a sixth of a status request; these
+    bodies are plain msgspec structs, encoded the same by msgspec alone. When a layer
+    adds anything (response headers or cookies, a background task) or the request is
+    a HEAD, it takes Litestar's own path, so nothing a layer sets is lost.
+    """
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: dict[str, Any] | None = None) -> None:
+        super().__init__(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: Any = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if background is not None or cookies or headers or kwargs or is_head_response or self.cookies:
+            return super().to_asgi_response(
+                app,
+                request,
+                background=background,
+                cookies=cookies,
+                headers=headers,
+                is_head_response=is_head_response,
+                media_type=media_type,
+                status_code=status_code,
+                type_encoders=type_encoders,
+                **kwargs,
+            )
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body: bytes = self.content
+        headers = [_JSON_TYPE, (b"content-length", b"%d" % len(body))]
+        if self.headers:
+            headers += [
+                (name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in self.headers.items()
+            ]
+        await send({"type": "http.response.start", "status": self.status_code or 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def encoded(value: T, status_code: int = 200, headers: dict[str, Any] | None = None) -> Response[T]:
+    """`value` (a msgspec struct) as an `EncodedJSON` response."""
+    return cast("Response[T]", EncodedJSON(_encode(value), status_code, headers))
+
 
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
@@ -46,6 +123,8 @@ async def task_response(system: TaskSystem, task: Any) -> TaskResponse:
 class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]  # noqa: RUF012 (Litestar reads the class attribute)
+    #: The engine, for the hot routes (set by `task_controller`).
+    system: ClassVar[TaskSystem]
 
     @post(
         "/",
@@ -85,8 +164,7 @@ class TaskController(Controller):
     @get("/", summary="List the session's tasks, newest first", responses=responses(400))
     async def list_tasks(
         self,
-        task_system: NamedDependency[TaskSystem],
-        session_key: NamedDependency[str],
+        scope: Scope,
         status: Annotated[TaskStatus | None, QueryParameter(description="Only tasks in this status.")] = None,
         executor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
@@ -95,11 +173,17 @@ class TaskController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
-    ) -> TaskListResponse:
-        tasks, total = await task_system.list_tasks(
-            session_key, status=status, executor=executor, tag=tag, dead_letter=dead_letter, limit=limit, offset=offset
+    ) -> Response[TaskListResponse]:
+        tasks, total = await self.system.list_tasks(
+            session_key_of(scope),
+            status=status,
+            executor=executor,
+            tag=tag,
+            dead_letter=dead_letter,
+            limit=limit,
+            offset=offset,
         )
-        return TaskListResponse(tasks=[TaskSummary.of(t) for t in tasks], count=len(tasks), total=total)
+        return encoded(TaskListResponse(tasks=[TaskSummary.of(t) for t in tasks], count=len(tasks), total=total))
 
     @get("/stats", summary="Per-status counts of the session's tasks")
     async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:
@@ -163,18 +247,18 @@ class TaskController(Controller):
         summary="Status and step progress (the polling endpoint)",
         responses=responses(400, 404),
     )
-    async def get_status(
-        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
-    ) -> TaskStatusResponse:
-        task = await task_system.get_task(session_key, task_id)
-        return TaskStatusResponse(
-            status=task.status,
-            progress=task.progress,
-            current_step=task.current_step,
-            current_step_description=task.current_step_description,
-            started_at=task.started_at,
-            completed_at=task.completed_at,
-            error=task.error,
+    async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
+        task = await self.system.get_task(session_key_of(scope), task_id)
+        return encoded(
+            TaskStatusResponse(
+                status=task.status,
+                progress=task.progress,
+                current_step=task.current_step,
+                current_step_description=task.current_step_description,
+                started_at=task.started_at,
+                completed_at=task.completed_at,
+                error=task.error,
+            )
         )
 
     @post(
@@ -217,3 +301,8 @@ class TaskController(Controller):
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> None:
         await task_system.delete_task(session_key, task_id)
+
+
+def task_controller(system: TaskSystem) -> type[TaskController]:
+    """`TaskController` serving `system`."""
+    return type("TaskController", (TaskController,), {"system": system})
