@@ -4,7 +4,8 @@ It does no real work: it shows what a client polling ``/status`` sees while a ta
 runs (moving progress, step names and descriptions). The whole run takes
 ``delayMs`` milliseconds, spread evenly over the five steps; each step reports a
 few intermediate percentages so progress moves smoothly. ``delayMs: 0`` finishes
-at once without sleeping.
+at once without sleeping, reporting each step once (there is no time to show
+intermediate percentages in).
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ class SampleExecutor(TaskExecutor[SampleParams]):
     async def execute(self, task: Task[SampleParams], progress: Progress) -> dict[str, Any]:
         params = task.params
         steps = type(self).steps
-        tick_seconds = params.delay_ms / 1000 / (len(steps) * TICKS_PER_STEP)
+        ticks = TICKS_PER_STEP if params.delay_ms else 1
+        tick_seconds = params.delay_ms / 1000 / (len(steps) * ticks)
         for index, step in enumerate(steps):
             end = steps[index + 1].at if index + 1 < len(steps) else 100
-            for tick in range(TICKS_PER_STEP):
-                percent = step.at + (end - step.at) * tick / TICKS_PER_STEP
+            for tick in range(ticks):
+                percent = step.at + (end - step.at) * tick / ticks
                 await progress(percent, step.name, step.description)
                 if tick_seconds > 0:
                     await self.sleep(tick_seconds)
