@@ -126,7 +126,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             stream_ticket,
             create_any_demo_task,
         ]
-        handlers += [demo_route(type(executor)) for executor in self.system.executors]
+        handlers += [demo_route(type(executor), self.system) for executor in self.system.executors]
         handlers.append(stream_router(self.streams))
         return Router(
             path=self.path or "/",

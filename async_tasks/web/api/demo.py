@@ -26,8 +26,9 @@ from async_tasks.task import Task
 from async_tasks.validation import describe, field_type, split_location
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
-from async_tasks.web.api.tasks import IdempotencyKey
+from async_tasks.web.api.tasks import IdempotencyKey, encoded
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
+from async_tasks.web.middleware import session_key_of
 
 #: Task options accepted beside the params in a demo body.
 OPTION_FIELDS: list[tuple[str, Any, Any]] = [
@@ -71,7 +72,7 @@ async def _create(
     task, replayed = await system.create_or_replay(
         session_key, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
     )
-    return Response(
+    return encoded(
         demo_response(task),
         status_code=200 if replayed else 201,
         headers={"Idempotent-Replayed": "true"} if replayed else None,
@@ -87,20 +88,19 @@ def demo_response(task: Task) -> DemoTaskResponse:
     )
 
 
-def demo_route(executor_cls: type[TaskExecutor[Any, Any]]) -> HTTPRouteHandler:
-    """``POST /demo/tasks/<name>`` with the executor's params as the body."""
+def demo_route(executor_cls: type[TaskExecutor[Any, Any]], system: TaskSystem) -> HTTPRouteHandler:
+    """``POST /demo/tasks/<name>`` with the executor's params as the body, creating in
+    `system` (a hot route: no per-request dependency injection, see `tasks`)."""
     body_type = demo_body_type(executor_cls)
     name = executor_cls.name
 
     async def create_demo_task(
         request: Request[Any, Any, Any],
-        task_system: NamedDependency[TaskSystem],
-        session_key: NamedDependency[str],
         data: Any,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DemoTaskResponse]:
         params, options = split_body(executor_cls, await strict_body(request, data))
-        return await _create(task_system, session_key, name, params, options, idempotency_key)
+        return await _create(system, session_key_of(request.scope), name, params, options, idempotency_key)
 
     create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]
     return post(
