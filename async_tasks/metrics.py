@@ -27,7 +27,7 @@ adds request metrics to the same registry and serves it (`async_tasks.web.metric
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -88,25 +88,35 @@ class TaskMetrics:
         self.dropped = Gauge(
             "async_tasks_events_dropped_total", "Push-stream events dropped for slow clients", registry=r
         )
+        self._children: dict[tuple[Any, ...], Any] = {}
         system.store.events.on_transition.append(self._on_transition)
         system.store.events.on_removed.append(self._on_removed)
         system.execution.on_finish.append(self._on_finish)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once (prometheus_client builds a key and
+        takes a lock on every call; transitions are a hot path)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _on_transition(self, task: Task, previous: TaskStatus | None) -> None:
         status = task.status
         if previous is None:
-            self.created.labels(task.executor).inc()
+            self._child(self.created, task.executor).inc()
         elif status in TERMINAL:
             if previous is TaskStatus.RUNNING:
-                self.attempts.labels(task.executor, status.value).inc()
+                self._child(self.attempts, task.executor, status.value).inc()
             if status is not TaskStatus.FAILED or not retried_automatically(task):
-                self.finished.labels(task.executor, status.value).inc()
+                self._child(self.finished, task.executor, status.value).inc()
         elif status is TaskStatus.PENDING:  # a retry (created tasks have previous None)
             kind = "automatic" if task.auto_retries > 0 else "manual"
-            self.retries.labels(task.executor, kind).inc()
+            self._child(self.retries, task.executor, kind).inc()
 
     def _on_finish(self, task: Task, duration: float) -> None:
-        self.duration.labels(task.executor).observe(duration)
+        self._child(self.duration, task.executor).observe(duration)
 
     def _on_removed(self, task: Task, cause: str | None) -> None:
         if cause == "retention":
