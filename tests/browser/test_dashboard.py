@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 expect = sync_api.expect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 COOKIE = "async_tasks_session"
@@ -321,7 +321,8 @@ def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:
 
 
 def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, live_server: str) -> None:
-    """The "API docs" link opens /schema, which renders every operation with no other host and no inline code."""
+    """The "API docs" link opens /schema, which renders every operation with no other host and no
+    inline code, tries one with the dashboard's session, and offers the session token to Authorize."""
     open_dashboard(page, live_server)
     with page.context.expect_page() as opened:
         page.get_by_role("link", name=re.compile("API docs")).click()
@@ -339,6 +340,12 @@ def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, l
     expect(result.locator(".response-col_status")).to_have_text("200")
     expect(result.locator(".response-col_description")).to_contain_text(page.locator("#session-key").inner_text())
     expect(docs.get_by_role("link", name=re.compile("Live dashboard"))).to_have_attribute("href", "/")
+    # Its Authorize dialog offers the session token header and the cookie the document declares.
+    docs.get_by_role("button", name="Authorize").first.click()
+    schemes = docs.locator(".auth-container")
+    expect(schemes.first).to_contain_text("sessionToken")
+    expect(schemes.first).to_contain_text("X-Session-Token")
+    expect(schemes.nth(1)).to_contain_text("sessionCookie")
 
 
 # -- the screenshot for the docs ----------------------------------------------------
