@@ -3,8 +3,9 @@
 Every test is a unit of its own, as with ``--dist load``, except the modules listed in
 `WHOLE_MODULES`: their tests share something expensive that a process starts once (a
 browser, real server processes), so each of those groups runs whole on one worker, and
-the biggest groups are handed out first. Two groups may go to two workers, which then
-run side by side.
+the biggest groups are handed out first (which also puts the tests that mostly wait on
+other processes at the start, beside the others' work, not alone at the end). Two
+groups may go to two workers, which then run side by side.
 
 (pytest-xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks by rewriting node
 ids, which pytest 9.2 no longer allows: the marks are silently ignored, see
@@ -27,6 +28,9 @@ WHOLE_MODULES = {
     "tests/test_redis_processes.py": "redis-cluster",
     # One real uvicorn process.
     "tests/test_uvicorn_boundaries.py": "uvicorn-boundaries",
+    # Real server processes that mostly wait for signals and grace periods: as a group they
+    # go out early, so that the waits overlap other workers' work instead of ending the run.
+    "tests/test_shutdown.py": "shutdown",
 }
 
 
