@@ -4,8 +4,10 @@
 # the docs' examples) and the whole test suite. Any failure fails the script.
 #   bash scripts/test.sh            # everything; extra arguments go to pytest
 #   bash scripts/test.sh --fast     # the inner loop: unit and in-process API tests
-# The tests run in parallel (pytest-xdist, one worker per core; TEST_WORKERS=N to
-# choose, 0 for none).
+# The tests run in parallel (pytest-xdist): the whole suite with one worker more than
+# cores (browser and real-process tests spend seconds waiting on other processes,
+# which another worker fills), the inner loop with one per core (it only computes).
+# TEST_WORKERS=N chooses, 0 for none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,10 +44,12 @@ ruff format --check .
 python scripts/doc_examples.py build/doc-examples >/dev/null
 mypy async_tasks executors demos tests build/doc-examples
 
+workers=$(($(nproc) + 1))
 if [ "${1:-}" = "--fast" ]; then
     shift
+    workers=auto
     # What the markers leave; tests/browser and tests/battery hold only e2e and battery
     # tests, so they are not even collected.
     set -- -m "not e2e and not battery" --ignore=tests/browser --ignore=tests/battery "$@"
 fi
-python -m pytest -n "${TEST_WORKERS:-auto}" "$@"
+python -m pytest -n "${TEST_WORKERS:-$workers}" "$@"

@@ -58,6 +58,17 @@ def new_address() -> str:
     return next(_ADDRESSES)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``-n``: every test a unit of its own, the modules sharing a browser or real
+    server processes kept whole on one worker (see `tests.scheduling`)."""
+    if config.getoption("dist") != "load":
+        return None  # an explicit other --dist mode
+    from tests.scheduling import GroupedScheduling
+
+    return GroupedScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     # Session scope lets module-scoped async fixtures (`shared_app`) run in the event

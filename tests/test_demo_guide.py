@@ -31,8 +31,6 @@ SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-#: The tests that need the guide's servers (real processes, started once) run in one worker.
-GUIDE_SERVERS = pytest.mark.xdist_group("demo-guide")
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -118,7 +116,6 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
 
 
 @pytest.mark.e2e
-@GUIDE_SERVERS
 def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     main_port, integration_port = servers
     blocks = guide_blocks()
@@ -148,7 +145,6 @@ PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 @pytest.mark.e2e
-@GUIDE_SERVERS
 @pytest.mark.parametrize("document", ["DEMO_GUIDE.md", "README.md"])
 def test_python_examples_run_as_written(document: str, servers: tuple[int, int]) -> None:
     """Each Python block executes (against the guide's server); the test functions it defines pass."""

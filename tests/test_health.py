@@ -15,9 +15,9 @@ from tests.helpers import system_of
 
 
 @pytest.mark.parametrize("path", ["/health", "/healthz"])
-async def test_liveness(client: httpx.AsyncClient, path: str) -> None:
+async def test_liveness(session_client: httpx.AsyncClient, path: str) -> None:
     """Always {"status": "ok"} while the process answers."""
-    response = await client.get(path)
+    response = await session_client.get(path)
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 

@@ -5,7 +5,7 @@ point in processes forked from a server that imported the project once
 (`tests.forked`), so starting and restarting them is quick. Every process is started
 here and stopped by its PID; waits poll the HTTP API with deadlines. One cluster serves
 every test of the module: session-scoped, so that however xdist orders the module's
-tests (one xdist group, one worker) it starts once."""
+tests (one group of `tests.scheduling`, one worker) it starts once."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.xdist_group("redis-cluster"),
     pytest.mark.skipif(
         shutil.which("curl") is None or shutil.which("redis-server") is None, reason="needs curl and redis-server"
     ),

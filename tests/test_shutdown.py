@@ -196,7 +196,7 @@ def test_executors_that_ignore_cancellation_cannot_hold_the_process(
 ) -> None:
     """The process still exits (status 1) within SHUTDOWN_GRACE_MS; the stubborn tasks are
     reported abandoned and every task is accounted for in the log."""
-    with server(tmp_path, "-m", "tests.serve_with_stubborn", grace_ms=2000) as srv:
+    with server(tmp_path, "-m", "tests.serve_with_stubborn", grace_ms=1000) as srv:
         stuck = {srv.create(stubborn) for _ in range(2)}
         ordinary = {srv.create("sample", delayMs=120_000) for _ in range(50)}
         srv.wait_until(lambda: srv.stats()["running"] == 52)

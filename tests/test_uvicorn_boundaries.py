@@ -22,8 +22,8 @@ from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import free_port
 
-# One worker runs them all: one server process.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("uvicorn-boundaries")]
+# One worker runs them all (a group of `tests.scheduling`): one server process.
+pytestmark = pytest.mark.e2e
 
 SECRET = "uvicorn-boundary-secret-0123456789"
 API = "/api/v1"

@@ -60,17 +60,17 @@ def foreign(**headers: str) -> dict[str, str]:
     ],
 )
 async def test_a_body_that_is_not_declared_json_is_415(
-    make_app: Callable[..., Litestar], content_type: str | None, body: str
+    session_client: httpx.AsyncClient, content_type: str | None, body: str
 ) -> None:
     """The "simple" bodies any site can post without a preflight are not read as JSON."""
-    async with served(make_app()) as client:
-        headers = {"Content-Type": content_type} if content_type else {}
-        request = client.build_request("POST", f"{API}/tasks", content=body, headers=headers)
-        if content_type is None:
-            request.headers.pop("Content-Type", None)
-        error = assert_error(await client.send(request), 415, "unsupported_media_type")
-        assert "application/json" in str(error["message"])
-        assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["total"] == 0
+    client = session_client  # the module's app; this client's session is its own, empty
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = client.build_request("POST", f"{API}/tasks", content=body, headers=headers)
+    if content_type is None:
+        request.headers.pop("Content-Type", None)
+    error = assert_error(await client.send(request), 415, "unsupported_media_type")
+    assert "application/json" in str(error["message"])
+    assert (await client.get(f"{API}/tasks/stats")).json()["stats"]["total"] == 0
 
 
 async def test_a_foreign_origin_cannot_create_cancel_or_read(make_app: Callable[..., Litestar]) -> None:
@@ -118,15 +118,15 @@ def test_a_websocket_from_a_foreign_origin_is_refused(make_app: Callable[..., Li
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:3000", "localhost.evil.example", "127.0.0.1.nip.io"])
-async def test_a_foreign_host_header_is_400(make_app: Callable[..., Litestar], host: str) -> None:
+async def test_a_foreign_host_header_is_400(session_client: httpx.AsyncClient, host: str) -> None:
     """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends its
     own name as Host. Loopback names, IP literals, HOST and ALLOWED_HOSTS pass."""
-    async with served(make_app()) as client:
-        error = assert_error(await client.get(f"{API}/tasks", headers={"Host": host}), 400, "invalid_host")
-        assert "ALLOWED_HOSTS" in str(error["message"])
-        assert_error(await client.get("/", headers={"Host": host}), 400, "invalid_host")  # the dashboard too
-        for good in ("localhost:3000", "LOCALHOST", "app.localhost", "127.0.0.1:3000", "[::1]:3000", "192.168.1.20"):
-            assert (await client.get(f"{API}/tasks", headers={"Host": good})).status_code == 200, good
+    client = session_client  # the module's app, with the default ALLOWED_HOSTS of the tests
+    error = assert_error(await client.get(f"{API}/tasks", headers={"Host": host}), 400, "invalid_host")
+    assert "ALLOWED_HOSTS" in str(error["message"])
+    assert_error(await client.get("/", headers={"Host": host}), 400, "invalid_host")  # the dashboard too
+    for good in ("localhost:3000", "LOCALHOST", "app.localhost", "127.0.0.1:3000", "[::1]:3000", "192.168.1.20"):
+        assert (await client.get(f"{API}/tasks", headers={"Host": good})).status_code == 200, good
 
 
 async def test_allowed_hosts_extends_the_safe_default(make_app: Callable[..., Litestar]) -> None:
@@ -321,8 +321,8 @@ async def test_trusted_proxies_give_the_client_address_and_scheme(make_app: Call
 
 
 @pytest.mark.parametrize("path", ["/", f"{API}/tasks", f"{API}/nope", "/dashboard/app.js"])
-async def test_security_headers_on_pages_api_and_errors(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.get(path)
+async def test_security_headers_on_pages_api_and_errors(session_client: httpx.AsyncClient, path: str) -> None:
+    response = await session_client.get(path)
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["referrer-policy"] == "no-referrer"

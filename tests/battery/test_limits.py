@@ -142,7 +142,8 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
 
 
 @pytest.mark.parametrize("path", ["/tasks", "/demo/tasks/sample", "/demo/tasks/batch", "/demo/tasks/unknown"])
-async def test_a_deeply_nested_body_is_400_not_500(client: httpx.AsyncClient, path: str) -> None:
+async def test_a_deeply_nested_body_is_400_not_500(session_client: httpx.AsyncClient, path: str) -> None:
+    client = session_client
     nested = "[" * 1000 + "]" * 1000  # 2 KB: msgspec refuses this depth with a RecursionError
     response = await client.post(
         f"{API}{path}", content='{"items": ' + nested + "}", headers={"Content-Type": "application/json"}
@@ -160,14 +161,16 @@ async def test_a_deeply_nested_body_is_400_not_500(client: httpx.AsyncClient, pa
     ],
 )
 async def test_body_fields_keep_their_json_types(
-    client: httpx.AsyncClient, path: str, body: dict[str, object], key: str
+    session_client: httpx.AsyncClient, path: str, body: dict[str, object], key: str
 ) -> None:
     """A string is not a number, a boolean or null (Litestar alone would coerce it)."""
+    client = session_client
     error = assert_error(await client.post(f"{API}{path}", json=body), 400, "invalid_params")
     assert error["details"] == [{"message": error["details"][0]["message"], "key": key, "source": "body"}]  # type: ignore[index]
 
 
-async def test_an_integral_float_is_an_integer(client: httpx.AsyncClient) -> None:
+async def test_an_integral_float_is_an_integer(session_client: httpx.AsyncClient) -> None:
     """As in JSON Schema, 2.0 is a valid integer."""
+    client = session_client
     response = await client.post(f"{API}/demo/tasks/sample", json={"delayMs": 0.0, "priority": 2.0})
     assert response.status_code == 201, response.text

@@ -4,11 +4,12 @@ Playwright) for the whole package, and one real server for the pages.
 Needs ``pip install playwright`` (the ``test`` extra) and ``apt-get install -y chromium``;
 ``playwright install`` is never used. Skipped, with the reason, when either is missing.
 
-Starting Playwright's driver and Chromium costs seconds, so they start once, here,
-with package scope: the modules mark their tests ``xdist_group("browser")`` so that
-one worker runs them all in a row, and the browser closes when that worker leaves the
-package. (While Playwright's sync API is open its event loop counts as running on the
-thread, so no async test may run in between: the tests here are all sync.)
+Starting Playwright's driver and Chromium costs seconds, so they start here with
+package scope: `tests.scheduling` keeps each browser module whole on one xdist worker
+(the dashboard's on one, the two others together, so two workers can share the
+browser tests), and the browser closes when its worker leaves the package. (While
+Playwright's sync API is open its event loop counts as running on the thread, so no
+async test may run in between: the tests here are all sync.)
 """
 
 from __future__ import annotations

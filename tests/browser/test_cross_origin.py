@@ -27,7 +27,7 @@ from tests.live import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.e2e
 
 PAGE = b"<!doctype html><html><head><meta charset='utf-8'><title>front-end</title></head><body>front-end</body></html>"
 

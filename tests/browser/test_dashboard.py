@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 expect = sync_api.expect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 COOKIE = "async_tasks_session"
@@ -321,7 +321,8 @@ def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:
 
 
 def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, live_server: str) -> None:
-    """The "API docs" link opens /schema, which renders every operation with no other host and no inline code."""
+    """The "API docs" link opens /schema, which renders every operation with no other host and no
+    inline code, tries one with the dashboard's session, and offers the session token to Authorize."""
     open_dashboard(page, live_server)
     with page.context.expect_page() as opened:
         page.get_by_role("link", name=re.compile("API docs")).click()
@@ -339,6 +340,12 @@ def test_the_api_reference_renders_offline_from_the_dashboard_link(page: Page, l
     expect(result.locator(".response-col_status")).to_have_text("200")
     expect(result.locator(".response-col_description")).to_contain_text(page.locator("#session-key").inner_text())
     expect(docs.get_by_role("link", name=re.compile("Live dashboard"))).to_have_attribute("href", "/")
+    # Its Authorize dialog offers the session token header and the cookie the document declares.
+    docs.get_by_role("button", name="Authorize").first.click()
+    schemes = docs.locator(".auth-container")
+    expect(schemes.first).to_contain_text("sessionToken")
+    expect(schemes.first).to_contain_text("X-Session-Token")
+    expect(schemes.nth(1)).to_contain_text("sessionCookie")
 
 
 # -- the screenshot for the docs ----------------------------------------------------
@@ -354,6 +361,9 @@ def docs_server() -> Iterator[str]:
 def test_screenshot(browser: Browser, docs_server: str) -> None:
     context, problems = offline_context(browser, viewport={"width": 1920, "height": 1080})
     page = context.new_page()
+    # The page's own timers run on a clock this test can move: the toasts' self-dismissal
+    # (4.5 s) is fast-forwarded below instead of waited for. Time still flows as usual.
+    page.clock.install()
     try:
         open_dashboard(page, docs_server)
         with TaskClient(docs_server, token=session_token(page)) as tasks:
@@ -374,6 +384,7 @@ def test_screenshot(browser: Browser, docs_server: str) -> None:
         expect(top).to_have_attribute("aria-valuenow", re.compile(r"^(2\d|3\d)$"))  # mid-way
         batch_bar = page.locator(f'li.task[data-task-id="{batch["id"]}"]').get_by_role("progressbar")
         expect(batch_bar).to_have_attribute("aria-valuenow", re.compile(r"^[1-9]\d$"))
+        page.clock.fast_forward(10_000)  # past every toast's timer (errors stay 9 s)
         expect(page.locator(".toast")).to_have_count(0)  # they dismiss themselves
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"))

@@ -1,0 +1,42 @@
+"""How pytest-xdist shares the tests out between its workers (`tests/conftest.py` hooks it in).
+
+Every test is a unit of its own, as with ``--dist load``, except the modules listed in
+`WHOLE_MODULES`: their tests share something expensive that a process starts once (a
+browser, real server processes), so each of those groups runs whole on one worker, and
+the biggest groups are handed out first (which also puts the tests that mostly wait on
+other processes at the start, beside the others' work, not alone at the end). Two
+groups may go to two workers, which then run side by side.
+
+(pytest-xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks by rewriting node
+ids, which pytest 9.2 no longer allows: the marks are silently ignored, see
+pytest-dev/pytest-xdist#1386. This scheduler needs no marks.)
+"""
+
+from __future__ import annotations
+
+from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # no py.typed
+
+#: Module path -> group. The modules of one group run in a row on one worker.
+WHOLE_MODULES = {
+    # One Chromium per worker (a package fixture); the dashboard module alone is the longest group.
+    "tests/browser/test_dashboard.py": "browser-dashboard",
+    "tests/browser/test_clients.py": "browser-clients",
+    "tests/browser/test_cross_origin.py": "browser-clients",
+    # The guide's two server processes, started once for its curl and Python examples.
+    "tests/test_demo_guide.py": "demo-guide",
+    # redis-server, two API servers and a worker, started once.
+    "tests/test_redis_processes.py": "redis-cluster",
+    # One real uvicorn process.
+    "tests/test_uvicorn_boundaries.py": "uvicorn-boundaries",
+    # Real server processes that mostly wait for signals and grace periods: as a group they
+    # go out early, so that the waits overlap other workers' work instead of ending the run.
+    "tests/test_shutdown.py": "shutdown",
+}
+
+
+class GroupedScheduling(LoadScopeScheduling):  # type: ignore[misc]  # untyped base
+    """``--dist load`` with the groups of `WHOLE_MODULES` kept whole (and sent out first:
+    xdist's load-scope reordering hands out the units with the most tests first)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return WHOLE_MODULES.get(nodeid.split("::", 1)[0], nodeid)
