@@ -27,7 +27,7 @@ from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
 from async_tasks.testing import asgi_client, redis_server, serve_in_loop
 from async_tasks.web.app import create_app
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import BUILTIN_EXECUTORS, TEST_EXECUTORS
 
 SECRET = "test-secret-key-0123456789abcdef"
 #: The Host of Litestar's test clients and of our in-process clients: not a loopback
@@ -48,6 +48,11 @@ def build_app(
     """An app with test settings; keyword arguments override `Settings` fields."""
     fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
     fields.update(overrides)
+    if load_entry_points:
+        # The installed built-ins, without scanning every installed
+        # distribution's metadata again for each app (a third of building one; the scan
+        # itself is tested in test_plugin.py).
+        executors, load_entry_points = [*BUILTIN_EXECUTORS, *executors], False
     return create_app(
         Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
     )

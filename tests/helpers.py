@@ -14,6 +14,10 @@ from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.web.plugin import AsyncTasksPlugin
+from executors.api_call import ApiCallExecutor
+from executors.batch import BatchExecutor
+from executors.file_processing import FileProcessingExecutor
+from executors.sample import SampleExecutor
 
 
 class ScriptParams(TaskParams):
@@ -75,6 +79,13 @@ class BlockingExecutor(TaskExecutor[BlockingParams]):
 
 
 TEST_EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [ScriptExecutor, BlockingExecutor]
+#: The executors this package installs as entry points.
+BUILTIN_EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [
+    SampleExecutor,
+    FileProcessingExecutor,
+    ApiCallExecutor,
+    BatchExecutor,
+]
 
 
 def system_of(app: Litestar) -> TaskSystem:
