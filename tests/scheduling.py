@@ -34,9 +34,23 @@ WHOLE_MODULES = {
 }
 
 
+#: Tests of a whole module that form a group of their own, so that two workers share the
+#: module (each with its own browser): the dashboard's alone would be the longest group.
+SPLIT_TESTS = {
+    "tests/browser/test_dashboard.py::test_screenshot": "browser-dashboard-2",
+    "tests/browser/test_dashboard.py::test_the_api_reference_renders_offline_from_the_dashboard_link": (
+        "browser-dashboard-2"
+    ),
+    "tests/browser/test_dashboard.py::test_a_second_window_holds_its_own_session": "browser-dashboard-2",
+    "tests/browser/test_dashboard.py::test_every_executor_gets_a_form_from_its_schema": "browser-dashboard-2",
+    "tests/browser/test_dashboard.py::test_stats_and_cleanup_panels": "browser-dashboard-2",
+}
+
+
 class GroupedScheduling(LoadScopeScheduling):  # type: ignore[misc]  # untyped base
     """``--dist load`` with the groups of `WHOLE_MODULES` kept whole (and sent out first:
     xdist's load-scope reordering hands out the units with the most tests first)."""
 
     def _split_scope(self, nodeid: str) -> str:
-        return WHOLE_MODULES.get(nodeid.split("::", 1)[0], nodeid)
+        split = SPLIT_TESTS.get(nodeid.split("[", 1)[0])
+        return split or WHOLE_MODULES.get(nodeid.split("::", 1)[0], nodeid)

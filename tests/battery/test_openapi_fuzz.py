@@ -7,7 +7,8 @@ refused by schema validation (a 400 for valid data is a domain rule, such as an
 unknown executor or a limit set by a setting, never a refusal by Litestar's own
 validation of what the document describes).
 
-``BATTERY_EXAMPLES=1000 pytest tests/battery/test_openapi_fuzz.py`` searches harder.
+``BATTERY_EXAMPLES=1000 pytest tests/battery/test_openapi_fuzz.py`` searches harder (and
+adds schemathesis' coverage phase: the boundary values of every field).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def api_schema() -> BaseSchema:
         max_examples=MAX_EXAMPLES,
         deterministic=True,
     )
+    # The coverage phase (every boundary value of every field, half of this test's time)
+    # runs in the heavier searches; the quick run keeps the positive and negative fuzzing.
+    loaded.config.phases.coverage.enabled = "BATTERY_EXAMPLES" in os.environ
     # A negative case must be refused with a 4xx (a body over the size limit gets 413), never a 5xx.
     loaded.config.checks.negative_data_rejection.expected_statuses = [
         "400",
