@@ -353,7 +353,7 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
     per session, with the real plugin's store, cleaner and hooks (runner bookkeeping,
     metrics), then a second sweep that finds nothing to remove."""
     from async_tasks.settings import Settings
-    from async_tasks.store.base import CreateLimits
+    from async_tasks.store.base import CreateLimits, StorePolicy
     from async_tasks.task import Task, TaskStatus
     from async_tasks.web.plugin import AsyncTasksPlugin
     from executors.sample import SampleParams
@@ -372,6 +372,10 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
         listeners, hooks = list(store.events.listeners), list(store.events.on_transition)
         store.events.listeners.clear()
         store.events.on_transition.clear()
+        # The store applies retention as each task finishes: built without it, so the
+        # sweep finds the whole backlog (as after MAX_COMPLETED_TASKS was lowered).
+        policy = store.policy  # type: ignore[attr-defined]
+        store.policy = StorePolicy(max_history=policy.max_history)  # type: ignore[attr-defined]
         for s in range(sessions):
             key = f"s_bench{s:06d}"
             for _ in range(per_session):
@@ -395,6 +399,7 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
                     result={"message": "Sample task completed", "delayMs": 0, "steps": 5},
                 )
         built = time.perf_counter() - began
+        store.policy = policy  # type: ignore[attr-defined]
         store.events.listeners[:] = listeners
         store.events.on_transition[:] = hooks
         gc.enable()
