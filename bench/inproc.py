@@ -374,8 +374,8 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
         store.events.on_transition.clear()
         # The store applies retention as each task finishes: built without it, so the
         # sweep finds the whole backlog (as after MAX_COMPLETED_TASKS was lowered).
-        policy = store.policy  # type: ignore[attr-defined]
-        store.policy = StorePolicy(max_history=policy.max_history)  # type: ignore[attr-defined]
+        policy = store.policy
+        store.policy = StorePolicy(max_history=policy.max_history)
         for s in range(sessions):
             key = f"s_bench{s:06d}"
             for _ in range(per_session):
@@ -399,7 +399,7 @@ def cleanup(sessions: int, per_session: int, keep: int) -> dict[str, Any]:
                     result={"message": "Sample task completed", "delayMs": 0, "steps": 5},
                 )
         built = time.perf_counter() - began
-        store.policy = policy  # type: ignore[attr-defined]
+        store.policy = policy
         store.events.listeners[:] = listeners
         store.events.on_transition[:] = hooks
         gc.enable()

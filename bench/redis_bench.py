@@ -225,7 +225,7 @@ def measure_status(env: dict[str, str], args: argparse.Namespace, log_dir: Path,
             task = client.post(f"{API}/tasks", json={"executor": "sample", "params": {"delayMs": 0}},
                                headers={"X-Session-Token": token}).json()["task"]  # fmt: skip
         server: Any = _Pinned(api.pid, port)
-        return measure(server, f"{API}/tasks/{task['id']}/status", args, token=token)  # type: ignore[no-any-return]
+        return measure(server, f"{API}/tasks/{task['id']}/status", args, token=token)
 
 
 def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) -> dict[str, Any]:
