@@ -97,6 +97,17 @@ def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
     }
 
 
+def result_problem(result: Any, max_bytes: int) -> str | None:
+    """Why an executor's result cannot be stored (not JSON, or over `max_bytes` encoded), or None."""
+    try:
+        size = len(msgspec.json.encode(result))
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"The executor returned a result that is not JSON-encodable: {exc}"
+    if size > max_bytes:
+        return f"The executor's result is too large: {size} bytes (the limit is {max_bytes})"
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """An exception as a task's error: ``Type: message``."""
     text = str(exc).strip()

@@ -30,12 +30,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
-import msgspec
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, describe, log_fields
+from async_tasks.execution.base import ExecutionLoad, describe, log_fields, result_problem
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.settings import Settings
@@ -332,7 +331,7 @@ class LocalExecution:
                         )
                     else:
                         result = await executor.execute(task, reporter)
-                    outcome = (TaskStatus.COMPLETED, result, self._check_result(result))
+                    outcome = (TaskStatus.COMPLETED, result, result_problem(result, self.settings.max_result_bytes))
                 except AttemptEnded:
                     outcome = None
                 except (Exception, SystemExit, KeyboardInterrupt) as exc:
@@ -380,15 +379,6 @@ class LocalExecution:
             return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
         finally:
             self._threads.discard(attempt)
-
-    def _check_result(self, result: Any) -> str | None:
-        try:
-            size = len(msgspec.json.encode(result))
-        except (TypeError, ValueError, OverflowError) as exc:
-            return f"The executor returned a result that is not JSON-encodable: {exc}"
-        if size > self.settings.max_result_bytes:
-            return f"The executor's result is too large: {size} bytes (the limit is {self.settings.max_result_bytes})"
-        return None
 
     async def _fail(self, attempt: _Attempt, error: str) -> None:
         task = attempt.task

@@ -65,7 +65,7 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, SettingsError, ShuttingDown, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, describe, log_fields
+from async_tasks.execution.base import ExecutionLoad, describe, log_fields, result_problem
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.settings import Settings
@@ -796,7 +796,7 @@ class SaqExecution:
                         )
                     else:
                         result = await executor.execute(task, reporter)
-                    outcome = (TaskStatus.COMPLETED, result, self._check_result(result))
+                    outcome = (TaskStatus.COMPLETED, result, result_problem(result, self.settings.max_result_bytes))
                 except AttemptEnded:
                     outcome = None
                 except (Exception, SystemExit, KeyboardInterrupt) as exc:
@@ -831,15 +831,6 @@ class SaqExecution:
             return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
         finally:
             self._threads.discard(attempt)
-
-    def _check_result(self, result: Any) -> str | None:
-        try:
-            size = len(msgspec.json.encode(result))
-        except (TypeError, ValueError, OverflowError) as exc:
-            return f"The executor returned a result that is not JSON-encodable: {exc}"
-        if size > self.settings.max_result_bytes:
-            return f"The executor's result is too large: {size} bytes (the limit is {self.settings.max_result_bytes})"
-        return None
 
     async def _record(
         self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None, *, report: _Report | None
