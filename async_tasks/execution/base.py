@@ -16,21 +16,30 @@ while others wait) and lets `priority` order a session's own tasks only.
 - `run` serves until cancelled (start it with ``await tg.start(backend.run)``);
   `shutdown` refuses new work and ends what runs within a grace period.
 
-`log_fields` and `describe` are what every backend writes about an attempt: the
-fields of its log lines, and an exception as the task's error.
+`run_attempt` is how every backend runs one attempt (deadline, threads for blocking
+executors, outcome); `log_fields` and `describe` are what every backend writes about
+an attempt: the fields of its log lines, and an exception as the task's error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import msgspec
 
+from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.task import TaskStatus
+
 if TYPE_CHECKING:
+    from async_tasks.executor import TaskExecutor
     from async_tasks.task import Task
+
+#: How an attempt that ran to its end came out: (status, result, error).
+Outcome = tuple[TaskStatus, Any, "str | None"]
 
 
 class ExecutionLoad(msgspec.Struct, kw_only=True):
@@ -95,6 +104,65 @@ def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
         "duration_ms": task.duration_ms,
         **fields,
     }
+
+
+async def run_attempt(
+    executor: TaskExecutor[Any, Any] | None,
+    task: Task,
+    reporter: ProgressReporter,
+    *,
+    scope: anyio.CancelScope,
+    timeout_ms: int,
+    max_result_bytes: int,
+    threads: set[Any],
+    attempt: Hashable,
+    missing: str,
+    stopped: Callable[[], bool],
+    prepare: Callable[[TaskExecutor[Any, Any]], Task] | None = None,
+) -> Outcome | None:
+    """Run one attempt of `task` inside `scope` (the backend cancels it there), with the
+    task's deadline; a blocking executor runs in a worker thread, listed in `threads` as
+    `attempt` while it runs (shutdown reports those it cannot stop as abandoned).
+
+    The outcome: completed with the result (failed when the result cannot be stored),
+    failed with the exception as ``Type: message`` (`missing` when the executor is not
+    registered), failed as timed out when the deadline passed, or None when the attempt
+    ended otherwise (cancelled through `scope` by the backend, which `stopped` tells, or
+    its reports refused): then the store already says how it ended. `prepare` gives the task as the executor takes it (a
+    failure there fails the attempt too)."""
+    outcome: Outcome | None = None
+    with scope:
+        scope.deadline = anyio.current_time() + timeout_ms / 1000
+        try:
+            if executor is None:
+                raise LookupError(missing)
+            if prepare is not None:
+                task = prepare(executor)
+            if executor.is_blocking():
+                result = await anyio.to_thread.run_sync(
+                    _in_thread, executor, task, reporter, threads, attempt, abandon_on_cancel=True
+                )
+            else:
+                result = await executor.execute(task, reporter)
+            outcome = (TaskStatus.COMPLETED, result, result_problem(result, max_result_bytes))
+        except AttemptEnded:
+            outcome = None
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            outcome = (TaskStatus.FAILED, None, describe(exc))
+    reporter.close()
+    if scope.cancelled_caught and not stopped():
+        outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
+    return outcome
+
+
+def _in_thread(
+    executor: TaskExecutor[Any, Any], task: Task, reporter: ProgressReporter, threads: set[Any], attempt: Hashable
+) -> Any:
+    threads.add(attempt)
+    try:
+        return executor.execute(task, ThreadProgress(reporter))
+    finally:
+        threads.discard(attempt)
 
 
 def result_problem(result: Any, max_bytes: int) -> str | None:

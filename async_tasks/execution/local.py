@@ -34,9 +34,9 @@ import anyio.to_thread
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, describe, log_fields, result_problem
+from async_tasks.execution.base import ExecutionLoad, log_fields, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
-from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.store.base import TaskStore
 from async_tasks.task import Task, TaskStatus
@@ -317,28 +317,15 @@ class LocalExecution:
         # Every log line of the attempt carries the task and the request that created it.
         bind_task(task.id, task.session_key, task.executor, task.request_id)
         logger.info("Starting execution of task %s for session %s", task.id, task.session_key)
-        outcome: tuple[TaskStatus, Any, str | None] | None = None
         timeout_ms = task.timeout_ms or self.settings.default_task_timeout_ms
         try:
-            with attempt.scope:
-                attempt.scope.deadline = anyio.current_time() + timeout_ms / 1000
-                try:
-                    if executor is None:
-                        raise LookupError(f"executor {task.executor!r} is no longer registered")
-                    if executor.is_blocking():
-                        result = await anyio.to_thread.run_sync(
-                            self._in_thread, executor, attempt, abandon_on_cancel=True
-                        )
-                    else:
-                        result = await executor.execute(task, reporter)
-                    outcome = (TaskStatus.COMPLETED, result, result_problem(result, self.settings.max_result_bytes))
-                except AttemptEnded:
-                    outcome = None
-                except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                    outcome = (TaskStatus.FAILED, None, describe(exc))
-            reporter.close()
-            if attempt.scope.cancelled_caught and attempt.cancel_reason is None:
-                outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
+            outcome = await run_attempt(
+                executor, task, reporter,
+                scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
+                threads=self._threads, attempt=attempt,
+                missing=f"executor {task.executor!r} is no longer registered",
+                stopped=lambda: attempt.cancel_reason is not None,
+            )  # fmt: skip
             if attempt.cancel_reason is None and outcome is not None:
                 await self._record(attempt, *outcome)
         except anyio.get_cancelled_exc_class():
@@ -371,14 +358,6 @@ class LocalExecution:
         except (InvalidTransition, TaskNotFound):
             return  # cancelled or removed while it finished: the store already says so
         self._notify(attempt)
-
-    def _in_thread(self, executor: TaskExecutor[Any, Any], attempt: _Attempt) -> Any:
-        assert attempt.reporter is not None
-        self._threads.add(attempt)
-        try:
-            return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
-        finally:
-            self._threads.discard(attempt)
 
     async def _fail(self, attempt: _Attempt, error: str) -> None:
         task = attempt.task

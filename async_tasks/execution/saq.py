@@ -65,9 +65,9 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, SettingsError, ShuttingDown, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, describe, log_fields, result_problem
+from async_tasks.execution.base import ExecutionLoad, log_fields, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
-from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.store.redis import RedisTaskStore, SessionBusy, reachable
 from async_tasks.task import Task, TaskStatus
@@ -781,30 +781,17 @@ class SaqExecution:
         attempt.started = self.clock.monotonic()
         bind_task(task.id, task.session_key, task.executor, task.request_id)
         logger.info("Starting execution of task %s for session %s", task.id, task.session_key)
-        outcome: tuple[TaskStatus, Any, str | None] | None = None
         timeout_ms = task.timeout_ms or self.settings.default_task_timeout_ms
         try:
-            with attempt.scope:
-                attempt.scope.deadline = anyio.current_time() + timeout_ms / 1000
-                try:
-                    if executor is None:
-                        raise LookupError(f"executor {task.executor!r} is not registered on this worker")
-                    attempt.task = task = self._with_params(task, executor)
-                    if executor.is_blocking():
-                        result = await anyio.to_thread.run_sync(
-                            self._in_thread, executor, attempt, abandon_on_cancel=True
-                        )
-                    else:
-                        result = await executor.execute(task, reporter)
-                    outcome = (TaskStatus.COMPLETED, result, result_problem(result, self.settings.max_result_bytes))
-                except AttemptEnded:
-                    outcome = None
-                except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                    outcome = (TaskStatus.FAILED, None, describe(exc))
-            reporter.close()
+            outcome = await run_attempt(
+                executor, task, reporter,
+                scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
+                threads=self._threads, attempt=attempt,
+                missing=f"executor {task.executor!r} is not registered on this worker",
+                stopped=lambda: attempt.stop_reason is not None,
+                prepare=lambda executor: self._with_params(attempt, executor),
+            )  # fmt: skip
             attempt.finished = True
-            if attempt.scope.cancelled_caught and attempt.stop_reason is None:
-                outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
             ran.set()
             if attempt.stop_reason is None and outcome is not None:
                 await self._record(attempt, *outcome, report=sink.take())
@@ -819,18 +806,13 @@ class SaqExecution:
             sink.closed = True
             self._release(attempt)
 
-    def _with_params(self, task: Task, executor: TaskExecutor[Any, Any]) -> Task:
-        """The task with its params as the executor's `Params` (the store keeps plain JSON)."""
+    def _with_params(self, attempt: _Attempt, executor: TaskExecutor[Any, Any]) -> Task:
+        """The attempt's task with its params as the executor's `Params` (the store keeps
+        plain JSON)."""
+        task = attempt.task
         params = msgspec.convert(task.params if task.params is not None else {}, type(executor).Params)
-        return msgspec.structs.replace(task, params=params)
-
-    def _in_thread(self, executor: TaskExecutor[Any, Any], attempt: _Attempt) -> Any:
-        assert attempt.reporter is not None
-        self._threads.add(attempt)
-        try:
-            return executor.execute(attempt.task, ThreadProgress(attempt.reporter))
-        finally:
-            self._threads.discard(attempt)
+        attempt.task = msgspec.structs.replace(task, params=params)
+        return attempt.task
 
     async def _record(
         self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None, *, report: _Report | None
