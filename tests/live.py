@@ -10,10 +10,13 @@ token gets its own session (as two browsers or two notebooks would).
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,9 @@ from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from tests.conftest import SECRET
 from tests.helpers import TEST_EXECUTORS
+
+#: The project's root: server processes start there (as the docs' commands do).
+ROOT = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S = 15.0
 
@@ -93,3 +99,21 @@ def live_server() -> Iterator[str]:
     """The base URL of a real server running `live_app()` for this test module."""
     with serve_in_thread(live_app()) as url:
         yield url
+
+
+def start_server_process(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """Start a server process (run from the project's root) and return once it listens on
+    `port`: its own start-up, with no event to wait on across processes, so short bounded
+    polls. Raises with its stderr if it exits first, or after 20 s."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command} exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{command} did not start listening on {port}")

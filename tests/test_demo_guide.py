@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 
 from async_tasks.testing import free_port
+from tests.live import start_server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "DEMO_GUIDE.md"
@@ -31,21 +30,6 @@ SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-
-
-def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # the server's own start-up, not background work
-        if process.poll() is not None:
-            raise RuntimeError(f"{command} exited: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{command} did not start listening on {port}")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +41,10 @@ def servers() -> Iterator[tuple[int, int]]:
         "API_CALL_ALLOW_HOSTS": "127.0.0.1",
         "TASK_CREATE_RATE": "0",
     }
-    main = start([sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port)
-    integration = start(
+    main = start_server_process(
+        [sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port
+    )
+    integration = start_server_process(
         [
             sys.executable,
             "-m",

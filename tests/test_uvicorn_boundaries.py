@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import free_port
+from tests.live import start_server_process
 
 # One worker runs them all (a group of `tests.scheduling`): one server process.
 pytestmark = pytest.mark.e2e
@@ -40,25 +39,10 @@ def server() -> Iterator[str]:
         "LOG_LEVEL": "warning",
     }
     env.pop("TRUST_PROXY_HEADERS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "async_tasks.web:create_app", "--factory", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process = start_server_process(
+        [sys.executable, "-m", "uvicorn", "async_tasks.web:create_app", "--factory", "--port", str(port)], env, port
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:  # the server's own start-up, not background work
-        if process.poll() is not None:
-            raise RuntimeError(process.stderr.read().decode() if process.stderr else "uvicorn exited")
-        try:
-            httpx.get(f"{base}/health", timeout=0.5)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
     try:
         yield base
     finally:
