@@ -11,12 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: curl (DEMO_GUIDE examples run as written), Debian's Chromium
+# System packages: curl (DEMO_GUIDE examples run as written), Debian's headless Chromium
 # (browser tests; Playwright drives it, it never downloads a browser) and
 # redis-server (the Redis backend's tests start their own, without persistence).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
-command -v chromium >/dev/null || missing+=(chromium)
+command -v chromium-headless-shell >/dev/null || missing+=(chromium-headless-shell)
 command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
