@@ -129,15 +129,26 @@ async def session_client(shared_app: Litestar) -> AsyncIterator[httpx.AsyncClien
         yield http
 
 
-@pytest.fixture(autouse=True)
-def _logs_written_within_the_test() -> Iterator[None]:
+def written_logs() -> None:
     """The app's log handler writes from a queue listener's thread: wait (on the queue, no
-    sleep) until it has written what the test logged, so that no line lands in another
-    test's output or, after the last test, in pytest's closed capture."""
-    yield
+    sleep) until it has written every record logged so far."""
     for name in ("", "async_tasks", "litestar", "uvicorn"):
         for handler in logging.getLogger(name).handlers:
             listener = getattr(handler, "listener", None)
             running = getattr(listener, "_thread", None) is not None
             if isinstance(handler, logging.handlers.QueueHandler) and isinstance(handler.queue, Queue) and running:
                 handler.queue.join()
+
+
+@pytest.fixture(autouse=True)
+def _logs_written_within_the_test() -> Iterator[None]:
+    """No line a test logged lands in another test's output."""
+    yield
+    written_logs()
+
+
+def pytest_sessionfinish() -> None:
+    """What module fixtures logged while stopping their apps is written while pytest's
+    capture is still open: the listener's thread would otherwise write it at exit, to a
+    closed stream."""
+    written_logs()
