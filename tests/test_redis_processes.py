@@ -9,6 +9,7 @@ tests (one group of `tests.scheduling`, one worker) it starts once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -108,7 +109,10 @@ class Process:
 
     def send(self, sig: int) -> None:
         if self.alive and self.pid is not None:
-            os.kill(self.pid, sig)
+            # A forked process is reaped by the fork server, which tells us a moment later:
+            # `alive` can still say yes about a PID that is gone.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if not self.alive:
