@@ -111,3 +111,11 @@ async def wait_for(app: Litestar, task_id: str, *statuses: str, progress: float 
     task = find_task(app, task_id)
     assert task is not None, f"no task {task_id}"
     return await testing.wait_for(system_of(app), task.session_key, task_id, *statuses, progress=progress)
+
+
+def tampered(token: str) -> str:
+    """`token` with one character of its signature changed, so that it no longer verifies.
+    Not the last character: in base64 its low bits may be unused, and changing only those
+    leaves the signature as it was."""
+    at = len(token) - 5
+    return token[:at] + ("A" if token[at] != "A" else "B") + token[at + 1 :]

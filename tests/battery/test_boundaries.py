@@ -25,7 +25,7 @@ from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from tests.battery.test_limits import API, assert_error
 from tests.conftest import SECRET, TEST_HOST
-from tests.helpers import system_of, wait_for
+from tests.helpers import system_of, tampered, wait_for
 
 pytestmark = pytest.mark.battery
 
@@ -212,7 +212,7 @@ async def test_a_stream_ticket_opens_the_token_sessions_stream(make_app: Callabl
         client.cookies.clear()
         listing = await client.get(f"{API}/tasks", params={"ticket": ticket})  # not a stream route: no session
         assert listing.json()["tasks"] == []
-        bad = await client.get(f"{API}/tasks/{done_id}/events", params={"ticket": ticket[:-3] + "abc"})
+        bad = await client.get(f"{API}/tasks/{done_id}/events", params={"ticket": tampered(ticket)})
         assert_error(bad, 401, "invalid_ticket")
 
 
