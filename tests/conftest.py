@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import logging.handlers
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from queue import Queue
@@ -129,10 +130,13 @@ async def session_client(shared_app: Litestar) -> AsyncIterator[httpx.AsyncClien
         yield http
 
 
+LOGGERS = ("", "async_tasks", "litestar", "uvicorn", "saq")
+
+
 def written_logs() -> None:
     """The app's log handler writes from a queue listener's thread: wait (on the queue, no
     sleep) until it has written every record logged so far."""
-    for name in ("", "async_tasks", "litestar", "uvicorn"):
+    for name in LOGGERS:
         for handler in logging.getLogger(name).handlers:
             listener = getattr(handler, "listener", None)
             running = getattr(listener, "_thread", None) is not None
@@ -140,11 +144,42 @@ def written_logs() -> None:
                 handler.queue.join()
 
 
+def stream_handlers() -> Iterator[logging.StreamHandler[Any]]:
+    """Our loggers' stream handlers, also those behind a queue listener."""
+    for name in LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            listener = getattr(handler, "listener", None)
+            for inner in (handler, *getattr(listener, "handlers", ())):
+                if isinstance(inner, logging.StreamHandler):
+                    yield inner
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call() -> Iterator[None]:
+    """What the test logged is written before its fixtures end (``capsys`` among them)."""
+    try:
+        return (yield)
+    finally:
+        written_logs()
+
+
 @pytest.fixture(autouse=True)
 def _logs_written_within_the_test() -> Iterator[None]:
-    """No line a test logged lands in another test's output."""
+    """No line a test logged lands in another test's output, and none is lost after it.
+
+    An app started in a test configures our loggers to write to ``sys.stderr`` as it is
+    then: with ``capsys`` that is the test's own capture, closed when the test ends, and
+    later lines (an app stopped by a module fixture, an engine without an app) would meet
+    a closed stream. Such handlers are pointed back at the run's stderr."""
     yield
     written_logs()
+    for handler in stream_handlers():
+        if getattr(handler.stream, "closed", False):
+            handler.acquire()  # not setStream(): it flushes the closed stream first
+            try:
+                handler.stream = sys.stderr
+            finally:
+                handler.release()
 
 
 def pytest_sessionfinish() -> None:
