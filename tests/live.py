@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -103,17 +104,22 @@ def live_server() -> Iterator[str]:
 
 def start_server_process(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     """Start a server process (run from the project's root) and return once it listens on
-    `port`: its own start-up, with no event to wait on across processes, so short bounded
-    polls. Raises with its stderr if it exits first, or after 20 s."""
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command} exited: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
+    `port`. Another process binding its port sends no event this one could wait on, so
+    this tries to connect in short steps, bounded: raises with the server's output if it
+    exits first, or after 20 s. The output goes to a file, never a pipe nobody reads (a
+    full pipe would stop a talkative server mid-test)."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                output.seek(0)
+                raise RuntimeError(f"{command} exited: {output.read().decode(errors='replace')}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return process
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
     raise RuntimeError(f"{command} did not start listening on {port}")
