@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_tasks import cli
 from async_tasks.errors import SettingsError
 from async_tasks.settings import Settings
-from async_tasks.testing import FakeClock, serve_in_loop
+from async_tasks.testing import FakeClock, free_port, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.helpers import ScriptExecutor, memory_store_of, wait_for
@@ -224,7 +224,7 @@ def test_opentelemetry_enabled_but_missing_stops_start_up(
         opentelemetry_plugins(settings)
     monkeypatch.setenv("OTEL_ENABLED", "true")
     monkeypatch.setenv("SECRET_KEY", "0123456789abcdef0123")
-    assert cli.main(["serve"]) == 2
+    assert cli.main(["serve", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("async-tasks: ") and "OTEL_ENABLED" in err
 

@@ -116,11 +116,11 @@ def test_start_up_refusals_are_one_line(
     """No SECRET_KEY with Redis, an unreachable Redis, a worker on the memory backend: one line each."""
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.delenv("TASK_BACKEND", raising=False)
-    assert serve(backend=redis_url) == 2
+    assert serve(backend=redis_url, port=free_port()) == 2
     assert "SECRET_KEY is not set" in capsys.readouterr().err
     monkeypatch.setenv("SECRET_KEY", "0123456789abcdef0123")
     gone = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-    assert serve(backend=gone) == 2
+    assert serve(backend=gone, port=free_port()) == 2
     err = capsys.readouterr().err
     assert err.startswith("async-tasks: Cannot reach Redis at redis://:***@127.0.0.1") and err.count("\n") == 1
     assert run_worker() == 2
