@@ -62,6 +62,20 @@ class IdempotencyConflict(TaskSystemError):
     code = "idempotency_key_reused"
 
 
+class IdempotentTaskRemoved(TaskSystemError):
+    """An Idempotency-Key whose task is no longer kept: answering it with a new task would
+    run the work twice, so it is refused (409) until the key's window ends."""
+
+    code = "idempotency_task_removed"
+
+    def __init__(self, key: str, task_id: str) -> None:
+        super().__init__(
+            f"This Idempotency-Key already created task {task_id}, which is no longer kept (it was deleted or "
+            "cleaned up after it finished). Use a new key to create another task.",
+            details={"idempotencyKey": key, "taskId": task_id},
+        )
+
+
 class QuotaExceeded(TaskSystemError):
     """A per-session limit was hit; `retry_after` is in seconds."""
 
@@ -101,9 +115,14 @@ class ShuttingDown(TaskSystemError):
 
 
 class StoreUnavailable(TaskSystemError):
-    """The shared task store (Redis) cannot be reached; the request may be retried."""
+    """The shared task store cannot be reached or refuses work for now (Redis restarting,
+    out of memory, a failover); the request may be retried after `retry_after` seconds."""
 
     code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 2, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class ExecutorRegistrationError(Exception):

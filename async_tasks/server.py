@@ -22,6 +22,7 @@ from typing import Any
 
 from litestar import Litestar
 
+from async_tasks.backends import backend_class
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.logs import flush_logs
 from async_tasks.process import environment, shutdown_watchdog
@@ -49,8 +50,12 @@ def serve(
     environ = environment(backend=backend, with_worker=with_worker, concurrency=concurrency)
     try:
         settings = Settings.from_env(environ)
-        if with_worker and not settings.redis:
-            raise SettingsError("--with-worker needs a Redis backend (TASK_BACKEND=redis://... or --backend)")
+        chosen = backend_class(settings)
+        if with_worker and not chosen.shared:
+            raise SettingsError(
+                "--with-worker needs a shared backend (TASK_BACKEND=redis://... or --backend); "
+                "with the memory backend, tasks run inside `async-tasks serve` already"
+            )
     except SettingsError as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
@@ -61,10 +66,7 @@ def serve(
         print(f"async-tasks: {refused}", file=sys.stderr)
         return 1
     try:
-        if settings.redis:
-            from async_tasks.execution.saq import check_redis
-
-            check_redis(settings.task_backend)
+        chosen.check(settings)
         app = create_app(settings, environ=environ)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)

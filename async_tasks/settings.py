@@ -21,7 +21,6 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)`")
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:(\d{1,5}|\*))?$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
@@ -97,6 +96,12 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_streams_per_session: Positive = 16
     task_create_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
     task_create_burst: Positive = 200
+    #: Reads (task, status, list, stats) per second of one session, in each API process (0: no limit).
+    task_read_rate: Annotated[float, msgspec.Meta(ge=0)] = 200.0
+    task_read_burst: Positive = 400
+    #: How long an Idempotency-Key is remembered after its create, even once its task is gone (0: as long
+    #: as its task).
+    idempotency_key_ttl_ms: NonNegative = 86_400_000
     default_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 600_000
     max_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_600_000
     max_task_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
@@ -119,6 +124,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     redis_key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "async-tasks:"
     worker_concurrency: Positive = 10
     worker_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=600_000)] = 3000
+    #: How long a request waits for Redis before it answers 503 (a hung or unreachable Redis).
+    redis_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 2000
     embedded_worker: bool = False
 
     def __post_init__(self) -> None:
@@ -134,21 +141,18 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         self.allowed_host_names  # noqa: B018
         self.forwarded_networks  # noqa: B018
         if self.task_backend != "memory":
-            if not self.task_backend.startswith(REDIS_SCHEMES):
+            from async_tasks.backends import SCHEMES, scheme_of
+
+            if scheme_of(self.task_backend) not in SCHEMES or "://" not in self.task_backend:
                 raise SettingsError(
                     f"Invalid value {self.task_backend!r} for TASK_BACKEND: expected `memory` or a Redis URL "
                     "(redis://host:port/db)"
                 )
             if not self.secret_keys:
                 raise SettingsError(
-                    "TASK_BACKEND is Redis but SECRET_KEY is not set: every process must sign sessions with the "
-                    "same key (16+ characters)"
+                    f"TASK_BACKEND is {scheme_of(self.task_backend)} but SECRET_KEY is not set: every process must "
+                    "sign sessions with the same key (16+ characters)"
                 )
-
-    @property
-    def redis(self) -> bool:
-        """True with a Redis backend."""
-        return self.task_backend != "memory"
 
     @property
     def cors_origins(self) -> tuple[str, ...]:

@@ -27,20 +27,18 @@ import anyio
 import anyio.abc
 import msgspec
 
+from async_tasks.backends import Backend, Worker, backend_for
 from async_tasks.cleanup import Cleaner, CleanupResult
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import request_id_var
 from async_tasks.errors import (
     InvalidParams,
-    InvalidTransition,
     RateLimited,
-    SettingsError,
     ShuttingDown,
     TaskTooLarge,
     UnknownExecutor,
 )
 from async_tasks.execution.base import ExecutionBackend
-from async_tasks.execution.local import LocalExecution
 from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
@@ -53,8 +51,7 @@ from async_tasks.store.base import (
     TaskPage,
     TaskStore,
 )
-from async_tasks.store.memory import MemoryTaskStore
-from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
+from async_tasks.task import Task, TaskStatus
 from async_tasks.validation import describe, field_of, field_type, join_field, split_location
 
 logger = logging.getLogger("async_tasks")
@@ -74,8 +71,7 @@ class TaskSystem:
         environ: Mapping[str, str] | None = None,
         load_entry_points: bool = True,
         clock: Clock = SYSTEM_CLOCK,
-        store: TaskStore | None = None,
-        execution: ExecutionBackend | None = None,
+        backend: Backend | None = None,
     ) -> None:
         """Build the engine. Bad settings or executors raise here, at start-up.
 
@@ -87,7 +83,7 @@ class TaskSystem:
             environ: the environment to read settings and executor configs from.
             load_entry_points: set False to register only `executors`.
             clock: the time source (tests pass a `FakeClock`).
-            store / execution: the seams; in memory and in this process by default.
+            backend: where tasks live and run; by default the one TASK_BACKEND names.
         """
         self.settings = settings or Settings.from_env(environ)
         self.clock = clock
@@ -97,22 +93,24 @@ class TaskSystem:
         for executor in self.executors:
             executor.clock = clock
             executor.server_addresses = self.server_addresses
-        if store is None and execution is None and self.settings.redis:
-            try:
-                from async_tasks.execution.saq import redis_backend  # needs the `redis` extra: only then
-            except ImportError as exc:
-                raise SettingsError(
-                    f"TASK_BACKEND is Redis but {exc.name or 'a dependency'} is not installed: "
-                    "pip install 'async-tasks[redis]'"
-                ) from None
-            worker = self.settings.worker_concurrency if self.settings.embedded_worker else 0
-            store, execution = redis_backend(self.settings, self.executors, clock, worker_concurrency=worker)
-        self.store: TaskStore = store or MemoryTaskStore(clock)
-        self.execution: ExecutionBackend = execution or LocalExecution(self.store, self.executors, self.settings, clock)
+        #: Where tasks live and run (TASK_BACKEND): store, execution, worker, events.
+        self.backend: Backend = backend or backend_for(self.settings, self.executors, clock)
+        self.store: TaskStore = self.backend.store
+        self.execution: ExecutionBackend = self.backend.execution
+        #: Runs attempts delivered by a shared backend in this process (a worker process,
+        #: or ``serve --with-worker``); None otherwise.
+        self.worker: Worker | None = (
+            self.backend.worker(self.settings.worker_concurrency) if self.settings.embedded_worker else None
+        )
         self.cleaner = Cleaner(self.store, self.settings, clock)
         self.cleaner.on_expired.append(self._drop_expired)
         # Retention as tasks finish and the history cap are the store's own rules.
-        self.store.policy = StorePolicy(retention=self.cleaner.retention, max_history=self.settings.max_task_history)
+        self.store.policy = StorePolicy(
+            retention=self.cleaner.retention,
+            max_history=self.settings.max_task_history,
+            idempotency_window_ms=self.settings.idempotency_key_ttl_ms or None,
+            idempotency_keys=idempotency_keys_kept(self.settings),
+        )
         self.sessions = SessionResolver(self.settings)
         self.limits = CreateLimits(
             max_active_per_session=self.settings.max_active_tasks_per_session,
@@ -148,6 +146,8 @@ class TaskSystem:
         """Run the execution backend and the cleaner for the duration of the block."""
         async with anyio.create_task_group() as tg:
             await tg.start(self.execution.run)
+            if self.worker is not None:
+                await tg.start(self.worker.run)
             await tg.start(self.cleaner.run)
             self._shutdown_done = None
             self._shutdown_requested = requested = anyio.Event()
@@ -203,8 +203,12 @@ class TaskSystem:
         try:
             self.execution.stop_accepting()
             load = await self.execution.load()
-            if self.settings.redis:
-                logger.info("Shutting down: %d tasks running in this process; queued tasks stay in Redis", load.running)
+            running = len(self.worker.running_tasks()) if self.worker is not None else load.running
+            if self.backend.keeps_queued_tasks:
+                logger.info(
+                    "Shutting down: %d tasks running in this process; queued tasks stay in %s",
+                    running, self.backend.name,
+                )  # fmt: skip
             else:
                 logger.info("Shutting down: cancelling %d running and %d queued tasks", load.running, load.queued)
             for hook in self.on_shutdown:
@@ -214,6 +218,8 @@ class TaskSystem:
                     logger.exception("A shutdown hook failed")
             grace = self.settings.shutdown_grace_ms / 1000 * SHUTDOWN_TASK_SHARE
             self.abandoned = await self.execution.shutdown(grace)
+            if self.worker is not None:
+                self.abandoned += await self.worker.shutdown(grace)
         finally:
             done.set()
         return self.abandoned
@@ -332,16 +338,7 @@ class TaskSystem:
             max_retries=max_retries,
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
-        task, replayed = await self.store.create(task, limits=self.limits, idempotency=idempotency)
-        if start and not replayed:
-            try:
-                await self.execution.submit(task)
-            except BaseException:
-                # Never leave a pending task that will not run and counts against the quota.
-                with anyio.CancelScope(shield=True):
-                    await self.store.remove(session_key, task.id)
-                raise
-        return task, replayed
+        return await self.execution.create(task, limits=self.limits, idempotency=idempotency, start=start)
 
     @staticmethod
     def _convert_params(cls: type[TaskExecutor[Any, Any]], params: Any) -> Any:
@@ -370,8 +367,7 @@ class TaskSystem:
 
     async def _drop_expired(self, tasks: list[Task]) -> None:
         """Tasks the cleaner cancelled for never starting: end any queued wait for them."""
-        for task in tasks:
-            await self.execution.cancel(task, "expired")
+        await self.execution.discard(tasks)
 
     async def _take_create_token(self, session_key: str) -> None:
         rate = self.settings.task_create_rate
@@ -402,10 +398,12 @@ class TaskSystem:
         dead_letter: bool | None = None,
         limit: int | None = None,
         offset: int = 0,
+        cursor: str | None = None,
     ) -> TaskPage:
-        """A page of the session's tasks, newest first, and how many match in all."""
+        """A page of the session's tasks (summaries), newest first, how many match in all
+        and where the next page starts (`TaskPage.next_cursor`)."""
         where = TaskFilter(status=status, executor=executor, tag=tag, dead_letter=dead_letter)
-        return await self.store.query(session_key, where, limit=limit, offset=offset)
+        return await self.store.query(session_key, where, limit=limit, offset=offset, cursor=cursor)
 
     async def stats(self, session_key: str) -> SessionCounts:
         """The session's tasks by status and the mean run time of the completed ones."""
@@ -418,20 +416,14 @@ class TaskSystem:
 
     async def start_task(self, session_key: str, task_id: str) -> Task:
         """Start a pending task (it runs when the limits allow)."""
-        task = await self.store.get(session_key, task_id)
-        if task.status is not TaskStatus.PENDING:
-            raise InvalidTransition(task.id, task.status.value, "start", _start_hint(task.status))
-        await self.execution.submit(task)
-        return task
+        if not self.accepting:
+            raise ShuttingDown()
+        return await self.execution.start(session_key, task_id)
 
     async def cancel_task(self, session_key: str, task_id: str, reason: str = "cancelled by request") -> Task:
         """Cancel a pending or running task: it is `cancelled` at once and its progress
         frozen; the executor is stopped at its next await."""
-        task = await self.store.transition(
-            session_key, task_id, TaskStatus.CANCELLED, expect=ACTIVE, reason=reason, action="cancel"
-        )
-        await self.execution.cancel(task, reason)
-        return task
+        return await self.execution.cancel(session_key, task_id, reason)
 
     async def retry_task(self, session_key: str, task_id: str) -> Task:
         """Run a failed or cancelled task again (a fresh attempt; the automatic retry
@@ -440,11 +432,7 @@ class TaskSystem:
             raise ShuttingDown()
         await self.store.get(session_key, task_id)  # 404 before a rate token is spent
         await self._take_create_token(session_key)
-        task = await self.store.transition(
-            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry"
-        )
-        await self.execution.submit(task)
-        return task
+        return await self.execution.retry(session_key, task_id)
 
     async def delete_task(self, session_key: str, task_id: str) -> None:
         """Forget a task that is not running (a pending one is cancelled first)."""
@@ -463,8 +451,12 @@ class TaskSystem:
 _encode = msgspec.json.Encoder().encode
 
 
-def _start_hint(status: TaskStatus) -> str | None:
-    return "Use retry to run it again." if status in RETRYABLE else None
+def idempotency_keys_kept(settings: Settings) -> int:
+    """How many Idempotency-Keys a session keeps at most: enough for every task it can
+    hold, and as many again of tasks already gone."""
+    held = settings.max_active_tasks_per_session + settings.max_completed_tasks
+    held += settings.max_failed_tasks + settings.max_cancelled_tasks
+    return 2 * held
 
 
 def invalid_params(exc: msgspec.ValidationError, params_type: type[Any] | None = None) -> InvalidParams:

@@ -101,6 +101,8 @@ class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
     updated_at: int = 0
     started_at: int | None = None
     completed_at: int | None = None
+    #: When a pending task waiting out a delay (an automatic retry's backoff) starts.
+    scheduled_at: int | None = None
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
 
     @property

@@ -1,4 +1,4 @@
-"""The worker process: ``async-tasks worker`` runs attempts from the Redis backend's queue.
+"""The worker process: ``async-tasks worker`` runs attempts a shared backend delivers.
 
 It needs TASK_BACKEND=redis://... (or ``--backend``) and the same SECRET_KEY and
 REDIS_KEY_PREFIX as the API processes. Executors come from the installed entry points,
@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from async_tasks.backends import backend_class
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.executor import TaskExecutor
 from async_tasks.logs import flush_logs, logging_dict
@@ -73,15 +74,14 @@ def run_worker(*, backend: str | None = None, concurrency: int | None = None, ap
     environ = environment(backend=backend, with_worker=True, concurrency=concurrency)
     try:
         settings = Settings.from_env(environ)
-        if not settings.redis:
+        chosen = backend_class(settings)
+        if not chosen.shared:
             raise SettingsError(
-                "The worker needs a Redis backend (TASK_BACKEND=redis://... or --backend); "
+                "The worker needs a shared backend (TASK_BACKEND=redis://... or --backend); "
                 "with the memory backend, tasks run inside `async-tasks serve`"
             )
-        from async_tasks.execution.saq import check_redis
-
         executors, entry_points = load_app(app) if app else ([], True)
-        check_redis(settings.task_backend)
+        chosen.check(settings)
         system = TaskSystem(executors, settings=settings, environ=environ, load_entry_points=entry_points)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)

@@ -1,28 +1,33 @@
-"""The execution seam: what runs a pending task's attempts.
+"""The execution seam: what hands tasks to delivery and runs their attempts.
 
 The task store says what a task's status is; an execution backend makes attempts
-happen and reports their outcome through the store (`transition` with the attempt
-number as a compare-and-set, `report_progress` from the executor's reporter). It
-owns the execution policies: concurrency limits, queue order, timeouts, automatic
-retries with backoff, and what shutdown does to tasks. Every backend shares the
-global slots fairly across sessions (one session, or a few, never holds them all
-while others wait) and lets `priority` order a session's own tasks only.
+happen. It is the producer: every change that hands a task to delivery or takes it
+back goes through it (`create`, `start`, `retry`, `cancel`), so a backend whose
+delivery lives in a shared store (Redis) makes each of them one atomic step with the
+record, and no crash between two steps can strand a task. It owns the execution
+policies: concurrency limits, queue order, timeouts, automatic retries with backoff,
+and what shutdown does to tasks. Every backend shares the global slots fairly across
+sessions and lets `priority` order a session's own tasks only.
 
-- `submit` hands over a task that is pending in the store; it runs when the limits
-  allow (or, for a retry, after `delay` seconds).
-- `cancel` stops the attempt of a task the store has already marked cancelled (the
-  store refuses the attempt's later reports and outcome, so this is a hint: it frees
-  the slot and stops the executor's work).
+- `create` stores a new task (`TaskStore.create`) and, with `start`, hands it to
+  delivery; `start` hands over a pending task not yet handed over (again, if its
+  delivery was lost); `retry` moves a failed or cancelled task back to pending and
+  hands it over; `cancel` cancels a pending or running task and stops its attempt.
+- `discard` is told of tasks the store cancelled by itself (expiry): it stops waiting
+  for them.
 - `run` serves until cancelled (start it with ``await tg.start(backend.run)``);
   `shutdown` refuses new work and ends what runs within a grace period.
 
-`run_attempt` is how every backend runs one attempt (deadline, threads for blocking
-executors, outcome); `log_fields` and `describe` are what every backend writes about
-an attempt: the fields of its log lines, and an exception as the task's error.
+The attempt policy is written once, here: `run_attempt` runs one attempt (deadline,
+threads for blocking executors, outcome), `conclude` turns its outcome into the
+`Finish` the store records (completed, or failed, retried after `backoff_delay`, dead
+lettered), `lost` and `handed_back` do the same for attempts whose worker died or shut
+down; `log_fields` and `describe` are what every backend writes about an attempt.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,30 +37,39 @@ import anyio.to_thread
 import msgspec
 
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
+from async_tasks.store.base import Finish
 from async_tasks.task import TaskStatus
 
 if TYPE_CHECKING:
     from async_tasks.executor import TaskExecutor
+    from async_tasks.settings import Settings
+    from async_tasks.store.base import CreateLimits, Idempotency
     from async_tasks.task import Task
 
 #: How an attempt that ran to its end came out: (status, result, error).
 Outcome = tuple[TaskStatus, Any, "str | None"]
 
+#: History reasons every backend writes.
+WORKER_LOST = "worker lost"
+WORKER_SHUTDOWN = "worker shutdown"
+
 
 class ExecutionLoad(msgspec.Struct, kw_only=True):
-    """What an execution backend is doing now."""
+    """What an execution backend is doing now: attempts running here, tasks waiting for a
+    slot, and (a shared backend) tasks handed to a worker that has not started them yet."""
 
     running: int
     queued: int
+    starting: int = 0
 
 
 class ExecutionBackend(Protocol):
-    #: Called with (task, seconds) when an attempt ends, whatever its outcome.
+    #: Called with (task, seconds) when an attempt ends here, whatever its outcome.
     on_finish: list[Callable[[Task, float], None]]
 
     @property
     def accepting(self) -> bool:
-        """False once shutdown has begun: `submit` then raises `ShuttingDown`."""
+        """False once shutdown has begun: `create`, `start` and `retry` then raise `ShuttingDown`."""
         ...
 
     @property
@@ -69,17 +83,35 @@ class ExecutionBackend(Protocol):
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
 
-    async def submit(self, task: Task) -> None:
-        """Queue a task that is pending in the store. Raises `ShuttingDown` once shutdown began."""
+    async def create(
+        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+    ) -> tuple[Task, bool]:
+        """`TaskStore.create`, and with `start` the task handed to delivery: either both
+        happen or neither does. Returns ``(task, replayed)``."""
         ...
 
-    async def cancel(self, task: Task, reason: str) -> None:
-        """Stop the attempt (or the queued wait) of a task the store has marked cancelled."""
+    async def start(self, session_key: str, task_id: str) -> Task:
+        """Hand a pending task to delivery (a no-op if it is on its way; delivered afresh
+        if its delivery was lost). `InvalidTransition` unless it is pending."""
+        ...
+
+    async def retry(self, session_key: str, task_id: str) -> Task:
+        """Move a failed or cancelled task back to pending (a fresh attempt; the automatic
+        retry budget starts again) and hand it to delivery."""
+        ...
+
+    async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
+        """Cancel a pending or running task: it is `cancelled` at once, its progress frozen,
+        its delivery withdrawn, and a running attempt stopped at its next await."""
+        ...
+
+    async def discard(self, tasks: list[Task]) -> None:
+        """Tasks the store cancelled by itself (expiry): stop waiting for them."""
         ...
 
     async def queue_position(self, task: Task) -> int | None:
-        """1-based place of a queued task among its own session's queued tasks, or None
-        (other sessions' queued tasks are never counted: they are not the caller's business)."""
+        """1-based place of a waiting task among its own session's waiting tasks, or None
+        (other sessions' tasks are never counted: they are not the caller's business)."""
         ...
 
     async def load(self) -> ExecutionLoad: ...
@@ -89,9 +121,84 @@ class ExecutionBackend(Protocol):
         ...
 
     async def shutdown(self, grace: float) -> list[Task]:
-        """Refuse new work, end every running and queued task with reason ``shutdown``
-        and wait up to `grace` seconds; returns the tasks that did not stop."""
+        """Refuse new work, end (or hand back) every task running here and wait up to
+        `grace` seconds; returns the tasks that did not stop."""
         ...
+
+
+# -- the attempt policy ------------------------------------------------------------------
+
+
+def backoff_delay(retry: int, *, initial_ms: int, max_ms: int, jitter: float) -> float:
+    """Seconds before automatic retry number `retry` (1, 2, ...): `initial_ms` doubled for
+    each earlier retry, capped at `max_ms`, of which half is fixed and half scaled by
+    `jitter` (a random number in [0, 1)), so retries of many tasks spread out."""
+    capped = min(initial_ms / 1000 * 2.0 ** (retry - 1), max_ms / 1000)
+    return capped / 2 + capped / 2 * jitter
+
+
+def _retry_or_fail(task: Task, error: str, reason: str, settings: Settings, rng: Callable[[], float]) -> Finish:
+    used = task.auto_retries
+    if used < task.max_retries:
+        delay = backoff_delay(
+            used + 1, initial_ms=settings.retry_backoff_ms, max_ms=settings.retry_backoff_max_ms, jitter=rng()
+        )
+        return Finish(
+            kind="retry",
+            error=error,
+            reason=reason,
+            retry_delay_ms=round(delay * 1000),
+            retry_reason=f"automatic retry {used + 1} of {task.max_retries} in {delay * 1000:.0f} ms",
+        )
+    return Finish(kind="failed", error=error, reason=reason, dead_letter=task.max_retries > 0)
+
+
+def conclude(task: Task, outcome: Outcome, settings: Settings, rng: Callable[[], float]) -> Finish:
+    """What the store records for an attempt of `task` that ran to its end: completed; or
+    failed, and retried after the backoff while the task's retry budget lasts."""
+    status, result, error = outcome
+    if status is TaskStatus.COMPLETED and error is None:
+        return Finish(kind="completed", result=result, reason="completed")
+    retry = task.auto_retries < task.max_retries
+    return _retry_or_fail(task, error or "failed", "attempt failed" if retry else "failed", settings, rng)
+
+
+def lost(task: Task, error: str, settings: Settings, rng: Callable[[], float]) -> Finish:
+    """An attempt whose worker is gone: failed, and retried per the task's budget."""
+    return _retry_or_fail(task, error, WORKER_LOST, settings, rng)
+
+
+def handed_back() -> Finish:
+    """An attempt its worker stopped because it shut down: it runs again on another worker,
+    without using the retry budget."""
+    return Finish(
+        kind="handback",
+        error="The worker running this task shut down; it runs again on another worker",
+        reason=WORKER_SHUTDOWN,
+        retry_reason="handed back to the queue",
+    )
+
+
+def log_finish(logger: logging.Logger, task: Task, attempt: int, finish: Finish) -> None:
+    """The log line of an attempt's end (`task` as the store recorded it)."""
+    key = task.session_key
+    if finish.kind == "completed":
+        logger.info(
+            "Completed execution of task %s for session %s in %d ms", task.id, key, task.duration_ms or 0,
+            extra=log_fields(task),
+        )  # fmt: skip
+    elif finish.kind == "failed":
+        logger.error(
+            "Failed execution of task %s for session %s: %s", task.id, key, finish.error,
+            extra=log_fields(task, error=finish.error),
+        )  # fmt: skip
+    elif finish.kind == "retry":
+        logger.warning(
+            "Attempt %s of task %s for session %s failed: %s", attempt, task.id, key, finish.error,
+            extra=log_fields(task, error=finish.error),
+        )  # fmt: skip
+    else:
+        logger.info("Handed task %s for session %s back to the queue (%s)", task.id, key, finish.reason)
 
 
 def log_fields(task: Task, **fields: Any) -> dict[str, Any]:

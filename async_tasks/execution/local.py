@@ -30,16 +30,17 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import msgspec
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, log_fields, run_attempt
+from async_tasks.execution.base import ExecutionLoad, conclude, log_fields, log_finish, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
-from async_tasks.store.base import TaskStore
-from async_tasks.task import Task, TaskStatus
+from async_tasks.store.base import CreateLimits, Idempotency, TaskStore, refusal
+from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -174,9 +175,52 @@ class LocalExecution:
             )
         return abandoned
 
-    # -- commands -------------------------------------------------------------
+    # -- commands ---------------------------------------------------------------
 
-    async def submit(self, task: Task) -> None:
+    async def create(
+        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+    ) -> tuple[Task, bool]:
+        if start and not self._accepting:
+            raise ShuttingDown()
+        # The memory store answers without yielding: nothing runs between the two steps.
+        task, replayed = await self.store.create(task, limits=limits, idempotency=idempotency)
+        if start and not replayed:
+            self._enqueue(task)
+            await self._dispatch()
+        return task, replayed
+
+    async def start(self, session_key: str, task_id: str) -> Task:
+        task = await self.store.get(session_key, task_id)
+        if task.status is not TaskStatus.PENDING:
+            raise refusal(task.id, task.status, "start")
+        await self._submit(task)
+        return task
+
+    async def retry(self, session_key: str, task_id: str) -> Task:
+        if not self._accepting:
+            raise ShuttingDown()
+        task = await self.store.transition(
+            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry"
+        )
+        await self._submit(task)
+        return task
+
+    async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
+        task = await self.store.transition(
+            session_key, task_id, TaskStatus.CANCELLED, expect=ACTIVE, reason=reason, action="cancel"
+        )
+        attempt = self.running.get(task.id)
+        if attempt is not None and attempt.cancel_reason is None:
+            self._stop(attempt, reason)
+        else:
+            self._withdraw(task)
+        return task
+
+    async def discard(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self._withdraw(task)
+
+    async def _submit(self, task: Task) -> None:
         if not self._accepting:
             raise ShuttingDown()
         running = self.running.get(task.id)
@@ -185,11 +229,8 @@ class LocalExecution:
         self._enqueue(task)
         await self._dispatch()
 
-    async def cancel(self, task: Task, reason: str) -> None:
-        attempt = self.running.get(task.id)
-        if attempt is not None and attempt.cancel_reason is None:
-            self._stop(attempt, reason)
-            return
+    def _withdraw(self, task: Task) -> None:
+        """Stop waiting for a task that will not run (queued, or in a retry's backoff)."""
         self._unqueue(task)
         waiting = self._backoff.pop(task.id, None)
         if waiting is not None:
@@ -341,59 +382,23 @@ class LocalExecution:
             await self._dispatch()
 
     async def _record(self, attempt: _Attempt, status: TaskStatus, result: Any, error: str | None) -> None:
-        """Store the outcome of an attempt that ran to its end."""
+        """Store the outcome of an attempt that ran to its end (retried after a backoff while
+        its budget lasts; never during shutdown)."""
         task = attempt.task
+        finish = conclude(task, (status, result, error), self.settings, self._rng)
+        if finish.kind == "retry" and not self._accepting:
+            finish = msgspec.structs.replace(finish, kind="failed", reason="failed", dead_letter=task.max_retries > 0)
         try:
-            if status is TaskStatus.COMPLETED and error is None:
-                await self.store.transition(
-                    task.session_key, task.id, TaskStatus.COMPLETED,
-                    expect=_RUNNING, attempt=attempt.number, result=result, reason="completed",
-                )  # fmt: skip
-                logger.info(
-                    "Completed execution of task %s for session %s in %d ms",
-                    task.id, task.session_key, task.duration_ms or 0, extra=log_fields(task),
-                )  # fmt: skip
-            else:
-                await self._fail(attempt, error or "failed")
+            done = await self.store.finish(task.session_key, task.id, attempt.number, finish)
         except (InvalidTransition, TaskNotFound):
             return  # cancelled or removed while it finished: the store already says so
-        self._notify(attempt)
-
-    async def _fail(self, attempt: _Attempt, error: str) -> None:
-        task = attempt.task
-        key, number = task.session_key, attempt.number
-        used = task.auto_retries
-        if used < task.max_retries and self._accepting:
-            await self.store.transition(
-                key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="attempt failed"
-            )
-            logger.warning(
-                "Attempt %s of task %s for session %s failed: %s", number, task.id, key, error,
-                extra=log_fields(task, error=error),
-            )  # fmt: skip
-            delay = self.backoff_delay(used + 1)
-            await self.store.transition(
-                key, task.id, TaskStatus.PENDING, attempt=number, automatic=True,
-                reason=f"automatic retry {used + 1} of {task.max_retries} in {delay * 1000:.0f} ms",
-            )  # fmt: skip
+        log_finish(logger, done, attempt.number, finish)
+        if finish.kind == "retry":
             assert self._tg is not None
             scope = anyio.CancelScope()
-            self._backoff[task.id] = (scope, task)
-            self._tg.start_soon(self._retry_after, task, delay, scope)
-            return
-        await self.store.transition(
-            key, task.id, TaskStatus.FAILED, expect=_RUNNING, attempt=number, error=error, reason="failed",
-            dead_letter=task.max_retries > 0,
-        )  # fmt: skip
-        logger.error(
-            "Failed execution of task %s for session %s: %s", task.id, key, error, extra=log_fields(task, error=error)
-        )
-
-    def backoff_delay(self, retry: int) -> float:
-        """Exponential backoff with jitter: half fixed, half random, capped."""
-        base: float = self.settings.retry_backoff_ms / 1000 * 2.0 ** (retry - 1)
-        capped: float = min(base, self.settings.retry_backoff_max_ms / 1000)
-        return capped / 2 + capped / 2 * self._rng()
+            self._backoff[task.id] = (scope, done)
+            self._tg.start_soon(self._retry_after, done, finish.retry_delay_ms / 1000, scope)
+        self._notify(attempt)
 
     async def _retry_after(self, task: Task, delay: float, scope: anyio.CancelScope) -> None:
         with scope:

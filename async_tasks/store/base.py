@@ -16,13 +16,17 @@ so no caller ever reads, decides and writes in two steps.
   entry into ``failed`` carries the attempt's `error`).
 - `report_progress` applies an executor's report and says whether it was accepted:
   a report for an attempt that is over (cancelled, timed out, superseded) is refused.
+- `finish` records how a running attempt ended (`Finish`), in one step: completed,
+  failed, or failed and pending again for an automatic retry (never seen as failed by
+  retention or expiry), or handed back by a worker that shut down.
 - `remove` forgets a task that is not running; `trim` enforces retention; `expire`
   applies the time limits (`Expiry`: finished tasks' TTL, the lifetime of tasks never
   started, idle sessions), on the store's `clock`.
 - `policy` (`StorePolicy`) holds the rules the store applies by itself as tasks
   change: retention the moment a task finishes (`transition`, O(1) per task removed,
-  from the per-session finished-order index), and the cap on each task's history
-  (the first entries and the latest are kept; one entry counts those left out).
+  from the per-session finished-order index), the cap on each task's history (the
+  first entries and the latest are kept; one entry counts those left out), and how
+  long an Idempotency-Key outlives its task.
 - `take_token` draws from a token bucket (the per-session create rate), so the rate
   holds across every process that shares the store.
 - `events` is the in-process event source: every change made through this store is
@@ -33,7 +37,7 @@ so no caller ever reads, decides and writes in two steps.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -59,10 +63,12 @@ class TaskFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskPage(NamedTuple):
-    """One page of a query, newest first, and how many tasks match in all."""
+    """One page of a query, newest first, how many tasks match in all, and where the
+    next page starts (pass it back as `cursor`; None: this was the last page)."""
 
     tasks: list[Task]
     total: int
+    next_cursor: str | None = None
 
 
 class SessionCounts(msgspec.Struct, kw_only=True):
@@ -131,6 +137,30 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
 HISTORY_HEAD = 10
 
 
+class Finish(msgspec.Struct, frozen=True, kw_only=True):
+    """How a running attempt ended, as the store records it in one step (`TaskStore.finish`).
+
+    - ``completed``: with `result`.
+    - ``failed``: for good (`dead_letter` when its retries were spent).
+    - ``retry``: failed (history: `reason`, `error`), then pending again (history:
+      `retry_reason`) and delayed by `retry_delay_ms`; it counts in `Task.auto_retries`.
+    - ``handback``: its worker shut down: failed, then pending again at once, the retry
+      budget untouched.
+    """
+
+    kind: Literal["completed", "failed", "retry", "handback"]
+    reason: str
+    result: Any = None
+    error: str | None = None
+    dead_letter: bool = False
+    retry_delay_ms: int = 0
+    retry_reason: str | None = None
+
+
+#: A running attempt's last progress report, stored with its outcome: (percent, step, description).
+Report = tuple[float, "str | None", "str | None"]
+
+
 class StorePolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Rules the store applies by itself as tasks change (the engine sets them at start).
 
@@ -144,6 +174,10 @@ class StorePolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     retention: Retention | None = None
     max_history: int | None = None
+    #: How long an Idempotency-Key is remembered after its create, even once its task is
+    #: gone (None: as long as its task). A session keeps at most `idempotency_keys` of them.
+    idempotency_window_ms: int | None = None
+    idempotency_keys: int = 10_000
 
 
 class Expiry(msgspec.Struct, frozen=True, kw_only=True):
@@ -262,8 +296,9 @@ class TaskStore(Protocol):
         create with the same Idempotency-Key made in the session: ``(task, replayed)``.
 
         Raises `IdempotencyConflict` when the key was used with another fingerprint,
-        `QuotaExceeded` when the session's limit is reached and `CapacityExceeded` when
-        a server-wide cap is (a replay is never refused); all leave the store unchanged."""
+        `IdempotentTaskRemoved` when its task is no longer kept, `QuotaExceeded` when the
+        session's limit is reached and `CapacityExceeded` when a server-wide cap is (a
+        replay is never refused); all leave the store unchanged."""
         ...
 
     async def replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
@@ -277,9 +312,18 @@ class TaskStore(Protocol):
         ...
 
     async def query(
-        self, session_key: str, where: TaskFilter, *, limit: int | None = None, offset: int = 0
+        self,
+        session_key: str,
+        where: TaskFilter,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        cursor: str | None = None,
     ) -> TaskPage:
-        """The session's tasks matching `where`, newest first, one page of them."""
+        """The session's tasks matching `where`, newest first, one page of them (after
+        `offset` more, or below `cursor`, a page's `next_cursor`). The tasks may be
+        summaries: params, metadata, result and history left out (a shared store reads
+        only what a list shows)."""
         ...
 
     async def counts(self, session_key: str) -> SessionCounts: ...
@@ -326,6 +370,22 @@ class TaskStore(Protocol):
     ) -> bool:
         """Apply a progress report of `attempt`; False (and nothing changes) when the
         task is no longer running that attempt."""
+        ...
+
+    async def finish(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        finish: Finish,
+        *,
+        owner: str | None = None,
+        report: Report | None = None,
+    ) -> Task:
+        """Record how running `attempt` ended, in one step (see `Finish`), with its last
+        held-back progress `report`; `InvalidTransition` when the task no longer runs that
+        attempt (or, with `owner`, runs it elsewhere) and nothing changes. Retention applies
+        as in `transition`."""
         ...
 
     async def remove(self, session_key: str, task_id: str) -> Task:

@@ -16,13 +16,13 @@ atomic on the event loop.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import anyio.lowlevel
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.errors import TaskNotFound
+from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
@@ -30,7 +30,9 @@ from async_tasks.store.base import (
     CreateLimits,
     Expiry,
     ExpiryResult,
+    Finish,
     Idempotency,
+    Report,
     Retention,
     SessionCounts,
     StorePolicy,
@@ -53,17 +55,16 @@ BUCKETS_BEFORE_PRUNE = 4096
 
 
 class SessionTasks:
-    """One session's tasks, counts, finished-order index, idempotency keys and the
-    summed run time of its completed tasks (kept as they complete or are removed)."""
+    """One session's tasks, counts, finished-order index and the summed run time of its
+    completed tasks (kept as they complete or are removed)."""
 
     __slots__ = (
         "changed_ms",
         "counts",
         "duration_total_ms",
         "finished",
-        "idempotency",
-        "idempotency_of",
         "key",
+        "order",
         "tasks",
         "unstarted",
     )
@@ -71,13 +72,12 @@ class SessionTasks:
     def __init__(self, key: str, now_ms: int) -> None:
         self.key = key
         self.tasks: dict[str, Task] = {}
+        #: task id -> its creation sequence number (what a page's cursor names).
+        self.order: dict[str, int] = {}
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
         #: Pending tasks that never ran, in creation order (the pending lifetime).
         self.unstarted: dict[str, None] = {}
-        self.idempotency: dict[str, tuple[str, bytes]] = {}
-        #: task id -> its Idempotency-Key, so removing a task never scans the keys.
-        self.idempotency_of: dict[str, str] = {}
         self.duration_total_ms = 0
         #: When a task was last created, changed or removed here (idle expiry).
         self.changed_ms = now_ms
@@ -103,6 +103,10 @@ class MemoryTaskStore:
         self.events = events or EventHub()
         self.policy = policy or StorePolicy()
         self.sessions: dict[str, SessionTasks] = {}
+        #: Each session's Idempotency-Keys, oldest first: key -> (task id, fingerprint, when).
+        #: They outlive their tasks (and sessions) for the policy's window.
+        self.keys: dict[str, dict[str, tuple[str, bytes, int]]] = {}
+        self._seq = itertools.count(1)
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self._buckets: dict[str, tuple[float, float, float, int]] = {}
@@ -121,22 +125,38 @@ class MemoryTaskStore:
         return self._find(session_key, task_id)
 
     async def query(
-        self, session_key: str, where: TaskFilter, *, limit: int | None = None, offset: int = 0
+        self,
+        session_key: str,
+        where: TaskFilter,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        cursor: str | None = None,
     ) -> TaskPage:
         session = self.sessions.get(session_key)
         if session is None:
             return TaskPage([], 0)
         end = None if limit is None else offset + limit
+        newest_first: Iterator[Task] = reversed(session.tasks.values())
+        if cursor is not None:
+            below = _cursor(cursor)
+            order = session.order
+            newest_first = itertools.dropwhile(lambda t: order[t.id] >= below, newest_first)
         if where.is_empty:
-            newest_first = reversed(session.tasks.values())
-            return TaskPage(list(itertools.islice(newest_first, offset, end)), len(session.tasks))
-        newest_first = (t for t in reversed(session.tasks.values()) if _matches(t, where))
-        if where.executor is None and where.tag is None and where.dead_letter is None:
+            total = len(session.tasks)
+        elif where.executor is None and where.tag is None and where.dead_letter is None:
             # Status only: the total is a counter, and the scan stops at the page's end.
             assert where.status is not None
-            return TaskPage(list(itertools.islice(newest_first, offset, end)), session.counts[where.status])
-        matching = list(newest_first)
-        return TaskPage(matching[offset:end], len(matching))
+            total = session.counts[where.status]
+            newest_first = (t for t in newest_first if _matches(t, where))
+        else:
+            total = sum(1 for t in session.tasks.values() if _matches(t, where))
+            newest_first = (t for t in newest_first if _matches(t, where))
+        page = list(itertools.islice(newest_first, offset, None if end is None else end + 1))
+        more = end is not None and len(page) > end - offset
+        page = page[: None if end is None else end - offset]
+        next_cursor = str(session.order[page[-1].id]) if more and page else None
+        return TaskPage(page, total, next_cursor)
 
     async def counts(self, session_key: str) -> SessionCounts:
         session = self.sessions.get(session_key)
@@ -156,11 +176,11 @@ class MemoryTaskStore:
         self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None = None
     ) -> tuple[Task, bool]:
         session = self.sessions.get(task.session_key)
+        if idempotency is not None:
+            earlier = self._replay(task.session_key, idempotency)
+            if earlier is not None:
+                return earlier, True
         if session is not None:
-            if idempotency is not None:
-                earlier = self._replay(session, idempotency)
-                if earlier is not None:
-                    return earlier, True
             active = session.active
             if active >= limits.max_active_per_session:
                 raise quota_exceeded(limits.max_active_per_session, active)
@@ -176,31 +196,54 @@ class MemoryTaskStore:
         task.created_at = task.updated_at = now
         task.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
         session.tasks[task.id] = task
+        session.order[task.id] = next(self._seq)
         if task.attempts == 0:
             session.unstarted[task.id] = None
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
         if idempotency is not None:
-            session.idempotency[idempotency.key] = (task.id, idempotency.fingerprint)
-            session.idempotency_of[task.id] = idempotency.key
+            self._remember(task.session_key, idempotency, task.id, now)
         for hook in self.events.on_transition:
             hook(task, None)
         self._publish(task, EventType.TRANSITION, None)
         return task, False
 
     async def replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
-        session = self.sessions.get(session_key)
-        return self._replay(session, idempotency) if session is not None else None
+        return self._replay(session_key, idempotency)
 
-    @staticmethod
-    def _replay(session: SessionTasks, idempotency: Idempotency) -> Task | None:
-        seen = session.idempotency.get(idempotency.key)
+    def _replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
+        keys = self.keys.get(session_key)
+        seen = keys.get(idempotency.key) if keys is not None else None
         if seen is None:
             return None
-        task_id, fingerprint = seen
+        task_id, fingerprint, at = seen
+        session = self.sessions.get(session_key)
+        task = session.tasks.get(task_id) if session is not None else None
+        window = self.policy.idempotency_window_ms
+        if task is None and (window is None or at <= self.clock.now_ms() - window):
+            return None  # its task is gone and its window over (or there is none): the key is free
         if fingerprint != idempotency.fingerprint:
             raise idempotency_conflict(idempotency.key, task_id)
-        return session.tasks[task_id]
+        if task is None:
+            raise IdempotentTaskRemoved(idempotency.key, task_id)
+        return task
+
+    def _remember(self, session_key: str, idempotency: Idempotency, task_id: str, now: int) -> None:
+        keys = self.keys.setdefault(session_key, {})
+        keys.pop(idempotency.key, None)  # a key whose window ended starts again at the end
+        keys[idempotency.key] = (task_id, idempotency.fingerprint, now)
+        self._prune_keys(session_key, keys, now)
+
+    def _prune_keys(self, session_key: str, keys: dict[str, tuple[str, bytes, int]], now: int) -> None:
+        """Forget the session's keys past the window, and the oldest beyond the cap."""
+        window, kept = self.policy.idempotency_window_ms, self.policy.idempotency_keys
+        while keys:
+            oldest = next(iter(keys))
+            if len(keys) <= kept and (window is None or keys[oldest][2] > now - window):
+                break
+            del keys[oldest]
+        if not keys:
+            del self.keys[session_key]
 
     async def transition(
         self,
@@ -216,6 +259,7 @@ class MemoryTaskStore:
         action: str | None = None,
         automatic: bool = False,
         dead_letter: bool = False,
+        keep_auto_retries: bool = False,
     ) -> Task:
         task = self._find(session_key, task_id)
         source = task.status
@@ -236,15 +280,18 @@ class MemoryTaskStore:
             task.attempts += 1
             task.started_at = now
             task.completed_at = None
+            task.scheduled_at = None
         elif target is TaskStatus.PENDING:  # retry: a fresh attempt from zero
             task.progress = 0
             task.current_step = task.current_step_description = None
             task.result = task.error = None
             task.started_at = task.completed_at = None
             task.dead_lettered = False
-            task.auto_retries = task.auto_retries + 1 if automatic else 0
+            if not keep_auto_retries:
+                task.auto_retries = task.auto_retries + 1 if automatic else 0
         else:  # a terminal status
             task.completed_at = now
+            task.scheduled_at = None
             session.finished[target][task.id] = None
             if target is TaskStatus.COMPLETED:
                 task.result = result
@@ -283,6 +330,49 @@ class MemoryTaskStore:
         while len(finished) > keep:
             self._forget(session, session.tasks[next(iter(finished))], "retention")
 
+    async def finish(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        finish: Finish,
+        *,
+        owner: str | None = None,
+        report: Report | None = None,
+    ) -> Task:
+        # No await between the steps: on the event loop, this is one step.
+        task = self._find(session_key, task_id)
+        if task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+            raise refusal(task.id, task.status, "complete" if finish.kind == "completed" else "fail")
+        if report is not None:
+            self._apply_report(task, *report)
+        if finish.kind == "completed":
+            return await self.transition(
+                session_key, task_id, TaskStatus.COMPLETED, attempt=attempt, result=finish.result, reason=finish.reason
+            )
+        task = await self.transition(
+            session_key, task_id, TaskStatus.FAILED, attempt=attempt, error=finish.error, reason=finish.reason,
+            dead_letter=finish.dead_letter and finish.kind == "failed",
+        )  # fmt: skip
+        if finish.kind == "failed":
+            return task
+        task = await self.transition(
+            session_key, task_id, TaskStatus.PENDING, attempt=attempt, reason=finish.retry_reason,
+            automatic=finish.kind == "retry", keep_auto_retries=finish.kind == "handback",
+        )  # fmt: skip
+        if finish.retry_delay_ms > 0:
+            task.scheduled_at = self.clock.now_ms() + finish.retry_delay_ms
+        return task
+
+    @staticmethod
+    def _apply_report(task: Task, percent: float, step: str | None, description: str | None) -> None:
+        task.progress = percent
+        if step is not None:
+            task.current_step = step
+            task.current_step_description = description
+        elif description is not None:
+            task.current_step_description = description
+
     async def report_progress(
         self,
         session_key: str,
@@ -296,12 +386,7 @@ class MemoryTaskStore:
         task = session.tasks.get(task_id) if session is not None else None
         if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
             return False
-        task.progress = percent
-        if step is not None:
-            task.current_step = step
-            task.current_step_description = description
-        elif description is not None:
-            task.current_step_description = description
+        self._apply_report(task, percent, step, description)
         task.updated_at = self.clock.now_ms()
         if self.events.listeners:
             self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
@@ -325,9 +410,7 @@ class MemoryTaskStore:
                 session.duration_total_ms -= task.duration_ms or 0
         elif task.status is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
-        key = session.idempotency_of.pop(task.id, None)
-        if key is not None:
-            del session.idempotency[key]
+        del session.order[task.id]
         if not session.tasks:
             del self.sessions[session.key]
         for hook in self.events.on_removed:
@@ -365,6 +448,10 @@ class MemoryTaskStore:
     async def expire(self, expiry: Expiry, session_key: str | None = None) -> ExpiryResult:
         result = ExpiryResult()
         now = self.clock.now_ms()
+        for key in list(self.keys) if session_key is None else [session_key]:
+            keys = self.keys.get(key)
+            if keys is not None:
+                self._prune_keys(key, keys, now)
         if session_key is None:
             sessions = list(self.sessions.values())
         else:
@@ -464,3 +551,11 @@ def _matches(task: Task, where: TaskFilter) -> bool:
     if where.tag is not None and where.tag not in task.tags:
         return False
     return where.dead_letter is None or task.dead_lettered is where.dead_letter
+
+
+def _cursor(cursor: str) -> int:
+    """A page's cursor as the sequence number it names (the API checks its shape)."""
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidParams(f"cursor {cursor!r} is not one a page gave.", field="cursor") from None

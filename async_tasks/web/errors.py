@@ -33,6 +33,7 @@ STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.InvalidParams: 400,
     errors.InvalidTransition: 409,
     errors.IdempotencyConflict: 422,
+    errors.IdempotentTaskRemoved: 409,
     errors.QuotaExceeded: 429,
     errors.CapacityExceeded: 503,
     errors.TaskTooLarge: 413,
@@ -65,7 +66,7 @@ def error_response(
 def _domain(request: Request[Any, Any, Any], exc: errors.TaskSystemError) -> Response[ErrorResponse]:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     headers = None
-    if isinstance(exc, (errors.QuotaExceeded, errors.CapacityExceeded)):
+    if isinstance(exc, (errors.QuotaExceeded, errors.CapacityExceeded, errors.StoreUnavailable)):
         headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
     return error_response(status, exc.code, exc.message, exc.details, headers)
 

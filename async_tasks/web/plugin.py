@@ -105,15 +105,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self.lag_probe = LoopLagProbe()
 
     def _stream_bridge(self) -> StreamBridge:
-        if self.settings.redis:
-            from async_tasks.store.redis import RedisTaskStore
-            from async_tasks.web.redis_channels import redis_stream_bridge
-
-            store = self.system.store
-            if isinstance(store, RedisTaskStore):
-                return redis_stream_bridge(store, self.settings)
+        """The push streams: fed by the store's own events, or by the backend's channels
+        when changes happen in other processes too."""
         return StreamBridge(
             self.system.store,
+            shared=self.system.backend.events,
             max_streams=self.settings.max_streams,
             max_streams_per_session=self.settings.max_streams_per_session,
         )

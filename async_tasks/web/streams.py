@@ -47,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import anyio
 import anyio.abc
@@ -61,6 +61,9 @@ from async_tasks.errors import QuotaExceeded, TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
 from async_tasks.store.base import TaskFilter, TaskStore
 from async_tasks.task import TERMINAL, Task
+
+if TYPE_CHECKING:
+    from async_tasks.backends import EventSource
 
 logger = logging.getLogger("async_tasks.streams")
 
@@ -119,19 +122,13 @@ class _Envelope(msgspec.Struct, array_like=True, gc=False):
     event: msgspec.Raw
 
 
+class _Status(msgspec.Struct):
+    status: str
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
-
-
-class SharedStore(Protocol):
-    """A store that publishes its changes on the channels itself (``<channel_prefix><session
-    key>``), each with a sequence number that orders every change of the store."""
-
-    channel_prefix: str
-
-    async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[Task]]:
-        """The session's tasks (or one), newest first, and the sequence number they reflect."""
-        ...
+_decode_status = msgspec.json.Decoder(_Status).decode
 
 
 class StreamSubscriber(Subscriber):
@@ -200,7 +197,7 @@ class StreamBridge:
         backend: ChannelsBackend | None = None,
         max_streams: int | None = None,
         max_streams_per_session: int | None = None,
-        shared: SharedStore | None = None,
+        shared: EventSource | None = None,
     ) -> None:
         """
         Args:
@@ -208,11 +205,14 @@ class StreamBridge:
             coalesce_window: seconds; 0 forwards every progress event.
             keepalive_interval: seconds between keep-alives on idle SSE streams.
             max_backlog: events held per stream before the oldest are dropped.
-            backend: the channels backend (in-memory by default).
+            backend: the channels backend (in-memory by default; `shared`'s when given).
             max_streams / max_streams_per_session: open streams allowed (None: no cap).
-            shared: the store, when it publishes its changes itself (Redis): the bridge
-                then only subscribes, and takes floors from its sequence.
+            shared: the backend's event source, when changes happen in other processes
+                too (Redis): the bridge then only subscribes to its channels, and takes
+                snapshots and floors from it.
         """
+        if shared is not None and backend is None:
+            backend = shared.channels_backend(on_resubscribe=self.resync)
         self.max_streams = max_streams
         self.max_streams_per_session = max_streams_per_session
         #: Streams open or opening, in all sessions.
@@ -509,11 +509,11 @@ class StreamBridge:
             return
         async with self._subscription(session_key, keepalive=keepalive) as subscriber:
             yield OPENED
-            floor, task = await self._floor_and_task(session_key, task_id)
-            if task is None:  # removed meanwhile
+            floor, snapshot, settled = await self._floor_and_task(session_key, task_id)
+            if snapshot is None:  # removed meanwhile
                 return
-            yield self._snapshot(task)
-            if task.status in TERMINAL:
+            yield snapshot
+            if settled:
                 return
             seen_drops = 0
             async for raw in subscriber.iter_events():
@@ -524,11 +524,11 @@ class StreamBridge:
                     continue
                 if subscriber.dropped != seen_drops:
                     seen_drops = subscriber.dropped
-                    floor, task = await self._floor_and_task(session_key, task_id)
-                    if task is None:
+                    floor, snapshot, settled = await self._floor_and_task(session_key, task_id)
+                    if snapshot is None:
                         return
-                    yield self._snapshot(task)
-                    if task.status in TERMINAL:
+                    yield snapshot
+                    if settled:
                         return
                     continue
                 if raw == _RESYNC_ITEM:
@@ -561,15 +561,20 @@ class StreamBridge:
         if self.shared is None:
             floor = self._seq  # the memory store answers without yielding: the same moment
             return floor, await self._snapshots(session_key)
-        seq, tasks = await self.shared.snapshot(session_key)
-        return seq, [self._snapshot(task) for task in reversed(tasks)]
+        seq, events = await self.shared.snapshot(session_key)
+        return seq, [Frame(EventType.SNAPSHOT.value, event) for event in reversed(events)]
 
-    async def _floor_and_task(self, session_key: str, task_id: str) -> tuple[int, Task | None]:
+    async def _floor_and_task(self, session_key: str, task_id: str) -> tuple[int, Frame | None, bool]:
+        """One task's snapshot, whether it has settled, and the sequence number they reflect."""
         if self.shared is None:
             floor = self._seq
-            return floor, await self._task(session_key, task_id)
-        seq, tasks = await self.shared.snapshot(session_key, task_id)
-        return seq, tasks[0] if tasks else None
+            task = await self._task(session_key, task_id)
+            return floor, None if task is None else self._snapshot(task), task is not None and task.is_terminal
+        seq, events = await self.shared.snapshot(session_key, task_id)
+        if not events:
+            return seq, None, False
+        status = _decode_status(events[0]).status
+        return seq, Frame(EventType.SNAPSHOT.value, events[0]), status in _TERMINAL_VALUES
 
     async def _snapshots(self, session_key: str) -> list[Frame]:
         """Snapshots of all the session's tasks, oldest first, read at one moment."""

@@ -25,7 +25,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
         return
     from redis.asyncio import Redis
 
-    from async_tasks.store.redis import RedisTaskStore
+    from async_tasks.backends.redis import RedisTaskStore
 
     url: str = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")

@@ -16,7 +16,14 @@ import uuid
 import anyio
 import pytest
 
-from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded, TaskNotFound
+from async_tasks.errors import (
+    CapacityExceeded,
+    IdempotencyConflict,
+    IdempotentTaskRemoved,
+    InvalidTransition,
+    QuotaExceeded,
+    TaskNotFound,
+)
 from async_tasks.events import TaskEvent
 from async_tasks.store.base import (
     HISTORY_HEAD,
@@ -319,7 +326,26 @@ async def test_remove_forgets_a_task_but_never_a_running_one(store: TaskStore) -
     with pytest.raises(TaskNotFound):
         await store.get("s", done.id)
     assert (await store.counts("s")).total == 1
-    assert await store.replay("s", key) is None  # its Idempotency-Key is free again
+
+
+async def test_an_idempotency_key_outlives_its_task_for_its_window(make_store: MakeStore) -> None:
+    """A request re-sent with the key of a task that is gone is refused, never run twice,
+    until the key's window ends; then the key is free."""
+    clock = FakeClock()
+    store = make_store(clock)
+    store.policy = StorePolicy(idempotency_window_ms=60_000)
+    key = Idempotency("k", b"f")
+    done, _ = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    await store.transition("s", done.id, TaskStatus.CANCELLED)
+    await store.remove("s", done.id)
+    with pytest.raises(IdempotentTaskRemoved, match=done.id):
+        await store.replay("s", key)
+    with pytest.raises(IdempotentTaskRemoved):
+        await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    clock.advance(61)
+    assert await store.replay("s", key) is None
+    again, replayed = await store.create(new_task(), limits=UNLIMITED, idempotency=key)
+    assert not replayed and again.id != done.id
 
 
 async def test_trim_keeps_the_newest_finished_per_status_and_session(store: TaskStore) -> None:
@@ -443,7 +469,7 @@ async def test_retention_applies_when_a_task_finishes(store: TaskStore) -> None:
     assert [e.task_id for e in events if e.type.value == "removed"] == [done[0].id, done[1].id]
     cancelled = [await add(store, status=TaskStatus.CANCELLED) for _ in range(3)]
     # With a limit of 0 the task that just finished stays (until the next trim).
-    assert (await store.query("s", TaskFilter(status=TaskStatus.CANCELLED))).tasks == [cancelled[-1]]
+    assert [t.id for t in (await store.query("s", TaskFilter(status=TaskStatus.CANCELLED))).tasks] == [cancelled[-1].id]
     running = await add(store, status=TaskStatus.RUNNING)
     pending = await add(store)
     await add(store, "other", TaskStatus.COMPLETED)

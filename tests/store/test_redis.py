@@ -6,21 +6,21 @@ clear error when Redis cannot be reached."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from async_tasks.backends.redis import store as redis_store_module
+from async_tasks.backends.redis.store import RedisTaskStore
 from async_tasks.errors import StoreUnavailable
 from async_tasks.events import EventType, TaskEvent
 from async_tasks.executor import TaskParams
-from async_tasks.store import redis as redis_store_module
 from async_tasks.store.base import CreateLimits, Expiry, Idempotency, Retention, StorePolicy, TaskFilter
 from async_tasks.store.memory import MemoryTaskStore
-from async_tasks.store.redis import RedisTaskStore, SessionBusy
 from async_tasks.task import Task, TaskStatus
 from async_tasks.testing import FakeClock, free_port
 
@@ -130,12 +130,29 @@ async def test_every_change_is_published_on_the_session_channel(store: RedisTask
 async def test_a_snapshot_carries_the_sequence_it_reflects(store: RedisTaskStore) -> None:
     """Changes after a snapshot get higher sequence numbers than the snapshot's."""
     first, _ = await store.create(new_task(), limits=UNLIMITED)
-    seq, tasks = await store.snapshot("s")
-    assert [t.id for t in tasks] == [first.id]
+    seq, events = await store.snapshot("s")
+    assert [msgspec.json.decode(e)["taskId"] for e in events] == [first.id]
     await store.transition("s", first.id, TaskStatus.RUNNING)
-    later, tasks = await store.snapshot("s", first.id)
-    assert later > seq and tasks[0].status is TaskStatus.RUNNING
+    later, events = await store.snapshot("s", first.id)
+    assert later > seq and msgspec.json.decode(events[0])["status"] == "running"
     assert (await store.snapshot("other", first.id))[1] == []
+
+
+async def test_a_session_snapshot_is_bounded_in_count_and_bytes(
+    store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session stream starts from its newest tasks only, without large results; one task's carries its result."""
+    monkeypatch.setattr(redis_store_module, "SNAPSHOT_TASKS", 3)
+    monkeypatch.setattr(redis_store_module, "SNAPSHOT_RESULT_BYTES", 10)
+    made = [(await store.create(new_task(), limits=UNLIMITED))[0] for _ in range(5)]
+    await store.transition("s", made[-1].id, TaskStatus.RUNNING)
+    await store.transition("s", made[-1].id, TaskStatus.COMPLETED, result={"big": "x" * 50})
+    _, events = await store.snapshot("s")
+    decoded = [msgspec.json.decode(e) for e in events]
+    assert [e["taskId"] for e in decoded] == [t.id for t in reversed(made[2:])]
+    assert decoded[0]["status"] == "completed" and decoded[0]["result"] is None
+    _, (one,) = await store.snapshot("s", made[-1].id)
+    assert msgspec.json.decode(one)["result"] == {"big": "x" * 50}
 
 
 async def test_two_processes_see_one_state(store: RedisTaskStore, other: RedisTaskStore) -> None:
@@ -170,32 +187,6 @@ async def test_trim_of_every_session_works_in_batches(store: RedisTaskStore, mon
     assert result.cancelled == 9
     assert [(await store.counts(s)).total for s in ("a", "b", "c")] == [1, 1, 1]
     assert (await store.query("a", TaskFilter(status=TaskStatus.CANCELLED))).total == 1
-
-
-async def test_a_start_over_a_concurrency_limit_is_refused(store: RedisTaskStore) -> None:
-    """The session's and the global running limits are checked with the start, atomically."""
-    first, _ = await store.create(new_task(), limits=UNLIMITED)
-    second, _ = await store.create(new_task(), limits=UNLIMITED)
-    await store.transition("s", first.id, TaskStatus.RUNNING, session_limit=1)
-    with pytest.raises(SessionBusy) as caught:
-        await store.transition("s", second.id, TaskStatus.RUNNING, session_limit=1)
-    assert caught.value.scope == "session"
-    with pytest.raises(SessionBusy) as caught:
-        await store.transition("s", second.id, TaskStatus.RUNNING, global_limit=1)
-    assert caught.value.scope == "global"
-    assert (await store.get("s", second.id)).status is TaskStatus.PENDING
-
-
-async def test_running_tasks_of_a_worker_without_a_lease_are_reported_lost(store: RedisTaskStore) -> None:
-    """The reconciler's query: running tasks whose worker's lease key is gone."""
-    alive, _ = await store.create(new_task(), limits=UNLIMITED)
-    dead, _ = await store.create(new_task(), limits=UNLIMITED)
-    await store.transition("s", alive.id, TaskStatus.RUNNING, owner="w1")
-    await store.transition("s", dead.id, TaskStatus.RUNNING, owner="w2")
-    await store.redis.set(store.key("wk", "w1"), b"{}", px=5000)
-    assert await store.lost_attempts() == [(dead.id, "s", 1, "w2")]
-    await store.transition("s", dead.id, TaskStatus.FAILED, attempt=1)
-    assert await store.lost_attempts() == []
 
 
 async def test_an_unreachable_redis_is_a_store_unavailable_error() -> None:
@@ -271,29 +262,3 @@ async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) ->
     assert len(expired.pending) == 1 and expired.finished == 1
     await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
     return causes
-
-
-async def test_a_fair_start_leaves_free_slots_to_waiting_sessions(store: RedisTaskStore) -> None:
-    """While another session waits, a session runs fewer tasks than the free slots; alone, it may use them all."""
-    await cast("Awaitable[int]", store.redis.hset(store.key("workers"), "w", "2"))
-    a1, a2 = [(await store.create(new_task("a"), limits=UNLIMITED))[0] for _ in range(2)]
-    b1, _ = await store.create(new_task("b"), limits=UNLIMITED)
-    await store.transition("a", a1.id, TaskStatus.RUNNING, fair=True)
-    with pytest.raises(SessionBusy) as caught:  # 1 running, 1 slot free, and b waits
-        await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)
-    assert caught.value.scope == "fair"
-    await store.transition("b", b1.id, TaskStatus.RUNNING, fair=True)
-    await store.transition("b", b1.id, TaskStatus.COMPLETED)
-    await store.transition("a", a2.id, TaskStatus.RUNNING, fair=True)  # nobody else waits
-
-
-async def test_a_queue_position_counts_the_session_s_own_pending_tasks(store: RedisTaskStore) -> None:
-    """Higher priority first, then oldest first, among the session's pending tasks only."""
-    low, _ = await store.create(new_task(), limits=UNLIMITED)
-    await store.create(new_task("other", priority=9), limits=UNLIMITED)
-    high, _ = await store.create(new_task(priority=5), limits=UNLIMITED)
-    later, _ = await store.create(new_task(), limits=UNLIMITED)
-    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [1, 2, 3]
-    await store.transition("s", high.id, TaskStatus.RUNNING)
-    assert [await store.queue_position("s", t.id) for t in (high, low, later)] == [None, 1, 2]
-    assert await store.queue_position("other", low.id) is None

@@ -4,7 +4,7 @@
   ``{"status": "ok"}``.
 - ``GET /ready``: 200 ``{"status": "ready", "checks": {...}}`` when the runner and
   the cleaner are alive, new tasks are accepted (no shutdown under way), the
-  event loop's lag is under READY_MAX_LOOP_LAG_MS and (Redis backend) Redis answers; otherwise 503
+  event loop's lag is under READY_MAX_LOOP_LAG_MS and (a shared backend) its server answers; otherwise 503
   ``{"status": "unavailable", "failing": [...], "checks": {...}}`` naming what fails.
 
 The lag comes from `LoopLagProbe`, a tiny task in the app's lifespan that sleeps
@@ -24,7 +24,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.openapi import NO_SESSION
-from async_tasks.web.api.schemas import HealthResponse, ReadyChecks, ReadyResponse
+from async_tasks.web.api.schemas import HealthResponse, ReadyResponse
 from async_tasks.web.metrics import OPS_OPT_KEY
 
 
@@ -56,14 +56,13 @@ class LoopLagProbe:
         return max(self.lag_ms, (anyio.current_time() - self._due) * 1000)
 
 
-async def _redis_check(task_system: TaskSystem) -> Literal["ok", "unreachable"] | None:
-    """With the Redis backend: whether Redis answers a PING within a second."""
-    ping = getattr(task_system.store, "ping", None)
-    if not task_system.settings.redis or ping is None:
-        return None
+async def _backend_check(task_system: TaskSystem) -> Literal["ok", "unreachable"] | None:
+    """With a shared backend: whether its server answers within a second."""
     with anyio.move_on_after(1):
-        if await ping():
-            return "ok"
+        answered = await task_system.backend.ping()
+        if answered is None:
+            return None
+        return "ok" if answered else "unreachable"
     return "unreachable"
 
 
@@ -92,24 +91,16 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
     async def ready(task_system: NamedDependency[TaskSystem]) -> Response[ReadyResponse]:
         max_lag = task_system.settings.ready_max_loop_lag_ms
         lag = probe.current_lag_ms()
-        checks = ReadyChecks(
-            runner="ok" if task_system.execution.alive else "stopped",
-            cleaner="ok" if task_system.cleaner.is_active else "stopped",
-            event_loop="ok" if lag < max_lag else "lagging",
-            accepting="ok" if task_system.accepting else "shutting_down",
-            redis=await _redis_check(task_system),
-        )
-        failing = [
-            name
-            for name, field in (
-                ("runner", checks.runner),
-                ("cleaner", checks.cleaner),
-                ("eventLoop", checks.event_loop),
-                ("accepting", checks.accepting),
-                ("redis", checks.redis),
-            )
-            if field not in ("ok", None)
-        ]
+        checks = {
+            "runner": "ok" if task_system.execution.alive else "stopped",
+            "cleaner": "ok" if task_system.cleaner.is_active else "stopped",
+            "eventLoop": "ok" if lag < max_lag else "lagging",
+            "accepting": "ok" if task_system.accepting else "shutting_down",
+        }
+        backend = await _backend_check(task_system)
+        if backend is not None:
+            checks[task_system.backend.name] = backend
+        failing = [name for name, state in checks.items() if state != "ok"]
         body = ReadyResponse(
             status="unavailable" if failing else "ready",
             checks=checks,

@@ -82,6 +82,8 @@ class TaskListResponse(Response, kw_only=True):
     tasks: list[TaskSummary]
     count: int
     total: int
+    #: Pass as `cursor` for the next page (older tasks); null on the last page.
+    next_cursor: str | None = None
 
 
 class TaskStatusResponse(Response, kw_only=True):
@@ -197,13 +199,17 @@ class HealthResponse(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
-class ReadyChecks(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
-    runner: Literal["ok", "stopped"]
-    cleaner: Literal["ok", "stopped"]
-    event_loop: Literal["ok", "lagging"]
-    accepting: Literal["ok", "shutting_down"]
-    #: With the Redis backend only: whether Redis answers.
-    redis: Literal["ok", "unreachable"] | None = None
+ReadyChecks = Annotated[
+    dict[str, str],
+    msgspec.Meta(
+        description=(
+            "Each check and its state: `runner` (ok or stopped), `cleaner` (ok or stopped), `eventLoop` (ok or "
+            "lagging), `accepting` (ok or shutting_down), and with a shared backend its server, named as the "
+            "backend (`redis`: ok or unreachable)."
+        ),
+        examples=[{"runner": "ok", "cleaner": "ok", "eventLoop": "ok", "accepting": "ok"}],
+    ),
+]
 
 
 class ReadyResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):

@@ -173,8 +173,14 @@ class TaskController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=20, pattern=r"^[0-9]+$", description="Where a page's `nextCursor` said the next one starts."
+            ),
+        ] = None,
     ) -> Response[TaskListResponse]:
-        tasks, total = await self.system.list_tasks(
+        tasks, total, next_cursor = await self.system.list_tasks(
             session_key_of(scope),
             status=status,
             executor=executor,
@@ -182,8 +188,10 @@ class TaskController(Controller):
             dead_letter=dead_letter,
             limit=limit,
             offset=offset,
+            cursor=cursor,
         )
-        return encoded(TaskListResponse(tasks=[TaskSummary.of(t) for t in tasks], count=len(tasks), total=total))
+        summaries = [TaskSummary.of(t) for t in tasks]
+        return encoded(TaskListResponse(tasks=summaries, count=len(tasks), total=total, next_cursor=next_cursor))
 
     @get("/stats", summary="Per-status counts of the session's tasks")
     async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:

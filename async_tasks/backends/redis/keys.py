@@ -1,0 +1,115 @@
+"""Every Redis key the backend uses, named once (the Lua scripts in `scripts/` build the
+same names from the prefix; `prelude.lua` says how).
+
+Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
+
+    P t:<id>                  hash: the task; every field a JSON value named as the HTTP contract
+                              names it; ``_``-prefixed fields are ours: _s session, _sq creation
+                              sequence, _wk the worker running it, _op the last write's operation
+                              id, _dv where its delivery is (p parked, d delayed, q dispatched),
+                              _jw / _jk the worker and SAQ job key of its dispatch
+    P h:<id>                  list: the task's history entries (JSON), capped by the policy
+    P s:<session>             zset: the session's task ids by creation sequence
+    P ss:<session>:<status>   zset: the same, per status (a page by status is O(page))
+    P se:<session>:<executor> / P st:<session>:<tag> / P sd:<session>
+                              zsets: the same, per executor, per tag, dead-lettered (filters)
+    P f:<session>:<status>    zset: finished ids by finish sequence (retention, finished TTL)
+    P u:<session>             zset: pending tasks never started (their lifetime)
+    P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
+                              running), dur (summed run time of completed tasks), changed
+                              (idle expiry), waiting (when it joined the line of sessions)
+    P i:<session> / P ik:<session>   hash / zset: Idempotency-Key -> '<task id>|<fingerprint>',
+                              and when each was used (they outlive their tasks for a window)
+    P w:<session>             zset: the session's parked tasks (priority first, then first come)
+    P ready                   zset: sessions with parked tasks, fewest dispatched first
+    P delayed                 zset: task id -> when it is delivered (retry backoff)
+    P totals / P sessions     every session's counts (and d) / the sessions holding tasks
+    P workers                 hash: live worker id -> its slots
+    P wk:<worker>             the worker's lease (expires unless renewed) and description
+    P wq:<worker>             set: the tasks dispatched to the worker (queued or running)
+    P seq                     the global sequence: events, creation order, job keys
+    P b:<bucket>              token buckets (they expire once full)
+    P op:<id>                 a removal's result, a minute (a re-sent removal answers with it)
+    P reconcile               the reconciler's lock (one worker at a time)
+    P suspects                hash: worker id -> when the reconciler first found its lease gone
+    P stop                    channel: '<task id>:<attempt>' of a running task cancelled
+    P session:<session>       channel: the session's changes, as the push streams' envelopes
+
+and SAQ's keys for each worker's own queue (named ``P w:<worker>``): ``saq:<queue>:queued``,
+``saq:<queue>:active``, ``saq:<queue>:incomplete``, ``saq:job:<queue>:<job key>``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Default key prefix: one per deployment sharing a Redis.
+DEFAULT_PREFIX: Final = "async-tasks:"
+
+
+class Keys:
+    """The key names under one prefix."""
+
+    __slots__ = ("channel_prefix", "prefix")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        #: Where each session's changes are published: ``<channel_prefix><session key>``.
+        self.channel_prefix = prefix + "session:"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}t:{task_id}"
+
+    def counts(self, session_key: str) -> str:
+        return f"{self.prefix}c:{session_key}"
+
+    def idempotency(self, session_key: str) -> str:
+        return f"{self.prefix}i:{session_key}"
+
+    def idempotency_times(self, session_key: str) -> str:
+        return f"{self.prefix}ik:{session_key}"
+
+    @property
+    def totals(self) -> str:
+        return self.prefix + "totals"
+
+    @property
+    def sessions(self) -> str:
+        return self.prefix + "sessions"
+
+    @property
+    def workers(self) -> str:
+        return self.prefix + "workers"
+
+    @property
+    def delayed(self) -> str:
+        return self.prefix + "delayed"
+
+    def lease(self, worker_id: str) -> str:
+        return f"{self.prefix}wk:{worker_id}"
+
+    def dispatched_to(self, worker_id: str) -> str:
+        return f"{self.prefix}wq:{worker_id}"
+
+    @property
+    def reconcile_lock(self) -> str:
+        return self.prefix + "reconcile"
+
+    @property
+    def suspects(self) -> str:
+        return self.prefix + "suspects"
+
+    @property
+    def stop_channel(self) -> str:
+        return self.prefix + "stop"
+
+    def queue_name(self, worker_id: str) -> str:
+        """The name of the worker's own SAQ queue."""
+        return f"{self.prefix}w:{worker_id}"
+
+    def saq_list(self, worker_id: str, kind: str) -> str:
+        """SAQ's ``queued`` / ``active`` list of the worker's queue."""
+        return f"saq:{self.queue_name(worker_id)}:{kind}"
+
+    def saq_job(self, worker_id: str, job_key: str) -> str:
+        return f"saq:job:{self.queue_name(worker_id)}:{job_key}"

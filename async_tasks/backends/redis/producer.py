@@ -1,0 +1,104 @@
+"""The Redis backend's execution, as API processes use it: every hand-off is one script.
+
+A create with ``start`` stores the task and parks it in its session's line in one step;
+`start`, `retry` and `cancel` are one step each too (a cancelled running attempt is told
+to stop by a message the same script publishes). The store's scripts dispatch parked
+tasks to workers' queues as slots free up (see `store.py`); the workers
+(`RedisWorker`) run them. An API process runs no attempts: its shutdown leaves every
+task where it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from async_tasks.errors import ShuttingDown
+from async_tasks.execution.base import ExecutionLoad
+from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
+
+if TYPE_CHECKING:
+    from async_tasks.backends.redis.store import RedisTaskStore
+    from async_tasks.store.base import CreateLimits, Idempotency
+
+
+class RedisExecution:
+    """`ExecutionBackend` of API processes on the Redis backend."""
+
+    def __init__(self, store: RedisTaskStore) -> None:
+        self.store = store
+        self.on_finish: list[Callable[[Task, float], None]] = []
+        self._accepting = True
+        self._alive = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (nothing runs here: the store's scripts deliver)."""
+        self._accepting = True
+        self._alive = True
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self._alive = False
+            with anyio.CancelScope(shield=True):
+                await self.store.aclose()
+
+    async def shutdown(self, grace: float) -> list[Task]:
+        self._accepting = False
+        return []
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ShuttingDown()
+
+    async def create(
+        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+    ) -> tuple[Task, bool]:
+        if start:
+            self._check_accepting()
+        return await self.store.create(task, limits=limits, idempotency=idempotency, deliver=start)
+
+    async def start(self, session_key: str, task_id: str) -> Task:
+        self._check_accepting()
+        return await self.store.deliver(session_key, task_id)
+
+    async def retry(self, session_key: str, task_id: str) -> Task:
+        self._check_accepting()
+        return await self.store.transition(
+            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry",
+            deliver=True,
+        )  # fmt: skip
+
+    async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
+        return await self.store.transition(
+            session_key, task_id, TaskStatus.CANCELLED, expect=ACTIVE, reason=reason, action="cancel"
+        )
+
+    async def discard(self, tasks: list[Task]) -> None:
+        """Nothing to do: the expiry script took them out of delivery itself."""
+
+    async def queue_position(self, task: Task) -> int | None:
+        return await self.store.queue_position(task.session_key, task.id)
+
+    async def load(self) -> ExecutionLoad:
+        """Nothing runs in an API process; queued: every task waiting for a slot, and the
+        ones dispatched to a worker that has not started them."""
+        parked, starting = await self.store.waiting()
+        return ExecutionLoad(running=0, queued=parked + starting, starting=starting)
+
+    def running_tasks(self) -> list[Task]:
+        return []

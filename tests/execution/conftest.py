@@ -1,0 +1,49 @@
+"""`make_system`: start engines on one backend, for every backend.
+
+On the memory backend an engine runs its own attempts; on Redis each engine is an API
+with an embedded worker (``serve --with-worker``), sharing a real redis-server under a
+key prefix of the test's own, as the processes of a deployment share one Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
+from tests.conftest import SECRET
+from tests.execution.executors import EXECUTORS
+
+MakeSystem = Callable[..., Awaitable[TaskSystem]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSystem]:
+    """``await make_system(**settings)``: an engine started for the test (stopped after it)."""
+    backend: dict[str, Any] = {}
+    if request.param == "redis":
+        backend = {
+            "task_backend": request.getfixturevalue("redis_url"),
+            "redis_key_prefix": request.getfixturevalue("redis_prefix"),
+            "embedded_worker": True,
+            "worker_lease_ms": 600,
+        }
+    async with AsyncExitStack() as stack:
+
+        async def make(**overrides: Any) -> TaskSystem:
+            fields: dict[str, Any] = {
+                "secret_key": SECRET,
+                "task_create_rate": 0.0,
+                "worker_concurrency": 4,
+                "retry_backoff_ms": 0,
+                **backend,
+                **overrides,
+            }
+            system = TaskSystem(EXECUTORS, settings=Settings(**fields), load_entry_points=False)
+            return await stack.enter_async_context(system)
+
+        yield make
