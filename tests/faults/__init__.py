@@ -7,5 +7,7 @@ made on demand and exactly where a test wants them. Import from the modules:
 - `tests.faults.commands`: which commands a fault applies to (`script`, `command`,
   `any_script`).
 - `tests.faults.rules`: `Rule`, a fault and how the test waits until it happened.
+- `tests.faults.redis_process`: `RedisProcess`, a throwaway redis-server to pause
+  (SIGSTOP), kill and restart (with AOF, its data kept).
 - `tests.faults.resp`: the RESP framing the proxy uses.
 """
