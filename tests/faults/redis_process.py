@@ -31,8 +31,9 @@ from async_tasks.testing import free_port
 class RedisProcess:
     """A redis-server on a loopback port (a free one by default) with a temporary
     directory of its own, without persistence unless `appendonly` (AOF, ``appendfsync
-    everysec``: a write answered is in the file before its reply, so a SIGKILL loses
-    nothing). `arguments` are added to its command line. A context manager; or `start`
+    everysec``: Redis writes the file before it replies, so a SIGKILL loses no answered
+    write unless a slow disk made it postpone writing). `arguments` are added to its
+    command line. A context manager; or `start`
     and `close`. Raises `FileNotFoundError` when redis-server is not installed."""
 
     def __init__(
