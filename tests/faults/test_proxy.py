@@ -158,10 +158,9 @@ async def test_a_subscriber_keeps_receiving(
 ) -> None:
     """Once a connection subscribes its traffic passes through untouched, RESP2 or RESP3 pushes."""
     channel = f"{redis_prefix}channel"
-    rule = proxy.lose_reply(command("SUBSCRIBE", "PING", "PUBLISH"), times=None)
+    # Were they matched one to one, the subscriber's replies would be lost.
+    rule = proxy.lose_reply(command("SUBSCRIBE", "PING"), times=None)
     async with Redis.from_url(proxy.url, protocol=protocol) as subscriber, subscriber.pubsub() as pubsub:
-        rule.cancel()  # the subscriber's connection set-up goes through; its own traffic is tested
-        rule = proxy.lose_reply(command("SUBSCRIBE", "PING"), times=None)
         await pubsub.subscribe(channel)
         for number in range(3):
             assert await client.publish(channel, f"m{number}") == 1

@@ -47,7 +47,7 @@ def test_without_persistence_a_restart_loses_everything() -> None:
 
 def test_a_paused_server_hangs_then_runs_what_it_was_sent() -> None:
     """SIGSTOP: clients time out and the process is stopped; SIGCONT: it runs what arrived meanwhile."""
-    with RedisProcess() as redis, connect(redis.url, socket_timeout=0.3) as client:
+    with RedisProcess() as redis, connect(redis.url, socket_timeout=0.5) as client:
         client.ping()
         redis.pause()
         assert Path(f"/proc/{redis.pid}/stat").read_text().split(") ")[1][0] == "T"
