@@ -3,7 +3,6 @@ other ending is told apart."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.crash import MARKER, POINT, crash_point
+from tests.faults.crash import MARKER, POINT
 from tests.faults.crash_points import CrashMissed, CrashPoint
 
 pytestmark = pytest.mark.e2e
@@ -86,18 +85,29 @@ def test_a_child_other_than_the_one_armed_is_not_taken_for_it(tmp_path: Path) ->
     output(child)
 
 
-def _forked_child(environ: dict[str, str]) -> None:
-    """What `tests.forked` does: the environment is set after the fork, then the code runs."""
-    os.environ.update(environ)
+#: Passes a point unarmed, then forks a child that is handed its environment after the
+#: fork (as `tests.forked` does) and passes it again; prints the child's PID and exit code.
+FORKING = """
+import os, sys
+from tests.faults.crash import crash_point
+crash_point("step.a")
+child = os.fork()
+if child == 0:
+    os.environ.update(dict(pair.split("=", 1) for pair in sys.argv[1:]))
     crash_point("step.a")
+    os._exit(0)
+print(child, os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), flush=True)
+"""
 
 
 def test_a_forked_child_reads_its_own_environment(tmp_path: Path) -> None:
-    """The variable is read in the child after a fork even when the parent, unarmed, already
-    passed a point (a fork server that imported the code hands out the environment late)."""
-    crash_point("step.a")  # unarmed here: reads the environment and does nothing
+    """The variable is read again in a forked child, even when its parent, unarmed, already
+    passed a point (a fork server hands its children their environment after the fork)."""
     crash = CrashPoint("step.a", tmp_path / "crashed")
-    armed = {POINT: "step.a", MARKER: str(crash.marker)}
-    child = multiprocessing.get_context("fork").Process(target=_forked_child, args=(armed,))
-    child.start()
-    crash.wait(child)
+    environ = {name: value for name, value in os.environ.items() if name not in (POINT, MARKER)}
+    armed = [f"{POINT}=step.a", f"{MARKER}={crash.marker}"]
+    parent = subprocess.run(
+        [sys.executable, "-c", FORKING, *armed], cwd=ROOT, env=environ, capture_output=True, text=True, check=True
+    )
+    child, returncode = map(int, parent.stdout.split())
+    crash.check(child, returncode)
