@@ -40,6 +40,7 @@ from async_tasks.errors import (
 )
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
+from async_tasks.faults import crash_point
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.store.base import (
@@ -338,7 +339,9 @@ class TaskSystem:
             max_retries=max_retries,
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
-        return await self.execution.create(task, limits=self.limits, idempotency=idempotency, start=start)
+        created = await self.execution.create(task, limits=self.limits, idempotency=idempotency, start=start)
+        crash_point("create.after_store")
+        return created
 
     @staticmethod
     def _convert_params(cls: type[TaskExecutor[Any, Any]], params: Any) -> Any:

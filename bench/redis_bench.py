@@ -103,10 +103,10 @@ def saq_worker_main(url: str, concurrency: int) -> None:
     from saq import Worker
     from saq.queue.redis import RedisQueue
 
-    from async_tasks.execution.saq import redis_client
+    from async_tasks.backends.redis.connection import blocking_client
 
     async def main() -> None:
-        queue = RedisQueue(redis_client(url, retries=30), name=QUEUE)
+        queue = RedisQueue(blocking_client(url), name=QUEUE)
         await queue.connect()
         worker = Worker(queue, functions=[("noop", _noop)], concurrency=concurrency)
         print("saq worker ready", flush=True)
@@ -118,9 +118,9 @@ def saq_worker_main(url: str, concurrency: int) -> None:
 async def _saq_round(url: str, jobs: int) -> float:
     from saq.queue.redis import RedisQueue
 
-    from async_tasks.execution.saq import redis_client
+    from async_tasks.backends.redis.connection import request_client
 
-    queue = RedisQueue(redis_client(url, retries=3), name=QUEUE)
+    queue = RedisQueue(request_client(url, 5000), name=QUEUE)
     await queue.connect()
     try:
         redis: Any = queue.redis

@@ -15,11 +15,9 @@ from litestar import Litestar
 from async_tasks.errors import StoreUnavailable
 from async_tasks.server import serve
 from async_tasks.settings import Settings
-from async_tasks.store.redis import RedisTaskStore
 from async_tasks.system import TaskSystem
 from async_tasks.testing import free_port, redis_server, serve_in_loop, wait_for
-from async_tasks.web.redis_channels import redis_stream_bridge
-from async_tasks.web.streams import OPENED
+from async_tasks.web.streams import OPENED, StreamBridge
 from async_tasks.worker import load_app, run_worker
 from tests.helpers import ScriptExecutor, system_of
 
@@ -124,7 +122,7 @@ def test_start_up_refusals_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("async-tasks: Cannot reach Redis at redis://:***@127.0.0.1") and err.count("\n") == 1
     assert run_worker() == 2
-    assert "needs a Redis backend" in capsys.readouterr().err
+    assert "needs a shared backend" in capsys.readouterr().err
     assert run_worker(backend=redis_url, app="tests.helpers:nothing") == 2
     assert "--app tests.helpers:nothing" in capsys.readouterr().err
 
@@ -149,9 +147,7 @@ async def test_streams_start_again_from_snapshots_after_redis_comes_back(redis_p
     server.__enter__()
     try:
         async with TaskSystem([ScriptExecutor], settings=settings, load_entry_points=False) as system:
-            store = system.store
-            assert isinstance(store, RedisTaskStore)
-            bridge = redis_stream_bridge(store, settings)
+            bridge = StreamBridge(system.store, shared=system.backend.events)
             async with anyio.create_task_group() as tg:
                 await tg.start(bridge.run)
                 stream = bridge.session_stream("s", keepalive=False)

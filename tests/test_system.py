@@ -36,8 +36,11 @@ ENGINE_MODULES = [
     "async_tasks.store.memory",
     "async_tasks.execution.base",
     "async_tasks.execution.local",
-    "async_tasks.store.redis",
-    "async_tasks.execution.saq",
+    "async_tasks.backends",
+    "async_tasks.backends.memory",
+    "async_tasks.backends.redis",
+    "async_tasks.backends.redis.worker",
+    "async_tasks.faults",
     "async_tasks.system",
     "async_tasks.process",
     "async_tasks.worker",
@@ -181,15 +184,11 @@ async def test_shutdown_during_validation_leaves_no_task_behind() -> None:
         assert (await system.stats("s")).total == 0
 
 
-async def test_a_failing_submit_removes_the_task_it_created(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Create-and-start is atomic: if the task cannot be queued, it was never created."""
+async def test_a_create_refused_for_shutdown_leaves_nothing_behind() -> None:
+    """Create-and-start is one step: refused once shutdown has begun, it stores nothing."""
     async with TaskSystem([ScriptExecutor], settings=settings(), load_entry_points=False) as system:
-
-        async def broken(task: Task) -> None:
-            raise RuntimeError("queue unavailable")
-
-        monkeypatch.setattr(system.execution, "submit", broken)
-        with pytest.raises(RuntimeError, match="queue unavailable"):
+        system.execution.stop_accepting()
+        with pytest.raises(ShuttingDown):
             await system.create_task("s", executor="script")
         assert (await system.stats("s")).total == 0
 

@@ -232,6 +232,7 @@ async def test_a_freed_slot_goes_to_a_waiting_session_before_a_busy_one(make_sys
     system = await make_system(worker_concurrency=2, max_concurrent_tasks=2)
     mine = [await system.create_task(S, executor="script", params={"hold": True}) for _ in range(5)]
     await wait_for(system, S, mine[0].id, "running")
+    await settled(system)  # the tasks already handed to a worker are not waiting any more
     newcomer = await system.create_task("newcomer", executor="script", params={"hold": True})
     queued = {t.id for t in mine if (await system.get_task(S, t.id)).status is TaskStatus.PENDING}
     assert queued

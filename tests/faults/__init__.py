@@ -9,7 +9,7 @@ made on demand and exactly where a test wants them. Import from the modules:
 - `tests.faults.rules`: `Rule`, a fault and how the test waits until it happened.
 - `tests.faults.redis_process`: `RedisProcess`, a throwaway redis-server to pause
   (SIGSTOP), kill and restart (with AOF, its data kept).
-- `tests.faults.crash`: `crash_point(name)`, the hook production code calls at each
+- `async_tasks.faults`: `crash_point(name)`, the hook production code calls at each
   hand-off (to be `async_tasks/faults.py`), and `tests.faults.crash_points`:
   `CrashPoint`, which arms a child to die there and tells that it did.
 - `tests.faults.resp`: the RESP framing the proxy uses.

@@ -1,4 +1,4 @@
-"""The test's side of crash points (`tests.faults.crash`): start a child armed to die at
+"""The test's side of crash points (`async_tasks.faults`): start a child armed to die at
 a named point, then tell that it died there and nowhere else.
 
     crash = CrashPoint("create.after_store", tmp_path / "crashed")
@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from tests.faults.crash import MARKER, POINT
+from async_tasks.faults import MARKER, POINT
 
 
 class CrashMissed(AssertionError):

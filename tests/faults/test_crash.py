@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.crash import MARKER, POINT
+from async_tasks.faults import MARKER, POINT
 from tests.faults.crash_points import CrashMissed, CrashPoint
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 #: Three rounds of two hand-offs, each announced on stdout before its crash point.
 TOY = """
-from tests.faults.crash import crash_point
+from async_tasks.faults import crash_point
 for round in range(3):
     for step in "ab":
         print(f"{step}{round}", flush=True)
@@ -89,7 +89,7 @@ def test_a_child_other_than_the_one_armed_is_not_taken_for_it(tmp_path: Path) ->
 #: fork (as `tests.forked` does) and passes it again; prints the child's PID and exit code.
 FORKING = """
 import os, sys
-from tests.faults.crash import crash_point
+from async_tasks.faults import crash_point
 crash_point("step.a")
 child = os.fork()
 if child == 0:

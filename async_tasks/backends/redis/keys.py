@@ -25,6 +25,7 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P delayed                 zset: task id -> when it is delivered (retry backoff)
     P totals / P sessions     every session's counts (and d) / the sessions holding tasks
     P workers                 hash: live worker id -> its slots
+    P retired                 set: workers nothing more is dispatched to (leaving, or lost)
     P wk:<worker>             the worker's lease (expires unless renewed) and description
     P wq:<worker>             set: the tasks dispatched to the worker (queued or running)
     P seq                     the global sequence: events, creation order, job keys
@@ -80,6 +81,10 @@ class Keys:
     @property
     def workers(self) -> str:
         return self.prefix + "workers"
+
+    @property
+    def retired(self) -> str:
+        return self.prefix + "retired"
 
     @property
     def delayed(self) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from async_tasks.errors import ShuttingDown
+from async_tasks.errors import ShuttingDown, StoreUnavailable
 from async_tasks.execution.base import ExecutionLoad
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
 
@@ -97,7 +97,10 @@ class RedisExecution:
     async def load(self) -> ExecutionLoad:
         """Nothing runs in an API process; queued: every task waiting for a slot, and the
         ones dispatched to a worker that has not started them."""
-        parked, starting = await self.store.waiting()
+        try:
+            parked, starting = await self.store.waiting()
+        except StoreUnavailable:
+            parked = starting = 0  # said once by the store; a gauge is no reason to fail
         return ExecutionLoad(running=0, queued=parked + starting, starting=starting)
 
     def running_tasks(self) -> list[Task]:

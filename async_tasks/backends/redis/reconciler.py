@@ -30,6 +30,7 @@ import anyio
 
 from async_tasks.errors import InvalidTransition, TaskNotFound
 from async_tasks.execution.base import lost
+from async_tasks.faults import crash_point
 
 if TYPE_CHECKING:
     from async_tasks.backends.redis.store import RedisTaskStore
@@ -132,6 +133,7 @@ class Reconciler:
     async def resolve(self, worker: str) -> None:
         """End what a lost worker held: its running attempts fail (and are retried per
         budget), its queued tasks go back to their lines; then it leaves the pool."""
+        await self.store.retire(worker)  # first: nothing of it may be dispatched to it again
         for item in await self.store.dispatched_to(worker):
             try:
                 if item.status == "pending":
@@ -140,6 +142,7 @@ class Reconciler:
                     await self._lose(item.session_key, item.task_id, item.attempts, worker)
             except Exception:
                 logger.exception("Could not resolve task %s of lost worker %s", item.task_id, worker)
+        crash_point("reconcile.before_forget")
         if await self.store.forget_worker(worker) == 1:
             await cast(Any, self.store.redis).hdel(self.store.keys.suspects, worker)
             logger.warning("Worker %s was lost (its lease expired); its tasks were given to others", worker)

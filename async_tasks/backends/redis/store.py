@@ -645,9 +645,16 @@ class RedisTaskStore:
         """Deliver afresh a task dispatched as `job_key` that never started (a no-op once it moved on)."""
         return bool(await self._run("redeliver", session_key, task_id, job_key))
 
-    async def join(self, worker: str, slots: int, lease_ms: int, description: bytes) -> bool:
-        """Renew the worker's lease; True when its slots (re)joined the pool."""
-        return bool(await self._run("worker", worker, slots, lease_ms, description))
+    async def join(self, worker: str, slots: int, lease_ms: int, description: bytes, *, retiring: bool = False) -> bool:
+        """Renew the worker's lease; True when its slots (re)joined the pool. `retiring`:
+        keep the lease but leave the pool (nothing more is dispatched to it)."""
+        return bool(await self._run("worker", worker, slots, lease_ms, description, "1" if retiring else ""))
+
+    async def retire(self, worker: str) -> None:
+        """Dispatch nothing more to a worker (a lost or leaving one, before its tasks go
+        elsewhere); it stays known until it is forgotten."""
+        with reachable(self.availability):
+            await cast("Awaitable[int]", self.redis.sadd(self.keys.retired, worker))
 
     async def forget_worker(self, worker: str, *, leaving: bool = False) -> int:
         """Forget a worker (see `forget_worker.lua`): 1 done, 0 its lease lives, -1 tasks left."""

@@ -52,6 +52,7 @@ from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, StoreUnavailable, TaskNotFound
 from async_tasks.execution.base import conclude, handed_back, log_fields, log_finish, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
+from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.task import Task, TaskStatus
@@ -294,6 +295,10 @@ class RedisWorker:
         to their sessions' lines; returns those that did not stop."""
         self._accepting = False
         deadline = anyio.current_time() + grace
+        try:
+            await self._renew()  # out of the pool: nothing more is dispatched here
+        except Exception as exc:
+            self.availability.failed(exc)
         # No more dequeuing: the attempts running here go on in our own task group.
         await self._stop_dequeuing()
         if self.running:
@@ -336,6 +341,7 @@ class RedisWorker:
         if self._left:
             return
         try:
+            await self.store.retire(self.worker_id)
             for item in await self.store.dispatched_to(self.worker_id):
                 if item.status == TaskStatus.PENDING.value:
                     await self.store.redeliver(item.session_key, item.task_id, item.job_key)
@@ -349,8 +355,7 @@ class RedisWorker:
     # -- upkeep ---------------------------------------------------------------------
 
     async def _renew(self) -> None:
-        if await self.store.join(self.worker_id, self.slots, self.lease_ms, self.description):
-            self._left = False
+        await self.store.join(self.worker_id, self.slots, self.lease_ms, self.description, retiring=not self._accepting)
         self._renewed = time.monotonic()
 
     async def _upkeep(self) -> None:
@@ -446,10 +451,12 @@ class RedisWorker:
     async def _attempt(self, session_key: str, task_id: str, number: int, job_key: str, done: anyio.Event) -> None:
         self._claiming.add(task_id)
         try:
+            crash_point("attempt.dequeued")
             try:
                 task = await self.store.claim(session_key, task_id, number, self.worker_id, job_key)
             except (InvalidTransition, TaskNotFound):
                 return  # cancelled, delivered afresh elsewhere, or already run: nothing to do
+            crash_point("attempt.claimed")
             self._claiming.discard(task_id)
             await self._run_attempt(task, done)
         except Exception as exc:
@@ -487,7 +494,9 @@ class RedisWorker:
             attempt.finished = True
             ran.set()
             if attempt.stop_reason is None and outcome is not None:
+                crash_point("attempt.before_finish")
                 await self._record(attempt, conclude(task, outcome, self.settings, self._rng), sink.take())
+                crash_point("attempt.finished")
         except anyio.get_cancelled_exc_class():
             # The worker itself is torn down without a shutdown() first.
             if attempt.stop_reason is None:
@@ -542,6 +551,7 @@ class RedisWorker:
             attempt.reporter.close()
         attempt.scope.cancel()
         finish = handed_back()
+        crash_point("handback.before")
         try:
             done = await self.store.finish(task.session_key, task.id, attempt.number, finish, owner=self.worker_id)
         except (InvalidTransition, TaskNotFound):

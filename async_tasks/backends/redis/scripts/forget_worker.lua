@@ -14,4 +14,5 @@ for _, kind in ipairs({'queued', 'active'}) do
 end
 redis.call('DEL', queue_key(W, 'queued'), queue_key(W, 'active'), queue_key(W, 'incomplete'), P .. 'wk:' .. W)
 redis.call('HDEL', P .. 'workers', W)
+redis.call('SREM', P .. 'retired', W)
 return 1

@@ -175,7 +175,7 @@ local function pick_worker()
   local flat = redis.call('HGETALL', P .. 'workers')
   for i = 1, #flat, 2 do
     local free = tonumber(flat[i + 1]) - redis.call('SCARD', P .. 'wq:' .. flat[i])
-    if free > most then best, most = flat[i], free end
+    if free > most and redis.call('SISMEMBER', P .. 'retired', flat[i]) == 0 then best, most = flat[i], free end
   end
   return best
 end

@@ -1,10 +1,17 @@
 -- A worker announces itself and keeps its lease (`P wk:<id>`, expiring after `lease` ms):
 -- the first time, and again after the reconciler forgot it, its slots join the pool
--- (`P workers`: id -> slots) and take waiting tasks at once.
--- ARGV: 7 worker id, 8 its slots, 9 lease ms, 10 its description (JSON).
--- Returns 1 when it (re)joined, else 0.
+-- (`P workers`: id -> slots) and take waiting tasks at once. A worker that is leaving
+-- (`retiring`) keeps its lease while its last attempts finish, retired from the pool
+-- (`P retired`): nothing more is dispatched to it.
+-- ARGV: 7 worker id, 8 its slots, 9 lease ms, 10 its description (JSON), 11 retiring ('1').
+-- Returns 1 when it (re)joined the pool, else 0.
 local W = ARGV[7]
 redis.call('SET', P .. 'wk:' .. W, ARGV[10], 'PX', ARGV[9])
+if ARGV[11] == '1' then
+  redis.call('HSETNX', P .. 'workers', W, ARGV[8])  -- still known: the reconciler finds it if it dies now
+  redis.call('SADD', P .. 'retired', W)
+  return 0
+end
 local joined = redis.call('HSETNX', P .. 'workers', W, ARGV[8])
 if joined == 1 then pump(1000) else pump(64) end
 return joined

@@ -1,11 +1,11 @@
 """Crash points: places where a test can have this process killed, exactly there.
 
-Every hand-off between two Redis round trips (the store's create and the enqueue, SAQ's
-dequeue and the store's start, ...) calls `crash_point` with the hand-off's name:
+Every hand-off between processes or round trips (a create answered, a job dequeued and
+not yet started, an attempt done and not yet recorded, ...) calls `crash_point` with
+the hand-off's name, so the fault suite can prove nothing is lost whatever dies there:
 
-    await store.create(task)
+    task = await execution.create(task, ...)
     crash_point("create.after_store")
-    await queue.enqueue(job)
 
 Normally that does nothing (one global read). A process started with
 ``ASYNC_TASKS_CRASH_POINT=create.after_store`` (or ``create.after_store:3``, the third
