@@ -337,6 +337,16 @@ end
 
 -- -- the status change --------------------------------------------------------------------
 
+-- The task's last writes' operation ids (`_op`, the newest first, at most 8): a write re-sent
+-- after its reply was lost finds its id there even if other writes came in between.
+local function remember_op(ops)
+  local kept = {OP}
+  for op in string.gmatch(ops or '', '[^,]+') do
+    if #kept < 8 and op ~= OP then kept[#kept + 1] = op end
+  end
+  return table.concat(kept, ',')
+end
+
 -- The compare-and-set every status change goes through. `o` holds the options ('' for
 -- none): expect (',pending,running,'), attempt, owner (the worker that must be running it),
 -- runner (the worker a start hands the attempt to),
@@ -349,7 +359,7 @@ end
 local function move(S, ID, target, o)
   local key = tkey(ID)
   local f = redis.call('HMGET', key, '_s', 'status', 'attempts', 'autoRetries', 'startedAt', '_sq', '_wk',
-    '_dv', '_jk')
+    '_dv', '_jk', '_op')
   if f[1] ~= S then return {'notfound'} end
   local source = unquote(f[2])
   local attempts = tonumber(f[3])
@@ -414,7 +424,7 @@ local function move(S, ID, target, o)
     end
   end
   if source == 'running' then put('_wk', '') end
-  if OP ~= '' then put('_op', OP) end
+  if OP ~= '' then put('_op', remember_op(f[10])) end
   local entry = '{"at":' .. int(now) .. ',"status":"' .. target .. '","previous":"' .. source ..
     '","attempt":' .. int(math.max(attempts, 1))
   if o.reason and o.reason ~= '' then entry = entry .. ',"reason":' .. o.reason end
@@ -441,10 +451,12 @@ local function move(S, ID, target, o)
   return {'ok', source}
 end
 
--- A write whose operation id is already on its task happened: the reply was lost and the
--- command re-sent. Answer as the first run did.
+-- A write whose operation id is among its task's last ones happened: the reply was lost
+-- and the command re-sent. Answer as the first run did.
 local function replayed_op(ID)
-  return OP ~= '' and redis.call('HGET', tkey(ID), '_op') == OP
+  if OP == '' then return false end
+  local ops = redis.call('HGET', tkey(ID), '_op')
+  return ops ~= false and string.find(',' .. ops .. ',', ',' .. OP .. ',', 1, true) ~= nil
 end
 
 -- The usual ending of a script that changed one task: its JSON and what retention removed.

@@ -1,0 +1,210 @@
+"""The Redis backend's execution across engines in one process (an API without a worker,
+workers of their own), sharing a real redis-server as a deployment's processes do: what
+only a shared backend has. What every backend does is in tests/execution; faults at each
+hand-off are in tests/faults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+
+from async_tasks.backends.redis import RedisTaskStore
+from async_tasks.backends.redis.worker import RedisWorker
+from async_tasks.events import EventType, TaskEvent
+from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
+from async_tasks.task import TaskStatus
+from async_tasks.testing import wait_for
+from tests.conftest import SECRET
+from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
+from tests.helpers import ScriptExecutor
+
+S = "s"
+MakeSystem = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_system(redis_url: str, redis_prefix: str) -> AsyncIterator[MakeSystem]:
+    """Start engines on the test's Redis keys: ``await make_system(worker=True, **settings)``."""
+    async with AsyncExitStack() as stack:
+
+        async def make(*, worker: bool = False, **overrides: Any) -> TaskSystem:
+            fields: dict[str, Any] = {
+                "secret_key": SECRET,
+                "task_create_rate": 0.0,
+                "task_backend": redis_url,
+                "redis_key_prefix": redis_prefix,
+                "embedded_worker": worker,
+                "worker_concurrency": 4,
+                "worker_lease_ms": 600,
+                "retry_backoff_ms": 0,
+                **overrides,
+            }
+            system = TaskSystem(EXECUTORS, settings=Settings(**fields), load_entry_points=False)
+            return await stack.enter_async_context(system)
+
+        yield make
+
+
+def store_of(system: TaskSystem) -> RedisTaskStore:
+    assert isinstance(system.store, RedisTaskStore)
+    return system.store
+
+
+def worker_of(system: TaskSystem) -> RedisWorker:
+    assert isinstance(system.worker, RedisWorker)
+    return system.worker
+
+
+async def test_a_task_created_by_an_api_runs_on_a_worker(make_system: MakeSystem) -> None:
+    """Created through an API engine, run by another engine's worker: params stay plain JSON in the store."""
+    api = await make_system()
+    worker = await make_system(worker=True)
+    task = await api.create_task(S, executor="script", params={"steps": 4, "result": {"answer": 42}})
+    done = await wait_for(worker, S, task.id, "completed")
+    assert done.result == {"answer": 42}
+    seen = await api.get_task(S, task.id)
+    params = {"steps": 4, "hold": False, "fail": None, "failAttempts": 0, "result": {"answer": 42}}
+    assert seen.status is TaskStatus.COMPLETED and seen.params == params
+
+
+async def test_cancel_from_an_api_stops_the_attempt_on_its_worker(make_system: MakeSystem) -> None:
+    """The API's cancel reaches the worker running the attempt within a second."""
+    api = await make_system()
+    worker = await make_system(worker=True)
+    task = await api.create_task(S, executor="hold", params={"reports": 3})
+    await wait_for(worker, S, task.id, progress=60)
+    asked = time.monotonic()
+    await api.cancel_task(S, task.id)
+    with anyio.fail_after(1):
+        await HoldExecutor.stopping.setdefault(task.id, anyio.Event()).wait()
+    assert HoldExecutor.stopped[task.id] - asked < 1
+    assert not worker_of(worker).running
+
+
+async def test_tasks_wait_parked_while_no_worker_runs_and_start_when_one_joins(make_system: MakeSystem) -> None:
+    """With no worker, tasks wait in their session's line (positions 1, 2); a worker that joins takes them."""
+    api = await make_system()
+    first, second = [await api.create_task(S, executor="script") for _ in range(2)]
+    assert [await api.queue_position(t) for t in (first, second)] == [1, 2]
+    assert (await api.execution.load()).queued == 2
+    worker = await make_system(worker=True)
+    for task in (first, second):
+        await wait_for(worker, S, task.id, "completed")
+    assert (await api.execution.load()).queued == 0
+
+
+async def test_progress_is_coalesced_before_redis(make_system: MakeSystem) -> None:
+    """A flood of reports becomes at most about ten store writes a second; the latest value wins."""
+    system = await make_system(worker=True)
+    writes: list[TaskEvent] = []
+    unsubscribe = system.store.events.subscribe(lambda e: writes.append(e) if e.type is EventType.PROGRESS else None)
+    try:
+        began = time.monotonic()
+        task = await system.create_task(S, executor="hold", params={"reports": 5000})
+        await wait_for(system, S, task.id, progress=89.98)
+        elapsed = time.monotonic() - began
+    finally:
+        unsubscribe()
+    assert len(writes) <= 2 + elapsed / 0.1
+    assert (await system.get_task(S, task.id)).progress == 89.98
+    await system.cancel_task(S, task.id)
+
+
+async def lose_a_worker(api: TaskSystem, task_id: str, worker: str = "gone-worker") -> None:
+    """Make `task_id` run on a worker that then died: dispatched, claimed, no lease."""
+    store = store_of(api)
+    await store.join(worker, 1, 600, b"{}")
+    (dispatched,) = await store.dispatched_to(worker)
+    await store.claim(S, task_id, 1, worker, dispatched.job_key)
+    await store.redis.delete(store.keys.lease(worker))
+
+
+async def test_a_lost_worker_s_task_runs_again_elsewhere(make_system: MakeSystem) -> None:
+    """A running task whose worker stopped renewing its lease is failed "worker lost" and re-run."""
+    api = await make_system()
+    task = await api.create_task(S, executor="script", max_retries=1)
+    await lose_a_worker(api, task.id)
+    worker = await make_system(worker=True)
+    done = await wait_for(worker, S, task.id, "completed")
+    assert done.attempts == 2 and done.auto_retries == 1
+    lost = next(h for h in done.history if h.reason == "worker lost")
+    assert lost.status is TaskStatus.FAILED and lost.attempt == 1
+    assert await store_of(api).workers() == {worker_of(worker).worker_id: 4}
+
+
+async def test_a_lost_worker_s_task_fails_when_its_budget_is_spent(make_system: MakeSystem) -> None:
+    """Without retries left, a lost attempt fails the task with the reason."""
+    api = await make_system()
+    task = await api.create_task(S, executor="script")
+    await lose_a_worker(api, task.id)
+    worker = await make_system(worker=True)
+    failed = await wait_for(worker, S, task.id, "failed")
+    assert failed.history[-1].reason == "worker lost" and "was lost" in (failed.error or "")
+
+
+async def test_a_job_queued_on_a_lost_worker_goes_to_another(make_system: MakeSystem) -> None:
+    """Dispatched to a worker that died before it took the job: delivered afresh, run once, no retry used."""
+    api = await make_system()
+    store = store_of(api)
+    await store.join("gone-worker", 1, 600, b"{}")
+    task = await api.create_task(S, executor="script")
+    assert [d.task_id for d in await store.dispatched_to("gone-worker")] == [task.id]
+    await store.redis.delete(store.keys.lease("gone-worker"))
+    worker = await make_system(worker=True)
+    done = await wait_for(worker, S, task.id, "completed")
+    assert done.attempts == 1 and done.auto_retries == 0
+
+
+async def test_a_stopping_worker_hands_its_attempts_back(make_system: MakeSystem) -> None:
+    """A worker shutting down hands unfinished attempts back (retry budget untouched); another runs them."""
+    api = await make_system()
+    first = await make_system(worker=True, shutdown_grace_ms=100)
+    task = await api.create_task(S, executor="script", params={"hold": True})
+    await wait_for(first, S, task.id, "running")
+    await first.shutdown()
+    back = await api.get_task(S, task.id)
+    assert back.status is TaskStatus.PENDING and back.auto_retries == 0
+    assert [h.reason for h in back.history[-2:]] == ["worker shutdown", "handed back to the queue"]
+    second = await make_system(worker=True)
+    await wait_for(second, S, task.id, "running")
+    ScriptExecutor.release(task.id)
+    done = await wait_for(second, S, task.id, "completed")
+    assert done.attempts == 2
+
+
+async def test_the_session_concurrency_limit_holds_across_workers(make_system: MakeSystem) -> None:
+    """With one slot per session, a session's tasks run one at a time on two workers, and all complete."""
+    workers = [await make_system(worker=True, max_concurrent_tasks_per_session=1) for _ in range(2)]
+    CountedExecutor.executing = CountedExecutor.most_at_once = 0
+    made = [await workers[0].create_task(S, executor="counted", params={"steps": 4}) for _ in range(6)]
+    for task in made:
+        await wait_for(workers[0], S, task.id, "completed", limit=10)
+    assert CountedExecutor.most_at_once == 1
+
+
+async def test_a_worker_that_cannot_renew_its_lease_stops_its_attempts(make_system: MakeSystem) -> None:
+    """Cut off from Redis for a whole lease, a worker stops its attempts itself: the re-run elsewhere
+    never runs beside them for long."""
+    worker = await make_system(worker=True)
+    own = worker_of(worker)
+    task = await worker.create_task(S, executor="hold")
+    await wait_for(worker, S, task.id, "running")
+    own._renewed -= own.lease_ms / 1000  # as if the last renewal was a lease ago
+    renew = own._renew
+
+    async def unreachable() -> None:
+        raise ConnectionError("partitioned")
+
+    own._renew = unreachable  # type: ignore[method-assign]
+    try:
+        with anyio.fail_after(2):
+            await HoldExecutor.stopping.setdefault(task.id, anyio.Event()).wait()
+    finally:
+        own._renew = renew  # type: ignore[method-assign]
+    assert not own.running
