@@ -631,7 +631,7 @@ class RedisTaskStore:
 
     async def deliver(self, session_key: str, task_id: str, due_ms: int | None = None) -> Task:
         """Hand a pending task to delivery (see `deliver.lua`); `InvalidTransition` unless pending."""
-        response = await self._run("deliver", session_key, task_id, "" if due_ms is None else due_ms)
+        response = await self._run("deliver", session_key, task_id, "" if due_ms is None else due_ms, op=new_op())
         return self._changed(response, task_id, "start", hooks=False)  # no status changed
 
     async def claim(self, session_key: str, task_id: str, attempt: int, worker: str, job_key: str) -> Task:

@@ -4,7 +4,8 @@
 -- ARGV: 7 session, 8 task id, 9 due ms ('' now).
 -- Returns {'ok', JSON, removed} or {'notfound'} or {'refused', status}.
 local S, ID = ARGV[7], ARGV[8]
-local f = redis.call('HMGET', tkey(ID), '_s', 'status', '_dv', '_jw')
+if replayed_op(ID) then return done(ID) end
+local f = redis.call('HMGET', tkey(ID), '_s', 'status', '_dv', '_jw', '_op')
 if f[1] ~= S then return {'notfound'} end
 if f[2] ~= '"pending"' then return {'refused', unquote(f[2])} end
 local due = tonumber(ARGV[9])
@@ -12,5 +13,6 @@ if (f[3] == 'q' and redis.call('EXISTS', P .. 'wk:' .. f[4]) == 0) or (f[3] == '
   undeliver(S, ID)
 end
 deliver(S, ID, due)
+if OP ~= '' then redis.call('HSET', tkey(ID), '_op', remember_op(f[5])) end
 pump(8)
 return done(ID)
