@@ -36,15 +36,16 @@ if TYPE_CHECKING:
 class RedisEvents:
     """The push streams' source on Redis: the store publishes, the channels subscribe."""
 
-    def __init__(self, store: RedisTaskStore, url: str) -> None:
+    def __init__(self, store: RedisTaskStore, url: str, timeout_ms: int) -> None:
         self.store = store
         self.url = url
+        self.timeout_ms = timeout_ms
         self.channel_prefix = store.channel_prefix
 
     def channels_backend(self, on_resubscribe: Callable[[], None]) -> Any:
         from async_tasks.backends.redis.channels import ReconnectingPubSubBackend
 
-        return ReconnectingPubSubBackend(url=self.url, on_resubscribe=on_resubscribe)
+        return ReconnectingPubSubBackend(url=self.url, timeout=self.timeout_ms / 1000, on_resubscribe=on_resubscribe)
 
     async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[bytes]]:
         return await self.store.snapshot(session_key, task_id)
@@ -69,7 +70,7 @@ class RedisBackend:
             availability=Availability("The task store"),
         )
         self.execution = RedisExecution(self.store)
-        self.events = RedisEvents(self.store, self.url)
+        self.events = RedisEvents(self.store, self.url, timeout)
 
     def worker(self, concurrency: int) -> RedisWorker:
         from async_tasks.backends.redis.worker import RedisWorker

@@ -16,12 +16,13 @@ Imported only by the web door (it needs Litestar).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 
-from async_tasks.backends.redis.connection import Availability, pubsub_client
+from async_tasks.backends.redis.connection import Availability, is_transient, pubsub_client, reachable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,15 +35,29 @@ class ReconnectingPubSubBackend(RedisChannelsPubSubBackend):
     """`RedisChannelsPubSubBackend` that survives Redis restarts and says when it has
     subscribed again (`on_resubscribe`), so that streams can catch up."""
 
-    def __init__(self, *, url: str, on_resubscribe: Callable[[], None] | None = None) -> None:
+    def __init__(self, *, url: str, timeout: float, on_resubscribe: Callable[[], None] | None = None) -> None:
         self.availability = Availability("The push streams")
         super().__init__(redis=_notifying_client(url, self._resubscribed))
         self.on_resubscribe = on_resubscribe
+        #: Seconds a subscription may wait for Redis (a hung Redis answers 503, it never holds the request).
+        self.timeout = timeout
 
     def _resubscribed(self) -> None:
         self.availability.succeeded()
         if self.on_resubscribe is not None:
             self.on_resubscribe()
+
+    async def subscribe(self, channels: Iterable[str]) -> None:
+        """Subscribe; Redis away is `StoreUnavailable` (the stream answers 503)."""
+        with reachable(self.availability), anyio.fail_after(self.timeout):
+            await super().subscribe(channels)
+
+    async def unsubscribe(self, channels: Iterable[str]) -> None:
+        try:
+            await super().unsubscribe(channels)
+        except Exception as exc:  # the connection is gone: so is the subscription
+            if not is_transient(exc):
+                raise
 
     async def stream_events(self) -> AsyncGenerator[tuple[str, Any], None]:
         while True:

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from async_tasks.errors import SettingsError, StoreUnavailable
@@ -72,9 +79,22 @@ def pubsub_client(url: str) -> Redis:
     return _client(url, socket_timeout=None, retries=3, errors=(RedisConnectionError,))
 
 
+#: What redis-py raises for such replies (it strips the reply's first word from its message).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # BusyLoadingError (LOADING) too
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    MasterDownError,
+    TryAgainError,
+)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is Redis being away or refusing work for now (not our bug)."""
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, ReadOnlyError)):
+    if isinstance(exc, TRANSIENT_ERRORS):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 

@@ -18,6 +18,11 @@ event is one text message holding the same JSON.
 the same thing across reconnects. On the session stream the id counts the messages
 of the connection (1, 2, …); a reconnect starts again with fresh snapshots.
 
+**The task store away** (Redis restarting, unreachable): a stream ends with
+``event: error`` (data ``{"type":"error","code":"store_unavailable","message":…,
+"retryAfterMs":…}``) and a ``retry`` field, so EventSource reconnects then; the WebSocket
+sends the same JSON and closes with 1013 (try again later).
+
 **The end of a task's stream.** Once the task settles (or is removed) the stream sends
 ``event: end`` (data ``{"type":"end","taskId":…,"reason":<final status or "removed">}``,
 id = the final state's id, ``retry: 1000``) and closes. A browser's ``EventSource``
@@ -43,7 +48,7 @@ from litestar.params import HeaderParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1001_GOING_AWAY
 
-from async_tasks.errors import QuotaExceeded
+from async_tasks.errors import QuotaExceeded, StoreUnavailable
 from async_tasks.events import EventType
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.tasks import TaskId
@@ -76,6 +81,8 @@ LastEventId = Annotated[
 ]
 #: Milliseconds a browser waits before it reconnects after a task's stream ended (it then gets 204).
 END_RETRY_MS = 1000
+#: The WebSocket close code for "try again later" (RFC 6455: service restart / overload).
+WS_TRY_AGAIN_LATER = 1013
 
 
 class _State(msgspec.Struct):
@@ -115,6 +122,14 @@ def _stream(messages: AsyncGenerator[bytes, None]) -> Stream:
     return Stream(messages, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
+def _unavailable(exc: StoreUnavailable) -> bytes:
+    """The message that ends a stream while the task store is away: an ``error`` event a
+    client understands, and when to reconnect (``retry``, which EventSource follows)."""
+    retry_ms = int(exc.retry_after * 1000)
+    error = _encode({"type": "error", "code": exc.code, "message": exc.message, "retryAfterMs": retry_ms})
+    return b"event: error\r\ndata: " + error + b"\r\nretry: %d\r\n\r\n" % retry_ms
+
+
 async def _sse(frames: AsyncGenerator[Frame, None]) -> Stream:
     """The SSE response of the session stream: ids count the messages of the connection.
     The event and data lines of a forwarded event are encoded once for every stream."""
@@ -123,12 +138,15 @@ async def _sse(frames: AsyncGenerator[Frame, None]) -> Stream:
     async def messages() -> AsyncGenerator[bytes, None]:
         count = 0
         async with contextlib.aclosing(frames):
-            async for frame in frames:
-                if frame is KEEPALIVE:
-                    yield _KEEPALIVE_LINE
-                    continue
-                count += 1
-                yield b"id: %d\r\n" % count + sse_lines(frame)
+            try:
+                async for frame in frames:
+                    if frame is KEEPALIVE:
+                        yield _KEEPALIVE_LINE
+                        continue
+                    count += 1
+                    yield b"id: %d\r\n" % count + sse_lines(frame)
+            except StoreUnavailable as exc:
+                yield _unavailable(exc)
 
     return _stream(messages())
 
@@ -140,12 +158,16 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     async def messages() -> AsyncGenerator[bytes, None]:
         last: _State | None = None
         async with contextlib.aclosing(frames):
-            async for frame in frames:
-                if frame is KEEPALIVE:
-                    yield _KEEPALIVE_LINE
-                    continue
-                last = _decode_state(frame.data)
-                yield b"id: " + state_id(last.attempt, last.at).encode() + b"\r\n" + sse_lines(frame)
+            try:
+                async for frame in frames:
+                    if frame is KEEPALIVE:
+                        yield _KEEPALIVE_LINE
+                        continue
+                    last = _decode_state(frame.data)
+                    yield b"id: " + state_id(last.attempt, last.at).encode() + b"\r\n" + sse_lines(frame)
+            except StoreUnavailable as exc:
+                yield _unavailable(exc)  # not the end: the client reconnects (Last-Event-ID) later
+                return
         if bridge.closing.is_set():
             return  # the server is stopping: the stream did not end, a reconnect is welcome
         reason = "removed" if last is None or last.type == EventType.REMOVED.value else last.status
@@ -216,9 +238,11 @@ async def session_socket(
     """The session stream over a WebSocket: one JSON text message per event (the SSE
     `data`). Messages from the client are ignored; one larger than
     `WS_MAX_MESSAGE_BYTES` closes the socket (1009). Beyond the stream caps the
-    handshake is refused with 429. The server closes with 1001 when it shuts down."""
+    handshake is refused with 429. The server closes with 1001 when it shuts down, and with
+    1013 (try again later) after an ``error`` message when the task store is away."""
     server_ended = False
     too_big = False
+    unavailable: StoreUnavailable | None = None
     frames = task_streams.session_stream(session_key, keepalive=False)
     async with contextlib.aclosing(frames):
         try:
@@ -248,10 +272,20 @@ async def session_socket(
                 async for frame in frames:
                     await socket.send_text(frame.text or frame.data.decode())
                 server_ended = True
+            except StoreUnavailable as exc:
+                # Said as a message the client can read, then closed with "try again later".
+                unavailable = exc
+                with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                    await socket.send_text(
+                        _encode({"type": "error", "code": exc.code, "message": exc.message}).decode()
+                    )
             except (WebSocketDisconnect, OSError):
                 pass  # the client went away while we were sending
             tg.cancel_scope.cancel()
-    if server_ended or too_big:
+    if unavailable is not None:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await socket.close(code=WS_TRY_AGAIN_LATER, reason="task store unavailable")
+    elif server_ended or too_big:
         code, reason = (1009, "message too big") if too_big else (WS_1001_GOING_AWAY, "server shutting down")
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
             await socket.close(code=code, reason=reason)

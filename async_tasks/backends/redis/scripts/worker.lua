@@ -3,10 +3,11 @@
 -- (`P workers`: id -> slots) and take waiting tasks at once. A worker that is leaving
 -- (`retiring`) keeps its lease while its last attempts finish, retired from the pool
 -- (`P retired`): nothing more is dispatched to it.
--- ARGV: 7 worker id, 8 its slots, 9 lease ms, 10 its description (JSON), 11 retiring ('1').
+-- ARGV: 7 worker id, 8 its slots, 9 lease ms, 10 its description (a JSON object), 11 retiring ('1').
 -- Returns 1 when it (re)joined the pool, else 0.
 local W = ARGV[7]
-redis.call('SET', P .. 'wk:' .. W, ARGV[10], 'PX', ARGV[9])
+-- The lease holds the description and when it was last renewed (the admin view's lease age).
+redis.call('SET', P .. 'wk:' .. W, '{"renewedAt":' .. int(now_ms()) .. ',' .. string.sub(ARGV[10], 2), 'PX', ARGV[9])
 if ARGV[11] == '1' then
   redis.call('HSETNX', P .. 'workers', W, ARGV[8])  -- still known: the reconciler finds it if it dies now
   redis.call('SADD', P .. 'retired', W)
