@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import anyio
+import httpx
 import msgspec
 import pytest
 from redis.asyncio import Redis
@@ -173,18 +174,21 @@ async def test_a_stream_asked_for_while_redis_is_away_says_so(redis: RedisProces
         try:
             for path in ("/tasks/events", f"/tasks/{created['id']}/events"):
                 began = time.monotonic()
-                answer = await http.get(API + path)
+                says_unavailable(await http.get(API + path))
                 assert time.monotonic() - began < 1.5
-                if answer.status_code == 200:
-                    assert "event: error" in answer.text and "store_unavailable" in answer.text
-                    assert "retry: " in answer.text
-                else:
-                    assert answer.status_code == 503 and answer.json()["error"]["code"] == "store_unavailable"
         finally:
             redis.resume()
         redis.kill()
-        answer = await http.get(f"{API}/tasks/events")
-        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        says_unavailable(await http.get(f"{API}/tasks/events"))
+
+
+def says_unavailable(answer: httpx.Response) -> None:
+    """Refused (503 store_unavailable, Retry-After) or, once subscribed, ended by an ``error`` event with ``retry``."""
+    if answer.status_code == 200:
+        assert "event: error" in answer.text and "store_unavailable" in answer.text and "retry: " in answer.text
+    else:
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "store_unavailable"
+        assert answer.headers["Retry-After"]
 
 
 async def test_a_worker_says_once_that_redis_is_away_and_once_that_it_is_back(
