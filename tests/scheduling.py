@@ -31,6 +31,8 @@ WHOLE_MODULES = {
     # Real server processes that mostly wait for signals and grace periods: as a group they
     # go out early, so that the waits overlap other workers' work instead of ending the run.
     "tests/test_shutdown.py": "shutdown",
+    # Workers and servers killed at each hand-off, on one redis-server: mostly waiting for leases.
+    "tests/faults/test_kills.py": "fault-kills",
 }
 
 

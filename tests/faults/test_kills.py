@@ -78,6 +78,7 @@ class Deployment:
         return await self.stack.enter_async_context(system)
 
     def armed(self, point: str, line: str, passes: int = 1) -> tuple[BaseProcess, CrashPoint]:
+        """Start the ``async-tasks`` command `line` (with leading NAME=value variables), armed at `point`."""
         crash = CrashPoint(point, self.tmp_path / f"crashed-{point}", passes=passes)
         process = forked.start(line, crash.environ(self.env), self.tmp_path / f"{point}.log")
         self.processes.append(process)
@@ -86,7 +87,7 @@ class Deployment:
     async def armed_worker(self, store: RedisTaskStore, point: str) -> tuple[BaseProcess, CrashPoint]:
         """A worker process with one slot, armed at `point`, once it has joined the pool."""
         before = set(await store.workers())
-        process, crash = self.armed(point, "async-tasks worker --concurrency 1")
+        process, crash = self.armed(point, "SHUTDOWN_GRACE_MS=300 async-tasks worker --concurrency 1")
         with anyio.fail_after(10):
             while not set(await store.workers()) - before:
                 if not process.is_alive():

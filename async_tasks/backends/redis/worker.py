@@ -71,6 +71,8 @@ FUNCTION: Final = "async_tasks.attempt"
 #: Seconds: at most one progress write per task per window reaches Redis.
 PROGRESS_WINDOW: Final = 0.1
 LEASE_LOST: Final = "lease lost"
+#: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
+LEAVE_TIMEOUT: Final = 2.0
 
 
 class _Attempt:
@@ -341,14 +343,19 @@ class RedisWorker:
         if self._left:
             return
         try:
-            await self.store.retire(self.worker_id)
-            for item in await self.store.dispatched_to(self.worker_id):
-                if item.status == TaskStatus.PENDING.value:
-                    await self.store.redeliver(item.session_key, item.task_id, item.job_key)
-            if await self.store.forget_worker(self.worker_id, leaving=True) == 1:
-                self._left = True
+            # Bounded: with Redis away, a stopping worker leaves it to the reconciler.
+            with anyio.fail_after(LEAVE_TIMEOUT):
+                await self.store.retire(self.worker_id)
+                for item in await self.store.dispatched_to(self.worker_id):
+                    if item.status == TaskStatus.PENDING.value:
+                        await self.store.redeliver(item.session_key, item.task_id, item.job_key)
+                if await self.store.forget_worker(self.worker_id, leaving=True) == 1:
+                    self._left = True
         except Exception as exc:
-            logger.warning("Worker %s could not leave the pool cleanly (%s): the reconciler will", self.worker_id, exc)
+            logger.warning(
+                "Worker %s could not leave the pool cleanly (%s): the reconciler will",
+                self.worker_id, str(exc) or type(exc).__name__,
+            )  # fmt: skip
 
     _left = False
 
