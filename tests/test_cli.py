@@ -18,7 +18,8 @@ import pytest
 from litestar import Litestar
 from rich.console import Console
 
-from async_tasks.cli import RunTime, load_session_token, main, parse_params, progress_bar, session_file
+from async_tasks.cli import RunTime, main, parse_params, progress_bar
+from async_tasks.client.tokens import load_session_token, session_file
 from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, wait_for
 from async_tasks.web.app import create_app

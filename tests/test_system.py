@@ -47,6 +47,9 @@ ENGINE_MODULES = [
     "async_tasks.logs",
     "async_tasks.testing",
     "async_tasks.client",
+    "async_tasks.client._sync",
+    "async_tasks.client._async",
+    "async_tasks.client.tokens",
     "async_tasks.cli",
 ]
 
