@@ -26,9 +26,10 @@ from async_tasks.task import Task
 from async_tasks.validation import describe, field_type, split_location
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
-from async_tasks.web.api.tasks import IdempotencyKey, encoded
+from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
 from async_tasks.web.middleware import session_key_of
+from async_tasks.web.responses import encoded
 
 #: Task options accepted beside the params in a demo body.
 OPTION_FIELDS: list[tuple[str, Any, Any]] = [
