@@ -41,8 +41,7 @@ unset PYTHONDONTWRITEBYTECODE
 
 ruff check .
 ruff format --check .
-python scripts/doc_examples.py build/doc-examples >/dev/null
-mypy async_tasks executors demos tests build/doc-examples
+bash scripts/typecheck.sh
 
 workers=$(($(nproc) + 1))
 if [ "${1:-}" = "--fast" ]; then
