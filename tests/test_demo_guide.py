@@ -6,7 +6,7 @@ is the server of the quick start, `localhost:3001` the integration example (the
 host names stay as the guide writes them). The server runs with the guide's own
 `API_CALL_ALLOW_HOSTS`. A block starting with `# expect: error` must answer with the
 error body; every other block must not. What the blocks started must then turn out
-as the guide says: the api-call task completes.
+as the guide says: the api-call task completes, the dead-letter list is not empty.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
             assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
         else:
             assert '"success":false' not in output and "Internal" not in output, f"{block}\n->\n{output}"
+        if "deadLetter=true" in block:
+            assert '"tasks":[]' not in output, f"the dead-letter example listed nothing:\n{output}"
     assert result.returncode == 0, result.stderr
     # The curl calls had no token: the same session as a client from this address.
     with TaskClient(f"http://127.0.0.1:{main_port}", timeout=30) as tasks:
