@@ -94,7 +94,7 @@ class TaskController(Controller):
             headers={"Idempotent-Replayed": "true"} if replayed else None,
         )
 
-    @get("/", summary="List the session's tasks, newest first", responses=responses(400))
+    @get("/", summary="List the session's tasks, newest first", responses=responses(400, 503))
     async def list_tasks(
         self,
         scope: Scope,
@@ -118,7 +118,7 @@ class TaskController(Controller):
         )
         return encoded(TaskListResponse(tasks=[TaskSummary.of(t) for t in tasks], count=len(tasks), total=total))
 
-    @get("/stats", summary="Per-status counts of the session's tasks")
+    @get("/stats", summary="Per-status counts of the session's tasks", responses=responses(503))
     async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:
         counts = await task_system.stats(session_key)
         by_status = counts.by_status
@@ -134,7 +134,11 @@ class TaskController(Controller):
             )
         )
 
-    @get("/metrics", summary="The session's task count and average processing time (Task Processor shape)")
+    @get(
+        "/metrics",
+        summary="The session's task count and average processing time (Task Processor shape)",
+        responses=responses(503),
+    )
     async def session_metrics(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> SessionMetricsResponse:
@@ -163,13 +167,18 @@ class TaskController(Controller):
             )
         )
 
-    @post("/cleanup/run", status_code=200, summary="Apply retention to the session's finished tasks now")
+    @post(
+        "/cleanup/run",
+        status_code=200,
+        summary="Apply retention to the session's finished tasks now",
+        responses=responses(503),
+    )
     async def cleanup_run(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> CleanupRunResponse:
         return CleanupRunResponse(result=await task_system.run_cleanup(session_key))
 
-    @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404))
+    @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404, 503))
     async def get_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
@@ -178,7 +187,7 @@ class TaskController(Controller):
     @get(
         "/{task_id:str}/status",
         summary="Status and step progress (the polling endpoint)",
-        responses=responses(400, 404),
+        responses=responses(400, 404, 503),
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
         task = await self.system.get_task(session_key_of(scope), task_id)
@@ -206,7 +215,7 @@ class TaskController(Controller):
         "/{task_id:str}/cancel",
         status_code=200,
         summary="Cancel a pending or running task",
-        responses=responses(400, 404, 409),
+        responses=responses(400, 404, 409, 503),
     )
     async def cancel_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
@@ -228,7 +237,7 @@ class TaskController(Controller):
         "/{task_id:str}",
         status_code=204,
         summary="Delete a task that is not running",
-        responses=responses(400, 404, 409),
+        responses=responses(400, 404, 409, 503),
     )
     async def delete_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
