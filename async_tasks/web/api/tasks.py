@@ -37,6 +37,10 @@ from async_tasks.web.errors import replay_responses, responses
 from async_tasks.web.middleware import session_key_of
 from async_tasks.web.responses import encoded
 
+#: The largest ``?offset=``: far past any session's tasks (MAX_TASKS holds them all), and
+#: far below what the stores' paging takes (``islice`` and Redis ranges stop at 2**63).
+MAX_OFFSET = 1_000_000_000
+
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
     str | None,
@@ -105,7 +109,7 @@ class TaskController(Controller):
             bool | None, QueryParameter(name="deadLetter", description="Only tasks that exhausted their retries.")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response[TaskListResponse]:
         tasks, total = await self.system.list_tasks(
             session_key_of(scope),
