@@ -423,6 +423,25 @@ class BoundaryMiddleware(ASGIMiddleware):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """The line to log when the server listens beyond this machine (HOST=0.0.0.0, a LAN
+    address) with no API_KEYS: anyone who reaches it can use the API, and sessions only
+    keep callers apart. None on a loopback address or with API keys."""
+    if settings.api_key_list:
+        return None
+    name = host.strip().strip("[]").lower()
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):
+            return None
+    return (
+        f"Listening on {host} (reachable from other machines) without API_KEYS: anyone who can reach it can "
+        "use the API. Set API_KEYS (DEMO_GUIDE.md, 'On a shared network'), or HOST=127.0.0.1 to stay local"
+    )
+
+
 def boundary_errors(path: str, method: str, api_path: str) -> dict[int, str]:
     """The errors `BoundaryMiddleware` may answer to `method` `path` before any handler
     runs, as status -> what it means: what the OpenAPI document declares for each
