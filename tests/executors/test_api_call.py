@@ -22,9 +22,9 @@ from async_tasks.executor import ExecutorRegistry
 from async_tasks.progress import ProgressReporter
 from async_tasks.testing import make_task, run_executor
 from executors import _outbound
+from executors._guarded import GuardedTransport
 from executors._outbound import (
     AllowList,
-    GuardedTransport,
     OutboundPolicy,
     OutboundRefused,
     blocked_reason,
