@@ -89,6 +89,7 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     import uvicorn
 
     from async_tasks.web.api.streams import WS_MAX_MESSAGE_BYTES
+    from async_tasks.web.security import exposure_warning
 
     system = task_system_of(app)
     grace = settings.shutdown_grace_ms / 1000
@@ -127,6 +128,8 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
         signalled.set()
 
     server.handle_exit = on_signal  # type: ignore[method-assign]
+    if exposed := exposure_warning(config.host, settings):
+        logging.getLogger("async_tasks").warning(exposed)
     print(f"async-tasks serving on http://{config.host}:{config.port} (docs at /schema)", file=sys.stderr)
     server.run()
     if system.abandoned:

@@ -14,14 +14,32 @@ cd "$(dirname "$0")/.."
 # System packages: curl (DEMO_GUIDE examples run as written), Debian's headless Chromium
 # (browser tests; Playwright drives it, it never downloads a browser) and
 # redis-server (the Redis backend's tests start their own, without persistence).
+# Installed without asking as root, in CI (CI set, as CI sets it) or with INSTALL_SYSTEM_PACKAGES=1;
+# otherwise asked for on a terminal, or the one command to run is printed and the
+# script stops: it never runs sudo on a developer's machine unasked.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v chromium-headless-shell >/dev/null || missing+=(chromium-headless-shell)
 command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo "; fi
+    command="${sudo}apt-get update && ${sudo}apt-get install -y ${missing[*]}"
+    case "${CI:-}" in "" | false | 0) ci="" ;; *) ci=1 ;; esac
+    if [ "$(id -u)" = 0 ] || [ -n "$ci" ] || [ "${INSTALL_SYSTEM_PACKAGES:-}" = 1 ]; then
+        answer=y
+    elif [ -t 0 ] && [ -t 1 ]; then
+        read -r -p "The tests need ${missing[*]}. Install now ($command)? [y/N] " answer || answer=n
+    else
+        answer=n
+    fi
+    if [ "$answer" != y ] && [ "$answer" != Y ]; then
+        echo "scripts/test.sh: the tests need ${missing[*]}; install them with:" >&2
+        echo "    $command" >&2
+        echo "(or run again with INSTALL_SYSTEM_PACKAGES=1)" >&2
+        exit 1
+    fi
+    ${sudo}apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${sudo}apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The venv is (re)installed only when pyproject.toml changed since the last install.
@@ -41,8 +59,7 @@ unset PYTHONDONTWRITEBYTECODE
 
 ruff check .
 ruff format --check .
-python scripts/doc_examples.py build/doc-examples >/dev/null
-mypy async_tasks executors demos tests build/doc-examples
+bash scripts/typecheck.sh
 
 workers=$(($(nproc) + 1))
 if [ "${1:-}" = "--fast" ]; then

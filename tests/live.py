@@ -26,8 +26,7 @@ from litestar import Litestar
 
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import SECRET, TEST_EXECUTORS
 
 #: The project's root: server processes start there (as the docs' commands do).
 ROOT = Path(__file__).resolve().parent.parent

@@ -359,3 +359,16 @@ async def test_history_keeps_the_error_of_a_failed_attempt(make_app: Any) -> Non
             (1, "RuntimeError: attempt 1 failed on purpose", "attempt failed")
         ]
         assert all("error" not in entry for entry in history if entry["status"] != "failed")
+
+
+async def test_an_offset_past_the_bound_is_a_sentence_and_the_bound_an_empty_page(
+    session_client: httpx.AsyncClient,
+) -> None:
+    """?offset= takes at most a billion: above, a 400 that says so (not a 500 from the
+    store's paging); at the bound, an empty page of a session that has tasks."""
+    await session_client.post(f"{API}/tasks", json={"executor": "script"})
+    page = await session_client.get(f"{API}/tasks", params={"offset": 1_000_000_000})
+    assert page.status_code == 200 and page.json()["tasks"] == [] and page.json()["total"] == 1
+    for offset in ("1000000001", str(2**63), "99999999999999999999"):
+        error = assert_error(await session_client.get(f"{API}/tasks?offset={offset}"), 400, "invalid_params")
+        assert error["error"]["message"] == f"offset must be at most 1000000000 (got '{offset}')."

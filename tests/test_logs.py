@@ -17,8 +17,7 @@ from async_tasks.logs import ContextFilter, JsonFormatter, TextFormatter
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import wait_for
+from tests.helpers import SECRET, wait_for
 
 API = "/api/v1"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

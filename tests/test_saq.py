@@ -19,8 +19,7 @@ from async_tasks.store.redis import RedisTaskStore
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task, TaskStatus
 from async_tasks.testing import wait_for
-from tests.conftest import SECRET
-from tests.helpers import BlockingExecutor, ScriptExecutor
+from tests.helpers import SECRET, BlockingExecutor, ScriptExecutor
 
 SESSION = "s"
 

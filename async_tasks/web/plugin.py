@@ -32,7 +32,7 @@ from async_tasks.system import TaskSystem
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
-from async_tasks.web.api.openapi import with_session_security
+from async_tasks.web.api.openapi import BoundaryResponses, with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
 from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import task_controller
@@ -160,6 +160,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
                 addresses=system.server_addresses,
             )
         )
+        app_config.plugins.append(BoundaryResponses(self.path or "/"))  # ...and their errors, documented
         if app_config.cors_config is None:
             app_config.cors_config = cors_config(self.settings)
         # The session (health probes and scrapes need none) and the request id.

@@ -423,6 +423,40 @@ class BoundaryMiddleware(ASGIMiddleware):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """The line to log when the server listens beyond this machine (HOST=0.0.0.0, a LAN
+    address) with no API_KEYS: anyone who reaches it can use the API, and sessions only
+    keep callers apart. None on a loopback address or with API keys."""
+    if settings.api_key_list:
+        return None
+    name = host.strip().strip("[]").lower()
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):
+            return None
+    return (
+        f"Listening on {host} (reachable from other machines) without API_KEYS: anyone who can reach it can "
+        "use the API. Set API_KEYS (DEMO_GUIDE.md, 'On a shared network'), or HOST=127.0.0.1 to stay local"
+    )
+
+
+def boundary_errors(path: str, method: str, api_path: str) -> dict[int, str]:
+    """The errors `BoundaryMiddleware` may answer to `method` `path` before any handler
+    runs, as status -> what it means: what the OpenAPI document declares for each
+    operation (`async_tasks.web.api.openapi.BoundaryResponses`)."""
+    errors = {400: "`invalid_host`: the Host header is not one this server answers to (ALLOWED_HOSTS)."}
+    if path.startswith(api_path.rstrip("/")) or path == ROOT_SOCKET_PATH:
+        errors[401] = "`unauthorized`: the server has API_KEYS and the request carries none of them."
+        if method not in _SAFE_METHODS:
+            errors[403] = "`forbidden_origin`: sent by a page of another origin that is not in CORS_ALLOW_ORIGINS."
+            errors[415] = "`unsupported_media_type`: a request body that is not JSON."
+    elif path == "/metrics":
+        errors[401] = "`unauthorized`: the server has a METRICS_TOKEN and the request does not carry it."
+    return errors
+
+
 async def refuse_websocket(
     scope: Scope, receive: Receive, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:

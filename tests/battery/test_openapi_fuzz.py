@@ -29,8 +29,7 @@ import executors._outbound as outbound
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from executors.api_call import ApiCallExecutor, ApiCallFailed
-from tests.conftest import SECRET, TEST_HOST
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import SECRET, TEST_EXECUTORS, TEST_HOST
 
 MAX_EXAMPLES = int(os.environ.get("BATTERY_EXAMPLES", "5"))
 

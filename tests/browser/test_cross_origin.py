@@ -21,8 +21,7 @@ from litestar import Litestar
 
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import TEST_EXECUTORS, memory_store_of
+from tests.helpers import SECRET, TEST_EXECUTORS, memory_store_of
 from tests.live import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

@@ -161,7 +161,7 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     tags=["streams"],
     media_type="text/event-stream",
     responses={
-        **responses(400, 401, 404, 429),
+        **responses(400, 401, 404, 429, 503),
         204: ResponseSpec(data_container=None, description="The task is finished and the client has its final state"),
     },
     summary="Stream one task's events until it finishes",
@@ -193,7 +193,7 @@ async def task_events(
     "/tasks/events",
     tags=["streams"],
     media_type="text/event-stream",
-    responses=responses(401, 429),
+    responses=responses(401, 429, 503),
     summary="Stream all the session's task events",
     description=(
         "Starts with a `snapshot` of every task of the session, then its events live; stays "
