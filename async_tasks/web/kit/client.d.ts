@@ -178,7 +178,12 @@ export function connect(options?: ConnectOptions): Client;
  * Follow the task a share link names (the link from `share`, or `/share/<token>`), with no
  * session: the event stream, else polling.
  */
-export function watchShared(link: string, onUpdate: (task: TaskUpdate) => void, options?: WatchOptions): () => void;
+export function watchShared(link: string, onUpdate: (task: TaskUpdate) => void, options?: SharedWatchOptions): () => void;
+
+export interface SharedWatchOptions extends WatchOptions {
+  /** Where the API is mounted (default "/api/v1"). */
+  apiPath?: string;
+}
 
 /** What the server refused, with the contract's error code and message. */
 export class ApiError extends Error {

@@ -206,7 +206,7 @@ export function connect(options = {}) {
 /**
  * @param {string} link
  * @param {(task: TaskUpdate) => void} onUpdate
- * @param {WatchOptions & { apiPath?: string }} [options]
+ * @param {import("./client").SharedWatchOptions} [options]
  */
 export function watchShared(link, onUpdate, options = {}) {
   const at = link.lastIndexOf("/share/");
