@@ -415,8 +415,8 @@ COVERED = """() => {
   const messages = [...document.querySelectorAll(".toast")].map((node) => node.getBoundingClientRect());
   const controls = [...document.querySelectorAll("button, a, input, select, textarea, .bar")]
     .filter((node) => !node.closest(".toast") && node.offsetParent !== null);
-  return messages.length === 0 ? null : controls.filter((node) => messages.some((m) => overlap(m, node.getBoundingClientRect())))
-    .map((node) => node.outerHTML.slice(0, 80));
+  const covered = (node) => messages.some((m) => overlap(m, node.getBoundingClientRect()));
+  return messages.length === 0 ? null : controls.filter(covered).map((node) => node.outerHTML.slice(0, 80));
 }"""
 
 

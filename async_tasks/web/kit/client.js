@@ -39,6 +39,7 @@
 
 const DEFAULT_API_PATH = "/api/v1";
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const STATUSES = new Set(["pending", "running", ...TERMINAL]);
 const ALL_TRANSPORTS = /** @type {Transport[]} */ (["sse", "websocket", "polling"]);
 /** Log lines kept per watched task (the oldest go first). */
 const MAX_LOG_LINES = 500;
@@ -237,6 +238,17 @@ function settled(task) {
   return Boolean(task.deadLettered) || !(Number(task.autoRetries) < Number(task.maxRetries));
 }
 
+/**
+ * A copy of a watched state for a callback (which may keep or change it).
+ * @param {TaskUpdate} task
+ * @returns {TaskUpdate}
+ */
+function copy(task) {
+  const copied = { ...task };
+  if (task.logs) copied.logs = [...task.logs];
+  return copied;
+}
+
 /** @param {string} text */
 function parse(text) {
   try {
@@ -282,7 +294,7 @@ function follow(source, taskId, onUpdate, options) {
   const finish = (reason) => {
     if (stopped) return;
     stop();
-    options.onEnd?.(current ? { ...current } : null, reason);
+    options.onEnd?.(current && copy(current), reason);
   };
   /** @param {unknown} error */
   const fail = (error) => {
@@ -296,7 +308,7 @@ function follow(source, taskId, onUpdate, options) {
   function accept(data) {
     const dataId = data.taskId ?? data.id;
     if (id === null && typeof dataId === "string") id = dataId;
-    if (stopped || dataId !== id || typeof data.status !== "string") return;
+    if (stopped || dataId !== id || !STATUSES.has(data.status)) return;
     const attempt = Number(data.attempt ?? data.attempts ?? 0);
     const at = Number(data.at ?? data.updatedAt ?? 0);
     const progress = Number(data.progress ?? 0);
@@ -307,7 +319,7 @@ function follow(source, taskId, onUpdate, options) {
       id: /** @type {string} */ (id),
       name: data.name ?? current?.name ?? null,
       executor: data.executor || current?.executor || null,
-      status: data.status,
+      status: /** @type {TaskStatus} */ (data.status),
       progress,
       currentStep: data.currentStep ?? null,
       currentStepDescription: data.currentStepDescription ?? null,
@@ -323,7 +335,7 @@ function follow(source, taskId, onUpdate, options) {
     if (key === fingerprint) return; // the same state again (a reconnect's snapshot)
     fingerprint = key;
     current = next;
-    onUpdate({ ...next, logs: next.logs && [...next.logs] });
+    onUpdate(copy(next));
   }
 
   /** A `log` event: its line(s) join the task's logs. */
@@ -335,7 +347,7 @@ function follow(source, taskId, onUpdate, options) {
       .map((line) => ({ at: Number(line.at ?? Date.now()), message: line.message }));
     if (!lines.length) return;
     current = { ...current, logs: [...(current.logs ?? []), ...lines].slice(-MAX_LOG_LINES) };
-    onUpdate({ ...current, logs: [...(current.logs ?? [])] });
+    onUpdate(copy(current));
   }
 
   /**
@@ -366,7 +378,7 @@ function follow(source, taskId, onUpdate, options) {
       openNext();
       return;
     }
-    timer = setTimeout(() => open(transports[index]), opened ? 100 : 500 * failures);
+    timer = setTimeout(() => open(transports[index]), opened ? 100 : 250 * failures);
   }
 
   function openNext() {
