@@ -290,13 +290,11 @@ CLIENT_FLOW = """async ({api, executor, params, transports}) => {
     client.watch(task.id, (update) => updates.push(update), {
       transports,
       onTransport: (name) => used.push(name),
-      onEnd: (last, reason) => resolve({ last, reason }),
+      onEnd: (last, reason) => resolve({ last, reason, delivered: updates.length }),
       onError: (error) => reject(new Error(`${error.code}: ${error.message}`)),
     });
     setTimeout(() => reject(new Error(`no end: ${JSON.stringify(updates)}`)), 15000);
   });
-  // Nothing arrives after the end.
-  await new Promise((resolve) => setTimeout(resolve, 300));
   const listed = await client.list();
   return { taskId: task.id, updates, used, ended, listed: listed.tasks.map((t) => t.id), token: client.token };
 }"""
@@ -319,6 +317,7 @@ def assert_each_update_once(outcome: dict[str, Any]) -> None:
     assert progress == sorted(progress), progress
     assert updates[-1]["status"] == "completed" and updates[-1]["progress"] == 100
     assert outcome["ended"]["reason"] == "completed" and outcome["ended"]["last"] == updates[-1]
+    assert outcome["ended"]["delivered"] == len(updates)  # nothing after the end
 
 
 def test_a_page_imports_the_client_and_follows_a_task_through_a_dropped_connection(
