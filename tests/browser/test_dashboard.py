@@ -507,3 +507,19 @@ def test_with_api_keys_the_dashboard_asks_for_the_key_once(browser: Browser) -> 
         finally:
             context.close()
         assert problems == [], f"Problems on the page: {problems}"
+
+
+def test_the_indicator_says_live_only_while_requests_work(page: Page, live_server: str) -> None:
+    """Without the event stream the page polls; when the list fails it says so (the server's
+    message), and "live" again once it works."""
+    page.route("**/tasks/events*", lambda route: route.abort())
+    open_dashboard(page, live_server)
+    live = page.locator("#live")
+    expect(live).to_have_attribute("data-mode", "polling")
+    expect(live).to_contain_text("live · polling")
+    body = '{"success": false, "error": {"code": "store_unavailable", "message": "Redis is not answering."}}'
+    page.route("**/api/v1/tasks?*", lambda route: route.fulfill(status=503, content_type="application/json", body=body))
+    expect(live).to_have_attribute("data-mode", "failing")
+    expect(live).to_have_text("not updating: Redis is not answering.")
+    page.unroute("**/api/v1/tasks?*")
+    expect(live).to_have_attribute("data-mode", "polling")
