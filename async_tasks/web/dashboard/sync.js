@@ -287,7 +287,7 @@ export async function loop() {
   } finally {
     loopRunning = false;
     const delay = live.dirty || live.statsDirty ? 150 : live.streaming ? 1000 : POLL_MS;
-    if (wakeTimer === null) wakeTimer = setTimeout(loop, failed ? 2000 : delay);
+    if (wakeTimer === null) wakeTimer = setTimeout(loop, failed ? 1000 : delay);
   }
 }
 

@@ -175,7 +175,8 @@ export function connect(options = {}) {
     async list(filter = {}) {
       const query = new URLSearchParams();
       for (const [key, value] of Object.entries(filter)) if (value !== undefined) query.set(key, String(value));
-      const answer = await request("GET", `/tasks${query.size ? `?${query}` : ""}`);
+      const search = query.toString();
+      const answer = await request("GET", `/tasks${search ? `?${search}` : ""}`);
       return { tasks: answer.tasks, count: answer.count, total: answer.total };
     },
     async cancel(id) {
