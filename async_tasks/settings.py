@@ -77,6 +77,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     metrics_token: str | None = None
     #: Seconds a stream ticket (for EventSource/WebSocket with a token session) stays valid.
     stream_ticket_ttl: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 60
+    #: Seconds a share link (POST /tasks/{id}/share: one task, read-only) stays valid.
+    share_link_ttl: Annotated[int, msgspec.Meta(ge=10, le=86_400)] = 600
     # Execution policies: global bounds and defaults.
     max_concurrent_tasks: Positive = 1000
     max_concurrent_tasks_per_session: Positive = 100

@@ -44,6 +44,7 @@ SPLIT_TESTS = {
     "tests/browser/test_dashboard.py::test_a_second_window_holds_its_own_session": "browser-dashboard-2",
     "tests/browser/test_dashboard.py::test_every_executor_gets_a_form_from_its_schema": "browser-dashboard-2",
     "tests/browser/test_dashboard.py::test_stats_and_cleanup_panels": "browser-dashboard-2",
+    "tests/browser/test_dashboard.py::test_the_indicator_says_live_only_while_requests_work": "browser-dashboard-2",
 }
 
 

@@ -123,6 +123,21 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient, app: Litestar) 
     assert by_executor["tasks"] == [] and by_executor["total"] == 0
 
 
+async def test_a_list_item_carries_what_a_card_shows(client: httpx.AsyncClient, app: Litestar) -> None:
+    """The contract's summary fields first, then the step description, the error, attempts and
+    the retry state: a page polling the list needs no request per task."""
+    body = {"executor": "script", "start": True, "params": {"fail": "out of paper"}, "maxRetries": 0}
+    task_id = (await client.post(f"{API}/tasks", json=body)).json()["task"]["id"]
+    await wait_for(app, task_id, "failed")
+    (item,) = (await client.get(f"{API}/tasks")).json()["tasks"]
+    assert list(item)[:7] == ["id", "name", "executor", "status", "progress", "createdAt", "completedAt"]
+    whole = (await client.get(f"{API}/tasks/{task_id}")).json()["task"]
+    for field in ("currentStep", "currentStepDescription", "error", "attempts", "startedAt", "updatedAt",
+                  "maxRetries", "autoRetries", "deadLettered"):  # fmt: skip
+        assert item[field] == whole[field], field
+    assert item["error"] and "out of paper" in item["error"] and item["attempts"] == 1
+
+
 async def test_stats_count_by_status(client: httpx.AsyncClient, app: Litestar) -> None:
     done = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
     await wait_for(app, done["id"], "completed")

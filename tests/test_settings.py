@@ -82,6 +82,8 @@ def test_serve_stops_with_one_line_naming_the_variable() -> None:
         ("PENDING_TASK_TTL_MS", "-1"),
         ("MAX_STREAMS_PER_SESSION", "0"),
         ("STREAM_TICKET_TTL", "1"),
+        ("SHARE_LINK_TTL", "5"),
+        ("SHARE_LINK_TTL", "forever"),
         ("ALLOWED_HOSTS", "example.com:8080"),
         ("CORS_ALLOW_ORIGINS", "*"),
         ("FORWARDED_ALLOW_IPS", "proxy.local"),

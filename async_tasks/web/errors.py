@@ -26,8 +26,22 @@ class ExecutorNotFound(errors.UnknownExecutor):
     """An unknown executor named in the URL (404 rather than 400)."""
 
 
+class ShareLinkRefused(errors.TaskSystemError):
+    """A share token that is forged, changed or expired (401)."""
+
+    code = "invalid_share_link"
+
+    def __init__(self, *, expired: bool) -> None:
+        if expired:
+            super().__init__("This share link has expired: ask whoever sent it for a new one.")
+            self.code = "share_link_expired"
+        else:
+            super().__init__("This share link is not valid: check that it was copied whole.")
+
+
 STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.TaskNotFound: 404,
+    ShareLinkRefused: 401,
     ExecutorNotFound: 404,
     errors.UnknownExecutor: 400,
     errors.InvalidParams: 400,

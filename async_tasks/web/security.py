@@ -32,6 +32,8 @@ WebSocket requests, with everything it compares computed once at start-up:
 * **Stream tickets.** ``EventSource`` and browser WebSockets cannot send headers: a
   stream route accepts ``?ticket=`` (from ``POST /session/ticket``, valid
   STREAM_TICKET_TTL seconds) in place of the session token and the API key.
+* **Share links.** ``GET <api>/shared/{token}`` and its ``/events`` need no API key:
+  the share token in the path is checked by the route and reads one task only.
 * **Secure cookies.** A request over TLS (directly, or behind a trusted proxy that
   says so) gets its cookies marked ``Secure``.
 * It records each local address requests arrive on (`ServerAddresses`), so
@@ -160,6 +162,8 @@ class BoundaryMiddleware(ASGIMiddleware):
         self.addresses = addresses
         self.api_prefix = api_path.rstrip("/")
         self.stream_socket = self.api_prefix + "/ws"
+        #: The routes a share token opens (`async_tasks.web.api.share`): the token is their credential.
+        self.shared_prefix = self.api_prefix + "/shared/"
         self.trust_proxy = settings.trust_proxy_headers
         self.proxies = settings.forwarded_networks
         self.any_host = "*" in settings.allowed_host_names
@@ -276,7 +280,8 @@ class BoundaryMiddleware(ASGIMiddleware):
                     f"get a new one with POST {self.api_prefix}/session/ticket.",
                 )
             ticketed = True
-        if self.api_keys and not ticketed and not self._key_allowed(authorization, api_key):
+        shared = not state_changing and path.startswith(self.shared_prefix)
+        if self.api_keys and not ticketed and not shared and not self._key_allowed(authorization, api_key):
             return (
                 401,
                 "unauthorized",

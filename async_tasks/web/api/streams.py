@@ -46,6 +46,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1001_GOING_AWAY
 from async_tasks.errors import QuotaExceeded
 from async_tasks.events import EventType
 from async_tasks.system import TaskSystem
+from async_tasks.task import Task
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
 from async_tasks.web.security import error_body, refuse_websocket
@@ -182,11 +183,17 @@ async def task_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     task = await task_system.get_task(session_key, task_id)  # 404 before any streaming
+    return await task_event_stream(task_streams, task, last_event_id)
+
+
+async def task_event_stream(bridge: StreamBridge, task: Task, last_event_id: str | None) -> Response[None] | Stream:
+    """The SSE answer following `task` (found beforehand): its events until it settles,
+    then `end`; or 204 for a reconnect whose `Last-Event-ID` names its final state."""
     seen = parse_state_id(last_event_id)
     if seen is not None and task.is_terminal and seen >= (task.attempts, task.updated_at):
         # A reconnect after the end: the client has the final state. 204 stops EventSource.
         return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return await _task_sse(task_streams.task_stream(task.session_key, task.id), task.id, task_streams)
+    return await _task_sse(bridge.task_stream(task.session_key, task.id), task.id, bridge)
 
 
 @get(
