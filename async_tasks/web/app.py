@@ -14,6 +14,7 @@ from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.logs import logging_dict
 from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
 from async_tasks.web.api.dashboard import dashboard_route_handlers
 from async_tasks.web.api.openapi import StrictStructSchemaPlugin
 from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
@@ -31,17 +32,19 @@ def create_app(
     load_entry_points: bool = True,
     clock: Clock = SYSTEM_CLOCK,
     route_handlers: Iterable[Any] = (),
+    system: TaskSystem | None = None,
 ) -> Litestar:
     """The standalone server: the task system under ``/api/v1``, docs under ``/schema``,
     the live dashboard at ``/`` (assets under ``/dashboard``), and the security headers
     (CSP, frame and sniffing protection, no referrer) on every response.
 
     Settings come from the environment unless given; `executors` are registered
-    beside the installed ones (entry points).
+    beside the installed ones (entry points). With `system`, the app serves that engine
+    (built beforehand) and the arguments before it are unused.
     """
-    settings = settings or Settings.from_env(environ)
+    settings = system.settings if system is not None else settings or Settings.from_env(environ)
     plugin = AsyncTasksPlugin(
-        executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
+        executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock, system=system
     )
     return Litestar(
         route_handlers=[*dashboard_route_handlers(), *route_handlers],
