@@ -29,6 +29,7 @@ from async_tasks.executor import TaskExecutor
 from async_tasks.metrics import TaskMetrics
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.admin import admin_router
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
@@ -129,6 +130,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         ]
         handlers += [demo_route(type(executor), self.system) for executor in self.system.executors]
         handlers.append(stream_router(self.streams))
+        if self.settings.admin_keys:
+            handlers.append(admin_router(self.system))
         return Router(
             path=self.path or "/",
             route_handlers=handlers,
@@ -141,7 +144,9 @@ class AsyncTasksPlugin(InitPluginProtocol):
         if self.path:  # the session socket at the root too, beside the API's own
             app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie
-            app_config.openapi_config = with_session_security(app_config.openapi_config)
+            app_config.openapi_config = with_session_security(
+                app_config.openapi_config, admin=bool(self.settings.admin_keys)
+            )
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))
