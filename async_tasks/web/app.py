@@ -62,8 +62,18 @@ def create_app(
     )
 
 
-def logging_config(settings: Settings) -> LoggingConfig:
-    """Our log format (`async_tasks.logs`) through Litestar's queue-listener handler."""
+def logging_config(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None) -> LoggingConfig:
+    """Our logs (`async_tasks.logs`) as Litestar's logging config, through its queue-listener
+    handler: the LOG_FORMAT and LOG_LEVEL format, ``[request_id=...]`` on each line written
+    for a request, no client addresses, and uvicorn's access log off. `create_app` uses it;
+    an app of your own with `AsyncTasksPlugin` gets the same in one line::
+
+        Litestar(..., plugins=[AsyncTasksPlugin(...)], logging_config=logging_config())
+
+    Settings come from the environment (`environ`) unless given. (It configures the
+    process's logging when the app is built, root logger included, as any Litestar
+    logging config does.)"""
+    settings = settings or Settings.from_env(environ)
     schema = logging_dict(
         settings, handler={"class": "litestar.logging.standard.QueueListenerHandler"}, handler_name="queue_listener"
     )

@@ -154,7 +154,13 @@ class AsyncTasksPlugin(InitPluginProtocol):
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
-        app_config.dependencies["api_path"] = Provide(lambda: self.path, sync_to_thread=False)
+        api_path = self.path
+
+        def provide_api_path(scope: Scope) -> str:
+            """The API's path as clients reach it: under the mount of a host app (``root_path``) too."""
+            return str(scope.get("root_path", "")) + api_path
+
+        app_config.dependencies["api_path"] = Provide(provide_api_path, sync_to_thread=False)
         # Hosts, origins, JSON bodies, API keys and proxy headers: checked before a
         # session is resolved or a body read (see `async_tasks.web.security`).
         app_config.middleware.append(
