@@ -22,6 +22,7 @@ WHOLE_MODULES = {
     "tests/browser/test_dashboard.py": "browser-dashboard",
     "tests/browser/test_clients.py": "browser-clients",
     "tests/browser/test_cross_origin.py": "browser-clients",
+    "tests/browser/test_admin_page.py": "browser-clients",
     # The guide's two server processes, started once for its curl and Python examples.
     "tests/test_demo_guide.py": "demo-guide",
     # redis-server, two API servers and a worker, started once.

@@ -15,6 +15,7 @@ from async_tasks.executor import TaskExecutor
 from async_tasks.logs import logging_dict
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.admin_page import admin_page
 from async_tasks.web.api.dashboard import dashboard_route_handlers
 from async_tasks.web.api.openapi import StrictStructSchemaPlugin
 from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
@@ -35,7 +36,8 @@ def create_app(
     system: TaskSystem | None = None,
 ) -> Litestar:
     """The standalone server: the task system under ``/api/v1``, docs under ``/schema``,
-    the live dashboard at ``/`` (assets under ``/dashboard``), and the security headers
+    the live dashboard at ``/`` (assets under ``/dashboard``), the admin page at ``/admin``
+    (with ADMIN_API_KEYS), and the security headers
     (CSP, frame and sniffing protection, no referrer) on every response.
 
     Settings come from the environment unless given; `executors` are registered
@@ -46,8 +48,9 @@ def create_app(
     plugin = AsyncTasksPlugin(
         executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock, system=system
     )
+    pages = [*dashboard_route_handlers(), *([admin_page] if settings.admin_keys else [])]
     return Litestar(
-        route_handlers=[*dashboard_route_handlers(), *route_handlers],
+        route_handlers=[*pages, *route_handlers],
         plugins=[plugin, StrictStructSchemaPlugin(), *opentelemetry_plugins(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[security_headers],
