@@ -1,7 +1,9 @@
 """The ``async-tasks`` command.
 
 ``async-tasks serve`` runs the server with uvicorn, honouring HOST, PORT and every
-other setting; a bad setting stops it with one line naming the variable. With a
+other setting; a bad setting stops it with one line naming the variable. ``--app
+module:attribute`` (serve and worker) adds executors defined in code, or serves a
+`TaskSystem` or an app of one (`async_tasks.loading`). With a
 Redis backend (``--backend redis://...``), ``async-tasks worker`` runs the tasks.
 
 The other commands talk to a running server (``--url``, before or after the
@@ -40,7 +42,12 @@ def serve(args: argparse.Namespace) -> int:
     from async_tasks.server import serve as serve_app
 
     return serve_app(
-        host=args.host, port=args.port, backend=args.backend, with_worker=args.with_worker, concurrency=args.concurrency
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        with_worker=args.with_worker,
+        concurrency=args.concurrency,
+        app=args.app,
     )
 
 
@@ -540,6 +547,10 @@ EPILOG = (
     "Run async-tasks COMMAND --help for a command's options."
 )
 URL_HELP = f"the server (default: ${URL_ENV} or {DEFAULT_URL})"
+APP_HELP = (
+    "executors defined in code, imported from the current directory (as uvicorn does): an executor class "
+    "or a list of them, a TaskSystem, a Litestar app with AsyncTasksPlugin, or a function returning one"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -555,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-worker", action="store_true", help="also run tasks in this process (Redis backend: a one-box setup)"
     )
     serve_cmd.add_argument("--concurrency", type=int, help="with --with-worker: tasks at once (default 10)")
+    serve_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
     serve_cmd.set_defaults(func=serve)
     worker_cmd = commands.add_parser(
         "worker",
@@ -565,11 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.add_argument(
         "--concurrency", type=int, help="tasks at once in this worker (default: $WORKER_CONCURRENCY or 10)"
     )
-    worker_cmd.add_argument(
-        "--app",
-        metavar="MODULE:ATTRIBUTE",
-        help="executors registered in code: an executor class or list, a TaskSystem, a Litestar app or a factory",
-    )
+    worker_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
     worker_cmd.set_defaults(func=worker)
     _add_client_commands(commands)
     return parser

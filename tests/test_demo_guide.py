@@ -47,6 +47,8 @@ def servers() -> Iterator[tuple[int, int]]:
         "SECRET_KEY": "demo-guide-secret-0123456789",
         "API_CALL_ALLOW_HOSTS": allow[1].replace(":3001", f":{integration_port}"),
         "TASK_CREATE_RATE": "0",
+        # The admin section's key (its curl examples run against the quick start's server).
+        "ADMIN_API_KEYS": "ops:demo-admin-key-0123456789",
     }
     main = start_server_process(
         [sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port
@@ -104,6 +106,10 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
         "/executors",
         "-X DELETE",
         "files/process",
+        "admin/tasks",
+        "admin/tasks/retry",
+        "admin/workers",
+        "admin/queues",
     ]:
         assert path in text, path
 

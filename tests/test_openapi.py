@@ -10,11 +10,13 @@ from tests.helpers import build_app
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
 SAFE = {"get", "head", "options"}
+ADMIN_KEY = "ops:admin-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def operations() -> list[tuple[str, str, dict[str, Any]]]:
-    document = build_app().openapi_schema.to_schema()
+    # With ADMIN_API_KEYS, so the admin API's operations are in the document too.
+    document = build_app(admin_api_keys=ADMIN_KEY).openapi_schema.to_schema()
     found = [
         (method, path, operation)
         for path, item in document["paths"].items()
@@ -60,3 +62,17 @@ def test_operations_that_read_the_store_declare_its_unavailability(
     for method, path, operation in operations:
         if path.startswith(("/api/v1/tasks", "/api/v1/demo/")) and path != "/api/v1/tasks/cleanup/status":
             assert "503" in operation["responses"], f"{method} {path}"
+
+
+def test_admin_operations_declare_the_admin_keys_refusal_and_a_backend_without_them(
+    operations: list[tuple[str, str, dict[str, Any]]],
+) -> None:
+    """The admin API's 401 names ADMIN_API_KEYS (not API_KEYS, which do not open it), and
+    each admin operation declares the 501 of a backend that has no admin view yet."""
+    admin = [(method, path, operation) for method, path, operation in operations if path.startswith("/api/v1/admin/")]
+    assert len(admin) >= 7
+    for method, path, operation in admin:
+        responses = operation["responses"]
+        assert "ADMIN_API_KEYS" in responses["401"]["description"], f"{method} {path}"
+        assert "501" in responses, f"{method} {path}"
+        assert operation["security"] == [{"adminKey": []}], f"{method} {path}"

@@ -93,6 +93,18 @@ class ExecutionBackend(Protocol):
         and wait up to `grace` seconds; returns the tasks that did not stop."""
         ...
 
+    # -- the admin view (`async_tasks.admin`) ------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live processes that run attempts, with what they run (on one process: itself)."""
+        ...
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        """`load` by executor name, across every process of the backend: attempts
+        running and tasks waiting for a slot (or a worker). Every registered executor is
+        present, with zeros when idle."""
+        ...
+
 
 def log_fields(task: Task, **fields: Any) -> dict[str, Any]:
     """``extra=`` for a task's log line: JSON logs show these fields (see `async_tasks.logs`)."""
@@ -181,3 +193,22 @@ def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A process that runs attempts, as the admin view shows it."""
+
+    #: Unique while it lives: ``<host>:<pid>`` and, for a worker, a random suffix.
+    id: str
+    host: str
+    pid: int
+    #: The executors it runs.
+    executors: list[str]
+    #: Attempts running there now, and how many it may run at once.
+    running: int
+    concurrency: int
+    #: When it started (epoch ms).
+    started_at: int
+    #: How long ago it last renewed its lease (ms); None for the process serving the
+    #: request (the memory backend: it needs no lease).
+    lease_age_ms: int | None = None

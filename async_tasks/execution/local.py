@@ -23,7 +23,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +37,7 @@ import anyio.to_thread
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, log_fields, run_attempt
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo, log_fields, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
@@ -463,3 +466,35 @@ class LocalExecution:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(attempt.task, duration)
+
+    # -- the admin view -------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """This process: it runs every registered executor, with MAX_CONCURRENT_TASKS slots."""
+        host = socket.gethostname()
+        return [
+            WorkerInfo(
+                id=f"{host}:{os.getpid()}",
+                host=host,
+                pid=os.getpid(),
+                executors=self.executors.names(),
+                running=len(self.running),
+                concurrency=self.settings.max_concurrent_tasks,
+                started_at=_PROCESS_STARTED_MS,
+            )
+        ]
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        """Counted from the running attempts and the queue (O(running + queued)); a task
+        waiting out a retry's backoff counts as queued."""
+        loads = {name: ExecutionLoad(running=0, queued=0) for name in self.executors.names()}
+        for attempt in list(self.running.values()):
+            loads.setdefault(attempt.task.executor, ExecutionLoad(running=0, queued=0)).running += 1
+        waiting = [entry[2] for entry in self._queued.values()] + [task for _, task in self._backoff.values()]
+        for task in waiting:
+            loads.setdefault(task.executor, ExecutionLoad(running=0, queued=0)).queued += 1
+        return loads
+
+
+#: When this process started, as far as the admin view tells (the module's import).
+_PROCESS_STARTED_MS = int(time.time() * 1000)

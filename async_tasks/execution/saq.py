@@ -65,7 +65,7 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, SettingsError, ShuttingDown, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, log_fields, run_attempt
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo, log_fields, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
@@ -967,6 +967,20 @@ class SaqExecution:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(attempt.task, duration)
+
+    # -- the admin view: not written for Redis yet ------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        raise NotImplementedError(
+            "The list of workers (the admin view) is not available on the Redis backend yet; "
+            "it works with TASK_BACKEND=memory"
+        )
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        raise NotImplementedError(
+            "Queue depth by executor (the admin view) is not available on the Redis backend yet; "
+            "it works with TASK_BACKEND=memory"
+        )
 
 
 async def _quietly(closing: Awaitable[Any]) -> None:

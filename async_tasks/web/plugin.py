@@ -31,6 +31,7 @@ from async_tasks.metrics import TaskMetrics
 from async_tasks.sessions import ShareTokens
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.admin import admin_router
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
@@ -136,6 +137,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         handlers += [demo_route(type(executor), self.system) for executor in self.system.executors]
         handlers.append(stream_router(self.streams))
         handlers.append(share_router(self.streams, self.share_tokens))
+        if self.settings.admin_keys:
+            handlers.append(admin_router(self.system))
         return Router(
             path=self.path or "/",
             route_handlers=handlers,
@@ -148,7 +151,9 @@ class AsyncTasksPlugin(InitPluginProtocol):
         if self.path:  # the session socket at the root too, beside the API's own
             app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie
-            app_config.openapi_config = with_session_security(app_config.openapi_config)
+            app_config.openapi_config = with_session_security(
+                app_config.openapi_config, admin=bool(self.settings.admin_keys)
+            )
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
         # The front-end kit: /client.js and its types, and the share links' page.
         app_config.route_handlers.extend([*kit_route_handlers(), share_page])
@@ -158,7 +163,13 @@ class AsyncTasksPlugin(InitPluginProtocol):
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
-        app_config.dependencies["api_path"] = Provide(lambda: self.path, sync_to_thread=False)
+        api_path = self.path
+
+        def provide_api_path(scope: Scope) -> str:
+            """The API's path as clients reach it: under the mount of a host app (``root_path``) too."""
+            return str(scope.get("root_path", "")) + api_path
+
+        app_config.dependencies["api_path"] = Provide(provide_api_path, sync_to_thread=False)
         # Hosts, origins, JSON bodies, API keys and proxy headers: checked before a
         # session is resolved or a body read (see `async_tasks.web.security`).
         app_config.middleware.append(

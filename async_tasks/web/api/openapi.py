@@ -67,16 +67,27 @@ SESSION_SECURITY: list[SecurityRequirement] = [{"sessionToken": []}, {"sessionCo
 NO_SESSION: list[SecurityRequirement] = [{}]
 
 
-def with_session_security(config: OpenAPIConfig) -> OpenAPIConfig:
-    """A copy of `config` that declares the session schemes, and makes them the default
-    (optional) security of every operation when `config` has none: the session
-    middleware reads them on every route of the app."""
+#: The admin API's key (ADMIN_API_KEYS), declared only when the admin API is on.
+ADMIN_SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "adminKey": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="One of the server's ADMIN_API_KEYS: the admin routes (`/admin/...`) need it.",
+    )
+}
+
+
+def with_session_security(config: OpenAPIConfig, *, admin: bool = False) -> OpenAPIConfig:
+    """A copy of `config` that declares the session schemes (and with `admin`, the admin
+    key's), and makes the session's the default (optional) security of every operation
+    when `config` has none: the session middleware reads them on every route of the app."""
     components = config.components if isinstance(config.components, list) else [config.components]
     # A shallow copy, not dataclasses.replace: re-running __init__ would pass the
     # deprecated fields __post_init__ filled in (and warn); Litestar's default config
     # object is shared by every app, so it is never changed in place.
     documented = copy.copy(config)
-    documented.components = [*components, Components(security_schemes=SESSION_SECURITY_SCHEMES)]
+    schemes = {**SESSION_SECURITY_SCHEMES, **(ADMIN_SECURITY_SCHEMES if admin else {})}
+    documented.components = [*components, Components(security_schemes=schemes)]
     if documented.security is None:
         documented.security = SESSION_SECURITY
     return documented

@@ -26,6 +26,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter
 from litestar.response import Stream
+from litestar.types import Scope
 
 from async_tasks import __version__
 from async_tasks.errors import RateLimited
@@ -136,13 +137,14 @@ async def shared_events(
     return await task_event_stream(task_streams, task, last_event_id)
 
 
-def render_share_page(api_base: str, token: str) -> str:
+def render_share_page(api_base: str, token: str, root: str = "") -> str:
+    """The page, its assets under `root` (the mount in a host app, see `async_tasks.web.asgi`)."""
     return (
         (KIT_DIR / "share.html")
         .read_text(encoding="utf-8")
         .replace("{{API_BASE}}", html.escape(api_base, quote=True))
         .replace("{{TOKEN}}", html.escape(token, quote=True))
-        .replace("{{ASSETS}}", KIT_PATH)
+        .replace("{{ASSETS}}", html.escape(root, quote=True) + KIT_PATH)
         .replace("{{VERSION}}", html.escape(__version__, quote=True))
     )
 
@@ -155,9 +157,9 @@ def render_share_page(api_base: str, token: str) -> str:
     cache_control=_NO_STORE,
     opt={NO_SESSION_OPT_KEY: True},
 )
-async def share_page(api_path: NamedDependency[str], token: ShareToken) -> Response[str]:
+async def share_page(scope: Scope, api_path: NamedDependency[str], token: ShareToken) -> Response[str]:
     """The share page: whether the token is good is for the page's first request to say."""
-    return Response(render_share_page(api_path, token), media_type=MediaType.HTML)
+    return Response(render_share_page(api_path, token, str(scope.get("root_path", ""))), media_type=MediaType.HTML)
 
 
 def share_router(bridge: StreamBridge, tokens: ShareTokens) -> Router:
