@@ -157,6 +157,18 @@ async def test_an_admin_offset_past_the_bound_is_a_sentence(make_app: Callable[.
             assert refused.json()["error"]["message"] == f"offset must be at most 1000000000 (got '{2**63}')."
 
 
+async def test_the_admin_page_issues_no_session(make_app: Callable[..., Litestar]) -> None:
+    """GET /admin answers the page (it asks for the key itself) without a session: even
+    where every new caller would get one, no token or cookie comes with it."""
+    app = admin_app(make_app, auto_map_session_by_ip=False)
+    async with app.lifespan(), asgi_client(app, new_address()) as browser:
+        page = await browser.get("/admin")
+        assert page.status_code == 200 and 'id="unlock"' in page.text
+        assert "x-session-token" not in page.headers and "set-cookie" not in page.headers
+        dashboard = await browser.get("/")  # the dashboard, by contrast, starts a session
+        assert "set-cookie" in dashboard.headers
+
+
 async def test_without_admin_keys_there_is_no_admin_api(make_app: Callable[..., Litestar]) -> None:
     """The admin routes do not exist unless ADMIN_API_KEYS is set."""
     app = make_app()

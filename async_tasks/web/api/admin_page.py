@@ -13,6 +13,7 @@ from litestar.types import Scope
 
 from async_tasks import __version__
 from async_tasks.web.api.dashboard import ASSETS_PATH, DASHBOARD_DIR, NO_CACHE
+from async_tasks.web.middleware import NO_SESSION_OPT_KEY
 
 
 @functools.cache
@@ -31,6 +32,13 @@ def render_admin(api_base: str, root: str = "") -> str:
     )
 
 
-@get("/admin", media_type=MediaType.HTML, include_in_schema=False, cache_control=NO_CACHE, name="admin")
+@get(
+    "/admin",
+    media_type=MediaType.HTML,
+    include_in_schema=False,
+    cache_control=NO_CACHE,
+    name="admin",
+    opt={NO_SESSION_OPT_KEY: True},  # the page holds no session's data: none is issued to it
+)
 async def admin_page(scope: Scope, api_path: NamedDependency[str]) -> Response[str]:
     return Response(render_admin(api_path, str(scope.get("root_path", ""))), media_type=MediaType.HTML)
