@@ -7,7 +7,8 @@ engine never pulls in the web framework):
 - the engine: `TaskSystem`;
 - writing executors: `TaskExecutor`, `executor`, `TaskParams`, `Progress`,
   `SyncProgress`, `Step`, `Task`, `TaskStatus`, `InvalidParams`;
-- the web door: `AsyncTasksPlugin`, `create_app`, `EXCEPTION_HANDLERS` (Litestar).
+- the web door: `AsyncTasksPlugin`, `create_app`, `EXCEPTION_HANDLERS`, `logging_config`
+  (Litestar), `TasksApp` (mounted in FastAPI, Starlette, Django).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from async_tasks.progress import Progress, Step, SyncProgress
     from async_tasks.system import TaskSystem
     from async_tasks.task import Task, TaskStatus
-    from async_tasks.web.app import create_app
+    from async_tasks.web.app import create_app, logging_config
+    from async_tasks.web.asgi import TasksApp
     from async_tasks.web.errors import EXCEPTION_HANDLERS
     from async_tasks.web.plugin import AsyncTasksPlugin
 
@@ -40,6 +42,8 @@ _LAZY = {
     "InvalidParams": "async_tasks.errors",
     "AsyncTasksPlugin": "async_tasks.web.plugin",
     "create_app": "async_tasks.web.app",
+    "logging_config": "async_tasks.web.app",
+    "TasksApp": "async_tasks.web.asgi",
     "EXCEPTION_HANDLERS": "async_tasks.web.errors",
 }
 
@@ -55,9 +59,11 @@ __all__ = [
     "TaskParams",
     "TaskStatus",
     "TaskSystem",
+    "TasksApp",
     "__version__",
     "create_app",
     "executor",
+    "logging_config",
 ]
 
 

@@ -1,7 +1,9 @@
 """The ``async-tasks`` command.
 
 ``async-tasks serve`` runs the server with uvicorn, honouring HOST, PORT and every
-other setting; a bad setting stops it with one line naming the variable. With a
+other setting; a bad setting stops it with one line naming the variable. ``--app
+module:attribute`` (serve and worker) adds executors defined in code, or serves a
+`TaskSystem` or an app of one (`async_tasks.loading`). With a
 Redis backend (``--backend redis://...``), ``async-tasks worker`` runs the tasks.
 
 The other commands talk to a running server (``--url``, before or after the
@@ -22,12 +24,11 @@ import argparse
 import functools
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from async_tasks.client.tokens import SESSION_FILE_ENV, load_session_token, save_session_token, session_file
 
 if TYPE_CHECKING:
     import httpx
@@ -41,7 +42,12 @@ def serve(args: argparse.Namespace) -> int:
     from async_tasks.server import serve as serve_app
 
     return serve_app(
-        host=args.host, port=args.port, backend=args.backend, with_worker=args.with_worker, concurrency=args.concurrency
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        with_worker=args.with_worker,
+        concurrency=args.concurrency,
+        app=args.app,
     )
 
 
@@ -55,7 +61,6 @@ def worker(args: argparse.Namespace) -> int:
 
 URL_ENV = "ASYNC_TASKS_URL"
 API_KEY_ENV = "ASYNC_TASKS_API_KEY"
-SESSION_FILE_ENV = "ASYNC_TASKS_SESSION_FILE"
 DEFAULT_URL = "http://localhost:3000"
 STATUS_STYLES = {
     "pending": "yellow",
@@ -72,53 +77,6 @@ class UsageError(Exception):
 
 def default_url() -> str:
     return os.environ.get(URL_ENV) or DEFAULT_URL
-
-
-def session_file(url: str) -> Path:
-    """Where the CLI keeps its session token for the server at `url`."""
-    override = os.environ.get(SESSION_FILE_ENV)
-    if override:
-        return Path(override).expanduser()
-    netloc = urlsplit(url).netloc or "default"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", netloc)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "async-tasks" / f"session-{safe}.json"
-
-
-def _server_key(url: str) -> str:
-    return url.rstrip("/")
-
-
-def load_session_token(url: str) -> str | None:
-    try:
-        data = json.loads(session_file(url).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    entry = data.get("sessions", {}).get(_server_key(url)) if isinstance(data, dict) else None
-    token = entry.get("token") if isinstance(entry, dict) else None
-    return token if isinstance(token, str) and token else None
-
-
-def save_session_token(url: str, token: str | None) -> None:
-    """Store (or with None, forget) the token for `url`; the file is private to the user."""
-    path = session_file(url)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    sessions = data.get("sessions") if isinstance(data, dict) else None
-    if not isinstance(sessions, dict):
-        sessions = {}
-    if token:
-        sessions[_server_key(url)] = {"token": token}
-    else:
-        sessions.pop(_server_key(url), None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump({"sessions": sessions}, out, indent=2)
-    os.replace(tmp, path)
 
 
 def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -589,6 +547,10 @@ EPILOG = (
     "Run async-tasks COMMAND --help for a command's options."
 )
 URL_HELP = f"the server (default: ${URL_ENV} or {DEFAULT_URL})"
+APP_HELP = (
+    "executors defined in code, imported from the current directory (as uvicorn does): an executor class "
+    "or a list of them, a TaskSystem, a Litestar app with AsyncTasksPlugin, or a function returning one"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -604,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-worker", action="store_true", help="also run tasks in this process (Redis backend: a one-box setup)"
     )
     serve_cmd.add_argument("--concurrency", type=int, help="with --with-worker: tasks at once (default 10)")
+    serve_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
     serve_cmd.set_defaults(func=serve)
     worker_cmd = commands.add_parser(
         "worker",
@@ -614,11 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.add_argument(
         "--concurrency", type=int, help="tasks at once in this worker (default: $WORKER_CONCURRENCY or 10)"
     )
-    worker_cmd.add_argument(
-        "--app",
-        metavar="MODULE:ATTRIBUTE",
-        help="executors registered in code: an executor class or list, a TaskSystem, a Litestar app or a factory",
-    )
+    worker_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
     worker_cmd.set_defaults(func=worker)
     _add_client_commands(commands)
     return parser

@@ -20,8 +20,6 @@ import sys
 import threading
 from typing import Any
 
-from litestar import Litestar
-
 from async_tasks.backends import backend_class
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.logs import flush_logs
@@ -39,15 +37,22 @@ def serve(
     backend: str | None = None,
     with_worker: bool = False,
     concurrency: int | None = None,
+    app: str | None = None,
 ) -> int:
-    """Build the app from the environment and serve it; 2 on a bad setting or an
-    unreachable Redis, 1 when the address cannot be listened on (the port is taken).
+    """Build the app from the environment and serve it; 2 on a bad setting, an
+    unreachable Redis or an `app` that does not load, 1 when the address cannot be
+    listened on (the port is taken).
 
     `backend` overrides TASK_BACKEND; `with_worker` runs a worker in the same process
-    (Redis backend), with `concurrency` slots (default WORKER_CONCURRENCY)."""
+    (Redis backend), with `concurrency` slots (default WORKER_CONCURRENCY). `app`
+    (``module:attribute``, see `async_tasks.loading`) names executors, a `TaskSystem`,
+    an app or a factory of one, imported from the current directory."""
     from async_tasks.web.app import create_app
 
     environ = environment(backend=backend, with_worker=with_worker, concurrency=concurrency)
+    if app is not None:
+        # The user's factory reads the process environment: it sees the command line's overrides too.
+        os.environ.update(environ)
     try:
         settings = Settings.from_env(environ)
         chosen = backend_class(settings)
@@ -67,20 +72,43 @@ def serve(
         return 1
     try:
         chosen.check(settings)
-        app = create_app(settings, environ=environ)
+        if app is None:
+            served = create_app(settings, environ=environ)
+        else:
+            served, settings = _app_from(app, settings, environ)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
-    return run_server(app, settings, host=host, port=port)
+    return run_server(served, settings, host=host or settings.host, port=port or settings.port)
 
 
-def task_system_of(app: Litestar) -> TaskSystem:
-    from async_tasks.web.plugin import AsyncTasksPlugin
+def _app_from(spec: str, settings: Settings, environ: dict[str, str]) -> tuple[Any, Settings]:
+    """The app to serve for ``--app``, and the settings it runs with (an app's or a
+    system's own, else the environment's)."""
+    from async_tasks.loading import load_target
+    from async_tasks.web.app import create_app
 
-    return app.plugins.get(AsyncTasksPlugin).system
+    target = load_target(spec)
+    if target.app is not None:
+        system = target.task_system
+        assert system is not None
+        return target.app, system.settings
+    if target.system is not None:
+        return create_app(target.system.settings, system=target.system), target.system.settings
+    return create_app(settings, target.executors or (), environ=environ), settings
 
 
-def run_server(app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
+def task_system_of(app: Any) -> TaskSystem:
+    """The engine an app serves (a Litestar app's `AsyncTasksPlugin`, a `TasksApp`)."""
+    from async_tasks.loading import system_of_app
+
+    system = system_of_app(app)
+    if system is None:
+        raise SettingsError("This app serves no task system: build it with AsyncTasksPlugin or create_app")
+    return system
+
+
+def run_server(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
     """Serve `app` with uvicorn until SIGTERM or SIGINT, then shut down within
     SHUTDOWN_GRACE_MS (see the module docstring).
 
@@ -91,6 +119,7 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
     import uvicorn
 
     from async_tasks.web.api.streams import WS_MAX_MESSAGE_BYTES
+    from async_tasks.web.security import exposure_warning
 
     system = task_system_of(app)
     grace = settings.shutdown_grace_ms / 1000
@@ -129,6 +158,8 @@ def run_server(app: Litestar, settings: Settings, *, host: str | None = None, po
         signalled.set()
 
     server.handle_exit = on_signal  # type: ignore[method-assign]
+    if exposed := exposure_warning(config.host, settings):
+        logging.getLogger("async_tasks").warning(exposed)
     print(f"async-tasks serving on http://{config.host}:{config.port} (docs at /schema)", file=sys.stderr)
     server.run()
     if system.abandoned:

@@ -13,6 +13,10 @@ Reading the token from a request is the web layer's job (`async_tasks.web.middle
 A stream ticket is a short-lived (STREAM_TICKET_TTL seconds) signed stand-in for a
 session, for the clients that cannot send headers (``EventSource``, browser
 WebSockets): it goes in a URL, so it must not be the long-lived token.
+
+A share token (`ShareTokens`) reads one task of one session, for SHARE_LINK_TTL
+seconds: it goes in a link handed to someone else, so it stands for neither the
+session nor any other task.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import hmac
 import logging
 import secrets
 import time
+from typing import NamedTuple
 
-from itsdangerous import BadData, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
+from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
 
 logger = logging.getLogger("async_tasks.sessions")
@@ -32,6 +38,7 @@ logger = logging.getLogger("async_tasks.sessions")
 SHARED_SESSION = "shared"
 _SALT = "async-tasks.session"
 _TICKET_SALT = "async-tasks.stream-ticket"
+_SHARE_SALT = "async-tasks.share"
 _MAX_TOKEN_LENGTH = 512
 _IP_CACHE_SIZE = 65_536
 #: Verified session tokens remembered (the oldest is forgotten first).
@@ -45,6 +52,8 @@ class SessionResolver:
         if not keys:
             keys = [secrets.token_urlsafe(32)]
             logger.warning("SECRET_KEY is not set: using a random key, so session tokens end with this process")
+        #: The signing keys, newest first (SECRET_KEY, or one random key per process).
+        self.keys = keys
         # itsdangerous signs with the last key and accepts all of them.
         self._serializer = URLSafeTimedSerializer(list(reversed(keys)), salt=_SALT)
         self._tickets = URLSafeTimedSerializer(list(reversed(keys)), salt=_TICKET_SALT)
@@ -119,3 +128,66 @@ class SessionResolver:
         if self.settings.auto_map_session_by_ip and client_ip:
             return self.key_for_ip(client_ip), None
         return self.new_session()
+
+
+class Share(NamedTuple):
+    """What a share token stands for: one task of one session, until `expires_at` (epoch ms)."""
+
+    session_key: str
+    task_id: str
+    expires_at: int
+
+
+class ShareTokens:
+    """Signed, expiring tokens that each read one task (share links).
+
+    A token carries the session key and the task id, signed (itsdangerous, with its own
+    salt: it is no session token and no stream ticket) and stamped with the time on
+    `clock`, so tests expire it by moving a fake clock. It is not encrypted: the session
+    key in it can be read, which names the session but cannot act in it (that needs a
+    token signed with SECRET_KEY for the session itself).
+    """
+
+    def __init__(self, keys: list[str], ttl: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        """`keys`: newest first (`SessionResolver.keys`); `ttl`: seconds a token stays valid."""
+        self.ttl = ttl
+        self.clock = clock
+        self._serializer = URLSafeTimedSerializer(list(reversed(keys)), salt=_SHARE_SALT, signer=_signer_on(clock))
+
+    def issue(self, session_key: str, task_id: str) -> tuple[str, int]:
+        """A token for the task, and when it expires (epoch ms)."""
+        signed_at = self.clock.now_ms() // 1000  # what the signer stamps
+        return self._serializer.dumps([session_key, task_id]), (signed_at + self.ttl) * 1000
+
+    def read(self, token: str) -> Share:
+        """The task a token names. Raises `ShareExpired` when it is past its time, and
+        `ShareInvalid` when it is forged, truncated or not a share token."""
+        if not token or len(token) > _MAX_TOKEN_LENGTH:
+            raise ShareInvalid()
+        try:
+            value, signed = self._serializer.loads(token, max_age=self.ttl, return_timestamp=True)
+        except SignatureExpired:
+            raise ShareExpired() from None
+        except (BadData, ValueError, TypeError, UnicodeError):
+            raise ShareInvalid() from None
+        if not isinstance(value, list) or len(value) != 2 or not all(isinstance(part, str) and part for part in value):
+            raise ShareInvalid()
+        return Share(value[0], value[1], (int(signed.timestamp()) + self.ttl) * 1000)
+
+
+class ShareInvalid(Exception):
+    """A share token that was not signed here (or was changed)."""
+
+
+class ShareExpired(ShareInvalid):
+    """A share token past SHARE_LINK_TTL."""
+
+
+def _signer_on(clock: Clock) -> type[TimestampSigner]:
+    """A `TimestampSigner` that reads the time from `clock` (when signing and when checking age)."""
+
+    class ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return clock.now_ms() // 1000
+
+    return ClockSigner

@@ -7,6 +7,7 @@ raises `SettingsError` with one line naming the variable and what it takes.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -23,6 +24,7 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 _PATH = re.compile(r" - at `\$\.([A-Za-z0-9_]+)`")
 _ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:(\d{1,5}|\*))?$")
+_KEY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,39}$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 #: Shortest API key or metrics token accepted (like SECRET_KEY).
 MIN_KEY_LENGTH = 16
@@ -74,8 +76,13 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     api_keys: str | None = None
     #: When set, GET /metrics needs it as a bearer token.
     metrics_token: str | None = None
+    #: When set (comma-separated, each ``key`` or ``name:key``), the admin API and page are
+    #: on, and need one of these keys as a bearer token.
+    admin_api_keys: str | None = None
     #: Seconds a stream ticket (for EventSource/WebSocket with a token session) stays valid.
     stream_ticket_ttl: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 60
+    #: Seconds a share link (POST /tasks/{id}/share: one task, read-only) stays valid.
+    share_link_ttl: Annotated[int, msgspec.Meta(ge=10, le=86_400)] = 600
     # Execution policies: global bounds and defaults.
     max_concurrent_tasks: Positive = 1000
     max_concurrent_tasks_per_session: Positive = 100
@@ -135,6 +142,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         for name, keys in (("API_KEYS", self.api_key_list), ("METRICS_TOKEN", _split(self.metrics_token or ""))):
             if any(len(key) < MIN_KEY_LENGTH for key in keys):
                 raise SettingsError(f"Invalid value for {name}: each key needs {MIN_KEY_LENGTH}+ characters")
+        self.admin_keys  # noqa: B018 (parsing validates)
         if self.metrics_token is not None and len(_split(self.metrics_token)) > 1:
             raise SettingsError("Invalid value for METRICS_TOKEN: one token, without commas")
         self.cors_origins  # noqa: B018 (parsing validates)
@@ -190,6 +198,28 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     @property
     def api_key_list(self) -> tuple[str, ...]:
         return tuple(_split(self.api_keys or ""))
+
+    @property
+    def admin_keys(self) -> dict[str, str]:
+        """ADMIN_API_KEYS as key -> who holds it, for the logs: the entry's name (``name:key``)
+        or the key's fingerprint (``key 1a2b3c4d``, the start of its SHA-256), never the key."""
+        keys: dict[str, str] = {}
+        for entry in _split(self.admin_api_keys or ""):
+            name, sep, key = entry.partition(":")
+            if not (sep and _KEY_NAME.match(name) and len(key.strip()) >= MIN_KEY_LENGTH):
+                name, key = "", entry
+            key = key.strip()
+            if len(key) < MIN_KEY_LENGTH:
+                raise SettingsError(
+                    f"Invalid value for ADMIN_API_KEYS: each key needs {MIN_KEY_LENGTH}+ characters "
+                    "(an entry is key or name:key)"
+                )
+            if key in keys or key in self.api_key_list:
+                raise SettingsError(
+                    "Invalid value for ADMIN_API_KEYS: each admin key must differ from the others and from API_KEYS"
+                )
+            keys[key] = name or f"key {hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        return keys
 
     @property
     def forwarded_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:

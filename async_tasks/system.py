@@ -53,7 +53,7 @@ from async_tasks.store.base import (
     TaskStore,
 )
 from async_tasks.task import Task, TaskStatus
-from async_tasks.validation import describe, field_of, field_type, join_field, split_location
+from async_tasks.validation import explain
 
 logger = logging.getLogger("async_tasks")
 
@@ -465,7 +465,5 @@ def idempotency_keys_kept(settings: Settings) -> int:
 def invalid_params(exc: msgspec.ValidationError, params_type: type[Any] | None = None) -> InvalidParams:
     """A msgspec validation error of task params as the contract's `invalid_params`: a
     sentence naming the field as ``params.<field>`` (see `async_tasks.validation`)."""
-    message, path = split_location(str(exc))
-    field = join_field("params", path)
-    node = field_type(params_type, path) if params_type is not None else None
-    return InvalidParams(describe(field, message, node), field=field_of(field, message))
+    field, message = explain(exc, params_type, within="params")
+    return InvalidParams(message, field=field)

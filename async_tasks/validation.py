@@ -11,17 +11,22 @@ and the known fields of an object::
     >>> describe("status", "Invalid enum value 'processing'", TaskStatus)
     "status must be one of pending, running, completed, failed, cancelled (got 'processing')."
 
-`field_type` finds the type of a field from a root type and a path such as
-``params.items[0]``, so callers can pass it. The engine uses this for task params,
-the web layer for request bodies and query and path parameters; both answer with
-the ``invalid_params`` error code.
+`explain` is what callers use: a msgspec error about a value of a known type, as the
+field the client sent and that sentence (it finds the field's type with `field_type`
+from the root type and msgspec's path, such as ``.items[0]``)::
+
+    >>> explain("Expected `int` <= 120000 - at `$.delayMs`", SampleParams, within="params")
+    Problem(field='params.delayMs', message='params.delayMs must be at most 120000.')
+
+The engine uses it for task params, the web layer for request bodies and query and
+path parameters; both answer with the ``invalid_params`` error code.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import msgspec.inspect as mi
@@ -60,6 +65,35 @@ _MAX_GOT = 40
 _MAX_LISTED = 30
 
 
+class Problem(NamedTuple):
+    """One invalid value, for a person."""
+
+    #: The field as the client spells it (``params.items[2]``); empty for the whole body.
+    field: str
+    #: One sentence about it.
+    message: str
+
+
+def explain(
+    error: msgspec.ValidationError | str, root: Any = None, *, within: str = "", got: str | None = None
+) -> Problem:
+    """msgspec's `error` about a value of type `root`, as the field and a sentence.
+
+    Args:
+        error: the error, or its message (with or without msgspec's `` - at `$...``).
+        root: the value's type (a type or a `field_type` node), for the field's
+            limits and valid values; None when unknown.
+        within: what the client calls the value (``params`` for a task's params, a
+            body field's path when the error is about a part of the body, a query
+            parameter's name); empty for the request body itself.
+        got: the raw value the client sent, when it is text (query or path values).
+    """
+    message, path = split_location(str(error))
+    field = join_field(within, path)
+    node = field_type(root, path) if root is not None else None
+    return Problem(field_of(field, message), describe(field, message, node, got=got))
+
+
 def split_location(message: str) -> tuple[str, str]:
     """(the message without its location, the path after ``$``: ``.a.b[0]`` or ``""``)."""
     match = _AT.match(message)
@@ -79,9 +113,9 @@ def join_field(parent: str, child: str) -> str:
 
 def field_type(root: Any, path: str) -> Any:
     """The msgspec inspect node of the value at `path` (``.a.b[0]``) inside `root` (a
-    type), or None when the path leaves what the type describes."""
+    type or a node), or None when the path leaves what the type describes."""
     try:
-        node: Any = mi.type_info(root)
+        node: Any = root if isinstance(root, mi.Type) else mi.type_info(root)
     except (TypeError, ValueError):
         return None
     for token in _TOKEN.finditer(path):

@@ -2,9 +2,9 @@
 
 It needs TASK_BACKEND=redis://... (or ``--backend``) and the same SECRET_KEY and
 REDIS_KEY_PREFIX as the API processes. Executors come from the installed entry points,
-plus ``--app module:attribute`` for executors registered in code: the attribute is an
-executor class, an iterable of them, a `TaskSystem`, a Litestar app built with
-`AsyncTasksPlugin`, or a callable (a factory) returning one of these.
+plus ``--app module:attribute`` for executors registered in code, imported from the
+current directory as uvicorn imports an app (`async_tasks.loading`): executors, a
+`TaskSystem`, an app serving one, or a factory of any of these.
 
 On SIGTERM or SIGINT it takes no new attempts, gives the running ones most of
 SHUTDOWN_GRACE_MS to finish, hands the others back to the queue (another worker runs
@@ -13,20 +13,18 @@ them) and exits; a watchdog ends the process if that takes longer than the grace
 
 from __future__ import annotations
 
-import importlib
 import logging
 import logging.config
 import signal
 import sys
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 import anyio
 
 from async_tasks.backends import backend_class
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
-from async_tasks.executor import TaskExecutor
+from async_tasks.loading import load_target
 from async_tasks.logs import flush_logs, logging_dict
 from async_tasks.process import environment, shutdown_watchdog
 from async_tasks.settings import Settings
@@ -36,37 +34,15 @@ logger = logging.getLogger("async_tasks.worker")
 
 
 def load_app(spec: str) -> tuple[list[Any], bool]:
-    """The executors `spec` (``module:attribute``) names, and whether the installed entry
-    points must be loaded beside them (not when they come from a built app or engine,
-    which already has them)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SettingsError(f"--app takes module:attribute (for example myapp:create_app), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-        found: Any = getattr(module, attribute)
-    except (ImportError, AttributeError) as exc:
-        raise SettingsError(f"--app {spec}: {exc}") from None
-    if callable(found) and not isinstance(found, type):
-        found = found()
-    if isinstance(found, TaskSystem):
-        return list(found.executors), False
-    from litestar import Litestar
-
-    if isinstance(found, Litestar):
-        from async_tasks.web.plugin import AsyncTasksPlugin
-
-        try:
-            return list(found.plugins.get(AsyncTasksPlugin).system.executors), False
-        except KeyError:
-            raise SettingsError(f"--app {spec}: this Litestar app has no AsyncTasksPlugin") from None
-    if isinstance(found, type) and issubclass(found, TaskExecutor):
-        return [found], True
-    if isinstance(found, TaskExecutor):
-        return [found], True
-    if isinstance(found, Iterable):
-        return list(found), True
-    raise SettingsError(f"--app {spec}: expected executors, a TaskSystem or a Litestar app, got {type(found).__name__}")
+    """The executors `spec` (``module:attribute``, see `async_tasks.loading`) names, and
+    whether the installed entry points must be loaded beside them (not when they come
+    from a built app or engine, which already has them)."""
+    target = load_target(spec)
+    if target.executors is not None:
+        return target.executors, True
+    system = target.task_system
+    assert system is not None
+    return list(system.executors), False
 
 
 def run_worker(*, backend: str | None = None, concurrency: int | None = None, app: str | None = None) -> int:

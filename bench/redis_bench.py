@@ -34,6 +34,9 @@ import httpx
 
 from async_tasks.testing import free_port, redis_server
 from bench.inproc import TUNED_ENV
+from bench.load import add_arguments as add_load_arguments
+from bench.load import measure, wrk
+from bench.servers import hello_server, proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CORE = "0"
@@ -84,13 +87,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process."""
-    from bench.__main__ import proc_cpu_seconds
-
-    return proc_cpu_seconds(pid)
-
-
 # -- bare SAQ ---------------------------------------------------------------------------
 
 
@@ -138,9 +134,9 @@ def saq_round(url: str, jobs: int, concurrency: int, log_dir: Path) -> dict[str,
     argv = [sys.executable, "-m", "bench.redis_bench", "saq-worker", url, str(concurrency)]
     with process("saq-worker", argv, WORKER_CORE, {}, log_dir) as worker:
         time.sleep(2)  # its start-up
-        before = cpu_seconds(worker.pid)
+        before = proc_cpu_seconds(worker.pid)
         rate = run_pinned(_saq_round(url, jobs))
-        per_job = (cpu_seconds(worker.pid) - before) / jobs
+        per_job = (proc_cpu_seconds(worker.pid) - before) / jobs
     log(f"{jobs} jobs; CPU per job: worker {per_job * 1e6:.0f} µs")
     return {"saq_jobs_per_s": rate, "saq_cpu_per_job": per_job}
 
@@ -184,8 +180,6 @@ def backend_env(url: str, prefix: str) -> dict[str, str]:
 
 def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) -> dict[str, float]:
     """wrk creates zero-delay tasks for `redis_seconds`; then wait until all have completed."""
-    from bench.__main__ import wrk
-
     env = backend_env(url, prefix)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -198,7 +192,7 @@ def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) 
         time.sleep(1)  # the worker's start-up
         with httpx.Client(base_url=base) as client:
             token = client.post(f"{API}/session").json()["token"]
-        before = {"api": cpu_seconds(api.pid), "worker": cpu_seconds(worker.pid)}
+        before = {"api": proc_cpu_seconds(api.pid), "worker": proc_cpu_seconds(worker.pid)}
         began = time.perf_counter()
         load = wrk(f"{base}{API}/demo/tasks/sample", args.redis_seconds, args, method="POST", body='{"delayMs": 0}',
                    token=token)  # fmt: skip
@@ -206,7 +200,8 @@ def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) 
         tasks, elapsed = _finish_tasks(base, token, began)
         log(f"wrk: {load['requests']} creates in {created:.1f} s ({load['errors']} errors, p99 "
             f"{load['p99_us'] / 1000:.0f} ms); all {tasks} completed after {elapsed:.1f} s")  # fmt: skip
-        per_task = {name: (cpu_seconds(p.pid) - before[name]) / tasks for name, p in (("api", api), ("worker", worker))}
+        per_task = {name: (proc_cpu_seconds(p.pid) - before[name]) / tasks
+                    for name, p in (("api", api), ("worker", worker))}  # fmt: skip
     log(f"{tasks} tasks; CPU per task: api {per_task['api'] * 1e6:.0f} µs, worker {per_task['worker'] * 1e6:.0f} µs")
     return {"tasks_per_s": tasks / elapsed, "tasks": tasks, "api_cpu_per_task": per_task["api"],
             "worker_cpu_per_task": per_task["worker"]}  # fmt: skip
@@ -214,8 +209,6 @@ def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) 
 
 def measure_status(env: dict[str, str], args: argparse.Namespace, log_dir: Path, name: str) -> dict[str, Any]:
     """wrk on ``/tasks/{id}/status`` of an API process started with `env`, on core 0."""
-    from bench.__main__ import measure
-
     port = free_port()
     with process(name, api_argv(port), WORKER_CORE, env, log_dir) as api:
         base = f"http://127.0.0.1:{port}"
@@ -224,14 +217,11 @@ def measure_status(env: dict[str, str], args: argparse.Namespace, log_dir: Path,
             token = client.post(f"{API}/session").json()["token"]
             task = client.post(f"{API}/tasks", json={"executor": "sample", "params": {"delayMs": 0}},
                                headers={"X-Session-Token": token}).json()["task"]  # fmt: skip
-        server: Any = _Pinned(api.pid, port)
-        return measure(server, f"{API}/tasks/{task['id']}/status", args, token=token)
+        return measure(_Pinned(api.pid, port), f"{API}/tasks/{task['id']}/status", args, token=token)
 
 
 def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str) -> dict[str, Any]:
     """wrk on /status of the Redis backend, of the memory backend and on the anchor, in the same round."""
-    from bench.__main__ import hello_server, measure
-
     status = measure_status(backend_env(url, prefix), args, log_dir, "api-status")
     memory = measure_status(dict(TUNED_ENV), args, log_dir, "api-status-memory")
     hello = hello_server()
@@ -249,7 +239,7 @@ def status_round(url: str, args: argparse.Namespace, log_dir: Path, prefix: str)
 
 
 class _Pinned:
-    """What `bench.__main__.measure` needs of a server: its URL and PID."""
+    """What `bench.load.measure` needs of a server: its URL and PID."""
 
     def __init__(self, pid: int, port: int) -> None:
         self.pid = pid
@@ -355,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.redis_bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of wrk warm-up (default 2)")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    add_load_arguments(parser)
     args = parser.parse_args(argv)
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"async-tasks-bench-redis-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Which addresses an outbound demo request may reach, and an httpx transport that enforces it.
+"""Which addresses an outbound demo request may reach (`executors._guarded` enforces it on every connection).
 
 The policy refuses loopback, private, link-local, metadata and other non-public
 addresses unless they are on an explicit allow-list (whose entries may name a
@@ -8,11 +8,17 @@ act with the server's network position). It is applied twice:
 
 * before a request, on the URL (scheme, user info, host) and on every address the
   host resolves to, to give a clear refusal early (`OutboundPolicy.check`);
-* when a connection is opened (`GuardedNetworkBackend`): the backend resolves the
+* when a connection is opened (`executors._guarded.GuardedNetworkBackend`): the backend resolves the
   host itself, checks every address and connects to a checked address, so DNS
   rebinding and redirects cannot reach an address the first check did not see; a
   connection to one of the server's ports is dropped if it reached this machine
   (its local and peer addresses are the same), whatever address was used.
+
+``localhost`` (and ``*.localhost``) means loopback whatever DNS says (RFC 6761): it is
+never looked up, it stands for 127.0.0.1 and ::1, and on the allow-list it allows
+those two addresses. So an allow-list that names loopback by address
+(``127.0.0.1:3001``) lets ``http://localhost:3001`` through, and one that names
+``localhost`` lets ``http://127.0.0.1`` through.
 
 IPv4 text is read the way ``inet_aton`` reads it (``127.1``, ``0177.0.0.1``,
 ``0x7f000001`` and ``2130706433`` all mean 127.0.0.1), and IPv6 addresses that embed
@@ -24,13 +30,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Protocol
 
 import anyio
-import httpcore
 import httpx
 
 IPAddress = IPv4Address | IPv6Address
@@ -40,6 +44,9 @@ IPNetwork = IPv4Network | IPv6Network
 ALLOW_SETTING = "API_CALL_ALLOW_HOSTS"
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: What a loopback host name stands for (RFC 6761), first the address servers listen on by default.
+LOOPBACK_ADDRESSES: tuple[IPAddress, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))
 
 #: Host names of cloud metadata services, refused whatever they resolve to.
 METADATA_HOSTS = frozenset(
@@ -207,13 +214,10 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def _special_name(name: str) -> str | None:
-    """Names refused whatever they resolve to (``localhost`` always means loopback, RFC 6761)."""
-    if name in METADATA_HOSTS:
-        return "a cloud metadata host name"
-    if name == "localhost" or name.endswith(".localhost"):
-        return "a loopback host name"
-    return None
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` and its subdomains: loopback whatever DNS says (RFC 6761)."""
+    name = normalize_host(name)
+    return name == "localhost" or name.endswith(".localhost")
 
 
 def normalize_host(host: str) -> str:
@@ -271,14 +275,34 @@ class AllowList:
         return name in self.names or (name, port) in self.name_ports
 
     def allows_ip(self, ip: IPAddress, port: int | None = None) -> bool:
-        candidates: list[IPAddress] = [ip]
-        if isinstance(ip, IPv6Address) and (embedded := embedded_ipv4(ip)) is not None:
-            candidates.append(embedded[1])
-        return any(candidate in network for candidate in candidates for network in self.networks) or any(
-            candidate in network and port == allowed
-            for candidate in candidates
-            for network, allowed in self.network_ports
-        )
+        candidates = _candidates(ip)
+        if any(candidate in network for candidate in candidates for network in self.networks):
+            return True
+        if _is_loopback(candidates) and any(is_loopback_name(name) for name in self.names):
+            return True
+        return port is not None and port in self.ports_of(ip)
+
+    def ports_of(self, ip: IPAddress) -> set[int]:
+        """The ports that entries naming a port allow `ip` on (``127.0.0.1:3001``, and
+        ``localhost:3001`` for a loopback address)."""
+        candidates = _candidates(ip)
+        ports = {allowed for network, allowed in self.network_ports if any(c in network for c in candidates)}
+        if _is_loopback(candidates):
+            ports |= {allowed for name, allowed in self.name_ports if is_loopback_name(name)}
+        return ports
+
+
+def _candidates(ip: IPAddress) -> list[IPAddress]:
+    """`ip`, and the IPv4 address an IPv6 address embeds."""
+    candidates: list[IPAddress] = [ip]
+    if isinstance(ip, IPv6Address) and (embedded := embedded_ipv4(ip)) is not None:
+        candidates.append(embedded[1])
+    return candidates
+
+
+def _is_loopback(candidates: list[IPAddress]) -> bool:
+    """Whether one of `candidates` is an address ``localhost`` stands for."""
+    return any(candidate in LOOPBACK_ADDRESSES for candidate in candidates)
 
 
 def _split_port(entry: str) -> tuple[str, int | None]:
@@ -409,12 +433,15 @@ class OutboundPolicy:
         if literal is not None:
             self._check_own(literal, port, host)
             if not allowed_name:
-                self._check_ip(literal, f"{host} is" if name == str(literal) else f"{host} means {literal},", port)
+                subject = f"{host} is" if name == str(literal) else f"{host} means {literal},"
+                self._check_ip(literal, subject, host, port)
             return [literal]
         if not _HOST_NAME.match(name):
             raise OutboundRefused(f"Refused: {host!r} is not a valid host name.")
-        if not allowed_name and (kind := _special_name(name)) is not None:
-            raise OutboundRefused(f"Refused: {host} is {kind}. Add the host to {ALLOW_SETTING} to allow it.")
+        if is_loopback_name(name):
+            return self._loopback(host, port)
+        if not allowed_name and name in METADATA_HOSTS:
+            raise OutboundRefused(f"Refused: {host} is a cloud metadata host name. {self._advice(host, port, ())}")
         try:
             with anyio.fail_after(self.resolve_timeout):
                 found = await resolve(host, port)
@@ -429,13 +456,33 @@ class OutboundPolicy:
             self._check_own(ip, port, host)
         if not allowed_name:
             for ip in found:
-                self._check_ip(ip, f"{host} resolves to {ip},", port)
+                self._check_ip(ip, f"{host} resolves to {ip},", host, port)
         return found
 
-    def _check_ip(self, ip: IPAddress, subject: str, port: int | None = None) -> None:
+    def _loopback(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses of a loopback name that the allow-list allows on `port`; the
+        name is never looked up (RFC 6761: it is loopback whatever DNS says)."""
+        allowed = [ip for ip in LOOPBACK_ADDRESSES if self.allow.allows_ip(ip, port)]
+        if not allowed:
+            advice = self._advice(host, port, LOOPBACK_ADDRESSES)
+            raise OutboundRefused(f"Refused: {host} is a loopback host name. {advice}")
+        for ip in allowed:
+            self._check_own(ip, port, host)
+        return allowed
+
+    def _check_ip(self, ip: IPAddress, subject: str, host: str, port: int) -> None:
         reason = blocked_reason(ip)
         if reason is not None and not self.allow.allows_ip(ip, port):
-            raise OutboundRefused(f"Refused: {subject} {reason}. Add the host to {ALLOW_SETTING} to allow it.")
+            raise OutboundRefused(f"Refused: {subject} {reason}. {self._advice(host, port, (ip,))}")
+
+    def _advice(self, host: str, port: int, ips: Iterable[IPAddress]) -> str:
+        """What to change: the setting, and when it allows the host on other ports only, which."""
+        ports = sorted({allowed for ip in ips for allowed in self.allow.ports_of(ip)})
+        if not ports:
+            return f"Add the host to {ALLOW_SETTING} to allow it."
+        shown = f"[{host}]" if ":" in host else host
+        listed = " and ".join(str(allowed) for allowed in ports)
+        return f"{ALLOW_SETTING} allows it on port {listed} only; add {shown}:{port} to allow this port."
 
     def _check_own(self, ip: IPAddress, port: int, host: str) -> None:
         if is_own(ip, port, self.own()):
@@ -456,149 +503,3 @@ class OutboundPolicy:
             return
         if ipaddress.ip_address(local.split("%")[0]) == ipaddress.ip_address(peer.split("%")[0]):
             raise OwnAddressRefused(host, port)
-
-
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the policy allows.
-
-    It resolves the host itself, checks every address, and connects to a checked
-    address (trying each in turn), so what is checked is what is connected to.
-    """
-
-    def __init__(self, policy: OutboundPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.policy = policy
-        self._inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self.policy.addresses(host, port)
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                stream = await self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-                continue
-            try:
-                self.policy.check_connection(stream, port, host)
-            except OutboundRefused:
-                await stream.aclose()
-                raise
-            return stream
-        assert failure is not None  # `addresses` is never empty
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise OutboundRefused("Refused: Unix sockets cannot be called.")
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-
-
-# httpx's own mapping lives in a private module; this is the same table.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for source, target in _HTTPCORE_ERRORS:
-            if isinstance(exc, source):
-                raise target(str(exc)) from exc
-        raise
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _httpx_errors():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        if hasattr(self._stream, "aclose"):
-            with _httpx_errors():
-                await self._stream.aclose()
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport whose connections go through `GuardedNetworkBackend`.
-
-    Use it with ``httpx.AsyncClient(transport=..., trust_env=False)``: with
-    ``trust_env`` on, proxies from the environment would get their own transports.
-    """
-
-    def __init__(
-        self,
-        policy: OutboundPolicy,
-        *,
-        ssl_context: Any = None,
-        max_connections: int = 4,
-    ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=max_connections,
-            network_backend=GuardedNetworkBackend(policy),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _httpx_errors():
-            response = await self._pool.handle_async_request(core_request)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()

@@ -27,10 +27,10 @@ import msgspec
 
 from async_tasks import Step, TaskExecutor, TaskParams
 from async_tasks.errors import InvalidParams, SettingsError
+from executors._guarded import GuardedTransport
 from executors._outbound import (
     ALLOW_SETTING,
     AllowList,
-    GuardedTransport,
     OutboundError,
     OutboundPolicy,
     parse_url,

@@ -12,16 +12,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: curl (DEMO_GUIDE examples run as written), Debian's headless Chromium
-# (browser tests; Playwright drives it, it never downloads a browser) and
-# redis-server (the Redis backend's tests start their own, without persistence).
+# (browser tests; Playwright drives it, it never downloads a browser),
+# redis-server (the Redis backend's tests start their own, without persistence) and
+# Node with npm (TypeScript checks the front-end kit's JavaScript).
+# Installed without asking as root, in CI (CI set, as CI sets it) or with INSTALL_SYSTEM_PACKAGES=1;
+# otherwise asked for on a terminal, or the one command to run is printed and the
+# script stops: it never runs sudo on a developer's machine unasked.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
+command -v npm >/dev/null || missing+=(nodejs npm)
 command -v chromium-headless-shell >/dev/null || missing+=(chromium-headless-shell)
 command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo "; fi
+    command="${sudo}apt-get update && ${sudo}apt-get install -y ${missing[*]}"
+    case "${CI:-}" in "" | false | 0) ci="" ;; *) ci=1 ;; esac
+    if [ "$(id -u)" = 0 ] || [ -n "$ci" ] || [ "${INSTALL_SYSTEM_PACKAGES:-}" = 1 ]; then
+        answer=y
+    elif [ -t 0 ] && [ -t 1 ]; then
+        read -r -p "The tests need ${missing[*]}. Install now ($command)? [y/N] " answer || answer=n
+    else
+        answer=n
+    fi
+    if [ "$answer" != y ] && [ "$answer" != Y ]; then
+        echo "scripts/test.sh: the tests need ${missing[*]}; install them with:" >&2
+        echo "    $command" >&2
+        echo "(or run again with INSTALL_SYSTEM_PACKAGES=1)" >&2
+        exit 1
+    fi
+    ${sudo}apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${sudo}apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The venv is (re)installed only when pyproject.toml changed since the last install.
@@ -39,10 +59,23 @@ fi
 # __pycache__ between runs: without them every test process compiles them again.
 unset PYTHONDONTWRITEBYTECODE
 
+# The front-end kit's npm packages (TypeScript; axe-core, React and esbuild for the
+# browser tests), pinned in tests/frontend/package.json: installed once, again only when
+# that file changes.
+frontend=tests/frontend
+frontend_stamp="$frontend/node_modules/.installed-$(sha256sum $frontend/package.json | cut -c1-16)"
+if [ ! -f "$frontend_stamp" ]; then
+    (cd "$frontend" && npm install --no-audit --no-fund --prefer-offline --loglevel=error >/dev/null)
+    rm -f "$frontend"/node_modules/.installed-*
+    touch "$frontend_stamp"
+fi
+
 ruff check .
 ruff format --check .
-python scripts/doc_examples.py build/doc-examples >/dev/null
-mypy async_tasks executors demos tests build/doc-examples
+bash scripts/typecheck.sh
+# The dashboard's and the client module's JavaScript (// @ts-check, JSDoc types), checked
+# against /client.d.ts with the docs' React recipe.
+"$frontend/node_modules/.bin/tsc" -p "$frontend"
 
 workers=$(($(nproc) + 1))
 if [ "${1:-}" = "--fast" ]; then

@@ -1,5 +1,8 @@
 """Shared fixtures: apps with test settings, in-process clients, test executors.
 
+Plain helpers and the test constants (`SECRET`, `TEST_HOST`, `build_app`,
+`new_address`) live in `tests.helpers`; import them from there.
+
 - `make_app` / `app` / `client`: a fresh app per test, running in the test's event loop.
   Use them when the test's point involves the whole app's state (stats of every
   session, metrics, cleanup, settings, shutdown).
@@ -11,7 +14,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import logging.handlers
 import sys
@@ -24,44 +26,8 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.settings import Settings
 from async_tasks.testing import asgi_client, redis_server, serve_in_loop
-from async_tasks.web.app import create_app
-from tests.helpers import BUILTIN_EXECUTORS, TEST_EXECUTORS
-
-SECRET = "test-secret-key-0123456789abcdef"
-#: The Host of Litestar's test clients and of our in-process clients: not a loopback
-#: name, so the tests allow it (the default ALLOWED_HOSTS does not).
-TEST_HOST = "testserver.local"
-#: Client addresses handed out to `session_client`s: each test its own IP session.
-_ADDRESSES = (f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in itertools.count(1))
-
-
-def build_app(
-    executors: Any = TEST_EXECUTORS,
-    *,
-    environ: dict[str, str] | None = None,
-    clock: Clock = SYSTEM_CLOCK,
-    load_entry_points: bool = True,
-    **overrides: Any,
-) -> Litestar:
-    """An app with test settings; keyword arguments override `Settings` fields."""
-    fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
-    fields.update(overrides)
-    if load_entry_points:
-        # The installed built-ins, without scanning every installed
-        # distribution's metadata again for each app (a third of building one; the scan
-        # itself is tested in test_plugin.py).
-        executors, load_entry_points = [*BUILTIN_EXECUTORS, *executors], False
-    return create_app(
-        Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
-    )
-
-
-def new_address() -> str:
-    """A client address no other test of this process uses (so an IP session of its own)."""
-    return next(_ADDRESSES)
+from tests.helpers import build_app, new_address
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,7 +1,9 @@
-"""Executors and waiting helpers shared by the tests (no real sleeping anywhere)."""
+"""What the tests share besides fixtures: constants, test executors, apps with test
+settings and waiting helpers (no real sleeping anywhere)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Annotated, Any, ClassVar
 
@@ -10,14 +12,24 @@ import msgspec
 from litestar import Litestar
 
 from async_tasks import Step, TaskExecutor, TaskParams, testing
+from async_tasks.clock import SYSTEM_CLOCK, Clock
+from async_tasks.settings import Settings
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task
+from async_tasks.web.app import create_app
 from async_tasks.web.plugin import AsyncTasksPlugin
 from executors.api_call import ApiCallExecutor
 from executors.batch import BatchExecutor
 from executors.file_processing import FileProcessingExecutor
 from executors.sample import SampleExecutor
+
+SECRET = "test-secret-key-0123456789abcdef"
+#: The Host of Litestar's test clients and of our in-process clients: not a loopback
+#: name, so the tests allow it (the default ALLOWED_HOSTS does not).
+TEST_HOST = "testserver.local"
+#: Client addresses handed out to `session_client`s: each test its own IP session.
+_ADDRESSES = (f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in itertools.count(1))
 
 
 class ScriptParams(TaskParams):
@@ -86,6 +98,32 @@ BUILTIN_EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [
     ApiCallExecutor,
     BatchExecutor,
 ]
+
+
+def build_app(
+    executors: Any = TEST_EXECUTORS,
+    *,
+    environ: dict[str, str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    load_entry_points: bool = True,
+    **overrides: Any,
+) -> Litestar:
+    """An app with test settings; keyword arguments override `Settings` fields."""
+    fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
+    fields.update(overrides)
+    if load_entry_points:
+        # The installed built-ins, without scanning every installed
+        # distribution's metadata again for each app (a third of building one; the scan
+        # itself is tested in test_plugin.py).
+        executors, load_entry_points = [*BUILTIN_EXECUTORS, *executors], False
+    return create_app(
+        Settings(**fields), executors, environ=environ or {}, clock=clock, load_entry_points=load_entry_points
+    )
+
+
+def new_address() -> str:
+    """A client address no other test of this process uses (so an IP session of its own)."""
+    return next(_ADDRESSES)
 
 
 def system_of(app: Litestar) -> TaskSystem:

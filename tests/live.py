@@ -26,8 +26,7 @@ from litestar import Litestar
 
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import SECRET, TEST_EXECUTORS
 
 #: The project's root: server processes start there (as the docs' commands do).
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,14 +101,16 @@ def live_server() -> Iterator[str]:
         yield url
 
 
-def start_server_process(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """Start a server process (run from the project's root) and return once it listens on
+def start_server_process(
+    command: list[str], env: dict[str, str], port: int, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start a server process (run from `cwd`, the project's root unless given) and return once it listens on
     `port`. Another process binding its port sends no event this one could wait on, so
     this tries to connect in short steps, bounded: raises with the server's output if it
     exits first, or after 20 s. The output goes to a file, never a pipe nobody reads (a
     full pipe would stop a talkative server mid-test)."""
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=output)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if process.poll() is not None:

@@ -22,12 +22,15 @@ WHOLE_MODULES = {
     "tests/browser/test_dashboard.py": "browser-dashboard",
     "tests/browser/test_clients.py": "browser-clients",
     "tests/browser/test_cross_origin.py": "browser-clients",
+    "tests/browser/test_admin_page.py": "browser-clients",
     # The guide's two server processes, started once for its curl and Python examples.
     "tests/test_demo_guide.py": "demo-guide",
     # redis-server, two API servers and a worker, started once.
     "tests/test_redis_processes.py": "redis-cluster",
     # One real uvicorn process.
     "tests/test_uvicorn_boundaries.py": "uvicorn-boundaries",
+    # A FastAPI app around the task system on a uvicorn server, started once for the module.
+    "tests/test_asgi_hosts.py": "asgi-hosts",
     # Real server processes that mostly wait for signals and grace periods: as a group they
     # go out early, so that the waits overlap other workers' work instead of ending the run.
     "tests/test_shutdown.py": "shutdown",
@@ -46,6 +49,7 @@ SPLIT_TESTS = {
     "tests/browser/test_dashboard.py::test_a_second_window_holds_its_own_session": "browser-dashboard-2",
     "tests/browser/test_dashboard.py::test_every_executor_gets_a_form_from_its_schema": "browser-dashboard-2",
     "tests/browser/test_dashboard.py::test_stats_and_cleanup_panels": "browser-dashboard-2",
+    "tests/browser/test_dashboard.py::test_the_indicator_says_live_only_while_requests_work": "browser-dashboard-2",
 }
 
 

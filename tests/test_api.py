@@ -123,6 +123,21 @@ async def test_list_filters_and_pages(client: httpx.AsyncClient, app: Litestar) 
     assert by_executor["tasks"] == [] and by_executor["total"] == 0
 
 
+async def test_a_list_item_carries_what_a_card_shows(client: httpx.AsyncClient, app: Litestar) -> None:
+    """The contract's summary fields first, then the step description, the error, attempts and
+    the retry state: a page polling the list needs no request per task."""
+    body = {"executor": "script", "start": True, "params": {"fail": "out of paper"}, "maxRetries": 0}
+    task_id = (await client.post(f"{API}/tasks", json=body)).json()["task"]["id"]
+    await wait_for(app, task_id, "failed")
+    (item,) = (await client.get(f"{API}/tasks")).json()["tasks"]
+    assert list(item)[:7] == ["id", "name", "executor", "status", "progress", "createdAt", "completedAt"]
+    whole = (await client.get(f"{API}/tasks/{task_id}")).json()["task"]
+    for field in ("currentStep", "currentStepDescription", "error", "attempts", "startedAt", "updatedAt",
+                  "maxRetries", "autoRetries", "deadLettered"):  # fmt: skip
+        assert item[field] == whole[field], field
+    assert item["error"] and "out of paper" in item["error"] and item["attempts"] == 1
+
+
 async def test_stats_count_by_status(client: httpx.AsyncClient, app: Litestar) -> None:
     done = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
     await wait_for(app, done["id"], "completed")
@@ -359,3 +374,16 @@ async def test_history_keeps_the_error_of_a_failed_attempt(make_app: Any) -> Non
             (1, "RuntimeError: attempt 1 failed on purpose", "attempt failed")
         ]
         assert all("error" not in entry for entry in history if entry["status"] != "failed")
+
+
+async def test_an_offset_past_the_bound_is_a_sentence_and_the_bound_an_empty_page(
+    session_client: httpx.AsyncClient,
+) -> None:
+    """?offset= takes at most a billion: above, a 400 that says so (not a 500 from the
+    store's paging); at the bound, an empty page of a session that has tasks."""
+    await session_client.post(f"{API}/tasks", json={"executor": "script"})
+    page = await session_client.get(f"{API}/tasks", params={"offset": 1_000_000_000})
+    assert page.status_code == 200 and page.json()["tasks"] == [] and page.json()["total"] == 1
+    for offset in ("1000000001", str(2**63), "99999999999999999999"):
+        error = assert_error(await session_client.get(f"{API}/tasks?offset={offset}"), 400, "invalid_params")
+        assert error["error"]["message"] == f"offset must be at most 1000000000 (got '{offset}')."

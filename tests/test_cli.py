@@ -18,12 +18,12 @@ import pytest
 from litestar import Litestar
 from rich.console import Console
 
-from async_tasks.cli import RunTime, load_session_token, main, parse_params, progress_bar, session_file
+from async_tasks.cli import RunTime, main, parse_params, progress_bar
+from async_tasks.client.tokens import load_session_token, session_file
 from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, wait_for
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of
+from tests.helpers import SECRET, TEST_EXECUTORS, ScriptExecutor, system_of
 from tests.inprocess import PortalTransport, sync_transport
 from tests.live import live_app, live_server  # noqa: F401 - the fixture
 

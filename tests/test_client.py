@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from async_tasks.client import AsyncTaskClient, TaskApiError, TaskClient
+from async_tasks.client._flows import BaseClient
+from async_tasks.client._ops import Done, Send, resume
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.inprocess import PortalTransport, StreamingASGITransport, streaming_transport, sync_transport
 from tests.live import live_app
@@ -375,3 +377,16 @@ def test_an_answer_of_the_wrong_shape_raises_task_api_error() -> None:
         tasks.get_task(TASK_ID)
     assert error.value.code == "invalid_response"
     assert "'task'" in error.value.message
+
+
+def test_a_flow_is_the_api_without_io_the_same_for_both_clients() -> None:
+    """An operation is written once as a flow: it asks for a request and reads the answer
+    it is handed, with no HTTP client at all (the sync and async clients only perform it)."""
+    client = BaseClient("http://test/", token=None, timeout=1.0, api_path="/api/v1", on_token=None)
+    flow = client._status("a b")
+    asked = resume(flow)
+    assert isinstance(asked, Send)
+    assert (asked.request.method, asked.request.path) == ("GET", "/api/v1/tasks/a%20b/status")
+    answer = httpx.Response(200, json={"success": True, "status": "running"}, headers={"X-Session-Token": "t1"})
+    assert resume(flow, answer) == Done({"status": "running"})
+    assert client.token == "t1"

@@ -1,10 +1,12 @@
 """Every curl example in DEMO_GUIDE.md runs as written against real servers.
 
 The guide's blocks are run in order in one bash process (so `TASK_ID=...` set by
-one block is used by the next), with only the port rewritten: `localhost:3000`
-is the server of the quick start, `localhost:3001` the integration example.
-A block starting with `# expect: error` must answer with the error body; every
-other block must not.
+one block is used by the next), with only the ports rewritten: `localhost:3000`
+is the server of the quick start, `localhost:3001` the integration example (the
+host names stay as the guide writes them). The server runs with the guide's own
+`API_CALL_ALLOW_HOSTS`. A block starting with `# expect: error` must answer with the
+error body; every other block must not. What the blocks started must then turn out
+as the guide says: the api-call task completes, the dead-letter list is not empty.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from async_tasks.client import TaskClient
 from async_tasks.testing import free_port
 from tests.live import start_server_process
 
@@ -28,6 +31,8 @@ GUIDE = ROOT / "DEMO_GUIDE.md"
 BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"
+#: The allow-list the guide starts the server with for its api-call example.
+GUIDE_ALLOW = re.compile(r"^API_CALL_ALLOW_HOSTS=(\S+) async-tasks serve$", re.M)
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -35,11 +40,15 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[int, int]]:
     main_port, integration_port = free_port(), free_port()
+    allow = GUIDE_ALLOW.search(GUIDE.read_text())
+    assert allow is not None, "the guide starts the server with API_CALL_ALLOW_HOSTS=... async-tasks serve"
     env = {
         **os.environ,
         "SECRET_KEY": "demo-guide-secret-0123456789",
-        "API_CALL_ALLOW_HOSTS": "127.0.0.1",
+        "API_CALL_ALLOW_HOSTS": allow[1].replace(":3001", f":{integration_port}"),
         "TASK_CREATE_RATE": "0",
+        # The admin section's key (its curl examples run against the quick start's server).
+        "ADMIN_API_KEYS": "ops:demo-admin-key-0123456789",
     }
     main = start_server_process(
         [sys.executable, "-m", "async_tasks.cli", "serve", "--port", str(main_port)], env, main_port
@@ -97,6 +106,10 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
         "/executors",
         "-X DELETE",
         "files/process",
+        "admin/tasks",
+        "admin/tasks/retry",
+        "admin/workers",
+        "admin/queues",
     ]:
         assert path in text, path
 
@@ -110,7 +123,7 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
         code = (
             block.replace("localhost:3000", f"127.0.0.1:{main_port}")
             .replace("127.0.0.1:3000", f"127.0.0.1:{main_port}")
-            .replace("localhost:3001", f"127.0.0.1:{integration_port}")
+            .replace("localhost:3001", f"localhost:{integration_port}")
         )
         script += [f"echo '{SEPARATOR}'", code]
     result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120)
@@ -124,7 +137,16 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
             assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
         else:
             assert '"success":false' not in output and "Internal" not in output, f"{block}\n->\n{output}"
+        if "deadLetter=true" in block:
+            assert '"tasks":[]' not in output, f"the dead-letter example listed nothing:\n{output}"
     assert result.returncode == 0, result.stderr
+    # The curl calls had no token: the same session as a client from this address.
+    with TaskClient(f"http://127.0.0.1:{main_port}", timeout=30) as tasks:
+        calls = [tasks.wait(t["id"], timeout=30) for t in tasks.list_tasks(executor="api-call", limit=100)]
+    integration = [t for t in calls if f"localhost:{integration_port}" in t["params"]["endpoint"]]
+    assert integration, "the guide's api-call example created no task"
+    for task in integration:
+        assert task["status"] == "completed", f"{task['params']['endpoint']}: {task['error']}"
 
 
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)

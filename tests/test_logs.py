@@ -17,8 +17,7 @@ from async_tasks.logs import ContextFilter, JsonFormatter, TextFormatter
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import wait_for
+from tests.helpers import SECRET, wait_for
 
 API = "/api/v1"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -189,3 +188,39 @@ def test_json_formatter_shape_outside_any_context() -> None:
         failing = logging.LogRecord("async_tasks.x", logging.ERROR, __file__, 1, "oops", None, sys.exc_info())
     text = JsonFormatter().format(failing)
     assert "\n" not in text and "ValueError: bad" in json.loads(text)["exception"]
+
+
+async def test_an_app_with_the_plugin_logs_as_the_server_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``logging_config=logging_config()`` in an app of one's own with `AsyncTasksPlugin`:
+    task lines in the documented format ending ``[request_id=...]``, and uvicorn's access
+    log (client addresses) off, as under `create_app`."""
+    import logging.config
+
+    import uvicorn.config
+
+    from async_tasks import AsyncTasksPlugin, logging_config
+    from tests.helpers import ScriptExecutor
+
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # what uvicorn does before loading the app
+    settings = Settings(secret_key=SECRET, task_create_rate=0.0)
+    app = Litestar(
+        plugins=[AsyncTasksPlugin([ScriptExecutor], settings=settings, load_entry_points=False)],
+        logging_config=logging_config(settings),
+    )
+    async with serve_in_loop(app) as client:
+        created = await client.post(
+            f"{API}/tasks", json={"executor": "script", "start": True}, headers={"X-Request-ID": "plugin-7"}
+        )
+        task_id = created.json()["task"]["id"]
+        await wait_for(app, task_id, "completed")
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "203.0.113.7", "GET", "/", "1.1", 200)
+    for handler in logging.getLogger("async_tasks").handlers:  # written by a queue listener's thread
+        handler.listener.queue.join()  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d info: Starting execution of task {task_id} for session \S+ "
+        r"\[request_id=plugin-7\]$",
+        err,
+        re.M,
+    ), err
+    assert "203.0.113.7" not in err and "INFO:" not in err

@@ -4,6 +4,7 @@ ships them. (Chromium renders them in tests/browser/.)"""
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -30,12 +31,20 @@ async def test_pages_load_only_same_origin_script_files_served_as_javascript(
     assert licence.status_code == 200 and "Apache License" in licence.text
 
 
-def test_every_page_asset_is_package_data() -> None:
-    """A wheel carries every file of the dashboard and the API reference (pyproject's package data)."""
+def test_every_page_asset_ships_in_the_wheel() -> None:
+    """A wheel carries every file of the dashboard and the API reference: hatchling ships
+    whole packages except what git ignores, so no asset may be ignored or excluded."""
     root = Path(__file__).parent.parent
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["async_tasks"]
-    package = root / "async_tasks"
-    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
-    for folder in ("web/dashboard", "web/reference"):
-        files = {path for path in (package / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
-        assert files and files <= shipped, sorted(str(path.relative_to(package)) for path in files - shipped)
+    wheel = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    assert "async_tasks" in wheel["targets"]["wheel"]["packages"]
+    assert not {"exclude", "only-include"} & ({*wheel, *wheel["targets"]["wheel"]})
+    folders = ["async_tasks/web/dashboard", "async_tasks/web/reference"]
+    assert all((root / folder).is_dir() for folder in folders)
+    ignored = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert [path for path in ignored if "__pycache__" not in path] == []

@@ -17,8 +17,7 @@ from async_tasks.executor import ExecutorRegistry
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from executors.sample import SampleExecutor
-from tests.conftest import SECRET
-from tests.helpers import BUILTIN_EXECUTORS, ScriptExecutor, wait_for
+from tests.helpers import BUILTIN_EXECUTORS, SECRET, ScriptExecutor, wait_for
 
 
 def test_builtins_register_through_entry_points() -> None:

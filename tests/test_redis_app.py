@@ -62,7 +62,8 @@ async def run_scenario(http: httpx.AsyncClient, system: TaskSystem) -> list[Any]
     held = (await http.post(f"{API}/tasks", json={"executor": "script", "params": {"hold": True}})).json()
     held_id = held["task"]["id"]
     for path in (f"/tasks/{task_id}", f"/tasks/{task_id}/status", "/tasks", "/tasks?status=completed",
-                 "/tasks?tag=a", "/tasks/stats", f"/tasks/{held_id}"):  # fmt: skip
+                 "/tasks?tag=a", "/tasks/stats", f"/tasks/{held_id}", "/tasks?offset=1000000000",
+                 "/tasks?offset=99999999999999999999"):  # fmt: skip
         response = await http.get(API + path)
         answers.append((response.status_code, response.json()))
     for path in (f"/tasks/{held_id}/cancel", f"/tasks/{held_id}/cancel", f"/tasks/{held_id}/retry"):

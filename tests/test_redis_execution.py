@@ -20,10 +20,9 @@ from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import wait_for
-from tests.conftest import SECRET
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
-from tests.helpers import ScriptExecutor
+from tests.helpers import SECRET, ScriptExecutor
 
 S = "s"
 MakeSystem = Callable[..., Any]

@@ -18,8 +18,7 @@ from litestar import Litestar
 
 from async_tasks.testing import asgi_client, serve_in_loop
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.conftest import build_app, new_address
-from tests.helpers import tampered
+from tests.helpers import build_app, new_address, tampered
 
 API = "/api/v1"
 

@@ -82,6 +82,8 @@ def test_serve_stops_with_one_line_naming_the_variable() -> None:
         ("PENDING_TASK_TTL_MS", "-1"),
         ("MAX_STREAMS_PER_SESSION", "0"),
         ("STREAM_TICKET_TTL", "1"),
+        ("SHARE_LINK_TTL", "5"),
+        ("SHARE_LINK_TTL", "forever"),
         ("ALLOWED_HOSTS", "example.com:8080"),
         ("CORS_ALLOW_ORIGINS", "*"),
         ("FORWARDED_ALLOW_IPS", "proxy.local"),
@@ -105,3 +107,21 @@ def test_the_boundary_defaults_keep_the_demo_open_on_this_machine() -> None:
     settings = Settings.from_env({})
     assert settings.cors_origins == () and settings.allowed_host_names == () and settings.api_key_list == ()
     assert settings.metrics_token is None and not settings.trust_proxy_headers
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "demo.example"])
+def test_listening_beyond_this_machine_without_api_keys_is_one_warning_line(host: str) -> None:
+    """HOST=0.0.0.0 (or any address other machines reach) with no API_KEYS: one line says so
+    and what to set; with API keys, or on loopback, nothing."""
+    from async_tasks.web.security import exposure_warning
+
+    line = exposure_warning(host, Settings.from_env({}))
+    assert line is not None and host in line and "API_KEYS" in line and "\n" not in line
+    assert exposure_warning(host, Settings.from_env({"API_KEYS": "k" * 16})) is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
+def test_a_loopback_host_needs_no_warning(host: str) -> None:
+    from async_tasks.web.security import exposure_warning
+
+    assert exposure_warning(host, Settings.from_env({})) is None

@@ -25,8 +25,7 @@ from litestar import Litestar
 
 from async_tasks.testing import free_port
 from async_tasks.web.plugin import AsyncTasksPlugin
-from tests.conftest import SECRET
-from tests.helpers import wait_for
+from tests.helpers import SECRET, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"

@@ -16,8 +16,7 @@ from async_tasks.errors import IdempotencyConflict, ShuttingDown
 from async_tasks.settings import Settings
 from async_tasks.task import TaskStatus
 from async_tasks.testing import wait_for
-from tests.conftest import SECRET
-from tests.helpers import ScriptExecutor
+from tests.helpers import SECRET, ScriptExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Modules of the engine: none of them may import the web framework.
@@ -50,6 +49,9 @@ ENGINE_MODULES = [
     "async_tasks.logs",
     "async_tasks.testing",
     "async_tasks.client",
+    "async_tasks.client._sync",
+    "async_tasks.client._async",
+    "async_tasks.client.tokens",
     "async_tasks.cli",
 ]
 

@@ -95,9 +95,9 @@ class ExecutionBackend(Protocol):
         if its delivery was lost). `InvalidTransition` unless it is pending."""
         ...
 
-    async def retry(self, session_key: str, task_id: str) -> Task:
+    async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         """Move a failed or cancelled task back to pending (a fresh attempt; the automatic
-        retry budget starts again) and hand it to delivery."""
+        retry budget starts again; `reason` in its history) and hand it to delivery."""
         ...
 
     async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
@@ -123,6 +123,18 @@ class ExecutionBackend(Protocol):
     async def shutdown(self, grace: float) -> list[Task]:
         """Refuse new work, end (or hand back) every task running here and wait up to
         `grace` seconds; returns the tasks that did not stop."""
+        ...
+
+    # -- the admin view (`async_tasks.admin`) ------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live processes that run attempts, with what they run (on one process: itself)."""
+        ...
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        """`load` by executor name, across every process of the backend: attempts
+        running and tasks waiting for a slot (or a worker). Every registered executor is
+        present, with zeros when idle."""
         ...
 
 
@@ -288,3 +300,22 @@ def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A process that runs attempts, as the admin view shows it."""
+
+    #: Unique while it lives: ``<host>:<pid>`` and, for a worker, a random suffix.
+    id: str
+    host: str
+    pid: int
+    #: The executors it runs.
+    executors: list[str]
+    #: Attempts running there now, and how many it may run at once.
+    running: int
+    concurrency: int
+    #: When it started (epoch ms).
+    started_at: int
+    #: How long ago it last renewed its lease (ms); None for the process serving the
+    #: request (the memory backend: it needs no lease).
+    lease_age_ms: int | None = None

@@ -23,7 +23,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, conclude, log_fields, log_finish, run_attempt
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo, conclude, log_fields, log_finish, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
@@ -196,11 +199,11 @@ class LocalExecution:
         await self._submit(task)
         return task
 
-    async def retry(self, session_key: str, task_id: str) -> Task:
+    async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         if not self._accepting:
             raise ShuttingDown()
         task = await self.store.transition(
-            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry"
+            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason=reason, action="retry"
         )
         await self._submit(task)
         return task
@@ -468,3 +471,35 @@ class LocalExecution:
             duration = self.clock.monotonic() - attempt.started
             for hook in self.on_finish:
                 hook(attempt.task, duration)
+
+    # -- the admin view -------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        """This process: it runs every registered executor, with MAX_CONCURRENT_TASKS slots."""
+        host = socket.gethostname()
+        return [
+            WorkerInfo(
+                id=f"{host}:{os.getpid()}",
+                host=host,
+                pid=os.getpid(),
+                executors=self.executors.names(),
+                running=len(self.running),
+                concurrency=self.settings.max_concurrent_tasks,
+                started_at=_PROCESS_STARTED_MS,
+            )
+        ]
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        """Counted from the running attempts and the queue (O(running + queued)); a task
+        waiting out a retry's backoff counts as queued."""
+        loads = {name: ExecutionLoad(running=0, queued=0) for name in self.executors.names()}
+        for attempt in list(self.running.values()):
+            loads.setdefault(attempt.task.executor, ExecutionLoad(running=0, queued=0)).running += 1
+        waiting = [entry[2] for entry in self._queued.values()] + [task for _, task in self._backoff.values()]
+        for task in waiting:
+            loads.setdefault(task.executor, ExecutionLoad(running=0, queued=0)).queued += 1
+        return loads
+
+
+#: When this process started, as far as the admin view tells (the module's import).
+_PROCESS_STARTED_MS = int(time.time() * 1000)

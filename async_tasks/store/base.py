@@ -408,3 +408,40 @@ class TaskStore(Protocol):
         """Take one token from `bucket` (refilled at `rate` per second, holding at most
         `burst`): 0 when granted, else the seconds until one is available (none taken)."""
         ...
+
+    # -- across sessions (the admin view, `async_tasks.admin`) ------------------------
+
+    async def list_sessions(self, *, limit: int, offset: int = 0) -> SessionPage:
+        """Every session holding tasks, the most recently active first, one page of them:
+        each with its tasks by status and when a task of it was last created, changed
+        or removed (`SessionSummary.last_active_ms`); and how many sessions there are."""
+        ...
+
+    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+        """`query` across every session: the tasks matching `where`, newest first
+        (creation time), one page of them, and how many match in all."""
+        ...
+
+    async def find(self, task_id: str) -> Task:
+        """The task with this id, whichever session holds it; `TaskNotFound` otherwise."""
+        ...
+
+
+class SessionSummary(msgspec.Struct, kw_only=True):
+    """One session as the admin view lists it (`TaskStore.list_sessions`)."""
+
+    key: str
+    by_status: dict[TaskStatus, int]
+    #: When a task of the session was last created, changed or removed (epoch ms).
+    last_active_ms: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+class SessionPage(NamedTuple):
+    """One page of `TaskStore.list_sessions`, and how many sessions hold tasks in all."""
+
+    sessions: list[SessionSummary]
+    total: int

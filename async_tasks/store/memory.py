@@ -15,6 +15,7 @@ atomic on the event loop.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -35,6 +36,8 @@ from async_tasks.store.base import (
     Report,
     Retention,
     SessionCounts,
+    SessionPage,
+    SessionSummary,
     StorePolicy,
     StoreTotals,
     TaskFilter,
@@ -519,6 +522,42 @@ class MemoryTaskStore:
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if self.events.listeners:
             self.events.publish(TaskEvent.of(task, kind, previous))
+
+    # -- across sessions (the admin view) ---------------------------------------------
+
+    async def list_sessions(self, *, limit: int, offset: int = 0) -> SessionPage:
+        """O(sessions · log(offset + limit)): sessions are bounded by MAX_SESSIONS."""
+        newest = heapq.nlargest(offset + limit, self.sessions.values(), key=lambda s: s.changed_ms)
+        page = [
+            SessionSummary(key=s.key, by_status=dict(s.counts), last_active_ms=s.changed_ms) for s in newest[offset:]
+        ]
+        return SessionPage(page, len(self.sessions))
+
+    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+        """The sessions' newest-first lists merged (O(sessions + offset + page) without a
+        filter, or by status only); another filter scans every task (bounded by MAX_TASKS)."""
+        end = None if limit is None else offset + limit
+        newest_first = heapq.merge(
+            *(reversed(session.tasks.values()) for session in self.sessions.values()),
+            key=lambda task: task.created_at,
+            reverse=True,
+        )
+        if where.is_empty:
+            return TaskPage(list(itertools.islice(newest_first, offset, end)), sum(self._totals.values()))
+        matching = (task for task in newest_first if _matches(task, where))
+        if where.executor is None and where.tag is None and where.dead_letter is None:
+            assert where.status is not None
+            return TaskPage(list(itertools.islice(matching, offset, end)), self._totals[where.status])
+        found = list(matching)
+        return TaskPage(found[offset:end], len(found))
+
+    async def find(self, task_id: str) -> Task:
+        """One look-up per session (bounded by MAX_SESSIONS)."""
+        for session in self.sessions.values():
+            task = session.tasks.get(task_id)
+            if task is not None:
+                return task
+        raise TaskNotFound(task_id)
 
 
 def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:

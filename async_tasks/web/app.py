@@ -14,6 +14,8 @@ from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.logs import logging_dict
 from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
+from async_tasks.web.api.admin_page import admin_page
 from async_tasks.web.api.dashboard import dashboard_route_handlers
 from async_tasks.web.api.openapi import StrictStructSchemaPlugin
 from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
@@ -31,20 +33,24 @@ def create_app(
     load_entry_points: bool = True,
     clock: Clock = SYSTEM_CLOCK,
     route_handlers: Iterable[Any] = (),
+    system: TaskSystem | None = None,
 ) -> Litestar:
     """The standalone server: the task system under ``/api/v1``, docs under ``/schema``,
-    the live dashboard at ``/`` (assets under ``/dashboard``), and the security headers
+    the live dashboard at ``/`` (assets under ``/dashboard``), the admin page at ``/admin``
+    (with ADMIN_API_KEYS), and the security headers
     (CSP, frame and sniffing protection, no referrer) on every response.
 
     Settings come from the environment unless given; `executors` are registered
-    beside the installed ones (entry points).
+    beside the installed ones (entry points). With `system`, the app serves that engine
+    (built beforehand) and the arguments before it are unused.
     """
-    settings = settings or Settings.from_env(environ)
+    settings = system.settings if system is not None else settings or Settings.from_env(environ)
     plugin = AsyncTasksPlugin(
-        executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
+        executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock, system=system
     )
+    pages = [*dashboard_route_handlers(), *([admin_page] if settings.admin_keys else [])]
     return Litestar(
-        route_handlers=[*dashboard_route_handlers(), *route_handlers],
+        route_handlers=[*pages, *route_handlers],
         plugins=[plugin, StrictStructSchemaPlugin(), *opentelemetry_plugins(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[security_headers],
@@ -59,8 +65,18 @@ def create_app(
     )
 
 
-def logging_config(settings: Settings) -> LoggingConfig:
-    """Our log format (`async_tasks.logs`) through Litestar's queue-listener handler."""
+def logging_config(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None) -> LoggingConfig:
+    """Our logs (`async_tasks.logs`) as Litestar's logging config, through its queue-listener
+    handler: the LOG_FORMAT and LOG_LEVEL format, ``[request_id=...]`` on each line written
+    for a request, no client addresses, and uvicorn's access log off. `create_app` uses it;
+    an app of your own with `AsyncTasksPlugin` gets the same in one line::
+
+        Litestar(..., plugins=[AsyncTasksPlugin(...)], logging_config=logging_config())
+
+    Settings come from the environment (`environ`) unless given. (It configures the
+    process's logging when the app is built, root logger included, as any Litestar
+    logging config does.)"""
+    settings = settings or Settings.from_env(environ)
     schema = logging_dict(
         settings, handler={"class": "litestar.logging.standard.QueueListenerHandler"}, handler_name="queue_listener"
     )

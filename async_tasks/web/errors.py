@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from async_tasks import errors
-from async_tasks.validation import describe, field_of, field_type, join_field, split_location
+from async_tasks.validation import explain, field_type
 from async_tasks.web.api.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("async_tasks.api")
@@ -26,8 +26,22 @@ class ExecutorNotFound(errors.UnknownExecutor):
     """An unknown executor named in the URL (404 rather than 400)."""
 
 
+class ShareLinkRefused(errors.TaskSystemError):
+    """A share token that is forged, changed or expired (401)."""
+
+    code = "invalid_share_link"
+
+    def __init__(self, *, expired: bool) -> None:
+        if expired:
+            super().__init__("This share link has expired: ask whoever sent it for a new one.")
+            self.code = "share_link_expired"
+        else:
+            super().__init__("This share link is not valid: check that it was copied whole.")
+
+
 STATUS: dict[type[errors.TaskSystemError], int] = {
     errors.TaskNotFound: 404,
+    ShareLinkRefused: 401,
     ExecutorNotFound: 404,
     errors.UnknownExecutor: 400,
     errors.InvalidParams: 400,
@@ -104,28 +118,27 @@ def _field_problem(request: Request[Any, Any, Any], entry: dict[str, Any]) -> di
     raw_key = str(entry.get("key") or "")
     source = entry.get("source") or ""
     source = str(getattr(source, "value", source))  # Litestar's ParamType enum, or "body"
-    message, path = split_location(str(entry.get("message") or "is not valid"))
+    error = str(entry.get("message") or "is not valid")
     handler = request.scope.get("route_handler")
     parameters = handler.parsed_fn_signature.parameters if handler is not None else {}
     parameter = parameters.get(raw_key)
     if source == "body" or (not source and raw_key.split(".")[0].split("[")[0] not in parameters):
         # The body: Litestar strips "data." from field paths and reports the body itself as "data".
-        field = "" if raw_key == "data" else raw_key
+        within = "" if raw_key == "data" else raw_key
         data = handler.parsed_data_field if handler is not None else None
-        node = field_type(data.annotation, _as_path(field) + path) if data is not None else None
-        field = join_field(field, path)
-        problem = {"message": describe(field, message, node), "source": "body"}
-        key = field_of(field, message)
-        return {"key": key, **problem} if key else problem
+        # The type of the part of the body the error is about: msgspec's path is inside it.
+        part = field_type(data.annotation, _as_path(within)) if data is not None else None
+        key, message = explain(error, part, within=within)
+        return {"key": key, "message": message, "source": "body"} if key else {"message": message, "source": "body"}
     kwarg = parameter.kwarg_definition if parameter is not None else None
     name = raw_key
     if isinstance(kwarg, ParameterKwarg):
         name = kwarg.name or kwarg.query or kwarg.header or kwarg.cookie or raw_key
         source = source or str(kwarg.param_type.value)
-    got = _raw_value(request, source, name)
-    node = field_type(parameter.annotation, path) if parameter is not None else None
     subject = f"The {name.replace('_', ' ')} in the path" if source == "path" else name
-    return {"key": name, "message": describe(subject, message, node, got=got), "source": source or "query"}
+    root = parameter.annotation if parameter is not None else None
+    message = explain(error, root, within=subject, got=_raw_value(request, source, name)).message
+    return {"key": name, "message": message, "source": source or "query"}
 
 
 def _as_path(field: str) -> str:

@@ -38,6 +38,9 @@ SESSION_STATE_KEY = "async_tasks_session_key"
 #: The token of a session issued for this request (no valid token, no IP mapping).
 ISSUED_TOKEN_STATE_KEY = "async_tasks_issued_token"
 REQUEST_ID_STATE_KEY = "async_tasks_request_id"
+#: A route whose ``opt`` has this key resolves no session (its caller needs none: the
+#: front-end kit's files, share links).
+NO_SESSION_OPT_KEY = "async_tasks_no_session"
 
 TOKEN_HEADER = "X-Session-Token"
 #: Response header saying the request's session token was not accepted.
@@ -76,7 +79,7 @@ def session_key_of(scope: Scope) -> str:
 
 class RequestMiddleware(ASGIMiddleware):
     """Resolves the request id, and the session (except on the routes whose ``opt`` has
-    `session_exempt_key`: health probes and scrapes), of every HTTP and WebSocket request
+    `session_exempt_key`, health probes and scrapes, or `NO_SESSION_OPT_KEY`), of every HTTP and WebSocket request
     into scope state, and binds both to the log context while the request runs.
 
     App middleware only runs for matched routes: the request id response header is
@@ -96,7 +99,9 @@ class RequestMiddleware(ASGIMiddleware):
             request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
         exempt = self.session_exempt_key
         route_handler = scope.get("route_handler")
-        if exempt is not None and route_handler is not None and route_handler.opt.get(exempt):
+        if route_handler is not None and (
+            (exempt is not None and route_handler.opt.get(exempt)) or route_handler.opt.get(NO_SESSION_OPT_KEY)
+        ):
             session_key = state.get(SESSION_STATE_KEY)
         else:
             session_key, send = self._resolve_session(scope, state, send)

@@ -2,8 +2,9 @@
 
     app = Litestar(route_handlers=[my_routes], plugins=[AsyncTasksPlugin(executors=[MyExecutor])])
 
-It mounts the API under `path` (default ``/api/v1``) and the health and metrics
-routes, guards the app's boundary (hosts, origins, JSON bodies, API keys, proxy
+It mounts the API under `path` (default ``/api/v1``), the health and metrics
+routes, and the front-end kit (``/client.js``, ``/client.d.ts``, the share links'
+page ``/share/{token}``) at the root; guards the app's boundary (hosts, origins, JSON bodies, API keys, proxy
 headers: `async_tasks.web.security`; CORS for CORS_ALLOW_ORIGINS unless the app has
 its own), resolves the session of every request (handlers receive ``session_key``),
 injects the `TaskSystem` as ``task_system``, and joins the system's lifespan to the
@@ -27,13 +28,17 @@ from litestar.types import Scope
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.metrics import TaskMetrics
+from async_tasks.sessions import ShareTokens
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.api.admin import admin_router
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
 from async_tasks.web.api.health import LoopLagProbe, health_handlers
-from async_tasks.web.api.openapi import with_session_security
+from async_tasks.web.api.kit import kit_route_handlers
+from async_tasks.web.api.openapi import BoundaryResponses, with_session_security
 from async_tasks.web.api.sessions import current_session, new_session
+from async_tasks.web.api.share import share_page, share_router
 from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import task_controller
 from async_tasks.web.api.tickets import stream_ticket
@@ -103,6 +108,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
             else None
         )
         self.lag_probe = LoopLagProbe()
+        #: Share links: tokens that read one task each (SHARE_LINK_TTL seconds).
+        self.share_tokens = ShareTokens(self.system.sessions.keys, self.settings.share_link_ttl, self.system.clock)
 
     def _stream_bridge(self) -> StreamBridge:
         """The push streams: fed by the store's own events, or by the backend's channels
@@ -125,6 +132,9 @@ class AsyncTasksPlugin(InitPluginProtocol):
         ]
         handlers += [demo_route(type(executor), self.system) for executor in self.system.executors]
         handlers.append(stream_router(self.streams))
+        handlers.append(share_router(self.streams, self.share_tokens))
+        if self.settings.admin_keys:
+            handlers.append(admin_router(self.system))
         return Router(
             path=self.path or "/",
             route_handlers=handlers,
@@ -137,15 +147,25 @@ class AsyncTasksPlugin(InitPluginProtocol):
         if self.path:  # the session socket at the root too, beside the API's own
             app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie
-            app_config.openapi_config = with_session_security(app_config.openapi_config)
+            app_config.openapi_config = with_session_security(
+                app_config.openapi_config, admin=bool(self.settings.admin_keys)
+            )
         app_config.route_handlers.extend(health_handlers(self.lag_probe))
+        # The front-end kit: /client.js and its types, and the share links' page.
+        app_config.route_handlers.extend([*kit_route_handlers(), share_page])
         if self.metrics is not None:
             app_config.route_handlers.append(metrics_controller(self.metrics))
             app_config.middleware.append(request_metrics_middleware(self.metrics))
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
-        app_config.dependencies["api_path"] = Provide(lambda: self.path, sync_to_thread=False)
+        api_path = self.path
+
+        def provide_api_path(scope: Scope) -> str:
+            """The API's path as clients reach it: under the mount of a host app (``root_path``) too."""
+            return str(scope.get("root_path", "")) + api_path
+
+        app_config.dependencies["api_path"] = Provide(provide_api_path, sync_to_thread=False)
         # Hosts, origins, JSON bodies, API keys and proxy headers: checked before a
         # session is resolved or a body read (see `async_tasks.web.security`).
         app_config.middleware.append(
@@ -156,6 +176,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
                 addresses=system.server_addresses,
             )
         )
+        app_config.plugins.append(BoundaryResponses(self.path or "/"))  # ...and their errors, documented
         if app_config.cors_config is None:
             app_config.cors_config = cors_config(self.settings)
         # The session (health probes and scrapes need none) and the request id.

@@ -27,11 +27,15 @@ WebSocket requests, with everything it compares computed once at start-up:
   without asking).
 * **API keys.** With API_KEYS, every API request needs one (``Authorization:
   Bearer <key>`` or ``X-API-Key``), else 401 ``unauthorized``; sessions still
-  isolate callers. With METRICS_TOKEN, ``/metrics`` needs ``Authorization: Bearer
-  <token>``.
+  isolate callers. With ADMIN_API_KEYS, the admin API (``<api>/admin/...``) needs
+  one of those instead, as ``Authorization: Bearer <key>``; who holds it (a name or
+  the key's fingerprint) goes in scope state for the admin routes' logs. With
+  METRICS_TOKEN, ``/metrics`` needs ``Authorization: Bearer <token>``.
 * **Stream tickets.** ``EventSource`` and browser WebSockets cannot send headers: a
   stream route accepts ``?ticket=`` (from ``POST /session/ticket``, valid
   STREAM_TICKET_TTL seconds) in place of the session token and the API key.
+* **Share links.** ``GET <api>/shared/{token}`` and its ``/events`` need no API key:
+  the share token in the path is checked by the route and reads one task only.
 * **Secure cookies.** A request over TLS (directly, or behind a trusted proxy that
   says so) gets its cookies marked ``Secure``.
 * It records each local address requests arrive on (`ServerAddresses`), so
@@ -81,6 +85,13 @@ CORS_EXPOSE_HEADERS: Final = (
     "Idempotent-Replayed",
     "Retry-After",
 )
+
+#: The admin API, under the API's path (see `web/api/admin.py`), and the scope-state key
+#: naming who called it (set here once the key is checked).
+ADMIN_PATH: Final = "/admin"
+ADMIN_STATE_KEY: Final = "async_tasks_admin"
+#: A refusal: status, error code, message.
+_Refusal = tuple[int, str, str]
 
 #: The session WebSocket is also served at the app's root (see `web/api/streams.py`).
 ROOT_SOCKET_PATH: Final = "/ws"
@@ -160,6 +171,8 @@ class BoundaryMiddleware(ASGIMiddleware):
         self.addresses = addresses
         self.api_prefix = api_path.rstrip("/")
         self.stream_socket = self.api_prefix + "/ws"
+        #: The routes a share token opens (`async_tasks.web.api.share`): the token is their credential.
+        self.shared_prefix = self.api_prefix + "/shared/"
         self.trust_proxy = settings.trust_proxy_headers
         self.proxies = settings.forwarded_networks
         self.any_host = "*" in settings.allowed_host_names
@@ -174,6 +187,9 @@ class BoundaryMiddleware(ASGIMiddleware):
         self.metrics_token = (
             hashlib.sha256(settings.metrics_token.strip().encode()).digest() if settings.metrics_token else None
         )
+        #: Admin keys' digests -> who holds each (a name or fingerprint, for the logs).
+        self.admin_keys = {hashlib.sha256(key.encode()).digest(): who for key, who in settings.admin_keys.items()}
+        self.admin_prefix = self.api_prefix + ADMIN_PATH
         self._hosts: dict[bytes, bool] = {}
         self._origins: dict[tuple[bytes, bytes | None], bool] = {}
         self._json_types: dict[bytes, bool] = {}
@@ -253,7 +269,7 @@ class BoundaryMiddleware(ASGIMiddleware):
         authorization: bytes | None,
         api_key: bytes | None,
         body: bool,
-    ) -> tuple[int, str, str] | None:
+    ) -> _Refusal | None:
         websocket = scope["type"] == ScopeType.WEBSOCKET
         method = "" if websocket else scope["method"]  # type: ignore[typeddict-item]
         state_changing = websocket or method not in _SAFE_METHODS
@@ -265,6 +281,17 @@ class BoundaryMiddleware(ASGIMiddleware):
                 f"Requests from the page at {shown} are refused: it is not this server's own origin and not in "
                 "CORS_ALLOW_ORIGINS.",
             )
+        if self.admin_keys and (path == self.admin_prefix or path.startswith(self.admin_prefix + "/")):
+            # The admin API: an admin key instead of an API key (one Authorization header).
+            who = self.admin_keys.get(_bearer(authorization) or b"") if authorization is not None else None
+            if who is None:
+                return (
+                    401,
+                    "unauthorized",
+                    "The admin API needs one of ADMIN_API_KEYS as 'Authorization: Bearer <key>'.",
+                )
+            scope.setdefault("state", {})[ADMIN_STATE_KEY] = who
+            return self._check_body(method, websocket, content_type, body)
         ticketed = False
         if (websocket or path.endswith("/events")) and _TICKET_PARAM in scope.get("query_string", b""):
             key = self._ticket(scope)
@@ -276,12 +303,16 @@ class BoundaryMiddleware(ASGIMiddleware):
                     f"get a new one with POST {self.api_prefix}/session/ticket.",
                 )
             ticketed = True
-        if self.api_keys and not ticketed and not self._key_allowed(authorization, api_key):
+        shared = not state_changing and path.startswith(self.shared_prefix)
+        if self.api_keys and not ticketed and not shared and not self._key_allowed(authorization, api_key):
             return (
                 401,
                 "unauthorized",
                 "This server needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
             )
+        return self._check_body(method, websocket, content_type, body)
+
+    def _check_body(self, method: str, websocket: bool, content_type: bytes | None, body: bool) -> _Refusal | None:
         if body and not websocket and method not in _SAFE_METHODS:
             if content_type is None or not self._is_json(content_type):
                 shown = content_type.decode("latin-1") if content_type else "none"
@@ -421,6 +452,44 @@ class BoundaryMiddleware(ASGIMiddleware):
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """The line to log when the server listens beyond this machine (HOST=0.0.0.0, a LAN
+    address) with no API_KEYS: anyone who reaches it can use the API, and sessions only
+    keep callers apart. None on a loopback address or with API keys."""
+    if settings.api_key_list:
+        return None
+    name = host.strip().strip("[]").lower()
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):
+            return None
+    return (
+        f"Listening on {host} (reachable from other machines) without API_KEYS: anyone who can reach it can "
+        "use the API. Set API_KEYS (DEMO_GUIDE.md, 'On a shared network'), or HOST=127.0.0.1 to stay local"
+    )
+
+
+def boundary_errors(path: str, method: str, api_path: str) -> dict[int, str]:
+    """The errors `BoundaryMiddleware` may answer to `method` `path` before any handler
+    runs, as status -> what it means: what the OpenAPI document declares for each
+    operation (`async_tasks.web.api.openapi.BoundaryResponses`)."""
+    errors = {400: "`invalid_host`: the Host header is not one this server answers to (ALLOWED_HOSTS)."}
+    api = api_path.rstrip("/")
+    if path.startswith(api) or path == ROOT_SOCKET_PATH:
+        if path == api + ADMIN_PATH or path.startswith(api + ADMIN_PATH + "/"):
+            errors[401] = "`unauthorized`: the request carries none of the server's ADMIN_API_KEYS."
+        else:
+            errors[401] = "`unauthorized`: the server has API_KEYS and the request carries none of them."
+        if method not in _SAFE_METHODS:
+            errors[403] = "`forbidden_origin`: sent by a page of another origin that is not in CORS_ALLOW_ORIGINS."
+            errors[415] = "`unsupported_media_type`: a request body that is not JSON."
+    elif path == "/metrics":
+        errors[401] = "`unauthorized`: the server has a METRICS_TOKEN and the request does not carry it."
+    return errors
 
 
 async def refuse_websocket(

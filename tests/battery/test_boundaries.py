@@ -24,8 +24,7 @@ from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from tests.battery.test_limits import API, assert_error
-from tests.conftest import SECRET, TEST_HOST
-from tests.helpers import system_of, tampered, wait_for
+from tests.helpers import SECRET, TEST_HOST, system_of, tampered, wait_for
 
 pytestmark = pytest.mark.battery
 

@@ -22,8 +22,7 @@ from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from async_tasks.web.middleware import COOKIE_NAME, TOKEN_HEADER
 from tests.battery.harness import PortalApp, blocking_portal, running
-from tests.conftest import SECRET, TEST_HOST
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import SECRET, TEST_EXECUTORS, TEST_HOST
 
 pytestmark = pytest.mark.battery
 

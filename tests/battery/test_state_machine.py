@@ -40,8 +40,7 @@ from async_tasks.testing import FakeClock
 from async_tasks.web.app import create_app
 from async_tasks.web.middleware import COOKIE_NAME
 from tests.battery.harness import PortalApp, blocking_portal, running
-from tests.conftest import SECRET, TEST_HOST
-from tests.helpers import TEST_EXECUTORS, ScriptExecutor, find_task, wait_for
+from tests.helpers import SECRET, TEST_EXECUTORS, TEST_HOST, ScriptExecutor, find_task, wait_for
 
 pytestmark = pytest.mark.battery
 

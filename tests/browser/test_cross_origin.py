@@ -7,22 +7,33 @@ follow the SSE and WebSocket streams of their session, with a cookie session (sa
 site: localhost on two ports) and with a token session (a header for fetch, a
 stream ticket for EventSource and WebSocket). A page on an origin that is not
 listed can neither read nor write. The dashboard loads with no CSP violation.
+
+The front-end kit: the page imports ``/client.js`` from the API's origin and follows a
+task to its end through a dropped connection (`StreamCutter` ends the first event
+stream after two messages), falls back to the WebSocket and to polling; the docs' React
+recipe (``useTask``), bundled with esbuild, runs on that page; a share link opens on a
+phone-sized page with no session.
 """
 
 from __future__ import annotations
 
 import http.server
+import os
+import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import httpx
 import pytest
 from litestar import Litestar
 
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
-from tests.conftest import SECRET
-from tests.helpers import TEST_EXECUTORS, memory_store_of
+from tests.helpers import SECRET, TEST_EXECUTORS, memory_store_of
 from tests.live import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -33,12 +44,16 @@ PAGE = b"<!doctype html><html><head><meta charset='utf-8'><title>front-end</titl
 
 
 class _Blank(http.server.BaseHTTPRequestHandler):
+    #: Other files the page's origin serves (path -> content type and bytes): the React bundle.
+    files: ClassVar[dict[str, tuple[str, bytes]]] = {}
+
     def do_GET(self) -> None:
+        content_type, body = self.files.get(self.path, ("text/html; charset=utf-8", PAGE))
         self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(PAGE)))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(PAGE)
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -69,9 +84,53 @@ def api_app(page_port: int) -> Litestar:
     return create_app(settings, TEST_EXECUTORS, environ={})
 
 
+class StreamCutter:
+    """ASGI wrapper between the browser and the API that breaks event streams as a proxy or
+    a network would: with `cut_next` set, the next event stream ends after that many
+    messages (the client sees it close mid-task); with `refuse`, every event stream gets a
+    503. It counts the event-stream requests per path in `opened`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.cut_next: int | None = None
+        self.refuse = False
+        self.opened: dict[str, int] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.endswith("/events"):
+            await self.app(scope, receive, send)
+            return
+        self.opened[path] = self.opened.get(path, 0) + 1
+        if self.refuse:
+            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        left, self.cut_next = self.cut_next, None
+
+        async def cutting(message: Any) -> None:
+            nonlocal left
+            if left is None:
+                await send(message)
+            elif left > 0:
+                if message["type"] == "http.response.body" and message.get("body"):
+                    left -= 1
+                    if left == 0:  # the last message that gets through, then the stream ends
+                        message = {**message, "more_body": False}
+                await send(message)
+            # after the cut the app goes on writing to nobody until its stream ends
+
+        await self.app(scope, receive, cutting)
+
+
 @pytest.fixture(scope="module")
-def api(api_app: Litestar) -> Iterator[str]:
-    with serve_in_thread(api_app, ws="auto") as url:
+def cutter(api_app: Litestar) -> StreamCutter:
+    return StreamCutter(api_app)
+
+
+@pytest.fixture(scope="module")
+def api(cutter: StreamCutter) -> Iterator[str]:
+    with serve_in_thread(cutter, ws="auto") as url:
         yield url.replace("127.0.0.1", "localhost")
 
 
@@ -213,5 +272,192 @@ def test_the_dashboard_runs_under_its_content_security_policy(browser: Any, api:
         sync_api.expect(page.locator("#session-key")).not_to_have_text("…", timeout=15_000)
         page.locator("#executor-tabs button").first.wait_for()
         assert violations == []
+    finally:
+        context.close()
+
+
+# -- the front-end kit: /client.js, the React recipe, share links ---------------------
+
+#: The page imports the client from the API's origin, as it is, and follows a task.
+CLIENT_FLOW = """async ({api, executor, params, transports}) => {
+  const { connect } = await import(`${api}/client.js`);
+  const client = connect({ baseUrl: api });
+  const task = await client.createTask(executor, params);
+  const updates = [];
+  const used = [];
+  const ended = await new Promise((resolve, reject) => {
+    client.watch(task.id, (update) => updates.push(update), {
+      transports,
+      onTransport: (name) => used.push(name),
+      onEnd: (last, reason) => resolve({ last, reason, delivered: updates.length }),
+      onError: (error) => reject(new Error(`${error.code}: ${error.message}`)),
+    });
+    setTimeout(() => reject(new Error(`no end: ${JSON.stringify(updates)}`)), 15000);
+  });
+  const listed = await client.list();
+  return { taskId: task.id, updates, used, ended, listed: listed.tasks.map((t) => t.id), token: client.token };
+}"""
+
+
+def follow(front_end: Any, api: str, executor: str, params: dict[str, Any], transports: list[str] | None = None) -> Any:
+    return front_end.evaluate(
+        CLIENT_FLOW, {"api": api, "executor": executor, "params": params, "transports": transports}
+    )
+
+
+def assert_each_update_once(outcome: dict[str, Any]) -> None:
+    """Every state once (attempt and time never repeat with the same content, never go back),
+    progress never back, the last one completed, and the end after it."""
+    updates = outcome["updates"]
+    states = [(u["attempt"], u["at"], u["status"], u["progress"], u["currentStep"]) for u in updates]
+    assert len(states) == len(set(states)), states
+    assert states == sorted(states, key=lambda s: (s[0], s[1])), states
+    progress = [u["progress"] for u in updates]
+    assert progress == sorted(progress), progress
+    assert updates[-1]["status"] == "completed" and updates[-1]["progress"] == 100
+    assert outcome["ended"]["reason"] == "completed" and outcome["ended"]["last"] == updates[-1]
+    assert outcome["ended"]["delivered"] == len(updates)  # nothing after the end
+
+
+def test_a_page_imports_the_client_and_follows_a_task_through_a_dropped_connection(
+    front_end: Any, api: str, cutter: StreamCutter
+) -> None:
+    """/client.js from another origin: create, watch to the end over the event stream, which
+    the network cuts after two messages; the client reconnects (with a fresh ticket) and
+    delivers each state once."""
+    cutter.cut_next = 2
+    outcome = follow(front_end, api, "sample", {"delayMs": 1500})
+    assert_each_update_once(outcome)
+    assert [u["currentStep"] for u in outcome["updates"]][-1] == "Finalizing"
+    assert outcome["used"] == ["sse", "sse"], outcome["used"]  # the stream again, after the cut
+    assert cutter.opened[f"/api/v1/tasks/{outcome['taskId']}/events"] == 2
+    assert outcome["listed"] == [outcome["taskId"]] and outcome["token"]  # the session it was given
+
+
+def test_the_client_falls_back_to_the_websocket_then_to_polling(front_end: Any, api: str, cutter: StreamCutter) -> None:
+    """An event stream that is refused (a proxy in the way): the session WebSocket; and
+    polling when asked for it alone."""
+    cutter.refuse = True
+    try:
+        by_socket = follow(front_end, api, "sample", {"delayMs": 1000})
+    finally:
+        cutter.refuse = False
+    assert_each_update_once(by_socket)
+    assert by_socket["used"] == ["websocket"], by_socket["used"]
+    by_polling = follow(front_end, api, "sample", {"delayMs": 300}, transports=["polling"])
+    assert_each_update_once(by_polling)
+    assert by_polling["used"] == ["polling"]
+
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FRONTEND = ROOT / "tests" / "frontend" / "node_modules"
+KIT = ROOT / "async_tasks" / "web" / "kit"
+#: The test page around the guide's recipe: it creates a task and shows it with `TaskProgress`.
+REACT_APP = """
+import { useEffect, useState } from "react";
+import { createRoot } from "react-dom/client";
+import { client, TaskProgress } from "./use-task";
+
+function App() {
+  const [id, setId] = useState<string | null>(null);
+  useEffect(() => { client.createTask("sample", { delayMs: 600 }).then((task) => setId(task.id)); }, []);
+  return id ? <TaskProgress id={id} /> : <p>Creating…</p>;
+}
+
+createRoot(document.getElementById("root")!).render(<App />);
+"""
+REACT_PAGE = b"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>React</title>
+<script type="module" src="/react.js"></script></head><body><div id="root"></div></body></html>"""
+
+
+def react_recipe() -> str:
+    blocks = [b for b in re.findall(r"```tsx\n(.*?)```", (ROOT / "DEMO_GUIDE.md").read_text(), re.S) if "useTask" in b]
+    assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one useTask recipe"
+    return str(blocks[0])
+
+
+def test_the_guides_react_hook_follows_a_task(front_end: Any, api: str, tmp_path: Path) -> None:
+    """The useTask recipe as the guide writes it (only its server URL changed), beside the
+    client module saved as the guide says, bundled with esbuild, on a page of another origin."""
+    esbuild = FRONTEND / ".bin" / "esbuild"
+    if not esbuild.is_file():
+        pytest.skip(f"esbuild is not installed ({esbuild}): bash scripts/test.sh installs it")
+    (tmp_path / "use-task.tsx").write_text(react_recipe().replace("http://localhost:3000", api))
+    shutil.copy(KIT / "client.js", tmp_path / "async-tasks.js")
+    (tmp_path / "app.tsx").write_text(REACT_APP)
+    bundle = ["--bundle", "--format=esm", "--jsx=automatic", "--outfile=react.js", "--log-level=error"]
+    built = subprocess.run(
+        [str(esbuild), "app.tsx", *bundle],
+        cwd=tmp_path,
+        env={**os.environ, "NODE_PATH": str(FRONTEND)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert built.returncode == 0, built.stderr
+    _Blank.files = {
+        "/react.html": ("text/html; charset=utf-8", REACT_PAGE),
+        "/react.js": ("text/javascript", (tmp_path / "react.js").read_bytes()),
+    }
+    try:
+        origin = front_end.url.rstrip("/")
+        front_end.goto(f"{origin}/react.html")
+        shown = front_end.locator("#root .task")
+        sync_api.expect(shown).to_have_attribute("data-status", "completed", timeout=15_000)
+        sync_api.expect(shown).to_contain_text("100% · completed · Finalizing")
+        assert front_end.locator("#root progress").get_attribute("value") == "100"
+    finally:
+        _Blank.files = {}
+
+
+def test_a_share_link_opens_on_a_phone_without_a_session(browser: Any, api: str) -> None:
+    """The link from POST /tasks/{id}/share, on a 390 px page with no cookie, no token and no
+    key: the task moves to its end; the page makes no session, and its token reads nothing else."""
+    with httpx.Client(base_url=api) as owner:
+        token = owner.post("/api/v1/session").json()["token"]
+        owner.headers["X-Session-Token"] = token
+        shared = owner.post("/api/v1/demo/tasks/sample", json={"delayMs": 800}).json()["task"]["id"]
+        other = owner.post("/api/v1/demo/tasks/sample", json={"delayMs": 0}).json()["task"]["id"]
+        link = owner.post(f"/api/v1/tasks/{shared}/share").json()
+    assert link["url"].startswith(f"{api}/share/")
+    # axe is injected as a script: this context lets it past the page's CSP (tested elsewhere).
+    context = browser.new_context(viewport={"width": 390, "height": 844}, reduced_motion="reduce", bypass_csp=True)
+    try:
+        page = context.new_page()
+        seen: list[str] = []
+        page.expose_function("reportProgress", lambda value: seen.append(value))
+        page.add_init_script(
+            "new MutationObserver(() => { const bar = document.getElementById('bar');"
+            " if (bar) window.reportProgress(bar.getAttribute('aria-valuenow')); })"
+            ".observe(document, {subtree: true, attributes: true, attributeFilter: ['aria-valuenow']});"
+        )
+        page.goto(link["url"])
+        sync_api.expect(page.get_by_role("heading", level=1)).to_have_text("Sample Long-Running Task")
+        sync_api.expect(page.locator("#badge")).to_have_text("completed", timeout=15_000)
+        sync_api.expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+        sync_api.expect(page.locator("#step-name")).to_have_text("Finalizing")
+        sync_api.expect(page.locator("#live")).to_have_attribute("data-mode", "ended")
+        progress = [int(value) for value in seen]
+        assert progress == sorted(progress) and len(set(progress)) >= 3, progress  # it moved, never back
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert context.cookies() == []  # no session was made for the page
+        # What the page holds reads that task only.
+        share_token = link["token"]
+        reads = page.evaluate(
+            """async ({other, token}) => {
+              const status = async (url, init) => (await fetch(url, init)).status;
+              return {
+                other: await status(`/api/v1/tasks/${other}`, {headers: {"X-Session-Token": token}}),
+                list: (await (await fetch("/api/v1/tasks", {headers: {"X-Session-Token": token}})).json()).tasks.length,
+                stream: await status(`/api/v1/tasks/events?ticket=${token}`),
+              };
+            }""",
+            {"other": other, "token": share_token},
+        )
+        assert reads == {"other": 404, "list": 0, "stream": 401}
+        axe = FRONTEND / "axe-core" / "axe.min.js"
+        if axe.is_file():
+            page.add_script_tag(path=str(axe))
+            assert page.evaluate("async () => (await axe.run()).violations.map((v) => v.id)") == []
     finally:
         context.close()

@@ -172,8 +172,8 @@ def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> 
     expect(second.locator("#session-key")).to_have_text(re.compile(r"^s_"))
     expect(second.locator("#session-key")).not_to_have_text(first_key)
     expect(second.locator("li.task")).to_have_count(0)
-    # A header token cannot ride on EventSource: this window polls.
-    expect(second.locator("#live")).to_have_attribute("data-mode", "polling")
+    # A header token cannot ride on EventSource: this window opens the stream with a ticket.
+    expect(second.locator("#live")).to_have_attribute("data-mode", "stream")
     submit(second, "sample", delayMs="300")
     expect(second.locator("li.task .badge")).to_have_text(["completed"])
     second_bar = second.locator("li.task").first.get_by_role("progressbar")
@@ -392,3 +392,134 @@ def test_screenshot(browser: Browser, docs_server: str) -> None:
     finally:
         context.close()
     assert problems == [], f"Problems on the page: {problems}"
+
+
+# -- every screen, accessibility, API keys ------------------------------------------
+
+#: axe-core from npm (tests/frontend, installed by scripts/test.sh), injected into the page.
+AXE = Path(__file__).parent.parent / "frontend" / "node_modules" / "axe-core" / "axe.min.js"
+#: Phones, a half-screen window, a small tablet: (width, height).
+SCREENS = [(360, 640), (390, 844), (600, 800), (768, 1024)]
+LAYOUT = """() => {
+  const box = (node) => node.getBoundingClientRect();
+  const card = document.querySelector("li.task");
+  return {
+    scrollWidth: document.documentElement.scrollWidth, width: innerWidth, height: innerHeight,
+    header: box(document.querySelector(".topbar")).height,
+    name: box(card.querySelector(".task-name")).width, card: box(card).width,
+  };
+}"""
+#: Whether any message ("toast") overlaps a control or a progress bar of the page.
+COVERED = """() => {
+  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const messages = [...document.querySelectorAll(".toast")].map((node) => node.getBoundingClientRect());
+  const controls = [...document.querySelectorAll("button, a, input, select, textarea, .bar")]
+    .filter((node) => !node.closest(".toast") && node.offsetParent !== null);
+  const covered = (node) => messages.some((m) => overlap(m, node.getBoundingClientRect()));
+  return messages.length === 0 ? null : controls.filter(covered).map((node) => node.outerHTML.slice(0, 80));
+}"""
+
+
+def axe_violations(page: Page) -> list[str]:
+    if not AXE.is_file():
+        pytest.skip(f"axe-core is not installed ({AXE}): bash scripts/test.sh installs it")
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    found = page.evaluate("async () => (await axe.run()).violations.map((v) => `${v.id}: ${v.nodes[0].target}`)")
+    return list(found)
+
+
+def test_the_dashboard_fits_every_screen_and_has_no_axe_violations(browser: Browser, live_server: str) -> None:
+    """At 360-768 px: no sideways scroll, a task's name across most of its card, a top bar of a
+    few lines; messages sit beside what they are about, over no control; axe finds nothing (the
+    page is checked at each width and on a desktop, with every kind of card and the key dialog
+    excepted: it has its own test)."""
+    # axe is injected as a script: this context lets it past the page's CSP (tested elsewhere).
+    context, problems = offline_context(browser, viewport={"width": 390, "height": 844}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        open_dashboard(page, live_server)
+        with TaskClient(live_server, token=session_token(page)) as tasks:
+            tasks.demo("sample", delayMs=120_000)
+            tasks.create_task("script", {"fail": "the printer is on fire"}, start=True)
+        submit(page, "batch", items="alpha\nbeta", itemDelayMs="0")
+        card = page.locator("li.task").first
+        expect(card.locator(".badge")).to_have_text("completed")
+        expect(page.locator("li.task")).to_have_count(3)
+        expect(page.locator(".toast.ok")).to_have_text(re.compile("^Started"))
+        expect(card).to_be_in_viewport()
+        assert page.evaluate(COVERED) == []
+        for width, height in SCREENS:
+            page.set_viewport_size({"width": width, "height": height})
+            layout = page.evaluate(LAYOUT)
+            assert layout["scrollWidth"] <= width, (width, layout)
+            assert layout["name"] >= 0.8 * layout["card"], (width, layout)
+            assert layout["header"] <= 0.16 * height, (width, layout)
+            assert axe_violations(page) == [], width
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        # Stacked messages on a desktop: a failed cancel on a card, a cleanup, a start.
+        body = '{"success": false, "error": {"code": "invalid_transition", "message": "Too late."}}'
+        page.route("**/cancel", lambda route: route.fulfill(status=409, content_type="application/json", body=body))
+        running = page.locator("li.task[data-status=running]")
+        running.get_by_role("button", name="Cancel").click()
+        page.get_by_role("button", name="Run cleanup").click()
+        submit(page, "sample", delayMs="0")
+        expect(running.locator(".toast.error")).to_have_text(re.compile("^Too late"))
+        expect(page.locator(".toast")).to_have_count(3)
+        assert page.evaluate(COVERED) == []
+        assert axe_violations(page) == []
+    finally:
+        context.close()
+    assert problems == [], f"Problems on the page: {problems}"
+
+
+def test_with_api_keys_the_dashboard_asks_for_the_key_once(browser: Browser) -> None:
+    """No request is retried in vain and nothing says "live" before the key: the page asks,
+    keeps the key for the tab (a reload does not ask again), then streams with a ticket."""
+    key = "dashboard-key-0123456789"
+    with serve_in_thread(WithCSP(live_app(api_keys=key))) as url:
+        context, problems = offline_context(browser, viewport={"width": 390, "height": 844})
+        page = context.new_page()
+        refused: list[str] = []
+        page.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
+        try:
+            page.goto(url)
+            dialog = page.get_by_role("dialog", name="This server needs an API key")
+            expect(dialog).to_be_visible()
+            expect(page.locator("#live")).to_have_attribute("data-mode", re.compile("^(connecting|locked)$"))
+            expect(page.locator("#live")).not_to_contain_text("live")
+            assert len(refused) <= 2  # the session, and at most one more that was in flight
+            dialog.get_by_label("API key").fill("not-the-key-at-all")
+            dialog.get_by_role("button", name="Use this key").click()
+            expect(dialog.locator("#key-error")).to_have_text(re.compile("refused this key"))
+            dialog.get_by_label("API key").fill(key)
+            dialog.get_by_role("button", name="Use this key").click()
+            expect(dialog).to_be_hidden()
+            expect(page.locator("body[data-ready=true]")).to_be_attached()
+            expect(page.locator("#live")).to_have_attribute("data-mode", "stream")
+            submit(page, "sample", delayMs="0")
+            expect(page.locator("li.task .badge")).to_have_text(["completed"])
+            before = len(refused)
+            page.reload()
+            expect(page.locator("li.task .badge")).to_have_text(["completed"])
+            expect(page.locator("#key-dialog")).to_be_hidden()
+            assert len(refused) == before
+        finally:
+            context.close()
+        assert problems == [], f"Problems on the page: {problems}"
+
+
+def test_the_indicator_says_live_only_while_requests_work(page: Page, live_server: str) -> None:
+    """Without the event stream the page polls; when the list fails it says so (the server's
+    message), and "live" again once it works."""
+    page.route("**/tasks/events*", lambda route: route.abort())
+    open_dashboard(page, live_server)
+    live = page.locator("#live")
+    expect(live).to_have_attribute("data-mode", "polling")
+    expect(live).to_contain_text("live · polling")
+    body = '{"success": false, "error": {"code": "store_unavailable", "message": "Redis is not answering."}}'
+    page.route("**/api/v1/tasks?*", lambda route: route.fulfill(status=503, content_type="application/json", body=body))
+    expect(live).to_have_attribute("data-mode", "failing")
+    expect(live).to_have_text("not updating: Redis is not answering.")
+    page.unroute("**/api/v1/tasks?*")
+    expect(live).to_have_attribute("data-mode", "polling")

@@ -12,8 +12,7 @@ from litestar import Litestar
 from async_tasks import EXCEPTION_HANDLERS
 from async_tasks.testing import asgi_client
 from demos.integration import create_app
-from tests.conftest import new_address
-from tests.helpers import wait_for
+from tests.helpers import new_address, wait_for
 
 
 @pytest.fixture(scope="module")

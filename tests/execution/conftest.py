@@ -15,8 +15,8 @@ import pytest
 
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
-from tests.conftest import SECRET
 from tests.execution.executors import EXECUTORS
+from tests.helpers import SECRET
 
 MakeSystem = Callable[..., Awaitable[TaskSystem]]
 

@@ -22,9 +22,9 @@ from async_tasks.executor import ExecutorRegistry
 from async_tasks.progress import ProgressReporter
 from async_tasks.testing import make_task, run_executor
 from executors import _outbound
+from executors._guarded import GuardedTransport
 from executors._outbound import (
     AllowList,
-    GuardedTransport,
     OutboundPolicy,
     OutboundRefused,
     blocked_reason,
@@ -545,6 +545,35 @@ async def test_an_allow_listed_name_is_resolved_and_called() -> None:
             environ={"API_CALL_ALLOW_HOSTS": "localhost"},
         )
     assert run.result["statusCode"] == 200 and run.result["body"]["hello"] == "world"
+
+
+async def test_localhost_is_called_when_its_loopback_address_is_allowed_on_that_port() -> None:
+    """The guide's setting: API_CALL_ALLOW_HOSTS=127.0.0.1:PORT, then a call to
+    http://localhost:PORT (localhost means loopback, RFC 6761, and is never looked up)."""
+    async with local_server() as server:
+        allowed = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": f"127.0.0.1:{server.port}"})
+        run = await run_executor(allowed, {"endpoint": f"http://localhost:{server.port}/json"})
+    assert run.result["statusCode"] == 200 and run.result["body"]["hello"] == "world"
+
+
+async def test_a_localhost_entry_allows_the_loopback_address_too() -> None:
+    """API_CALL_ALLOW_HOSTS=localhost:PORT lets http://127.0.0.1:PORT through: the same address."""
+    async with local_server() as server:
+        allowed = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": f"localhost:{server.port}"})
+        run = await run_executor(allowed, {"endpoint": f"{server.base}/json"})
+    assert run.result["statusCode"] == 200
+
+
+@pytest.mark.parametrize("endpoint", ["http://localhost:3002/", "http://127.0.0.1:3002/"])
+async def test_a_host_allowed_on_another_port_is_refused_with_the_port_it_is_allowed_on(endpoint: str) -> None:
+    """The refusal says the host is allowed on port 3001 only, and what to add for this one."""
+    allowed = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": "127.0.0.1:3001"})
+    with pytest.raises(InvalidParams) as info:
+        await allowed.validate(params(endpoint))
+    host = httpx.URL(endpoint).host
+    assert str(info.value).endswith(
+        f"API_CALL_ALLOW_HOSTS allows it on port 3001 only; add {host}:3002 to allow this port."
+    )
 
 
 async def test_post_sends_json_and_headers() -> None:

@@ -27,10 +27,9 @@ from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import free_port, serve_in_loop, wait_for
 from tests import forked
-from tests.conftest import SECRET, build_app
 from tests.faults.crash_points import CrashPoint
 from tests.faults.redis_process import RedisProcess
-from tests.helpers import TEST_EXECUTORS
+from tests.helpers import SECRET, TEST_EXECUTORS, build_app
 
 pytestmark = pytest.mark.e2e
 S = "s"

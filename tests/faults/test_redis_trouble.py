@@ -27,10 +27,9 @@ from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import serve_in_loop, wait_for
-from tests.conftest import SECRET, build_app
 from tests.execution.executors import EXECUTORS
 from tests.faults.redis_process import RedisProcess
-from tests.helpers import ScriptExecutor
+from tests.helpers import SECRET, ScriptExecutor, build_app
 
 pytestmark = pytest.mark.e2e
 S = "s"

@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 
 from async_tasks.errors import ShuttingDown, StoreUnavailable
-from async_tasks.execution.base import ExecutionLoad
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -76,12 +76,11 @@ class RedisExecution:
         self._check_accepting()
         return await self.store.deliver(session_key, task_id)
 
-    async def retry(self, session_key: str, task_id: str) -> Task:
+    async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         self._check_accepting()
         return await self.store.transition(
-            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason="retry requested", action="retry",
-            deliver=True,
-        )  # fmt: skip
+            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason=reason, action="retry", deliver=True
+        )
 
     async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
         return await self.store.transition(
@@ -105,3 +104,17 @@ class RedisExecution:
 
     def running_tasks(self) -> list[Task]:
         return []
+
+    # -- the admin view -------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        raise NotImplementedError(
+            "The list of workers (the admin view) is not available on the Redis backend yet; "
+            "it works with TASK_BACKEND=memory"
+        )
+
+    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
+        raise NotImplementedError(
+            "Queue depth by executor (the admin view) is not available on the Redis backend yet; "
+            "it works with TASK_BACKEND=memory"
+        )

@@ -16,6 +16,8 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import ValidationException
 
+from async_tasks.validation import split_location
+
 T = TypeVar("T")
 
 
@@ -30,8 +32,8 @@ async def strict_body(request: Request[Any, Any, Any], data: T) -> T:
     try:
         msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), type(data))
     except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$")
-        key = path.rstrip("`").lstrip(".") or "data"  # "data" is the body itself, as Litestar says
+        message, path = split_location(str(exc))
+        key = path.lstrip(".") or "data"  # "data" is the body itself, as Litestar says
         raise ValidationException(
             detail=f"Validation failed for {request.method} {request.url.path}",
             extra=[{"message": message, "key": key, "source": "body"}],

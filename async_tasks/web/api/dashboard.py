@@ -19,6 +19,7 @@ from litestar import MediaType, Response, Router, get
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
+from litestar.types import Scope
 
 from async_tasks import __version__
 
@@ -43,18 +44,21 @@ def _index_template() -> str:
     return (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8")
 
 
-def render_index(api_base: str) -> str:
+def render_index(api_base: str, root: str = "") -> str:
+    """The page, its links under `root` (the mount in a host app, see `async_tasks.web.asgi`)."""
+    root = html.escape(root, quote=True)
     return (
         _index_template()
         .replace("{{API_BASE}}", html.escape(api_base, quote=True))
-        .replace("{{ASSETS}}", ASSETS_PATH)
+        .replace("{{ASSETS}}", root + ASSETS_PATH)
+        .replace("{{ROOT}}", root)
         .replace("{{VERSION}}", html.escape(__version__, quote=True))
     )
 
 
 @get("/", media_type=MediaType.HTML, include_in_schema=False, cache_control=NO_CACHE, name="dashboard")
-async def dashboard_page(api_path: NamedDependency[str]) -> Response[str]:
-    return Response(render_index(api_path), media_type=MediaType.HTML)
+async def dashboard_page(scope: Scope, api_path: NamedDependency[str]) -> Response[str]:
+    return Response(render_index(api_path, str(scope.get("root_path", ""))), media_type=MediaType.HTML)
 
 
 def dashboard_route_handlers() -> list[Any]:

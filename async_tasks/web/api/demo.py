@@ -23,12 +23,13 @@ from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task
-from async_tasks.validation import describe, field_type, split_location
+from async_tasks.validation import explain
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
-from async_tasks.web.api.tasks import IdempotencyKey, encoded
+from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
 from async_tasks.web.middleware import session_key_of
+from async_tasks.web.responses import encoded
 
 #: Task options accepted beside the params in a demo body.
 OPTION_FIELDS: list[tuple[str, Any, Any]] = [
@@ -139,9 +140,8 @@ async def create_any_demo_task(
     try:
         parsed = msgspec.convert(raw, DemoOptions)
     except msgspec.ValidationError as exc:
-        message, path = split_location(str(exc))
-        field = path.lstrip(".")
-        raise InvalidParams(describe(field, message, field_type(DemoOptions, path)), field=field or None) from None
+        field, message = explain(exc, DemoOptions)
+        raise InvalidParams(message, field=field or None) from None
     options = {f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw}
     try:
         return await _create(task_system, session_key, executor, data, options, idempotency_key)

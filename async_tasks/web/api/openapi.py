@@ -1,5 +1,6 @@
 """What Litestar 2.x leaves out of the OpenAPI document, put back: closed request
-bodies, and the session token and cookie as (optional) security schemes."""
+bodies, the session token and cookie as (optional) security schemes, and the errors
+the HTTP boundary answers before any handler runs."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from typing import TYPE_CHECKING
 
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, Reference, SecurityRequirement, SecurityScheme
+from litestar.plugins import ReceiveRoutePlugin
+from litestar.routes import HTTPRoute
 
+from async_tasks.web.api.schemas import ErrorResponse
 from async_tasks.web.middleware import COOKIE_NAME, TOKEN_HEADER
+from async_tasks.web.security import boundary_errors
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
     from litestar.openapi.spec import Schema
+    from litestar.routes import BaseRoute
     from litestar.typing import FieldDefinition
 
 
@@ -60,16 +67,52 @@ SESSION_SECURITY: list[SecurityRequirement] = [{"sessionToken": []}, {"sessionCo
 NO_SESSION: list[SecurityRequirement] = [{}]
 
 
-def with_session_security(config: OpenAPIConfig) -> OpenAPIConfig:
-    """A copy of `config` that declares the session schemes, and makes them the default
-    (optional) security of every operation when `config` has none: the session
-    middleware reads them on every route of the app."""
+#: The admin API's key (ADMIN_API_KEYS), declared only when the admin API is on.
+ADMIN_SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "adminKey": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="One of the server's ADMIN_API_KEYS: the admin routes (`/admin/...`) need it.",
+    )
+}
+
+
+def with_session_security(config: OpenAPIConfig, *, admin: bool = False) -> OpenAPIConfig:
+    """A copy of `config` that declares the session schemes (and with `admin`, the admin
+    key's), and makes the session's the default (optional) security of every operation
+    when `config` has none: the session middleware reads them on every route of the app."""
     components = config.components if isinstance(config.components, list) else [config.components]
     # A shallow copy, not dataclasses.replace: re-running __init__ would pass the
     # deprecated fields __post_init__ filled in (and warn); Litestar's default config
     # object is shared by every app, so it is never changed in place.
     documented = copy.copy(config)
-    documented.components = [*components, Components(security_schemes=SESSION_SECURITY_SCHEMES)]
+    schemes = {**SESSION_SECURITY_SCHEMES, **(ADMIN_SECURITY_SCHEMES if admin else {})}
+    documented.components = [*components, Components(security_schemes=schemes)]
     if documented.security is None:
         documented.security = SESSION_SECURITY
     return documented
+
+
+class BoundaryResponses(ReceiveRoutePlugin):
+    """Declares on every operation the errors `BoundaryMiddleware` may answer before its
+    handler runs (a Host it does not answer to, a missing API key, a foreign origin, a
+    body that is not JSON), so no operation of the document lacks its error answers. A
+    status the operation declares itself keeps its own description."""
+
+    __slots__ = ("api_path",)
+
+    def __init__(self, api_path: str) -> None:
+        self.api_path = api_path
+
+    def receive_route(self, route: BaseRoute) -> None:
+        if not isinstance(route, HTTPRoute):
+            return
+        for handler in route.route_handlers:
+            errors: dict[int, str] = {}
+            for method in sorted(handler.http_methods):
+                errors.update(boundary_errors(route.path, method, self.api_path))
+            declared = {
+                status: ResponseSpec(data_container=ErrorResponse, description=text, generate_examples=False)
+                for status, text in sorted(errors.items())
+            }
+            handler.responses = {**declared, **(handler.responses or {})}

@@ -55,6 +55,9 @@ class TaskResponse(Response, kw_only=True):
 
 
 class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
+    """A list item: the contract's summary (`id` to `completedAt`), then what a task's card
+    shows, so a page that polls the list needs no request per task."""
+
     id: str
     name: str
     executor: str
@@ -63,6 +66,17 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
     created_at: int
     completed_at: int | None
     current_step: str | None = None
+    current_step_description: str | None = None
+    error: str | None = None
+    #: Attempts started (0 before the first run; a retry adds one).
+    attempts: int = 0
+    started_at: int | None = None
+    updated_at: int = 0
+    max_retries: int = 0
+    #: Automatic retries used since the task was created or last retried by hand.
+    auto_retries: int = 0
+    #: It failed after its last automatic retry: it runs again only if retried by hand.
+    dead_lettered: bool = False
 
     @classmethod
     def of(cls, task: Task) -> TaskSummary:
@@ -75,7 +89,42 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
             created_at=task.created_at,
             completed_at=task.completed_at,
             current_step=task.current_step,
+            current_step_description=task.current_step_description,
+            error=task.error,
+            attempts=task.attempts,
+            started_at=task.started_at,
+            updated_at=task.updated_at,
+            max_retries=task.max_retries,
+            auto_retries=task.auto_retries,
+            dead_lettered=task.dead_lettered,
         )
+
+
+class SharedTaskView(TaskSummary, kw_only=True):
+    """A task as a share link shows it: the summary and the result; not its session,
+    params, metadata or history."""
+
+    result: Any = None
+
+    @classmethod
+    def of(cls, task: Task) -> SharedTaskView:
+        summary = TaskSummary.of(task)
+        return cls(**msgspec.structs.asdict(summary), result=task.result)
+
+
+class SharedTaskResponse(Response, kw_only=True):
+    task: SharedTaskView
+    #: When the link stops working (epoch ms).
+    expires_at: int
+
+
+class ShareLinkResponse(Response, kw_only=True):
+    #: The page that follows the task, with the token in it: hand it to the viewer.
+    url: str
+    #: When the link stops working (epoch ms; SHARE_LINK_TTL after it was made).
+    expires_at: int
+    #: The token alone, for a page of your own (``GET /shared/{token}`` and ``/shared/{token}/events``).
+    token: str
 
 
 class TaskListResponse(Response, kw_only=True):

@@ -51,6 +51,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1001_GOING_AWAY
 from async_tasks.errors import QuotaExceeded, StoreUnavailable
 from async_tasks.events import EventType
 from async_tasks.system import TaskSystem
+from async_tasks.task import Task
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
 from async_tasks.web.security import error_body, refuse_websocket
@@ -183,7 +184,7 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     tags=["streams"],
     media_type="text/event-stream",
     responses={
-        **responses(400, 401, 404, 429),
+        **responses(400, 401, 404, 429, 503),
         204: ResponseSpec(data_container=None, description="The task is finished and the client has its final state"),
     },
     summary="Stream one task's events until it finishes",
@@ -204,18 +205,24 @@ async def task_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     task = await task_system.get_task(session_key, task_id)  # 404 before any streaming
+    return await task_event_stream(task_streams, task, last_event_id)
+
+
+async def task_event_stream(bridge: StreamBridge, task: Task, last_event_id: str | None) -> Response[None] | Stream:
+    """The SSE answer following `task` (found beforehand): its events until it settles,
+    then `end`; or 204 for a reconnect whose `Last-Event-ID` names its final state."""
     seen = parse_state_id(last_event_id)
     if seen is not None and task.is_terminal and seen >= (task.attempts, task.updated_at):
         # A reconnect after the end: the client has the final state. 204 stops EventSource.
         return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return await _task_sse(task_streams.task_stream(task.session_key, task.id), task.id, task_streams)
+    return await _task_sse(bridge.task_stream(task.session_key, task.id), task.id, bridge)
 
 
 @get(
     "/tasks/events",
     tags=["streams"],
     media_type="text/event-stream",
-    responses=responses(401, 429),
+    responses=responses(401, 429, 503),
     summary="Stream all the session's task events",
     description=(
         "Starts with a `snapshot` of every task of the session, then its events live; stays "

@@ -9,17 +9,12 @@ by msgspec and sent as it is. Users' own handlers get ``task_system`` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar, TypeVar, cast
+from typing import Annotated, Any, ClassVar
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.background_tasks import BackgroundTask, BackgroundTasks
-from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
-from litestar.enums import MediaType
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
-from litestar.types import Receive, Scope, Send, TypeEncodersMap
+from litestar.types import Scope
 
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
@@ -40,69 +35,11 @@ from async_tasks.web.api.schemas import (
 )
 from async_tasks.web.errors import replay_responses, responses
 from async_tasks.web.middleware import session_key_of
+from async_tasks.web.responses import encoded
 
-T = TypeVar("T")
-_JSON_TYPE = (b"content-type", b"application/json")
-_encode = msgspec.json.Encoder().encode
-
-
-class EncodedJSON(Response[Any]):
-    """A `Response` whose JSON body is already encoded, and that sends itself.
-
-    Litestar turns a response into an `ASGIResponse` (headers object, body rendered
-    with the app's encoders) on every request, a sixth of a status request; these
-    bodies are plain msgspec structs, encoded the same by msgspec alone. When a layer
-    adds anything (response headers or cookies, a background task) or the request is
-    a HEAD, it takes Litestar's own path, so nothing a layer sets is lost.
-    """
-
-    def __init__(self, body: bytes, status_code: int = 200, headers: dict[str, Any] | None = None) -> None:
-        super().__init__(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
-
-    def to_asgi_response(
-        self,
-        app: Any,
-        request: Request[Any, Any, Any],
-        *,
-        background: BackgroundTask | BackgroundTasks | None = None,
-        cookies: Iterable[Cookie] | None = None,
-        headers: dict[str, str] | None = None,
-        is_head_response: bool = False,
-        media_type: Any = None,
-        status_code: int | None = None,
-        type_encoders: TypeEncodersMap | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        if background is not None or cookies or headers or kwargs or is_head_response or self.cookies:
-            return super().to_asgi_response(
-                app,
-                request,
-                background=background,
-                cookies=cookies,
-                headers=headers,
-                is_head_response=is_head_response,
-                media_type=media_type,
-                status_code=status_code,
-                type_encoders=type_encoders,
-                **kwargs,
-            )
-        return self
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body: bytes = self.content
-        headers = [_JSON_TYPE, (b"content-length", b"%d" % len(body))]
-        if self.headers:
-            headers += [
-                (name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in self.headers.items()
-            ]
-        await send({"type": "http.response.start", "status": self.status_code or 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def encoded(value: T, status_code: int = 200, headers: dict[str, Any] | None = None) -> Response[T]:
-    """`value` (a msgspec struct) as an `EncodedJSON` response."""
-    return cast("Response[T]", EncodedJSON(_encode(value), status_code, headers))
-
+#: The largest ``?offset=``: far past any session's tasks (MAX_TASKS holds them all), and
+#: far below what the stores' paging takes (``islice`` and Redis ranges stop at 2**63).
+MAX_OFFSET = 1_000_000_000
 
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
 IdempotencyKey = Annotated[
@@ -161,7 +98,7 @@ class TaskController(Controller):
             headers={"Idempotent-Replayed": "true"} if replayed else None,
         )
 
-    @get("/", summary="List the session's tasks, newest first", responses=responses(400))
+    @get("/", summary="List the session's tasks, newest first", responses=responses(400, 503))
     async def list_tasks(
         self,
         scope: Scope,
@@ -172,7 +109,7 @@ class TaskController(Controller):
             bool | None, QueryParameter(name="deadLetter", description="Only tasks that exhausted their retries.")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
         cursor: Annotated[
             str | None,
             QueryParameter(
@@ -193,7 +130,7 @@ class TaskController(Controller):
         summaries = [TaskSummary.of(t) for t in tasks]
         return encoded(TaskListResponse(tasks=summaries, count=len(tasks), total=total, next_cursor=next_cursor))
 
-    @get("/stats", summary="Per-status counts of the session's tasks")
+    @get("/stats", summary="Per-status counts of the session's tasks", responses=responses(503))
     async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:
         counts = await task_system.stats(session_key)
         by_status = counts.by_status
@@ -209,7 +146,11 @@ class TaskController(Controller):
             )
         )
 
-    @get("/metrics", summary="The session's task count and average processing time (Task Processor shape)")
+    @get(
+        "/metrics",
+        summary="The session's task count and average processing time (Task Processor shape)",
+        responses=responses(503),
+    )
     async def session_metrics(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> SessionMetricsResponse:
@@ -238,13 +179,18 @@ class TaskController(Controller):
             )
         )
 
-    @post("/cleanup/run", status_code=200, summary="Apply retention to the session's finished tasks now")
+    @post(
+        "/cleanup/run",
+        status_code=200,
+        summary="Apply retention to the session's finished tasks now",
+        responses=responses(503),
+    )
     async def cleanup_run(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
     ) -> CleanupRunResponse:
         return CleanupRunResponse(result=await task_system.run_cleanup(session_key))
 
-    @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404))
+    @get("/{task_id:str}", summary="A task with its history", responses=responses(400, 404, 503))
     async def get_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
@@ -253,7 +199,7 @@ class TaskController(Controller):
     @get(
         "/{task_id:str}/status",
         summary="Status and step progress (the polling endpoint)",
-        responses=responses(400, 404),
+        responses=responses(400, 404, 503),
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
         task = await self.system.get_task(session_key_of(scope), task_id)
@@ -281,7 +227,7 @@ class TaskController(Controller):
         "/{task_id:str}/cancel",
         status_code=200,
         summary="Cancel a pending or running task",
-        responses=responses(400, 404, 409),
+        responses=responses(400, 404, 409, 503),
     )
     async def cancel_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
@@ -303,7 +249,7 @@ class TaskController(Controller):
         "/{task_id:str}",
         status_code=204,
         summary="Delete a task that is not running",
-        responses=responses(400, 404, 409),
+        responses=responses(400, 404, 409, 503),
     )
     async def delete_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId

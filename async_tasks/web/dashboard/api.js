@@ -1,3 +1,4 @@
+// @ts-check
 // The API client: one `api()` call for every request, and the session the page uses.
 //
 // Sessions: by default the page uses the browser's session cookie (HttpOnly, set by
@@ -5,11 +6,22 @@
 // token lives in sessionStorage (per tab) and goes out as the X-Session-Token header
 // on every fetch (cookies are neither sent nor stored in that mode), so two windows
 // can show two isolated sessions side by side.
+//
+// API keys: when the server has API_KEYS, the page asks for one once (keyRequired) and
+// keeps it for the tab in sessionStorage; it goes out as X-API-Key.
 
-export const API = (document.querySelector('meta[name="api-base"]')?.content ?? "/api/v1").replace(/\/$/, "");
+const API_META = document.querySelector('meta[name="api-base"]');
+export const API = (API_META?.getAttribute("content") || "/api/v1").replace(/\/$/, "");
 const TOKEN_KEY = "async-tasks.session-token";
+const API_KEY = "async-tasks.api-key";
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} code
+   * @param {string} message
+   * @param {unknown} [details]
+   */
   constructor(status, code, message, details) {
     super(message);
     this.status = status;
@@ -18,7 +30,22 @@ export class ApiError extends Error {
   }
 }
 
-export const session = { mode: "cookie", token: null, key: null, createFresh: false };
+/** Whether `error` says the server wants an API key (none sent, or not one of its keys). */
+/** @param {unknown} error */
+export function isKeyRefusal(error) {
+  return error instanceof ApiError && error.status === 401 && error.code === "unauthorized";
+}
+
+export const session = {
+  mode: "cookie",
+  /** @type {string | null} */
+  token: null,
+  /** @type {string | null} */
+  key: null,
+  createFresh: false,
+  /** @type {string | null} the API key this tab uses (API_KEYS) */
+  apiKey: sessionStorage.getItem(API_KEY),
+};
 
 export function initSessionMode() {
   const wanted = new URLSearchParams(location.search).get("session");
@@ -35,17 +62,40 @@ export function initSessionMode() {
   }
 }
 
+/** @param {string} token */
 export function adoptToken(token) {
   session.token = token;
   sessionStorage.setItem(TOKEN_KEY, token);
 }
 
-/** Call the API. `path` is relative to the API base unless it already starts with it. */
+/** Keep `key` for this tab (null forgets it). */
+/** @param {string | null} key */
+export function useApiKey(key) {
+  session.apiKey = key;
+  if (key) sessionStorage.setItem(API_KEY, key);
+  else sessionStorage.removeItem(API_KEY);
+}
+
+/** Whether a stream must be opened with a ticket: the session or the key travel in headers. */
+export function streamNeedsTicket() {
+  return session.mode === "tab" || Boolean(session.apiKey);
+}
+
+/**
+ * Call the API. `path` is relative to the API base unless it already starts with it.
+ * @param {string} method
+ * @param {string} path
+ * @param {unknown} [body]
+ * @returns {Promise<any>}
+ */
 export async function api(method, path, body) {
   const url = path.startsWith(`${API}/`) ? path : `${API}${path}`;
+  /** @type {Record<string, string>} */
   const headers = { Accept: "application/json" };
+  /** @type {RequestInit} */
   const init = { method, headers, cache: "no-store", credentials: session.mode === "tab" ? "omit" : "same-origin" };
   if (session.mode === "tab" && session.token) headers["X-Session-Token"] = session.token;
+  if (session.apiKey) headers["X-API-Key"] = session.apiKey;
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);

@@ -1,10 +1,18 @@
+// @ts-check
 // Task cards: one <li> per task, updated in place; their buttons; the status filter.
 
 import { api } from "./api.js";
-import { $, el, fmtDuration, fmtTime, pct, toast } from "./dom.js";
+import { $, el, fmtDuration, fmtTime, messageOf, pct, toast } from "./dom.js";
 import { STATUSES, TERMINAL, live, markDirty, tasks, view } from "./state.js";
 
+/** @typedef {import("./state.js").TaskRecord} TaskRecord */
+
+/**
+ * @param {TaskRecord} task
+ * @returns {Record<string, HTMLElement>}
+ */
 export function createCard(task) {
+  /** @type {Record<string, HTMLElement>} */
   const refs = {};
   refs.badge = el("span", { class: "badge" });
   refs.deadLetter = el("span", { class: "dead-letter", hidden: true, text: "retries spent" });
@@ -27,27 +35,32 @@ export function createCard(task) {
   refs.retry = el("button", { type: "button", class: "btn-retry", "data-action": "retry", text: "Retry" });
   refs.delete = el("button", { type: "button", class: "btn-delete", "data-action": "delete", text: "Delete" });
   refs.detailsBtn = el("button", { type: "button", class: "btn-details", "data-action": "details", text: "Details" });
+  refs.share = el("button", { type: "button", class: "btn-share", "data-action": "share", text: "Share",
+    title: "A link to a read-only page following this task, for a phone or a colleague" });
   refs.details = el("pre", { class: "details", hidden: true });
+  refs.log = el("ol", { class: "task-log", hidden: true, "aria-label": "Latest log lines" });
   refs.root = el("li", { class: "task enter", "data-task-id": task.id },
     el("div", { class: "task-head" }, refs.badge, refs.deadLetter, refs.name, refs.pct),
     el("div", { class: "task-meta" }, refs.executor, refs.id, refs.when, refs.duration),
     refs.bar,
     el("div", { class: "task-foot" }, refs.step,
-      el("div", { class: "task-actions" }, refs.cancel, refs.retry, refs.delete, refs.detailsBtn)),
+      el("div", { class: "task-actions" }, refs.cancel, refs.retry, refs.delete, refs.share, refs.detailsBtn)),
     refs.error,
+    refs.log,
     refs.details);
   // Animate the first appearance only: moving the node later must not replay it.
   refs.root.addEventListener("animationend", () => refs.root.classList.remove("enter"), { once: true });
-  for (const button of [refs.cancel, refs.retry, refs.delete, refs.detailsBtn]) {
-    button.addEventListener("click", () => onAction(task.id, button.dataset.action, button));
+  for (const button of [refs.cancel, refs.retry, refs.delete, refs.share, refs.detailsBtn]) {
+    button.addEventListener("click", () => onAction(task.id, button.dataset.action ?? "", /** @type {HTMLButtonElement} */ (button)));
   }
   return refs;
 }
 
+/** @param {TaskRecord} task */
 export function renderTask(task) {
   if (!task.refs) task.refs = createCard(task);
   const r = task.refs;
-  const status = STATUSES.includes(task.status) ? task.status : "pending";
+  const status = task.status && STATUSES.includes(task.status) ? task.status : "pending";
   const progress = pct(task.progress);
   r.root.dataset.status = status;
   r.badge.dataset.status = status;
@@ -74,15 +87,23 @@ export function renderTask(task) {
   const dead = status === "failed" && task.deadLettered === true;
   r.deadLetter.hidden = !dead;
   r.deadLetter.title = dead ? deadLetterNote(task) : "";
+  // The latest log lines (when the server sends them), newest last.
+  const lines = task.logs ?? [];
+  r.log.hidden = lines.length === 0;
+  if (lines.length) {
+    r.log.replaceChildren(...lines.slice(-3).map((line) => el("li", { text: `${fmtTime(line.at)}  ${line.message}` })));
+  }
   r.root.hidden = view.filter !== "all" && view.filter !== status;
 }
 
+/** @param {TaskRecord} task */
 function deadLetterNote(task) {
   const retries = Number(task.maxRetries) > 0 ? `all ${task.maxRetries} automatic ${task.maxRetries === 1 ? "retry" : "retries"}` : "its automatic retries";
   return `Dead-lettered: ${retries} failed too, so it will not run again by itself. Retry runs it again; ` +
     "GET /tasks?deadLetter=true lists such tasks.";
 }
 
+/** @param {Record<string, any>} data */
 export function upsert(data) {
   const id = data.id ?? data.taskId;
   if (!id) return null;
@@ -95,38 +116,45 @@ export function upsert(data) {
   return task;
 }
 
-export const FIELDS = ["name", "executor", "status", "progress", "createdAt", "completedAt", "startedAt",
-  "currentStep", "currentStepDescription", "error", "description", "deadLettered", "maxRetries"];
+/** What the page keeps of a list item or an event: what a card shows. */
+export const FIELDS = /** @type {const} */ (["name", "executor", "status", "progress", "createdAt", "completedAt",
+  "startedAt", "currentStep", "currentStepDescription", "error", "attempts", "deadLettered", "maxRetries", "logs"]);
 
+/**
+ * @param {TaskRecord} task
+ * @param {Record<string, any>} data
+ */
 export function mergeInto(task, data) {
-  // A new status makes what /status or the whole task said before out of date.
-  if (data.status !== undefined && data.status !== task.status) task.detailedStatus = null;
-  for (const key of FIELDS) if (key in data && data[key] !== undefined) task[key] = data[key];
+  /** @type {Record<string, unknown>} */
+  const target = task;
+  for (const key of FIELDS) if (key in data && data[key] !== undefined) target[key] = data[key];
 }
 
+/** @param {string} id */
 export function removeTask(id) {
   const task = tasks.get(id);
   if (!task) return;
-  task.refs?.root.remove();
+  task.refs?.root?.remove();
   tasks.delete(id);
 }
 
 export function renderList() {
   const list = $("#tasks");
   const ordered = [...tasks.values()].sort((a, b) => (b.createdAt ?? 0) - (a.createdAt ?? 0));
+  /** @type {ChildNode | null} */
   let previous = null;
   for (const task of ordered) {
     renderTask(task);
-    const node = task.refs.root;
+    const node = /** @type {Record<string, HTMLElement>} */ (task.refs).root;
+    /** @type {ChildNode | null} */
     const expected = previous ? previous.nextSibling : list.firstChild;
     if (node !== expected) list.insertBefore(node, expected);
     previous = node;
   }
   const visible = ordered.filter((t) => view.filter === "all" || t.status === view.filter).length;
   $("#empty").hidden = visible > 0;
-  $("#empty").textContent = tasks.size === 0
-    ? "No tasks in this session yet. Create one with the form."
-    : `No ${view.filter} tasks.`;
+  $("#empty").textContent = tasks.size > 0 ? `No ${view.filter} tasks.`
+    : live.formsReady ? "No tasks in this session yet. Create one with the form." : "No tasks in this session yet.";
   $("#task-count").textContent = live.total > tasks.size ? `${tasks.size} of ${live.total}` : `(${tasks.size})`;
 }
 
@@ -141,28 +169,30 @@ export function renderFilters() {
   }
 }
 
+/**
+ * A card's button. What it did shows on the card itself (its badge, or a message inside it).
+ * @param {string} id
+ * @param {string} action
+ * @param {HTMLButtonElement} button
+ */
 export async function onAction(id, action, button) {
   const task = tasks.get(id);
-  if (!task) return;
+  if (!task?.refs) return;
   if (action === "details") return toggleDetails(task);
+  if (action === "share") return shareTask(task, button);
   const generation = live.generation;
+  const foot = task.refs.root.querySelector(".task-foot");
   button.disabled = true;
   try {
     if (action === "delete") {
       await api("DELETE", `/tasks/${encodeURIComponent(id)}`);
       if (generation === live.generation) removeTask(id);
-      toast(`Deleted “${task.name ?? id}”`, "ok");
     } else {
       const answer = await api("POST", `/tasks/${encodeURIComponent(id)}/${action}`);
-      if (generation === live.generation && answer?.task) {
-        const fresh = answer.task;
-        mergeInto(task, fresh);
-        if (action === "retry") task.detailedStatus = null;
-      }
-      toast(`${action === "cancel" ? "Cancelled" : "Retrying"} “${task.name ?? id}”`, "ok");
+      if (generation === live.generation && answer?.task) mergeInto(task, answer.task);
     }
   } catch (error) {
-    toast(error.message, "error");
+    toast(messageOf(error), "error", foot);
   } finally {
     button.disabled = false;
     renderList();
@@ -170,14 +200,43 @@ export async function onAction(id, action, button) {
   }
 }
 
-/** One history entry as a line; the first one has no previous status: the task was created. */
+/**
+ * Make a share link and show it on the card, ready to open or copy.
+ * @param {TaskRecord} task
+ * @param {HTMLButtonElement} button
+ */
+async function shareTask(task, button) {
+  const foot = /** @type {Record<string, HTMLElement>} */ (task.refs).root.querySelector(".task-foot");
+  button.disabled = true;
+  try {
+    const { url, expiresAt } = await api("POST", `/tasks/${encodeURIComponent(task.id)}/share`);
+    const line = el("p", { class: "share-line" },
+      el("a", { href: url, target: "_blank", rel: "noopener", class: "share-link", text: url }),
+      ` · read-only, until ${fmtTime(expiresAt)}`);
+    const previous = foot?.parentElement?.querySelector(".share-line");
+    if (previous) previous.replaceWith(line);
+    else foot?.after(line);
+  } catch (error) {
+    toast(messageOf(error), "error", foot);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/**
+ * One history entry as a line; the first one has no previous status: the task was created.
+ * @param {{at: number, status: string, previous?: string | null, reason?: string | null}} entry
+ */
 function historyLine(entry) {
   const change = `${entry.previous ?? "created"} → ${entry.status}`;
   const reason = entry.reason && !(entry.previous == null && entry.reason === "created") ? `  (${entry.reason})` : "";
   return `${fmtTime(entry.at)}  ${change}${reason}`;
 }
 
-/** Show a task's card: after starting a task from a long form, its card may be out of view. */
+/**
+ * Show a task's card: after starting a task from a long form, its card may be out of view.
+ * @param {string} id
+ */
 export function revealTask(id) {
   const task = tasks.get(id);
   if (!task?.refs) return;
@@ -190,8 +249,9 @@ export function revealTask(id) {
   task.refs.root.scrollIntoView({ block: "nearest", behavior: smooth ? "smooth" : "auto" });
 }
 
+/** @param {TaskRecord} task */
 export async function toggleDetails(task) {
-  const r = task.refs;
+  const r = /** @type {Record<string, HTMLElement>} */ (task.refs);
   if (!r.details.hidden) {
     r.details.hidden = true;
     r.detailsBtn.textContent = "Details";
@@ -210,6 +270,6 @@ export async function toggleDetails(task) {
     r.details.hidden = false;
     r.detailsBtn.textContent = "Hide details";
   } catch (error) {
-    toast(error.message, "error");
+    toast(messageOf(error), "error", r.root.querySelector(".task-foot"));
   }
 }

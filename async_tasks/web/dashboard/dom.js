@@ -1,15 +1,24 @@
+// @ts-check
 // Small DOM and formatting helpers shared by the dashboard's modules.
 //
 // All user-provided text goes into the DOM through textContent / attributes only.
 
-/** Create an element: el("div", {class: "x", "data-id": id}, child, "text"...). */
+/**
+ * Create an element: el("div", {class: "x", "data-id": id}, child, "text"...).
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {Record<string, unknown>} [attrs]
+ * @param {...(Node | string | number | null | undefined | false)} children
+ * @returns {HTMLElementTagNameMap[K]}
+ */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "text") node.textContent = String(value);
-    else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : String(value));
+    else if (key.startsWith("on") && typeof value === "function") {
+      node.addEventListener(key.slice(2), /** @type {EventListener} */ (value));
+    } else node.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
@@ -18,13 +27,24 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export const $ = (selector) => document.querySelector(selector);
+/**
+ * The element matching `selector` (the page's own: it is always there).
+ * @param {string} selector
+ * @returns {HTMLElement}
+ */
+export function $(selector) {
+  const node = document.querySelector(selector);
+  if (!(node instanceof HTMLElement)) throw new Error(`${selector} is missing from the page`);
+  return node;
+}
 
+/** @param {number | null | undefined} ms */
 export function fmtTime(ms) {
   if (!ms) return "";
   return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+/** @param {number | null | undefined} ms */
 export function fmtDuration(ms) {
   if (ms === null || ms === undefined || ms < 0) return "";
   if (ms < 1000) return `${Math.round(ms)} ms`;
@@ -33,22 +53,49 @@ export function fmtDuration(ms) {
   return `${minutes} min ${Math.round((ms % 60000) / 1000)} s`;
 }
 
+/** @param {unknown} progress */
 export function pct(progress) {
   const n = Number(progress);
   return Number.isFinite(n) ? Math.max(0, Math.min(100, Math.round(n))) : 0;
 }
 
-export function toast(message, kind = "info") {
-  const box = $("#toasts");
+/**
+ * Show a short message. Messages sit in the page's flow, never over it, so they cover no
+ * control: right after `near` (the form, card or panel the message is about), or at the
+ * top of the page when it is about nothing in particular. They go by themselves.
+ * @param {string} message
+ * @param {"info" | "ok" | "error"} [kind]
+ * @param {Element | null} [near]
+ */
+export function toast(message, kind = "info", near = null) {
   const item = el("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" },
     el("span", { class: "msg", text: message }),
     el("button", { type: "button", "aria-label": "Dismiss", text: "×", onclick: () => item.remove() }));
-  box.append(item);
-  while (box.children.length > 4) box.firstElementChild.remove();
+  if (near) {
+    // One message per place: a newer one replaces it.
+    const previous = near.nextElementSibling;
+    if (previous?.classList.contains("toast")) previous.remove();
+    near.after(item);
+  } else {
+    const box = $("#toasts");
+    box.append(item);
+    while (box.children.length > 3) box.firstElementChild?.remove();
+  }
   setTimeout(() => item.remove(), kind === "error" ? 9000 : 4500);
 }
 
-/** Text with `backtick` spans as <code> nodes (built as nodes, never parsed as HTML). */
+/**
+ * Text with `backtick` spans as <code> nodes (built as nodes, never parsed as HTML).
+ * @param {unknown} text
+ */
 export function withCode(text) {
   return String(text).split("`").map((part, index) => (index % 2 ? el("code", { text: part }) : part));
+}
+
+/**
+ * The message of something thrown.
+ * @param {unknown} error
+ */
+export function messageOf(error) {
+  return error instanceof Error ? error.message : String(error);
 }

@@ -1,10 +1,30 @@
+// @ts-check
 // The "Create a task" forms, built from each executor's JSON schema.
 
-import { api } from "./api.js";
+import { ApiError, api } from "./api.js";
 import { renderList, revealTask, upsert } from "./cards.js";
-import { $, el, toast, withCode } from "./dom.js";
+import { $, el, messageOf, toast, withCode } from "./dom.js";
 import { live, markDirty, tasks } from "./state.js";
 
+/** A JSON schema, as the server publishes an executor's params. @typedef {Record<string, any>} Schema */
+/**
+ * One field of a form.
+ * @typedef {object} FieldSpec
+ * @property {string} name
+ * @property {string} kind "integer", "number", "string", "boolean", "enum", "lines" or "json"
+ * @property {boolean} required
+ * @property {boolean} nullable
+ * @property {Schema} schema
+ * @property {boolean} [textItems]
+ * @property {boolean} [option]
+ */
+/** @typedef {HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement} FieldInput */
+
+/**
+ * @param {Schema | undefined} schema
+ * @param {Schema} root
+ * @returns {Schema}
+ */
 function resolveRef(schema, root) {
   let current = schema ?? {};
   for (let hops = 0; current && current.$ref && hops < 20; hops += 1) {
@@ -15,20 +35,27 @@ function resolveRef(schema, root) {
   return current ?? {};
 }
 
-/** A field description {name, kind, required, nullable, schema} for one property. */
+/**
+ * A field description {name, kind, required, nullable, schema} for one property.
+ * @param {string} name
+ * @param {Schema} property
+ * @param {Schema} root
+ * @param {boolean} required
+ * @returns {FieldSpec}
+ */
 function fieldSpec(name, property, root, required) {
   let schema = resolveRef(property, root);
   let nullable = false;
   const options = schema.anyOf ?? schema.oneOf;
   if (Array.isArray(options)) {
-    const resolved = options.map((o) => resolveRef(o, root));
-    const nonNull = resolved.filter((o) => o.type !== "null");
+    const resolved = options.map((/** @type {Schema} */ o) => resolveRef(o, root));
+    const nonNull = resolved.filter((/** @type {Schema} */ o) => o.type !== "null");
     nullable = nonNull.length < resolved.length;
     const outer = { description: schema.description, default: schema.default, title: schema.title };
     schema = nonNull.length === 1 ? { ...nonNull[0], ...strip(outer) } : { ...strip(outer), _mixed: true };
   }
   if (Array.isArray(schema.type)) {
-    const types = schema.type.filter((t) => t !== "null");
+    const types = schema.type.filter((/** @type {string} */ t) => t !== "null");
     nullable = nullable || types.length < schema.type.length;
     schema = { ...schema, type: types.length === 1 ? types[0] : undefined };
   }
@@ -47,7 +74,11 @@ function fieldSpec(name, property, root, required) {
   return { name, kind, required, nullable, schema, textItems };
 }
 
-/** One line of a "lines" field: a JSON value when it parses as one, else the text itself. */
+/**
+ * One line of a "lines" field: a JSON value when it parses as one, else the text itself.
+ * @param {string} line
+ * @returns {unknown}
+ */
 function parseLine(line) {
   try {
     return JSON.parse(line);
@@ -56,12 +87,20 @@ function parseLine(line) {
   }
 }
 
-/** The line showing `value` (the inverse of `parseLine`): text as is, unless it would read as JSON. */
+/**
+ * The line showing `value` (the inverse of `parseLine`): text as is, unless it would read as JSON.
+ * @param {unknown} value
+ */
 function lineOf(value) {
   return typeof value === "string" && parseLine(value) === value ? value : JSON.stringify(value);
 }
 
-/** The items of a "lines" field: one JSON array, or one item per line. */
+/**
+ * The items of a "lines" field: one JSON array, or one item per line.
+ * @param {string} text
+ * @param {boolean | undefined} textItems
+ * @returns {unknown[]}
+ */
 function readLines(text, textItems) {
   if (text.startsWith("[")) {
     try {
@@ -75,16 +114,22 @@ function readLines(text, textItems) {
   return textItems ? lines : lines.map(parseLine);
 }
 
-/** The text showing `values` in a "lines" field: a line each, or a JSON array when lines would read back otherwise. */
+/**
+ * The text showing `values` in a "lines" field: a line each, or a JSON array when lines would read back otherwise.
+ * @param {unknown[]} values
+ * @param {boolean | undefined} textItems
+ */
 function linesOf(values, textItems) {
   const text = values.map(textItems ? String : lineOf).join("\n");
   return JSON.stringify(readLines(text, textItems)) === JSON.stringify(values) ? text : JSON.stringify(values);
 }
 
+/** @param {Record<string, unknown>} object */
 function strip(object) {
   return Object.fromEntries(Object.entries(object).filter(([, v]) => v !== undefined));
 }
 
+/** @param {FieldSpec} spec */
 function boundsHint(spec) {
   const s = spec.schema;
   const parts = [];
@@ -106,6 +151,11 @@ function boundsHint(spec) {
   return parts.join(" · ");
 }
 
+/**
+ * @param {FieldSpec} spec
+ * @param {string} id
+ * @returns {FieldInput}
+ */
 function buildInput(spec, id) {
   const s = spec.schema;
   const common = { id, name: spec.name, "data-kind": spec.kind };
@@ -129,7 +179,7 @@ function buildInput(spec, id) {
     case "enum": {
       const select = el("select", common);
       if (!spec.required && s.default === undefined) select.append(el("option", { value: "", text: "(default)" }));
-      s.enum.forEach((value, index) => select.append(el("option", {
+      s.enum.forEach((/** @type {unknown} */ value, /** @type {number} */ index) => select.append(el("option", {
         value: String(index), text: value === null ? "null" : String(value), selected: value === s.default,
       })));
       return select;
@@ -152,16 +202,25 @@ function buildInput(spec, id) {
 }
 
 class FieldError extends Error {
+  /**
+   * @param {string} field
+   * @param {string} message
+   */
   constructor(field, message) {
     super(message);
     this.field = field;
   }
 }
 
-/** The value of one field, or undefined to leave it out (the server's default applies). */
+/**
+ * The value of one field, or undefined to leave it out (the server's default applies).
+ * @param {FieldSpec} spec
+ * @param {FieldInput} input
+ * @returns {unknown}
+ */
 function readField(spec, input) {
   const s = spec.schema;
-  if (spec.kind === "boolean") return input.checked;
+  if (spec.kind === "boolean") return /** @type {HTMLInputElement} */ (input).checked;
   if (spec.kind === "enum") return input.value === "" ? undefined : s.enum[Number(input.value)];
   const raw = input.value;
   const text = spec.kind === "string" ? raw : raw.trim();
@@ -190,23 +249,32 @@ function readField(spec, input) {
   }
 }
 
-function buildForm(executor) {
+/**
+ * The form of one executor, in its tab panel.
+ * @param {Record<string, any>} executor an item of GET /executors
+ * @param {string} panelId
+ * @param {string} tabId
+ */
+function buildForm(executor, panelId, tabId) {
   const root = executor.paramsSchema ?? {};
   const body = resolveRef(root, root);
   const required = new Set(body.required ?? []);
+  /** @type {FieldSpec[]} */
   const specs = Object.entries(body.properties ?? {}).map(([name, prop]) => fieldSpec(name, prop, root, required.has(name)));
   const acceptsDescription = !("description" in (body.properties ?? {}));
   if (acceptsDescription) {
     specs.push({ name: "description", kind: "string", required: false, nullable: true, option: true,
       schema: { maxLength: 2000, description: "Optional task description (a task option, not a param)." } });
   }
-  const form = el("form", { class: "exec-form", "data-executor": executor.name, novalidate: true, role: "tabpanel" });
+  const form = el("form", { class: "exec-form", "data-executor": executor.name, novalidate: true });
   form.append(el("h3", { text: executor.title || executor.name }));
   if (executor.description) form.append(el("p", { class: "exec-desc" }, ...withCode(executor.description)));
   if (executor.steps?.length) {
-    form.append(el("p", { class: "steps-line", text: `Steps: ${executor.steps.map((s) => s.name).join(" → ")}` }));
+    const steps = executor.steps.map((/** @type {{name: string}} */ step) => step.name).join(" → ");
+    form.append(el("p", { class: "steps-line", text: `Steps: ${steps}` }));
   }
   const errorBox = el("p", { class: "form-error", role: "alert", hidden: true });
+  /** @type {Map<string, {spec: FieldSpec, input: FieldInput}>} */
   const inputs = new Map();
   specs.forEach((spec, index) => {
     const id = `f-${executor.name.replace(/[^A-Za-z0-9_-]/g, "_")}-${index}`;
@@ -227,11 +295,13 @@ function buildForm(executor) {
     input.addEventListener("input", () => input.removeAttribute("aria-invalid"));
   });
   const submit = el("button", { type: "submit", class: "btn btn-primary", text: `Start ${executor.name}` });
-  form.append(errorBox, el("div", { class: "form-actions" }, submit));
+  const actions = el("div", { class: "form-actions" }, submit);
+  form.append(errorBox, actions);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     errorBox.hidden = true;
     for (const { input } of inputs.values()) input.removeAttribute("aria-invalid");
+    /** @type {Record<string, unknown>} */
     const payload = {};
     try {
       for (const [name, { spec, input }] of inputs) {
@@ -257,20 +327,21 @@ function buildForm(executor) {
       }
       renderList();
       if (generation === live.generation && created?.id) revealTask(created.id);
-      toast(`Started “${created?.name ?? executor.name}”`, "ok");
+      toast(`Started “${created?.name ?? executor.name}”`, "ok", actions);
       markDirty();
     } catch (error) {
-      errorBox.textContent = error.message;
+      errorBox.textContent = messageOf(error);
       errorBox.hidden = false;
-      for (const detail of Array.isArray(error.details) ? error.details : []) {
+      const details = error instanceof ApiError && Array.isArray(error.details) ? error.details : [];
+      for (const detail of details) {
         const key = detail && typeof detail.key === "string" ? detail.key.replace(/^params\./, "") : null;
-        if (key && inputs.has(key)) inputs.get(key).input.setAttribute("aria-invalid", "true");
+        if (key) inputs.get(key)?.input.setAttribute("aria-invalid", "true");
       }
     } finally {
       submit.disabled = false;
     }
   });
-  return form;
+  return el("div", { id: panelId, class: "exec-panel", role: "tabpanel", "aria-labelledby": tabId, "data-executor": executor.name }, form);
 }
 
 export async function loadExecutors() {
@@ -284,17 +355,28 @@ export async function loadExecutors() {
     forms.append(el("p", { class: "muted", text: "No executors are registered." }));
     return;
   }
-  const initial = executors.find((e) => e.name === "sample") ?? executors[0];
+  const initial = executors.find((/** @type {{name: string}} */ e) => e.name === "sample") ?? executors[0];
+  /** @param {string} name */
   const select = (name) => {
-    for (const tab of tabs.children) tab.setAttribute("aria-selected", String(tab.dataset.executor === name));
-    for (const form of forms.children) form.hidden = form.dataset.executor !== name;
+    for (const tab of /** @type {HTMLCollectionOf<HTMLElement>} */ (tabs.children)) {
+      const chosen = tab.dataset.executor === name;
+      tab.setAttribute("aria-selected", String(chosen));
+      tab.tabIndex = chosen ? 0 : -1;
+    }
+    for (const panel of /** @type {HTMLCollectionOf<HTMLElement>} */ (forms.children)) {
+      panel.hidden = panel.dataset.executor !== name;
+    }
   };
-  for (const executor of executors) {
+  executors.forEach((/** @type {Record<string, any>} */ executor, /** @type {number} */ index) => {
+    const tabId = `tab-${index}`;
+    const panelId = `panel-${index}`;
     tabs.append(el("button", {
-      type: "button", class: "tab", role: "tab", "data-executor": executor.name, title: executor.title,
-      text: executor.name, onclick: () => select(executor.name),
+      type: "button", class: "tab", role: "tab", id: tabId, "aria-controls": panelId, "data-executor": executor.name,
+      title: executor.title, text: executor.name, onclick: () => select(executor.name),
     }));
-    forms.append(buildForm(executor));
-  }
+    forms.append(buildForm(executor, panelId, tabId));
+  });
   select(initial.name);
+  live.formsReady = true;
+  renderList();
 }

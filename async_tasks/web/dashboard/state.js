@@ -1,10 +1,34 @@
+// @ts-check
 // What the page knows: the tasks it shows, the live-update bookkeeping, the filter.
 
 export const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
 export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
-export const tasks = new Map(); // id -> task record (summary + status details) with its DOM refs
+/**
+ * A task as the page holds it: a list item's fields, and its card's elements.
+ * @typedef {object} TaskRecord
+ * @property {string} id
+ * @property {string} [name]
+ * @property {string} [executor]
+ * @property {string} [status]
+ * @property {number} [progress]
+ * @property {number} [createdAt]
+ * @property {number | null} [completedAt]
+ * @property {number | null} [startedAt]
+ * @property {string | null} [currentStep]
+ * @property {string | null} [currentStepDescription]
+ * @property {string | null} [error]
+ * @property {number} [attempts]
+ * @property {number} [maxRetries]
+ * @property {boolean} [deadLettered]
+ * @property {Array<{at: number, message: string}>} [logs]
+ * @property {Record<string, HTMLElement> | null} refs
+ */
+
+/** @type {Map<string, TaskRecord>} id -> the task and its card */
+export const tasks = new Map();
 export const live = {
+  /** @type {EventSource | null} */
   es: null,
   streaming: false,
   streamFailures: 0,
@@ -15,8 +39,16 @@ export const live = {
   dirty: true,
   statsDirty: true,
   cleanupDirty: true,
-  syncing: false,
   offline: false,
+  /** Why the last round of requests failed (null when they work). */
+  /** @type {string | null} */
+  failing: null,
+  /** The server wants an API key the page does not have (or refused the one it has). */
+  locked: false,
+  /** The "Create a task" forms are there (the empty list can point at them). */
+  formsReady: false,
+  /** Tasks the session holds in all (the list shows at most a page of them). */
+  total: 0,
   generation: 0, // bumped on session change: late answers for the old session are dropped
 };
 /** What the task list shows: "all" or one status. */
@@ -24,7 +56,10 @@ export const view = { filter: "all" };
 
 let waker = () => {};
 
-/** Set by the sync module: what `wake()` does (run the sync loop soon). */
+/**
+ * Set by the sync module: what `wake()` does (run the sync loop soon).
+ * @param {() => void} callback
+ */
 export function setWaker(callback) {
   waker = callback;
 }

@@ -1,18 +1,24 @@
+// @ts-check
 // Keeping the page live: the session event stream when it can, polling otherwise.
 //
-// In cookie mode the page subscribes to the session event stream (EventSource on
-// /tasks/events). EventSource cannot send headers, so tab mode polls GET /tasks plus
-// /tasks/{id}/status every 700 ms; so does cookie mode whenever the stream is absent
-// or broken (it is retried with backoff).
+// The page subscribes to the session event stream (EventSource on /tasks/events); a
+// window with its own session (tab mode) or a server with API keys opens it with a
+// stream ticket, since EventSource sends no headers. Whenever the stream is absent or
+// broken (it is retried with backoff) the page polls: one request (GET /tasks, whose
+// items carry everything a card shows) every 700 ms, and the stats when a status moved.
 
-import { API, ApiError, api, session } from "./api.js";
+import { API, ApiError, api, isKeyRefusal, session, streamNeedsTicket } from "./api.js";
 import { mergeInto, removeTask, renderList, upsert } from "./cards.js";
-import { $, el, fmtDuration, fmtTime, toast } from "./dom.js";
+import { $, el, fmtDuration, fmtTime, messageOf, toast } from "./dom.js";
+import { askForKey, askingForKey, onNewKey } from "./keys.js";
 import { STATUSES, TERMINAL, live, markDirty, setWaker, tasks, wake } from "./state.js";
 
 export const POLL_MS = 700;
 const STREAM_RESYNC_MS = 15000;
 const HIDDEN_POLL_MS = 5000;
+/** The stats follow status changes; without any, they are read again this often. */
+const STATS_EVERY_MS = 10000;
+const CLEANUP_EVERY_MS = 15000;
 const LIST_LIMIT = 200;
 
 export async function fullSync() {
@@ -32,30 +38,16 @@ export async function fullSync() {
   const seen = new Set();
   for (const summary of answer.tasks) {
     seen.add(summary.id);
+    const known = tasks.get(summary.id);
+    if (!known || known.status !== summary.status) live.statsDirty = true;
     upsert(summary);
   }
-  for (const id of [...tasks.keys()]) if (!seen.has(id)) removeTask(id);
-  // /status has the step description and the error: ask for it while a task is
-  // active, and once more whenever a task reaches a new status. A failed task is
-  // asked for whole, once: only the task itself says whether it is dead-lettered.
-  const wanted = [...tasks.values()].filter((t) => !TERMINAL.has(t.status) || t.detailedStatus !== t.status);
-  await Promise.all(wanted.slice(0, 50).map(async (task) => {
-    const path = `/tasks/${encodeURIComponent(task.id)}`;
-    const whole = task.status === "failed";
-    try {
-      const detail = whole ? (await api("GET", path)).task : await api("GET", `${path}/status`);
-      if (generation !== live.generation) return;
-      mergeInto(task, detail);
-      if (task.status !== "failed") task.deadLettered = false;
-      // A task that failed meanwhile is asked for again, whole, right away.
-      const known = whole || detail.status !== "failed";
-      task.detailedStatus = known ? detail.status : null;
-      if (!known) live.dirty = true;
-    } catch (error) {
-      if (error.status === 404) removeTask(task.id);
+  for (const id of [...tasks.keys()]) {
+    if (!seen.has(id)) {
+      removeTask(id);
+      live.statsDirty = true;
     }
-  }));
-  if (generation !== live.generation) return;
+  }
   live.lastFull = Date.now();
   renderList();
 }
@@ -97,15 +89,16 @@ export async function refreshCleanup() {
   live.cleanupDirty = false;
 }
 
+/** @param {HTMLButtonElement} button */
 export async function runCleanup(button) {
   button.disabled = true;
   try {
     const answer = await api("POST", "/tasks/cleanup/run");
     const r = answer.result ?? {};
     toast(`Cleanup removed ${r.removed ?? 0} task${r.removed === 1 ? "" : "s"}` +
-      (r.durationMs !== undefined ? ` in ${fmtDuration(r.durationMs)}` : ""), "ok");
+      (r.durationMs !== undefined ? ` in ${fmtDuration(r.durationMs)}` : ""), "ok", $("#cleanup"));
   } catch (error) {
-    toast(error.message, "error");
+    toast(messageOf(error), "error", $("#cleanup"));
   } finally {
     button.disabled = false;
     live.cleanupDirty = true;
@@ -115,15 +108,20 @@ export async function runCleanup(button) {
 
 // ------------------------------------------------------------------ event stream
 
+/** What the indicator in the top bar says: "live" only while the page's requests work. */
 export function setLiveIndicator() {
   const box = $("#live");
   let mode;
   let text;
-  if (live.offline) { mode = "offline"; text = "server unreachable, retrying…"; }
+  if (live.locked) { mode = "locked"; text = "needs an API key"; }
+  else if (live.offline) { mode = "offline"; text = "server unreachable, retrying…"; }
+  else if (live.failing) { mode = "failing"; text = `not updating: ${live.failing}`; }
   else if (live.streaming) { mode = "stream"; text = "live · event stream"; }
+  else if (live.lastFull === 0) { mode = "connecting"; text = "connecting…"; }
   else { mode = "polling"; text = `live · polling every ${POLL_MS / 1000} s`; }
   box.dataset.mode = mode;
   $("#live-text").textContent = text;
+  box.title = live.failing ?? "";
 }
 
 export function closeStream() {
@@ -132,10 +130,26 @@ export function closeStream() {
   live.streaming = false;
 }
 
-export function connectStream() {
-  if (session.mode !== "cookie" || typeof EventSource === "undefined") return;
+export async function connectStream() {
+  if (typeof EventSource === "undefined") return;
   closeStream();
-  const es = new EventSource(`${API}/tasks/events`);
+  const generation = live.generation;
+  let url = `${API}/tasks/events`;
+  const ticketed = streamNeedsTicket();
+  // Marks the attempt: no second one starts while this one asks for its ticket.
+  live.streamRetryAt = Date.now() + 60000;
+  if (ticketed) {
+    try {
+      const { ticket } = await api("POST", "/session/ticket");
+      url += `?ticket=${encodeURIComponent(ticket)}`;
+    } catch (error) {
+      streamFailed(true);
+      if (!(error instanceof ApiError) || error.status === 0 || isKeyRefusal(error)) return;
+      throw error;
+    }
+  }
+  if (generation !== live.generation || live.es) return;
+  const es = new EventSource(url);
   live.es = es;
   es.addEventListener("open", () => {
     if (live.es !== es) return;
@@ -144,23 +158,36 @@ export function connectStream() {
     markDirty(); // resync once: events only tell what changes from now on
     setLiveIndicator();
   });
-  for (const name of ["snapshot", "transition", "progress", "removed", "message"]) {
-    es.addEventListener(name, (event) => { if (live.es === es) onStreamEvent(name, event); });
+  for (const name of ["snapshot", "transition", "progress", "removed", "log", "message"]) {
+    es.addEventListener(name, (event) => { if (live.es === es) onStreamEvent(name, /** @type {MessageEvent} */ (event)); });
   }
   es.addEventListener("error", () => {
     if (live.es !== es) return;
     live.streaming = false;
-    if (es.readyState === EventSource.CLOSED) {
-      // Absent (404) or refused: poll, and try the stream again later.
+    // A ticket serves one connection: a ticketed stream reconnects itself with a new one.
+    if (es.readyState === EventSource.CLOSED || ticketed) {
+      es.close();
       live.es = null;
-      live.streamFailures += 1;
-      live.streamRetryAt = Date.now() + Math.min(60000, 5000 * 2 ** Math.min(live.streamFailures, 4));
+      streamFailed(ticketed);
     }
     setLiveIndicator();
     wake();
   });
+  live.streamRetryAt = 0;
 }
 
+/** The stream is absent, refused or broken: poll, and try it again later. */
+/** @param {boolean} ticketed */
+function streamFailed(ticketed) {
+  live.streamFailures += 1;
+  const backoff = Math.min(60000, 5000 * 2 ** Math.min(live.streamFailures, 4));
+  live.streamRetryAt = Date.now() + (ticketed && live.streamFailures === 1 ? 1000 : backoff);
+}
+
+/**
+ * @param {string} name
+ * @param {MessageEvent} event
+ */
 export function onStreamEvent(name, event) {
   let data;
   try { data = JSON.parse(event.data); } catch { return; }
@@ -183,12 +210,22 @@ export function onStreamEvent(name, event) {
       live.dirty = true; // a task we have not listed yet (e.g. created elsewhere): fetch its name
       continue;
     }
+    if (type === "log") {
+      // Log lines (when the server sends them): kept with the task, the latest on its card.
+      /** @type {Array<{at?: number, message?: unknown}>} */
+      const lines = Array.isArray(item.lines) ? item.lines : [item];
+      const added = lines.filter((line) => typeof line?.message === "string")
+        .map((line) => ({ at: Number(line.at) || Date.now(), message: String(line.message) }));
+      task.logs = [...(task.logs ?? []), ...added].slice(-200);
+      changed = true;
+      continue;
+    }
     const previousStatus = task.status;
     mergeInto(task, item);
     if (task.status !== previousStatus) {
       live.statsDirty = true;
       if (task.status === "pending" || task.status === "running") task.error = item.error ?? null;
-      if (TERMINAL.has(task.status)) live.dirty = true; // fetch completedAt and friends
+      if (TERMINAL.has(task.status ?? "")) live.dirty = true; // fetch completedAt and friends
     }
     changed = true;
   }
@@ -196,6 +233,7 @@ export function onStreamEvent(name, event) {
   if (live.dirty || live.statsDirty) wake();
 }
 
+/** @type {ReturnType<typeof setTimeout> | null} */
 let wakeTimer = null;
 let loopRunning = false;
 
@@ -208,35 +246,56 @@ function wakeLoop() {
   if (!loopRunning) wakeTimer = setTimeout(loop, 30);
 }
 
+/** A request failed: say so in the indicator; ask for a key when that is what is missing. */
+/** @param {unknown} error */
+function onSyncError(error) {
+  if (isKeyRefusal(error)) {
+    live.locked = true;
+    closeStream();
+    askForKey();
+  } else if (error instanceof ApiError && error.status === 0) {
+    live.offline = true;
+  } else {
+    live.failing = messageOf(error);
+    console.warn("dashboard sync failed:", error);
+  }
+  setLiveIndicator();
+}
+
 /** One round of syncing; it schedules the next one itself. */
 export async function loop() {
   wakeTimer = null;
   if (loopRunning) return;
   loopRunning = true;
+  let failed = false;
   try {
+    if (live.locked || askingForKey()) return; // nothing works without the key
     const now = Date.now();
-    if (session.mode === "cookie" && !live.es && now >= live.streamRetryAt) connectStream();
+    if (!live.es && now >= live.streamRetryAt) connectStream().catch(onSyncError);
     const every = document.hidden ? HIDDEN_POLL_MS : live.streaming ? STREAM_RESYNC_MS : POLL_MS;
-    const statsEvery = document.hidden ? HIDDEN_POLL_MS : live.streaming ? STREAM_RESYNC_MS : POLL_MS * 2;
     if (live.dirty || now - live.lastFull >= every) await fullSync();
-    if (live.statsDirty || now - live.lastStats >= statsEvery) await refreshStats();
-    if (live.cleanupDirty || now - live.lastCleanup >= 5000) await refreshCleanup();
-    if (live.offline) {
+    if (live.statsDirty || now - live.lastStats >= STATS_EVERY_MS) await refreshStats();
+    if (live.cleanupDirty || now - live.lastCleanup >= CLEANUP_EVERY_MS) await refreshCleanup();
+    if (live.offline || live.failing) {
       live.offline = false;
-      setLiveIndicator();
+      live.failing = null;
     }
+    setLiveIndicator();
   } catch (error) {
-    if (error instanceof ApiError && error.status === 0) {
-      live.offline = true;
-      setLiveIndicator();
-    } else {
-      console.warn("dashboard sync failed:", error);
-    }
+    failed = true;
+    onSyncError(error);
   } finally {
     loopRunning = false;
     const delay = live.dirty || live.statsDirty ? 150 : live.streaming ? 1000 : POLL_MS;
-    if (wakeTimer === null) wakeTimer = setTimeout(loop, live.offline ? 2000 : delay);
+    if (wakeTimer === null) wakeTimer = setTimeout(loop, failed ? 1000 : delay);
   }
 }
 
+onNewKey(() => {
+  live.locked = false;
+  live.streamRetryAt = 0;
+  live.streamFailures = 0;
+  live.cleanupDirty = true;
+  markDirty();
+});
 setWaker(wakeLoop);
