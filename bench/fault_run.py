@@ -155,8 +155,9 @@ async def run(args: argparse.Namespace) -> int:
         storm.cancel()
         for port in ports:
             await up(f"http://127.0.0.1:{port}")
+        kills = sum(p.kills for p in (*apis, *workers))
         print(f"created {len(made)} tasks in {time.monotonic() - began:.0f} s; {storm.count} script replies lost; "
-              f"kills {sum(p.kills for p in (*apis, *workers))}; errors answered (and retried) {answered_errors}")  # fmt: skip
+              f"kills {kills}; errors answered (and retried) {answered_errors}")  # fmt: skip
         store = RedisTaskStore(Redis.from_url(redis.url), prefix=PREFIX)
         deadline = time.monotonic() + 120
         while True:
