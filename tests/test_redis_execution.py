@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from async_tasks.backends.redis import RedisTaskStore
@@ -22,7 +23,7 @@ from async_tasks.task import TaskStatus
 from async_tasks.testing import wait_for
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
-from tests.helpers import SECRET, ScriptExecutor
+from tests.helpers import SECRET, ScriptExecutor, ScriptParams
 
 S = "s"
 MakeSystem = Callable[..., Any]
@@ -62,15 +63,18 @@ def worker_of(system: TaskSystem) -> RedisWorker:
 
 
 async def test_a_task_created_by_an_api_runs_on_a_worker(make_system: MakeSystem) -> None:
-    """Created through an API engine, run by another engine's worker: params stay plain JSON in the store."""
+    """Created through an API engine, run by another engine's worker: the store keeps params as
+    JSON, and each engine reads them back as the executor's params."""
     api = await make_system()
     worker = await make_system(worker=True)
     task = await api.create_task(S, executor="script", params={"steps": 4, "result": {"answer": 42}})
     done = await wait_for(worker, S, task.id, "completed")
     assert done.result == {"answer": 42}
     seen = await api.get_task(S, task.id)
+    stored = await api.get_task(S, task.id, decode=False)
     params = {"steps": 4, "hold": False, "fail": None, "failAttempts": 0, "result": {"answer": 42}}
-    assert seen.status is TaskStatus.COMPLETED and seen.params == params
+    assert seen.status is TaskStatus.COMPLETED and seen.params == ScriptParams(steps=4, result={"answer": 42})
+    assert msgspec.json.decode(msgspec.json.encode(stored.params)) == params
 
 
 async def test_cancel_from_an_api_stops_the_attempt_on_its_worker(make_system: MakeSystem) -> None:

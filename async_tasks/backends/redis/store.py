@@ -20,9 +20,10 @@ applied them. Changes made through this object are published on `events` too, an
 `on_removed` hooks learn what the scripts removed by themselves and why: what another
 process does reaches its own hub only.
 
-Params and results come back as plain JSON values (the store does not know the
-executors' types); the worker converts params before `execute`. `query` returns
-summaries. Needs a standalone Redis 7 (scripts compute key names; no Cluster).
+Tasks come back as `StoredTask`s: params, metadata and result as their encoded JSON,
+sliced from the script's reply without being decoded (the worker decodes them for
+`execute`, `TaskSystem` for its callers). `query` returns summaries. Needs a standalone
+Redis 7 (scripts compute key names; no Cluster).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from async_tasks.store.base import (
     too_many_sessions,
     too_many_tasks,
 )
-from async_tasks.task import Task, TaskStatus
+from async_tasks.task import StoredTask, Task, TaskStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -78,8 +79,8 @@ SNAPSHOT_RESULT_BYTES: Final = 16_384
 
 _STATUSES: Final = tuple(status.value for status in TaskStatus)
 _encode = msgspec.json.Encoder().encode
-_decode_task = msgspec.json.Decoder(Task).decode
-_decode_tasks = msgspec.json.Decoder(list[Task]).decode
+_decode_task = msgspec.json.Decoder(StoredTask).decode
+_decode_tasks = msgspec.json.Decoder(list[StoredTask]).decode
 
 
 class RunLimits(NamedTuple):
@@ -102,7 +103,7 @@ class Dispatched(NamedTuple):
     worker: str
 
 
-def _task(raw: bytes) -> Task:
+def _task(raw: bytes) -> StoredTask:
     task = _decode_task(raw)
     _whole(task)
     return task
@@ -112,7 +113,7 @@ def _tasks(raw: bytes) -> list[Task]:
     tasks = _decode_tasks(raw)
     for task in tasks:
         _whole(task)
-    return tasks
+    return cast("list[Task]", tasks)
 
 
 def _whole(task: Task) -> None:
@@ -279,7 +280,7 @@ class RedisTaskStore:
 
     # -- reads ---------------------------------------------------------------------
 
-    async def get(self, session_key: str, task_id: str) -> Task:
+    async def get(self, session_key: str, task_id: str) -> StoredTask:
         raw = await self._run("get", session_key, task_id)
         if raw is None:
             raise TaskNotFound(task_id)
@@ -358,7 +359,7 @@ class RedisTaskStore:
         idempotency: Idempotency | None = None,
         deliver: bool = False,
         due_ms: int | None = None,
-    ) -> tuple[Task, bool]:
+    ) -> tuple[StoredTask, bool]:
         """`TaskStore.create`; with `deliver`, the task is handed to delivery in the same
         step (parked in its session's line, or delayed until `due_ms`)."""
         kind, payload = await self._run(
@@ -457,7 +458,7 @@ class RedisTaskStore:
         automatic: bool = False,
         dead_letter: bool = False,
         deliver: bool = False,
-    ) -> Task:
+    ) -> StoredTask:
         """`TaskStore.transition`; leaving pending or running withdraws the task's delivery
         (a running attempt is told to stop), and with `deliver` a task entering pending is
         handed to delivery, in the same step."""
@@ -514,7 +515,7 @@ class RedisTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
-    ) -> Task:
+    ) -> StoredTask:
         response = await self._run(
             "finish",
             session_key,
@@ -544,7 +545,7 @@ class RedisTaskStore:
         self._transitioned(task, TaskStatus.FAILED)
         return task
 
-    async def remove(self, session_key: str, task_id: str) -> Task:
+    async def remove(self, session_key: str, task_id: str) -> StoredTask:
         response = await self._run("remove", session_key, task_id, op=new_op())
         kind = response[0]
         if kind == b"notfound":
@@ -630,12 +631,12 @@ class RedisTaskStore:
 
     # -- delivery: the producer's and the worker's steps ---------------------------------
 
-    async def deliver(self, session_key: str, task_id: str, due_ms: int | None = None) -> Task:
+    async def deliver(self, session_key: str, task_id: str, due_ms: int | None = None) -> StoredTask:
         """Hand a pending task to delivery (see `deliver.lua`); `InvalidTransition` unless pending."""
         response = await self._run("deliver", session_key, task_id, "" if due_ms is None else due_ms, op=new_op())
         return self._changed(response, task_id, "start", hooks=False)  # no status changed
 
-    async def claim(self, session_key: str, task_id: str, attempt: int, worker: str, job_key: str) -> Task:
+    async def claim(self, session_key: str, task_id: str, attempt: int, worker: str, job_key: str) -> StoredTask:
         """Start attempt `attempt`, dispatched to `worker` as SAQ job `job_key`: the task is
         running, owned by the worker. `InvalidTransition` when that dispatch is no longer the
         task's (cancelled, delivered afresh elsewhere, already run)."""
@@ -746,7 +747,7 @@ class RedisTaskStore:
 
     # -- events -------------------------------------------------------------------------
 
-    def _changed(self, response: list[Any], task_id: str, action: str, *, hooks: bool = True) -> Task:
+    def _changed(self, response: list[Any], task_id: str, action: str, *, hooks: bool = True) -> StoredTask:
         """The task a script changed (its refusal raised); the hooks told of the change."""
         kind = response[0]
         if kind == b"notfound":

@@ -34,7 +34,7 @@ from async_tasks.web.api.schemas import (
     TaskSummary,
 )
 from async_tasks.web.errors import replay_responses, responses
-from async_tasks.web.middleware import session_key_of
+from async_tasks.web.middleware import client_of, session_key_of
 from async_tasks.web.responses import encoded
 
 #: The largest ``?offset=``: far past any session's tasks (MAX_TASKS holds them all), and
@@ -91,6 +91,7 @@ class TaskController(Controller):
             timeout_ms=data.timeout_ms,
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
+            client=client_of(request.scope),
         )
         return Response(
             await task_response(task_system, task),
@@ -194,7 +195,7 @@ class TaskController(Controller):
     async def get_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.get_task(session_key, task_id))
+        return await task_response(task_system, await task_system.get_task(session_key, task_id, decode=False))
 
     @get(
         "/{task_id:str}/status",
@@ -202,7 +203,7 @@ class TaskController(Controller):
         responses=responses(400, 404, 503),
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
-        task = await self.system.get_task(session_key_of(scope), task_id)
+        task = await self.system.get_task(session_key_of(scope), task_id, decode=False)
         return encoded(
             TaskStatusResponse(
                 status=task.status,
@@ -221,7 +222,7 @@ class TaskController(Controller):
     async def start_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.start_task(session_key, task_id))
+        return await task_response(task_system, await task_system.start_task(session_key, task_id, decode=False))
 
     @post(
         "/{task_id:str}/cancel",
@@ -232,7 +233,7 @@ class TaskController(Controller):
     async def cancel_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.cancel_task(session_key, task_id))
+        return await task_response(task_system, await task_system.cancel_task(session_key, task_id, decode=False))
 
     @post(
         "/{task_id:str}/retry",
@@ -243,7 +244,7 @@ class TaskController(Controller):
     async def retry_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.retry_task(session_key, task_id))
+        return await task_response(task_system, await task_system.retry_task(session_key, task_id, decode=False))
 
     @delete(
         "/{task_id:str}",
