@@ -262,3 +262,23 @@ async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) ->
     assert len(expired.pending) == 1 and expired.finished == 1
     await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
     return causes
+
+
+async def test_verify_repairs_what_a_client_holds(store: RedisTaskStore) -> None:
+    """The per-client counters are covered by the counter verification: a drifted one is
+    repaired (and logged by the reconciler), a right one left alone."""
+    limits = CreateLimits(max_active_per_session=10, client="c-a")
+    for session in ("a1", "a2", "a2"):
+        await store.create(new_task(session), limits=limits)
+    await store.create(new_task("b"), limits=msgspec.structs.replace(limits, client="c-b"))
+    assert await store.verify() == []
+    await store.redis.zadd(store.prefix + "ctasks", {"c-a": 7})
+    await store.redis.zrem(store.prefix + "csessions", "c-b")
+    await store.redis.zadd(store.prefix + "csessions", {"c-gone": 2})
+    repairs = sorted(await store.verify())
+    assert repairs == [
+        ("client c-a", "tasks", 7, 3),
+        ("client c-b", "sessions", 0, 1),
+        ("client c-gone", "sessions", 2, 0),
+    ]
+    assert await store.verify() == []

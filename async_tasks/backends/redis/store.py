@@ -57,6 +57,8 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
+    client_has_too_many_sessions,
+    client_has_too_many_tasks,
     idempotency_conflict,
     quota_exceeded,
     refusal,
@@ -362,7 +364,7 @@ class RedisTaskStore:
     ) -> tuple[StoredTask, bool]:
         """`TaskStore.create`; with `deliver`, the task is handed to delivery in the same
         step (parked in its session's line, or delayed until `due_ms`)."""
-        kind, payload = await self._run(
+        response = await self._run(
             "create",
             task.session_key,
             task.id,
@@ -373,6 +375,9 @@ class RedisTaskStore:
             "" if limits.max_sessions is None else limits.max_sessions,
             "1" if deliver else "",
             "" if due_ms is None else due_ms,
+            limits.client or "",
+            "" if limits.max_tasks_per_client is None else limits.max_tasks_per_client,
+            "" if limits.max_sessions_per_client is None else limits.max_sessions_per_client,
             "id",
             _encode(task.id),
             "sessionKey",
@@ -399,6 +404,7 @@ class RedisTaskStore:
             _encode(task.request_id),
             op=new_op(),
         )
+        kind, payload = response[0], response[1]
         if kind == b"conflict":
             assert idempotency is not None
             raise idempotency_conflict(idempotency.key, payload.decode())
@@ -413,9 +419,17 @@ class RedisTaskStore:
         if kind == b"tasks":
             assert limits.max_tasks is not None
             raise too_many_tasks(limits.max_tasks, int(payload))
+        if kind == b"client_sessions":
+            assert limits.max_sessions_per_client is not None
+            raise client_has_too_many_sessions(limits.max_sessions_per_client, int(payload))
+        if kind == b"client_tasks":
+            assert limits.max_tasks_per_client is not None
+            raise client_has_too_many_tasks(limits.max_tasks_per_client, int(payload))
         created = _task(payload)
         if kind == b"replay":
             return created, True
+        if len(response) > 2:  # what was removed to make room (a re-sent create has no news)
+            self._removed(response[2])
         for hook in self.events.on_transition:
             hook(created, None)
         self._publish(created, EventType.TRANSITION, None)
@@ -721,8 +735,9 @@ class RedisTaskStore:
 
     async def verify(self, session_key: str | None = None) -> list[tuple[str, str, int, int]]:
         """Check the counters against the indexes and repair any that drifted, in one
-        session or (None) every session and then the totals; returns each repair as
-        ``(session, field, was, is)``."""
+        session or (None) every session and then the totals and what each client holds;
+        returns each repair as ``(session, field, was, is)`` (session ``''`` for the totals,
+        ``'client <key>'`` for a client)."""
         repairs: list[tuple[str, str, int, int]] = []
         batches = [[session_key]] if session_key is not None else await self._session_batches()
         for sessions in batches:
@@ -731,7 +746,8 @@ class RedisTaskStore:
                         for i in range(0, len(flat), 4)]  # fmt: skip
         if session_key is None:
             flat = await self._run("verify")
-            repairs += [("", flat[i + 1].decode(), int(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)]
+            repairs += [(flat[i].decode(), flat[i + 1].decode(), int(flat[i + 2]), int(flat[i + 3]))
+                        for i in range(0, len(flat), 4)]  # fmt: skip
         return repairs
 
     # -- across sessions (the admin view): not written for Redis yet -------------------
