@@ -53,7 +53,7 @@ def books(make_store: MakeStore) -> Books:
 
 
 def limits(**caps: int) -> CreateLimits:
-    return CreateLimits(max_active_per_session=100, **caps)
+    return msgspec.convert({"max_active_per_session": 100, **caps}, CreateLimits)
 
 
 async def test_a_new_session_at_the_clients_budget_replaces_its_least_recent_idle_one(books: Books) -> None:
