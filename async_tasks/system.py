@@ -42,6 +42,7 @@ from async_tasks.errors import (
     InvalidParams,
     RateLimited,
     ShuttingDown,
+    TaskNotFound,
     TaskTooLarge,
     UnknownExecutor,
 )
@@ -127,6 +128,7 @@ class TaskSystem:
             max_tasks_per_client=self.settings.max_tasks_per_client,
             max_sessions_per_client=self.settings.max_sessions_per_client,
         )
+        self._client_limits: dict[str, CreateLimits] = {}
         #: Reads per session (TASK_READ_RATE), counted in this process.
         self.read_buckets = TokenBuckets(clock)
         #: Called when shutdown begins, before tasks are cancelled (push streams close here).
@@ -355,8 +357,9 @@ class TaskSystem:
             max_retries=max_retries,
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
-        limits = self.limits if client is None else msgspec.structs.replace(self.limits, client=client)
-        created = await self.execution.create(task, limits=limits, idempotency=idempotency, start=start)
+        created = await self.execution.create(
+            task, limits=self._limits_of(client), idempotency=idempotency, start=start
+        )
         crash_point("create.after_store")
         return created
 
@@ -389,6 +392,17 @@ class TaskSystem:
                 details={"limit": limit, "size": size, "setting": "MAX_TASK_DATA_BYTES"},
             )
         return msgspec.Raw(encoded_params), msgspec.Raw(encoded_metadata)
+
+    def _limits_of(self, client: str | None) -> CreateLimits:
+        """The create limits with `client` as who asks (made once per client, kept a while)."""
+        if client is None:
+            return self.limits
+        limits = self._client_limits.get(client)
+        if limits is None:
+            if len(self._client_limits) >= _CLIENT_LIMITS_KEPT:
+                self._client_limits.clear()
+            limits = self._client_limits[client] = msgspec.structs.replace(self.limits, client=client)
+        return limits
 
     def decoded(self, task: Task) -> Task:
         """A stored task with its data decoded, its params as its executor's `Params` (plain
@@ -542,7 +556,12 @@ class TaskSystem:
         task = await self.store.get(session_key, task_id)
         if task.status is TaskStatus.PENDING:
             await self.cancel_task(session_key, task_id, reason="deleted", decode=False)
-        await self.store.remove(session_key, task_id)
+        try:
+            await self.store.remove(session_key, task_id)
+        except TaskNotFound:
+            # Removed meanwhile (to make room for another client, by retention or expiry):
+            # it is gone, as asked.
+            pass
 
     # -- cleanup -----------------------------------------------------------------
 
@@ -552,6 +571,8 @@ class TaskSystem:
 
 
 _encode = msgspec.json.Encoder().encode
+#: Clients whose create limits are kept made (a flood of addresses only costs making them again).
+_CLIENT_LIMITS_KEPT = 4096
 
 
 def idempotency_keys_kept(settings: Settings) -> int:

@@ -165,13 +165,11 @@ class StoredTask(Task[Any], kw_only=True, gc=False):
         without one), metadata and result as JSON values. Raises `msgspec.ValidationError`
         when the params do not fit `params_type`."""
         fields = msgspec.structs.asdict(self)
-        fields.update(
-            params=_decode(self.params, type=params_type) if params_type is not None else _decode(self.params),
-            metadata=_decode(self.metadata),
-            result=_decode(self.result),
-            tags=list(self.tags),
-            history=list(self.history),
-        )
+        fields["params"] = _decode(self.params, type=params_type) if params_type is not None else _decode(self.params)
+        fields["metadata"] = {} if self.metadata is EMPTY_OBJECT else _decode(self.metadata)
+        fields["result"] = None if self.result is NULL else _decode(self.result)
+        fields["tags"] = list(self.tags)
+        fields["history"] = list(self.history)
         return Task(**fields)
 
 

@@ -112,8 +112,9 @@ class CreateLimits(msgspec.Struct, frozen=True, kw_only=True):
     (`async_tasks.clients.fair_victims`), never from the newcomer: for a task, that
     client's oldest never-started task, else its oldest finished one; for a session, its
     least recently changed session in which nothing runs or ever started; failing that,
-    for a session, the least recently changed idle session of anyone. When nothing can
-    go, `create` raises `CapacityExceeded` (503). A refused create changes nothing.
+    for a session, the least recently changed idle session of a client holding more
+    sessions than the one asking. When nothing can go, `create` raises
+    `CapacityExceeded` (503). A refused create changes nothing.
     """
 
     #: Pending + running tasks one session may hold.

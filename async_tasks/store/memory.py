@@ -142,6 +142,8 @@ class MemoryTaskStore:
         self.keys: dict[str, dict[str, tuple[str, bytes, int]]] = {}
         self._seq = itertools.count(1)
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        #: Tasks held in every session (the sum of `_totals`).
+        self._held = 0
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self.buckets = TokenBuckets(clock)
 
@@ -201,7 +203,7 @@ class MemoryTaskStore:
         return StoreTotals(by_status=dict(self._totals), sessions=len(self.sessions))
 
     def __len__(self) -> int:
-        return sum(self._totals.values())
+        return self._held
 
     # -- changes -------------------------------------------------------------------
 
@@ -218,8 +220,20 @@ class MemoryTaskStore:
             if active >= limits.max_active_per_session:
                 raise quota_exceeded(limits.max_active_per_session, active)
         owner = session.client.key if session is not None else (limits.client or task.session_key)
-        for victim in self._admit(task.session_key, owner, limits):
-            self._evict(victim)
+        client = session.client if session is not None else self.clients.get(owner)
+        if (
+            _reached(self._held, limits.max_tasks)
+            or (client is not None and _reached(client.tasks, limits.max_tasks_per_client))
+            or (
+                session is None
+                and (
+                    _reached(len(self.sessions), limits.max_sessions)
+                    or (client is not None and _reached(len(client.sessions), limits.max_sessions_per_client))
+                )
+            )
+        ):
+            for victim in self._admit(task.session_key, owner, limits):
+                self._evict(victim)
         stored = StoredTask.of(task)
         now = self.clock.now_ms()
         session = self.sessions.get(task.session_key)  # (making room may have emptied it)
@@ -242,6 +256,7 @@ class MemoryTaskStore:
             session.client.unstarted[stored.id] = session
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
+        self._held += 1
         if idempotency is not None:
             self._remember(stored.session_key, idempotency, stored.id, now)
         for hook in self.events.on_transition:
@@ -260,13 +275,14 @@ class MemoryTaskStore:
         session) or its oldest finished task. In a full pool, room comes from a client
         holding more than the newcomer (`fair_victims`): its oldest never-started task, or
         its oldest finished one (MAX_TASKS); its least recently changed session where
-        nothing runs or was started (MAX_SESSIONS); failing that, any idle session (one
-        with no active task never blocks a new one)."""
+        nothing runs or was started (MAX_SESSIONS); failing that, the least recently changed
+        idle session of a client holding more sessions than the newcomer (one with no
+        active task never blocks a new one; it is never the largest holder's to take)."""
         new = session_key not in self.sessions
         client = self.clients.get(owner)
         own_sessions = len(client.sessions) if client is not None else 0
         own_tasks = client.tasks if client is not None else 0
-        sessions_held, tasks_held = len(self.sessions), sum(self._totals.values())
+        sessions_held, tasks_held = len(self.sessions), self._held
         plan: list[SessionTasks | StoredTask] = []
         gone: set[str] = set()
         cap = limits.max_sessions_per_client
@@ -292,8 +308,10 @@ class MemoryTaskStore:
                 victim = _least_recent(other.sessions.values(), _unwatched, gone)
                 if victim is not None:
                     break
-            else:
-                victim = _least_recent(self.sessions.values(), _idle, gone)
+            else:  # an idle session of anyone holding more than the newcomer would
+                victim = _least_recent(
+                    self.sessions.values(), lambda s: _idle(s) and len(s.client.sessions) > own_sessions, gone
+                )
             if victim is None:
                 raise too_many_sessions(limits.max_sessions, sessions_held)
             plan.append(victim)
@@ -525,6 +543,7 @@ class MemoryTaskStore:
         del session.tasks[task.id]
         session.counts[task.status] -= 1
         self._totals[task.status] -= 1
+        self._held -= 1
         session.changed_ms = self.clock.now_ms()
         client = session.client
         client.tasks -= 1
@@ -651,7 +670,7 @@ class MemoryTaskStore:
             reverse=True,
         )
         if where.is_empty:
-            return TaskPage(list(itertools.islice(newest_first, offset, end)), sum(self._totals.values()))
+            return TaskPage(list(itertools.islice(newest_first, offset, end)), self._held)
         matching = (task for task in newest_first if _matches(task, where))
         if where.executor is None and where.tag is None and where.dead_letter is None:
             assert where.status is not None
@@ -666,6 +685,10 @@ class MemoryTaskStore:
             if task is not None:
                 return task
         raise TaskNotFound(task_id)
+
+
+def _reached(held: int, cap: int | None) -> bool:
+    return cap is not None and held >= cap
 
 
 def _idle(session: SessionTasks) -> bool:

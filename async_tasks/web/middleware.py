@@ -11,11 +11,11 @@ answered with ``X-Session-Token-Status: invalid``; a bad token from the cookie i
 also cleared (unless a new session's cookie replaces it), so a browser stops
 sending it.
 
-It also puts the request's client (`async_tasks.clients`: its address, as a keyed
-hash) into scope state (`client_of`): what the per-client budgets count. A request
-with a stream ticket is in the ticket's session (`async_tasks.web.security` checked
-it); one that would be given a new session draws from its client's new-session budget
-first (NEW_SESSIONS_PER_CLIENT_PER_MINUTE: 429 ``rate_limited`` beyond).
+A request with a stream ticket is in the ticket's session (`async_tasks.web.security`
+checked it); one that would be given a new session draws from its client's new-session
+budget first (NEW_SESSIONS_PER_CLIENT_PER_MINUTE: 429 ``rate_limited`` beyond). A
+request's client (`async_tasks.clients`: its address, as a keyed hash; `client_of`) is
+worked out only by the routes whose budgets count it.
 
 Every HTTP request gets an id: the client's ``X-Request-ID`` when it is 1-128
 characters of ``[A-Za-z0-9._:-]``, else a generated uuid4 hex. It is stored in scope
@@ -47,8 +47,6 @@ SESSION_STATE_KEY = "async_tasks_session_key"
 #: The token of a session issued for this request (no valid token, no IP mapping).
 ISSUED_TOKEN_STATE_KEY = "async_tasks_issued_token"
 REQUEST_ID_STATE_KEY = "async_tasks_request_id"
-#: The request's client: a keyed hash of its address (`SessionResolver.client_key`).
-CLIENT_STATE_KEY = "async_tasks_client"
 #: A route whose ``opt`` has this key resolves no session (its caller needs none: the
 #: front-end kit's files, share links).
 NO_SESSION_OPT_KEY = "async_tasks_no_session"
@@ -88,12 +86,11 @@ def session_key_of(scope: Scope) -> str:
     return str(key)
 
 
-def client_of(scope: Scope) -> str:
-    """The client `RequestMiddleware` resolved for this request (its address, hashed)."""
-    key = scope.get("state", {}).get(CLIENT_STATE_KEY)
-    if not key:
-        raise RuntimeError("No client on this request: add AsyncTasksPlugin to the app so its middleware runs.")
-    return str(key)
+def client_of(scope: Scope, sessions: SessionResolver) -> str:
+    """The client this request counts as (`async_tasks.clients`): a keyed hash of its
+    address (the peer's, or the forwarded one behind a trusted proxy)."""
+    client = scope.get("client")
+    return sessions.client_key(client[0] if client else None)
 
 
 class RequestMiddleware(ASGIMiddleware):
@@ -124,8 +121,6 @@ class RequestMiddleware(ASGIMiddleware):
         request_id = state.get(REQUEST_ID_STATE_KEY)
         if request_id is None:
             request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
-        client = scope.get("client")
-        state[CLIENT_STATE_KEY] = self.resolver.client_key(client[0] if client else None)
         exempt = self.session_exempt_key
         route_handler = scope.get("route_handler")
         if route_handler is not None and (
@@ -135,7 +130,7 @@ class RequestMiddleware(ASGIMiddleware):
         else:
             session_key, issued, send = self._resolve_session(scope, state, send)
             if issued and self.admit_session is not None:
-                await self.admit_session(state[CLIENT_STATE_KEY])
+                await self.admit_session(client_of(scope, self.resolver))
         request_token: Token[str | None] = request_id_var.set(request_id)
         session_token: Token[str | None] = session_key_var.set(session_key)
         try:

@@ -157,3 +157,14 @@ async def test_a_session_belongs_to_the_client_that_made_it(books: Books) -> Non
     with pytest.raises(QuotaExceeded):
         await books.create("s", "C", caps)
     await books.create("other", "B", caps)
+
+
+async def test_the_largest_holder_cannot_take_an_idle_session_of_a_smaller_one(books: Books) -> None:
+    """An idle session makes way only for a client holding fewer sessions than its own."""
+    caps = limits(max_sessions=3)
+    await books.create("a1", "A", caps)
+    await books.create("a2", "A", caps)
+    await books.create("b", "B", caps, status=TaskStatus.COMPLETED)
+    with pytest.raises(CapacityExceeded):
+        await books.create("a3", "A", caps)
+    assert books.removed == {}

@@ -54,7 +54,7 @@ async def new_session(
         # The middleware already started a session for this request (it came without a
         # token): hand out that one; its header and cookie are on the response already.
         return Response(SessionInfo(session_key=session_key, token=issued), status_code=201)
-    await task_system.admit_new_session(client_of(request.scope))
+    await task_system.admit_new_session(client_of(request.scope, task_system.sessions))
     resolver = task_system.sessions
     key, token = resolver.new_session()
     return Response(

@@ -147,7 +147,9 @@ async def shared_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     _, task = await _shared_task(task_system, share_tokens, token)
-    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope), shared=True)
+    return await task_event_stream(
+        task_streams, task, last_event_id, client_of(request.scope, task_system.sessions), shared=True
+    )
 
 
 def render_share_page(api_base: str, token: str, root: str = "") -> str:

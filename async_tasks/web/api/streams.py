@@ -216,7 +216,7 @@ async def task_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     task = await task_system.get_task(session_key, task_id, decode=False)  # 404 before any streaming
-    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope))
+    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope, task_system.sessions))
 
 
 async def task_event_stream(
@@ -247,14 +247,17 @@ async def task_event_stream(
 )
 async def session_events(
     request: Request[Any, Any, Any],
+    task_system: NamedDependency[TaskSystem],
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> Stream:
-    return await _sse(task_streams.session_stream(session_key, client=client_of(request.scope)))
+    client = client_of(request.scope, task_system.sessions)
+    return await _sse(task_streams.session_stream(session_key, client=client))
 
 
 async def session_socket(
     socket: WebSocket[Any, Any, Any],
+    task_system: NamedDependency[TaskSystem],
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> None:
@@ -267,7 +270,9 @@ async def session_socket(
     server_ended = False
     too_big = False
     unavailable: StoreUnavailable | StreamEvicted | None = None
-    frames = task_streams.session_stream(session_key, keepalive=False, client=client_of(socket.scope))
+    frames = task_streams.session_stream(
+        session_key, keepalive=False, client=client_of(socket.scope, task_system.sessions)
+    )
     async with contextlib.aclosing(frames):
         try:
             await anext(frames)  # OPENED: subscribed before the client sees the socket open

@@ -91,7 +91,7 @@ class TaskController(Controller):
             timeout_ms=data.timeout_ms,
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
-            client=client_of(request.scope),
+            client=client_of(request.scope, task_system.sessions),
         )
         return Response(
             await task_response(task_system, task),

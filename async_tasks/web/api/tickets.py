@@ -39,7 +39,7 @@ class TicketResponse(Response, kw_only=True):
 async def stream_ticket(
     request: Request[Any, Any, Any], task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
 ) -> TicketResponse:
-    await task_system.admit_ticket(client_of(request.scope))
+    await task_system.admit_ticket(client_of(request.scope, task_system.sessions))
     return TicketResponse(
         ticket=task_system.sessions.ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
     )

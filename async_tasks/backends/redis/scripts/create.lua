@@ -121,8 +121,11 @@ if new and ARGV[13] ~= '' and sessions_held >= tonumber(ARGV[13]) then
     victim = least_recent(P .. 'cs:' .. other, unwatched, gone)
     if victim then break end
   end
-  -- Failing that, an idle session of anyone's never blocks a new one.
-  victim = victim or least_recent(P .. 'lru', idle, gone)
+  -- Failing that, an idle session never blocks a new one (unless it is the one asking that
+  -- holds the most).
+  victim = victim or least_recent(P .. 'lru', function(session)
+    return idle(session) and (tonumber(redis.call('ZSCORE', P .. 'csessions', client_of(session))) or 0) > own_sessions
+  end, gone)
   if not victim then return {'sessions', int(sessions_held)} end
   plan_session(victim)
 end
