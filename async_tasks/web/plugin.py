@@ -103,7 +103,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self.system.on_shutdown.append(self.streams.close)
         #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
         self.metrics = (
-            TaskMetrics(self.system, events_dropped=lambda: self.streams.events_dropped_total)
+            TaskMetrics(
+                self.system,
+                events_dropped=lambda: self.streams.events_dropped_total,
+                streams_evicted=lambda: self.streams.streams_evicted_total,
+            )
             if self.settings.metrics_enabled
             else None
         )
