@@ -39,9 +39,10 @@ from async_tasks.backends.redis.connection import Availability, reachable
 from async_tasks.backends.redis.keys import DEFAULT_PREFIX, Keys
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -63,6 +64,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -153,6 +155,7 @@ def _config(policy: StorePolicy, limits: RunLimits) -> str:
     )
     values += [policy.max_history, limits.global_limit, limits.per_session]
     values += [policy.idempotency_window_ms, policy.idempotency_keys]
+    values += [policy.logs.lines, policy.logs.task_bytes]
     return ",".join("" if value is None else str(value) for value in values)
 
 
@@ -254,11 +257,15 @@ class RedisTaskStore:
             script = self._scripts[name] = self.redis.register_script(scripts.source(name))
         return script
 
-    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
-        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+    def _common(self, op: str = "") -> tuple[str, ...]:
+        """The arguments every script gets first (see `scripts`)."""
         now = str(self.clock.now_ms()) if self._clock_time else ""
         want = "1" if self.events.on_removed or self.events.listeners else ""
-        base = (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+        return (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+
+    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
+        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+        base = self._common(op)
         script = self._script(name)
         with reachable(self.availability):
             try:
@@ -347,6 +354,19 @@ class RedisTaskStore:
         """A waiting task's place in its session's line (see `position.lua`); O(log n)."""
         position = await self._run("position", session_key, task_id)
         return None if position is None else int(position)
+
+    async def queue_positions(self, session_key: str, task_ids: Sequence[str]) -> dict[str, int]:
+        """`queue_position` of several tasks in one round trip (those not waiting are absent)."""
+        if not task_ids:
+            return {}
+        script = self._script("position")
+        base = self._common()
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    await script(args=[*base, session_key, task_id], client=pipe)
+                found = await pipe.execute()
+        return {task_id: int(place) for task_id, place in zip(task_ids, found, strict=True) if place is not None}
 
     # -- changes -------------------------------------------------------------------
 
@@ -488,22 +508,60 @@ class RedisTaskStore:
         step: str | None,
         description: str | None,
     ) -> bool:
+        return await self.report(session_key, task_id, attempt, (percent, step, description))
+
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        return await self.report(session_key, task_id, attempt, None, lines)
+
+    async def report(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        report: Report | None,
+        lines: Sequence[LogLine] = (),
+        *,
+        skipped: int = 0,
+    ) -> bool:
+        """A progress `report` and log `lines` of running `attempt`, in one script (what a
+        worker's flush writes; `skipped`: lines it dropped before sending, counted as dropped).
+        False (nothing changes) when the task no longer runs that attempt."""
         want = bool(self.events.listeners)
         response = await self._run(
             "progress",
             session_key,
             task_id,
             attempt,
-            _encode(percent),
-            _json_or_empty(step),
-            _json_or_empty(description),
+            b"" if report is None else _encode(report[0]),
+            b"" if report is None else _json_or_empty(report[1]),
+            b"" if report is None else _json_or_empty(report[2]),
             "1" if want else "0",
+            skipped or "",
+            *[_encode(line) for line in lines],
+            op=new_op() if lines else "",
         )
         if response == 0:
             return False
         if want and isinstance(response, bytes):
-            self.events.publish(TaskEvent.of(_task(response), EventType.PROGRESS))
+            task = _task(response)
+            if report is not None:
+                self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
+            self._logged(task, len(lines))
         return True
+
+    def _logged(self, task: Task, added: int) -> None:
+        """Tell the hub of the last `added` lines `task` got (those still kept are its tail)."""
+        if added and task.logs and self.events.listeners:
+            self.events.publish(LogEvent.of(task, task.logs[-added:]))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        names = list(executors)
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.lrange(self.keys.durations(name), 0, RECENT_DURATIONS - 1)
+                found = await pipe.execute()
+        return {name: [int(value) for value in values] for name, values in zip(names, found, strict=True) if values}
 
     async def finish(
         self,
@@ -514,7 +572,10 @@ class RedisTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
+        skipped: int = 0,
     ) -> Task:
+        """`TaskStore.finish`; `skipped`: log lines the worker dropped before sending (counted)."""
         response = await self._run(
             "finish",
             session_key,
@@ -531,9 +592,14 @@ class RedisTaskStore:
             b"" if report is None else _encode(report[0]),
             b"" if report is None else _json_or_empty(report[1]),
             b"" if report is None else _json_or_empty(report[2]),
+            RECENT_DURATIONS,
+            skipped or "",
+            *[_encode(line) for line in lines],
             op=new_op(),
         )
         action = "complete" if finish.kind == "completed" else "fail"
+        if lines and response[0] == b"ok":
+            self._logged(_task(response[1]), len(lines))
         if finish.kind in ("completed", "failed"):
             return self._changed(response, task_id, action)
         # Failed, then pending again in the same step: the hooks see both changes.
