@@ -166,6 +166,28 @@ async def test_log_lines_reach_an_api_s_streams_from_a_worker(make_system: MakeS
         tg.cancel_scope.cancel()
 
 
+async def test_an_api_process_estimates_from_the_run_times_its_workers_recorded(make_system: MakeSystem) -> None:
+    """The finish script keeps each executor's recent run times in Redis: an API process that
+    ran nothing estimates a waiting task from them, with its place in the session's line."""
+    api = await make_system(max_concurrent_tasks_per_session=1)
+    worker = await make_system(worker=True, max_concurrent_tasks_per_session=1)
+    done = await api.create_task(S, executor="script", params={"steps": 1})
+    done = await wait_for(worker, S, done.id, "completed")
+    assert await api.store.recent_durations(["script", "hold"]) == {"script": [done.duration_ms]}
+    held = await api.create_task(S, executor="script", params={"hold": True})
+    await wait_for(worker, S, held.id, "running")
+    waiting = [await api.create_task(S, executor="script") for _ in range(2)]
+    outlook = await api.outlook(S, [await api.get_task(S, t.id) for t in (held, *waiting)])
+    assert [outlook[t.id].queue_position for t in waiting] == [1, 2]
+    typical = done.duration_ms or 0
+    guesses = [outlook[t.id].eta for t in waiting]
+    assert [(g.starts_in_ms, g.samples) for g in guesses if g is not None] == [(typical, 1), (2 * typical, 1)]
+    assert outlook[held.id].queue_position is None
+    ScriptExecutor.release(held.id)
+    for task in waiting:
+        await wait_for(worker, S, task.id, "completed")
+
+
 async def lose_a_worker(api: TaskSystem, task_id: str, worker: str = "gone-worker") -> None:
     """Make `task_id` run on a worker that then died: dispatched, claimed, no lease."""
     store = store_of(api)

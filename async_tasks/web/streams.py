@@ -84,6 +84,7 @@ FRAME_CACHE_SIZE: Final = 4096
 _TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
 _KEEPALIVE_ITEM: Final = b""  # never a valid envelope
 _RESYNC_ITEM: Final = b"resync"  # nor this
+_LOOK_ITEM: Final = b"look"  # nor this: a task's stream looks again at where its task stands
 
 
 class Frame(NamedTuple):
@@ -130,17 +131,21 @@ class _Outlook:
     what it last sent: after the snapshot; when the task changes status; while it runs, on
     a progress event at most every `OUTLOOK_RUNNING_EVERY`; while it waits, when another
     task of the session changes status (the line may have moved), at most every
-    `OUTLOOK_WAITING_EVERY`. Sent only when the place, the status or the estimated times
-    moved (by `OUTLOOK_MIN_CHANGE_MS` or more)."""
+    `OUTLOOK_WAITING_EVERY` (a move sooner than that is looked at when that time is up).
+    Sent only when the place, the status or the estimated times moved (by
+    `OUTLOOK_MIN_CHANGE_MS` or more)."""
 
-    __slots__ = ("bridge", "last", "looked", "session_key", "status", "task_id")
+    __slots__ = ("bridge", "last", "looked", "scheduled", "session_key", "status", "subscriber", "task_id")
 
-    def __init__(self, bridge: StreamBridge, session_key: str, task_id: str) -> None:
+    def __init__(self, bridge: StreamBridge, session_key: str, task_id: str, subscriber: StreamSubscriber) -> None:
         self.bridge = bridge
         self.session_key = session_key
         self.task_id = task_id
+        self.subscriber = subscriber
         self.status = ""
         self.looked = -math.inf
+        #: A later look is on its way (`StreamBridge.look_later`).
+        self.scheduled = False
         #: (status, attempt, place, starts at, finishes at) of the last event sent.
         self.last: tuple[str, int, int | None, int | None, int | None] | None = None
 
@@ -151,12 +156,16 @@ class _Outlook:
         return envelope.type == EventType.PROGRESS.value and self._due(OUTLOOK_RUNNING_EVERY)
 
     def moved_by(self, envelope: _Envelope) -> bool:
-        """Whether another task's event may have moved this one's place in line."""
-        return (
-            self.status == TaskStatus.PENDING.value
-            and envelope.type in _MOVES_LINE
-            and self._due(OUTLOOK_WAITING_EVERY)
-        )
+        """Whether another task's event may have moved this one's place in line and calls
+        for a look now (too soon after the last one: a look is scheduled instead)."""
+        if self.status != TaskStatus.PENDING.value or envelope.type not in _MOVES_LINE:
+            return False
+        if self._due(OUTLOOK_WAITING_EVERY):
+            return True
+        if not self.scheduled:
+            self.scheduled = True
+            self.bridge.look_later(self.subscriber, self.looked + OUTLOOK_WAITING_EVERY - time.monotonic())
+        return False
 
     def _due(self, every: float) -> bool:
         return time.monotonic() - self.looked >= every
@@ -365,6 +374,7 @@ class StreamBridge:
         self._wakeup: anyio.Event | None = None
         self._seq = 0
         self._pending: dict[tuple[str, EventType], _Pending] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
         self._detach: Callable[[], None] | None = None
         self.shared = shared
         self.channel_prefix = shared.channel_prefix if shared is not None else CHANNEL_PREFIX
@@ -406,10 +416,12 @@ class StreamBridge:
         self.running = True
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._flush_loop)
                 tg.start_soon(self._keepalive_loop)
                 task_status.started()
         finally:
+            self._tg = None
             self.close()
             self.running = False
             with anyio.move_on_after(2, shield=True):
@@ -430,6 +442,16 @@ class StreamBridge:
             for subscriber in session.subscribers:
                 subscriber.dropped += 1
                 subscriber.put_nowait(_RESYNC_ITEM)
+
+    def look_later(self, subscriber: StreamSubscriber, delay: float) -> None:
+        """Have a task's stream look again at where its task stands in `delay` seconds."""
+        if self._tg is not None:
+            self._tg.start_soon(self._wake, subscriber, delay)
+
+    @staticmethod
+    async def _wake(subscriber: StreamSubscriber, delay: float) -> None:
+        await anyio.sleep(delay)
+        subscriber.put_nowait(_LOOK_ITEM)
 
     def _count_drop(self) -> None:
         self.events_dropped_total += 1
@@ -641,7 +663,7 @@ class StreamBridge:
             yield snapshot
             if settled:
                 return
-            outlook = _Outlook(self, session_key, task_id)
+            outlook = _Outlook(self, session_key, task_id, subscriber)
             if (ahead := await outlook.frame()) is not None:
                 yield ahead
             seen_drops = 0
@@ -661,6 +683,11 @@ class StreamBridge:
                         return
                     continue
                 if raw == _RESYNC_ITEM:
+                    continue
+                if raw == _LOOK_ITEM:
+                    outlook.scheduled = False
+                    if (ahead := await outlook.frame(own=False)) is not None:
+                        yield ahead
                     continue
                 envelope, frame = self._frame_of(raw)
                 if envelope.seq <= floor:
