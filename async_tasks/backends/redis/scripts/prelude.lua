@@ -36,7 +36,7 @@ local EVENT_FIELDS = {'id', 'sessionKey', 'status', 'progress', 'currentStep', '
   'updatedAt', 'executor', 'error', 'result', 'name', 'attempts'}
 local SUMMARY_FIELDS = {'id', 'sessionKey', 'name', 'executor', 'status', 'progress', 'currentStep',
   'currentStepDescription', 'error', 'attempts', 'priority', 'tags', 'deadLettered', 'createdAt', 'updatedAt',
-  'startedAt', 'completedAt', 'scheduledAt', 'maxRetries', 'autoRetries', 'description'}
+  'startedAt', 'completedAt', 'scheduledAt', 'maxRetries', 'autoRetries', 'description', 'logsDropped'}
 local HISTORY_HEAD = 10
 local TICKET = 1099511627776  -- 2^40: a score's low part (a sequence number) below its high part
 
@@ -99,8 +99,10 @@ local function summary_json(id)
   for i, name in ipairs(SUMMARY_FIELDS) do
     if v[i] then parts[#parts + 1] = '"' .. name .. '":' .. v[i] end
   end
-  local recent = redis.call('LRANGE', P .. 'l:' .. id, -RECENT_LOGS, -1)
-  if #recent > 0 then parts[#parts + 1] = '"logs":[' .. table.concat(recent, ',') .. ']' end
+  if v[#SUMMARY_FIELDS] then  -- `logsDropped` is there once the task has a log
+    local recent = redis.call('LRANGE', P .. 'l:' .. id, -RECENT_LOGS, -1)
+    parts[#parts + 1] = '"logs":[' .. table.concat(recent, ',') .. ']'
+  end
   return '{' .. table.concat(parts, ',') .. '}'
 end
 

@@ -12,16 +12,18 @@ local function event(id, whole)
   local r = event_fields(tkey(id))
   local result = 'null'
   if r.status == '"completed"' and r.result and (whole or #r.result <= tonumber(ARGV[10])) then result = r.result end
-  local first = 0
-  if not whole then first = -RECENT_LOGS end
-  local logs = redis.call('LRANGE', P .. 'l:' .. id, first, -1)
+  local dropped, logs = redis.call('HGET', tkey(id), 'logsDropped'), {}
+  if dropped then  -- the task has a log
+    local first = 0
+    if not whole then first = -RECENT_LOGS end
+    logs = redis.call('LRANGE', P .. 'l:' .. id, first, -1)
+  end
   return '{"type":"snapshot","taskId":' .. r.id .. ',"sessionKey":' .. r.sessionKey ..
     ',"status":' .. r.status .. ',"progress":' .. r.progress .. ',"currentStep":' .. r.currentStep ..
     ',"currentStepDescription":' .. r.currentStepDescription .. ',"at":' .. r.updatedAt ..
     ',"executor":' .. r.executor .. ',"previous":null,"error":' .. r.error ..
     ',"result":' .. result .. ',"name":' .. r.name .. ',"attempt":' .. r.attempts ..
-    ',"logs":[' .. table.concat(logs, ',') .. '],"logsDropped":' ..
-    (redis.call('HGET', tkey(id), 'logsDropped') or '0') .. '}'
+    ',"logs":[' .. table.concat(logs, ',') .. '],"logsDropped":' .. (dropped or '0') .. '}'
 end
 local events = {}
 if ID ~= '' then
