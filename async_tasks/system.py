@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -61,6 +62,8 @@ logger = logging.getLogger("async_tasks")
 
 #: The share of SHUTDOWN_GRACE_MS that tasks get to unwind; the rest is for the server.
 SHUTDOWN_TASK_SHARE = 0.8
+#: Seconds an executor's recent run times are reused for estimates before being read again.
+DURATIONS_TTL = 1.0
 
 
 class Outlook(NamedTuple):
@@ -140,6 +143,8 @@ class TaskSystem:
         self._shutdown_done: anyio.Event | None = None
         self._shutdown_requested: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Executor -> (when read, on the clock's monotonic time; its recent run times).
+        self._durations: dict[str, tuple[float, list[int]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -458,8 +463,7 @@ class TaskSystem:
             return {}
         positions = await self.execution.queue_positions(session_key, pending) if pending else {}
         waiting = [task for task in pending if task.id in positions]
-        executors = {task.executor for task in (*waiting, *running)}
-        durations = await self.store.recent_durations(executors) if executors else {}
+        durations = await self._recent_durations({task.executor for task in (*waiting, *running)})
         lanes = 1
         if waiting:
             lanes = (await self.store.counts(session_key)).by_status[TaskStatus.RUNNING]
@@ -473,6 +477,17 @@ class TaskSystem:
             if position is not None or guess is not None:
                 found[task.id] = Outlook(position, guess)
         return found
+
+    async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
+        """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:
+        an estimate a second behind costs nothing, a store read per answer would."""
+        now = self.clock.monotonic()
+        stale = {name for name in executors if now - self._durations.get(name, (-math.inf, []))[0] >= DURATIONS_TTL}
+        if stale:
+            found = await self.store.recent_durations(stale)
+            for name in stale:
+                self._durations[name] = (now, found.get(name, []))
+        return {name: self._durations[name][1] for name in executors}
 
     # -- control -----------------------------------------------------------------
 

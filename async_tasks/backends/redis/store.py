@@ -357,8 +357,9 @@ class RedisTaskStore:
 
     async def queue_positions(self, session_key: str, task_ids: Sequence[str]) -> dict[str, int]:
         """`queue_position` of several tasks in one round trip (those not waiting are absent)."""
-        if not task_ids:
-            return {}
+        if len(task_ids) <= 1:  # one: no pipeline to set up
+            places = [await self.queue_position(session_key, task_id) for task_id in task_ids]
+            return {task_id: place for task_id, place in zip(task_ids, places, strict=True) if place is not None}
         script = self._script("position")
         base = self._common()
         with reachable(self.availability):
