@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 TRIM_BATCH: Final = 1000
 #: Sessions `trim` and `expire` of every session look at per script call.
 TRIM_SESSIONS: Final = 200
+#: Tasks one query script reads at most (a longer page is several scripts).
+QUERY_CHUNK: Final = 250
 #: Tasks a session stream's snapshot shows (the newest), and the largest result it carries.
 SNAPSHOT_TASKS: Final = 200
 SNAPSHOT_RESULT_BYTES: Final = 16_384
@@ -301,18 +303,28 @@ class RedisTaskStore:
         offset: int = 0,
         cursor: str | None = None,
     ) -> TaskPage:
-        total, raw, next_cursor = await self._run(
-            "query",
-            session_key,
+        # A long page is read in chunks, one script each, continuing below the last task of
+        # the chunk before: no single script holds Redis for a whole page of a thousand.
+        filters = (
             where.status.value if where.status is not None else "",
             where.executor or "",
             where.tag or "",
             "" if where.dead_letter is None else ("true" if where.dead_letter else "false"),
-            offset,
-            -1 if limit is None else limit,
-            _cursor(cursor),
         )
-        return TaskPage(_tasks(raw), int(total), next_cursor.decode() or None)
+        tasks: list[Task] = []
+        total: int | None = None
+        below = _cursor(cursor)
+        while True:
+            wanted = QUERY_CHUNK if limit is None else min(QUERY_CHUNK, limit - len(tasks))
+            chunk_total, raw, next_cursor = await self._run(
+                "query", session_key, *filters, offset if total is None else 0, wanted, below
+            )
+            if total is None:
+                total = int(chunk_total)
+            tasks += _tasks(raw)
+            below = next_cursor.decode()
+            if not below or (limit is not None and len(tasks) >= limit):
+                return TaskPage(tasks, total, below or None)
 
     async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[bytes]]:
         """The snapshot events (JSON) of the session's newest tasks (at most
