@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.params import ParameterKwarg
+from msgspec import UNSET, UnsetType
 
 from async_tasks.cleanup import CleanupResult, LastRun
 from async_tasks.task import Task, TaskStatus
@@ -18,6 +19,18 @@ Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64), ParameterKwarg(m
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=20)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000, description="Higher starts first when tasks queue.")]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="Fail the attempt after this long.")]
+StartAt = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        description=(
+            "Start the task at this time (epoch milliseconds; implies `start`): it stays pending until then, "
+            "`scheduledAt` saying when. A time already past starts it now; at most MAX_START_DELAY_MS (7 days) "
+            "ahead."
+        ),
+    ),
+    ParameterKwarg(ge=0),
+]
 # Litestar drops a falsy bound (ge=0) of an optional field from the document; its marker keeps it.
 MaxRetries = Annotated[
     int,
@@ -41,6 +54,13 @@ class CreateTaskRequest(Body):
     priority: Priority = 0
     timeout_ms: TimeoutMs | None = None
     max_retries: MaxRetries | None = None
+    start_at: StartAt | None = None
+
+
+class StartTaskRequest(Body):
+    """``POST /tasks/{id}/start``'s optional body."""
+
+    start_at: StartAt | None = None
 
 
 class Response(msgspec.Struct, rename="camel"):
@@ -77,6 +97,10 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
     auto_retries: int = 0
     #: It failed after its last automatic retry: it runs again only if retried by hand.
     dead_lettered: bool = False
+    #: When a pending task waiting for its time starts (a delayed start, a retry's backoff).
+    scheduled_at: int | None = None
+    #: Why a pending task has not started, when something other than its turn holds it up.
+    waiting_reason: str | None = None
 
     @classmethod
     def of(cls, task: Task) -> TaskSummary:
@@ -97,6 +121,8 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
             max_retries=task.max_retries,
             auto_retries=task.auto_retries,
             dead_lettered=task.dead_lettered,
+            scheduled_at=task.scheduled_at,
+            waiting_reason=task.waiting_reason,
         )
 
 
@@ -136,7 +162,8 @@ class TaskListResponse(Response, kw_only=True):
 
 
 class TaskStatusResponse(Response, kw_only=True):
-    """The documented `/status` shape, exactly (clients poll it: fields never change)."""
+    """The documented `/status` shape, exactly (clients poll it: fields never change), and
+    two fields that are there only when they say something."""
 
     status: TaskStatus
     progress: float
@@ -145,6 +172,11 @@ class TaskStatusResponse(Response, kw_only=True):
     started_at: int | None
     completed_at: int | None
     error: str | None
+    #: When a pending task waiting for its time starts (a delayed start, a retry's backoff).
+    scheduled_at: int | UnsetType = UNSET
+    #: Why a pending task has not started, when something other than its turn holds it up
+    #: ("waiting for a worker that runs `report`").
+    waiting_reason: str | UnsetType = UNSET
 
 
 class Stats(msgspec.Struct, rename="camel", kw_only=True):
@@ -190,6 +222,8 @@ class DemoTask(msgspec.Struct, rename="camel", kw_only=True):
     status: TaskStatus
     progress: float
     session_key: str
+    #: When it starts, for a task created with `startAt` (left out otherwise: the seed's shape).
+    scheduled_at: int | UnsetType = UNSET
 
 
 class DemoTaskResponse(Response, kw_only=True):

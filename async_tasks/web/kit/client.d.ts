@@ -39,6 +39,10 @@ export interface Task {
   updatedAt: number;
   startedAt: number | null;
   completedAt: number | null;
+  /** When a pending task waiting for its time starts (a delayed start, a retry's backoff). */
+  scheduledAt: number | null;
+  /** Why a pending task has not started, when not just its turn: "waiting for a worker that runs `report`". */
+  waitingReason: string | null;
   history: Array<{ at: number; status: TaskStatus; previous?: TaskStatus | null; attempt?: number; reason?: string | null; error?: string | null }>;
   logs?: LogLine[];
 }
@@ -61,6 +65,8 @@ export interface TaskSummary {
   maxRetries: number;
   autoRetries: number;
   deadLettered: boolean;
+  scheduledAt: number | null;
+  waitingReason: string | null;
 }
 
 export interface TaskList {
@@ -117,6 +123,8 @@ export interface CreateOptions {
   priority?: number;
   timeoutMs?: number;
   maxRetries?: number;
+  /** Start at this time (epoch ms; implies start): pending until then, `scheduledAt` saying when. */
+  startAt?: number;
   /** The same key in the same session returns the same task: a create safe to repeat. */
   idempotencyKey?: string;
 }
