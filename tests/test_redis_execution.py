@@ -253,12 +253,12 @@ async def test_a_worker_runs_only_its_executors_and_the_admin_api_lists_what_eac
             TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETED,
         ]  # fmt: skip
         assert done.waiting_reason is None
-        workers = (await http.get("/api/v1/admin/workers", headers=admin)).json()["workers"]
-        assert {w["id"]: w["executors"] for w in workers} == {
+        listed = (await http.get("/api/v1/admin/workers", headers=admin)).json()["workers"]
+        assert {w["id"]: w["executors"] for w in listed} == {
             worker_of(scripts_only).worker_id: ["script"],
             worker_of(everything).worker_id: ["script", "blocking", "hold", "counted"],
         }
-        assert all(0 <= w["leaseAgeMs"] < 600 and w["concurrency"] == 4 and w["startedAt"] > 0 for w in workers)
+        assert all(0 <= w["leaseAgeMs"] < 600 and w["concurrency"] == 4 and w["startedAt"] > 0 for w in listed)
 
 
 async def test_routing_keeps_sessions_fair_and_priority_in_order(make_system: MakeSystem) -> None:
@@ -278,3 +278,19 @@ async def test_routing_keeps_sessions_fair_and_priority_in_order(make_system: Ma
         await wait_for(worker, key, task_id, "completed")
     ScriptExecutor.release(low.id)
     await wait_for(worker, "a", low.id, "completed")
+
+
+async def test_waiting_tasks_cost_redis_nothing(proxy: RedisFaultProxy, make_system: MakeSystem) -> None:
+    """Eight tasks waiting for a busy worker's only slot: Redis sees the worker's upkeep (a few commands
+    a tick), not a poll per waiting task."""
+    worker = await make_system(worker=True, task_backend=proxy.url, worker_concurrency=1)
+    busy = await worker.create_task(S, executor="hold")
+    await wait_for(worker, S, busy.id, "running")
+    waiting = [await worker.create_task(S, executor="script") for _ in range(8)]
+    assert [await worker.queue_position(t) for t in waiting] == list(range(1, 9))
+    proxy.reset_commands()
+    await anyio.sleep(1.0)  # a rate is measured over time
+    assert sum(proxy.commands.values()) < 60, proxy.commands
+    await worker.cancel_task(S, busy.id)
+    for task in waiting:
+        await wait_for(worker, S, task.id, "completed")
