@@ -77,26 +77,36 @@ local function job_id(W, key) return 'saq:job:' .. P .. 'w:' .. W .. ':' .. key 
 local function counter(key, field) return tonumber(redis.call('HGET', key, field)) or 0 end
 
 -- Why a pending task has not started, for a person: its executor is run by no live worker
--- (`P offered`: executor -> workers taking tasks that run it). JSON; null for any other case.
+-- (`P offered`: executor -> workers taking tasks that run it; read once per executor in a
+-- script, so a page of a thousand waiting tasks asks it once). JSON; null for any other case.
+local OFFERED = {}
 local function waiting_reason(status, place, executor)
   if status ~= '"pending"' or place ~= 'p' or not executor then return 'null' end
-  local E = cjson.decode(executor)
-  if counter(P .. 'offered', E) > 0 then return 'null' end
-  return cjson.encode('waiting for a worker that runs `' .. E .. '`')
+  local reason = OFFERED[executor]
+  if reason == nil then
+    local E = cjson.decode(executor)
+    reason = 'null'
+    if counter(P .. 'offered', E) == 0 then reason = cjson.encode('waiting for a worker that runs `' .. E .. '`') end
+    OFFERED[executor] = reason
+  end
+  return reason
 end
 
 -- The task's JSON object, built from its hash (our own `_` fields left out) and its history.
 local function record_json(id)
   local flat = redis.call('HGETALL', tkey(id))
   local parts = {}
-  local fields = {}
+  local status, place, executor
   for i = 1, #flat, 2 do
-    if string.byte(flat[i], 1) ~= 95 then
-      parts[#parts + 1] = '"' .. flat[i] .. '":' .. flat[i + 1]
+    local name = flat[i]
+    if string.byte(name, 1) ~= 95 then
+      parts[#parts + 1] = '"' .. name .. '":' .. flat[i + 1]
+      if name == 'status' then status = flat[i + 1] elseif name == 'executor' then executor = flat[i + 1] end
+    elseif name == '_dv' then
+      place = flat[i + 1]
     end
-    fields[flat[i]] = flat[i + 1]
   end
-  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(fields.status, fields._dv, fields.executor)
+  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(status, place, executor)
   parts[#parts + 1] = '"history":[' .. table.concat(redis.call('LRANGE', P .. 'h:' .. id, 0, -1), ',') .. ']'
   return '{' .. table.concat(parts, ',') .. '}'
 end
@@ -106,12 +116,11 @@ end
 local function summary_json(id)
   local v = redis.call('HMGET', tkey(id), '_dv', unpack(SUMMARY_FIELDS))
   local parts = {'"params":null'}
-  local fields = {}
   for i, name in ipairs(SUMMARY_FIELDS) do
     if v[i + 1] then parts[#parts + 1] = '"' .. name .. '":' .. v[i + 1] end
-    fields[name] = v[i + 1]
   end
-  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(fields.status, v[1], fields.executor)
+  -- v[1] is `_dv`; SUMMARY_FIELDS starts id, sessionKey, name, executor, status.
+  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(v[6], v[1], v[5])
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
@@ -233,6 +242,7 @@ local function offer(W, n)
   for _, E in ipairs(redis.call('SMEMBERS', P .. 'runs:' .. W)) do
     if redis.call('HINCRBY', P .. 'offered', E, n) <= 0 then redis.call('HDEL', P .. 'offered', E) end
   end
+  OFFERED = {}
 end
 
 -- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue.
