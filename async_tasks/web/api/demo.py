@@ -19,7 +19,6 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
-from msgspec import UNSET
 
 from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
@@ -106,7 +105,7 @@ def demo_response(task: Task) -> DemoTaskResponse:
             status=task.status,
             progress=task.progress,
             session_key=task.session_key,
-            scheduled_at=UNSET if task.scheduled_at is None else task.scheduled_at,
+            scheduled_at=task.scheduled_at,
         ),
     )
 

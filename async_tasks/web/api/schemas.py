@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.params import ParameterKwarg
-from msgspec import UNSET, UnsetType
 
 from async_tasks.cleanup import CleanupResult, LastRun
 from async_tasks.task import Task, TaskStatus
@@ -161,10 +160,11 @@ class TaskListResponse(Response, kw_only=True):
     next_cursor: str | None = None
 
 
-class TaskStatusResponse(Response, kw_only=True):
+class TaskStatusResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """The documented `/status` shape, exactly (clients poll it: fields never change), and
-    two fields that are there only when they say something."""
+    two fields that are there only when they say something (left out when null)."""
 
+    success: bool
     status: TaskStatus
     progress: float
     current_step: str | None
@@ -173,10 +173,10 @@ class TaskStatusResponse(Response, kw_only=True):
     completed_at: int | None
     error: str | None
     #: When a pending task waiting for its time starts (a delayed start, a retry's backoff).
-    scheduled_at: int | UnsetType = UNSET
+    scheduled_at: int | None = None
     #: Why a pending task has not started, when something other than its turn holds it up
     #: ("waiting for a worker that runs `report`").
-    waiting_reason: str | UnsetType = UNSET
+    waiting_reason: str | None = None
 
 
 class Stats(msgspec.Struct, rename="camel", kw_only=True):
@@ -216,14 +216,14 @@ class CleanupRunResponse(Response, kw_only=True):
     result: CleanupResult
 
 
-class DemoTask(msgspec.Struct, rename="camel", kw_only=True):
+class DemoTask(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     id: str
     name: str
     status: TaskStatus
     progress: float
     session_key: str
     #: When it starts, for a task created with `startAt` (left out otherwise: the seed's shape).
-    scheduled_at: int | UnsetType = UNSET
+    scheduled_at: int | None = None
 
 
 class DemoTaskResponse(Response, kw_only=True):

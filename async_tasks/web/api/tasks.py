@@ -15,7 +15,6 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.types import Scope
-from msgspec import UNSET
 
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
@@ -210,6 +209,7 @@ class TaskController(Controller):
         task = await self.system.get_task(session_key_of(scope), task_id)
         return encoded(
             TaskStatusResponse(
+                success=True,
                 status=task.status,
                 progress=task.progress,
                 current_step=task.current_step,
@@ -217,8 +217,8 @@ class TaskController(Controller):
                 started_at=task.started_at,
                 completed_at=task.completed_at,
                 error=task.error,
-                scheduled_at=UNSET if task.scheduled_at is None else task.scheduled_at,
-                waiting_reason=UNSET if task.waiting_reason is None else task.waiting_reason,
+                scheduled_at=task.scheduled_at,
+                waiting_reason=task.waiting_reason,
             )
         )
 
