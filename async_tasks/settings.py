@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 
 from async_tasks.errors import SettingsError
+from async_tasks.task_log import DEFAULT_LINE_BYTES, DEFAULT_LINES, DEFAULT_TASK_BYTES, LogLimits
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -94,6 +95,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_task_data_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65_536
     #: History entries kept per task (the first ones and the latest).
     max_task_history: Annotated[int, msgspec.Meta(ge=3)] = 50
+    # Task logs (`await progress.log(...)`): lines kept per task (the oldest go first), the
+    # bytes of one line's message and data, and the bytes of a task's lines together.
+    task_log_lines: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = DEFAULT_LINES
+    task_log_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=65_536)] = DEFAULT_LINE_BYTES
+    task_log_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4_194_304)] = DEFAULT_TASK_BYTES
     # Time limits (0 disables each): finished tasks, never-started tasks, idle sessions.
     finished_task_ttl_ms: NonNegative = 86_400_000
     pending_task_ttl_ms: NonNegative = 3_600_000
@@ -124,6 +130,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_600_000
     max_task_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     retry_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 500
+    #: How far ahead a task's `startAt` may be (7 days).
+    max_start_delay_ms: Positive = 604_800_000
     retry_backoff_max_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
     # Request and result bounds.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
@@ -141,6 +149,9 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     task_backend: str = "memory"
     redis_key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "async-tasks:"
     worker_concurrency: Positive = 10
+    #: The executors a worker runs, comma-separated (empty: every registered one); it takes
+    #: tasks of these only (``async-tasks worker --executors``).
+    worker_executors: str = ""
     worker_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=600_000)] = 3000
     #: How long a request waits for Redis before it answers 503 (a hung or unreachable Redis).
     redis_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 2000
@@ -154,6 +165,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
             if any(len(key) < MIN_KEY_LENGTH for key in keys):
                 raise SettingsError(f"Invalid value for {name}: each key needs {MIN_KEY_LENGTH}+ characters")
         self.admin_keys  # noqa: B018 (parsing validates)
+        if self.task_log_bytes < self.task_log_line_bytes:
+            raise SettingsError(
+                f"Invalid value {self.task_log_bytes} for TASK_LOG_BYTES: it must be at least TASK_LOG_LINE_BYTES "
+                f"({self.task_log_line_bytes}), so that a task can keep its longest line"
+            )
         if self.metrics_token is not None and len(_split(self.metrics_token)) > 1:
             raise SettingsError("Invalid value for METRICS_TOKEN: one token, without commas")
         self.cors_origins  # noqa: B018 (parsing validates)
@@ -172,6 +188,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
                     f"TASK_BACKEND is {scheme_of(self.task_backend)} but SECRET_KEY is not set: every process must "
                     "sign sessions with the same key (16+ characters)"
                 )
+
+    @property
+    def log_limits(self) -> LogLimits:
+        """TASK_LOG_LINES, TASK_LOG_LINE_BYTES and TASK_LOG_BYTES as the bounds of task logs."""
+        return LogLimits(lines=self.task_log_lines, line_bytes=self.task_log_line_bytes, task_bytes=self.task_log_bytes)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -205,6 +226,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
                 )
             names.append(name)
         return tuple(names)
+
+    @property
+    def worker_executor_names(self) -> tuple[str, ...]:
+        """WORKER_EXECUTORS as names (empty: every registered executor)."""
+        return tuple(_split(self.worker_executors))
 
     @property
     def api_key_list(self) -> tuple[str, ...]:

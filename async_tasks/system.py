@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -46,6 +47,7 @@ from async_tasks.errors import (
     TaskTooLarge,
     UnknownExecutor,
 )
+from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
 from async_tasks.faults import crash_point
@@ -67,6 +69,17 @@ logger = logging.getLogger("async_tasks")
 
 #: The share of SHUTDOWN_GRACE_MS that tasks get to unwind; the rest is for the server.
 SHUTDOWN_TASK_SHARE = 0.8
+#: Seconds an executor's recent run times are reused for estimates before being read again.
+DURATIONS_TTL = 1.0
+
+
+class Outlook(NamedTuple):
+    """Where a waiting or running task stands (`TaskSystem.outlook`)."""
+
+    #: Its place in its session's line (1: next); None when it is not waiting in line.
+    queue_position: int | None
+    #: When it should start and finish; None when nothing is known to estimate from.
+    eta: Estimate | None
 
 
 class TaskSystem:
@@ -119,6 +132,7 @@ class TaskSystem:
             max_history=self.settings.max_task_history,
             idempotency_window_ms=self.settings.idempotency_key_ttl_ms or None,
             idempotency_keys=idempotency_keys_kept(self.settings),
+            logs=self.settings.log_limits,
         )
         self.sessions = SessionResolver(self.settings)
         self.limits = CreateLimits(
@@ -139,6 +153,8 @@ class TaskSystem:
         self._shutdown_done: anyio.Event | None = None
         self._shutdown_requested: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Executor -> (when read, on the clock's monotonic time; its recent run times).
+        self._durations: dict[str, tuple[float, list[int]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -262,6 +278,7 @@ class TaskSystem:
         max_retries: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        start_at: int | None = None,
         client: str | None = None,
     ) -> Task:
         """Create a task in the session and (by default) start it; returns at once.
@@ -269,6 +286,9 @@ class TaskSystem:
         `params` is a mapping validated against the executor's `Params` (or a `Params`
         instance). Either the task runs (or waits in the queue) or it was never
         created: a failure or a shutdown between the two leaves nothing behind.
+        `start_at` (epoch ms) starts it at that time instead (it implies `start`; a time
+        already past starts it now; at most MAX_START_DELAY_MS ahead): pending meanwhile,
+        `Task.scheduled_at` says when, and it counts in the quotas as any pending task.
         `client` is who asks (its budgets apply; None: the session is its own client).
         """
         task, _ = await self.create_or_replay(
@@ -285,6 +305,7 @@ class TaskSystem:
             max_retries=max_retries,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            start_at=start_at,
             client=client,
         )
         return self.decoded(task)
@@ -305,6 +326,7 @@ class TaskSystem:
         max_retries: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        start_at: int | None = None,
         client: str | None = None,
     ) -> tuple[Task, bool]:
         """`create_task`, also telling whether an Idempotency-Key replayed an earlier task;
@@ -313,6 +335,9 @@ class TaskSystem:
         cls = type(impl)
         if not self.accepting:
             raise ShuttingDown()
+        if start_at is not None:
+            self._check_start_at(start_at)
+            start = True
         params = self._convert_params(cls, params)
         data = self._encode_data(params, metadata, tags)
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
@@ -332,6 +357,7 @@ class TaskSystem:
             fingerprint = hashlib.sha256(
                 msgspec.json.encode(
                     [executor, params, name, description, metadata, tags, priority, timeout_ms, max_retries, start]
+                    + ([start_at] if start_at is not None else [])
                 )
             ).digest()
             idempotency = Idempotency(idempotency_key, fingerprint)
@@ -358,7 +384,7 @@ class TaskSystem:
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
         created = await self.execution.create(
-            task, limits=self._limits_of(client), idempotency=idempotency, start=start
+            task, limits=self._limits_of(client), idempotency=idempotency, start=start, start_at=start_at
         )
         crash_point("create.after_store")
         return created
@@ -455,6 +481,17 @@ class TaskSystem:
         ttl = self.settings.stream_ticket_ttl
         return await self.store.take_token(f"ticket:{nonce}", 1 / ttl, 1) == 0
 
+    def _check_start_at(self, start_at: int) -> None:
+        """A `startAt` more than MAX_START_DELAY_MS ahead is refused (one in the past starts now)."""
+        most = self.settings.max_start_delay_ms
+        ahead = start_at - self.clock.now_ms()
+        if ahead > most:
+            raise InvalidParams(
+                f"startAt is {_duration(ahead)} ahead; a task can start at most {_duration(most)} ahead "
+                f"(MAX_START_DELAY_MS is {most}).",
+                field="startAt",
+            )
+
     async def _drop_expired(self, tasks: list[Task]) -> None:
         """Tasks the cleaner cancelled for never starting: end any queued wait for them."""
         await self.execution.discard(tasks)
@@ -524,13 +561,56 @@ class TaskSystem:
     async def queue_position(self, task: Task) -> int | None:
         return await self.execution.queue_position(task) if task.status is TaskStatus.PENDING else None
 
+    async def outlook(self, session_key: str, tasks: Sequence[Task]) -> dict[str, Outlook]:
+        """Where each waiting or running task of `tasks` (one session's) stands: its place in
+        the session's line and an estimate of when it starts and finishes (the rule is
+        `async_tasks.estimates`). Tasks with neither are absent. A few store reads for the
+        whole page, none when nothing on it waits or runs."""
+        pending = [task for task in tasks if task.status is TaskStatus.PENDING]
+        running = [task for task in tasks if task.status is TaskStatus.RUNNING]
+        if not pending and not running:
+            return {}
+        positions = await self.execution.queue_positions(session_key, pending) if pending else {}
+        waiting = [task for task in pending if task.id in positions]
+        durations = await self._recent_durations({task.executor for task in (*waiting, *running)})
+        lanes = 1
+        if waiting:
+            lanes = (await self.store.counts(session_key)).by_status[TaskStatus.RUNNING]
+        now = self.clock.now_ms()
+        found: dict[str, Outlook] = {}
+        for task in (*waiting, *running):
+            position = positions.get(task.id)
+            guess = estimate(
+                task, now_ms=now, durations=durations.get(task.executor, ()), position=position, lanes=lanes
+            )
+            if position is not None or guess is not None:
+                found[task.id] = Outlook(position, guess)
+        return found
+
+    async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
+        """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:
+        an estimate a second behind costs nothing, a store read per answer would."""
+        now = self.clock.monotonic()
+        stale = {name for name in executors if now - self._durations.get(name, (-math.inf, []))[0] >= DURATIONS_TTL}
+        if stale:
+            found = await self.store.recent_durations(stale)
+            for name in stale:
+                self._durations[name] = (now, found.get(name, []))
+        return {name: self._durations[name][1] for name in executors}
+
     # -- control -----------------------------------------------------------------
 
-    async def start_task(self, session_key: str, task_id: str, *, decode: bool = True) -> Task:
-        """Start a pending task (it runs when the limits allow)."""
+    async def start_task(
+        self, session_key: str, task_id: str, *, start_at: int | None = None, decode: bool = True
+    ) -> Task:
+        """Start a pending task (it runs when the limits allow), or at `start_at` (epoch ms,
+        as for `create_task`): a task waiting for its time moves to the new one (None:
+        now, early)."""
         if not self.accepting:
             raise ShuttingDown()
-        task = await self.execution.start(session_key, task_id)
+        if start_at is not None:
+            self._check_start_at(start_at)
+        task = await self.execution.start(session_key, task_id, start_at=start_at)
         return self.decoded(task) if decode else task
 
     async def cancel_task(
@@ -573,6 +653,14 @@ class TaskSystem:
 _encode = msgspec.json.Encoder().encode
 #: Clients whose create limits are kept made (a flood of addresses only costs making them again).
 _CLIENT_LIMITS_KEPT = 4096
+
+
+def _duration(ms: int) -> str:
+    """Milliseconds for a person: ``7 days``, ``3.5 hours``, ``1 minute``, ``90 seconds``."""
+    units = (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000))
+    unit, size = next(((unit, size) for unit, size in units if ms >= size), ("second", 1000))
+    amount = f"{ms / size:.3g}"
+    return f"{amount} {unit}{'' if amount == '1' else 's'}"
 
 
 def idempotency_keys_kept(settings: Settings) -> int:

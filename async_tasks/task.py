@@ -13,6 +13,8 @@ from typing import Any, Final, Generic
 import msgspec
 from typing_extensions import TypeVar
 
+from async_tasks.task_log import LogLine
+
 #: The type of a task's params: the executor's `Params` struct.
 P = TypeVar("P", default=Any)
 
@@ -101,9 +103,19 @@ class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
     updated_at: int = 0
     started_at: int | None = None
     completed_at: int | None = None
-    #: When a pending task waiting out a delay (an automatic retry's backoff) starts.
+    #: When a pending task waiting for its time starts: its delayed start (``startAt``) or
+    #: an automatic retry's backoff.
     scheduled_at: int | None = None
+    #: Why a pending task has not started, for a person, when something other than its turn
+    #: holds it up: "waiting for a worker that runs `report`" (a shared backend whose live
+    #: workers do not run its executor). Read-only: the store says it as it reads the task.
+    waiting_reason: str | None = None
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
+    #: The executor's log lines, oldest first, within the TASK_LOG_* bounds (every attempt's:
+    #: a retry does not clear them). See `async_tasks.task_log`.
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+    #: How many of the oldest lines were dropped to stay within those bounds.
+    logs_dropped: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -170,6 +182,7 @@ class StoredTask(Task[Any], kw_only=True, gc=False):
         fields["result"] = None if self.result is NULL else _decode(self.result)
         fields["tags"] = list(self.tags)
         fields["history"] = list(self.history)
+        fields["logs"] = list(self.logs)
         return Task(**fields)
 
 

@@ -206,7 +206,7 @@ async def test_a_session_that_ends_ends_its_streams(
 ) -> None:
     """Forgotten when idle: its streams get the removals, then end."""
     clock = FakeClock()
-    settings: dict[str, Any] = {"clock": clock}
+    settings: dict[str, Any] = {"clock": clock, "task_cleanup_interval": 86_400_000}  # expired here, not by the cleaner
     if backend == "redis":
         settings.update(task_backend=request.getfixturevalue("redis_url"),
                         redis_key_prefix=request.getfixturevalue("redis_prefix"))  # fmt: skip

@@ -16,14 +16,15 @@ import pytest
 
 from async_tasks.backends.redis import RedisTaskStore
 from async_tasks.backends.redis.worker import RedisWorker
-from async_tasks.events import EventType, TaskEvent
+from async_tasks.events import Event, EventType, TaskEvent
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
-from async_tasks.testing import wait_for
+from async_tasks.testing import asgi_client, wait_for
+from async_tasks.web.streams import OPENED, StreamBridge
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
-from tests.helpers import SECRET, ScriptExecutor, ScriptParams
+from tests.helpers import SECRET, ScriptExecutor, ScriptParams, build_app, new_address
 
 S = "s"
 MakeSystem = Callable[..., Any]
@@ -120,10 +121,80 @@ async def test_progress_is_coalesced_before_redis(make_system: MakeSystem) -> No
     await system.cancel_task(S, task.id)
 
 
+async def test_a_flood_of_log_lines_is_coalesced_before_redis_and_kept_within_bounds(make_system: MakeSystem) -> None:
+    """5,000 lines written at once: a store write carries many of them (about ten writes a
+    second), the task keeps the newest TASK_LOG_LINES, numbered, and counts the rest."""
+    api = await make_system(task_log_lines=50)
+    worker = await make_system(worker=True, task_log_lines=50)
+    writes: list[Event] = []
+    unsubscribe = worker.store.events.subscribe(lambda e: writes.append(e) if e.type is EventType.LOG else None)
+    try:
+        began = time.monotonic()
+        task = await api.create_task(S, executor="chatty", params={"lines": 5000})
+        done = await wait_for(worker, S, task.id, "completed")
+        elapsed = time.monotonic() - began
+    finally:
+        unsubscribe()
+    assert 1 <= len(writes) <= 2 + elapsed / 0.1
+    assert [(line.n, line.message) for line in done.logs] == [(n, f"line {n}") for n in range(4951, 5001)]
+    assert done.logs[-1].data == {"i": 5000} and done.logs_dropped == 4950
+    seen = await api.get_task(S, task.id)
+    assert seen.logs == done.logs and seen.logs_dropped == 4950
+
+
+async def test_log_lines_reach_an_api_s_streams_from_a_worker(make_system: MakeSystem) -> None:
+    """A worker's lines are published on the session channel: an API process's stream of
+    the task gets them as `log` events, numbered, before the task's end."""
+    api = await make_system()
+    worker = await make_system(worker=True)
+    bridge = StreamBridge(api.store, shared=api.backend.events)
+    async with anyio.create_task_group() as tg:
+        await tg.start(bridge.run)
+        task = await api.create_task(S, executor="chatty", params={"lines": 3, "hold": True})
+        await wait_for(worker, S, task.id, "running")
+        frames = bridge.task_stream(S, task.id)
+        assert await anext(frames) is OPENED
+        seen: list[int] = []
+        with anyio.fail_after(5):
+            async for frame in frames:
+                data = msgspec.json.decode(frame.data)
+                if frame.type == "snapshot":
+                    seen += [line["n"] for line in data["logs"]]
+                elif frame.type == "log":
+                    seen += [line["n"] for line in data["lines"]]
+                if sorted(set(seen)) == [1, 2, 3]:
+                    break
+        await frames.aclose()
+        await api.cancel_task(S, task.id)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_api_process_estimates_from_the_run_times_its_workers_recorded(make_system: MakeSystem) -> None:
+    """The finish script keeps each executor's recent run times in Redis: an API process that
+    ran nothing estimates a waiting task from them, with its place in the session's line."""
+    api = await make_system(max_concurrent_tasks_per_session=1)
+    worker = await make_system(worker=True, max_concurrent_tasks_per_session=1)
+    done = await api.create_task(S, executor="script", params={"steps": 1})
+    done = await wait_for(worker, S, done.id, "completed")
+    assert await api.store.recent_durations(["script", "hold"]) == {"script": [done.duration_ms]}
+    held = await api.create_task(S, executor="script", params={"hold": True})
+    await wait_for(worker, S, held.id, "running")
+    waiting = [await api.create_task(S, executor="script") for _ in range(2)]
+    outlook = await api.outlook(S, [await api.get_task(S, t.id) for t in (held, *waiting)])
+    assert [outlook[t.id].queue_position for t in waiting] == [1, 2]
+    typical = done.duration_ms or 0
+    guesses = [outlook[t.id].eta for t in waiting]
+    assert [(g.starts_in_ms, g.samples) for g in guesses if g is not None] == [(typical, 1), (2 * typical, 1)]
+    assert outlook[held.id].queue_position is None
+    ScriptExecutor.release(held.id)
+    for task in waiting:
+        await wait_for(worker, S, task.id, "completed")
+
+
 async def lose_a_worker(api: TaskSystem, task_id: str, worker: str = "gone-worker") -> None:
     """Make `task_id` run on a worker that then died: dispatched, claimed, no lease."""
     store = store_of(api)
-    await store.join(worker, 1, 600, b"{}")
+    await store.join(worker, 1, 600, b'{"executors": ["script"]}')
     (dispatched,) = await store.dispatched_to(worker)
     await store.claim(S, task_id, 1, worker, dispatched.job_key)
     await store.redis.delete(store.keys.lease(worker))
@@ -156,7 +227,7 @@ async def test_a_job_queued_on_a_lost_worker_goes_to_another(make_system: MakeSy
     """Dispatched to a worker that died before it took the job: delivered afresh, run once, no retry used."""
     api = await make_system()
     store = store_of(api)
-    await store.join("gone-worker", 1, 600, b"{}")
+    await store.join("gone-worker", 1, 600, b'{"executors": ["script"]}')
     task = await api.create_task(S, executor="script")
     assert [d.task_id for d in await store.dispatched_to("gone-worker")] == [task.id]
     await store.redis.delete(store.keys.lease("gone-worker"))
@@ -213,6 +284,75 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_its_attempts(
     finally:
         proxy.resume()
     assert not worker_of(worker).running
+
+
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+async def test_a_worker_runs_only_its_executors_and_the_admin_api_lists_what_each_runs(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A worker started with ``--executors script`` never takes a task of another executor:
+    that task waits pending, saying so in its status and in the queues, while the script task
+    behind it in the session's line runs; a worker that runs it takes it as it joins. The
+    admin API lists both workers with what each runs."""
+    app = build_app(
+        EXECUTORS, load_entry_points=False, task_backend=redis_url, redis_key_prefix=redis_prefix,
+        worker_lease_ms=600, admin_api_keys=ADMIN_KEY,
+    )  # fmt: skip
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def worker(**overrides: Any) -> TaskSystem:
+        settings = Settings(
+            secret_key=SECRET, task_backend=redis_url, redis_key_prefix=redis_prefix, embedded_worker=True,
+            worker_concurrency=4, worker_lease_ms=600, **overrides,
+        )  # fmt: skip
+        return TaskSystem(EXECUTORS, settings=settings, load_entry_points=False)
+
+    # The workers stop before the API's app: their engines are entered inside its lifespan.
+    async with app.lifespan(), asgi_client(app, new_address()) as http, AsyncExitStack() as workers:
+        scripts_only = await workers.enter_async_context(worker(worker_executors="script"))
+        counted = (await http.post("/api/v1/tasks", json={"executor": "counted", "start": True})).json()["task"]
+        script = (await http.post("/api/v1/tasks", json={"executor": "script", "start": True})).json()["task"]
+        session = counted["sessionKey"]
+        assert (await wait_for(scripts_only, session, script["id"], "completed")).attempts == 1
+        status = (await http.get(f"/api/v1/tasks/{counted['id']}/status")).json()
+        assert status["status"] == "pending" and status["waitingReason"] == "waiting for a worker that runs `counted`"
+        queues = (await http.get("/api/v1/admin/queues", headers=admin)).json()["queues"]
+        assert {"executor": "counted", "running": 0, "queued": 1, "workers": 0} in queues
+        assert {"executor": "script", "running": 0, "queued": 0, "workers": 1} in queues
+
+        everything = await workers.enter_async_context(worker())
+        done = await wait_for(everything, session, counted["id"], "completed")
+        assert done.attempts == 1 and [h.status for h in done.history] == [
+            TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETED,
+        ]  # fmt: skip
+        assert done.waiting_reason is None
+        listed = (await http.get("/api/v1/admin/workers", headers=admin)).json()["workers"]
+        assert {w["id"]: w["executors"] for w in listed} == {
+            worker_of(scripts_only).worker_id: ["script"],
+            worker_of(everything).worker_id: [executor.name for executor in EXECUTORS],
+        }
+        assert all(0 <= w["leaseAgeMs"] < 600 and w["concurrency"] == 4 and w["startedAt"] > 0 for w in listed)
+
+
+async def test_routing_keeps_sessions_fair_and_priority_in_order(make_system: MakeSystem) -> None:
+    """Routed by executor, slots are still shared as before: each goes to the least busy
+    session, and a session's own tasks start by priority, whatever their executors."""
+    api = await make_system()
+    low = await api.create_task("a", executor="counted", params={"hold": True}, priority=0)
+    high = await api.create_task("a", executor="script", params={"hold": True}, priority=5)
+    other = await api.create_task("b", executor="counted", params={"hold": True})
+    worker = await make_system(worker=True, worker_concurrency=2, worker_executors="counted,script")
+    started = {t.id for t in (high, other)}
+    for task_id in started:
+        await wait_for(worker, "a" if task_id == high.id else "b", task_id, "running")
+    assert (await api.get_task("a", low.id)).status is TaskStatus.PENDING
+    for task_id, key in ((high.id, "a"), (other.id, "b")):
+        ScriptExecutor.release(task_id)
+        await wait_for(worker, key, task_id, "completed")
+    ScriptExecutor.release(low.id)
+    await wait_for(worker, "a", low.id, "completed")
 
 
 async def test_waiting_tasks_cost_redis_nothing(proxy: RedisFaultProxy, make_system: MakeSystem) -> None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio.lowlevel
@@ -33,10 +34,11 @@ from async_tasks.buckets import TokenBuckets
 from async_tasks.clients import fair_victims
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
     HISTORY_HEAD,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -61,6 +63,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import NULL, TERMINAL, HistoryEntry, StoredTask, Task, TaskStatus, can_transition, encoded
+from async_tasks.task_log import LogBook, LogLine
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
@@ -95,6 +98,8 @@ class SessionTasks:
         "duration_total_ms",
         "finished",
         "key",
+        "later",
+        "later_heap",
         "order",
         "tasks",
         "unstarted",
@@ -108,8 +113,12 @@ class SessionTasks:
         self.order: dict[str, int] = {}
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
-        #: Pending tasks that never ran, in creation order (the pending lifetime).
+        #: Pending tasks that never ran, in creation order (the pending lifetime)...
         self.unstarted: dict[str, None] = {}
+        #: ...but those whose lifetime began later than their creation (a delayed start):
+        #: task id -> when it began, and a heap of (when, id) entries, stale ones skipped.
+        self.later: dict[str, int] = {}
+        self.later_heap: list[tuple[int, str]] = []
         self.duration_total_ms = 0
         #: When a task was last created, changed or removed here (idle expiry).
         self.changed_ms = now_ms
@@ -146,6 +155,10 @@ class MemoryTaskStore:
         self._held = 0
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self.buckets = TokenBuckets(clock)
+        #: The sizes of each task's kept log lines (tasks that have a log).
+        self._logbooks: dict[str, LogBook] = {}
+        #: Run times of each executor's last completed attempts, newest first.
+        self._durations: dict[str, deque[int]] = {}
 
     # -- reads -------------------------------------------------------------------
 
@@ -252,8 +265,12 @@ class MemoryTaskStore:
         session.order[stored.id] = next(self._seq)
         session.client.tasks += 1
         if stored.attempts == 0:
-            session.unstarted[stored.id] = None
             session.client.unstarted[stored.id] = session
+            if stored.scheduled_at is not None and stored.scheduled_at > now:
+                _begin_later(session, stored.id, stored.scheduled_at)
+            else:
+                stored.scheduled_at = None
+                session.unstarted[stored.id] = None
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
         self._held += 1
@@ -414,6 +431,7 @@ class MemoryTaskStore:
         elif source is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
             session.client.unstarted.pop(task.id, None)
+            session.later.pop(task.id, None)
         if target is TaskStatus.RUNNING:
             task.attempts += 1
             task.started_at = now
@@ -479,17 +497,25 @@ class MemoryTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
     ) -> StoredTask:
         # No await between the steps: on the event loop, this is one step.
         task = self._find(session_key, task_id)
         if task.status is not TaskStatus.RUNNING or task.attempts != attempt:
             raise refusal(task.id, task.status, "complete" if finish.kind == "completed" else "fail")
+        if lines:
+            self._add_logs(task, lines)
         if report is not None:
             self._apply_report(task, *report)
         if finish.kind == "completed":
-            return await self.transition(
+            task = await self.transition(
                 session_key, task_id, TaskStatus.COMPLETED, attempt=attempt, result=finish.result, reason=finish.reason
             )
+            recent = self._durations.get(task.executor)
+            if recent is None:
+                recent = self._durations[task.executor] = deque(maxlen=RECENT_DURATIONS)
+            recent.appendleft(task.duration_ms or 0)
+            return task
         task = await self.transition(
             session_key, task_id, TaskStatus.FAILED, attempt=attempt, error=finish.error, reason=finish.reason,
             dead_letter=finish.dead_letter and finish.kind == "failed",
@@ -502,6 +528,28 @@ class MemoryTaskStore:
         )  # fmt: skip
         if finish.retry_delay_ms > 0:
             task.scheduled_at = self.clock.now_ms() + finish.retry_delay_ms
+        return task
+
+    def schedule(self, session_key: str, task_id: str, due_ms: int | None) -> Task:
+        """Say when a pending task starts (`Task.scheduled_at`; None: now). A task never
+        started lives PENDING_TASK_TTL_MS from then when that is later than its creation
+        (as on Redis: a later time moves its lifetime on, an earlier start moves it back).
+        The memory backend's execution calls this; the other backends' stores do it as
+        they deliver."""
+        task = self._find(session_key, task_id)
+        if task.status is not TaskStatus.PENDING:
+            raise refusal(task.id, task.status, "start")
+        session = self.sessions[session_key]
+        now = self.clock.now_ms()
+        if due_ms is not None and due_ms <= now:
+            due_ms = None
+        task.scheduled_at = due_ms
+        began = session.later.get(task_id)
+        if due_ms is not None and (task_id in session.unstarted or (began is not None and due_ms > began)):
+            session.unstarted.pop(task_id, None)
+            _begin_later(session, task_id, due_ms)
+        elif due_ms is None and began is not None and began > now:
+            _begin_later(session, task_id, now)
         return task
 
     @staticmethod
@@ -532,6 +580,28 @@ class MemoryTaskStore:
             self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
         return True
 
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        session = self.sessions.get(session_key)
+        task = session.tasks.get(task_id) if session is not None else None
+        if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+            return False
+        if lines:
+            self._add_logs(task, lines)
+        return True
+
+    def _add_logs(self, task: Task, lines: Sequence[LogLine]) -> None:
+        book = self._logbooks.get(task.id)
+        if book is None:
+            book = self._logbooks[task.id] = LogBook()
+        first = task.logs_dropped + len(task.logs) + 1
+        added, dropped = book.append(task.logs, first, lines, self.policy.logs)
+        task.logs_dropped += dropped
+        if self.events.listeners and added:
+            self.events.publish(LogEvent.of(task, added))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        return {name: list(recent) for name in executors if (recent := self._durations.get(name))}
+
     async def remove(self, session_key: str, task_id: str) -> Task:
         task = self._find(session_key, task_id)
         if task.status is TaskStatus.RUNNING:
@@ -541,6 +611,7 @@ class MemoryTaskStore:
 
     def _forget(self, session: SessionTasks, task: StoredTask, cause: str | None = None) -> None:
         del session.tasks[task.id]
+        self._logbooks.pop(task.id, None)
         session.counts[task.status] -= 1
         self._totals[task.status] -= 1
         self._held -= 1
@@ -555,6 +626,7 @@ class MemoryTaskStore:
         elif task.status is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
             client.unstarted.pop(task.id, None)
+            session.later.pop(task.id, None)
         del session.order[task.id]
         if not session.tasks:
             del self.sessions[session.key]
@@ -608,17 +680,24 @@ class MemoryTaskStore:
         for session in sessions:
             if expiry.pending_ttl_ms is not None:
                 cutoff = now - expiry.pending_ttl_ms
-                while session.unstarted:
-                    task = session.tasks[next(iter(session.unstarted))]
-                    if task.created_at > cutoff:
+                minutes = expiry.pending_ttl_ms / 60_000
+                reason = f"expired: not started within {minutes:g} min (PENDING_TASK_TTL_MS)"
+                expired = []
+                for task_id in session.unstarted:
+                    if session.tasks[task_id].created_at > cutoff:
                         break
-                    minutes = expiry.pending_ttl_ms / 60_000
+                    expired.append(task_id)
+                heap = session.later_heap
+                while heap and heap[0][0] <= cutoff:
+                    began, task_id = heapq.heappop(heap)
+                    if session.later.get(task_id) == began:
+                        expired.append(task_id)
+                for task_id in expired:
                     result.pending.append(
                         await self.transition(
-                            session.key, task.id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING},
-                            reason=f"expired: not started within {minutes:g} min (PENDING_TASK_TTL_MS)",
+                            session.key, task_id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING}, reason=reason
                         )
-                    )  # fmt: skip
+                    )
             if expiry.finished_ttl_ms is not None:
                 cutoff = now - expiry.finished_ttl_ms
                 for status in TERMINAL:
@@ -660,23 +739,37 @@ class MemoryTaskStore:
         ]
         return SessionPage(page, len(self.sessions))
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
         """The sessions' newest-first lists merged (O(sessions + offset + page) without a
         filter, or by status only); another filter scans every task (bounded by MAX_TASKS)."""
         end = None if limit is None else offset + limit
-        newest_first: Iterator[Task] = heapq.merge(
-            *(reversed(session.tasks.values()) for session in self.sessions.values()),
-            key=lambda task: task.created_at,
-            reverse=True,
+
+        def newest(session: SessionTasks) -> Iterator[tuple[int, Task]]:
+            numbers = session.order  # the store's sequence: creation order across sessions
+            return ((numbers[task.id], task) for task in reversed(session.tasks.values()))
+
+        merged: Iterator[tuple[int, Task]] = heapq.merge(
+            *(newest(session) for session in self.sessions.values()), key=lambda pair: pair[0], reverse=True
         )
+        if cursor is not None:
+            below = _cursor(cursor)
+            merged = itertools.dropwhile(lambda pair: pair[0] >= below, merged)
         if where.is_empty:
-            return TaskPage(list(itertools.islice(newest_first, offset, end)), self._held)
-        matching = (task for task in newest_first if _matches(task, where))
-        if where.executor is None and where.tag is None and where.dead_letter is None:
+            total = self._held
+        elif where.executor is None and where.tag is None and where.dead_letter is None:
             assert where.status is not None
-            return TaskPage(list(itertools.islice(matching, offset, end)), self._totals[where.status])
-        found = list(matching)
-        return TaskPage(found[offset:end], len(found))
+            total = self._totals[where.status]
+            merged = (pair for pair in merged if _matches(pair[1], where))
+        else:
+            total = sum(1 for s in self.sessions.values() for t in s.tasks.values() if _matches(t, where))
+            merged = (pair for pair in merged if _matches(pair[1], where))
+        page = list(itertools.islice(merged, offset, None if end is None else end + 1))
+        more = end is not None and len(page) > end - offset
+        page = page[: None if end is None else end - offset]
+        next_cursor = str(page[-1][0]) if more and page else None
+        return TaskPage([task for _, task in page], total, next_cursor)
 
     async def find(self, task_id: str) -> Task:
         """One look-up per session (bounded by MAX_SESSIONS)."""
@@ -685,6 +778,15 @@ class MemoryTaskStore:
             if task is not None:
                 return task
         raise TaskNotFound(task_id)
+
+
+def _begin_later(session: SessionTasks, task_id: str, began: int) -> None:
+    """A never-started task's lifetime begins at `began` (a delayed start), not at its creation."""
+    session.later[task_id] = began
+    heapq.heappush(session.later_heap, (began, task_id))
+    if len(session.later_heap) > 2 * len(session.later) + 64:  # drop the stale entries (amortized O(1))
+        session.later_heap = [(at, i) for at, i in session.later_heap if session.later.get(i) == at]
+        heapq.heapify(session.later_heap)
 
 
 def _reached(held: int, cap: int | None) -> bool:
@@ -697,7 +799,8 @@ def _idle(session: SessionTasks) -> bool:
 
 def _unwatched(session: SessionTasks) -> bool:
     """Nothing of it runs or was ever started: what a full pool may take from a larger holder."""
-    return not session.counts[TaskStatus.RUNNING] and session.counts[TaskStatus.PENDING] == len(session.unstarted)
+    never_started = len(session.unstarted) + len(session.later)
+    return not session.counts[TaskStatus.RUNNING] and session.counts[TaskStatus.PENDING] == never_started
 
 
 def _least_recent(

@@ -124,6 +124,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             max_streams=self.settings.max_streams,
             max_streams_per_session=self.settings.max_streams_per_session,
             max_streams_per_client=self.settings.max_streams_per_client,
+            outlook=self.system.outlook,
         )
 
     def router(self) -> Router:

@@ -9,12 +9,15 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
                               id, _dv where its delivery is (p parked, d delayed, q dispatched),
                               _jw / _jk the worker and SAQ job key of its dispatch
     P h:<id>                  list: the task's history entries (JSON), capped by the policy
+    P l:<id>                  list: the task's log lines (JSON, with their `n`), oldest first, within
+                              the policy's log bounds; the hash keeps logsDropped and _lb (their bytes)
     P s:<session>             zset: the session's task ids by creation sequence
     P ss:<session>:<status>   zset: the same, per status (a page by status is O(page))
     P se:<session>:<executor> / P st:<session>:<tag> / P sd:<session>
                               zsets: the same, per executor, per tag, dead-lettered (filters)
     P f:<session>:<status>    zset: finished ids by finish sequence (retention, finished TTL)
-    P u:<session>             zset: pending tasks never started (their lifetime)
+    P u:<session>             zset: pending tasks never started, by when their lifetime began
+                              (creation, or a later delayed start)
     P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
                               running), dur (summed run time of completed tasks), changed
                               (idle expiry), waiting (when it joined the line of sessions),
@@ -23,23 +26,35 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P cu:<client> / P cf:<client>   zsets: the client's never-started tasks by creation
                               sequence / its finished tasks by finish sequence (what goes first
                               when a full pool makes room)
-    P cs:<client> / P lru     zsets: the client's sessions / every session, by last change
+    P cs:<client>             zset: the client's sessions by last change (P changed: every session's)
     P i:<session> / P ik:<session>   hash / zset: Idempotency-Key -> '<task id>|<fingerprint>',
                               and when each was used (they outlive their tasks for a window)
     P w:<session>             zset: the session's parked tasks (priority first, then first come)
-    P ready                   zset: sessions with parked tasks, fewest dispatched first
-    P delayed                 zset: task id -> when it is delivered (retry backoff)
-    P totals / P sessions     every session's counts (and d) / the sessions holding tasks
+    P wx:<session>:<executor> zset: the same, of one executor (what a worker that runs it takes)
+    P px:<session>            set: the executors the session has parked tasks of
+    P ready:<executor>        zset: sessions with parked tasks of the executor, fewest dispatched first
+    P delayed                 zset: task id -> when it is delivered (retry backoff, delayed start)
+    P totals / P sessions     every session's counts (and d, p: parked) / the sessions holding tasks
+    P changed                 zset: session -> when it last changed (the admin view's order)
+    P all / P as:<status> / P ae:<executor> / P ag:<tag> / P ad
+                              zsets: every session's task ids by creation sequence, per status,
+                              executor, tag, dead-lettered (the admin view's pages and filters)
+    P xq                      hash: executor -> its tasks in delivery (parked, delayed, dispatched)
     P workers                 hash: live worker id -> its slots
+    P runs:<worker>           set: the executors the worker runs (written when it joins)
+    P offered                 hash: executor -> workers in the pool (not retired) that run it
     P retired                 set: workers nothing more is dispatched to (leaving, or lost)
     P wk:<worker>             the worker's lease (expires unless renewed) and description
     P wq:<worker>             set: the tasks dispatched to the worker (queued or running)
     P seq                     the global sequence: events, creation order, job keys
     P b:<bucket>              token buckets (they expire once full)
+    P durations:<executor>    list: the run times (ms) of the executor's last completed attempts,
+                              newest first (RECENT_DURATIONS of them): what estimates read
     P op:<id>                 a removal's result, a minute (a re-sent removal answers with it)
     P reconcile               the reconciler's lock (one worker at a time)
     P suspects                hash: worker id -> when the reconciler first found its lease gone
     P stop                    channel: '<task id>:<attempt>' of a running task cancelled
+    P due                     channel: the due time (ms) of a task that became the earliest delayed
     P session:<session>       channel: the session's changes, as the push streams' envelopes
                               (and ``ended`` when the session was forgotten whole)
 
@@ -67,6 +82,9 @@ class Keys:
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}t:{task_id}"
+
+    def durations(self, executor: str) -> str:
+        return f"{self.prefix}durations:{executor}"
 
     def counts(self, session_key: str) -> str:
         return f"{self.prefix}c:{session_key}"
@@ -114,6 +132,10 @@ class Keys:
     @property
     def stop_channel(self) -> str:
         return self.prefix + "stop"
+
+    @property
+    def due_channel(self) -> str:
+        return self.prefix + "due"
 
     def queue_name(self, worker_id: str) -> str:
         """The name of the worker's own SAQ queue."""

@@ -40,9 +40,10 @@ from async_tasks.backends.redis.connection import Availability, reachable
 from async_tasks.backends.redis.keys import DEFAULT_PREFIX, Keys
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -52,6 +53,7 @@ from async_tasks.store.base import (
     Retention,
     SessionCounts,
     SessionPage,
+    SessionSummary,
     StorePolicy,
     StoreTotals,
     TaskFilter,
@@ -66,6 +68,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import StoredTask, Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -75,6 +78,8 @@ if TYPE_CHECKING:
 TRIM_BATCH: Final = 1000
 #: Sessions `trim` and `expire` of every session look at per script call.
 TRIM_SESSIONS: Final = 200
+#: Tasks one query script reads at most (a longer page is several scripts).
+QUERY_CHUNK: Final = 250
 #: Tasks a session stream's snapshot shows (the newest), and the largest result it carries.
 SNAPSHOT_TASKS: Final = 200
 SNAPSHOT_RESULT_BYTES: Final = 16_384
@@ -90,6 +95,28 @@ class RunLimits(NamedTuple):
 
     global_limit: int | None = None
     per_session: int | None = None
+
+
+class LiveWorker(NamedTuple):
+    """A worker as its lease describes it (`RedisTaskStore.live_workers`)."""
+
+    id: str
+    #: What the worker said of itself (host, pid, slots, executors, startedAt, renewedAt).
+    description: dict[str, Any]
+    slots: int
+    running: int
+    retired: bool
+    lease_age_ms: int
+
+
+class ExecutorQueue(NamedTuple):
+    """One executor's tasks across the deployment (`RedisTaskStore.executor_queues`)."""
+
+    #: Parked, delayed or dispatched (those running included).
+    in_delivery: int
+    running: int
+    #: Workers taking tasks that run it.
+    workers: int
 
 
 class Dispatched(NamedTuple):
@@ -156,6 +183,7 @@ def _config(policy: StorePolicy, limits: RunLimits) -> str:
     )
     values += [policy.max_history, limits.global_limit, limits.per_session]
     values += [policy.idempotency_window_ms, policy.idempotency_keys]
+    values += [policy.logs.lines, policy.logs.task_bytes]
     return ",".join("" if value is None else str(value) for value in values)
 
 
@@ -257,11 +285,15 @@ class RedisTaskStore:
             script = self._scripts[name] = self.redis.register_script(scripts.source(name))
         return script
 
-    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
-        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+    def _common(self, op: str = "") -> tuple[str, ...]:
+        """The arguments every script gets first (see `scripts`)."""
         now = str(self.clock.now_ms()) if self._clock_time else ""
         want = "1" if self.events.on_removed or self.events.listeners else ""
-        base = (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+        return (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+
+    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
+        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+        base = self._common(op)
         script = self._script(name)
         with reachable(self.availability):
             try:
@@ -297,18 +329,42 @@ class RedisTaskStore:
         offset: int = 0,
         cursor: str | None = None,
     ) -> TaskPage:
-        total, raw, next_cursor = await self._run(
-            "query",
-            session_key,
+        return await self._query(session_key, where, limit=limit, offset=offset, cursor=cursor)
+
+    async def _query(
+        self,
+        session_key: str | None,
+        where: TaskFilter,
+        *,
+        limit: int | None,
+        offset: int,
+        cursor: str | None,
+    ) -> TaskPage:
+        """A page of one session's tasks, or (None) of every session's (see `query.lua`).
+
+        A long page is read in chunks, one script each, continuing below the last task of
+        the chunk before: no single script holds Redis for a whole page of a thousand."""
+        filters = (
             where.status.value if where.status is not None else "",
             where.executor or "",
             where.tag or "",
             "" if where.dead_letter is None else ("true" if where.dead_letter else "false"),
-            offset,
-            -1 if limit is None else limit,
-            _cursor(cursor),
         )
-        return TaskPage(_tasks(raw), int(total), next_cursor.decode() or None)
+        every = "1" if session_key is None else ""
+        tasks: list[Task] = []
+        total: int | None = None
+        below = _cursor(cursor)
+        while True:
+            wanted = QUERY_CHUNK if limit is None else min(QUERY_CHUNK, limit - len(tasks))
+            chunk_total, raw, next_cursor = await self._run(
+                "query", session_key or "", *filters, offset if total is None else 0, wanted, below, every
+            )
+            if total is None:
+                total = int(chunk_total)
+            tasks += _tasks(raw)
+            below = next_cursor.decode()
+            if not below or (limit is not None and len(tasks) >= limit):
+                return TaskPage(tasks, total, below or None)
 
     async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[bytes]]:
         """The snapshot events (JSON) of the session's newest tasks (at most
@@ -350,6 +406,20 @@ class RedisTaskStore:
         """A waiting task's place in its session's line (see `position.lua`); O(log n)."""
         position = await self._run("position", session_key, task_id)
         return None if position is None else int(position)
+
+    async def queue_positions(self, session_key: str, task_ids: Sequence[str]) -> dict[str, int]:
+        """`queue_position` of several tasks in one round trip (those not waiting are absent)."""
+        if len(task_ids) <= 1:  # one: no pipeline to set up
+            places = [await self.queue_position(session_key, task_id) for task_id in task_ids]
+            return {task_id: place for task_id, place in zip(task_ids, places, strict=True) if place is not None}
+        script = self._script("position")
+        base = self._common()
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    await script(args=[*base, session_key, task_id], client=pipe)
+                found = await pipe.execute()
+        return {task_id: int(place) for task_id, place in zip(task_ids, found, strict=True) if place is not None}
 
     # -- changes -------------------------------------------------------------------
 
@@ -503,22 +573,60 @@ class RedisTaskStore:
         step: str | None,
         description: str | None,
     ) -> bool:
+        return await self.report(session_key, task_id, attempt, (percent, step, description))
+
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        return await self.report(session_key, task_id, attempt, None, lines)
+
+    async def report(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        report: Report | None,
+        lines: Sequence[LogLine] = (),
+        *,
+        skipped: int = 0,
+    ) -> bool:
+        """A progress `report` and log `lines` of running `attempt`, in one script (what a
+        worker's flush writes; `skipped`: lines it dropped before sending, counted as dropped).
+        False (nothing changes) when the task no longer runs that attempt."""
         want = bool(self.events.listeners)
         response = await self._run(
             "progress",
             session_key,
             task_id,
             attempt,
-            _encode(percent),
-            _json_or_empty(step),
-            _json_or_empty(description),
+            b"" if report is None else _encode(report[0]),
+            b"" if report is None else _json_or_empty(report[1]),
+            b"" if report is None else _json_or_empty(report[2]),
             "1" if want else "0",
+            skipped or "",
+            *[_encode(line) for line in lines],
+            op=new_op() if lines else "",
         )
         if response == 0:
             return False
         if want and isinstance(response, bytes):
-            self.events.publish(TaskEvent.of(_task(response), EventType.PROGRESS))
+            task = _task(response)
+            if report is not None:
+                self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
+            self._logged(task, len(lines))
         return True
+
+    def _logged(self, task: Task, added: int) -> None:
+        """Tell the hub of the last `added` lines `task` got (those still kept are its tail)."""
+        if added and task.logs and self.events.listeners:
+            self.events.publish(LogEvent.of(task, task.logs[-added:]))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        names = list(executors)
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.lrange(self.keys.durations(name), 0, RECENT_DURATIONS - 1)
+                found = await pipe.execute()
+        return {name: [int(value) for value in values] for name, values in zip(names, found, strict=True) if values}
 
     async def finish(
         self,
@@ -529,7 +637,10 @@ class RedisTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
+        skipped: int = 0,
     ) -> StoredTask:
+        """`TaskStore.finish`; `skipped`: log lines the worker dropped before sending (counted)."""
         response = await self._run(
             "finish",
             session_key,
@@ -546,9 +657,14 @@ class RedisTaskStore:
             b"" if report is None else _encode(report[0]),
             b"" if report is None else _json_or_empty(report[1]),
             b"" if report is None else _json_or_empty(report[2]),
+            RECENT_DURATIONS,
+            skipped or "",
+            *[_encode(line) for line in lines],
             op=new_op(),
         )
         action = "complete" if finish.kind == "completed" else "fail"
+        if lines and response[0] == b"ok":
+            self._logged(_task(response[1]), len(lines))
         if finish.kind in ("completed", "failed"):
             return self._changed(response, task_id, action)
         # Failed, then pending again in the same step: the hooks see both changes.
@@ -669,8 +785,7 @@ class RedisTaskStore:
     async def retire(self, worker: str) -> None:
         """Dispatch nothing more to a worker (a lost or leaving one, before its tasks go
         elsewhere); it stays known until it is forgotten."""
-        with reachable(self.availability):
-            await cast("Awaitable[int]", self.redis.sadd(self.keys.retired, worker))
+        await self._run("retire", worker)
 
     async def forget_worker(self, worker: str, *, leaving: bool = False) -> int:
         """Forget a worker (see `forget_worker.lua`): 1 done, 0 its lease lives, -1 tasks left."""
@@ -736,8 +851,9 @@ class RedisTaskStore:
     async def verify(self, session_key: str | None = None) -> list[tuple[str, str, int, int]]:
         """Check the counters against the indexes and repair any that drifted, in one
         session or (None) every session and then the totals and what each client holds;
-        returns each repair as ``(session, field, was, is)`` (session ``''`` for the totals,
-        ``'client <key>'`` for a client)."""
+        returns each repair as ``(session, field, was, is)`` (``session`` is ``""`` for the
+        totals, ``"executor <name>"`` for the counts by executor, ``"client <key>"`` for a
+        client)."""
         repairs: list[tuple[str, str, int, int]] = []
         batches = [[session_key]] if session_key is not None else await self._session_batches()
         for sessions in batches:
@@ -750,16 +866,61 @@ class RedisTaskStore:
                         for i in range(0, len(flat), 4)]  # fmt: skip
         return repairs
 
-    # -- across sessions (the admin view): not written for Redis yet -------------------
+    # -- across sessions (the admin view) ----------------------------------------------
 
     async def list_sessions(self, *, limit: int, offset: int = 0) -> SessionPage:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="The list of every session"))
+        """From `P changed` (sessions by their last change): O(log sessions + page)."""
+        total, flat = await self._run("sessions", offset, limit)
+        page = [
+            SessionSummary(
+                key=flat[i].decode(),
+                by_status={status: int(flat[i + 2 + j]) for j, status in enumerate(TaskStatus)},
+                last_active_ms=int(float(flat[i + 1])),
+            )
+            for i in range(0, len(flat), 7)
+        ]
+        return SessionPage(page, int(total))
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="Listing tasks across sessions"))
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
+        """`query` on the indexes of every task (`P all`, `P as:`...): the work is the page's."""
+        return await self._query(None, where, limit=limit, offset=offset, cursor=cursor)
 
     async def find(self, task_id: str) -> Task:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="Finding a task in any session"))
+        with reachable(self.availability):
+            session = await cast("Awaitable[bytes | None]", self.redis.hget(self.keys.task(task_id), "_s"))
+        if session is None:
+            raise TaskNotFound(task_id)
+        return await self.get(session.decode(), task_id)
+
+    async def live_workers(self) -> list[LiveWorker]:
+        """The workers in the pool with a lease, as their leases describe them (see `workers.lua`)."""
+        now, rows = await self._run("workers")
+        found = []
+        for worker, lease, slots, running, retired in rows:
+            description = msgspec.json.decode(lease)
+            found.append(
+                LiveWorker(
+                    id=worker.decode(),
+                    description=description,
+                    slots=int(slots),
+                    running=int(running),
+                    retired=retired == b"1",
+                    lease_age_ms=max(0, int(now) - int(description.get("renewedAt", now))),
+                )
+            )
+        return found
+
+    async def executor_queues(self, executors: Sequence[str]) -> dict[str, ExecutorQueue]:
+        """By executor (`executors`, and any other with tasks in delivery or workers): tasks
+        in delivery, running, and the workers that run it (see `queues.lua`)."""
+        flat = await self._run("queues", *executors)
+        return {
+            flat[i].decode(): ExecutorQueue(in_delivery=int(flat[i + 1]), running=int(flat[i + 2]),
+                                            workers=int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        }  # fmt: skip
 
     # -- events -------------------------------------------------------------------------
 
@@ -793,9 +954,6 @@ class RedisTaskStore:
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if self.events.listeners:
             self.events.publish(TaskEvent.of(task, kind, previous))
-
-
-_ADMIN_NOT_YET = "{what} (the admin view) is not available on the Redis backend yet; it works with TASK_BACKEND=memory"
 
 
 def _cursor(cursor: str | None) -> str:

@@ -11,9 +11,10 @@ fenced by the attempt and this worker): an attempt that was cancelled, timed out
 taken over elsewhere can never overwrite the task. The attempt policy (retry, backoff,
 dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 
-- **Progress** goes to the store, coalesced: at most one write per task per
-  `PROGRESS_WINDOW` (latest wins), the report still held when the attempt ends stored with
-  its outcome. A report the store refuses stops the attempt (`AttemptEnded`).
+- **Progress and log lines** go to the store, coalesced: at most one write per task per
+  `PROGRESS_WINDOW` (the latest report wins; the lines written meanwhile go together, at
+  most TASK_LOG_LINES of them), what is still held when the attempt ends stored with its
+  outcome. A write the store refuses stops the attempt (`AttemptEnded`).
 - **Cancel**: the API's script marks the task cancelled and publishes ``P stop``; the
   worker running the attempt stops it within milliseconds. Each upkeep also checks the
   running attempts against the store (a stop message can be lost).
@@ -23,6 +24,13 @@ dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 - **Reconciler** (`reconciler.py`, one worker at a time): workers whose lease has expired
   lose their running attempts (failed with reason ``worker lost``, retried per budget) and
   their queued jobs go back to their sessions' lines; delayed tasks are delivered when due.
+- **Routing**: the worker runs the executors it was given (``--executors``, or every
+  registered one); its description says which, and the store dispatches it tasks of those
+  only (see `prelude.lua`).
+- **Delayed tasks** (a retry's backoff, a delayed start) are delivered at their time by
+  every worker's timer: it waits for the earliest due time it knows of, learnt from
+  `promote` and from ``P due`` (published when a task becomes the earliest), then runs
+  `promote`; the reconciler's pass is the net under it.
 - **Its own jobs**: a job the worker was given that SAQ lost (dequeued, then failed
   before our function ran) is found by the upkeep and delivered afresh.
 - **Shutdown**: no new attempts; the running ones get most of the grace period, the rest
@@ -33,13 +41,14 @@ dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import anyio
 import anyio.abc
@@ -56,6 +65,7 @@ from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     from saq.queue.redis import RedisQueue
@@ -73,6 +83,9 @@ PROGRESS_WINDOW: Final = 0.1
 LEASE_LOST: Final = "lease lost"
 #: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
 LEAVE_TIMEOUT: Final = 2.0
+#: Milliseconds before a worker's timer looks again at a delayed task that was not due yet
+#: by Redis's clock (a clock a little behind this machine's).
+DUE_RETRY_MS: Final = 5
 
 
 class _Attempt:
@@ -101,41 +114,69 @@ def _merge(earlier: Report | None, later: Report) -> Report:
     return percent, earlier[1], description if description is not None else earlier[2]
 
 
+class Held(NamedTuple):
+    """What an attempt's sink holds back: its latest progress report, and the log lines
+    written since the last write (`skipped`: older ones it dropped, beyond the task's bound)."""
+
+    report: Report | None = None
+    lines: Sequence[LogLine] = ()
+    skipped: int = 0
+
+
 class _Coalescer:
-    """The progress sink of one attempt: at most one store write per window (the first
-    a window after the start), latest wins; what is still held when the attempt ends
-    is stored with its outcome. Once the store refuses a report, every later one is
-    refused. The writes themselves are made by `_Flusher`."""
+    """The progress and log sink of one attempt: at most one store write per window (the
+    first a window after the start) carrying the latest report (latest wins) and the lines
+    written meanwhile (at most the task's bound of them: older ones are dropped and
+    counted, as the store would); what is still held when the attempt ends is stored with
+    its outcome. Once the store refuses a write, every later report and line is refused.
+    The writes themselves are made by `_Flusher`."""
 
-    __slots__ = ("_flusher", "_pending", "closed", "due", "key", "last", "refused")
+    __slots__ = ("_flusher", "_lines", "_pending", "_skipped", "closed", "due", "key", "last", "max_lines", "refused")
 
-    def __init__(self, flusher: _Flusher, task: Task, number: int) -> None:
+    def __init__(self, flusher: _Flusher, task: Task, number: int, max_lines: int) -> None:
         self._flusher = flusher
         self.key = (task.session_key, task.id, number)
         self.last = time.monotonic()
         self._pending: Report | None = None
+        self._lines: list[LogLine] = []
+        self._skipped = 0
+        self.max_lines = max_lines
         self.due = 0.0
         self.refused = False
         self.closed = False
 
+    def _hold(self) -> None:
+        if self._pending is None and not self._lines and not self._skipped:
+            self.due = self.last + self._flusher.window
+            self._flusher.hold(self)
+
     async def __call__(self, percent: float, step: str | None, description: str | None) -> bool:
         if self.refused:
             return False
-        if self._pending is None:
-            self.due = self.last + self._flusher.window
-            self._flusher.hold(self)
+        self._hold()
         self._pending = _merge(self._pending, (percent, step, description))
         return True
 
-    def pop(self) -> Report | None:
-        pending, self._pending = self._pending, None
-        return pending
+    async def log(self, line: LogLine) -> bool:
+        if self.refused:
+            return False
+        self._hold()
+        self._lines.append(line)
+        if len(self._lines) > self.max_lines:  # a flood: the store would drop them anyway
+            del self._lines[0]
+            self._skipped += 1
+        return True
 
-    def take(self) -> Report | None:
-        """End the sink; the report still held back, to be stored with the outcome."""
+    def pop(self) -> Held:
+        held = Held(self._pending, self._lines, self._skipped)
+        self._pending, self._lines, self._skipped = None, [], 0
+        return held
+
+    def take(self) -> Held:
+        """End the sink; what it still holds back, to be stored with the outcome."""
         self.closed = True
-        pending = self.pop()
-        return None if self.refused else pending
+        held = self.pop()
+        return Held() if self.refused else held
 
 
 class _Flusher:
@@ -169,12 +210,12 @@ class _Flusher:
                     await self._write(sink)
 
     async def _write(self, sink: _Coalescer) -> None:
-        report = sink.pop()
-        if report is None or sink.closed or sink.refused:
+        held = sink.pop()
+        if (held.report is None and not held.lines and not held.skipped) or sink.closed or sink.refused:
             return
         sink.last = time.monotonic()
         try:
-            sink.refused = not await self.store.report_progress(*sink.key, *report)
+            sink.refused = not await self.store.report(*sink.key, held.report, held.lines, skipped=held.skipped)
         except StoreUnavailable:
             pass  # said once by the store's availability; the next report tries again
         except Exception:
@@ -211,7 +252,7 @@ class RedisWorker:
         #: that fails fast); the same keys, event hub and settings.
         self.store = store.sibling(patient, self.availability) if patient is not None else store
         self.keys = store.keys
-        self.reconciler = Reconciler(self.store, settings, self.worker_id, rng=rng)
+        self.reconciler = Reconciler(self.store, settings, self.worker_id, rng=rng, on_due=self._note_due)
         self.on_finish: list[Callable[[Task, float], None]] = []
         self.running: dict[str, _Attempt] = {}
         self._claiming: set[str] = set()
@@ -225,6 +266,11 @@ class RedisWorker:
         self._renewed = 0.0
         #: Jobs of this worker that looked lost at the last upkeep (lost if they still do).
         self._missing: set[str] = set()
+        #: The earliest due time of a delayed task this worker knows of (epoch ms), and what
+        #: wakes its timer when an earlier one is learnt.
+        self._next_due: int | None = None
+        self._due_changed = anyio.Event()
+        self.started_at = 0
 
     @property
     def description(self) -> bytes:
@@ -235,6 +281,7 @@ class RedisWorker:
                 "pid": os.getpid(),
                 "slots": self.slots,
                 "executors": self.executors.names(),
+                "startedAt": self.started_at,
             }
         )
 
@@ -255,6 +302,8 @@ class RedisWorker:
 
         self._accepting = True
         self._idle = None
+        self.started_at = self.clock.now_ms()
+        self._next_due = 0  # look at once
         self._queue = RedisQueue(blocking_client(self.url), name=self.keys.queue_name(self.worker_id))
         await self._queue.connect()
         try:
@@ -275,7 +324,8 @@ class RedisWorker:
                 self._saq = saq
                 tg.start_soon(self._flusher.run)
                 tg.start_soon(self._upkeep)
-                tg.start_soon(self._listen_for_stops)
+                tg.start_soon(self._listen)
+                tg.start_soon(self._promote_when_due)
                 tg.start_soon(self.reconciler.run)
                 tg.start_soon(saq.start)
                 logger.info(
@@ -418,23 +468,32 @@ class RedisWorker:
                 await self.store.redeliver(item.session_key, item.task_id, item.job_key)
         self._missing = missing
 
-    async def _listen_for_stops(self) -> None:
+    async def _listen(self) -> None:
+        """Stop the attempts cancelled elsewhere (``P stop``); learn of delayed tasks that
+        became the earliest (``P due``)."""
         client = pubsub_client(self.url)
         pubsub = client.pubsub()
+        stop, due = self.keys.stop_channel.encode(), self.keys.due_channel.encode()
         try:
             while True:
                 try:
                     if not pubsub.subscribed:
-                        await pubsub.subscribe(self.keys.stop_channel)
+                        await pubsub.subscribe(stop, due)
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 except Exception as exc:
                     self.availability.failed(exc)
                     await anyio.sleep(1)
                     continue
-                if message is not None and message.get("type") == "message":
-                    task_id, _, number = message["data"].decode().rpartition(":")
-                    if number.isdigit():
-                        self._stop_local(task_id, int(number), "cancelled")
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"].decode()
+                if message["channel"] == due:
+                    if data.isdigit():
+                        self._note_due(int(data))
+                    continue
+                task_id, _, number = data.rpartition(":")
+                if number.isdigit():
+                    self._stop_local(task_id, int(number), "cancelled")
         finally:
             with anyio.CancelScope(shield=True):
                 await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
@@ -481,9 +540,15 @@ class RedisWorker:
         executor = self.executors.get(task.executor)
         attempt = _Attempt(task, task.attempts)
         assert self._flusher is not None
-        sink = _Coalescer(self._flusher, task, attempt.number)
+        sink = _Coalescer(self._flusher, task, attempt.number, self.settings.task_log_lines)
         attempt.sink = sink
-        attempt.reporter = reporter = ProgressReporter(sink, type(executor).steps if executor is not None else ())
+        attempt.reporter = reporter = ProgressReporter(
+            sink,
+            type(executor).steps if executor is not None else (),
+            log_sink=sink.log,
+            line_bytes=self.settings.task_log_line_bytes,
+            now_ms=self.clock.now_ms,
+        )
         self.running[task.id] = attempt
         attempt.started = self.clock.monotonic()
         bind_task(task.id, task.session_key, task.executor, task.request_id)
@@ -520,13 +585,15 @@ class RedisWorker:
         attempt.task = executor_task(attempt.task, executor)
         return attempt.task
 
-    async def _record(self, attempt: _Attempt, finish: Finish, report: Report | None) -> None:
-        """Store how an attempt that ran to its end came out (with its last held-back report)."""
+    async def _record(self, attempt: _Attempt, finish: Finish, held: Held) -> None:
+        """Store how an attempt that ran to its end came out (with its last held-back report
+        and log lines)."""
         task = attempt.task
         try:
             done = await self.store.finish(
-                task.session_key, task.id, attempt.number, finish, owner=self.worker_id, report=report
-            )
+                task.session_key, task.id, attempt.number, finish, owner=self.worker_id,
+                report=held.report, lines=held.lines, skipped=held.skipped,
+            )  # fmt: skip
         except (InvalidTransition, TaskNotFound):
             return  # cancelled, lost or removed while it finished: the store already says so
         except StoreUnavailable as exc:
@@ -534,17 +601,38 @@ class RedisWorker:
             logger.error("Could not store the outcome of task %s: the task store is unreachable", task.id)
             return
         log_finish(logger, done, attempt.number, finish)
-        if done.scheduled_at is not None and self._tg is not None:
-            self._tg.start_soon(self._promote_at, done.scheduled_at)
+        if done.scheduled_at is not None:
+            self._note_due(done.scheduled_at)
         self._notify(attempt)
 
-    async def _promote_at(self, due_ms: int) -> None:
-        """Deliver a retry when its backoff ends (the reconciler would, up to a tick later)."""
-        await anyio.sleep(max(0.0, (due_ms - self.clock.now_ms()) / 1000))
-        try:
-            await self.store.promote()
-        except Exception as exc:
-            logger.debug("Could not deliver the retries due now (the reconciler will): %s", exc)
+    # -- delayed tasks ------------------------------------------------------------
+
+    def _note_due(self, due_ms: int | None) -> None:
+        """A delayed task is due at `due_ms`: wake the timer if that is earlier than what it waits for."""
+        if due_ms is not None and (self._next_due is None or due_ms < self._next_due):
+            self._next_due = due_ms
+            self._due_changed.set()
+
+    async def _promote_when_due(self) -> None:
+        """Deliver the delayed tasks at their time: sleep until the earliest due time known,
+        then `promote` (which tells the next one)."""
+        while True:
+            due = self._next_due
+            wait = math.inf if due is None else max(0.0, (due - self.clock.now_ms()) / 1000)
+            with anyio.move_on_after(wait):
+                await self._due_changed.wait()
+                self._due_changed = anyio.Event()
+                continue
+            self._next_due = None
+            try:
+                following = await self.store.promote()
+            except Exception as exc:
+                logger.debug("Could not deliver the delayed tasks due now (the reconciler will): %s", exc)
+                following = None
+            if following is not None and due is not None and following <= due:
+                # Nothing was due yet by Redis's clock (behind this machine's): look again soon.
+                following = max(following, self.clock.now_ms() + DUE_RETRY_MS)
+            self._note_due(following)
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         """Stop an attempt this worker cannot finish (shutdown): it runs again elsewhere,

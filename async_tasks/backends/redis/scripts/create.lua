@@ -123,7 +123,7 @@ if new and ARGV[13] ~= '' and sessions_held >= tonumber(ARGV[13]) then
   end
   -- Failing that, an idle session never blocks a new one (unless it is the one asking that
   -- holds the most).
-  victim = victim or least_recent(P .. 'lru', function(session)
+  victim = victim or least_recent(P .. 'changed', function(session)
     return idle(session) and (tonumber(redis.call('ZSCORE', P .. 'csessions', client_of(session))) or 0) > own_sessions
   end, gone)
   if not victim then return {'sessions', int(sessions_held)} end
@@ -172,7 +172,9 @@ if ik ~= '' then remember_key(S, ik, ID .. '|' .. ARGV[11]) end
 redis.call('RPUSH', P .. 'h:' .. ID, '{"at":' .. now .. ',"status":"pending","attempt":1,"reason":"created"}')
 redis.call('ZADD', P .. 's:' .. S, order, ID)
 redis.call('ZADD', P .. 'ss:' .. S .. ':pending', order, ID)
-redis.call('ZADD', P .. 'u:' .. S, order, ID)
+redis.call('ZADD', P .. 'all', order, ID)
+redis.call('ZADD', P .. 'as:pending', order, ID)
+redis.call('ZADD', P .. 'u:' .. S, now, ID)
 redis.call('HINCRBY', P .. 'c:' .. S, 'pending', 1)
 redis.call('HINCRBY', P .. 'totals', 'pending', 1)
 if new then
