@@ -31,6 +31,8 @@ import anyio.lowlevel
 #: The settings every benchmark server and in-process app runs with.
 TUNED_ENV = {
     "TASK_CREATE_RATE": "0",
+    # Every request comes from one session: reads too (TASK_READ_RATE) would be refused.
+    "TASK_READ_RATE": "0",
     "MAX_ACTIVE_TASKS_PER_SESSION": "10000000",
     "MAX_CONCURRENT_TASKS": "10000000",
     "MAX_CONCURRENT_TASKS_PER_SESSION": "10000000",

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio.lowlevel
+import msgspec
 
 from async_tasks.buckets import TokenBuckets
 from async_tasks.clients import fair_victims
@@ -234,8 +235,9 @@ class MemoryTaskStore:
                 raise quota_exceeded(limits.max_active_per_session, active)
         owner = session.client.key if session is not None else (limits.client or task.session_key)
         client = session.client if session is not None else self.clients.get(owner)
+        cap = limits.max_tasks
         if (
-            _reached(self._held, limits.max_tasks)
+            (cap is not None and self._held >= cap)
             or (client is not None and _reached(client.tasks, limits.max_tasks_per_client))
             or (
                 session is None
@@ -247,7 +249,7 @@ class MemoryTaskStore:
         ):
             for victim in self._admit(task.session_key, owner, limits):
                 self._evict(victim)
-        stored = StoredTask.of(task)
+        stored = task if isinstance(task, StoredTask) else StoredTask.of(task)
         now = self.clock.now_ms()
         session = self.sessions.get(task.session_key)  # (making room may have emptied it)
         if session is None:
@@ -452,7 +454,7 @@ class MemoryTaskStore:
             session.finished[target][task.id] = None
             session.client.finished[task.id] = session
             if target is TaskStatus.COMPLETED:
-                task.result = encoded(result)
+                task.result = result if isinstance(result, msgspec.Raw) else encoded(result)
                 task.progress = 100
                 session.duration_total_ms += now - (task.started_at or now)
             elif error is not None:
