@@ -93,7 +93,8 @@ class PostgresProcess:
         subprocess.run(
             [self.initdb, "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
              "--locale=C", "--no-sync", "--no-instructions"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._as_user(),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=self._uid, group=self._gid,
+            extra_groups=self._groups,
         )  # fmt: skip
         for _ in range(1 if self._fixed_port else 3):
             # A free port can be taken by another process before the server binds it.
@@ -177,10 +178,17 @@ class PostgresProcess:
     ) -> None:
         self.close()
 
-    def _as_user(self) -> dict[str, int]:
-        if self._user is None:
-            return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}  # type: ignore[dict-item]
+    @property
+    def _uid(self) -> int | None:
+        return None if self._user is None else self._user.pw_uid
+
+    @property
+    def _gid(self) -> int | None:
+        return None if self._user is None else self._user.pw_gid
+
+    @property
+    def _groups(self) -> list[int] | None:
+        return None if self._user is None else []
 
     def _launch(self, port: int) -> bool:
         """Run the server on `port` until it is ready; False if it exited first (the port taken)."""
@@ -201,7 +209,14 @@ class PostgresProcess:
                 os.chown(self.directory / "postgres.log", self._user.pw_uid, self._user.pw_gid)
             environ = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
             process = self._process = subprocess.Popen(
-                command, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self._as_user()
+                command,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                user=self._uid,
+                group=self._gid,
+                extra_groups=self._groups,
             )
             exited = os.pidfd_open(process.pid)
             try:

@@ -4,11 +4,12 @@ Built around its own SAQ Postgres queue, as `saq.Worker(queue, functions)` is: t
 functions insert a job (``<task id>:<attempt>:<n>``) in a worker's queue only when that
 worker has a free slot and the concurrency limits allow (see `store.py`), so the queue is
 never longer than the worker's free slots and no job waits for a slot it cannot get. SAQ
-dequeues it (woken by the NOTIFY the same transaction sent) and calls `_job`, which starts the attempt with `claim` (a compare-and-set: the task is
-still pending and still dispatched as this job), runs the executor in a cancel scope with
-the task's timeout, and records the outcome with `finish` (another compare-and-set,
-fenced by the attempt and this worker): an attempt that was cancelled, timed out, lost or
-taken over elsewhere can never overwrite the task. The attempt policy (retry, backoff,
+dequeues it (woken by the NOTIFY the same transaction sent) and calls `_job`, which
+starts the attempt with `claim` (a compare-and-set: the task is still pending and still
+dispatched as this job), runs the executor in a cancel scope with the task's timeout, and
+records the outcome with `finish` (another compare-and-set, fenced by the attempt and this
+worker): an attempt that was cancelled, timed out, lost or taken over elsewhere can never
+overwrite the task. The attempt policy (retry, backoff,
 dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 
 - **Progress** goes to the store, coalesced: at most one write per task per
