@@ -202,6 +202,8 @@ class Database:
                     pool = await self.pool()
                     async with pool.connection() as conn:
                         cursor = await conn.execute(sql, params)
+                        if cursor.description is None:
+                            return None if one else []
                         if one:
                             row = await cursor.fetchone()
                             return None if row is None else row[0]
