@@ -216,10 +216,11 @@ BEGIN
     END IF;
 END $$;
 
--- The live worker with the most free slots (NULL when every slot is taken).
+-- The live worker with the most free slots, the longest-serving of equals (NULL when every
+-- slot is taken).
 CREATE FUNCTION pick_worker(c ctx) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT id FROM workers WHERE NOT retired AND lease_until > c.now AND slots > busy
-    ORDER BY slots - busy DESC, id LIMIT 1
+    ORDER BY slots - busy DESC, started_at, id LIMIT 1
 $$;
 
 -- Hand task `p_id` of session `p_s` to worker `p_w`: a SAQ job in its queue, and a word to it.
