@@ -167,7 +167,14 @@ class Database:
                 timeout=self.timeout,
                 name=f"async-tasks {self.schema}",
             )
-            await pool.open(wait=False)
+            try:
+                # Waiting for the first connection: a pool still connecting in the
+                # background would slow the first calls down.
+                await pool.open(wait=True, timeout=self.timeout)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await pool.close(timeout=0.5)
+                raise
             self._pool = pool
         return self._pool
 

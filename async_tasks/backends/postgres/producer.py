@@ -65,6 +65,7 @@ class PostgresExecution:
         the store's functions deliver)."""
         with reachable(self.store.availability):
             await migrate(self.store.db.url, self.store.schema, self.timeout_ms)
+            await self.store.db.pool()  # connected before the first request
         self._accepting = True
         self._alive = True
         try:

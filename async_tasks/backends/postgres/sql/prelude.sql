@@ -114,15 +114,23 @@ CREATE FUNCTION summary_json(t tasks) RETURNS json LANGUAGE sql STABLE AS $$
         'description', t.description)
 $$;
 
--- A push stream's event about the task (its result only when `with_result`).
+-- A push stream's event about the task (its result only when `with_result`), as compact
+-- JSON (a row's JSON has no spaces: clients read it as it is sent).
+CREATE TYPE event AS ("type" text, "taskId" text, "sessionKey" text, status text, progress double precision,
+    "currentStep" text, "currentStepDescription" text, at bigint, executor text, previous text, error text,
+    result json, name text, attempt integer);
+
 CREATE FUNCTION event_json(t tasks, kind text, previous text, with_result boolean) RETURNS json
 LANGUAGE sql STABLE AS $$
-    SELECT json_build_object(
-        'type', kind, 'taskId', t.id, 'sessionKey', t.session_key, 'status', t.status, 'progress', t.progress,
-        'currentStep', t.current_step, 'currentStepDescription', t.current_step_description, 'at', t.updated_at,
-        'executor', t.executor, 'previous', previous, 'error', t.error,
-        'result', CASE WHEN with_result AND t.status = 'completed' THEN t.result END,
-        'name', t.name, 'attempt', t.attempts)
+    SELECT to_json(ROW(kind, t.id, t.session_key, t.status, t.progress, t.current_step,
+        t.current_step_description, t.updated_at, t.executor, previous, t.error,
+        CASE WHEN with_result AND t.status = 'completed' THEN t.result END, t.name, t.attempts)::event)
+$$;
+
+CREATE FUNCTION envelope(n bigint, t tasks, kind text, previous text, with_result boolean) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT t.session_key || E'\n[' || n || ',' || to_json(t.id) || ',' || to_json(kind) || ',' || to_json(t.status)
+        || ',' || t.attempts || ',' || event_json(t, kind, previous, with_result) || ']'
 $$;
 
 -- Publish a change as the push streams' envelope, [seq, taskId, type, status, attempt,
@@ -134,14 +142,12 @@ DECLARE
     n bigint := nextval('seq');
     payload text;
 BEGIN
-    payload := t.session_key || E'\n' ||
-        json_build_array(n, t.id, kind, t.status, t.attempts, event_json(t, kind, previous, true))::text;
+    payload := envelope(n, t, kind, previous, true);
     IF octet_length(payload) > 7900 THEN
         t.error := left(t.error, 1000);
         t.current_step := left(t.current_step, 200);
         t.current_step_description := left(t.current_step_description, 1000);
-        payload := t.session_key || E'\n' ||
-            json_build_array(n, t.id, kind, t.status, t.attempts, event_json(t, kind, previous, false))::text;
+        payload := envelope(n, t, kind, previous, false);
     END IF;
     PERFORM pg_notify(current_schema() || '_events', payload);
     RETURN n;

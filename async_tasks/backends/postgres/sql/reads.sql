@@ -75,7 +75,7 @@ BEGIN
             ORDER BY t.seq DESC) INTO v_events
         FROM (SELECT * FROM tasks WHERE session_key = p_s ORDER BY seq DESC LIMIT p_limit) t;
     END IF;
-    RETURN json_build_array(v_seq, coalesce(v_events, '[]'))::text;
+    RETURN '[' || v_seq || ',' || coalesce(v_events::text, '[]') || ']';
 END $$;
 
 -- Check the counters of the given sessions against their tasks, repair any that drifted

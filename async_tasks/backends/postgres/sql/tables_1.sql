@@ -127,8 +127,9 @@ CREATE TABLE workers (
     suspected_at bigint                     -- when the reconciler first found its lease gone
 );
 
--- Token buckets (create rates), shared by every API process.
-CREATE TABLE buckets (
+-- Token buckets (create rates), shared by every API process. Unlogged: after a crash they
+-- start full again, as a bucket nobody used for a while.
+CREATE UNLOGGED TABLE buckets (
     name text PRIMARY KEY,
     tokens double precision NOT NULL,
     at double precision NOT NULL,           -- seconds
