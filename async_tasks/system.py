@@ -28,6 +28,7 @@ import anyio.abc
 import msgspec
 
 from async_tasks.backends import Backend, Worker, backend_for
+from async_tasks.buckets import TokenBuckets
 from async_tasks.cleanup import Cleaner, CleanupResult
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import request_id_var
@@ -118,6 +119,8 @@ class TaskSystem:
             max_tasks=self.settings.max_tasks,
             max_sessions=self.settings.max_sessions,
         )
+        #: Reads per session (TASK_READ_RATE), counted in this process.
+        self.read_buckets = TokenBuckets(clock)
         #: Called when shutdown begins, before tasks are cancelled (push streams close here).
         self.on_shutdown: list[Callable[[], None]] = []
         #: Tasks the last shutdown abandoned (they ignored cancellation or block in a thread).
@@ -372,6 +375,21 @@ class TaskSystem:
         """Tasks the cleaner cancelled for never starting: end any queued wait for them."""
         await self.execution.discard(tasks)
 
+    def _take_read_token(self, session_key: str) -> None:
+        """Reads are rate limited per session like creates (TASK_READ_RATE), in this process:
+        one client polling in a tight loop cannot take the store's time from everyone else."""
+        rate = self.settings.task_read_rate
+        if rate <= 0:
+            return
+        wait = self.read_buckets.take(session_key, rate, self.settings.task_read_burst)
+        if wait > 0:
+            raise RateLimited(
+                f"Too many reads too quickly (limit {rate:g} per second). Retry in {wait:.2f} s, or follow the "
+                "task's event stream instead of polling.",
+                retry_after=wait,
+                details={"ratePerSecond": rate, "burst": self.settings.task_read_burst, "setting": "TASK_READ_RATE"},
+            )
+
     async def _take_create_token(self, session_key: str) -> None:
         rate = self.settings.task_create_rate
         if rate <= 0:
@@ -389,6 +407,7 @@ class TaskSystem:
 
     async def get_task(self, session_key: str, task_id: str) -> Task:
         """The task, if it belongs to the session (`TaskNotFound` otherwise)."""
+        self._take_read_token(session_key)
         return await self.store.get(session_key, task_id)
 
     async def list_tasks(
@@ -405,11 +424,13 @@ class TaskSystem:
     ) -> TaskPage:
         """A page of the session's tasks (summaries), newest first, how many match in all
         and where the next page starts (`TaskPage.next_cursor`)."""
+        self._take_read_token(session_key)
         where = TaskFilter(status=status, executor=executor, tag=tag, dead_letter=dead_letter)
         return await self.store.query(session_key, where, limit=limit, offset=offset, cursor=cursor)
 
     async def stats(self, session_key: str) -> SessionCounts:
         """The session's tasks by status and the mean run time of the completed ones."""
+        self._take_read_token(session_key)
         return await self.store.counts(session_key)
 
     async def queue_position(self, task: Task) -> int | None:

@@ -109,7 +109,12 @@ def build_app(
     **overrides: Any,
 ) -> Litestar:
     """An app with test settings; keyword arguments override `Settings` fields."""
-    fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "allowed_hosts": TEST_HOST}
+    fields: dict[str, Any] = {
+        "secret_key": SECRET,
+        "task_create_rate": 0.0,
+        "task_read_rate": 0.0,
+        "allowed_hosts": TEST_HOST,
+    }
     fields.update(overrides)
     if load_entry_points:
         # The installed built-ins, without scanning every installed

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from litestar import Litestar
 
-from async_tasks.testing import FakeClock, serve_in_loop
+from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from tests.helpers import ScriptExecutor
 
 API = "/api/v1"
@@ -62,6 +62,24 @@ async def test_active_task_quota_is_429_with_retry_after(make_app: Callable[...,
         await client.post(f"{API}/tasks/{held[0]['id']}/cancel")
         assert (await client.post(f"{API}/tasks", json={"executor": "script"})).status_code == 201
         ScriptExecutor.release(held[1]["id"])
+
+
+async def test_reads_are_rate_limited_per_session_and_refill(make_app: Callable[..., Litestar]) -> None:
+    """A session polling too fast gets 429 with Retry-After; another session is served meanwhile."""
+    clock = FakeClock()
+    app = make_app(clock=clock, task_read_rate=2.0, task_read_burst=3)
+    async with serve_in_loop(app) as client:
+        created = (await client.post(f"{API}/tasks", json={"executor": "script", "start": False})).json()["task"]
+        paths = [f"{API}/tasks/{created['id']}/status", f"{API}/tasks", f"{API}/tasks/stats", f"{API}/tasks"]
+        codes = [(await client.get(path)).status_code for path in paths]
+        assert codes == [200, 200, 200, 429]
+        refused = await client.get(f"{API}/tasks/{created['id']}")
+        assert refused.json()["error"]["code"] == "rate_limited" and "TASK_READ_RATE" in str(refused.json())
+        assert refused.headers["retry-after"] == "1"
+        async with asgi_client(app, "10.9.9.9") as other:
+            assert (await other.get(f"{API}/tasks")).status_code == 200
+        clock.advance(0.5)
+        assert (await client.get(f"{API}/tasks")).status_code == 200
 
 
 async def test_create_rate_limit_is_429_and_refills(make_app: Callable[..., Litestar]) -> None:

@@ -209,3 +209,19 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_its_attempts(
     finally:
         proxy.resume()
     assert not worker_of(worker).running
+
+
+async def test_waiting_tasks_cost_redis_nothing(proxy: RedisFaultProxy, make_system: MakeSystem) -> None:
+    """Eight tasks waiting for a busy worker's only slot: Redis sees the worker's upkeep (a few commands
+    a tick), not a poll per waiting task."""
+    worker = await make_system(worker=True, task_backend=proxy.url, worker_concurrency=1)
+    busy = await worker.create_task(S, executor="hold")
+    await wait_for(worker, S, busy.id, "running")
+    waiting = [await worker.create_task(S, executor="script") for _ in range(8)]
+    assert [await worker.queue_position(t) for t in waiting] == list(range(1, 9))
+    proxy.reset_commands()
+    await anyio.sleep(1.0)  # a rate is measured over time
+    assert sum(proxy.commands.values()) < 60, proxy.commands
+    await worker.cancel_task(S, busy.id)
+    for task in waiting:
+        await wait_for(worker, S, task.id, "completed")

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio.lowlevel
 
+from async_tasks.buckets import TokenBuckets
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
 from async_tasks.events import EventHub, EventType, TaskEvent
@@ -53,8 +54,6 @@ from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_trans
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
-#: Token buckets held before the full ones are pruned (then twice what is left).
-BUCKETS_BEFORE_PRUNE = 4096
 
 
 class SessionTasks:
@@ -112,8 +111,7 @@ class MemoryTaskStore:
         self._seq = itertools.count(1)
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
-        self._buckets: dict[str, tuple[float, float, float, int]] = {}
-        self._prune_buckets_at = BUCKETS_BEFORE_PRUNE
+        self.buckets = TokenBuckets(clock)
 
     # -- reads -------------------------------------------------------------------
 
@@ -428,7 +426,7 @@ class MemoryTaskStore:
             one = self.sessions.get(session_key)
             sessions = [one] if one is not None else []
         if session_key is None:
-            self._prune_buckets(self.clock.monotonic())
+            self.buckets.prune()
         budget = TRIM_BATCH
         for session in sessions:
             for status in TERMINAL:
@@ -494,30 +492,11 @@ class MemoryTaskStore:
                 result.session_tasks += len(session.tasks)
                 for task in list(session.tasks.values()):
                     self._forget(session, task, "expired")
-                self._buckets.pop(session.key, None)
+                self.buckets.forget(session.key)
         return result
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> float:
-        now = self.clock.monotonic()
-        tokens, last, _, _ = self._buckets.get(bucket, (float(burst), now, rate, burst))
-        tokens = min(float(burst), tokens + (now - last) * rate)
-        if tokens < 1:
-            self._buckets[bucket] = (tokens, now, rate, burst)
-            return (1 - tokens) / rate
-        self._buckets[bucket] = (tokens - 1, now, rate, burst)
-        if len(self._buckets) > self._prune_buckets_at:
-            # A flood of fresh sessions leaves a bucket each: bound them between sweeps.
-            self._prune_buckets(now)
-            self._prune_buckets_at = max(BUCKETS_BEFORE_PRUNE, 2 * len(self._buckets))
-        return 0.0
-
-    def _prune_buckets(self, now: float) -> None:
-        """Forget the buckets that have refilled: a full bucket is the same as none."""
-        full = [
-            name for name, (tokens, last, rate, burst) in self._buckets.items() if tokens + (now - last) * rate >= burst
-        ]
-        for name in full:
-            del self._buckets[name]
+        return self.buckets.take(bucket, rate, burst)
 
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if self.events.listeners:

@@ -118,13 +118,13 @@ async def test_a_refused_flood_leaves_memory_and_the_store_unchanged(
         for _ in range(2):
             assert (await client.post(f"{API}/tasks", json={"executor": "script"})).status_code == 201
         await refused(100)  # warm every cache on the refusal path
-        books = len(store), len(store.sessions), len(store._buckets)
+        books = len(store), len(store.sessions), len(store.buckets)
         gc.collect()
         objects = len(gc.get_objects())
         await refused(FLOOD)
         gc.collect()
         assert len(gc.get_objects()) - objects < 100
-        assert (len(store), len(store.sessions), len(store._buckets)) == books
+        assert (len(store), len(store.sessions), len(store.buckets)) == books
 
         tracemalloc.start()
         try:
