@@ -26,13 +26,24 @@ API = "/api/v1"
 def test_what_counts_as_postgres_being_away() -> None:
     """Lost connections, timeouts, a server shutting down or starting, out of connections, read-only:
     a 503; any other error (a bug of ours) is not hidden as one."""
-    for exc in (psycopg.OperationalError("server closed the connection unexpectedly"), PoolTimeout("no connection"),
-                errors.AdminShutdown("terminating connection"), errors.CannotConnectNow("starting up"),
-                errors.TooManyConnections("too many clients"), errors.ReadOnlySqlTransaction("read-only"),
-                errors.SerializationFailure("could not serialize"), TimeoutError()):  # fmt: skip
+    away: tuple[BaseException, ...] = (
+        psycopg.OperationalError("server closed the connection unexpectedly"),
+        PoolTimeout("no connection"),
+        errors.AdminShutdown("terminating connection"),
+        errors.CannotConnectNow("starting up"),
+        errors.TooManyConnections("too many clients"),
+        errors.ReadOnlySqlTransaction("read-only"),
+        errors.SerializationFailure("could not serialize"),
+        TimeoutError(),
+    )
+    bugs: tuple[BaseException, ...] = (
+        errors.UndefinedFunction("no such function"),
+        errors.SyntaxError("bad"),
+        errors.UniqueViolation("duplicate key"),
+    )
+    for exc in away:
         assert is_transient(exc), exc
-    for exc in (errors.UndefinedFunction("no such function"), errors.SyntaxError("bad"),
-                errors.UniqueViolation("duplicate key")):  # fmt: skip
+    for exc in bugs:
         assert not is_transient(exc), exc
 
 

@@ -25,8 +25,8 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
         yield MemoryTaskStore
         return
     if request.param == "postgres":
-        async for build in _postgres_stores(request):
-            yield build
+        async for postgres_store in _postgres_stores(request):
+            yield postgres_store
         return
     from redis.asyncio import Redis
 

@@ -39,6 +39,9 @@ logger = logging.getLogger("async_tasks.backend")
 #: primary refusing writes (25006), a conflict that a second run resolves (40001, 40P01).
 TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03", "57P05", "53", "25006", "40001", "40P01")
 
+#: How many times a call is sent when its connection keeps breaking under it (each time on
+#: another connection, at once: a lost reply, a reset, a restarted server).
+BROKEN_TRIES = 5
 #: Seconds between attempts of a `patient` call, and how long it keeps trying.
 PATIENT_DELAY = 0.2
 PATIENT_FOR = 30.0
@@ -218,7 +221,7 @@ class Database:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                again = broken(exc) and tries < 3
+                again = broken(exc) and tries < BROKEN_TRIES
                 if self.patient and time.monotonic() < give_up:
                     again = True
                 if not again:
