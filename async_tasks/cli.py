@@ -25,14 +25,15 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from async_tasks.client.tokens import SESSION_FILE_ENV, load_session_token, save_session_token, session_file
 
 if TYPE_CHECKING:
     import httpx
-    from rich.console import Console
+    from rich.console import Console, RenderableType
     from rich.progress import Progress
 
     from async_tasks.client import TaskClient
@@ -204,8 +205,76 @@ def _epoch_ms(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def progress_bar(console: Console, run_time: RunTime) -> Progress:
-    """The progress line of `watch`: spinner, step, bar, percent, run time, step description.
+#: Log lines shown under the progress bar (the latest).
+LOG_TAIL = 6
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``11th``, ``22nd``."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def about(seconds: float) -> str:
+    """``about 12 s``, ``about 3 min``, ``about 2 h``."""
+    if seconds < 60:
+        return f"about {round(seconds)} s"
+    if seconds < 3600:
+        return f"about {round(seconds / 60)} min"
+    return f"about {round(seconds / 3600)} h"
+
+
+class Outlook:
+    """Where the watched task stands: its place in line and the server's estimate, counted
+    down on this machine's clock from when it arrived."""
+
+    def __init__(self) -> None:
+        self.status = ""
+        self.position: int | None = None
+        self.starts_at: float | None = None
+        self.finishes_at: float | None = None
+
+    def observe(self, update: Mapping[str, Any]) -> None:
+        self.status = str(update.get("status") or "")
+        position = update.get("queuePosition")
+        self.position = position if isinstance(position, int) and not isinstance(position, bool) else None
+        eta = update.get("eta")
+        eta = eta if isinstance(eta, dict) else {}
+        now = time.monotonic()
+        starts, finishes = _epoch_ms(eta.get("startsInMs")), _epoch_ms(eta.get("finishesInMs"))
+        self.starts_at = None if starts is None else now + starts / 1000
+        self.finishes_at = None if finishes is None else now + finishes / 1000
+
+    def text(self) -> str:
+        """``3rd in line · starts in about 12 s``, ``about 8 s left``, or ``""``."""
+        now = time.monotonic()
+        parts = []
+        if self.status == "pending" and self.position:
+            parts.append(f"{ordinal(self.position)} in line")
+        if self.status == "pending" and self.starts_at is not None:
+            wait = self.starts_at - now
+            parts.append("starting any moment now" if wait < 1 else f"starts in {about(wait)}")
+        elif self.status == "running" and self.finishes_at is not None:
+            left = self.finishes_at - now
+            parts.append("finishing any moment now" if left < 1 else f"{about(left)} left")
+        return " · ".join(parts)
+
+
+def log_text(line: Mapping[str, Any]) -> str:
+    """A log line as the watch shows it: its time (this machine's zone), message and data."""
+    at = _epoch_ms(line.get("at"))
+    clock = time.strftime("%H:%M:%S", time.localtime(at / 1000)) if at is not None else "--:--:--"
+    text = f"{clock}  {line.get('message', '')}"
+    if line.get("data") is not None:
+        text += "  " + _short_json(line["data"], 80)
+    return text
+
+
+def progress_bar(
+    console: Console, run_time: RunTime, outlook: Outlook | None = None, log: Sequence[str] = ()
+) -> Progress:
+    """The progress line of `watch`: spinner, step, bar, percent, run time, where the task
+    stands (place in line, time left), step description; the latest log lines under it.
     Every column but the last has a fixed width, so the bar stays put as steps change."""
     from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TaskProgressColumn, TextColumn
     from rich.progress import Task as Bar
@@ -217,7 +286,17 @@ def progress_bar(console: Console, run_time: RunTime) -> Progress:
             seconds = run_time.seconds()
             return Text("-" if seconds is None else format_duration(seconds), style="progress.elapsed")
 
-    return Progress(
+    class OutlookColumn(ProgressColumn):
+        def render(self, task: Bar) -> Text:
+            return Text(outlook.text() if outlook is not None else "", style="yellow")
+
+    class WithLog(Progress):
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield self.make_tasks_table(self.tasks)
+            for line in log:
+                yield Text(f"  {line}", style="dim", no_wrap=True, overflow="ellipsis")
+
+    return WithLog(
         SpinnerColumn(),
         TextColumn(
             "[bold]{task.fields[step]}",
@@ -226,6 +305,7 @@ def progress_bar(console: Console, run_time: RunTime) -> Progress:
         BarColumn(bar_width=BAR_WIDTH),
         TaskProgressColumn(),
         RunTimeColumn(table_column=Column(min_width=7, justify="right")),
+        OutlookColumn(table_column=Column(no_wrap=True)),
         # The description takes what is left of the line (and is cut short), never the bar.
         TextColumn("[dim]{task.fields[detail]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
         console=console,
@@ -265,10 +345,12 @@ def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int
     """
     out, err = _consoles()
     run_time = RunTime()
+    outlook = Outlook()
+    log: deque[str] = deque(maxlen=LOG_TAIL)
     last: dict[str, Any] = {}
     task: dict[str, Any] | None = None
     try:
-        with progress_bar(out, run_time) as progress:
+        with progress_bar(out, run_time, outlook, log) as progress:
             bar = progress.add_task(name or task_id, total=100, step="waiting", detail="")
             for update in client.watch(task_id):
                 if "startedAt" in update:
@@ -277,6 +359,8 @@ def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int
                     # A stream event has no times: ask once per attempt.
                     run_time.observe(client.status(task_id) if update.get("status") == "running" else {})
                 last = update
+                outlook.observe(update)
+                log.extend(log_text(line) for line in update.get("lines") or ())
                 progress.update(
                     bar,
                     completed=float(update.get("progress") or 0),

@@ -7,6 +7,8 @@ An executor's `execute` receives a `Progress` (or, when it is a blocking ``def``
     await progress(50, "Loading", "Reading the input")   # a percent, a step name and a description
     async with progress.step("Saving", "Writing the result", end=100):
         ...
+    await progress.log("Read 4 096 bytes")               # a line in the task's log, with its time
+    await progress(60, data={"rows": 120})               # a report with partial results (a log line)
 
 One `ProgressReporter` exists per attempt. It checks each report (a number in
 0..100; a lower number than the last keeps the last, so progress never moves back),
@@ -16,23 +18,33 @@ sink refuses the report (the attempt was cancelled or is over), the executor's
 next report raises `AttemptEnded`. Each async report is also a cancellation point,
 so cancelling a task that reports progress takes effect at once even if the
 executor never sleeps.
+
+Log lines (`log`, and `data=` on a report) go to a second sink the same way; each is
+stamped with the time it was written and checked against TASK_LOG_LINE_BYTES (a long
+message is cut short, data too large is a `ValueError`; see `async_tasks.task_log`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import msgspec
 
+from async_tasks.clock import SYSTEM_CLOCK
+from async_tasks.task_log import DEFAULT_LINE_BYTES, LogLine, make_line
+
 #: Receives (percent, step, description) of each checked report; answers whether the
 #: report was accepted (False once the attempt is over).
 ProgressSink = Callable[[float, str | None, str | None], Awaitable[bool]]
+#: Receives each checked log line; answers whether it was accepted (False once the attempt is over).
+LogSink = Callable[[LogLine], Awaitable[bool]]
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -50,19 +62,34 @@ class Step(msgspec.Struct, frozen=True):
 class Progress(Protocol):
     """What an async `execute` receives to report progress."""
 
-    async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
-        """Report `percent` (0-100, never lower than before), optionally naming the step."""
+    async def __call__(
+        self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
+    ) -> None:
+        """Report `percent` (0-100, never lower than before), optionally naming the step;
+        `data` (small, JSON) adds a log line carrying it as partial results, its message
+        the report's description (or step)."""
         ...
 
     def step(self, name: str, description: str = "", *, end: float | None = None) -> AbstractAsyncContextManager[None]:
         """Mark a named step for the duration of a block; report `end` when it exits."""
         ...
 
+    async def log(self, message: str, *, data: Any = None) -> None:
+        """Add a line to the task's log, stamped with the time, optionally with `data`
+        (small structured partial results, any JSON value). Clients see it live."""
+        ...
+
 
 class SyncProgress(Protocol):
     """What a blocking ``def execute`` receives; each call crosses back to the event loop."""
 
-    def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None: ...
+    def __call__(
+        self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
+    ) -> None: ...
+
+    def log(self, message: str, *, data: Any = None) -> None:
+        """Add a line to the task's log (see `Progress.log`)."""
+        ...
 
 
 class AttemptEnded(Exception):
@@ -70,12 +97,32 @@ class AttemptEnded(Exception):
     taken over elsewhere): the executor's work is no longer wanted."""
 
 
-class ProgressReporter:
-    """The `Progress` of one attempt."""
+async def _discard(line: LogLine) -> bool:
+    return True
 
-    def __init__(self, sink: ProgressSink, steps: Sequence[Step] = (), start: float = 0) -> None:
+
+class ProgressReporter:
+    """The `Progress` of one attempt.
+
+    `log_sink` receives its log lines (by default they are checked and discarded), each
+    at most `line_bytes` and stamped by `now_ms` (the engine's clock).
+    """
+
+    def __init__(
+        self,
+        sink: ProgressSink,
+        steps: Sequence[Step] = (),
+        start: float = 0,
+        *,
+        log_sink: LogSink = _discard,
+        line_bytes: int = DEFAULT_LINE_BYTES,
+        now_ms: Callable[[], int] = SYSTEM_CLOCK.now_ms,
+    ) -> None:
         self._sink = sink
         self._steps = steps
+        self._log_sink = log_sink
+        self._line_bytes = line_bytes
+        self._now_ms = now_ms
         self.percent = start
         self.closed = False
 
@@ -99,16 +146,42 @@ class ProgressReporter:
                 description = current.description if description is None else description
         return percent, step, description
 
-    async def report(self, percent: float, step: str | None = None, description: str | None = None) -> None:
-        """Check and record a report, without the cancellation point of ``__call__``."""
+    async def report(
+        self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
+    ) -> None:
+        """Check and record a report (and its `data` line), without the cancellation point
+        of ``__call__``."""
         percent, step, description = self._check(percent, step, description)
+        line = None if data is None else self._line(description or step or f"{percent}%", data)
         self.percent = percent
         if not await self._sink(percent, step, description):
             self.closed = True
             raise AttemptEnded("this attempt has ended; progress is no longer accepted")
+        if line is not None:
+            await self._store_line(line)
 
-    async def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
-        await self.report(percent, step, description)
+    async def __call__(
+        self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
+    ) -> None:
+        await self.report(percent, step, description, data=data)
+        await anyio.lowlevel.checkpoint()
+
+    def _line(self, message: str, data: Any) -> LogLine:
+        if self.closed:
+            raise AttemptEnded("this attempt has ended; its log is closed")
+        return make_line(message, data, self._now_ms(), self._line_bytes)
+
+    async def _store_line(self, line: LogLine) -> None:
+        if not await self._log_sink(line):
+            self.closed = True
+            raise AttemptEnded("this attempt has ended; its log is closed")
+
+    async def add_line(self, message: str, *, data: Any = None) -> None:
+        """Check and record a log line, without the cancellation point of `log`."""
+        await self._store_line(self._line(message, data))
+
+    async def log(self, message: str, *, data: Any = None) -> None:
+        await self.add_line(message, data=data)
         await anyio.lowlevel.checkpoint()
 
     @asynccontextmanager
@@ -128,10 +201,18 @@ class ThreadProgress:
     def __init__(self, reporter: ProgressReporter) -> None:
         self._reporter = reporter
 
-    def __call__(self, percent: float, step: str | None = None, description: str | None = None) -> None:
+    def __call__(
+        self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
+    ) -> None:
+        self._run(functools.partial(self._reporter.report, percent, step, description, data=data))
+
+    def log(self, message: str, *, data: Any = None) -> None:
+        self._run(functools.partial(self._reporter.add_line, message, data=data))
+
+    def _run(self, call: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if self._reporter.closed:
             raise AttemptEnded("this attempt has ended; stop working")
         try:
-            anyio.from_thread.run(self._reporter.report, percent, step, description)
+            anyio.from_thread.run(call)
         except RuntimeError as exc:  # the event loop is gone (shutdown)
             raise AttemptEnded(str(exc)) from exc

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 
 from async_tasks.errors import SettingsError
+from async_tasks.task_log import DEFAULT_LINE_BYTES, DEFAULT_LINES, DEFAULT_TASK_BYTES, LogLimits
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -94,6 +95,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_task_data_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65_536
     #: History entries kept per task (the first ones and the latest).
     max_task_history: Annotated[int, msgspec.Meta(ge=3)] = 50
+    # Task logs (`await progress.log(...)`): lines kept per task (the oldest go first), the
+    # bytes of one line's message and data, and the bytes of a task's lines together.
+    task_log_lines: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = DEFAULT_LINES
+    task_log_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=65_536)] = DEFAULT_LINE_BYTES
+    task_log_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4_194_304)] = DEFAULT_TASK_BYTES
     # Time limits (0 disables each): finished tasks, never-started tasks, idle sessions.
     finished_task_ttl_ms: NonNegative = 86_400_000
     pending_task_ttl_ms: NonNegative = 3_600_000
@@ -147,6 +153,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
             if any(len(key) < MIN_KEY_LENGTH for key in keys):
                 raise SettingsError(f"Invalid value for {name}: each key needs {MIN_KEY_LENGTH}+ characters")
         self.admin_keys  # noqa: B018 (parsing validates)
+        if self.task_log_bytes < self.task_log_line_bytes:
+            raise SettingsError(
+                f"Invalid value {self.task_log_bytes} for TASK_LOG_BYTES: it must be at least TASK_LOG_LINE_BYTES "
+                f"({self.task_log_line_bytes}), so that a task can keep its longest line"
+            )
         if self.metrics_token is not None and len(_split(self.metrics_token)) > 1:
             raise SettingsError("Invalid value for METRICS_TOKEN: one token, without commas")
         self.cors_origins  # noqa: B018 (parsing validates)
@@ -165,6 +176,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
                     f"TASK_BACKEND is {scheme_of(self.task_backend)} but SECRET_KEY is not set: every process must "
                     "sign sessions with the same key (16+ characters)"
                 )
+
+    @property
+    def log_limits(self) -> LogLimits:
+        """TASK_LOG_LINES, TASK_LOG_LINE_BYTES and TASK_LOG_BYTES as the bounds of task logs."""
+        return LogLimits(lines=self.task_log_lines, line_bytes=self.task_log_line_bytes, task_bytes=self.task_log_bytes)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:

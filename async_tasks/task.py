@@ -13,6 +13,8 @@ from typing import Any, Generic
 import msgspec
 from typing_extensions import TypeVar
 
+from async_tasks.task_log import LogLine
+
 #: The type of a task's params: the executor's `Params` struct.
 P = TypeVar("P", default=Any)
 
@@ -104,6 +106,11 @@ class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
     #: When a pending task waiting out a delay (an automatic retry's backoff) starts.
     scheduled_at: int | None = None
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
+    #: The executor's log lines, oldest first, within the TASK_LOG_* bounds (every attempt's:
+    #: a retry does not clear them). See `async_tasks.task_log`.
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+    #: How many of the oldest lines were dropped to stay within those bounds.
+    logs_dropped: int = 0
 
     @property
     def is_terminal(self) -> bool:

@@ -6,6 +6,7 @@
         run = await run_executor(MyExecutor, {"count": 3})
         assert run.result == {"done": 3}
         assert [r.percent for r in run.reports] == [0, 50, 100]
+        assert run.messages == ["Counted 3"]  # its log lines
 
 - `run_executor`: one attempt of an executor, in-process, with its reports recorded.
 - `FakeClock`: the engine's clock, moved only when a test advances it; `sleep`
@@ -38,16 +39,17 @@ import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
-from async_tasks.clock import Clock
+from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import TaskExecutor
 from async_tasks.progress import ProgressReporter, ThreadProgress
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     import httpx
     from litestar import Litestar
 
-    from async_tasks.events import TaskEvent
+    from async_tasks.events import Event
     from async_tasks.system import TaskSystem
 
 
@@ -61,6 +63,13 @@ class ExecutorRun(msgspec.Struct):
     task: Task
     reports: list[ProgressReport]
     result: Any = None
+    #: The log lines it wrote (`progress.log`, and reports with ``data=``), in order.
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+
+    @property
+    def messages(self) -> list[str]:
+        """The messages of its log lines, in order."""
+        return [line.message for line in self.logs]
 
     @property
     def steps(self) -> list[str]:
@@ -116,7 +125,15 @@ async def run_executor(
         reports.append(ProgressReport(percent, step, description))
         return True
 
-    reporter = ProgressReporter(record, type(instance).steps)
+    logs: list[LogLine] = []
+
+    async def record_line(line: LogLine) -> bool:
+        logs.append(line)
+        return True
+
+    reporter = ProgressReporter(
+        record, type(instance).steps, log_sink=record_line, now_ms=(clock or SYSTEM_CLOCK).now_ms
+    )
     try:
         if instance.is_blocking():
             result = await anyio.to_thread.run_sync(instance.execute, task, ThreadProgress(reporter))
@@ -124,7 +141,7 @@ async def run_executor(
             result = await instance.execute(task, reporter)
     finally:
         reporter.close()
-    return ExecutorRun(task=task, reports=reports, result=result)
+    return ExecutorRun(task=task, reports=reports, result=result, logs=logs)
 
 
 class FakeClock(Clock):
@@ -198,7 +215,7 @@ async def wait_for(
     def reached(task: Task) -> bool:
         return task.status in wanted or (progress is not None and task.progress >= progress)
 
-    def listener(event: TaskEvent) -> None:
+    def listener(event: Event) -> None:
         if event.task_id == task_id:
             changed.set()
 

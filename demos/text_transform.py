@@ -36,6 +36,7 @@ class TextTransformExecutor(TaskExecutor[TextTransformParams]):
         await self.sleep(params.delay_ms / 1000)
         await progress(40)
         reversed_text = params.payload[::-1]
+        await progress.log(f"Reversed {len(params.payload)} characters", data={"length": len(params.payload)})
         await self.sleep(params.delay_ms / 1000)
         await progress(80)
         result = f"{reversed_text} (len={len(params.payload)})"

@@ -229,7 +229,9 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
                 addresses = await self.policy.check(request.url)
                 shown = ", ".join(str(a) for a in addresses[:3]) + (" …" if len(addresses) > 3 else "")
                 await progress(20, step="Resolving Host", description=f"{host} → {shown}")
+                await progress.log(f"{host} resolved to {shown}")
                 await progress(30, step="Sending Request", description=f"{request.method} {request.url}")
+                await progress.log(f"Sending {request.method} {request.url}")
                 try:
                     response = await client.send(request, stream=True)
                 except httpx.TimeoutException as exc:
@@ -247,6 +249,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
                     )
                 redirects += 1
                 request = response.next_request
+                await progress.log(f"{response.status_code} {response.reason_phrase}: redirected to {request.url}")
                 await progress(30, step="Sending Request", description=f"Redirected to {request.url}")
 
             try:
@@ -259,6 +262,12 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
     ) -> dict[str, Any]:
         request = response.request
         status = f"{response.status_code} {response.reason_phrase}".strip()
+        waited = round((anyio.current_time() - started) * 1000)
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        await progress.log(
+            f"{status} after {waited} ms ({kind})",
+            data={"statusCode": response.status_code, "contentType": kind, "elapsedMs": waited},
+        )
         if response.is_error:
             raise ApiCallFailed(f"{request.method} {request.url} returned {status}.")
         await progress(60, step="Receiving Response", description=status)
@@ -292,6 +301,7 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
             raise ApiCallFailed(f"{request.method} {request.url}: reading the response failed: {exc}.") from None
 
         await progress(90, step="Parsing Response", description=f"{received} bytes")
+        await progress.log(f"Received {received:,} bytes")
         body, truncated = self._decode(response, b"".join(chunks))
         result = {
             "url": str(response.url),

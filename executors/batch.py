@@ -14,7 +14,8 @@ The work done on each item is small, real and deterministic, chosen by its JSON 
 * **null** — fails ("nothing to process").
 
 A failing item is recorded in the result with ``"status": "error"``; it never stops
-the batch. The task's result is
+the batch. Each item's outcome is also a line in the task's log, carrying its index,
+status and (when short) output or error as partial results. The task's result is
 ``{"total", "succeeded", "failed", "items": [{"index", "status", "output" | "error"}]}``.
 
 Limits: at least one item; at most ``MAX_ITEMS`` (1000) items, the bound the params
@@ -46,6 +47,8 @@ MAX_ITEM_DELAY_MS = 10_000
 #: Largest integer whose square is still computed.
 MAX_SQUARE = 10**300
 PREVIEW_CHARS = 60
+#: The largest output (or error) of an item its log line carries, as JSON.
+MAX_LOGGED_BYTES = 120
 
 
 class BatchConfig(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
@@ -92,6 +95,16 @@ def preview(item: Any, limit: int = PREVIEW_CHARS) -> str:
     except (TypeError, ValueError, OverflowError):
         text = repr(item)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def log_data(entry: dict[str, Any]) -> dict[str, Any]:
+    """An item's entry as the partial result its log line carries: its index and status,
+    with its output or error when they are short (a log line is small: TASK_LOG_LINE_BYTES)."""
+    data = {"index": entry["index"], "status": entry["status"]}
+    for key in ("output", "error"):
+        if key in entry and len(msgspec.json.encode(entry[key])) <= MAX_LOGGED_BYTES:
+            data[key] = entry[key]
+    return data
 
 
 def normalise(text: str) -> str:
@@ -222,9 +235,13 @@ class BatchExecutor(TaskExecutor[BatchParams, BatchConfig]):
                 succeeded += 1
                 entry = {"index": index, "status": "ok", "output": output}
             results.append(entry)
-            # After each item: percent = items done / total.
+            # After each item: percent = items done / total; the item's result in the log.
             outcome = "ok" if entry["status"] == "ok" else f"failed: {entry['error']}"
             await progress((index + 1) / total * 100, step, f"{shown} — {outcome}")
+            await progress.log(f"{shown} — {outcome}", data=log_data(entry))
         failed = total - succeeded
         await progress(100, "Summarizing Results", f"{succeeded} succeeded, {failed} failed")
+        await progress.log(
+            f"Done: {succeeded} succeeded, {failed} failed", data={"succeeded": succeeded, "failed": failed}
+        )
         return {"total": total, "succeeded": succeeded, "failed": failed, "items": results}

@@ -2,7 +2,8 @@
 
 With ``filePath`` the executor reads a real file in chunks (each read in a worker
 thread, so the event loop never blocks) and returns its size, line count, word
-count and SHA-256. Progress moves with the bytes read.
+count and SHA-256. Progress moves with the bytes read; each chunk is a line in the
+task's log, carrying the running counts (bytes, lines, words) as partial results.
 
 Reading a small file takes milliseconds, so its progress jumps to 100 %: for a live
 demo, ``chunkDelayMs`` pauses after each chunk (at most ``MAX_CHUNK_DELAY_MS``), e.g.
@@ -373,6 +374,10 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
             "sha256": counts.digest.hexdigest(),
         }
         await progress(95, "Writing Summary", f"{result['lines']:,} lines, {result['words']:,} words")
+        await progress.log(
+            f"{checked.relative}: {counts.size:,} bytes, {result['lines']:,} lines, {result['words']:,} words, "
+            f"sha256 {str(result['sha256'])[:16]}…"
+        )
         await progress(100, "Writing Summary", f"Processed {checked.relative}")
         return result
 
@@ -382,6 +387,8 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
         limit = self.config.file_processing_max_bytes
         counts = Counts()
         await progress(5, "Reading File", f"Reading {checked.relative} ({checked.size:,} bytes)")
+        await progress.log(f"Opened {checked.relative}: {checked.size:,} bytes, read {chunk:,} bytes at a time")
+        number = 0
         while True:
             data = await anyio.to_thread.run_sync(os.read, checked.fd, chunk)
             if not data:
@@ -389,6 +396,11 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
             counts.feed(data)
             if counts.size > limit:
                 raise ValueError(f"The file grew past the {limit} byte limit while it was being read")
+            number += 1
+            await progress.log(
+                f"Chunk {number}: {len(data):,} bytes ({counts.size:,} read, {counts.lines:,} lines so far)",
+                data={"chunk": number, "bytesRead": counts.size, "lines": counts.lines, "words": counts.words},
+            )
             done = min(counts.size / expected, 1.0)
             await progress(
                 5 + 85 * done,
@@ -406,11 +418,13 @@ class FileProcessingExecutor(TaskExecutor[FileProcessingParams, FileProcessingCo
         seconds = min(self.config.file_processing_simulate_max_seconds, size / SIMULATED_BYTES_PER_SECOND)
         pause = seconds / ticks
         await progress(0, "Opening File", f"No filePath given: simulating a {size:,} byte file")
+        await progress.log(f"Simulating a {size:,} byte file in {chunks:,} chunks of {params.chunk_size:,} bytes")
         for tick in range(1, ticks + 1):
             if pause > 0:
                 await anyio.sleep(pause)
             done = min(size, size * tick // ticks)
             chunk_no = min(chunks, math.ceil(chunks * tick / ticks))
+            await progress.log(f"Simulated chunk {chunk_no} of {chunks:,}: {done:,} bytes so far")
             await progress(
                 5 + 85 * done / size,
                 "Reading File",

@@ -65,6 +65,7 @@ class SampleExecutor(TaskExecutor[SampleParams]):
         tick_seconds = params.delay_ms / 1000 / (len(steps) * ticks)
         for index, step in enumerate(steps):
             end = steps[index + 1].at if index + 1 < len(steps) else 100
+            await progress.log(f"{step.name}: {step.description}")
             for tick in range(ticks):
                 percent = step.at + (end - step.at) * tick / ticks
                 await progress(percent, step.name, step.description)

@@ -18,7 +18,7 @@ import pytest
 from litestar import Litestar
 from rich.console import Console
 
-from async_tasks.cli import RunTime, main, parse_params, progress_bar
+from async_tasks.cli import Outlook, RunTime, main, ordinal, parse_params, progress_bar
 from async_tasks.client.tokens import load_session_token, session_file
 from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, wait_for
@@ -241,6 +241,45 @@ def test_the_bar_stays_put_as_step_names_change() -> None:
             bars.add((line.index("━"), line.count("━") + line.count("╸") + line.count("╺")))
     assert len(bars) == 1, bars
     assert "A step name far" in line and line.count("…") == 2 and len(line) <= 80
+
+
+def test_watch_shows_the_tasks_log_under_the_bar(run: Run) -> None:
+    """The executor's log lines, with their partial results, under the progress bar."""
+    code, out, err = run("submit", "batch", "-p", 'items=["a", {"fail": true}]', "-p", "itemDelayMs=0", "--watch")
+    assert code == 0, err
+    lines = out.splitlines()
+    bar = max(i for i, line in enumerate(lines) if "100%" in line)
+    below = "\n".join(lines[bar + 1 :])
+    assert 'Item 1: "a" — ok  {"index": 0, "status": "ok"' in below
+    assert 'Item 2: {"fail":true} — failed: item asked to fail' in below
+    assert below.index("Item 1") < below.index("Item 2") < below.index("Done: 1 succeeded, 1 failed")
+
+
+def test_the_outlook_says_where_a_task_stands() -> None:
+    """A waiting task's place in line and when it should start; a running one's time left."""
+    outlook = Outlook()
+    outlook.observe({"status": "pending", "queuePosition": 3, "eta": {"startsInMs": 12_400, "finishesInMs": 16_000}})
+    assert outlook.text() == "3rd in line · starts in about 12 s"
+    outlook.observe({"status": "pending", "queuePosition": 1, "eta": None})
+    assert outlook.text() == "1st in line"
+    outlook.observe({"status": "running", "queuePosition": None, "eta": {"startsInMs": None, "finishesInMs": 185_000}})
+    assert outlook.text() == "about 3 min left"
+    outlook.observe({"status": "completed"})
+    assert outlook.text() == ""
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th",
+    ]  # fmt: skip
+
+
+def test_log_lines_sit_under_the_bar() -> None:
+    """The latest log lines render under the bar, in the live display."""
+    console = Console(file=io.StringIO(), width=80, record=True, color_system=None)
+    with progress_bar(console, RunTime(), Outlook(), ["09:00:00  first", "09:00:01  second"]) as progress:
+        progress.add_task("task", total=100, step="Working", detail="")
+        console.print(progress.get_renderable())
+    text = console.export_text().splitlines()
+    bar = next(i for i, line in enumerate(text) if "Working" in line)
+    assert [line.strip() for line in text[bar + 1 : bar + 3]] == ["09:00:00  first", "09:00:01  second"]
 
 
 def clocked_app(clock: FakeClock) -> Litestar:

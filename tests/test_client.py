@@ -307,6 +307,44 @@ def test_watch_reads_the_event_stream() -> None:
     assert updates[-1]["event"] == "transition"
 
 
+def test_watch_yields_each_log_line_once_and_where_the_task_stands() -> None:
+    """A snapshot's log, then `log` events (a line seen again is not yielded again) as
+    `lines` on the last state; `eta` events as `queuePosition` and `eta`, kept while the
+    status stays and forgotten when it changes."""
+    snapshot = event("snapshot", "pending", 0)
+    snapshot[1]["logs"] = [{"n": 1, "at": 5, "message": "queued"}]
+    waiting = {"type": "eta", "taskId": TASK_ID, "status": "pending", "attempt": 0, "at": 1, "queuePosition": 2,
+               "eta": {"startsInMs": 8000, "finishesInMs": 12000, "typicalMs": 4000, "samples": 3}}  # fmt: skip
+    lines = [{"n": 1, "at": 5, "message": "queued"}, {"n": 2, "at": 6, "message": "read", "data": {"rows": 3}}]
+    log = {"type": "log", "taskId": TASK_ID, "status": "running", "attempt": 1, "at": 6, "lines": lines}
+    body = sse(
+        snapshot,
+        ("eta", waiting),
+        ("eta", waiting),  # the same again: nothing new
+        event("transition", "running", 0, "Working"),
+        ("log", log),
+        ("log", log),  # a line seen twice: yielded once
+        event("transition", "completed", 100, "Working"),
+    )
+    transport = scripted(
+        httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}), [STATUS_RUNNING]
+    )
+    with TaskClient("http://test", transport=transport) as tasks:
+        updates = list(tasks.watch(TASK_ID))
+    said = [
+        (u["status"], u.get("event"), [line["n"] for line in u.get("lines", [])], u["queuePosition"]) for u in updates
+    ]
+    assert said == [
+        ("pending", "snapshot", [1], None),
+        ("pending", "eta", [], 2),
+        ("running", "transition", [], None),
+        ("running", "log", [2], None),
+        ("completed", "transition", [], None),
+    ]
+    assert updates[1]["eta"]["startsInMs"] == 8000 and updates[2]["eta"] is None
+    assert updates[3]["lines"][0]["data"] == {"rows": 3} and updates[3]["progress"] == 0
+
+
 def test_watch_polls_when_the_server_has_no_stream() -> None:
     missing_route = error_response(404, "not_found", "No route")
     done = {**STATUS_RUNNING, "status": "completed", "progress": 100, "completedAt": 2}

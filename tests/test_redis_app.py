@@ -37,7 +37,7 @@ VOLATILE = {
 #: What a create or retry answer says about a start that may or may not have happened yet:
 #: in memory the task often starts before the answer is written, on Redis a worker takes it
 #: a moment later (the answer says `pending`).
-STARTING = {"status", "attempts", "history", "queuePosition"}
+STARTING = {"status", "attempts", "history", "queuePosition", "eta"}
 
 
 def scrub(value: Any, drop: set[str] = VOLATILE) -> Any:

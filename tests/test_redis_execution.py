@@ -11,15 +11,17 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from async_tasks.backends.redis import RedisTaskStore
 from async_tasks.backends.redis.worker import RedisWorker
-from async_tasks.events import EventType, TaskEvent
+from async_tasks.events import Event, EventType, TaskEvent
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import wait_for
+from async_tasks.web.streams import OPENED, StreamBridge
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
 from tests.helpers import SECRET, ScriptExecutor
@@ -114,6 +116,76 @@ async def test_progress_is_coalesced_before_redis(make_system: MakeSystem) -> No
     assert len(writes) <= 2 + elapsed / 0.1
     assert (await system.get_task(S, task.id)).progress == 89.98
     await system.cancel_task(S, task.id)
+
+
+async def test_a_flood_of_log_lines_is_coalesced_before_redis_and_kept_within_bounds(make_system: MakeSystem) -> None:
+    """5,000 lines written at once: a store write carries many of them (about ten writes a
+    second), the task keeps the newest TASK_LOG_LINES, numbered, and counts the rest."""
+    api = await make_system(task_log_lines=50)
+    worker = await make_system(worker=True, task_log_lines=50)
+    writes: list[Event] = []
+    unsubscribe = worker.store.events.subscribe(lambda e: writes.append(e) if e.type is EventType.LOG else None)
+    try:
+        began = time.monotonic()
+        task = await api.create_task(S, executor="chatty", params={"lines": 5000})
+        done = await wait_for(worker, S, task.id, "completed")
+        elapsed = time.monotonic() - began
+    finally:
+        unsubscribe()
+    assert 1 <= len(writes) <= 2 + elapsed / 0.1
+    assert [(line.n, line.message) for line in done.logs] == [(n, f"line {n}") for n in range(4951, 5001)]
+    assert done.logs[-1].data == {"i": 5000} and done.logs_dropped == 4950
+    seen = await api.get_task(S, task.id)
+    assert seen.logs == done.logs and seen.logs_dropped == 4950
+
+
+async def test_log_lines_reach_an_api_s_streams_from_a_worker(make_system: MakeSystem) -> None:
+    """A worker's lines are published on the session channel: an API process's stream of
+    the task gets them as `log` events, numbered, before the task's end."""
+    api = await make_system()
+    worker = await make_system(worker=True)
+    bridge = StreamBridge(api.store, shared=api.backend.events)
+    async with anyio.create_task_group() as tg:
+        await tg.start(bridge.run)
+        task = await api.create_task(S, executor="chatty", params={"lines": 3, "hold": True})
+        await wait_for(worker, S, task.id, "running")
+        frames = bridge.task_stream(S, task.id)
+        assert await anext(frames) is OPENED
+        seen: list[int] = []
+        with anyio.fail_after(5):
+            async for frame in frames:
+                data = msgspec.json.decode(frame.data)
+                if frame.type == "snapshot":
+                    seen += [line["n"] for line in data["logs"]]
+                elif frame.type == "log":
+                    seen += [line["n"] for line in data["lines"]]
+                if sorted(set(seen)) == [1, 2, 3]:
+                    break
+        await frames.aclose()
+        await api.cancel_task(S, task.id)
+        tg.cancel_scope.cancel()
+
+
+async def test_an_api_process_estimates_from_the_run_times_its_workers_recorded(make_system: MakeSystem) -> None:
+    """The finish script keeps each executor's recent run times in Redis: an API process that
+    ran nothing estimates a waiting task from them, with its place in the session's line."""
+    api = await make_system(max_concurrent_tasks_per_session=1)
+    worker = await make_system(worker=True, max_concurrent_tasks_per_session=1)
+    done = await api.create_task(S, executor="script", params={"steps": 1})
+    done = await wait_for(worker, S, done.id, "completed")
+    assert await api.store.recent_durations(["script", "hold"]) == {"script": [done.duration_ms]}
+    held = await api.create_task(S, executor="script", params={"hold": True})
+    await wait_for(worker, S, held.id, "running")
+    waiting = [await api.create_task(S, executor="script") for _ in range(2)]
+    outlook = await api.outlook(S, [await api.get_task(S, t.id) for t in (held, *waiting)])
+    assert [outlook[t.id].queue_position for t in waiting] == [1, 2]
+    typical = done.duration_ms or 0
+    guesses = [outlook[t.id].eta for t in waiting]
+    assert [(g.starts_in_ms, g.samples) for g in guesses if g is not None] == [(typical, 1), (2 * typical, 1)]
+    assert outlook[held.id].queue_position is None
+    ScriptExecutor.release(held.id)
+    for task in waiting:
+        await wait_for(worker, S, task.id, "completed")
 
 
 async def lose_a_worker(api: TaskSystem, task_id: str, worker: str = "gone-worker") -> None:

@@ -259,7 +259,8 @@ def in_status(client: httpx.AsyncClient, task_id: str, *statuses: str, attempts:
 
 
 async def test_a_task_made_on_one_api_is_polled_and_streamed_on_the_other(clients: Any) -> None:
-    """Create on A, follow the SSE stream and poll on B: the same events and state; lists and stats match."""
+    """Create on A, follow the SSE stream and poll on B: the same events and state, the
+    worker's log lines each once; lists and stats match."""
     a, b = clients
     task = await create(a, delayMs=600)
     events: list[dict[str, Any]] = []
@@ -267,7 +268,9 @@ async def test_a_task_made_on_one_api_is_polled_and_streamed_on_the_other(client
         async for line in stream.aiter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
-    events = [e for e in events if e["type"] != "end"]  # the stream's own last word
+    lines = [entry["n"] for e in events for entry in e.get("lines", []) + e.get("logs", [])]
+    assert sorted(set(lines)) == [1, 2, 3, 4, 5]  # the sample's five steps, from the worker
+    events = [e for e in events if e["type"] not in ("end", "log", "eta")]  # the task's states
     assert events[0]["type"] == "snapshot" and events[-1]["status"] == "completed"
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and progress[-1] == 100

@@ -31,6 +31,8 @@ from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
 API = "/api/v1"
 GUARD = 10.0  # seconds: a hang fails the test instead of blocking the run
 EVENT_FIELDS = set(TaskEvent.__struct_encode_fields__)
+#: A snapshot is a task event with the task's log.
+SNAPSHOT_FIELDS = EVENT_FIELDS | {"logs", "logsDropped"}
 
 
 class FloodParams(TaskParams):
@@ -71,12 +73,15 @@ async def until(predicate: Callable[[], bool]) -> None:
                 await anyio.wait_all_tasks_blocked()
 
 
-def parse_sse(text: str) -> list[dict[str, Any]]:
-    """SSE text -> messages ({"id", "event", "data" (decoded JSON)} or {"comment"})."""
+def parse_sse(text: str, *, eta: bool = False) -> list[dict[str, Any]]:
+    """SSE text -> messages ({"id", "event", "data" (decoded JSON)} or {"comment"}); `eta`
+    events (a task's estimates, which depend on how fast earlier tasks ran) only with `eta`."""
     messages = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         if block.strip():
-            messages.append(_message(block.split("\n")))
+            message = _message(block.split("\n"))
+            if eta or message.get("event") != "eta":
+                messages.append(message)
     return messages
 
 
@@ -91,15 +96,17 @@ def _message(lines: list[str]) -> dict[str, Any]:
     return message
 
 
-async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Messages of a streaming httpx response, as they arrive."""
+async def sse_messages(response: httpx.Response, *, eta: bool = False) -> AsyncIterator[dict[str, Any]]:
+    """Messages of a streaming httpx response, as they arrive (`eta` events only with `eta`)."""
     lines: list[str] = []
     async for line in response.aiter_lines():
         if line:
             lines.append(line)
         elif lines:
-            yield _message(lines)
+            message = _message(lines)
             lines = []
+            if eta or message.get("event") != "eta":
+                yield message
 
 
 def data_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -205,7 +212,7 @@ async def test_task_stream_from_snapshot_to_terminal(client: httpx.AsyncClient, 
         "data": {"type": "end", "taskId": task["id"], "reason": "completed"},
         "retry": "1000",
     }
-    assert all(set(e) == EVENT_FIELDS for e in events)
+    assert all(set(e) == (SNAPSHOT_FIELDS if e["type"] == "snapshot" else EVENT_FIELDS) for e in events)
     assert all(e["type"] == m["event"] for e, m in zip(events, messages, strict=True))
     assert {e["taskId"] for e in events} == {task["id"]}
     snapshot, running, *progress, completed = events
@@ -434,7 +441,7 @@ def test_websocket_stream(make_app: Callable[..., Litestar]) -> None:
         with client.websocket_connect(f"{API}/ws", headers=alice) as ws:
             first = ws.receive_json(timeout=GUARD)
             assert (first["type"], first["taskId"], first["status"]) == ("snapshot", before["id"], "pending")
-            assert set(first) == EVENT_FIELDS
+            assert set(first) == SNAPSHOT_FIELDS
             client.post(f"{API}/tasks", json={"executor": "script", "start": True}, headers=bob)
             mine = client.post(
                 f"{API}/tasks", json={"executor": "script", "start": True, "params": {"steps": 1}}, headers=alice

@@ -202,7 +202,9 @@ class BaseClient:
 
         The event stream first (its first event is the task's snapshot: no separate
         poll, whose answer could be newer than the events queued behind it); /status
-        every `interval` seconds when there is no stream or it breaks.
+        every `interval` seconds when there is no stream or it breaks. On the stream,
+        updates also bring the task's new log lines (``lines``) and its place in line and
+        estimate (``queuePosition``, ``eta``); see `Changes`.
         """
         deadline = _Deadline(task_id, timeout)
         changed = Changes()
@@ -217,8 +219,11 @@ class BaseClient:
                         continue
                     if update is REMOVED:
                         return
-                    if changed(update):
-                        yield from Emit(update)
+                    said = changed(update)
+                    if said is not None:
+                        yield from Emit(said)
+                    if update.get("event") in ("log", "eta"):
+                        continue
                     if update["status"] in TERMINAL_STATUSES and (yield from self._settled(update, changed)):
                         return
                     deadline.check()
@@ -226,8 +231,9 @@ class BaseClient:
                 yield from Close()
         while True:
             update = status_update((yield from self._status(task_id)), task_id, "poll")
-            if changed(update):
-                yield from Emit(update)
+            said = changed(update)
+            if said is not None:
+                yield from Emit(said)
             if update.get("status") in TERMINAL_STATUSES:
                 return
             deadline.check()
@@ -246,8 +252,9 @@ class BaseClient:
         now = status_update((yield from self._status(update["taskId"])), update["taskId"], "poll")
         if now.get("status") != "failed":
             return False
-        if changed(now):
-            yield from Emit(now)
+        said = changed(now)
+        if said is not None:
+            yield from Emit(said)
         return True
 
     def _open_stream(self, task_id: str, deadline: _Deadline) -> Flow[None]:

@@ -2,8 +2,10 @@
 
 `SseParser` turns the stream's lines into (event, data) messages; `event_update`
 turns a message into an update, `status_update` a ``/status`` answer; `Changes`
-says whether an update shows anything new. A stream that is absent, refused or
-broken raises `StreamUnavailable`: `watch` polls instead.
+keeps what `watch` has said and turns each update into the one to yield (or None
+when it shows nothing new): log lines each once (by their number ``n``), a task's
+place in line and estimate carried while its status stays. A stream that is
+absent, refused or broken raises `StreamUnavailable`: `watch` polls instead.
 """
 
 from __future__ import annotations
@@ -60,21 +62,58 @@ def status_update(payload: Mapping[str, Any], task_id: str, source: str, event: 
     return update
 
 
-_WATCHED = ("status", "progress", "currentStep", "currentStepDescription", "error")
+_WATCHED = ("status", "progress", "currentStep", "currentStepDescription", "error", "queuePosition", "eta")
+#: What a task's place in line and estimate are carried with while its status stays.
+_OUTLOOK = ("queuePosition", "eta")
 
 
 class Changes:
-    """Whether an update differs (in what `watch` shows) from the last one that did."""
+    """What `watch` has said of the task, and what an update adds to it.
+
+    Calling it with an update answers the update to yield, or None when it shows nothing
+    new. A ``log`` event's update is the last state said with the new lines (``lines``:
+    those not said yet, by their number ``n``); a snapshot's log (``logs``) becomes its
+    ``lines`` the same way. An ``eta`` event's update is the last state with its
+    ``queuePosition`` and ``eta``; other updates keep those while the status stays.
+    """
 
     def __init__(self) -> None:
         self.last: tuple[Any, ...] | None = None
+        self.state: Json = {}
+        self.last_line = 0
 
-    def __call__(self, update: Mapping[str, Any]) -> bool:
-        fingerprint = tuple(update.get(k) for k in _WATCHED)
-        if fingerprint == self.last:
-            return False
+    def _new_lines(self, lines: Any) -> list[Json]:
+        fresh = [line for line in lines or () if isinstance(line, dict) and int(line.get("n") or 0) > self.last_line]
+        if fresh:
+            self.last_line = max(int(line.get("n") or 0) for line in fresh)
+        return fresh
+
+    def __call__(self, update: Mapping[str, Any]) -> Json | None:
+        event = update.get("event")
+        if event == "log":
+            lines = self._new_lines(update.get("lines"))
+            if not lines or not self.state:
+                return None
+            return {**self.state, "event": "log", "lines": lines}
+        if event == "eta":
+            same = self.state.get("status") == update.get("status")
+            if not same or all(self.state.get(key) == update.get(key) for key in _OUTLOOK):
+                return None  # not the state said (its own event comes first), or nothing moved
+            self.state = {**self.state, **{key: update.get(key) for key in _OUTLOOK}}
+            self.last = tuple(self.state.get(k) for k in _WATCHED)
+            return {**self.state, "event": "eta"}
+        said = dict(update)
+        lines = self._new_lines(said.pop("logs", None))
+        for key in _OUTLOOK:
+            if key not in said:
+                same = self.state.get("status") == said.get("status")
+                said[key] = self.state.get(key) if same else None
+        self.state = said
+        fingerprint = tuple(said.get(k) for k in _WATCHED)
+        if fingerprint == self.last and not lines:
+            return None
         self.last = fingerprint
-        return True
+        return {**said, "lines": lines} if lines else said
 
 
 #: What `event_update` returns for a ``removed`` event.

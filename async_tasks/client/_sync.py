@@ -206,9 +206,13 @@ class TaskClient(BaseClient):
         Uses the push stream ``GET /tasks/{id}/events`` when the server has it (and
         `events` is true), else polls ``/status`` every `interval` seconds. Each update
         has the /status fields (status, progress, currentStep, currentStepDescription,
-        error...) plus ``taskId`` and ``source`` ("events" or "poll"). A failure that
-        an automatic retry follows does not end it. Raises `TimeoutError` after
-        `timeout` seconds.
+        error...) plus ``taskId`` and ``source`` ("events" or "poll"). On the stream it
+        also has ``queuePosition`` and ``eta`` (where the task stands in its session's
+        line, and when it should start and finish: ``startsInMs``, ``finishesInMs``), and
+        ``lines``: the log lines the executor wrote since the last update (each
+        ``{"n", "at", "message", "data"?}``, each once; absent when there are none). A
+        failure that an automatic retry follows does not end it. Raises `TimeoutError`
+        after `timeout` seconds.
         """
         flow = self._watch(task_id, interval=interval, timeout=timeout, events=events)
         with closing(flow), SyncDriver(self._http) as driver:

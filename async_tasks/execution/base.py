@@ -28,7 +28,7 @@ down; `log_fields` and `describe` are what every backend writes about an attempt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -112,6 +112,11 @@ class ExecutionBackend(Protocol):
     async def queue_position(self, task: Task) -> int | None:
         """1-based place of a waiting task among its own session's waiting tasks, or None
         (other sessions' tasks are never counted: they are not the caller's business)."""
+        ...
+
+    async def queue_positions(self, session_key: str, tasks: Sequence[Task]) -> dict[str, int]:
+        """`queue_position` of several tasks of one session at once (a page of a list), by
+        task id; those not waiting in line are absent. Costs one pass, not one per task."""
         ...
 
     async def load(self) -> ExecutionLoad: ...

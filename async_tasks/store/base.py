@@ -16,6 +16,11 @@ so no caller ever reads, decides and writes in two steps.
   entry into ``failed`` carries the attempt's `error`).
 - `report_progress` applies an executor's report and says whether it was accepted:
   a report for an attempt that is over (cancelled, timed out, superseded) is refused.
+  `add_logs` does the same for its log lines: it numbers them, keeps the task's log
+  within `policy.logs` (the oldest dropped and counted) and publishes them as one
+  ``log`` event.
+- `recent_durations` reads the run times of each executor's last completed attempts
+  (kept as they complete, in every process's view): what a wait is estimated from.
 - `finish` records how a running attempt ended (`Finish`), in one step: completed,
   failed, or failed and pending again for an automatic retry (never seen as failed by
   retention or expiry), or handed back by a worker that shut down.
@@ -36,13 +41,14 @@ so no caller ever reads, decides and writes in two steps.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
 from async_tasks.errors import CapacityExceeded, IdempotencyConflict, InvalidTransition, QuotaExceeded
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLimits, LogLine
 
 if TYPE_CHECKING:
     from async_tasks.clock import Clock
@@ -178,6 +184,12 @@ class StorePolicy(msgspec.Struct, frozen=True, kw_only=True):
     #: gone (None: as long as its task). A session keeps at most `idempotency_keys` of them.
     idempotency_window_ms: int | None = None
     idempotency_keys: int = 10_000
+    #: How much of its log a task keeps (lines, bytes; `add_logs` drops the oldest beyond).
+    logs: LogLimits = LogLimits()
+
+
+#: Run times of an executor's completed attempts a store keeps (the newest), for estimates.
+RECENT_DURATIONS = 20
 
 
 class Expiry(msgspec.Struct, frozen=True, kw_only=True):
@@ -372,6 +384,19 @@ class TaskStore(Protocol):
         task is no longer running that attempt."""
         ...
 
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        """Append log lines of `attempt` (their `n` is given here, following the task's last
+        line); beyond `policy.logs` the oldest lines go, counted in `logs_dropped` (the newest
+        always stays). Publishes the lines kept as one ``log`` event. False (and nothing
+        changes) when the task is no longer running that attempt."""
+        ...
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        """The run times (ms, start to completion) of each executor's last completed attempts,
+        newest first, at most `RECENT_DURATIONS` of each (every session's, even of tasks
+        removed since). An executor with none is absent."""
+        ...
+
     async def finish(
         self,
         session_key: str,
@@ -381,11 +406,12 @@ class TaskStore(Protocol):
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
     ) -> Task:
         """Record how running `attempt` ended, in one step (see `Finish`), with its last
-        held-back progress `report`; `InvalidTransition` when the task no longer runs that
-        attempt (or, with `owner`, runs it elsewhere) and nothing changes. Retention applies
-        as in `transition`."""
+        held-back progress `report` and log `lines` (added first, as `add_logs` would);
+        `InvalidTransition` when the task no longer runs that attempt (or, with `owner`, runs
+        it elsewhere) and nothing changes. Retention applies as in `transition`."""
         ...
 
     async def remove(self, session_key: str, task_id: str) -> Task:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Collection, Iterator
+from collections import deque
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import anyio.lowlevel
@@ -25,10 +26,11 @@ import anyio.lowlevel
 from async_tasks.buckets import TokenBuckets
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
     HISTORY_HEAD,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -51,6 +53,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_transition
+from async_tasks.task_log import LogBook, LogLine
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
@@ -112,6 +115,10 @@ class MemoryTaskStore:
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self.buckets = TokenBuckets(clock)
+        #: The sizes of each task's kept log lines (tasks that have a log).
+        self._logbooks: dict[str, LogBook] = {}
+        #: Run times of each executor's last completed attempts, newest first.
+        self._durations: dict[str, deque[int]] = {}
 
     # -- reads -------------------------------------------------------------------
 
@@ -340,17 +347,25 @@ class MemoryTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
     ) -> Task:
         # No await between the steps: on the event loop, this is one step.
         task = self._find(session_key, task_id)
         if task.status is not TaskStatus.RUNNING or task.attempts != attempt:
             raise refusal(task.id, task.status, "complete" if finish.kind == "completed" else "fail")
+        if lines:
+            self._add_logs(task, lines)
         if report is not None:
             self._apply_report(task, *report)
         if finish.kind == "completed":
-            return await self.transition(
+            task = await self.transition(
                 session_key, task_id, TaskStatus.COMPLETED, attempt=attempt, result=finish.result, reason=finish.reason
             )
+            recent = self._durations.get(task.executor)
+            if recent is None:
+                recent = self._durations[task.executor] = deque(maxlen=RECENT_DURATIONS)
+            recent.appendleft(task.duration_ms or 0)
+            return task
         task = await self.transition(
             session_key, task_id, TaskStatus.FAILED, attempt=attempt, error=finish.error, reason=finish.reason,
             dead_letter=finish.dead_letter and finish.kind == "failed",
@@ -393,6 +408,28 @@ class MemoryTaskStore:
             self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
         return True
 
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        session = self.sessions.get(session_key)
+        task = session.tasks.get(task_id) if session is not None else None
+        if task is None or task.status is not TaskStatus.RUNNING or task.attempts != attempt:
+            return False
+        if lines:
+            self._add_logs(task, lines)
+        return True
+
+    def _add_logs(self, task: Task, lines: Sequence[LogLine]) -> None:
+        book = self._logbooks.get(task.id)
+        if book is None:
+            book = self._logbooks[task.id] = LogBook()
+        first = task.logs_dropped + len(task.logs) + 1
+        added, dropped = book.append(task.logs, first, lines, self.policy.logs)
+        task.logs_dropped += dropped
+        if self.events.listeners and added:
+            self.events.publish(LogEvent.of(task, added))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        return {name: list(recent) for name in executors if (recent := self._durations.get(name))}
+
     async def remove(self, session_key: str, task_id: str) -> Task:
         task = self._find(session_key, task_id)
         if task.status is TaskStatus.RUNNING:
@@ -402,6 +439,7 @@ class MemoryTaskStore:
 
     def _forget(self, session: SessionTasks, task: Task, cause: str | None = None) -> None:
         del session.tasks[task.id]
+        self._logbooks.pop(task.id, None)
         session.counts[task.status] -= 1
         self._totals[task.status] -= 1
         session.changed_ms = self.clock.now_ms()

@@ -119,6 +119,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             shared=self.system.backend.events,
             max_streams=self.settings.max_streams,
             max_streams_per_session=self.settings.max_streams_per_session,
+            outlook=self.system.outlook,
         )
 
     def router(self) -> Router:

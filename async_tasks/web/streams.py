@@ -1,6 +1,6 @@
 """Push streams: task events to SSE and WebSocket clients, through Litestar channels.
 
-    store ──TaskEvent──▶ EventHub ──▶ StreamBridge ──▶ ChannelsPlugin channel ``session:<key>``
+    store ──TaskEvent/LogEvent──▶ EventHub ──▶ StreamBridge ──▶ ChannelsPlugin channel ``session:<key>``
                                                         └──▶ one Subscriber per open stream ──▶ SSE / WS
 
 The bridge is an `EventHub` listener. It forwards the events of a session only
@@ -11,9 +11,11 @@ lookup per event.
 
 * **Coalescing.** Progress events are throttled per task: the first report after a
   quiet `coalesce_window` goes out at once, later ones inside the window collapse
-  into one pending event (latest wins) sent when the window ends. Transitions and
-  removals are never coalesced and always flush the task's pending progress first,
-  so a client sees the order the store produced.
+  into one pending event (latest wins) sent when the window ends. Log events are
+  batched the same way: the lines written inside the window go out as one ``log``
+  event (none is lost; the store's bounds already apply). Transitions and removals are
+  never coalesced and always flush the task's pending lines and progress first, so a
+  client sees the order the store produced.
 * **Back-pressure.** Each open stream is a channels `Subscriber` with a bounded
   backlog (`max_backlog`, ``dropleft``). Overflow is counted in
   `events_dropped_total`; a stream that lost events re-synchronises by sending fresh
@@ -44,8 +46,9 @@ Channels runs on asyncio (``asyncio.Queue`` and tasks), like the rest of the ser
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -58,9 +61,10 @@ from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import BacklogStrategy, Subscriber
 
 from async_tasks.errors import QuotaExceeded, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EtaEvent, Event, EventHub, EventType, LogEvent, SnapshotEvent
 from async_tasks.store.base import TaskFilter, TaskStore
-from async_tasks.task import TERMINAL, Task
+from async_tasks.system import Outlook
+from async_tasks.task import TERMINAL, Task, TaskStatus
 
 if TYPE_CHECKING:
     from async_tasks.backends import EventSource
@@ -80,10 +84,11 @@ FRAME_CACHE_SIZE: Final = 4096
 _TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
 _KEEPALIVE_ITEM: Final = b""  # never a valid envelope
 _RESYNC_ITEM: Final = b"resync"  # nor this
+_LOOK_ITEM: Final = b"look"  # nor this: a task's stream looks again at where its task stands
 
 
 class Frame(NamedTuple):
-    """One message of a stream: the event type and the TaskEvent JSON (camelCase); for
+    """One message of a stream: the event type and the event's JSON (camelCase); for
     forwarded events also the SSE ``event:``/``data:`` lines and the WebSocket text,
     made once for every stream (`sse_lines` makes them for the others)."""
 
@@ -109,6 +114,115 @@ KEEPALIVE: Final = Frame("keep-alive", b"")
 #: The first item of every stream, once it is subscribed: whatever happens from then
 #: on reaches it. The HTTP layer waits for it before sending the response headers.
 OPENED: Final = Frame("opened", b"")
+
+
+#: Where queue positions and estimates come from: ``TaskSystem.outlook``.
+OutlookSource = Callable[[str, Sequence[Task]], Awaitable[dict[str, Outlook]]]
+#: Seconds between two estimates of a running task on its stream (its progress events
+#: ask for one), and between two looks at a waiting task's place (others' transitions ask).
+OUTLOOK_RUNNING_EVERY: Final = 2.0
+OUTLOOK_WAITING_EVERY: Final = 0.25
+#: An estimate that moved less than this (ms, as a time of day) is not sent again.
+OUTLOOK_MIN_CHANGE_MS: Final = 1000
+
+
+class _Outlook:
+    """When a task's stream sends an ``eta`` event (its queue position and estimate), and
+    what it last sent: after the snapshot; when the task changes status; while it runs, on
+    a progress event at most every `OUTLOOK_RUNNING_EVERY`; while it waits, when another
+    task of the session changes status (the line may have moved), at most every
+    `OUTLOOK_WAITING_EVERY` (a move sooner than that is looked at when that time is up).
+    Sent only when the place, the status or the estimated times moved (by
+    `OUTLOOK_MIN_CHANGE_MS` or more)."""
+
+    __slots__ = ("bridge", "last", "looked", "scheduled", "session_key", "status", "subscriber", "task_id")
+
+    def __init__(self, bridge: StreamBridge, session_key: str, task_id: str, subscriber: StreamSubscriber) -> None:
+        self.bridge = bridge
+        self.session_key = session_key
+        self.task_id = task_id
+        self.subscriber = subscriber
+        self.status = ""
+        self.looked = -math.inf
+        #: A later look is on its way (`StreamBridge.look_later`).
+        self.scheduled = False
+        #: (status, attempt, place, starts at, finishes at) of the last event sent.
+        self.last: tuple[str, int, int | None, int | None, int | None] | None = None
+
+    def changed_by(self, envelope: _Envelope) -> bool:
+        """Whether an event of the task itself calls for a fresh look."""
+        if envelope.type == EventType.TRANSITION.value or envelope.status != self.status:
+            return True
+        return envelope.type == EventType.PROGRESS.value and self._due(OUTLOOK_RUNNING_EVERY)
+
+    def moved_by(self, envelope: _Envelope) -> bool:
+        """Whether another task's event may have moved this one's place in line and calls
+        for a look now (too soon after the last one: a look is scheduled instead)."""
+        if self.status != TaskStatus.PENDING.value or envelope.type not in _MOVES_LINE:
+            return False
+        if self._due(OUTLOOK_WAITING_EVERY):
+            return True
+        if not self.scheduled:
+            self.scheduled = True
+            self.bridge.look_later(self.subscriber, self.looked + OUTLOOK_WAITING_EVERY - time.monotonic())
+        return False
+
+    def _due(self, every: float) -> bool:
+        return time.monotonic() - self.looked >= every
+
+    async def frame(self, *, own: bool = True) -> Frame | None:
+        """The ``eta`` event to send now, if what the task's outlook says changed. Looking
+        because another task moved (not `own`), nothing is sent once this task's status has
+        changed too: its own event, still on its way to the stream, comes first."""
+        bridge = self.bridge
+        if bridge.outlook is None:
+            return None
+        self.looked = time.monotonic()
+        task = await bridge._task(self.session_key, self.task_id)
+        if task is None or not task.is_active or (not own and task.status.value != self.status):
+            return None
+        self.status = task.status.value
+        outlook = await bridge.outlook_of(self.session_key, task)
+        place = outlook.queue_position if outlook is not None else None
+        guess = outlook.eta if outlook is not None else None
+        now = bridge.store.clock.now_ms()
+        starts = None if guess is None or guess.starts_in_ms is None else now + guess.starts_in_ms
+        finishes = None if guess is None else now + guess.finishes_in_ms
+        state = (self.status, task.attempts, place, starts, finishes)
+        said = self.last
+        self.last = state
+        if said is None and place is None and guess is None:
+            return None  # nothing to say (not waiting in line, nothing to estimate from)
+        if said is not None and not _moved(said, state):
+            return None
+        event = EtaEvent(
+            task_id=task.id,
+            session_key=task.session_key,
+            status=self.status,
+            attempt=task.attempts,
+            at=task.updated_at,
+            queue_position=place,
+            eta=guess,
+        )
+        return Frame(EventType.ETA.value, _encode(event))
+
+
+def _moved(
+    before: tuple[str, int, int | None, int | None, int | None],
+    after: tuple[str, int, int | None, int | None, int | None],
+) -> bool:
+    if before[:3] != after[:3]:
+        return True
+    for old, new in zip(before[3:], after[3:], strict=True):
+        if (old is None) != (new is None) or (
+            old is not None and new is not None and abs(new - old) >= OUTLOOK_MIN_CHANGE_MS
+        ):
+            return True
+    return False
+
+
+#: Events of other tasks that can move a waiting task's place in its session's line.
+_MOVES_LINE: Final = frozenset({EventType.TRANSITION.value, EventType.REMOVED.value})
 
 
 class _Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -168,20 +282,34 @@ class _Session:
         self.subscribers: set[StreamSubscriber] = set()
         #: Streams open or opening here (counted before subscribing, for the caps).
         self.streams = 0
-        #: task id -> monotonic time its last progress event went out (coalescing only).
-        self.last_sent: dict[str, float] = {}
+        #: (task id, event type) -> monotonic time its last progress or log event went out
+        #: (coalescing only).
+        self.last_sent: dict[tuple[str, EventType], float] = {}
 
 
 class _Pending:
-    """The latest progress event of a task held back by coalescing."""
+    """A task's progress event held back by coalescing (the latest), or its log lines (all
+    of them, as one event)."""
 
     __slots__ = ("due", "event", "seq", "session")
 
-    def __init__(self, session: _Session, event: TaskEvent, seq: int, due: float) -> None:
+    def __init__(self, session: _Session, event: Event, seq: int, due: float) -> None:
         self.session = session
         self.event = event
         self.seq = seq
         self.due = due
+
+    def add(self, event: Event, seq: int) -> None:
+        """A later event of the same kind: progress replaces, lines join the batch."""
+        if isinstance(event, LogEvent) and isinstance(self.event, LogEvent):
+            lines = [*self.event.lines, *event.lines]
+            event = msgspec.structs.replace(event, lines=lines[-MAX_BATCHED_LINES:])
+        self.event, self.seq = event, seq
+
+
+#: Log lines held for one task inside a coalescing window (a flood keeps the newest).
+MAX_BATCHED_LINES: Final = 10_000
+_COALESCED: Final = frozenset({EventType.PROGRESS, EventType.LOG})
 
 
 class StreamBridge:
@@ -198,6 +326,7 @@ class StreamBridge:
         max_streams: int | None = None,
         max_streams_per_session: int | None = None,
         shared: EventSource | None = None,
+        outlook: OutlookSource | None = None,
     ) -> None:
         """
         Args:
@@ -210,7 +339,10 @@ class StreamBridge:
             shared: the backend's event source, when changes happen in other processes
                 too (Redis): the bridge then only subscribes to its channels, and takes
                 snapshots and floors from it.
+            outlook: where a task's queue position and estimate come from
+                (`TaskSystem.outlook`): a task's stream sends them as ``eta`` events.
         """
+        self.outlook = outlook
         if shared is not None and backend is None:
             backend = shared.channels_backend(on_resubscribe=self.resync)
         self.max_streams = max_streams
@@ -241,7 +373,8 @@ class StreamBridge:
         self._closing: anyio.Event | None = None
         self._wakeup: anyio.Event | None = None
         self._seq = 0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[tuple[str, EventType], _Pending] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
         self._detach: Callable[[], None] | None = None
         self.shared = shared
         self.channel_prefix = shared.channel_prefix if shared is not None else CHANNEL_PREFIX
@@ -283,10 +416,12 @@ class StreamBridge:
         self.running = True
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._flush_loop)
                 tg.start_soon(self._keepalive_loop)
                 task_status.started()
         finally:
+            self._tg = None
             self.close()
             self.running = False
             with anyio.move_on_after(2, shield=True):
@@ -308,6 +443,16 @@ class StreamBridge:
                 subscriber.dropped += 1
                 subscriber.put_nowait(_RESYNC_ITEM)
 
+    def look_later(self, subscriber: StreamSubscriber, delay: float) -> None:
+        """Have a task's stream look again at where its task stands in `delay` seconds."""
+        if self._tg is not None:
+            self._tg.start_soon(self._wake, subscriber, delay)
+
+    @staticmethod
+    async def _wake(subscriber: StreamSubscriber, delay: float) -> None:
+        await anyio.sleep(delay)
+        subscriber.put_nowait(_LOOK_ITEM)
+
     def _count_drop(self) -> None:
         self.events_dropped_total += 1
 
@@ -318,46 +463,49 @@ class StreamBridge:
 
     # -- from the hub: coalescing and forwarding -------------------------------------
 
-    def _on_event(self, event: TaskEvent) -> None:
+    def _on_event(self, event: Event) -> None:
         # Called synchronously inside the store's transition: never raise into it.
         try:
             self._forward(event)
         except Exception:
             logger.exception("Could not forward a %s event of task %s", event.type.value, event.task_id)
 
-    def _forward(self, event: TaskEvent) -> None:
+    def _forward(self, event: Event) -> None:
         session = self.sessions.get(event.session_key)
         if session is None or not self.running or self.closing.is_set():
             return  # nobody in this session is listening
         self._seq += 1
         seq = self._seq
         task_id = event.task_id
-        if event.type is EventType.PROGRESS:
+        if event.type in _COALESCED:
             window = self.coalesce_window
             if window > 0:
-                pending = self._pending.get(task_id)
+                key = (task_id, event.type)
+                pending = self._pending.get(key)
                 if pending is not None:
-                    pending.event, pending.seq = event, seq
+                    pending.add(event, seq)
                     self.events_coalesced_total += 1
                     return
                 now = time.monotonic()
-                last = session.last_sent.get(task_id)
+                last = session.last_sent.get(key)
                 if last is not None and now - last < window:
-                    self._pending[task_id] = _Pending(session, event, seq, last + window)
+                    self._pending[key] = _Pending(session, event, seq, last + window)
                     if self._wakeup is not None:
                         self._wakeup.set()
                     return
-                session.last_sent[task_id] = now
+                session.last_sent[key] = now
             self._publish(session, event, seq)
             return
-        pending = self._pending.pop(task_id, None)
-        if pending is not None:
-            self._publish(session, pending.event, pending.seq)
+        for kind in (EventType.LOG, EventType.PROGRESS):  # held back: they came first
+            pending = self._pending.pop((task_id, kind), None)
+            if pending is not None:
+                self._publish(session, pending.event, pending.seq)
         if event.type is EventType.REMOVED or event.status in _TERMINAL_VALUES:
-            session.last_sent.pop(task_id, None)
+            for kind in _COALESCED:
+                session.last_sent.pop((task_id, kind), None)
         self._publish(session, event, seq)
 
-    def _publish(self, session: _Session, event: TaskEvent, seq: int) -> None:
+    def _publish(self, session: _Session, event: Event, seq: int) -> None:
         data = _encode(event)
         envelope = _Envelope(seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(data))
         raw = _encode(envelope)
@@ -378,11 +526,11 @@ class StreamBridge:
                 self._flush_due(time.monotonic())
 
     def _flush_due(self, now: float) -> None:
-        for task_id, pending in list(self._pending.items()):
+        for key, pending in list(self._pending.items()):
             if pending.due <= now:
-                del self._pending[task_id]
+                del self._pending[key]
                 if self.sessions.get(pending.session.key) is pending.session:
-                    pending.session.last_sent[task_id] = now
+                    pending.session.last_sent[key] = now
                     self._publish(pending.session, pending.event, pending.seq)
 
     async def _keepalive_loop(self) -> None:
@@ -443,8 +591,8 @@ class StreamBridge:
                     self._forget_channel(session.channel)
                 if not session.streams and not session.subscribers and self.sessions.get(session_key) is session:
                     del self.sessions[session_key]
-                    for task_id in [tid for tid, p in self._pending.items() if p.session is session]:
-                        del self._pending[task_id]
+                    for key in [key for key, p in self._pending.items() if p.session is session]:
+                        del self._pending[key]
                     if not self.sessions:
                         self._detach_hub()
 
@@ -515,6 +663,9 @@ class StreamBridge:
             yield snapshot
             if settled:
                 return
+            outlook = _Outlook(self, session_key, task_id, subscriber)
+            if (ahead := await outlook.frame()) is not None:
+                yield ahead
             seen_drops = 0
             async for raw in subscriber.iter_events():
                 if self.closing.is_set():
@@ -533,14 +684,31 @@ class StreamBridge:
                     continue
                 if raw == _RESYNC_ITEM:
                     continue
+                if raw == _LOOK_ITEM:
+                    outlook.scheduled = False
+                    if (ahead := await outlook.frame(own=False)) is not None:
+                        yield ahead
+                    continue
                 envelope, frame = self._frame_of(raw)
-                if envelope.seq <= floor or envelope.task_id != task_id:
+                if envelope.seq <= floor:
+                    continue
+                if envelope.task_id != task_id:
+                    if outlook.moved_by(envelope) and (ahead := await outlook.frame(own=False)) is not None:
+                        yield ahead
                     continue
                 yield frame
                 if envelope.type == EventType.REMOVED.value:
                     return
                 if envelope.status in _TERMINAL_VALUES and await self._settled(session_key, envelope):
                     return
+                if outlook.changed_by(envelope) and (ahead := await outlook.frame()) is not None:
+                    yield ahead
+
+    async def outlook_of(self, session_key: str, task: Task) -> Outlook | None:
+        """The task's queue position and estimate (None without an `outlook` source)."""
+        if self.outlook is None:
+            return None
+        return (await self.outlook(session_key, [task])).get(task.id)
 
     async def _settled(self, session_key: str, envelope: _Envelope) -> bool:
         """Whether the task is still where this terminal event left it (no automatic
@@ -579,8 +747,9 @@ class StreamBridge:
     async def _snapshots(self, session_key: str) -> list[Frame]:
         """Snapshots of all the session's tasks, oldest first, read at one moment."""
         page = await self.store.query(session_key, TaskFilter())
-        return [self._snapshot(task) for task in reversed(page.tasks)]
+        return [self._snapshot(task, whole=False) for task in reversed(page.tasks)]
 
     @staticmethod
-    def _snapshot(task: Task) -> Frame:
-        return Frame(EventType.SNAPSHOT.value, _encode(TaskEvent.of(task, EventType.SNAPSHOT)))
+    def _snapshot(task: Task, *, whole: bool = True) -> Frame:
+        """A snapshot of `task`: with its whole log on a task's stream, its latest lines on a session's."""
+        return Frame(EventType.SNAPSHOT.value, _encode(SnapshotEvent.of_task(task, whole=whole)))

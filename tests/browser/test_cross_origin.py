@@ -18,6 +18,7 @@ phone-sized page with no session.
 from __future__ import annotations
 
 import http.server
+import itertools
 import os
 import re
 import shutil
@@ -306,17 +307,35 @@ def follow(front_end: Any, api: str, executor: str, params: dict[str, Any], tran
 
 
 def assert_each_update_once(outcome: dict[str, Any]) -> None:
-    """Every state once (attempt and time never repeat with the same content, never go back),
-    progress never back, the last one completed, and the end after it."""
+    """Every update once: each brings a new state (attempt and time never go back), new log
+    lines (each line once, in order) or a new place in line or estimate; progress never
+    back, the last one completed, and the end after it."""
     updates = outcome["updates"]
     states = [(u["attempt"], u["at"], u["status"], u["progress"], u["currentStep"]) for u in updates]
-    assert len(states) == len(set(states)), states
     assert states == sorted(states, key=lambda s: (s[0], s[1])), states
+    said = [
+        (*state, [line["n"] for line in u.get("logs") or []], u["queuePosition"], (u["eta"] or {}).get("finishesAt"))
+        for state, u in zip(states, updates, strict=True)
+    ]
+    assert all(a != b for a, b in itertools.pairwise(said)), said
+    for u in updates:
+        numbers = [line["n"] for line in u.get("logs") or []]
+        assert numbers == sorted(set(numbers)), numbers  # each line once, in order
     progress = [u["progress"] for u in updates]
     assert progress == sorted(progress), progress
     assert updates[-1]["status"] == "completed" and updates[-1]["progress"] == 100
     assert outcome["ended"]["reason"] == "completed" and outcome["ended"]["last"] == updates[-1]
     assert outcome["ended"]["delivered"] == len(updates)  # nothing after the end
+
+
+#: The log lines of the `sample` executor: one per step.
+SAMPLE_LOG = [
+    "Initializing: Setting up the task environment",
+    "Loading Data: Loading the input data set",
+    "Processing Data: Analyzing input data and preparing output",
+    "Generating Results: Building the result summary",
+    "Finalizing: Cleaning up and saving the results",
+]
 
 
 def test_a_page_imports_the_client_and_follows_a_task_through_a_dropped_connection(
@@ -329,6 +348,10 @@ def test_a_page_imports_the_client_and_follows_a_task_through_a_dropped_connecti
     outcome = follow(front_end, api, "sample", {"delayMs": 1500})
     assert_each_update_once(outcome)
     assert [u["currentStep"] for u in outcome["updates"]][-1] == "Finalizing"
+    # Its log lines arrived live (before the end), each once through the cut.
+    last_log = outcome["updates"][-1]["logs"]
+    assert [(line["n"], line["message"]) for line in last_log] == list(enumerate(SAMPLE_LOG, 1))
+    assert any(u["status"] == "running" and u.get("logs") for u in outcome["updates"])
     assert outcome["used"] == ["sse", "sse"], outcome["used"]  # the stream again, after the cut
     assert cutter.opened[f"/api/v1/tasks/{outcome['taskId']}/events"] == 2
     assert outcome["listed"] == [outcome["taskId"]] and outcome["token"]  # the session it was given
@@ -437,6 +460,9 @@ def test_a_share_link_opens_on_a_phone_without_a_session(browser: Any, api: str)
         sync_api.expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
         sync_api.expect(page.locator("#step-name")).to_have_text("Finalizing")
         sync_api.expect(page.locator("#live")).to_have_attribute("data-mode", "ended")
+        logs = page.locator("#logs li")  # its log lines, each once
+        sync_api.expect(logs).to_have_count(len(SAMPLE_LOG))
+        sync_api.expect(logs.last).to_contain_text(SAMPLE_LOG[-1])
         progress = [int(value) for value in seen]
         assert progress == sorted(progress) and len(set(progress)) >= 3, progress  # it moved, never back
         assert page.evaluate("document.documentElement.scrollWidth") <= 390

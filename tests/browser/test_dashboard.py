@@ -306,6 +306,78 @@ def test_a_dead_lettered_task_is_marked_and_its_history_starts_at_creation(page:
     expect(details).not_to_contain_text("—")
 
 
+#: Records, on the page, each change of a card's latest log line with the card's status then.
+LOG_WATCH = """
+window.logSeen = [];
+new MutationObserver(() => {
+  for (const card of document.querySelectorAll("li.task")) {
+    const latest = card.querySelector(".log-latest")?.textContent ?? "";
+    const seen = window.logSeen.filter((entry) => entry.id === card.dataset.taskId);
+    if (latest && seen.at(-1)?.latest !== latest) {
+      window.logSeen.push({ id: card.dataset.taskId, status: card.dataset.status, latest });
+    }
+  }
+}).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+"""
+
+
+def test_log_lines_appear_live_on_the_card(page: Page, live_server: str) -> None:
+    """A batch's log lines reach its card from the event stream while it runs, the latest
+    in the log's summary; opened, the log lists every line once; after a reload the card
+    reads the whole log when it is opened."""
+    page.add_init_script(LOG_WATCH)
+    open_dashboard(page, live_server)
+    expect(page.locator("#live")).to_have_attribute("data-mode", "stream")
+    submit(page, "batch", items='alpha\nbeta\n{"fail": true}\n4', itemDelayMs="250")
+    card = page.locator("li.task").first
+    log = card.locator(".task-log")
+    expect(card.locator(".badge")).to_have_text("completed")
+    expect(log.locator(".log-count")).to_have_text("Log · 5 lines")
+    expect(log.locator(".log-latest")).to_have_text("Done: 3 succeeded, 1 failed")
+    seen = page.evaluate("window.logSeen")
+    running = [entry["latest"] for entry in seen if entry["status"] == "running"]
+    assert 'Item 1: "alpha" — ok' in running, seen  # shown while the task ran, not at its end
+    log.locator("summary").click()
+    lines = log.locator(".log-lines li")
+    expect(lines).to_have_count(5)
+    expect(lines.nth(2)).to_contain_text('Item 3: {"fail":true} — failed: item asked to fail')
+    expect(lines.nth(2)).to_contain_text('"status":"error"')  # the line's partial result
+    page.reload()
+    expect(page.locator("body[data-ready=true]")).to_be_attached()
+    log = page.locator("li.task").first.locator(".task-log")
+    expect(log.locator(".log-count")).to_have_text("Log · 5 lines")  # the list's latest lines
+    log.locator("summary").click()
+    expect(log.locator(".log-lines li")).to_have_count(5)  # the whole log, read on opening
+    expect(log.locator(".log-lines li").first).to_contain_text('Item 1: "alpha" — ok')
+
+
+def test_a_waiting_task_shows_its_place_in_line_and_an_estimate(browser: Browser) -> None:
+    """With one slot, a second task waits: its card says it is 1st in line and when it should
+    start (from the first run's duration), then how long it has left once it runs."""
+    with serve_in_thread(WithCSP(live_app(max_concurrent_tasks=1))) as url:
+        context, problems = offline_context(browser, viewport={"width": 1600, "height": 1000})
+        page = context.new_page()
+        try:
+            open_dashboard(page, url)
+            with TaskClient(url, token=session_token(page)) as tasks:
+                tasks.wait(tasks.demo("sample", delayMs=1500)["id"], timeout=15)  # how long a run takes
+                first = tasks.demo("sample", delayMs=1500)
+                second = tasks.demo("sample", delayMs=1500)
+            waiting = page.locator(f'li.task[data-task-id="{second["id"]}"]')
+            expect(waiting.locator(".task-outlook")).to_have_text(
+                re.compile(r"^1st in line · (starts in about \d+ s|starting any moment now)$")
+            )
+            running = page.locator(f'li.task[data-task-id="{first["id"]}"]')
+            expect(running.locator(".task-outlook")).to_have_text(re.compile(r"(about \d+ s left|any moment now)$"))
+            expect(waiting.locator(".badge")).to_have_text("running")
+            expect(waiting.locator(".task-outlook")).to_have_text(re.compile(r"(about \d+ s left|any moment now)$"))
+            expect(waiting.locator(".badge")).to_have_text("completed")
+            expect(waiting.locator(".task-outlook")).to_be_hidden()
+        finally:
+            context.close()
+        assert problems == [], f"Problems on the page: {problems}"
+
+
 def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:
     open_dashboard(page, live_server)
     expect(page.locator("#cleanup")).to_contain_text("50 completed · 20 failed")

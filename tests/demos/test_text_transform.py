@@ -15,6 +15,7 @@ async def test_reverses_and_appends_length() -> None:
     assert run.result["taskId"] == run.task.id
     assert run.steps == ["Reading Payload", "Reversing", "Measuring"]
     assert [r.percent for r in run.reports] == [0, 40, 80]
+    assert run.messages == ["Reversed 12 characters"] and run.logs[0].data == {"length": 12}
 
 
 async def test_empty_payload_is_refused() -> None:

@@ -34,6 +34,24 @@ class HoldExecutor(TaskExecutor[HoldParams]):
             self.stopping.setdefault(task.id, anyio.Event()).set()
 
 
+class ChattyParams(TaskParams):
+    lines: int = 0
+    hold: bool = False
+
+
+class ChattyExecutor(TaskExecutor[ChattyParams]):
+    """Writes `lines` log lines as fast as it can (``line 1``, ...; every tenth with data),
+    then holds until cancelled if asked, else completes."""
+
+    name = "chatty"
+
+    async def execute(self, task: Task[ChattyParams], progress: Any) -> None:
+        for i in range(1, task.params.lines + 1):
+            await progress.log(f"line {i}", data={"i": i} if i % 10 == 0 else None)
+        if task.params.hold:
+            await anyio.sleep_forever()
+
+
 class CountedExecutor(ScriptExecutor):
     """The script executor, counting how many of its runs execute at once (the engines of
     a test share one process, so the count covers every worker)."""
@@ -52,4 +70,10 @@ class CountedExecutor(ScriptExecutor):
             cls.executing -= 1
 
 
-EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [ScriptExecutor, BlockingExecutor, HoldExecutor, CountedExecutor]
+EXECUTORS: list[type[TaskExecutor[Any, Any]]] = [
+    ScriptExecutor,
+    BlockingExecutor,
+    HoldExecutor,
+    CountedExecutor,
+    ChattyExecutor,
+]

@@ -4,8 +4,10 @@ Each test pins one promise of `async_tasks.store.base.TaskStore`: the state mach
 and its history, compare-and-set on status and attempt, progress accepted only from
 the running attempt, idempotent and quota-checked creation, counts kept without
 scans, pages, removal and retention; and the store's own bounds: server-wide caps
-checked with the insert, retention as a task finishes, capped histories, and the
-time limits of `expire` (on the store's clock).
+checked with the insert, retention as a task finishes, capped histories, the
+time limits of `expire` (on the store's clock), and task logs kept within their bounds
+(lines and bytes per task: the oldest dropped and counted), with the run times that
+estimates read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import itertools
 import uuid
 
 import anyio
+import msgspec
 import pytest
 
 from async_tasks.errors import (
@@ -24,11 +27,13 @@ from async_tasks.errors import (
     QuotaExceeded,
     TaskNotFound,
 )
-from async_tasks.events import TaskEvent
+from async_tasks.events import Event, LogEvent, TaskEvent
 from async_tasks.store.base import (
     HISTORY_HEAD,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
+    Finish,
     Idempotency,
     Retention,
     StorePolicy,
@@ -36,6 +41,7 @@ from async_tasks.store.base import (
     TaskStore,
 )
 from async_tasks.task import TRANSITIONS, Task, TaskStatus, can_transition
+from async_tasks.task_log import RECENT_LINES, LogLimits, LogLine
 from async_tasks.testing import FakeClock
 from tests.store.conftest import MakeStore
 
@@ -385,7 +391,7 @@ async def test_trim_of_one_session_leaves_the_others(store: TaskStore) -> None:
 
 
 async def test_every_change_is_published_to_the_event_source(store: TaskStore) -> None:
-    events: list[TaskEvent] = []
+    events: list[Event] = []
     unsubscribe = store.events.subscribe(events.append)
     task = await add(store, status=TaskStatus.RUNNING)
     await store.report_progress("s", task.id, 1, 30, "Step", None)
@@ -399,7 +405,9 @@ async def test_every_change_is_published_to_the_event_source(store: TaskStore) -
         ("transition", "completed"),
         ("removed", "completed"),
     ]
-    assert events[3].result == {"ok": True} and events[3].attempt == 1 and events[3].name == "t"
+    completed = events[3]
+    assert isinstance(completed, TaskEvent)
+    assert completed.result == {"ok": True} and completed.attempt == 1 and completed.name == "t"
 
 
 async def test_token_buckets_refill_at_their_rate(store: TaskStore) -> None:
@@ -462,7 +470,7 @@ async def test_concurrent_creates_in_fresh_sessions_never_exceed_the_caps(store:
 
 async def test_retention_applies_when_a_task_finishes(store: TaskStore) -> None:
     store.policy = StorePolicy(retention=Retention(max_completed=2, max_failed=1, max_cancelled=0))
-    events: list[TaskEvent] = []
+    events: list[Event] = []
     store.events.subscribe(events.append)
     done = [await add(store, status=TaskStatus.COMPLETED) for _ in range(4)]
     assert {t.id for t in (await store.query("s", TaskFilter())).tasks} == {done[2].id, done[3].id}
@@ -572,3 +580,135 @@ async def test_expire_of_one_session_leaves_the_others(make_store: MakeStore) ->
     clock.advance(120)
     result = await store.expire(Expiry(finished_ttl_ms=60_000), "a")
     assert result.finished == 1 and (await store.counts("b")).total == 1
+
+
+# -- task logs: numbered lines within the log bounds ----------------------------------
+
+
+def line(message: str, at: int = 1, data: object = None) -> LogLine:
+    return LogLine(at=at, message=message, data=data)
+
+
+def log_of(task: Task) -> list[tuple[int, str]]:
+    return [(entry.n, entry.message) for entry in task.logs]
+
+
+async def test_log_lines_are_numbered_kept_and_published_as_one_event(store: TaskStore) -> None:
+    """An attempt's lines are kept on the task in order, numbered from 1, with their time and
+    data, and published as one `log` event."""
+    task = await add(store, status=TaskStatus.RUNNING)
+    events: list[Event] = []
+    unsubscribe = store.events.subscribe(events.append)
+    assert await store.add_logs("s", task.id, 1, [line("one", 5), line("two", 6, {"rows": [1, 2]})])
+    assert await store.add_logs("s", task.id, 1, [line("three", 7)])
+    unsubscribe()
+    kept = await store.get("s", task.id)
+    assert kept.logs == [
+        LogLine(n=1, at=5, message="one"),
+        LogLine(n=2, at=6, message="two", data={"rows": [1, 2]}),
+        LogLine(n=3, at=7, message="three"),
+    ]
+    assert kept.logs_dropped == 0 and kept.status is TaskStatus.RUNNING
+    assert [(type(e).__name__, e.type.value) for e in events] == [("LogEvent", "log"), ("LogEvent", "log")]
+    first = events[0]
+    assert isinstance(first, LogEvent)
+    assert [entry.n for entry in first.lines] == [1, 2] and first.attempt == 1 and first.status == "running"
+
+
+async def test_a_log_keeps_its_newest_lines_and_counts_those_dropped(store: TaskStore) -> None:
+    """Beyond TASK_LOG_LINES the oldest lines go, counted in `logsDropped`; numbering goes on."""
+    store.policy = StorePolicy(logs=LogLimits(lines=3, line_bytes=100, task_bytes=10_000))
+    task = await add(store, status=TaskStatus.RUNNING)
+    events: list[Event] = []
+    unsubscribe = store.events.subscribe(events.append)
+    await store.add_logs("s", task.id, 1, [line(f"l{i}") for i in range(1, 3)])
+    await store.add_logs("s", task.id, 1, [line(f"l{i}") for i in range(3, 8)])  # more than the bound at once
+    unsubscribe()
+    kept = await store.get("s", task.id)
+    assert log_of(kept) == [(5, "l5"), (6, "l6"), (7, "l7")] and kept.logs_dropped == 4
+    last = events[-1]
+    assert isinstance(last, LogEvent)
+    assert [entry.n for entry in last.lines] == [5, 6, 7] and last.logs_dropped == 4  # only lines still kept
+
+
+async def test_a_log_keeps_within_its_byte_bound_and_always_its_newest_line(store: TaskStore) -> None:
+    """Beyond TASK_LOG_BYTES (each line counted as its JSON) the oldest lines go; the newest
+    line stays even when it alone is over."""
+    one = len(msgspec.json.encode(LogLine(n=1, at=1, message="x" * 50)))
+    store.policy = StorePolicy(logs=LogLimits(lines=100, line_bytes=100, task_bytes=3 * one))
+    task = await add(store, status=TaskStatus.RUNNING)
+    await store.add_logs("s", task.id, 1, [line("x" * 50) for _ in range(5)])
+    kept = await store.get("s", task.id)
+    assert [n for n, _ in log_of(kept)] == [3, 4, 5] and kept.logs_dropped == 2
+    await store.add_logs("s", task.id, 1, [line("y" * 500)])
+    kept = await store.get("s", task.id)
+    assert log_of(kept) == [(6, "y" * 500)] and kept.logs_dropped == 5
+
+
+async def test_log_lines_are_accepted_only_from_the_running_attempt(store: TaskStore) -> None:
+    """As late progress: lines of an attempt that is over, of another attempt or of another
+    session's task are refused and change nothing."""
+    task = await add(store, status=TaskStatus.RUNNING)
+    assert await store.add_logs("s", task.id, 1, [line("kept")])
+    assert not await store.add_logs("s", task.id, 2, [line("other attempt")])
+    assert not await store.add_logs("other", task.id, 1, [line("other session")])
+    await store.transition("s", task.id, TaskStatus.CANCELLED)
+    assert not await store.add_logs("s", task.id, 1, [line("late")])
+    assert log_of(await store.get("s", task.id)) == [(1, "kept")]
+    pending = await add(store)
+    assert not await store.add_logs("s", pending.id, 0, [line("not started")])
+
+
+async def test_a_log_outlives_a_retry_and_summaries_carry_its_latest_lines(store: TaskStore) -> None:
+    """A retry keeps the log (the next attempt's lines follow on); a page's summaries carry
+    at least the latest RECENT_LINES lines."""
+    task = await add(store, status=TaskStatus.RUNNING)
+    await store.add_logs("s", task.id, 1, [line(f"first {i}") for i in range(4)])
+    await store.transition("s", task.id, TaskStatus.FAILED, error="boom")
+    await store.transition("s", task.id, TaskStatus.PENDING)
+    await store.transition("s", task.id, TaskStatus.RUNNING)
+    assert await store.add_logs("s", task.id, 2, [line("second")])
+    assert log_of(await store.get("s", task.id))[-2:] == [(4, "first 3"), (5, "second")]
+    listed = (await store.query("s", TaskFilter())).tasks[0]
+    assert log_of(listed)[-RECENT_LINES:] == [(3, "first 2"), (4, "first 3"), (5, "second")]
+
+
+async def test_finish_stores_the_last_lines_before_the_outcome(store: TaskStore) -> None:
+    """Lines held back to the end are stored with the outcome, published before it; not when
+    the finish is refused."""
+    task = await add(store, status=TaskStatus.RUNNING)
+    events: list[Event] = []
+    unsubscribe = store.events.subscribe(events.append)
+    done = await store.finish("s", task.id, 1, Finish(kind="completed", reason="completed"), lines=[line("last")])
+    unsubscribe()
+    assert log_of(done) == [(1, "last")] and done.status is TaskStatus.COMPLETED
+    assert [e.type.value for e in events] == ["log", "transition"]
+    with pytest.raises(InvalidTransition):
+        await store.finish("s", task.id, 1, Finish(kind="failed", reason="x"), lines=[line("too late")])
+    assert log_of(await store.get("s", task.id)) == [(1, "last")]
+
+
+# -- run times, for estimates --------------------------------------------------------------
+
+
+async def test_recent_durations_keep_each_executors_latest_completed_runs(make_store: MakeStore) -> None:
+    """The run times of completed attempts, per executor, newest first, at most RECENT_DURATIONS,
+    kept after their tasks are gone; failures do not count."""
+    clock = FakeClock()
+    store = make_store(clock)
+
+    async def run(executor: str, seconds: float, *, fail: bool = False) -> Task:
+        task = await add(store, status=TaskStatus.RUNNING, executor=executor)
+        clock.advance(seconds)
+        outcome = Finish(kind="failed", reason="x", error="e") if fail else Finish(kind="completed", reason="ok")
+        return await store.finish("s", task.id, 1, outcome)
+
+    assert await store.recent_durations(["a"]) == {}
+    for seconds in range(1, RECENT_DURATIONS + 3):
+        done = await run("a", seconds)
+    await run("a", 99, fail=True)
+    await run("b", 0.25)
+    await store.remove("s", done.id)
+    found = await store.recent_durations(["a", "b", "c"])
+    assert found["a"] == [s * 1000 for s in range(RECENT_DURATIONS + 2, 2, -1)]
+    assert found["b"] == [250] and "c" not in found

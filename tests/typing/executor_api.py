@@ -29,7 +29,9 @@ class GreetExecutor(TaskExecutor[GreetParams, GreetConfig]):
     steps = (Step("Thinking", at=0), Step("Speaking", at=50))
 
     async def execute(self, task: Task[GreetParams], progress: Progress) -> dict[str, str]:
-        await progress(50, "Speaking", "Saying it")
+        await progress(50, "Speaking", "Saying it", data={"words": 2})
+        await progress.log("Said it", data={"to": task.params.who})
+        await progress.log(42)  # type: ignore[arg-type]
         async with progress.step("Waving", end=100):
             pass
         who: str = task.params.who
@@ -43,6 +45,7 @@ class BlockingGreet(TaskExecutor[GreetParams]):
 
     def execute(self, task: Task[GreetParams], progress: SyncProgress) -> str:
         progress(50)
+        progress.log("Shouting", data=[1, 2])
         return task.params.who.upper()
 
 

@@ -9,6 +9,8 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
                               id, _dv where its delivery is (p parked, d delayed, q dispatched),
                               _jw / _jk the worker and SAQ job key of its dispatch
     P h:<id>                  list: the task's history entries (JSON), capped by the policy
+    P l:<id>                  list: the task's log lines (JSON, with their `n`), oldest first, within
+                              the policy's log bounds; the hash keeps logsDropped and _lb (their bytes)
     P s:<session>             zset: the session's task ids by creation sequence
     P ss:<session>:<status>   zset: the same, per status (a page by status is O(page))
     P se:<session>:<executor> / P st:<session>:<tag> / P sd:<session>
@@ -30,6 +32,8 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P wq:<worker>             set: the tasks dispatched to the worker (queued or running)
     P seq                     the global sequence: events, creation order, job keys
     P b:<bucket>              token buckets (they expire once full)
+    P durations:<executor>    list: the run times (ms) of the executor's last completed attempts,
+                              newest first (RECENT_DURATIONS of them): what estimates read
     P op:<id>                 a removal's result, a minute (a re-sent removal answers with it)
     P reconcile               the reconciler's lock (one worker at a time)
     P suspects                hash: worker id -> when the reconciler first found its lease gone
@@ -60,6 +64,9 @@ class Keys:
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}t:{task_id}"
+
+    def durations(self, executor: str) -> str:
+        return f"{self.prefix}durations:{executor}"
 
     def counts(self, session_key: str) -> str:
         return f"{self.prefix}c:{session_key}"

@@ -10,7 +10,7 @@ task where it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -92,6 +92,9 @@ class RedisExecution:
 
     async def queue_position(self, task: Task) -> int | None:
         return await self.store.queue_position(task.session_key, task.id)
+
+    async def queue_positions(self, session_key: str, tasks: Sequence[Task]) -> dict[str, int]:
+        return await self.store.queue_positions(session_key, [task.id for task in tasks])
 
     async def load(self) -> ExecutionLoad:
         """Nothing runs in an API process; queued: every task waiting for a slot, and the

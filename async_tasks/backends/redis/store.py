@@ -39,9 +39,10 @@ from async_tasks.backends.redis.connection import Availability, reachable
 from async_tasks.backends.redis.keys import DEFAULT_PREFIX, Keys
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -63,6 +64,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
 TRIM_BATCH: Final = 1000
 #: Sessions `trim` and `expire` of every session look at per script call.
 TRIM_SESSIONS: Final = 200
+#: Tasks one query script reads at most (a longer page is several scripts).
+QUERY_CHUNK: Final = 250
 #: Tasks a session stream's snapshot shows (the newest), and the largest result it carries.
 SNAPSHOT_TASKS: Final = 200
 SNAPSHOT_RESULT_BYTES: Final = 16_384
@@ -153,6 +157,7 @@ def _config(policy: StorePolicy, limits: RunLimits) -> str:
     )
     values += [policy.max_history, limits.global_limit, limits.per_session]
     values += [policy.idempotency_window_ms, policy.idempotency_keys]
+    values += [policy.logs.lines, policy.logs.task_bytes]
     return ",".join("" if value is None else str(value) for value in values)
 
 
@@ -254,11 +259,15 @@ class RedisTaskStore:
             script = self._scripts[name] = self.redis.register_script(scripts.source(name))
         return script
 
-    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
-        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+    def _common(self, op: str = "") -> tuple[str, ...]:
+        """The arguments every script gets first (see `scripts`)."""
         now = str(self.clock.now_ms()) if self._clock_time else ""
         want = "1" if self.events.on_removed or self.events.listeners else ""
-        base = (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+        return (self.prefix, self.channel_prefix, now, self._shared.config, want, op)
+
+    async def _run(self, name: str, *args: Any, op: str = "") -> Any:
+        """Run script `name`: the common arguments (see `scripts`), then `args`."""
+        base = self._common(op)
         script = self._script(name)
         with reachable(self.availability):
             try:
@@ -294,18 +303,28 @@ class RedisTaskStore:
         offset: int = 0,
         cursor: str | None = None,
     ) -> TaskPage:
-        total, raw, next_cursor = await self._run(
-            "query",
-            session_key,
+        # A long page is read in chunks, one script each, continuing below the last task of
+        # the chunk before: no single script holds Redis for a whole page of a thousand.
+        filters = (
             where.status.value if where.status is not None else "",
             where.executor or "",
             where.tag or "",
             "" if where.dead_letter is None else ("true" if where.dead_letter else "false"),
-            offset,
-            -1 if limit is None else limit,
-            _cursor(cursor),
         )
-        return TaskPage(_tasks(raw), int(total), next_cursor.decode() or None)
+        tasks: list[Task] = []
+        total: int | None = None
+        below = _cursor(cursor)
+        while True:
+            wanted = QUERY_CHUNK if limit is None else min(QUERY_CHUNK, limit - len(tasks))
+            chunk_total, raw, next_cursor = await self._run(
+                "query", session_key, *filters, offset if total is None else 0, wanted, below
+            )
+            if total is None:
+                total = int(chunk_total)
+            tasks += _tasks(raw)
+            below = next_cursor.decode()
+            if not below or (limit is not None and len(tasks) >= limit):
+                return TaskPage(tasks, total, below or None)
 
     async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[bytes]]:
         """The snapshot events (JSON) of the session's newest tasks (at most
@@ -347,6 +366,20 @@ class RedisTaskStore:
         """A waiting task's place in its session's line (see `position.lua`); O(log n)."""
         position = await self._run("position", session_key, task_id)
         return None if position is None else int(position)
+
+    async def queue_positions(self, session_key: str, task_ids: Sequence[str]) -> dict[str, int]:
+        """`queue_position` of several tasks in one round trip (those not waiting are absent)."""
+        if len(task_ids) <= 1:  # one: no pipeline to set up
+            places = [await self.queue_position(session_key, task_id) for task_id in task_ids]
+            return {task_id: place for task_id, place in zip(task_ids, places, strict=True) if place is not None}
+        script = self._script("position")
+        base = self._common()
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    await script(args=[*base, session_key, task_id], client=pipe)
+                found = await pipe.execute()
+        return {task_id: int(place) for task_id, place in zip(task_ids, found, strict=True) if place is not None}
 
     # -- changes -------------------------------------------------------------------
 
@@ -488,22 +521,60 @@ class RedisTaskStore:
         step: str | None,
         description: str | None,
     ) -> bool:
+        return await self.report(session_key, task_id, attempt, (percent, step, description))
+
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        return await self.report(session_key, task_id, attempt, None, lines)
+
+    async def report(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        report: Report | None,
+        lines: Sequence[LogLine] = (),
+        *,
+        skipped: int = 0,
+    ) -> bool:
+        """A progress `report` and log `lines` of running `attempt`, in one script (what a
+        worker's flush writes; `skipped`: lines it dropped before sending, counted as dropped).
+        False (nothing changes) when the task no longer runs that attempt."""
         want = bool(self.events.listeners)
         response = await self._run(
             "progress",
             session_key,
             task_id,
             attempt,
-            _encode(percent),
-            _json_or_empty(step),
-            _json_or_empty(description),
+            b"" if report is None else _encode(report[0]),
+            b"" if report is None else _json_or_empty(report[1]),
+            b"" if report is None else _json_or_empty(report[2]),
             "1" if want else "0",
+            skipped or "",
+            *[_encode(line) for line in lines],
+            op=new_op() if lines else "",
         )
         if response == 0:
             return False
         if want and isinstance(response, bytes):
-            self.events.publish(TaskEvent.of(_task(response), EventType.PROGRESS))
+            task = _task(response)
+            if report is not None:
+                self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
+            self._logged(task, len(lines))
         return True
+
+    def _logged(self, task: Task, added: int) -> None:
+        """Tell the hub of the last `added` lines `task` got (those still kept are its tail)."""
+        if added and task.logs and self.events.listeners:
+            self.events.publish(LogEvent.of(task, task.logs[-added:]))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        names = list(executors)
+        with reachable(self.availability):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.lrange(self.keys.durations(name), 0, RECENT_DURATIONS - 1)
+                found = await pipe.execute()
+        return {name: [int(value) for value in values] for name, values in zip(names, found, strict=True) if values}
 
     async def finish(
         self,
@@ -514,7 +585,10 @@ class RedisTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
+        skipped: int = 0,
     ) -> Task:
+        """`TaskStore.finish`; `skipped`: log lines the worker dropped before sending (counted)."""
         response = await self._run(
             "finish",
             session_key,
@@ -531,9 +605,14 @@ class RedisTaskStore:
             b"" if report is None else _encode(report[0]),
             b"" if report is None else _json_or_empty(report[1]),
             b"" if report is None else _json_or_empty(report[2]),
+            RECENT_DURATIONS,
+            skipped or "",
+            *[_encode(line) for line in lines],
             op=new_op(),
         )
         action = "complete" if finish.kind == "completed" else "fail"
+        if lines and response[0] == b"ok":
+            self._logged(_task(response[1]), len(lines))
         if finish.kind in ("completed", "failed"):
             return self._changed(response, task_id, action)
         # Failed, then pending again in the same step: the hooks see both changes.

@@ -33,7 +33,7 @@ from litestar.types import Scope
 from async_tasks.admin import MAX_BULK, Admin, BulkResult
 from async_tasks.errors import InvalidParams
 from async_tasks.store.base import TaskFilter
-from async_tasks.system import TaskSystem
+from async_tasks.system import Outlook, TaskSystem
 from async_tasks.task import Task, TaskStatus
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import Body, Response, TaskResponse, TaskSummary
@@ -71,7 +71,8 @@ class AdminTaskSummary(TaskSummary, kw_only=True):
     dead_lettered: bool
 
     @classmethod
-    def of(cls, task: Task) -> AdminTaskSummary:
+    def of(cls, task: Task, outlook: Outlook | None = None) -> AdminTaskSummary:
+        """The task across sessions (`outlook` is not read: the admin view lists no estimates)."""
         return cls(
             id=task.id,
             name=task.name,

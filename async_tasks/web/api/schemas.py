@@ -8,7 +8,10 @@ import msgspec
 from litestar.params import ParameterKwarg
 
 from async_tasks.cleanup import CleanupResult, LastRun
+from async_tasks.estimates import Estimate
+from async_tasks.system import Outlook
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import RECENT_LINES, LogLine
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
@@ -51,7 +54,11 @@ class Response(msgspec.Struct, rename="camel"):
 
 class TaskResponse(Response, kw_only=True):
     task: Task
+    #: Its place in its session's line (1: next) while it waits; null otherwise.
     queue_position: int | None = None
+    #: When it should start and finish (ms from this answer), while it waits or runs and
+    #: something is known to estimate from; null otherwise.
+    eta: Estimate | None = None
 
 
 class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
@@ -77,9 +84,15 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
     auto_retries: int = 0
     #: It failed after its last automatic retry: it runs again only if retried by hand.
     dead_lettered: bool = False
+    #: Its latest log lines (at most 3; `GET /tasks/{id}` has them all).
+    logs: list[LogLine] = msgspec.field(default_factory=list)
+    #: Its place in its session's line (1: next) while it waits; null otherwise.
+    queue_position: int | None = None
+    #: When it should start and finish (ms from this answer); null when not known.
+    eta: Estimate | None = None
 
     @classmethod
-    def of(cls, task: Task) -> TaskSummary:
+    def of(cls, task: Task, outlook: Outlook | None = None) -> TaskSummary:
         return cls(
             id=task.id,
             name=task.name,
@@ -97,6 +110,9 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
             max_retries=task.max_retries,
             auto_retries=task.auto_retries,
             dead_lettered=task.dead_lettered,
+            logs=task.logs[-RECENT_LINES:],
+            queue_position=outlook.queue_position if outlook is not None else None,
+            eta=outlook.eta if outlook is not None else None,
         )
 
 
@@ -107,8 +123,8 @@ class SharedTaskView(TaskSummary, kw_only=True):
     result: Any = None
 
     @classmethod
-    def of(cls, task: Task) -> SharedTaskView:
-        summary = TaskSummary.of(task)
+    def of(cls, task: Task, outlook: Outlook | None = None) -> SharedTaskView:
+        summary = TaskSummary.of(task, outlook)
         return cls(**msgspec.structs.asdict(summary), result=task.result)
 
 

@@ -108,7 +108,8 @@ async def shared_task(
     task_system: NamedDependency[TaskSystem], share_tokens: NamedDependency[ShareTokens], token: ShareToken
 ) -> SharedTaskResponse:
     share, task = await _shared_task(task_system, share_tokens, token)
-    return SharedTaskResponse(task=SharedTaskView.of(task), expires_at=share.expires_at)
+    outlook = (await task_system.outlook(share.session_key, [task])).get(task.id)
+    return SharedTaskResponse(task=SharedTaskView.of(task, outlook), expires_at=share.expires_at)
 
 
 @get(

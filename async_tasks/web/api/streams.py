@@ -8,8 +8,13 @@ SSE framing, one message per event::
     event: progress
     data: {"type":"progress","taskId":"…","sessionKey":"…","status":"running","progress":45,…}
 
-``event`` is the event type (``snapshot``, ``transition``, ``progress``, ``removed``);
-``data`` is the `TaskEvent` as camelCase JSON (its ``type`` repeats the event type).
+``event`` is the event type (``snapshot``, ``transition``, ``progress``, ``removed``,
+``log``, and on a task's stream ``eta``); ``data`` is the event as camelCase JSON (its
+``type`` repeats the event type): a `TaskEvent` (a snapshot also carries the task's log:
+all of it on a task's stream, its latest lines on the session's), a `LogEvent` (``lines``
+the executor wrote, each ``{n, at, message, data?}``, and ``logsDropped``) or an
+`EtaEvent` (``queuePosition`` and ``eta``: ``startsInMs``, ``finishesInMs``,
+``typicalMs``, ``samples``).
 An idle stream gets a ``: keep-alive`` comment every 15 seconds. On the WebSocket each
 event is one text message holding the same JSON.
 
@@ -64,13 +69,16 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Acce
 _KEEPALIVE_LINE = b": keep-alive\r\n\r\n"
 
 _FORMAT = (
-    "Server-Sent Events. Each message has `event` (`snapshot`, `transition`, `progress` or `removed`), "
+    "Server-Sent Events. Each message has `event` (`snapshot`, `transition`, `progress`, `removed` or `log`), "
     "`data` (the event as camelCase JSON: `type`, `taskId`, `sessionKey`, `name`, `executor`, `status`, "
     "`previous`, `progress`, `currentStep`, `currentStepDescription`, `error`, `result` (on `completed`), "
-    "`attempt`, `at` (epoch ms)) and an `id`. Progress is coalesced to at most about 10 events per second "
-    "per task (the latest value wins); transitions are never coalesced. Open streams are capped per session "
-    "and overall (429 beyond: MAX_STREAMS_PER_SESSION, MAX_STREAMS). A page that cannot send headers "
-    "(EventSource) opens it with `?ticket=` from `POST /session/ticket`."
+    "`attempt`, `at` (epoch ms); a `snapshot` also carries the task's `logs` and `logsDropped`; a `log` event "
+    "carries `lines` (each `{n, at, message, data?}`: `n` numbers the task's lines, so a line seen twice is "
+    "kept once) and `logsDropped`) and an `id`. Progress is coalesced to at most about 10 events per second "
+    "per task (the latest value wins) and log lines batched the same way (none lost); transitions are never "
+    "coalesced. Open streams are capped per session and overall (429 beyond: MAX_STREAMS_PER_SESSION, "
+    "MAX_STREAMS). A page that cannot send headers (EventSource) opens it with `?ticket=` from "
+    "`POST /session/ticket`."
 )
 LastEventId = Annotated[
     str | None,
@@ -189,9 +197,11 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     },
     summary="Stream one task's events until it finishes",
     description=(
-        "Starts with a `snapshot` of the task, then every transition and progress change; after the task "
-        "settles in `completed`, `failed` (with no automatic retry left) or `cancelled`, or is `removed`, "
-        'an `end` event (data `{type: "end", taskId, reason}`), then the stream closes. Ids are '
+        "Starts with a `snapshot` of the task (with its whole log), then every transition, progress change "
+        "and batch of log lines, and `eta` events (data `{type, taskId, status, attempt, at, queuePosition, eta}`: "
+        "its place in its session's line and when it should start and finish, in ms) when those move; "
+        "after the task settles in `completed`, `failed` (with no automatic retry left) or `cancelled`, "
+        'or is `removed`, an `end` event (data `{type: "end", taskId, reason}`), then the stream closes. Ids are '
         "`<attempt>-<at>` (the task state an event carries). A reconnect whose `Last-Event-ID` already "
         "names a finished task's final state is answered 204, which stops a browser's EventSource; "
         "call `close()` on `end` to stop it at once. " + _FORMAT

@@ -17,7 +17,7 @@ from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParam
 from litestar.types import Scope
 
 from async_tasks.system import TaskSystem
-from async_tasks.task import TaskStatus
+from async_tasks.task import Task, TaskStatus
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import (
     CleanupOptions,
@@ -53,8 +53,11 @@ IdempotencyKey = Annotated[
 ]
 
 
-async def task_response(system: TaskSystem, task: Any) -> TaskResponse:
-    return TaskResponse(task=task, queue_position=await system.queue_position(task))
+async def task_response(system: TaskSystem, task: Task) -> TaskResponse:
+    outlook = (await system.outlook(task.session_key, [task])).get(task.id)
+    if outlook is None:
+        return TaskResponse(task=task)
+    return TaskResponse(task=task, queue_position=outlook.queue_position, eta=outlook.eta)
 
 
 class TaskController(Controller):
@@ -117,8 +120,9 @@ class TaskController(Controller):
             ),
         ] = None,
     ) -> Response[TaskListResponse]:
+        session_key = session_key_of(scope)
         tasks, total, next_cursor = await self.system.list_tasks(
-            session_key_of(scope),
+            session_key,
             status=status,
             executor=executor,
             tag=tag,
@@ -127,7 +131,8 @@ class TaskController(Controller):
             offset=offset,
             cursor=cursor,
         )
-        summaries = [TaskSummary.of(t) for t in tasks]
+        outlook = await self.system.outlook(session_key, tasks)
+        summaries = [TaskSummary.of(t, outlook.get(t.id)) for t in tasks]
         return encoded(TaskListResponse(tasks=summaries, count=len(tasks), total=total, next_cursor=next_cursor))
 
     @get("/stats", summary="Per-status counts of the session's tasks", responses=responses(503))

@@ -2,8 +2,8 @@
 // Task cards: one <li> per task, updated in place; their buttons; the status filter.
 
 import { api } from "./api.js";
-import { $, el, fmtDuration, fmtTime, messageOf, pct, toast } from "./dom.js";
-import { STATUSES, TERMINAL, live, markDirty, tasks, view } from "./state.js";
+import { $, el, fmtDuration, fmtTime, logText, messageOf, outlookText, pct, toast } from "./dom.js";
+import { MAX_LOG_LINES, STATUSES, TERMINAL, live, markDirty, tasks, view } from "./state.js";
 
 /** @typedef {import("./state.js").TaskRecord} TaskRecord */
 
@@ -38,15 +38,24 @@ export function createCard(task) {
   refs.share = el("button", { type: "button", class: "btn-share", "data-action": "share", text: "Share",
     title: "A link to a read-only page following this task, for a phone or a colleague" });
   refs.details = el("pre", { class: "details", hidden: true });
-  refs.log = el("ol", { class: "task-log", hidden: true, "aria-label": "Latest log lines" });
+  refs.outlook = el("p", { class: "task-outlook", hidden: true });
+  // The log: its latest line in the summary; opened, every line known (the whole log is
+  // read the first time it opens, then follows the stream).
+  refs.logCount = el("span", { class: "log-count" });
+  refs.logLatest = el("span", { class: "log-latest" });
+  refs.log = el("ol", { class: "log-lines", "aria-label": "Log lines" });
+  refs.logBox = el("details", { class: "task-log", hidden: true },
+    el("summary", {}, refs.logCount, refs.logLatest), refs.log);
+  refs.logBox.addEventListener("toggle", () => onLogToggle(task.id));
   refs.root = el("li", { class: "task enter", "data-task-id": task.id },
     el("div", { class: "task-head" }, refs.badge, refs.deadLetter, refs.name, refs.pct),
     el("div", { class: "task-meta" }, refs.executor, refs.id, refs.when, refs.duration),
     refs.bar,
+    refs.outlook,
     el("div", { class: "task-foot" }, refs.step,
       el("div", { class: "task-actions" }, refs.cancel, refs.retry, refs.delete, refs.share, refs.detailsBtn)),
     refs.error,
-    refs.log,
+    refs.logBox,
     refs.details);
   // Animate the first appearance only: moving the node later must not replay it.
   refs.root.addEventListener("animationend", () => refs.root.classList.remove("enter"), { once: true });
@@ -87,13 +96,80 @@ export function renderTask(task) {
   const dead = status === "failed" && task.deadLettered === true;
   r.deadLetter.hidden = !dead;
   r.deadLetter.title = dead ? deadLetterNote(task) : "";
-  // The latest log lines (when the server sends them), newest last.
-  const lines = task.logs ?? [];
-  r.log.hidden = lines.length === 0;
-  if (lines.length) {
-    r.log.replaceChildren(...lines.slice(-3).map((line) => el("li", { text: `${fmtTime(line.at)}  ${line.message}` })));
-  }
+  renderLog(task);
+  renderOutlook(task);
   r.root.hidden = view.filter !== "all" && view.filter !== status;
+}
+
+/**
+ * The card's log: how many lines the task wrote and its latest one; opened, every line known.
+ * @param {TaskRecord} task
+ */
+function renderLog(task) {
+  const r = /** @type {Record<string, HTMLElement>} */ (task.refs);
+  const lines = task.logs ?? [];
+  r.logBox.hidden = lines.length === 0;
+  if (!lines.length) return;
+  const last = lines[lines.length - 1];
+  const written = Math.max(last.n || 0, lines.length);
+  r.logCount.textContent = `Log · ${written} line${written === 1 ? "" : "s"}`;
+  r.logLatest.textContent = last.message;
+  if (!(/** @type {HTMLDetailsElement} */ (r.logBox)).open) return;
+  if (r.log.childElementCount !== lines.length || r.log.lastElementChild?.getAttribute("data-n") !== String(last.n)) {
+    r.log.replaceChildren(...lines.map((line) => el("li", { "data-n": line.n, text: logText(line) })));
+    r.log.scrollTop = r.log.scrollHeight;
+  }
+}
+
+/**
+ * The task's place in line and estimate ("3rd in line · starts in about 12 s"), counted
+ * down every second by the sync loop.
+ * @param {TaskRecord} task
+ */
+export function renderOutlook(task) {
+  const r = task.refs;
+  if (!r) return;
+  const text = outlookText(task);
+  r.outlook.hidden = !text;
+  if (r.outlook.textContent !== text) r.outlook.textContent = text;
+}
+
+/**
+ * A card's log was opened or closed: the first opening reads the whole log.
+ * @param {string} id
+ */
+async function onLogToggle(id) {
+  const task = tasks.get(id);
+  if (!task?.refs) return;
+  renderLog(task);
+  if (!(/** @type {HTMLDetailsElement} */ (task.refs.logBox)).open || task.logsFetched) return;
+  try {
+    const answer = await api("GET", `/tasks/${encodeURIComponent(id)}`);
+    task.logsFetched = true;
+    mergeInto(task, { logs: answer.task?.logs ?? [] });
+    renderLog(task);
+  } catch (error) {
+    toast(messageOf(error), "error", task.refs.logBox);
+  }
+}
+
+/**
+ * `known` with the lines of `incoming` it lacks (by their number `n`), in order: a line
+ * heard twice (a list item's latest lines, then a `log` event) is kept once.
+ * @param {import("./state.js").LogLine[] | undefined} known
+ * @param {unknown} incoming
+ * @returns {import("./state.js").LogLine[]}
+ */
+export function mergeLines(known, incoming) {
+  const lines = (Array.isArray(incoming) ? incoming : [])
+    .filter((line) => line && typeof line.message === "string")
+    .map((line) => ({ n: Number(line.n) || 0, at: Number(line.at) || Date.now(), message: String(line.message),
+      data: line.data ?? undefined }));
+  const before = known ?? [];
+  const seen = new Set(before.map((line) => line.n));
+  const fresh = lines.filter((line) => !line.n || !seen.has(line.n));
+  if (!fresh.length) return before;
+  return [...before, ...fresh].sort((a, b) => (a.n || Infinity) - (b.n || Infinity)).slice(-MAX_LOG_LINES);
 }
 
 /** @param {TaskRecord} task */
@@ -116,11 +192,14 @@ export function upsert(data) {
   return task;
 }
 
-/** What the page keeps of a list item or an event: what a card shows. */
+/** What the page keeps of a list item or an event: what a card shows (and `logs`, `eta`). */
 export const FIELDS = /** @type {const} */ (["name", "executor", "status", "progress", "createdAt", "completedAt",
-  "startedAt", "currentStep", "currentStepDescription", "error", "attempts", "deadLettered", "maxRetries", "logs"]);
+  "startedAt", "currentStep", "currentStepDescription", "error", "attempts", "deadLettered", "maxRetries",
+  "queuePosition"]);
 
 /**
+ * Take what a list item, a task or an event says of the task: its fields, its log lines
+ * (merged with those known, by number) and its estimate (on this browser's clock).
  * @param {TaskRecord} task
  * @param {Record<string, any>} data
  */
@@ -128,6 +207,16 @@ export function mergeInto(task, data) {
   /** @type {Record<string, unknown>} */
   const target = task;
   for (const key of FIELDS) if (key in data && data[key] !== undefined) target[key] = data[key];
+  if (Array.isArray(data.logs)) task.logs = mergeLines(task.logs, data.logs);
+  if ("eta" in data) {
+    const eta = data.eta;
+    const now = Date.now();
+    task.eta = eta && Number.isFinite(eta.finishesInMs) ? {
+      startsAt: eta.startsInMs === null || eta.startsInMs === undefined ? null : now + eta.startsInMs,
+      finishesAt: now + eta.finishesInMs,
+      typicalMs: eta.typicalMs ?? null,
+    } : null;
+  }
 }
 
 /** @param {string} id */
@@ -189,7 +278,9 @@ export async function onAction(id, action, button) {
       if (generation === live.generation) removeTask(id);
     } else {
       const answer = await api("POST", `/tasks/${encodeURIComponent(id)}/${action}`);
-      if (generation === live.generation && answer?.task) mergeInto(task, answer.task);
+      if (generation === live.generation && answer?.task) {
+        mergeInto(task, { ...answer.task, queuePosition: answer.queuePosition ?? null, eta: answer.eta ?? null });
+      }
     }
   } catch (error) {
     toast(messageOf(error), "error", foot);

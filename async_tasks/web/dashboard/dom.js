@@ -99,3 +99,47 @@ export function withCode(text) {
 export function messageOf(error) {
   return error instanceof Error ? error.message : String(error);
 }
+
+/** @param {number} n */
+function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] ?? "th";
+  return `${n}${suffix}`;
+}
+
+/** @param {number} ms */
+function about(ms) {
+  if (ms < 60_000) return `about ${Math.round(ms / 1000)} s`;
+  if (ms < 3_600_000) return `about ${Math.round(ms / 60_000)} min`;
+  return `about ${Math.round(ms / 3_600_000)} h`;
+}
+
+/**
+ * Where a task stands, for a person (as the client module's `outlookText`): "3rd in line ·
+ * starts in about 12 s", "about 8 s left", or "" when nothing is known.
+ * @param {{status?: string, queuePosition?: number | null, eta?: {startsAt: number | null, finishesAt: number} | null}} task
+ * @param {number} [now]
+ */
+export function outlookText(task, now = Date.now()) {
+  const parts = [];
+  if (task.status === "pending" && task.queuePosition) parts.push(`${ordinal(task.queuePosition)} in line`);
+  const eta = task.eta;
+  if (eta && task.status === "pending" && eta.startsAt !== null) {
+    const wait = eta.startsAt - now;
+    parts.push(wait < 1000 ? "starting any moment now" : `starts in ${about(wait)}`);
+  } else if (eta && task.status === "running") {
+    const left = eta.finishesAt - now;
+    parts.push(left < 1000 ? "finishing any moment now" : `${about(left)} left`);
+  }
+  return parts.join(" · ");
+}
+
+/**
+ * One log line as text: its time, its message and its data (cut short).
+ * @param {{at: number, message: string, data?: unknown}} line
+ */
+export function logText(line) {
+  let data = line.data === undefined || line.data === null ? "" : `  ${JSON.stringify(line.data)}`;
+  if (data.length > 160) data = `${data.slice(0, 159)}…`;
+  return `${fmtTime(line.at)}  ${line.message}${data}`;
+}

@@ -21,9 +21,32 @@ export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
  * @property {number} [attempts]
  * @property {number} [maxRetries]
  * @property {boolean} [deadLettered]
- * @property {Array<{at: number, message: string}>} [logs]
+ * @property {LogLine[]} [logs] its log lines known here, oldest first, each once (by `n`)
+ * @property {number | null} [queuePosition] its place in its session's line, while it waits
+ * @property {Eta | null} [eta] when it should start and finish, on this browser's clock
+ * @property {boolean} [logsFetched] its whole log was read (when its log was first opened)
  * @property {Record<string, HTMLElement> | null} refs
  */
+
+/**
+ * A line of a task's log.
+ * @typedef {object} LogLine
+ * @property {number} n its number in the task's log
+ * @property {number} at
+ * @property {string} message
+ * @property {unknown} [data] partial results the executor attached
+ */
+
+/**
+ * The server's estimate, with the times it names on this browser's clock.
+ * @typedef {object} Eta
+ * @property {number | null} startsAt
+ * @property {number} finishesAt
+ * @property {number | null} typicalMs
+ */
+
+/** Log lines a card keeps (the newest). */
+export const MAX_LOG_LINES = 200;
 
 /** @type {Map<string, TaskRecord>} id -> the task and its card */
 export const tasks = new Map();

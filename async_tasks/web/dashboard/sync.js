@@ -8,13 +8,16 @@
 // items carry everything a card shows) every 700 ms, and the stats when a status moved.
 
 import { API, ApiError, api, isKeyRefusal, session, streamNeedsTicket } from "./api.js";
-import { mergeInto, removeTask, renderList, upsert } from "./cards.js";
+import { mergeInto, mergeLines, removeTask, renderList, renderOutlook, upsert } from "./cards.js";
 import { $, el, fmtDuration, fmtTime, messageOf, toast } from "./dom.js";
 import { askForKey, askingForKey, onNewKey } from "./keys.js";
 import { STATUSES, TERMINAL, live, markDirty, setWaker, tasks, wake } from "./state.js";
 
 export const POLL_MS = 700;
 const STREAM_RESYNC_MS = 15000;
+/** With the stream on and tasks waiting or running: the list is read this often for their
+ * places in line and estimates (events do not carry them). */
+const STREAM_RESYNC_ACTIVE_MS = 3000;
 const HIDDEN_POLL_MS = 5000;
 /** The stats follow status changes; without any, they are read again this often. */
 const STATS_EVERY_MS = 10000;
@@ -211,12 +214,8 @@ export function onStreamEvent(name, event) {
       continue;
     }
     if (type === "log") {
-      // Log lines (when the server sends them): kept with the task, the latest on its card.
-      /** @type {Array<{at?: number, message?: unknown}>} */
-      const lines = Array.isArray(item.lines) ? item.lines : [item];
-      const added = lines.filter((line) => typeof line?.message === "string")
-        .map((line) => ({ at: Number(line.at) || Date.now(), message: String(line.message) }));
-      task.logs = [...(task.logs ?? []), ...added].slice(-200);
+      // Log lines: kept with the task (each once, by its number), the latest on its card.
+      task.logs = mergeLines(task.logs, Array.isArray(item.lines) ? item.lines : [item]);
       changed = true;
       continue;
     }
@@ -224,8 +223,11 @@ export function onStreamEvent(name, event) {
     mergeInto(task, item);
     if (task.status !== previousStatus) {
       live.statsDirty = true;
+      task.queuePosition = null; // where it stands now comes with the list
+      task.eta = null;
       if (task.status === "pending" || task.status === "running") task.error = item.error ?? null;
-      if (TERMINAL.has(task.status ?? "")) live.dirty = true; // fetch completedAt and friends
+      // Terminal: fetch completedAt and friends; otherwise places in line and estimates moved.
+      if (TERMINAL.has(task.status ?? "") || hasActiveTasks()) live.dirty = true;
     }
     changed = true;
   }
@@ -272,7 +274,8 @@ export async function loop() {
     if (live.locked || askingForKey()) return; // nothing works without the key
     const now = Date.now();
     if (!live.es && now >= live.streamRetryAt) connectStream().catch(onSyncError);
-    const every = document.hidden ? HIDDEN_POLL_MS : live.streaming ? STREAM_RESYNC_MS : POLL_MS;
+    const every = document.hidden ? HIDDEN_POLL_MS
+      : !live.streaming ? POLL_MS : hasActiveTasks() ? STREAM_RESYNC_ACTIVE_MS : STREAM_RESYNC_MS;
     if (live.dirty || now - live.lastFull >= every) await fullSync();
     if (live.statsDirty || now - live.lastStats >= STATS_EVERY_MS) await refreshStats();
     if (live.cleanupDirty || now - live.lastCleanup >= CLEANUP_EVERY_MS) await refreshCleanup();
@@ -290,6 +293,17 @@ export async function loop() {
     if (wakeTimer === null) wakeTimer = setTimeout(loop, failed ? 1000 : delay);
   }
 }
+
+/** Whether a task shown waits or runs (its place in line and estimate move). */
+function hasActiveTasks() {
+  for (const task of tasks.values()) if (task.status === "pending" || task.status === "running") return true;
+  return false;
+}
+
+// Count the estimates down between list reads.
+setInterval(() => {
+  for (const task of tasks.values()) if (task.eta || task.queuePosition) renderOutlook(task);
+}, 1000);
 
 onNewKey(() => {
   live.locked = false;

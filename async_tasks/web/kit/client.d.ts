@@ -6,11 +6,35 @@
 
 export type TaskStatus = "pending" | "running" | "completed" | "failed" | "cancelled";
 
-/** One log line of a task (the server sends them as `log` events: ready for when it does). */
+/** One line of a task's log (`await progress.log(...)` in its executor). */
 export interface LogLine {
-  /** Epoch milliseconds. */
+  /** Its number in the task's log (1 first; lines dropped beyond the server's bounds still count). */
+  n: number;
+  /** When the executor wrote it (epoch ms). */
   at: number;
   message: string;
+  /** Partial results the executor attached (any JSON value). */
+  data?: unknown;
+}
+
+/** When a waiting or running task should start and finish (the server's estimate). */
+export interface Eta {
+  /** Until it starts, from when the estimate was made (ms); null once it runs. */
+  startsInMs: number | null;
+  /** Until it finishes, from when the estimate was made (ms). */
+  finishesInMs: number;
+  /** Its executor's typical run time (the median of its recent runs); null: estimated from its own pace. */
+  typicalMs: number | null;
+  /** How many recent runs that median is of. */
+  samples: number;
+}
+
+/** An estimate as `watch` delivers it: also the times it names, on this browser's clock. */
+export interface WatchedEta extends Eta {
+  /** When it should start (epoch ms, this browser's clock); null once it runs. */
+  startsAt: number | null;
+  /** When it should finish (epoch ms, this browser's clock). */
+  finishesAt: number;
 }
 
 /** A task as the API returns it (`GET /tasks/{id}`). */
@@ -40,7 +64,19 @@ export interface Task {
   startedAt: number | null;
   completedAt: number | null;
   history: Array<{ at: number; status: TaskStatus; previous?: TaskStatus | null; attempt?: number; reason?: string | null; error?: string | null }>;
-  logs?: LogLine[];
+  /** Its log, oldest first (within the server's bounds: TASK_LOG_LINES, TASK_LOG_BYTES). */
+  logs: LogLine[];
+  /** How many of its oldest lines were dropped to stay within them. */
+  logsDropped: number;
+}
+
+/** `GET /tasks/{id}` (and the answers of create, cancel, retry): the task and where it stands. */
+export interface TaskAnswer {
+  task: Task;
+  /** Its place in its session's line (1: next) while it waits; null otherwise. */
+  queuePosition: number | null;
+  /** When it should start and finish, while it waits or runs and something is known to estimate from. */
+  eta: Eta | null;
 }
 
 /** A list item (`GET /tasks`): what a task's card shows. */
@@ -61,6 +97,10 @@ export interface TaskSummary {
   maxRetries: number;
   autoRetries: number;
   deadLettered: boolean;
+  /** Its latest log lines (at most 3; the full task has them all). */
+  logs: LogLine[];
+  queuePosition: number | null;
+  eta: Eta | null;
 }
 
 export interface TaskList {
@@ -88,8 +128,14 @@ export interface TaskUpdate {
   attempt: number;
   /** When the task reached this state (epoch ms). */
   at: number;
-  /** Log lines so far, oldest first (once the server sends them). */
+  /** Its log lines so far, oldest first, each once (absent until it has one). */
   logs?: LogLine[];
+  /** How many of its oldest lines the server dropped (its bounds), once known. */
+  logsDropped?: number;
+  /** Its place in its session's line (1: next) while it waits; null otherwise or when not known. */
+  queuePosition: number | null;
+  /** When it should start and finish, while it waits or runs and something is known to estimate from. */
+  eta: WatchedEta | null;
 }
 
 export type Transport = "sse" | "websocket" | "polling";
@@ -173,6 +219,13 @@ export interface Client {
 
 /** A client of the server at `baseUrl`. Nothing is sent until the first call. */
 export function connect(options?: ConnectOptions): Client;
+
+/**
+ * Where a watched task stands, for a person: "3rd in line · starts in about 12 s", "about
+ * 8 s left", or "" when nothing is known. `now` is this browser's clock (default: now): call
+ * it again every second to count down.
+ */
+export function outlookText(task: TaskUpdate, now?: number): string;
 
 /**
  * Follow the task a share link names (the link from `share`, or `/share/<token>`), with no

@@ -12,12 +12,15 @@
 // polling. Every state carries its attempt and time (the stream's event id is
 // `<attempt>-<at>`): a state older than the last one delivered, or the same one again (a
 // reconnect starts with a snapshot), is never delivered, so a dropped connection costs
-// nothing but the reconnect. Streams that need a session token or an API key open with a
-// stream ticket (POST /session/ticket), since EventSource and WebSocket send no headers.
+// nothing but the reconnect. Log lines carry their number in the task's log (`n`), so a
+// line seen twice (in a reconnect's snapshot, then in an event) is kept once. Streams that
+// need a session token or an API key open with a stream ticket (POST /session/ticket),
+// since EventSource and WebSocket send no headers.
 
 /** @typedef {import("./client").TaskStatus} TaskStatus */
 /** @typedef {import("./client").TaskUpdate} TaskUpdate */
 /** @typedef {import("./client").LogLine} LogLine */
+/** @typedef {import("./client").WatchedEta} WatchedEta */
 /** @typedef {import("./client").WatchOptions} WatchOptions */
 /** @typedef {import("./client").Transport} Transport */
 /** @typedef {import("./client").ConnectOptions} ConnectOptions */
@@ -114,6 +117,43 @@ async function send(url, init) {
   }
 }
 
+/** @param {number} n */
+function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] ?? "th";
+  return `${n}${suffix}`;
+}
+
+/** @param {number} ms */
+function about(ms) {
+  if (ms < 1000) return "any moment now";
+  if (ms < 60_000) return `about ${Math.round(ms / 1000)} s`;
+  if (ms < 3_600_000) return `about ${Math.round(ms / 60_000)} min`;
+  return `about ${Math.round(ms / 3_600_000)} h`;
+}
+
+/**
+ * Where a watched task stands, for a person: "3rd in line · starts in about 12 s", "about
+ * 8 s left", or "" when nothing is known (a finished task, no estimate yet).
+ * @param {TaskUpdate} task
+ * @param {number} [now] this browser's clock (default: now)
+ */
+export function outlookText(task, now = Date.now()) {
+  const parts = [];
+  if (task.status === "pending" && task.queuePosition) parts.push(`${ordinal(task.queuePosition)} in line`);
+  const eta = task.eta;
+  if (eta && (task.status === "pending" || task.status === "running")) {
+    if (task.status === "pending" && eta.startsAt !== null) {
+      const wait = Math.max(0, eta.startsAt - now);
+      parts.push(wait < 1000 ? "starting any moment now" : `starts in ${about(wait)}`);
+    } else if (task.status === "running") {
+      const left = Math.max(0, eta.finishesAt - now);
+      parts.push(left < 1000 ? "finishing any moment now" : `${about(left)} left`);
+    }
+  }
+  return parts.join(" · ");
+}
+
 /** @param {ConnectOptions} [options] @returns {Client} */
 export function connect(options = {}) {
   const baseUrl = (options.baseUrl ?? moduleOrigin()).replace(/\/+$/, "");
@@ -198,7 +238,10 @@ export function connect(options = {}) {
         sseUrl: () => streamUrl(`${api}${taskPath(id)}/events`),
         withCredentials: !token,
         wsUrl: () => streamUrl(`${api.replace(/^http/, "ws")}/ws`),
-        fetchTask: async () => (await request("GET", taskPath(id))).task,
+        fetchTask: async () => {
+          const answer = await request("GET", taskPath(id));
+          return { ...answer.task, queuePosition: answer.queuePosition ?? null, eta: answer.eta ?? null };
+        },
       };
       return follow(source, id, onUpdate, watchOptions);
     },
@@ -247,7 +290,78 @@ function settled(task) {
 function copy(task) {
   const copied = { ...task };
   if (task.logs) copied.logs = [...task.logs];
+  if (task.eta) copied.eta = { ...task.eta };
   return copied;
+}
+
+/**
+ * The log lines in `incoming` (an array from the server) as `LogLine`s; those without a
+ * message are skipped.
+ * @param {unknown} incoming
+ * @returns {LogLine[]}
+ */
+function linesOf(incoming) {
+  if (!Array.isArray(incoming)) return [];
+  return incoming.filter((line) => line && typeof line.message === "string").map((line) => {
+    /** @type {LogLine} */
+    const clean = { n: Number(line.n) || 0, at: Number(line.at) || Date.now(), message: line.message };
+    if (line.data !== undefined && line.data !== null) clean.data = line.data;
+    return clean;
+  });
+}
+
+/**
+ * `known` with the lines of `incoming` it lacks, in order of their number: a line seen
+ * again (a reconnect's snapshot, then an event) is kept once. At most MAX_LOG_LINES, the
+ * newest.
+ * @param {LogLine[] | undefined} known
+ * @param {LogLine[]} incoming
+ * @returns {LogLine[] | undefined} undefined when nothing was new
+ */
+function mergeLogs(known, incoming) {
+  const before = known ?? [];
+  const seen = new Set(before.map((line) => line.n));
+  const fresh = incoming.filter((line) => !line.n || !seen.has(line.n));
+  if (!fresh.length) return undefined;
+  const merged = [...before, ...fresh];
+  if (fresh.some((line) => line.n) && merged.some((line, i) => i > 0 && line.n && merged[i - 1].n > line.n)) {
+    merged.sort((a, b) => (a.n || Infinity) - (b.n || Infinity));
+  }
+  return merged.slice(-MAX_LOG_LINES);
+}
+
+/**
+ * The server's estimate with the times it names on this browser's clock.
+ * @param {unknown} raw
+ * @returns {WatchedEta | null}
+ */
+function etaOf(raw) {
+  if (!raw || typeof raw !== "object") return null;
+  const value = /** @type {Record<string, any>} */ (raw);
+  const finishesInMs = Number(value.finishesInMs);
+  if (!Number.isFinite(finishesInMs)) return null;
+  const now = Date.now();
+  const startsInMs = value.startsInMs === null || value.startsInMs === undefined ? null : Number(value.startsInMs);
+  return {
+    startsInMs,
+    finishesInMs,
+    typicalMs: value.typicalMs ?? null,
+    samples: Number(value.samples) || 0,
+    startsAt: startsInMs === null ? null : now + startsInMs,
+    finishesAt: now + finishesInMs,
+  };
+}
+
+/**
+ * Whether two estimates differ by a second or more (or one is missing).
+ * @param {WatchedEta | null} a
+ * @param {WatchedEta | null} b
+ */
+function etaMoved(a, b) {
+  if (!a || !b) return a !== b;
+  const far = (/** @type {number | null} */ x, /** @type {number | null} */ y) =>
+    (x === null) !== (y === null) || (x !== null && y !== null && Math.abs(x - y) >= 1000);
+  return far(a.startsAt, b.startsAt) || far(a.finishesAt, b.finishesAt);
 }
 
 /** @param {string} text */
@@ -258,6 +372,15 @@ function parse(text) {
   } catch {
     return null;
   }
+}
+
+/**
+ * What tells two watched states apart (besides the estimate, compared on its own).
+ * @param {TaskUpdate} task
+ */
+function fingerprintOf(task) {
+  return JSON.stringify([task.status, task.progress, task.currentStep, task.currentStepDescription, task.error,
+    task.attempt, task.at, task.logs?.at(-1)?.n ?? task.logs?.length ?? 0, task.queuePosition]);
 }
 
 /**
@@ -315,6 +438,7 @@ function follow(source, taskId, onUpdate, options) {
     const progress = Number(data.progress ?? 0);
     if (current && (attempt < current.attempt || (attempt === current.attempt
       && (at < current.at || progress < current.progress)))) return; // older than what was delivered
+    const sameStatus = current !== null && current.status === data.status && current.attempt === attempt;
     /** @type {TaskUpdate} */
     const next = {
       id: /** @type {string} */ (id),
@@ -328,27 +452,48 @@ function follow(source, taskId, onUpdate, options) {
       result: data.status === "completed" ? data.result ?? null : null,
       attempt,
       at,
+      // A task read whole says where it stands; an event keeps what was known while the
+      // status stays (`eta` events bring news), and a new status forgets it.
+      queuePosition: "queuePosition" in data ? data.queuePosition ?? null : sameStatus ? current?.queuePosition ?? null : null,
+      eta: "eta" in data ? etaOf(data.eta) : sameStatus ? current?.eta ?? null : null,
     };
-    const logs = Array.isArray(data.logs) ? data.logs : current?.logs;
+    const logs = mergeLogs(current?.logs, linesOf(data.logs)) ?? current?.logs;
     if (logs) next.logs = logs;
-    const key = JSON.stringify([next.status, next.progress, next.currentStep, next.currentStepDescription,
-      next.error, attempt, at, logs?.length ?? 0]);
-    if (key === fingerprint) return; // the same state again (a reconnect's snapshot)
+    if (data.logsDropped !== undefined || current?.logsDropped !== undefined) {
+      next.logsDropped = Number(data.logsDropped ?? current?.logsDropped) || 0;
+    }
+    const key = fingerprintOf(next);
+    if (key === fingerprint && !etaMoved(current?.eta ?? null, next.eta)) return; // nothing new (a reconnect's snapshot)
     fingerprint = key;
     current = next;
     onUpdate(copy(next));
   }
 
-  /** A `log` event: its line(s) join the task's logs. */
+  /** A `log` event: its lines join the task's logs (those already there are kept once). */
   /** @param {Record<string, any>} data */
   function acceptLog(data) {
     if (stopped || !current || (data.taskId ?? data.id) !== id) return;
-    const lines = (Array.isArray(data.lines) ? data.lines : [data])
-      .filter((line) => line && typeof line.message === "string")
-      .map((line) => ({ at: Number(line.at ?? Date.now()), message: line.message }));
-    if (!lines.length) return;
-    current = { ...current, logs: [...(current.logs ?? []), ...lines].slice(-MAX_LOG_LINES) };
-    onUpdate(copy(current));
+    const logs = mergeLogs(current.logs, linesOf(Array.isArray(data.lines) ? data.lines : [data]));
+    if (!logs) return;
+    const next = { ...current, logs };
+    if (data.logsDropped !== undefined) next.logsDropped = Number(data.logsDropped) || 0;
+    current = next;
+    fingerprint = fingerprintOf(next);
+    onUpdate(copy(next));
+  }
+
+  /** An `eta` event: where the task stands in its line, and when it should start and finish. */
+  /** @param {Record<string, any>} data */
+  function acceptEta(data) {
+    if (stopped || !current || (data.taskId ?? data.id) !== id) return;
+    if (data.status !== current.status || Number(data.attempt ?? 0) !== current.attempt) return; // its state is not ours yet
+    const queuePosition = data.queuePosition ?? null;
+    const eta = etaOf(data.eta);
+    if (queuePosition === current.queuePosition && !etaMoved(current.eta, eta)) return;
+    const next = { ...current, queuePosition, eta };
+    current = next;
+    fingerprint = fingerprintOf(next);
+    onUpdate(copy(next));
   }
 
   /**
@@ -438,6 +583,7 @@ function follow(source, taskId, onUpdate, options) {
     });
     for (const type of ["snapshot", "transition", "progress"]) events.addEventListener(type, on(accept));
     events.addEventListener("log", on(acceptLog));
+    events.addEventListener("eta", on(acceptEta));
     events.addEventListener("removed", on(() => finish("removed")));
     events.addEventListener("end", on((data) => finish(data.reason === "removed" ? "removed" : data.reason)));
     events.addEventListener("error", () => {

@@ -2,7 +2,7 @@
 // The share page: one task, read-only, followed live with the client module (no session,
 // no API key: the share token in the page's URL is the credential).
 
-import { watchShared } from "./client.js";
+import { outlookText, watchShared } from "./client.js";
 
 /** @typedef {import("./client").TaskUpdate} TaskUpdate */
 
@@ -32,8 +32,21 @@ function setLive(mode, text) {
   byId("live-text").textContent = text;
 }
 
+/** @type {TaskUpdate | null} */
+let shown = null;
+
+/** The task's place in line and estimate, counted down between updates. */
+function renderOutlook() {
+  const text = shown ? outlookText(shown) : "";
+  const node = byId("outlook");
+  node.hidden = !text;
+  if (node.textContent !== text) node.textContent = text;
+}
+
 /** @param {TaskUpdate} task */
 function render(task) {
+  shown = task;
+  renderOutlook();
   const progress = Math.max(0, Math.min(100, Math.round(task.progress)));
   byId("task").dataset.status = task.status;
   byId("task-name").textContent = task.name || task.executor || "Task";
@@ -56,10 +69,15 @@ function render(task) {
   byId("logs-box").hidden = logs.length === 0;
   byId("logs").replaceChildren(...logs.slice(-50).map((line) => {
     const item = document.createElement("li");
-    item.textContent = `${clock(line.at)}  ${line.message}`;
+    const data = line.data === undefined ? "" : `  ${JSON.stringify(line.data)}`;
+    item.textContent = `${clock(line.at)}  ${line.message}${data.length > 200 ? `${data.slice(0, 199)}…` : data}`;
     return item;
   }));
+  const box = byId("logs");
+  box.scrollTop = box.scrollHeight; // the newest line in view
 }
+
+setInterval(renderOutlook, 1000);
 
 const token = meta("share-token");
 const apiPath = meta("api-base") || "/api/v1";

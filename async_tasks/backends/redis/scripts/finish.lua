@@ -6,15 +6,36 @@
 -- ARGV: 7 session, 8 task id, 9 attempt, 10 the worker running it, 11 outcome,
 -- 12 result JSON (''), 13 error JSON (''), 14 reason JSON, 15 dead letter ('1'),
 -- 16 retry delay ms, 17 the retry's reason JSON, 18 last report's percent JSON (''),
--- 19 its step JSON (''), 20 its description JSON ('').
+-- 19 its step JSON (''), 20 its description JSON (''), 21 how many run times of its
+-- executor's completed attempts to keep (`P durations:<executor>`, newest first), 22 log lines
+-- the worker dropped before sending (''), 23... its last log lines' JSON (see `add_logs`).
 -- Returns {'ok', JSON, removed} or {'notfound'} or {'refused', status}.
 local S, ID, outcome = ARGV[7], ARGV[8], ARGV[11]
 if replayed_op(ID) then return done(ID) end
 local o = {expect = ',running,', attempt = ARGV[9], owner = ARGV[10], result = ARGV[12], error = ARGV[13],
   reason = ARGV[14], dead_letter = ARGV[15], percent = ARGV[18], step = ARGV[19], description = ARGV[20]}
+local skipped = tonumber(ARGV[22] or '') or 0
+if #ARGV >= 23 or skipped > 0 then
+  -- The attempt's last lines come before its end (only if `move` will accept it).
+  local f = redis.call('HMGET', tkey(ID), '_s', 'status', 'attempts', '_wk')
+  if f[1] == S and f[2] == '"running"' and f[3] == ARGV[9] and (ARGV[10] == '' or f[4] == ARGV[10]) then
+    local lines = {}
+    for i = 23, #ARGV do lines[#lines + 1] = ARGV[i] end
+    add_logs(S, ID, skipped, lines)
+  end
+end
 local r
 if outcome == 'completed' then
   r = move(S, ID, 'completed', o)
+  if r[1] == 'ok' then
+    local t = redis.call('HMGET', tkey(ID), 'executor', 'startedAt', 'completedAt')
+    local took, kept = tonumber(t[3]) - (tonumber(t[2]) or tonumber(t[3])), tonumber(ARGV[21]) or 0
+    if kept > 0 then
+      local runs = P .. 'durations:' .. unquote(t[1])
+      redis.call('LPUSH', runs, int(took))
+      redis.call('LTRIM', runs, 0, kept - 1)
+    end
+  end
 else
   r = move(S, ID, 'failed', o)
   if r[1] == 'ok' and (outcome == 'retry' or outcome == 'handback') then

@@ -6,7 +6,8 @@
 --   ARGV[3] time in ms ('' = Redis TIME; only a test clock passes one)
 --   ARGV[4] settings: '<max completed>,<max failed>,<max cancelled>,<max history>,
 --           <global running limit>,<session running limit>,<idempotency window ms>,
---           <idempotency keys per session>' ('' for none of each)
+--           <idempotency keys per session>,<log lines per task>,<log bytes per task>'
+--           ('' for none of each)
 --   ARGV[5] '1' when the caller wants the records of the tasks a script removes
 --   ARGV[6] the operation id: a write that finds it on its task already happened (a
 --           command re-sent after its reply was lost) and answers as the first did
@@ -35,7 +36,7 @@ local EVENT_FIELDS = {'id', 'sessionKey', 'status', 'progress', 'currentStep', '
   'updatedAt', 'executor', 'error', 'result', 'name', 'attempts'}
 local SUMMARY_FIELDS = {'id', 'sessionKey', 'name', 'executor', 'status', 'progress', 'currentStep',
   'currentStepDescription', 'error', 'attempts', 'priority', 'tags', 'deadLettered', 'createdAt', 'updatedAt',
-  'startedAt', 'completedAt', 'scheduledAt', 'maxRetries', 'autoRetries', 'description'}
+  'startedAt', 'completedAt', 'scheduledAt', 'maxRetries', 'autoRetries', 'description', 'logsDropped'}
 local HISTORY_HEAD = 10
 local TICKET = 1099511627776  -- 2^40: a score's low part (a sequence number) below its high part
 
@@ -50,6 +51,10 @@ local GLOBAL_LIMIT = tonumber(CONF[5] or '')
 local SESSION_LIMIT = tonumber(CONF[6] or '')
 local KEY_WINDOW = tonumber(CONF[7] or '')
 local KEYS_KEPT = tonumber(CONF[8] or '')
+local LOG_LINES = tonumber(CONF[9] or '') or 100
+local LOG_BYTES = tonumber(CONF[10] or '') or 16384
+-- A task's summary carries its latest log lines, this many (RECENT_LINES in task_log.py).
+local RECENT_LOGS = 3
 
 local function int(n) return string.format('%d', n) end
 local NOW
@@ -82,6 +87,7 @@ local function record_json(id)
     end
   end
   parts[#parts + 1] = '"history":[' .. table.concat(redis.call('LRANGE', P .. 'h:' .. id, 0, -1), ',') .. ']'
+  parts[#parts + 1] = '"logs":[' .. table.concat(redis.call('LRANGE', P .. 'l:' .. id, 0, -1), ',') .. ']'
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
@@ -92,6 +98,10 @@ local function summary_json(id)
   local parts = {'"params":null'}
   for i, name in ipairs(SUMMARY_FIELDS) do
     if v[i] then parts[#parts + 1] = '"' .. name .. '":' .. v[i] end
+  end
+  if v[#SUMMARY_FIELDS] then  -- `logsDropped` is there once the task has a log
+    local recent = redis.call('LRANGE', P .. 'l:' .. id, -RECENT_LOGS, -1)
+    parts[#parts + 1] = '"logs":[' .. table.concat(recent, ',') .. ']'
   end
   return '{' .. table.concat(parts, ',') .. '}'
 end
@@ -116,6 +126,45 @@ local function publish(session, r, kind, previous)
   redis.call('PUBLISH', CH .. session,
     '[' .. int(seq) .. ',' .. r.id .. ',"' .. kind .. '",' .. r.status .. ',' .. r.attempts .. ',' .. event .. ']')
   return seq
+end
+
+-- Append log lines to running task ID of session S: `lines` are their JSON without `n`, oldest
+-- first, after `skipped` lines its worker dropped before sending them. Each is numbered (`n`,
+-- following the task's last line; dropped lines count); beyond LOG_LINES lines or LOG_BYTES
+-- bytes (each line's JSON) the oldest go, counted in the task's `logsDropped` (the newest always
+-- stays). The lines kept are published as one `log` event. Returns how many were appended.
+local function add_logs(S, ID, skipped, lines)
+  local key, lkey = tkey(ID), P .. 'l:' .. ID
+  local f = redis.call('HMGET', key, 'logsDropped', '_lb', 'status', 'attempts', 'updatedAt', 'sessionKey')
+  local dropped = (tonumber(f[1]) or 0) + skipped
+  local bytes = tonumber(f[2]) or 0
+  local before = redis.call('LLEN', lkey)
+  local count, n = before, dropped + before
+  local added = {}
+  for _, body in ipairs(lines) do
+    n = n + 1
+    local line = '{"n":' .. int(n) .. ',' .. string.sub(body, 2)
+    redis.call('RPUSH', lkey, line)
+    added[#added + 1] = line
+    bytes = bytes + #line
+  end
+  count = count + #added
+  local popped = 0
+  while count > 1 and (count > LOG_LINES or bytes > LOG_BYTES) do
+    bytes = bytes - #redis.call('LPOP', lkey)
+    count, popped = count - 1, popped + 1
+  end
+  dropped = dropped + popped
+  redis.call('HSET', key, 'logsDropped', int(dropped), '_lb', int(bytes))
+  local kept = {}
+  for i = math.max(1, popped - before + 1), #added do kept[#kept + 1] = added[i] end
+  if #kept == 0 then return #added end
+  local seq = redis.call('INCR', P .. 'seq')
+  local event = '{"type":"log","taskId":"' .. ID .. '","sessionKey":' .. f[6] .. ',"status":' .. f[3] ..
+    ',"attempt":' .. f[4] .. ',"at":' .. f[5] .. ',"lines":[' .. table.concat(kept, ',') .. '],"logsDropped":' ..
+    int(dropped) .. '}'
+  redis.call('PUBLISH', CH .. S, '[' .. int(seq) .. ',"' .. ID .. '","log",' .. f[3] .. ',' .. f[4] .. ',' .. event .. ']')
+  return #added
 end
 
 -- The session changed now (what idle expiry looks at).
@@ -297,7 +346,7 @@ local function forget(session, id, want_json)
   local json
   if want_json then json = record_json(id) end
   unindex_task(session, id)
-  redis.call('DEL', key, P .. 'h:' .. id)
+  redis.call('DEL', key, P .. 'h:' .. id, P .. 'l:' .. id)
   redis.call('ZREM', P .. 's:' .. session, id)
   redis.call('ZREM', P .. 'ss:' .. session .. ':' .. status, id)
   if FINISHED[status] then
