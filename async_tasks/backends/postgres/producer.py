@@ -11,7 +11,7 @@ leaves every task where it is. `run` creates or migrates the deployment's schema
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -111,6 +111,9 @@ class PostgresExecution:
 
     async def queue_position(self, task: Task) -> int | None:
         return await self.store.queue_position(task.session_key, task.id)
+
+    async def queue_positions(self, session_key: str, tasks: Sequence[Task]) -> dict[str, int]:
+        return await self.store.queue_positions(session_key, [task.id for task in tasks])
 
     async def load(self) -> ExecutionLoad:
         """Nothing runs in an API process; queued: every task waiting for a slot, and the

@@ -9,6 +9,8 @@ connection's ``search_path``), readable with any SQL client::
                      due_at, job_worker / job_key), the worker running it (runner), its
                      last writes' operation ids (ops)
     task_history     each task's transitions (capped by MAX_TASK_HISTORY)
+    task_logs        the lines each task's executor wrote (within the TASK_LOG_* bounds)
+    durations        each executor's last completed attempts' run times (estimates)
     sessions         one row per session holding tasks: counts by status, dispatched,
                      summed run time, when it last changed, its place in the line of
                      sessions waiting for a slot
@@ -178,5 +180,6 @@ BEGIN
     DROP TYPE IF EXISTS ctx CASCADE;
     DROP TYPE IF EXISTS moved CASCADE;
     DROP TYPE IF EXISTS event CASCADE;
+    DROP TYPE IF EXISTS snapshot CASCADE;
 END $$;
 """

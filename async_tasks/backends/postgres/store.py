@@ -38,9 +38,10 @@ import msgspec
 from async_tasks.backends.postgres.connection import Database
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
-from async_tasks.events import EventHub, EventType, TaskEvent
+from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
+    RECENT_DURATIONS,
     CreateLimits,
     Expiry,
     ExpiryResult,
@@ -63,6 +64,7 @@ from async_tasks.store.base import (
     too_many_tasks,
 )
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 #: Tasks `trim` and `expire` change per call (a call holds the deployment's lock).
 TRIM_BATCH: Final = 1000
@@ -82,7 +84,7 @@ SIGNATURES: Final[dict[str, tuple[str, ...]]] = {
     "start": (*_COMMON, "text", "text", "bigint"),
     "claim": (*_COMMON, "text", "text", "integer", "text", "text"),
     "finish": (*_COMMON, "text", "text", "integer", "text", "text", "json", "text", "text", "boolean", "bigint",
-               "text", "double precision", "text", "text"),
+               "text", "double precision", "text", "text", "integer", "integer", "json"),
     "remove": (*_COMMON, "text", "text"),
     "trim": (*_COMMON, "integer", "integer", "integer", "integer", "text[]"),
     "expire": (*_COMMON, "bigint", "bigint", "bigint", "integer", "text", "text[]"),
@@ -91,6 +93,7 @@ SIGNATURES: Final[dict[str, tuple[str, ...]]] = {
 _STATUSES: Final = tuple(status.value for status in TaskStatus)
 _encode = msgspec.json.Encoder().encode
 _decode_task = msgspec.json.Decoder(Task).decode
+_encode_lines = msgspec.json.Encoder().encode
 
 
 class _Reply(msgspec.Struct, array_like=True):
@@ -160,6 +163,15 @@ def _json(value: Any) -> str:
     return _encode(value).decode()
 
 
+def _lines(lines: Sequence[LogLine]) -> str | None:
+    """Log lines as the functions take them: a JSON array (their texts storable), or None."""
+    if not lines:
+        return None
+    clean = [line if "\x00" not in line.message else msgspec.structs.replace(line, message=_text(line.message) or "")
+             for line in lines]  # fmt: skip
+    return _encode_lines(clean).decode()
+
+
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else _json(value)
 
@@ -190,6 +202,7 @@ def _config(policy: StorePolicy, limits: RunLimits) -> str:
     )
     values += [policy.max_history, limits.global_limit, limits.per_session]
     values += [policy.idempotency_window_ms, policy.idempotency_keys]
+    values += [policy.logs.lines, policy.logs.task_bytes]
     return ",".join("" if value is None else str(value) for value in values)
 
 
@@ -356,6 +369,15 @@ class PostgresTaskStore:
         position = await self.db.call("SELECT op_position(%s, %s)", (session_key, task_id))
         return None if position is None else int(position)
 
+    async def queue_positions(self, session_key: str, task_ids: Sequence[str]) -> dict[str, int]:
+        """`queue_position` of several tasks in one round trip (those not waiting are absent)."""
+        if not task_ids:
+            return {}
+        rows = await self.db.rows(
+            "SELECT id, op_position(%s, id) FROM unnest(%s::text[]) AS id", (session_key, list(task_ids))
+        )
+        return {task_id: int(place) for task_id, place in rows if place is not None}
+
     # -- changes -------------------------------------------------------------------
 
     async def create(
@@ -482,16 +504,62 @@ class PostgresTaskStore:
         step: str | None,
         description: str | None,
     ) -> bool:
+        return await self.report(session_key, task_id, attempt, (percent, step, description))
+
+    async def add_logs(self, session_key: str, task_id: str, attempt: int, lines: Sequence[LogLine]) -> bool:
+        return await self.report(session_key, task_id, attempt, None, lines)
+
+    async def report(
+        self,
+        session_key: str,
+        task_id: str,
+        attempt: int,
+        report: Report | None,
+        lines: Sequence[LogLine] = (),
+        *,
+        skipped: int = 0,
+    ) -> bool:
+        """A progress `report` and log `lines` of running `attempt`, in one transaction (what a
+        worker's flush writes; `skipped`: lines it dropped before sending, counted as dropped).
+        False (nothing changes) when the task no longer runs that attempt."""
         want = bool(self.events.listeners)
         raw = await self.db.call(
-            "SELECT op_progress(%s::bigint, %s, %s, %s::integer, %s::double precision, %s, %s, %s::boolean)",
-            (self._now(), session_key, task_id, attempt, percent, _text(step), _text(description), want),
+            "SELECT op_progress(%s::bigint, %s, %s, %s, %s, %s::integer, %s::double precision, %s, %s, %s::boolean, "
+            "%s::integer, %s::json)",
+            (
+                self._now(),
+                self._shared.config,
+                new_op() if lines else None,
+                session_key,
+                task_id,
+                attempt,
+                None if report is None else report[0],
+                None if report is None else _text(report[1]),
+                None if report is None else _text(report[2]),
+                want,
+                skipped,
+                _lines(lines),
+            ),
         )
         if raw == "0":
             return False
         if want and raw != "1":
-            self.events.publish(TaskEvent.of(_task(raw), EventType.PROGRESS))
+            task = _task(raw)
+            if report is not None:
+                self.events.publish(TaskEvent.of(task, EventType.PROGRESS))
+            self._logged(task, len(lines))
         return True
+
+    def _logged(self, task: Task, added: int) -> None:
+        """Tell the hub of the last `added` lines `task` got (those still kept are its tail)."""
+        if added and task.logs and self.events.listeners:
+            self.events.publish(LogEvent.of(task, task.logs[-added:]))
+
+    async def recent_durations(self, executors: Collection[str]) -> dict[str, list[int]]:
+        rows = await self.db.rows(
+            "SELECT executor, runs[1:%s] FROM durations WHERE executor = ANY(%s)", (RECENT_DURATIONS, list(executors))
+        )
+        return {executor: [int(value) for value in runs] for executor, runs in rows if runs}
 
     async def finish(
         self,
@@ -502,7 +570,10 @@ class PostgresTaskStore:
         *,
         owner: str | None = None,
         report: Report | None = None,
+        lines: Sequence[LogLine] = (),
+        skipped: int = 0,
     ) -> Task:
+        """`TaskStore.finish`; `skipped`: log lines the worker dropped before sending (counted)."""
         raw = await self._run(
             "finish",
             session_key,
@@ -519,9 +590,14 @@ class PostgresTaskStore:
             None if report is None else report[0],
             None if report is None else _text(report[1]),
             None if report is None else _text(report[2]),
+            RECENT_DURATIONS,
+            skipped,
+            _lines(lines),
             op=new_op(),
         )
         action = "complete" if finish.kind == "completed" else "fail"
+        if lines and raw.startswith('["ok"'):
+            self._logged(_task(_decode_reply(raw).payload), len(lines))
         if finish.kind in ("completed", "failed"):
             return self._changed(raw, task_id, action)
         # Failed, then pending again in the same transaction: the hooks see both changes.

@@ -9,17 +9,18 @@ starts the attempt with `claim` (a compare-and-set: the task is still pending an
 dispatched as this job), runs the executor in a cancel scope with the task's timeout, and
 records the outcome with `finish` (another compare-and-set, fenced by the attempt and this
 worker): an attempt that was cancelled, timed out, lost or taken over elsewhere can never
-overwrite the task. The attempt policy (retry, backoff,
-dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
+overwrite the task. The attempt policy (retry, backoff, dead letter) is
+`async_tasks.execution.base`'s, shared with the memory backend.
 
-- **Progress** goes to the store, coalesced: at most one write per task per
-  `PROGRESS_WINDOW` (latest wins), the report still held when the attempt ends stored with
-  its outcome. A report the store refuses stops the attempt (`AttemptEnded`).
+- **Progress and log lines** go to the store, coalesced: at most one write per task per
+  `PROGRESS_WINDOW` (the latest report wins; the lines written meanwhile go together, at
+  most TASK_LOG_LINES of them), what is still held when the attempt ends stored with its
+  outcome. A write the store refuses stops the attempt (`AttemptEnded`).
 - **Cancel**: the API's transaction marks the task cancelled and NOTIFYs
   ``<schema>_stop``; the worker running the attempt stops it within milliseconds. Each upkeep also checks the
   running attempts against the store (a stop message can be lost).
-- **Lease**: the worker renews its row of ``workers`` every third of WORKER_LEASE_MS. A worker that
-  could not renew it for a whole lease (partitioned, paused, PostgreSQL away) stops its attempts
+- **Lease**: the worker renews its row of ``workers`` every third of WORKER_LEASE_MS. A
+  worker that could not renew it for a whole lease (partitioned, paused, PostgreSQL away) stops its attempts
   itself: by then the reconciler may have given them to another worker.
 - **Reconciler** (`reconciler.py`, one worker at a time): workers whose lease has expired
   lose their running attempts (failed with reason ``worker lost``, retried per budget) and
@@ -41,8 +42,8 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
 import anyio.abc
@@ -60,6 +61,7 @@ from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.task import Task, TaskStatus
+from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
     from saq.queue.postgres import PostgresQueue
@@ -75,6 +77,8 @@ FUNCTION: Final = "async_tasks.attempt"
 #: Seconds: at most one progress write per task per window reaches PostgreSQL.
 PROGRESS_WINDOW: Final = 0.1
 LEASE_LOST: Final = "lease lost"
+#: Seconds a stopping worker waits for SAQ's worker to stop dequeuing.
+SAQ_STOP_TIMEOUT: Final = 3.0
 #: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
 LEAVE_TIMEOUT: Final = 2.0
 
@@ -105,41 +109,69 @@ def _merge(earlier: Report | None, later: Report) -> Report:
     return percent, earlier[1], description if description is not None else earlier[2]
 
 
+class Held(NamedTuple):
+    """What an attempt's sink holds back: its latest progress report, and the log lines
+    written since the last write (`skipped`: older ones it dropped, beyond the task's bound)."""
+
+    report: Report | None = None
+    lines: Sequence[LogLine] = ()
+    skipped: int = 0
+
+
 class _Coalescer:
-    """The progress sink of one attempt: at most one store write per window (the first
-    a window after the start), latest wins; what is still held when the attempt ends
-    is stored with its outcome. Once the store refuses a report, every later one is
-    refused. The writes themselves are made by `_Flusher`."""
+    """The progress and log sink of one attempt: at most one store write per window (the
+    first a window after the start) carrying the latest report (latest wins) and the lines
+    written meanwhile (at most the task's bound of them: older ones are dropped and
+    counted, as the store would); what is still held when the attempt ends is stored with
+    its outcome. Once the store refuses a write, every later report and line is refused.
+    The writes themselves are made by `_Flusher`."""
 
-    __slots__ = ("_flusher", "_pending", "closed", "due", "key", "last", "refused")
+    __slots__ = ("_flusher", "_lines", "_pending", "_skipped", "closed", "due", "key", "last", "max_lines", "refused")
 
-    def __init__(self, flusher: _Flusher, task: Task, number: int) -> None:
+    def __init__(self, flusher: _Flusher, task: Task, number: int, max_lines: int) -> None:
         self._flusher = flusher
         self.key = (task.session_key, task.id, number)
         self.last = time.monotonic()
         self._pending: Report | None = None
+        self._lines: list[LogLine] = []
+        self._skipped = 0
+        self.max_lines = max_lines
         self.due = 0.0
         self.refused = False
         self.closed = False
 
+    def _hold(self) -> None:
+        if self._pending is None and not self._lines and not self._skipped:
+            self.due = self.last + self._flusher.window
+            self._flusher.hold(self)
+
     async def __call__(self, percent: float, step: str | None, description: str | None) -> bool:
         if self.refused:
             return False
-        if self._pending is None:
-            self.due = self.last + self._flusher.window
-            self._flusher.hold(self)
+        self._hold()
         self._pending = _merge(self._pending, (percent, step, description))
         return True
 
-    def pop(self) -> Report | None:
-        pending, self._pending = self._pending, None
-        return pending
+    async def log(self, line: LogLine) -> bool:
+        if self.refused:
+            return False
+        self._hold()
+        self._lines.append(line)
+        if len(self._lines) > self.max_lines:  # a flood: the store would drop them anyway
+            del self._lines[0]
+            self._skipped += 1
+        return True
 
-    def take(self) -> Report | None:
-        """End the sink; the report still held back, to be stored with the outcome."""
+    def pop(self) -> Held:
+        held = Held(self._pending, self._lines, self._skipped)
+        self._pending, self._lines, self._skipped = None, [], 0
+        return held
+
+    def take(self) -> Held:
+        """End the sink; what it still holds back, to be stored with the outcome."""
         self.closed = True
-        pending = self.pop()
-        return None if self.refused else pending
+        held = self.pop()
+        return Held() if self.refused else held
 
 
 class _Flusher:
@@ -173,12 +205,12 @@ class _Flusher:
                     await self._write(sink)
 
     async def _write(self, sink: _Coalescer) -> None:
-        report = sink.pop()
-        if report is None or sink.closed or sink.refused:
+        held = sink.pop()
+        if (held.report is None and not held.lines and not held.skipped) or sink.closed or sink.refused:
             return
         sink.last = time.monotonic()
         try:
-            sink.refused = not await self.store.report_progress(*sink.key, *report)
+            sink.refused = not await self.store.report(*sink.key, held.report, held.lines, skipped=held.skipped)
         except StoreUnavailable:
             pass  # said once by the store's availability; the next report tries again
         except Exception:
@@ -359,8 +391,14 @@ class PostgresWorker:
         if saq is None:
             return
         try:
-            saq.event.set()
-            await saq.stop()
+            # Bounded: SAQ's stop waits for its dequeuing tasks to finish cancelling, and one
+            # stuck in its Postgres queue's dequeue (a connection it waits for) would hold the
+            # shutdown forever; what it holds is handed back below all the same.
+            with anyio.move_on_after(SAQ_STOP_TIMEOUT) as waited:
+                saq.event.set()
+                await saq.stop()
+            if waited.cancelled_caught:
+                logger.warning("The SAQ worker did not stop within %.0f s; going on", SAQ_STOP_TIMEOUT)
         except Exception:
             logger.warning("The SAQ worker did not stop cleanly", exc_info=True)
 
@@ -494,9 +532,15 @@ class PostgresWorker:
         executor = self.executors.get(task.executor)
         attempt = _Attempt(task, task.attempts)
         assert self._flusher is not None
-        sink = _Coalescer(self._flusher, task, attempt.number)
+        sink = _Coalescer(self._flusher, task, attempt.number, self.settings.task_log_lines)
         attempt.sink = sink
-        attempt.reporter = reporter = ProgressReporter(sink, type(executor).steps if executor is not None else ())
+        attempt.reporter = reporter = ProgressReporter(
+            sink,
+            type(executor).steps if executor is not None else (),
+            log_sink=sink.log,
+            line_bytes=self.settings.task_log_line_bytes,
+            now_ms=self.clock.now_ms,
+        )
         self.running[task.id] = attempt
         attempt.started = self.clock.monotonic()
         bind_task(task.id, task.session_key, task.executor, task.request_id)
@@ -536,13 +580,15 @@ class PostgresWorker:
         attempt.task = msgspec.structs.replace(task, params=params)
         return attempt.task
 
-    async def _record(self, attempt: _Attempt, finish: Finish, report: Report | None) -> None:
-        """Store how an attempt that ran to its end came out (with its last held-back report)."""
+    async def _record(self, attempt: _Attempt, finish: Finish, held: Held) -> None:
+        """Store how an attempt that ran to its end came out (with its last held-back report
+        and log lines)."""
         task = attempt.task
         try:
             done = await self.store.finish(
-                task.session_key, task.id, attempt.number, finish, owner=self.worker_id, report=report
-            )
+                task.session_key, task.id, attempt.number, finish, owner=self.worker_id,
+                report=held.report, lines=held.lines, skipped=held.skipped,
+            )  # fmt: skip
         except (InvalidTransition, TaskNotFound):
             return  # cancelled, lost or removed while it finished: the store already says so
         except StoreUnavailable as exc:

@@ -5,7 +5,8 @@
 --   p_now   time in ms (NULL: the database's clock; only a test clock passes one)
 --   p_conf  settings: '<max completed>,<max failed>,<max cancelled>,<max history>,
 --           <global running limit>,<session running limit>,<idempotency window ms>,
---           <idempotency keys per session>' ('' for none of each)
+--           <idempotency keys per session>,<log lines per task>,<log bytes per task>'
+--           ('' for none of each)
 --   p_want  whether the caller wants the records of the tasks the function removes
 --   p_op    the operation id: a write that finds it on its task already happened (sent
 --           again after its reply was lost) and answers as the first did
@@ -34,6 +35,8 @@ CREATE TYPE ctx AS (
     session_limit integer,
     key_window bigint,
     keys_kept integer,
+    log_lines integer,
+    log_bytes integer,
     want boolean,
     op text
 );
@@ -59,6 +62,8 @@ BEGIN
     c.session_limit := nullif(v[6], '')::integer;
     c.key_window := nullif(v[7], '')::bigint;
     c.keys_kept := nullif(v[8], '')::integer;
+    c.log_lines := coalesce(nullif(v[9], '')::integer, 100);
+    c.log_bytes := coalesce(nullif(v[10], '')::integer, 16384);
     c.want := coalesce(p_want, false);
     c.op := nullif(p_op, '');
     RETURN c;
@@ -83,6 +88,18 @@ CREATE FUNCTION finished(status text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 
     SELECT status IN ('completed', 'failed', 'cancelled')
 $$;
 
+-- A log line's JSON, as `LogLine` encodes it (no `data` when it has none).
+CREATE FUNCTION line_json(n integer, at bigint, message text, data json) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT '{"n":' || n || ',"at":' || at || ',"message":' || to_json(message)::text
+        || CASE WHEN data IS NULL THEN '' ELSE ',"data":' || data::text END || '}'
+$$;
+
+-- A task's log lines, oldest first (only the latest `last` when given).
+CREATE FUNCTION logs_json(p_id text, last integer DEFAULT NULL) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT ('[' || coalesce(string_agg(line_json(l.n, l.at, l.message, l.data), ',' ORDER BY l.n), '') || ']')::json
+    FROM (SELECT * FROM task_logs WHERE task_id = p_id ORDER BY n DESC LIMIT last) l
+$$;
+
 -- The task's JSON as the HTTP contract names its fields (its history too when `whole`).
 CREATE FUNCTION task_json(t tasks, whole boolean DEFAULT true) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
@@ -98,7 +115,8 @@ CREATE FUNCTION task_json(t tasks, whole boolean DEFAULT true) RETURNS text LANG
             SELECT coalesce(json_agg(json_strip_nulls(json_build_object(
                 'at', h.at, 'status', h.status, 'previous', h.previous, 'attempt', h.attempt,
                 'reason', h.reason, 'error', h.error, 'omitted', nullif(h.omitted, 0))) ORDER BY h.n), '[]')
-            FROM task_history h WHERE h.task_id = t.id) ELSE '[]' END
+            FROM task_history h WHERE h.task_id = t.id) ELSE '[]' END,
+        'logs', logs_json(t.id), 'logsDropped', t.logs_dropped
     )::text
 $$;
 
@@ -111,7 +129,7 @@ CREATE FUNCTION summary_json(t tasks) RETURNS json LANGUAGE sql STABLE AS $$
         'priority', t.priority, 'tags', t.tags, 'deadLettered', t.dead_lettered, 'createdAt', t.created_at,
         'updatedAt', t.updated_at, 'startedAt', t.started_at, 'completedAt', t.completed_at,
         'scheduledAt', t.scheduled_at, 'maxRetries', t.max_retries, 'autoRetries', t.auto_retries,
-        'description', t.description)
+        'description', t.description, 'logs', logs_json(t.id, 3), 'logsDropped', t.logs_dropped)
 $$;
 
 -- A push stream's event about the task (its result only when `with_result`), as compact
@@ -567,3 +585,100 @@ BEGIN
     END IF;
     RETURN v_gone;
 END $$;
+
+-- -- logs ---------------------------------------------------------------------------------
+
+-- What a stream starts from for a task: its event, with its log (all of it when `whole`, else
+-- its latest 3 lines, RECENT_LINES in task_log.py) and its result unless larger than
+-- `result_bytes` (NULL: always), as compact JSON.
+CREATE TYPE snapshot AS ("type" text, "taskId" text, "sessionKey" text, status text, progress double precision,
+    "currentStep" text, "currentStepDescription" text, at bigint, executor text, previous text, error text,
+    result json, name text, attempt integer, logs json, "logsDropped" integer);
+
+CREATE FUNCTION snapshot_json(t tasks, whole boolean, result_bytes integer) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT to_json(ROW('snapshot', t.id, t.session_key, t.status, t.progress, t.current_step,
+        t.current_step_description, t.updated_at, t.executor, NULL, t.error,
+        CASE WHEN t.status = 'completed' AND (result_bytes IS NULL OR octet_length(t.result::text) <= result_bytes)
+            THEN t.result END, t.name, t.attempts, logs_json(t.id, CASE WHEN whole THEN NULL ELSE 3 END),
+        t.logs_dropped)::snapshot)
+$$;
+
+-- Append log lines to running task `p_id` of session `p_s`: `p_lines` is a JSON array of
+-- lines without their `n`, oldest first, after `p_skipped` lines its worker dropped before
+-- sending them. Each is numbered (following the task's last line; dropped lines count);
+-- beyond `log_lines` lines or `log_bytes` bytes (each line's JSON) the oldest go, counted in
+-- the task's `logs_dropped` (the newest always stays). The lines kept are published as `log`
+-- events (as many as NOTIFY's 8000 bytes need). Returns how many were appended.
+CREATE FUNCTION add_logs(c ctx, p_s text, p_id text, p_skipped integer, p_lines json) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t tasks;
+    v_line json;
+    v_n integer;
+    v_size integer;
+    v_added integer := 0;
+    v_first integer;
+    v_popped integer := 0;
+    v_gone task_logs;
+    v_chunk text[] := ARRAY[]::text[];
+    v_chunk_bytes integer := 0;
+    v_text text;
+BEGIN
+    SELECT * INTO t FROM tasks WHERE id = p_id;
+    t.logs_dropped := t.logs_dropped + coalesce(p_skipped, 0);
+    v_n := t.logs_dropped + t.log_lines;
+    v_first := v_n + 1;
+    FOR v_line IN SELECT value FROM json_array_elements(coalesce(p_lines, '[]')) LOOP
+        v_n := v_n + 1;
+        v_text := line_json(v_n, (v_line ->> 'at')::bigint, v_line ->> 'message', v_line -> 'data');
+        v_size := octet_length(v_text);
+        INSERT INTO task_logs (task_id, n, at, message, data, size)
+            VALUES (p_id, v_n, (v_line ->> 'at')::bigint, v_line ->> 'message', v_line -> 'data', v_size);
+        t.log_lines := t.log_lines + 1;
+        t.log_bytes := t.log_bytes + v_size;
+        v_added := v_added + 1;
+    END LOOP;
+    WHILE t.log_lines > 1 AND (t.log_lines > c.log_lines OR t.log_bytes > c.log_bytes) LOOP
+        DELETE FROM task_logs WHERE (task_id, n) = (SELECT task_id, n FROM task_logs WHERE task_id = p_id
+            ORDER BY n LIMIT 1) RETURNING * INTO v_gone;
+        t.log_lines := t.log_lines - 1;
+        t.log_bytes := t.log_bytes - v_gone.size;
+        t.logs_dropped := t.logs_dropped + 1;
+        v_popped := v_popped + 1;
+    END LOOP;
+    UPDATE tasks SET logs_dropped = t.logs_dropped, log_lines = t.log_lines, log_bytes = t.log_bytes
+        WHERE id = p_id;
+    -- The lines added that are still kept, in events of at most ~7000 bytes each.
+    FOR v_text IN SELECT line_json(l.n, l.at, l.message, l.data) FROM task_logs l
+        WHERE l.task_id = p_id AND l.n >= v_first ORDER BY l.n LOOP
+        IF v_chunk_bytes + octet_length(v_text) > 7000 AND array_length(v_chunk, 1) > 0 THEN
+            PERFORM publish_log(t, v_chunk);
+            v_chunk := ARRAY[]::text[];
+            v_chunk_bytes := 0;
+        END IF;
+        v_chunk := v_chunk || v_text;
+        v_chunk_bytes := v_chunk_bytes + octet_length(v_text);
+    END LOOP;
+    IF array_length(v_chunk, 1) > 0 THEN
+        PERFORM publish_log(t, v_chunk);
+    END IF;
+    RETURN v_added;
+END $$;
+
+-- Publish log lines (their JSON) of the task as one `log` event.
+CREATE FUNCTION publish_log(t tasks, p_lines text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint := nextval('seq');
+BEGIN
+    PERFORM pg_notify(current_schema() || '_events', t.session_key || E'\n[' || n || ',' || to_json(t.id) || ',"log",'
+        || to_json(t.status) || ',' || t.attempts || ',{"type":"log","taskId":' || to_json(t.id) || ',"sessionKey":'
+        || to_json(t.session_key) || ',"status":' || to_json(t.status) || ',"attempt":' || t.attempts || ',"at":'
+        || t.updated_at || ',"lines":[' || array_to_string(p_lines, ',') || '],"logsDropped":' || t.logs_dropped
+        || '}]');
+END $$;
+
+-- Remember how long a completed attempt of `executor` took (the newest `keep` of them).
+CREATE FUNCTION record_duration(p_executor text, p_took bigint, p_keep integer) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO durations (executor, runs) VALUES (p_executor, ARRAY[p_took])
+    ON CONFLICT (executor) DO UPDATE SET runs = (ARRAY[p_took] || durations.runs)[1:p_keep]
+$$;

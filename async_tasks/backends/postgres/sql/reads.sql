@@ -58,6 +58,7 @@ END $$;
 -- happened after. It takes the deployment's lock, so no change is half-way (a number
 -- taken, not yet committed). A result over `p_result_bytes` is left out of a session's
 -- snapshots (a client reads it with GET /tasks/{id}); one task's snapshot always carries it.
+-- Each carries the task's log: all of it in one task's snapshot, its latest lines in a session's.
 -- Answers [seq, [event, ...] newest first].
 CREATE FUNCTION op_snapshot(p_s text, p_id text, p_limit integer, p_result_bytes integer) RETURNS text
 LANGUAGE plpgsql AS $$
@@ -68,11 +69,10 @@ BEGIN
     PERFORM lock_all();
     SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO v_seq FROM seq;
     IF p_id IS NOT NULL THEN
-        SELECT json_agg(event_json(t, 'snapshot', NULL, true)) INTO v_events FROM tasks t
+        SELECT json_agg(snapshot_json(t, true, NULL)) INTO v_events FROM tasks t
             WHERE t.id = p_id AND t.session_key = p_s;
     ELSE
-        SELECT json_agg(event_json(t, 'snapshot', NULL, octet_length(t.result::text) <= p_result_bytes)
-            ORDER BY t.seq DESC) INTO v_events
+        SELECT json_agg(snapshot_json(t, false, p_result_bytes) ORDER BY t.seq DESC) INTO v_events
         FROM (SELECT * FROM tasks WHERE session_key = p_s ORDER BY seq DESC LIMIT p_limit) t;
     END IF;
     RETURN '[' || v_seq || ',' || coalesce(v_events::text, '[]') || ']';

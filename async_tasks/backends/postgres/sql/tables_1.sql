@@ -45,6 +45,9 @@ CREATE TABLE tasks (
     job_key text,
     history_next integer NOT NULL DEFAULT 1,
     history_len integer NOT NULL DEFAULT 0,
+    logs_dropped integer NOT NULL DEFAULT 0,  -- its oldest log lines dropped to stay within the bounds
+    log_lines integer NOT NULL DEFAULT 0,     -- log lines kept
+    log_bytes integer NOT NULL DEFAULT 0,     -- their size, as JSON
     ops text[] NOT NULL DEFAULT '{}'        -- the last writes' operation ids (a re-sent write answers "done")
 );
 CREATE INDEX tasks_session ON tasks (session_key, seq);
@@ -67,6 +70,23 @@ CREATE TABLE task_history (
     error text,
     omitted integer NOT NULL DEFAULT 0,     -- transitions this entry stands for (a capped history)
     PRIMARY KEY (task_id, n)
+);
+
+-- The lines a task's executor wrote (within TASK_LOG_LINES and TASK_LOG_BYTES: the oldest go).
+CREATE TABLE task_logs (
+    task_id text NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    n integer NOT NULL,                     -- its number in the task's log (dropped lines count)
+    at bigint NOT NULL,
+    message text NOT NULL,
+    data json,                              -- structured partial results, if any
+    size integer NOT NULL,                  -- its JSON's bytes (what the bound counts)
+    PRIMARY KEY (task_id, n)
+);
+
+-- The run times (ms) of each executor's last completed attempts, newest first (estimates).
+CREATE TABLE durations (
+    executor text PRIMARY KEY,
+    runs bigint[] NOT NULL
 );
 
 -- A session holding tasks: its counts (kept as tasks change), where it is in the line of
