@@ -67,12 +67,18 @@ class Admin:
         return await self.system.store.list_sessions(limit=limit, offset=offset)
 
     async def tasks(
-        self, where: TaskFilter, *, session_key: str | None = None, limit: int | None = 100, offset: int = 0
+        self,
+        where: TaskFilter,
+        *,
+        session_key: str | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        cursor: str | None = None,
     ) -> TaskPage:
         """Tasks of every session (or of `session_key`) matching `where`, newest first."""
         if session_key is not None:
-            return await self.system.store.query(session_key, where, limit=limit, offset=offset)
-        return await self.system.store.query_all(where, limit=limit, offset=offset)
+            return await self.system.store.query(session_key, where, limit=limit, offset=offset, cursor=cursor)
+        return await self.system.store.query_all(where, limit=limit, offset=offset, cursor=cursor)
 
     async def task(self, task_id: str) -> Task:
         """A task of any session (`TaskNotFound` otherwise)."""

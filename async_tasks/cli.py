@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     from async_tasks.worker import run_worker
 
-    return run_worker(backend=args.backend, concurrency=args.concurrency, app=args.app)
+    return run_worker(backend=args.backend, concurrency=args.concurrency, app=args.app, executors=args.executors)
 
 
 # -- client commands (talk to a running server) ------------------------------------
@@ -662,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, help="tasks at once in this worker (default: $WORKER_CONCURRENCY or 10)"
     )
     worker_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
+    worker_cmd.add_argument(
+        "--executors",
+        metavar="NAME,NAME",
+        help="run only these executors: tasks of others wait for a worker that runs them "
+        "(default: $WORKER_EXECUTORS, or every registered executor)",
+    )
     worker_cmd.set_defaults(func=worker)
     _add_client_commands(commands)
     return parser

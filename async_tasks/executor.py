@@ -298,6 +298,20 @@ class ExecutorRegistry:
     def names(self) -> list[str]:
         return list(self._executors)
 
+    def only(self, names: Iterable[str]) -> ExecutorRegistry:
+        """The registry of these executors only (the same instances): what a worker started
+        with ``--executors`` runs. `ExecutorRegistrationError` names any that is not registered."""
+        wanted = list(dict.fromkeys(names))
+        unknown = [name for name in wanted if name not in self._executors]
+        if unknown:
+            raise ExecutorRegistrationError(
+                f"--executors / WORKER_EXECUTORS names {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not registered (registered: {', '.join(self.names())})"
+            )
+        subset = ExecutorRegistry()
+        subset._executors = {name: self._executors[name] for name in wanted}
+        return subset
+
     def __iter__(self) -> Iterator[TaskExecutor[Any, Any]]:
         return iter(self._executors.values())
 

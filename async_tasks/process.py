@@ -16,7 +16,11 @@ logger = logging.getLogger("async_tasks.shutdown")
 
 
 def environment(
-    *, backend: str | None = None, with_worker: bool = False, concurrency: int | None = None
+    *,
+    backend: str | None = None,
+    with_worker: bool = False,
+    concurrency: int | None = None,
+    executors: str | None = None,
 ) -> dict[str, str]:
     """The process environment with the command line's overrides of settings."""
     environ = dict(os.environ)
@@ -26,6 +30,8 @@ def environment(
         environ["EMBEDDED_WORKER"] = "true"
     if concurrency is not None:
         environ["WORKER_CONCURRENCY"] = str(concurrency)
+    if executors is not None:
+        environ["WORKER_EXECUTORS"] = executors
     return environ
 
 

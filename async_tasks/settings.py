@@ -119,6 +119,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_task_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 3_600_000
     max_task_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
     retry_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 500
+    #: How far ahead a task's `startAt` may be (7 days).
+    max_start_delay_ms: Positive = 604_800_000
     retry_backoff_max_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
     # Request and result bounds.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
@@ -136,6 +138,9 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     task_backend: str = "memory"
     redis_key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "async-tasks:"
     worker_concurrency: Positive = 10
+    #: The executors a worker runs, comma-separated (empty: every registered one); it takes
+    #: tasks of these only (``async-tasks worker --executors``).
+    worker_executors: str = ""
     worker_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=600_000)] = 3000
     #: How long a request waits for Redis before it answers 503 (a hung or unreachable Redis).
     redis_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 2000
@@ -214,6 +219,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
                 )
             names.append(name)
         return tuple(names)
+
+    @property
+    def worker_executor_names(self) -> tuple[str, ...]:
+        """WORKER_EXECUTORS as names (empty: every registered executor)."""
+        return tuple(_split(self.worker_executors))
 
     @property
     def api_key_list(self) -> tuple[str, ...]:

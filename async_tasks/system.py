@@ -268,12 +268,16 @@ class TaskSystem:
         max_retries: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        start_at: int | None = None,
     ) -> Task:
         """Create a task in the session and (by default) start it; returns at once.
 
         `params` is a mapping validated against the executor's `Params` (or a `Params`
         instance). Either the task runs (or waits in the queue) or it was never
         created: a failure or a shutdown between the two leaves nothing behind.
+        `start_at` (epoch ms) starts it at that time instead (it implies `start`; a time
+        already past starts it now; at most MAX_START_DELAY_MS ahead): pending meanwhile,
+        `Task.scheduled_at` says when, and it counts in the quotas as any pending task.
         """
         task, _ = await self.create_or_replay(
             session_key,
@@ -289,6 +293,7 @@ class TaskSystem:
             max_retries=max_retries,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            start_at=start_at,
         )
         return task
 
@@ -308,12 +313,16 @@ class TaskSystem:
         max_retries: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        start_at: int | None = None,
     ) -> tuple[Task, bool]:
         """`create_task`, also telling whether an Idempotency-Key replayed an earlier task."""
         impl = self.executor(executor)
         cls = type(impl)
         if not self.accepting:
             raise ShuttingDown()
+        if start_at is not None:
+            self._check_start_at(start_at)
+            start = True
         params = self._convert_params(cls, params)
         self._check_size(params, metadata, tags)
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
@@ -333,6 +342,7 @@ class TaskSystem:
             fingerprint = hashlib.sha256(
                 msgspec.json.encode(
                     [executor, params, name, description, metadata, tags, priority, timeout_ms, max_retries, start]
+                    + ([start_at] if start_at is not None else [])
                 )
             ).digest()
             idempotency = Idempotency(idempotency_key, fingerprint)
@@ -358,7 +368,9 @@ class TaskSystem:
             max_retries=max_retries,
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
-        created = await self.execution.create(task, limits=self.limits, idempotency=idempotency, start=start)
+        created = await self.execution.create(
+            task, limits=self.limits, idempotency=idempotency, start=start, start_at=start_at
+        )
         crash_point("create.after_store")
         return created
 
@@ -385,6 +397,17 @@ class TaskSystem:
                 f"The task's params, metadata and tags take {size} bytes as JSON; the limit is {limit} "
                 "(MAX_TASK_DATA_BYTES).",
                 details={"limit": limit, "size": size, "setting": "MAX_TASK_DATA_BYTES"},
+            )
+
+    def _check_start_at(self, start_at: int) -> None:
+        """A `startAt` more than MAX_START_DELAY_MS ahead is refused (one in the past starts now)."""
+        most = self.settings.max_start_delay_ms
+        ahead = start_at - self.clock.now_ms()
+        if ahead > most:
+            raise InvalidParams(
+                f"startAt is {_duration(ahead)} ahead; a task can start at most {_duration(most)} ahead "
+                f"(MAX_START_DELAY_MS is {most}).",
+                field="startAt",
             )
 
     async def _drop_expired(self, tasks: list[Task]) -> None:
@@ -491,11 +514,15 @@ class TaskSystem:
 
     # -- control -----------------------------------------------------------------
 
-    async def start_task(self, session_key: str, task_id: str) -> Task:
-        """Start a pending task (it runs when the limits allow)."""
+    async def start_task(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
+        """Start a pending task (it runs when the limits allow), or at `start_at` (epoch ms,
+        as for `create_task`): a task waiting for its time moves to the new one (None:
+        now, early)."""
         if not self.accepting:
             raise ShuttingDown()
-        return await self.execution.start(session_key, task_id)
+        if start_at is not None:
+            self._check_start_at(start_at)
+        return await self.execution.start(session_key, task_id, start_at=start_at)
 
     async def cancel_task(self, session_key: str, task_id: str, reason: str = "cancelled by request") -> Task:
         """Cancel a pending or running task: it is `cancelled` at once and its progress
@@ -526,6 +553,14 @@ class TaskSystem:
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _duration(ms: int) -> str:
+    """Milliseconds for a person: ``7 days``, ``3.5 hours``, ``1 minute``, ``90 seconds``."""
+    units = (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000))
+    unit, size = next(((unit, size) for unit, size in units if ms >= size), ("second", 1000))
+    amount = f"{ms / size:.3g}"
+    return f"{amount} {unit}{'' if amount == '1' else 's'}"
 
 
 def idempotency_keys_kept(settings: Settings) -> int:

@@ -103,8 +103,13 @@ class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
     updated_at: int = 0
     started_at: int | None = None
     completed_at: int | None = None
-    #: When a pending task waiting out a delay (an automatic retry's backoff) starts.
+    #: When a pending task waiting for its time starts: its delayed start (``startAt``) or
+    #: an automatic retry's backoff.
     scheduled_at: int | None = None
+    #: Why a pending task has not started, for a person, when something other than its turn
+    #: holds it up: "waiting for a worker that runs `report`" (a shared backend whose live
+    #: workers do not run its executor). Read-only: the store says it as it reads the task.
+    waiting_reason: str | None = None
     history: list[HistoryEntry] = msgspec.field(default_factory=list)
     #: The executor's log lines, oldest first, within the TASK_LOG_* bounds (every attempt's:
     #: a retry does not clear them). See `async_tasks.task_log`.

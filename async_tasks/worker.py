@@ -4,7 +4,9 @@ It needs TASK_BACKEND=redis://... (or ``--backend``) and the same SECRET_KEY and
 REDIS_KEY_PREFIX as the API processes. Executors come from the installed entry points,
 plus ``--app module:attribute`` for executors registered in code, imported from the
 current directory as uvicorn imports an app (`async_tasks.loading`): executors, a
-`TaskSystem`, an app serving one, or a factory of any of these.
+`TaskSystem`, an app serving one, or a factory of any of these. ``--executors a,b``
+(WORKER_EXECUTORS) runs some of them only: the worker takes tasks of those, and a task
+of another executor waits for a worker that runs it.
 
 On SIGTERM or SIGINT it takes no new attempts, gives the running ones most of
 SHUTDOWN_GRACE_MS to finish, hands the others back to the queue (another worker runs
@@ -45,9 +47,12 @@ def load_app(spec: str) -> tuple[list[Any], bool]:
     return list(system.executors), False
 
 
-def run_worker(*, backend: str | None = None, concurrency: int | None = None, app: str | None = None) -> int:
-    """Run a worker until SIGTERM or SIGINT; 2 on a bad setting or an unreachable Redis."""
-    environ = environment(backend=backend, with_worker=True, concurrency=concurrency)
+def run_worker(
+    *, backend: str | None = None, concurrency: int | None = None, app: str | None = None, executors: str | None = None
+) -> int:
+    """Run a worker until SIGTERM or SIGINT; 2 on a bad setting or an unreachable Redis.
+    `executors` (comma-separated names, WORKER_EXECUTORS) limits it to some executors."""
+    environ = environment(backend=backend, with_worker=True, concurrency=concurrency, executors=executors)
     try:
         settings = Settings.from_env(environ)
         chosen = backend_class(settings)
@@ -56,9 +61,9 @@ def run_worker(*, backend: str | None = None, concurrency: int | None = None, ap
                 "The worker needs a shared backend (TASK_BACKEND=redis://... or --backend); "
                 "with the memory backend, tasks run inside `async-tasks serve`"
             )
-        executors, entry_points = load_app(app) if app else ([], True)
+        loaded, entry_points = load_app(app) if app else ([], True)
         chosen.check(settings)
-        system = TaskSystem(executors, settings=settings, environ=environ, load_entry_points=entry_points)
+        system = TaskSystem(loaded, settings=settings, environ=environ, load_entry_points=entry_points)
     except (SettingsError, ExecutorRegistrationError) as exc:
         print(f"async-tasks: {exc}", file=sys.stderr)
         return 2
@@ -78,7 +83,8 @@ def run_worker(*, backend: str | None = None, concurrency: int | None = None, ap
 async def _serve(system: TaskSystem, settings: Settings, signalled: threading.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with system:
-            names = ", ".join(system.executors.names())
+            runs = system.worker.executors if system.worker is not None else system.executors
+            names = ", ".join(runs.names())
             print(
                 f"async-tasks worker: up to {settings.worker_concurrency} tasks at once ({names})",
                 file=sys.stderr,

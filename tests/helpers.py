@@ -149,11 +149,11 @@ def find_task(app: Litestar, task_id: str) -> Task | None:
 
 
 async def wait_for(app: Litestar, task_id: str, *statuses: str, progress: float | None = None) -> Task:
-    """`async_tasks.testing.wait_for` for a task of any session of `app` (which must run
-    in the caller's event loop: the `client` fixture / `serve_in_loop`)."""
-    task = find_task(app, task_id)
-    assert task is not None, f"no task {task_id}"
-    return await testing.wait_for(system_of(app), task.session_key, task_id, *statuses, progress=progress)
+    """`async_tasks.testing.wait_for` for a task of any session of `app`, on any backend
+    (the app must run in the caller's event loop: the `client` fixture / `serve_in_loop`)."""
+    system = system_of(app)
+    task = await system.store.find(task_id)
+    return await testing.wait_for(system, task.session_key, task_id, *statuses, progress=progress)
 
 
 def tampered(token: str) -> str:

@@ -1,8 +1,13 @@
-"""The admin API: every session's tasks for ADMIN_API_KEYS holders, nothing for anyone else."""
+"""The admin API: every session's tasks for ADMIN_API_KEYS holders, nothing for anyone else.
+
+What the admin sees is asked of the memory backend and of Redis (an app with an embedded
+worker, on the test's own keys), as tests/execution does."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -23,10 +28,24 @@ def admin_app(make_app: Callable[..., Litestar], **overrides: object) -> Litesta
     return make_app(admin_api_keys=f"ops:{ADMIN_KEY}", api_keys=API_KEY, retry_backoff_ms=0, **overrides)
 
 
-async def test_the_admin_sees_every_session_and_a_session_only_its_own(make_app: Callable[..., Litestar]) -> None:
+@pytest.fixture(params=["memory", "redis"])
+def on_backend(request: pytest.FixtureRequest, make_app: Callable[..., Litestar]) -> Callable[..., Litestar]:
+    """`make_app` on each backend: memory, and Redis with a worker in the app's process."""
+    if request.param == "memory":
+        return make_app
+    redis: dict[str, Any] = {
+        "task_backend": request.getfixturevalue("redis_url"),
+        "redis_key_prefix": request.getfixturevalue("redis_prefix"),
+        "embedded_worker": True,
+        "worker_lease_ms": 600,
+    }
+    return functools.partial(make_app, **redis)
+
+
+async def test_the_admin_sees_every_session_and_a_session_only_its_own(on_backend: Callable[..., Litestar]) -> None:
     """With the key, /admin lists two sessions' tasks (with their session keys) and the
     sessions; without it, 401 in the contract's body; a session still sees only its own."""
-    app = admin_app(make_app)
+    app = admin_app(on_backend)
     async with app.lifespan():
         async with (
             asgi_client(app, new_address()) as alice,
@@ -71,10 +90,10 @@ async def test_the_admin_sees_every_session_and_a_session_only_its_own(make_app:
             assert (await operator.get(f"{API}/tasks", headers=ADMIN)).status_code == 401
 
 
-async def test_bulk_retry_takes_the_dead_letter_and_names_who_did_it(make_app: Callable[..., Litestar]) -> None:
+async def test_bulk_retry_takes_the_dead_letter_and_names_who_did_it(on_backend: Callable[..., Litestar]) -> None:
     """POST /admin/tasks/retry {"filter": {"deadLetter": true}} runs every session's dead
     tasks again, leaves the others, and logs the key's name (never the key)."""
-    app = admin_app(make_app)
+    app = admin_app(on_backend)
     async with app.lifespan():
         async with (
             asgi_client(app, new_address()) as alice,
@@ -117,10 +136,10 @@ async def test_bulk_retry_takes_the_dead_letter_and_names_who_did_it(make_app: C
             ]
 
 
-async def test_bulk_cancel_by_filter_and_queue_depth(make_app: Callable[..., Litestar]) -> None:
+async def test_bulk_cancel_by_filter_and_queue_depth(on_backend: Callable[..., Litestar]) -> None:
     """A filter cancels the matching active tasks of every session; the queues and workers
-    say what waits and runs (one process on the memory backend)."""
-    app = admin_app(make_app, max_concurrent_tasks=1)
+    say what waits and runs (one process: the server, or its embedded worker)."""
+    app = admin_app(on_backend, max_concurrent_tasks=1)
     async with app.lifespan():
         async with asgi_client(app, new_address()) as alice, asgi_client(app, new_address()) as operator:
             holding = (
@@ -132,9 +151,11 @@ async def test_bulk_cancel_by_filter_and_queue_depth(make_app: Callable[..., Lit
             ).json()["task"]
             await wait_for(app, holding["id"], "running")
             queues = (await operator.get(f"{API}/admin/queues", headers=ADMIN)).json()["queues"]
-            assert {"executor": "script", "running": 1, "queued": 1} in queues
+            assert {"executor": "script", "running": 1, "queued": 1, "workers": 1} in queues
+            assert {"executor": "sample", "running": 0, "queued": 0, "workers": 1} in queues
             workers = (await operator.get(f"{API}/admin/workers", headers=ADMIN)).json()["workers"]
             assert len(workers) == 1 and workers[0]["running"] == 1 and "script" in workers[0]["executors"]
+            assert workers[0]["leaseAgeMs"] is None or 0 <= workers[0]["leaseAgeMs"] < 600
 
             cancelled = await operator.post(
                 f"{API}/admin/tasks/cancel", json={"filter": {"executor": "script"}}, headers=ADMIN

@@ -8,6 +8,7 @@ build their own app.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import httpx
@@ -387,3 +388,34 @@ async def test_an_offset_past_the_bound_is_a_sentence_and_the_bound_an_empty_pag
     for offset in ("1000000001", str(2**63), "99999999999999999999"):
         error = assert_error(await session_client.get(f"{API}/tasks?offset={offset}"), 400, "invalid_params")
         assert error["error"]["message"] == f"offset must be at most 1000000000 (got '{offset}')."
+
+
+async def test_start_at_delays_a_task_and_its_status_says_when(client: httpx.AsyncClient, app: Litestar) -> None:
+    """``startAt`` makes a pending task with ``scheduledAt`` (also in /status and the list);
+    POST /start with another ``startAt`` moves it, without a body starts it now; a time past
+    MAX_START_DELAY_MS is a 400 sentence; a demo route takes ``startAt`` too."""
+    at = int(time.time() * 1000) + 3_600_000
+    created = await client.post(f"{API}/tasks", json={"executor": "script", "startAt": at})
+    assert created.status_code == 201 and created.json()["queuePosition"] is None
+    task = created.json()["task"]
+    assert (task["status"], task["scheduledAt"], task["waitingReason"]) == ("pending", at, None)
+    status = (await client.get(f"{API}/tasks/{task['id']}/status")).json()
+    assert (status["status"], status["scheduledAt"]) == ("pending", at) and "waitingReason" not in status
+    assert (await client.get(f"{API}/tasks")).json()["tasks"][0]["scheduledAt"] == at
+    moved = await client.post(f"{API}/tasks/{task['id']}/start", json={"startAt": at + 1000})
+    assert moved.status_code == 200 and moved.json()["task"]["scheduledAt"] == at + 1000
+    assert (await client.post(f"{API}/tasks/{task['id']}/start")).status_code == 200
+    assert (await wait_for(app, task["id"], "completed")).scheduled_at is None
+
+    too_far = await client.post(f"{API}/tasks", json={"executor": "script", "startAt": at + 8 * 86_400_000})
+    error = assert_error(too_far, 400, "invalid_params")["error"]
+    assert re.fullmatch(
+        r"startAt is 8\.04 days ahead; a task can start at most 7 days ahead \(MAX_START_DELAY_MS is 604800000\)\.",
+        error["message"],
+    )
+    assert [d["key"] for d in error["details"]] == ["startAt"]
+    assert_error(await client.post(f"{API}/tasks/{task['id']}/start", json={"startAt": "soon"}), 400, "invalid_params")
+
+    demo = (await client.post(f"{API}/demo/tasks/script", json={"startAt": at})).json()
+    assert demo["task"]["scheduledAt"] == at and demo["task"]["status"] == "pending"
+    assert demo["message"].startswith("Scripted Task created; it starts at ") and demo["message"].endswith("Z")

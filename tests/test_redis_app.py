@@ -112,7 +112,8 @@ async def test_ready_names_redis(make_app: Callable[..., Litestar], redis_url: s
 def test_start_up_refusals_are_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
 ) -> None:
-    """No SECRET_KEY with Redis, an unreachable Redis, a worker on the memory backend: one line each."""
+    """No SECRET_KEY with Redis, an unreachable Redis, a worker on the memory backend, a worker
+    asked for an executor nobody registered: one line each."""
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.delenv("TASK_BACKEND", raising=False)
     assert serve(backend=redis_url, port=free_port()) == 2
@@ -126,6 +127,10 @@ def test_start_up_refusals_are_one_line(
     assert "needs a shared backend" in capsys.readouterr().err
     assert run_worker(backend=redis_url, app="tests.helpers:nothing") == 2
     assert "--app tests.helpers:nothing" in capsys.readouterr().err
+    assert run_worker(backend=redis_url, app="tests.helpers:TEST_EXECUTORS", executors="script,reprot") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("async-tasks: --executors / WORKER_EXECUTORS names 'reprot', which is not registered")
+    assert "registered: " in err and "script" in err and err.count("\n") == 1
 
 
 def test_the_worker_finds_executors_registered_in_code() -> None:

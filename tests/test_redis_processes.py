@@ -41,15 +41,18 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
 PROCESSES = "# scale-out: each command in its own terminal"
+ADMIN_KEY = "cluster-admin-key-0123456789"
 
 
 def scale_out_blocks() -> tuple[list[str], list[str]]:
-    """The scale-out section's process lines (redis-server, two servers, a worker) and curl blocks."""
+    """The scale-out section's process lines (redis-server, two servers, a worker of every
+    executor, a worker of `sample` only) and curl blocks."""
     blocks = [b for b in BLOCK.findall(GUIDE.read_text()) if b.startswith(SCALE_OUT)]
     processes = [b for b in blocks if b.startswith(PROCESSES)]
     assert len(processes) == 1, "the scale-out section starts its processes in one block"
     lines = [line for line in processes[0].splitlines()[1:] if line.strip()]
-    assert len(lines) == 4 and "redis-server" in lines[0] and "worker" in lines[3], lines
+    assert len(lines) == 5 and "redis-server" in lines[0], lines
+    assert "worker" in lines[3] and "--executors" not in lines[3] and "--executors sample " in lines[4], lines
     return lines, [b for b in blocks if not b.startswith(PROCESSES)]
 
 
@@ -144,6 +147,7 @@ class Cluster:
             "SHUTDOWN_GRACE_MS": "300",
             "TASK_CREATE_RATE": "0",
             "API_CALL_ALLOW_HOSTS": "127.0.0.1",
+            "ADMIN_API_KEYS": ADMIN_KEY,
         }
         self.logs = logs
         self.redis = Process("redis", self.rewrite(self.lines[0]), self.env, logs / "redis.log", self.ports["6379"])
@@ -153,6 +157,8 @@ class Cluster:
         ]
         self.workers: list[Process] = []
         self.new_worker()
+        #: The guide's worker of `sample` only.
+        self.sample_worker = self.new_worker(self.lines[4])
 
     def rewrite(self, text: str) -> str:
         """The guide's text with this cluster's ports."""
@@ -170,9 +176,10 @@ class Cluster:
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.apis[i].port}"
 
-    def new_worker(self) -> Process:
+    def new_worker(self, line: str | None = None) -> Process:
+        """A worker from the guide's line (by default the one of every executor)."""
         name = f"worker{len(self.workers)}"
-        worker = Process(name, self.rewrite(self.lines[3]), self.env, self.logs / f"{name}.log")
+        worker = Process(name, self.rewrite(line or self.lines[3]), self.env, self.logs / f"{name}.log")
         self.workers.append(worker)
         return worker
 
@@ -371,3 +378,39 @@ async def test_restarted_processes_find_every_task_where_it_was(clients: Any, cl
     assert [h["reason"] for h in finished["history"]][2:4] == ["worker shutdown", "handed back to the queue"]
     assert finished["attempts"] == 2 and finished["autoRetries"] == 0
     assert (await task_of(a, done["id"]))["status"] == "completed"
+
+
+async def test_a_worker_of_some_executors_leaves_the_others_to_a_worker_that_runs_them(
+    clients: Any, cluster: Cluster
+) -> None:
+    """With only the guide's ``--executors sample`` worker up, an api-call task waits (its
+    status and the admin queues say so) while sample tasks run; a worker of every executor
+    takes it as it starts, never having failed it; the admin API lists both workers with
+    what each runs."""
+    a, b = clients
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    if not cluster.sample_worker.alive:  # a test before may have killed it
+        cluster.sample_worker = cluster.new_worker(cluster.lines[4])
+        cluster.start(cluster.sample_worker)
+    cluster.stop(*[w for w in cluster.live_workers() if w is not cluster.sample_worker])
+
+    async def workers() -> list[dict[str, Any]]:
+        return (await a.get(f"{API}/admin/workers", headers=admin)).json()["workers"]  # type: ignore[no-any-return]
+
+    async def only_sample() -> bool:
+        return [w["executors"] for w in await workers()] == [["sample"]]
+
+    await until(only_sample)
+    call = await create(a, "api-call", endpoint=f"{cluster.url(1)}/health")
+    quick = await create(a, delayMs=0)
+    await until(in_status(b, quick["id"], "completed"))
+    status = (await b.get(f"{API}/tasks/{call['id']}/status")).json()
+    assert status["status"] == "pending" and status["waitingReason"] == "waiting for a worker that runs `api-call`"
+    queues = (await b.get(f"{API}/admin/queues", headers=admin)).json()["queues"]
+    assert {"executor": "api-call", "running": 0, "queued": 1, "workers": 0} in queues
+
+    cluster.start(cluster.new_worker())
+    done = await until(in_status(b, call["id"], "completed"), limit=10)
+    assert done["attempts"] == 1 and [h["status"] for h in done["history"]] == ["pending", "running", "completed"]
+    listed = sorted((w["executors"] for w in await workers()), key=len)
+    assert listed[0] == ["sample"] and {"sample", "api-call", "batch", "file-processing"} <= set(listed[1])

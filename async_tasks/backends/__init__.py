@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 class Worker(Protocol):
     """Runs attempts of the tasks a shared backend delivers, in this process."""
 
+    #: The executors it runs (WORKER_EXECUTORS, or every registered one): it is given
+    #: tasks of these only.
+    executors: ExecutorRegistry
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None:
         """Serve until cancelled (start it with ``await tg.start(worker.run)``)."""
         ...

@@ -133,8 +133,9 @@ class AsyncTaskClient(BaseClient):
     async def status(self, task_id: str) -> Json:
         return await self._run(self._status(task_id))
 
-    async def start(self, task_id: str) -> Json:
-        return await self._run(self._action(task_id, "start"))
+    async def start(self, task_id: str, *, start_at: int | None = None) -> Json:
+        """``POST /tasks/{id}/start``: now, or at `start_at` (epoch ms)."""
+        return await self._run(self._action(task_id, "start", None if start_at is None else {"startAt": start_at}))
 
     async def cancel(self, task_id: str) -> Json:
         return await self._run(self._action(task_id, "cancel"))

@@ -168,8 +168,8 @@ class BaseClient:
     def _status(self, task_id: str) -> Flow[Json]:
         return (yield from self._object("GET", self._task_path(task_id, "/status"), None))
 
-    def _action(self, task_id: str, action: str) -> Flow[Json]:
-        return (yield from self._object("POST", self._task_path(task_id, f"/{action}"), "task"))
+    def _action(self, task_id: str, action: str, body: Json | None = None) -> Flow[Json]:
+        return (yield from self._object("POST", self._task_path(task_id, f"/{action}"), "task", json=body))
 
     def _delete(self, task_id: str) -> Flow[None]:
         yield from self._exchange(self._request("DELETE", self._task_path(task_id)))

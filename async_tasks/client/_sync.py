@@ -160,8 +160,9 @@ class TaskClient(BaseClient):
         startedAt, completedAt, error."""
         return self._run(self._status(task_id))
 
-    def start(self, task_id: str) -> Json:
-        return self._run(self._action(task_id, "start"))
+    def start(self, task_id: str, *, start_at: int | None = None) -> Json:
+        """``POST /tasks/{id}/start``: now, or at `start_at` (epoch ms)."""
+        return self._run(self._action(task_id, "start", None if start_at is None else {"startAt": start_at}))
 
     def cancel(self, task_id: str) -> Json:
         return self._run(self._action(task_id, "cancel"))

@@ -56,11 +56,16 @@ WORKER_SHUTDOWN = "worker shutdown"
 
 class ExecutionLoad(msgspec.Struct, kw_only=True):
     """What an execution backend is doing now: attempts running here, tasks waiting for a
-    slot, and (a shared backend) tasks handed to a worker that has not started them yet."""
+    slot, and (a shared backend) tasks handed to a worker that has not started them yet.
+
+    By executor (`ExecutionBackend.load_by_executor`): `queued` also counts the tasks
+    waiting for their time (a retry's backoff, a delayed start), and `workers` says how
+    many live processes run the executor (0: its tasks wait for a worker that runs it)."""
 
     running: int
     queued: int
     starting: int = 0
+    workers: int | None = None
 
 
 class ExecutionBackend(Protocol):
@@ -84,15 +89,23 @@ class ExecutionBackend(Protocol):
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
 
     async def create(
-        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+        self,
+        task: Task,
+        *,
+        limits: CreateLimits,
+        idempotency: Idempotency | None,
+        start: bool,
+        start_at: int | None = None,
     ) -> tuple[Task, bool]:
         """`TaskStore.create`, and with `start` the task handed to delivery: either both
-        happen or neither does. Returns ``(task, replayed)``."""
+        happen or neither does. With `start_at` (epoch ms, later than now) it is delivered
+        then: pending meanwhile, with `Task.scheduled_at` saying when. Returns ``(task, replayed)``."""
         ...
 
-    async def start(self, session_key: str, task_id: str) -> Task:
-        """Hand a pending task to delivery (a no-op if it is on its way; delivered afresh
-        if its delivery was lost). `InvalidTransition` unless it is pending."""
+    async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
+        """Hand a pending task to delivery, now or at `start_at` (a no-op if it is on its
+        way at that time; delivered afresh if its delivery was lost; a task still waiting for
+        its time or its turn moves to the time asked for). `InvalidTransition` unless pending."""
         ...
 
     async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
@@ -138,8 +151,8 @@ class ExecutionBackend(Protocol):
 
     async def load_by_executor(self) -> dict[str, ExecutionLoad]:
         """`load` by executor name, across every process of the backend: attempts
-        running and tasks waiting for a slot (or a worker). Every registered executor is
-        present, with zeros when idle."""
+        running, tasks waiting for a slot, a worker or their time, and the live processes
+        that run it. Every registered executor is present, with zeros when idle."""
         ...
 
 

@@ -16,6 +16,10 @@ however many tasks one session (or a few) queue, the others always find a slot: 
 session alone takes at most half the slots, n busy sessions together at most
 n/(n+1) of them, and a newcomer's task starts at once. Dispatch costs O(log
 sessions) per task started; nothing scans the queue.
+
+Delayed tasks (a retry's backoff, a delayed start) wait in a heap by due time; one
+timer, asleep until the earliest, queues each at its time (as precise as the event
+loop's timers). Every executor runs here: there is no routing.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from async_tasks.execution.base import ExecutionLoad, WorkerInfo, conclude, log_
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
-from async_tasks.store.base import CreateLimits, Idempotency, TaskStore, refusal
+from async_tasks.store.base import CreateLimits, Idempotency, refusal
+from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
 from async_tasks.task_log import LogLine
 
@@ -87,7 +92,7 @@ class LocalExecution:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: MemoryTaskStore,
         executors: ExecutorRegistry,
         settings: Settings,
         clock: Clock = SYSTEM_CLOCK,
@@ -108,8 +113,11 @@ class LocalExecution:
         #: (tasks it runs, ticket, session key); entries whose ticket is stale are skipped.
         self._sessions: dict[str, _SessionQueue] = {}
         self._ready: list[tuple[int, int, str]] = []
-        #: Tasks waiting out a retry backoff: their wait's cancel scope.
-        self._backoff: dict[str, tuple[anyio.CancelScope, Task]] = {}
+        #: Tasks waiting for their time (a retry's backoff, a delayed start): id -> (due ms,
+        #: task), and the heap of (due, sequence, id) the timer sleeps on (stale entries skipped).
+        self._delayed: dict[str, tuple[int, Task]] = {}
+        self._timeline: list[tuple[int, int, str]] = []
+        self._timer: anyio.CancelScope | None = None
         self._seq = itertools.count()
         self._idle: anyio.Event | None = None
         self.on_finish: list[Callable[[Task, float], None]] = []
@@ -139,6 +147,7 @@ class LocalExecution:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self._wake_delayed)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -147,13 +156,12 @@ class LocalExecution:
     async def shutdown(self, grace: float) -> list[Task]:
         self._accepting = False
         waiting = [entry[2] for entry in self._queued.values()]
-        for scope, task in self._backoff.values():
-            scope.cancel()
-            waiting.append(task)
+        waiting += [task for _, task in self._delayed.values()]
         self._queued.clear()
         self._sessions.clear()
         self._ready.clear()
-        self._backoff.clear()
+        self._delayed.clear()
+        self._wake_timer()
         for task in waiting:
             await self._cancel_pending(task, SHUTDOWN)
         for attempt in list(self.running.values()):
@@ -182,23 +190,57 @@ class LocalExecution:
     # -- commands ---------------------------------------------------------------
 
     async def create(
-        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+        self,
+        task: Task,
+        *,
+        limits: CreateLimits,
+        idempotency: Idempotency | None,
+        start: bool,
+        start_at: int | None = None,
     ) -> tuple[Task, bool]:
         if start and not self._accepting:
             raise ShuttingDown()
+        due = self._due(start_at) if start else None
+        task.scheduled_at = due  # the store counts its lifetime from then
         # The memory store answers without yielding: nothing runs between the two steps.
         task, replayed = await self.store.create(task, limits=limits, idempotency=idempotency)
         if start and not replayed:
-            self._enqueue(task)
-            await self._dispatch()
+            if due is not None:
+                self._delay(task, due)
+            else:
+                self._enqueue(task)
+                await self._dispatch()
         return task, replayed
 
-    async def start(self, session_key: str, task_id: str) -> Task:
+    async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
         task = await self.store.get(session_key, task_id)
         if task.status is not TaskStatus.PENDING:
             raise refusal(task.id, task.status, "start")
-        await self._submit(task)
+        if not self._accepting:
+            raise ShuttingDown()
+        due = self._due(start_at)
+        delayed = self._delayed.get(task.id)
+        if task.id in self._queued:
+            if due is None:
+                return task  # already waiting for its turn
+            self._unqueue(task)
+        elif delayed is not None:
+            if delayed[0] == due:
+                return task
+            self._undelay(task.id)
+        elif (running := self.running.get(task.id)) is not None and running.cancel_reason is None:
+            return task  # on its way
+        self.store.schedule(session_key, task_id, due)
+        if due is not None:
+            self._delay(task, due)
+        else:
+            self._enqueue(task)
+            await self._dispatch()
         return task
+
+    def _due(self, start_at: int | None) -> int | None:
+        """`start_at` if it is still ahead, else None (now)."""
+        return start_at if start_at is not None and start_at > self.clock.now_ms() else None
 
     async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         if not self._accepting:
@@ -228,17 +270,15 @@ class LocalExecution:
         if not self._accepting:
             raise ShuttingDown()
         running = self.running.get(task.id)
-        if task.id in self._queued or task.id in self._backoff or (running and running.cancel_reason is None):
+        if task.id in self._queued or task.id in self._delayed or (running and running.cancel_reason is None):
             return  # already on its way
         self._enqueue(task)
         await self._dispatch()
 
     def _withdraw(self, task: Task) -> None:
-        """Stop waiting for a task that will not run (queued, or in a retry's backoff)."""
+        """Stop waiting for a task that will not run (queued, or waiting for its time)."""
         self._unqueue(task)
-        waiting = self._backoff.pop(task.id, None)
-        if waiting is not None:
-            waiting[0].cancel()
+        self._undelay(task.id)
 
     async def queue_position(self, task: Task) -> int | None:
         """The place among the task's own session's queued tasks (other sessions'
@@ -420,21 +460,68 @@ class LocalExecution:
             return  # cancelled or removed while it finished: the store already says so
         log_finish(logger, done, attempt.number, finish)
         if finish.kind == "retry":
-            assert self._tg is not None
-            scope = anyio.CancelScope()
-            self._backoff[task.id] = (scope, done)
-            self._tg.start_soon(self._retry_after, done, finish.retry_delay_ms / 1000, scope)
+            if finish.retry_delay_ms > 0:
+                self._delay(done, self.clock.now_ms() + finish.retry_delay_ms)
+            else:
+                self._enqueue(done)  # launched by the dispatch that follows the attempt
         self._notify(attempt)
 
-    async def _retry_after(self, task: Task, delay: float, scope: anyio.CancelScope) -> None:
-        with scope:
-            await self.clock.sleep(delay)
-        waiting = self._backoff.get(task.id)
-        if waiting is not None and waiting[0] is scope:
-            del self._backoff[task.id]
-        if not scope.cancelled_caught and self._accepting:
-            self._enqueue(task)  # launching checks the task is still pending
-            await self._dispatch()
+    # -- delayed tasks --------------------------------------------------------------
+
+    def _delay(self, task: Task, due_ms: int) -> None:
+        """Queue `task` at `due_ms` (the timer does)."""
+        self._delayed[task.id] = (due_ms, task)
+        heapq.heappush(self._timeline, (due_ms, next(self._seq), task.id))
+        if self._timeline[0][2] == task.id:
+            self._wake_timer()  # a new earliest
+        if len(self._timeline) > 2 * len(self._delayed) + 64:  # drop the stale entries (amortized O(1))
+            self._timeline = [item for item in self._timeline if self._delayed.get(item[2], (None,))[0] == item[0]]
+            heapq.heapify(self._timeline)
+
+    def _undelay(self, task_id: str) -> None:
+        if self._delayed.pop(task_id, None) is not None:
+            self._wake_timer()  # it may have been the earliest
+
+    def _wake_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def _wake_delayed(self) -> None:
+        """The one timer of the delayed tasks: asleep until the earliest is due, then it
+        queues every task that is due (launching checks each is still pending)."""
+        while True:
+            due_now = self._take_due(self.clock.now_ms())
+            for task in due_now:
+                if self._accepting and task.status is TaskStatus.PENDING:
+                    try:
+                        self.store.schedule(task.session_key, task.id, None)
+                    except (InvalidTransition, TaskNotFound):
+                        continue
+                    self._enqueue(task)
+            if due_now:
+                await self._dispatch()
+            with anyio.CancelScope() as self._timer:
+                if self._timeline:
+                    await self.clock.sleep(max(0, self._timeline[0][0] - self.clock.now_ms()) / 1000)
+                else:
+                    await anyio.sleep_forever()
+            self._timer = None
+
+    def _take_due(self, now: int) -> list[Task]:
+        """The delayed tasks due at `now`, out of the heap (and the stale entries before them)."""
+        timeline = self._timeline
+        due_now = []
+        while timeline:
+            due, _, task_id = timeline[0]
+            entry = self._delayed.get(task_id)
+            valid = entry is not None and entry[0] == due
+            if valid and due > now:
+                break
+            heapq.heappop(timeline)
+            if entry is not None and valid:
+                del self._delayed[task_id]
+                due_now.append(entry[1])
+        return due_now
 
     # -- cancellation and bookkeeping ------------------------------------------------
 
@@ -514,13 +601,14 @@ class LocalExecution:
 
     async def load_by_executor(self) -> dict[str, ExecutionLoad]:
         """Counted from the running attempts and the queue (O(running + queued)); a task
-        waiting out a retry's backoff counts as queued."""
-        loads = {name: ExecutionLoad(running=0, queued=0) for name in self.executors.names()}
+        waiting for its time (a retry's backoff, a delayed start) counts as queued. This
+        process runs every executor: one worker each."""
+        loads = {name: ExecutionLoad(running=0, queued=0, workers=1) for name in self.executors.names()}
         for attempt in list(self.running.values()):
-            loads.setdefault(attempt.task.executor, ExecutionLoad(running=0, queued=0)).running += 1
-        waiting = [entry[2] for entry in self._queued.values()] + [task for _, task in self._backoff.values()]
+            loads.setdefault(attempt.task.executor, ExecutionLoad(running=0, queued=0, workers=0)).running += 1
+        waiting = [entry[2] for entry in self._queued.values()] + [task for _, task in self._delayed.values()]
         for task in waiting:
-            loads.setdefault(task.executor, ExecutionLoad(running=0, queued=0)).queued += 1
+            loads.setdefault(task.executor, ExecutionLoad(running=0, queued=0, workers=0)).queued += 1
         return loads
 
 

@@ -443,9 +443,12 @@ class TaskStore(Protocol):
         or removed (`SessionSummary.last_active_ms`); and how many sessions there are."""
         ...
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
         """`query` across every session: the tasks matching `where`, newest first
-        (creation time), one page of them, and how many match in all."""
+        (creation order), one page of them (after `offset` more, or below `cursor`), how many
+        match in all and where the next page starts."""
         ...
 
     async def find(self, task_id: str) -> Task:

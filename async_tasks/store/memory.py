@@ -69,6 +69,8 @@ class SessionTasks:
         "duration_total_ms",
         "finished",
         "key",
+        "later",
+        "later_heap",
         "order",
         "tasks",
         "unstarted",
@@ -81,8 +83,12 @@ class SessionTasks:
         self.order: dict[str, int] = {}
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
-        #: Pending tasks that never ran, in creation order (the pending lifetime).
+        #: Pending tasks that never ran, in creation order (the pending lifetime)...
         self.unstarted: dict[str, None] = {}
+        #: ...but those whose lifetime began later than their creation (a delayed start):
+        #: task id -> when it began, and a heap of (when, id) entries, stale ones skipped.
+        self.later: dict[str, int] = {}
+        self.later_heap: list[tuple[int, str]] = []
         self.duration_total_ms = 0
         #: When a task was last created, changed or removed here (idle expiry).
         self.changed_ms = now_ms
@@ -206,7 +212,11 @@ class MemoryTaskStore:
         session.tasks[task.id] = task
         session.order[task.id] = next(self._seq)
         if task.attempts == 0:
-            session.unstarted[task.id] = None
+            if task.scheduled_at is not None and task.scheduled_at > now:
+                _begin_later(session, task.id, task.scheduled_at)
+            else:
+                task.scheduled_at = None
+                session.unstarted[task.id] = None
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
         if idempotency is not None:
@@ -284,6 +294,7 @@ class MemoryTaskStore:
             del session.finished[source][task.id]
         elif source is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
+            session.later.pop(task.id, None)
         if target is TaskStatus.RUNNING:
             task.attempts += 1
             task.started_at = now
@@ -380,6 +391,28 @@ class MemoryTaskStore:
             task.scheduled_at = self.clock.now_ms() + finish.retry_delay_ms
         return task
 
+    def schedule(self, session_key: str, task_id: str, due_ms: int | None) -> Task:
+        """Say when a pending task starts (`Task.scheduled_at`; None: now). A task never
+        started lives PENDING_TASK_TTL_MS from then when that is later than its creation
+        (as on Redis: a later time moves its lifetime on, an earlier start moves it back).
+        The memory backend's execution calls this; the other backends' stores do it as
+        they deliver."""
+        task = self._find(session_key, task_id)
+        if task.status is not TaskStatus.PENDING:
+            raise refusal(task.id, task.status, "start")
+        session = self.sessions[session_key]
+        now = self.clock.now_ms()
+        if due_ms is not None and due_ms <= now:
+            due_ms = None
+        task.scheduled_at = due_ms
+        began = session.later.get(task_id)
+        if due_ms is not None and (task_id in session.unstarted or (began is not None and due_ms > began)):
+            session.unstarted.pop(task_id, None)
+            _begin_later(session, task_id, due_ms)
+        elif due_ms is None and began is not None and began > now:
+            _begin_later(session, task_id, now)
+        return task
+
     @staticmethod
     def _apply_report(task: Task, percent: float, step: str | None, description: str | None) -> None:
         task.progress = percent
@@ -449,6 +482,7 @@ class MemoryTaskStore:
                 session.duration_total_ms -= task.duration_ms or 0
         elif task.status is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
+            session.later.pop(task.id, None)
         del session.order[task.id]
         if not session.tasks:
             del self.sessions[session.key]
@@ -499,17 +533,24 @@ class MemoryTaskStore:
         for session in sessions:
             if expiry.pending_ttl_ms is not None:
                 cutoff = now - expiry.pending_ttl_ms
-                while session.unstarted:
-                    task = session.tasks[next(iter(session.unstarted))]
-                    if task.created_at > cutoff:
+                minutes = expiry.pending_ttl_ms / 60_000
+                reason = f"expired: not started within {minutes:g} min (PENDING_TASK_TTL_MS)"
+                expired = []
+                for task_id in session.unstarted:
+                    if session.tasks[task_id].created_at > cutoff:
                         break
-                    minutes = expiry.pending_ttl_ms / 60_000
+                    expired.append(task_id)
+                heap = session.later_heap
+                while heap and heap[0][0] <= cutoff:
+                    began, task_id = heapq.heappop(heap)
+                    if session.later.get(task_id) == began:
+                        expired.append(task_id)
+                for task_id in expired:
                     result.pending.append(
                         await self.transition(
-                            session.key, task.id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING},
-                            reason=f"expired: not started within {minutes:g} min (PENDING_TASK_TTL_MS)",
+                            session.key, task_id, TaskStatus.CANCELLED, expect={TaskStatus.PENDING}, reason=reason
                         )
-                    )  # fmt: skip
+                    )
             if expiry.finished_ttl_ms is not None:
                 cutoff = now - expiry.finished_ttl_ms
                 for status in TERMINAL:
@@ -550,23 +591,37 @@ class MemoryTaskStore:
         ]
         return SessionPage(page, len(self.sessions))
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
         """The sessions' newest-first lists merged (O(sessions + offset + page) without a
         filter, or by status only); another filter scans every task (bounded by MAX_TASKS)."""
         end = None if limit is None else offset + limit
-        newest_first = heapq.merge(
-            *(reversed(session.tasks.values()) for session in self.sessions.values()),
-            key=lambda task: task.created_at,
-            reverse=True,
+
+        def newest(session: SessionTasks) -> Iterator[tuple[int, Task]]:
+            numbers = session.order  # the store's sequence: creation order across sessions
+            return ((numbers[task.id], task) for task in reversed(session.tasks.values()))
+
+        merged: Iterator[tuple[int, Task]] = heapq.merge(
+            *(newest(session) for session in self.sessions.values()), key=lambda pair: pair[0], reverse=True
         )
+        if cursor is not None:
+            below = _cursor(cursor)
+            merged = itertools.dropwhile(lambda pair: pair[0] >= below, merged)
         if where.is_empty:
-            return TaskPage(list(itertools.islice(newest_first, offset, end)), sum(self._totals.values()))
-        matching = (task for task in newest_first if _matches(task, where))
-        if where.executor is None and where.tag is None and where.dead_letter is None:
+            total = sum(self._totals.values())
+        elif where.executor is None and where.tag is None and where.dead_letter is None:
             assert where.status is not None
-            return TaskPage(list(itertools.islice(matching, offset, end)), self._totals[where.status])
-        found = list(matching)
-        return TaskPage(found[offset:end], len(found))
+            total = self._totals[where.status]
+            merged = (pair for pair in merged if _matches(pair[1], where))
+        else:
+            total = sum(1 for s in self.sessions.values() for t in s.tasks.values() if _matches(t, where))
+            merged = (pair for pair in merged if _matches(pair[1], where))
+        page = list(itertools.islice(merged, offset, None if end is None else end + 1))
+        more = end is not None and len(page) > end - offset
+        page = page[: None if end is None else end - offset]
+        next_cursor = str(page[-1][0]) if more and page else None
+        return TaskPage([task for _, task in page], total, next_cursor)
 
     async def find(self, task_id: str) -> Task:
         """One look-up per session (bounded by MAX_SESSIONS)."""
@@ -575,6 +630,15 @@ class MemoryTaskStore:
             if task is not None:
                 return task
         raise TaskNotFound(task_id)
+
+
+def _begin_later(session: SessionTasks, task_id: str, began: int) -> None:
+    """A never-started task's lifetime begins at `began` (a delayed start), not at its creation."""
+    session.later[task_id] = began
+    heapq.heappush(session.later_heap, (began, task_id))
+    if len(session.later_heap) > 2 * len(session.later) + 64:  # drop the stale entries (amortized O(1))
+        session.later_heap = [(at, i) for at, i in session.later_heap if session.later.get(i) == at]
+        heapq.heapify(session.later_heap)
 
 
 def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from tests.execution.executors import EXECUTORS
@@ -24,7 +25,7 @@ MakeSystem = Callable[..., Awaitable[TaskSystem]]
 
 @pytest.fixture(params=["memory", "redis", "postgres"])
 async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSystem]:
-    """``await make_system(**settings)``: an engine started for the test (stopped after it)."""
+    """``await make_system(clock=..., **settings)``: an engine started for the test (stopped after it)."""
     backend: dict[str, Any] = {}
     if request.param == "redis":
         backend = {
@@ -42,7 +43,7 @@ async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSyste
         }
     async with AsyncExitStack() as stack:
 
-        async def make(**overrides: Any) -> TaskSystem:
+        async def make(clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> TaskSystem:
             fields: dict[str, Any] = {
                 "secret_key": SECRET,
                 "task_create_rate": 0.0,
@@ -51,7 +52,7 @@ async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSyste
                 **backend,
                 **overrides,
             }
-            system = TaskSystem(EXECUTORS, settings=Settings(**fields), load_entry_points=False)
+            system = TaskSystem(EXECUTORS, settings=Settings(**fields), load_entry_points=False, clock=clock)
             return await stack.enter_async_context(system)
 
         yield make

@@ -10,10 +10,10 @@ import time
 import anyio
 import pytest
 
-from async_tasks.errors import IdempotencyConflict, InvalidTransition
+from async_tasks.errors import IdempotencyConflict, InvalidParams, InvalidTransition, QuotaExceeded
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task, TaskStatus
-from async_tasks.testing import wait_for
+from async_tasks.testing import FakeClock, wait_for
 from tests.execution.conftest import MakeSystem
 from tests.execution.executors import CountedExecutor, HoldExecutor
 from tests.helpers import BlockingExecutor, ScriptExecutor
@@ -283,3 +283,80 @@ async def settled(system: TaskSystem) -> None:
                 changed = anyio.Event()
     finally:
         unsubscribe()
+
+
+async def test_a_delayed_start_starts_at_its_time(make_system: MakeSystem) -> None:
+    """A task created with startAt waits pending (scheduledAt says when; it holds no place in
+    line) and starts at that time: never before, and within the scheduler's precision after
+    (a few milliseconds when idle; the bound here leaves room for a loaded test machine)."""
+    system = await make_system()
+    start_at = system.clock.now_ms() + 300
+    task = await system.create_task(S, executor="script", start_at=start_at)
+    assert (task.status, task.scheduled_at, task.waiting_reason) == (TaskStatus.PENDING, start_at, None)
+    assert await system.queue_position(task) is None
+    done = await wait_for(system, S, task.id, "completed")
+    assert done.started_at is not None and start_at <= done.started_at < start_at + 250
+    assert done.scheduled_at is None and done.attempts == 1
+
+
+async def test_a_delayed_start_can_be_cancelled_moved_or_started_early(make_system: MakeSystem) -> None:
+    """Before its time a delayed task can be cancelled (it never runs), started now, or moved
+    to another time, sooner or later; a time already past starts it now."""
+    system = await make_system()
+    now = system.clock.now_ms()
+    far = now + 3_600_000
+    cancelled, early, sooner, later = [
+        await system.create_task(S, executor="script", start_at=at) for at in (far, far, far, now + 200)
+    ]
+    await system.cancel_task(S, cancelled.id)
+    await system.start_task(S, early.id)
+    assert ((await wait_for(system, S, early.id, "completed")).started_at or far) < far
+    moved = await system.start_task(S, sooner.id, start_at=now + 300)
+    assert moved.scheduled_at == now + 300
+    assert (await system.start_task(S, later.id, start_at=far)).scheduled_at == far
+    done = await wait_for(system, S, sooner.id, "completed")
+    assert (done.started_at or 0) >= now + 300
+    postponed = await system.get_task(S, later.id)  # its first time (now + 200) has passed
+    assert (postponed.status, postponed.scheduled_at) == (TaskStatus.PENDING, far)
+    assert (await system.get_task(S, cancelled.id)).attempts == 0
+    past = await system.create_task(S, executor="script", start_at=now - 60_000)
+    assert (await wait_for(system, S, past.id, "completed")).attempts == 1
+
+
+async def test_delayed_tasks_count_against_the_quotas(make_system: MakeSystem) -> None:
+    """A task waiting for its start is active: it counts in MAX_ACTIVE_TASKS_PER_SESSION."""
+    system = await make_system(max_active_tasks_per_session=2)
+    far = system.clock.now_ms() + 3_600_000
+    for _ in range(2):
+        await system.create_task(S, executor="script", start_at=far)
+    with pytest.raises(QuotaExceeded):
+        await system.create_task(S, executor="script", start_at=far)
+    with pytest.raises(QuotaExceeded):
+        await system.create_task(S, executor="script")
+
+
+async def test_a_start_too_far_ahead_is_refused_with_a_sentence(make_system: MakeSystem) -> None:
+    """startAt beyond MAX_START_DELAY_MS is refused, saying how far it may be."""
+    system = await make_system(max_start_delay_ms=86_400_000)
+    with pytest.raises(InvalidParams) as refused:
+        await system.create_task(S, executor="script", start_at=system.clock.now_ms() + 2 * 86_400_000)
+    assert refused.value.message == (
+        "startAt is 2 days ahead; a task can start at most 1 day ahead (MAX_START_DELAY_MS is 86400000)."
+    )
+    assert (await system.stats(S)).total == 0
+
+
+async def test_a_delayed_task_s_pending_lifetime_counts_from_its_start(make_system: MakeSystem) -> None:
+    """PENDING_TASK_TTL_MS does not cancel a task scheduled two hours ahead an hour after
+    it was created (a never-started one is): its lifetime begins at its start; then it runs."""
+    clock = FakeClock()
+    system = await make_system(clock=clock, pending_task_ttl_ms=3_600_000)
+    scheduled = await system.create_task(S, executor="script", start_at=clock.now_ms() + 7_200_000)
+    forgotten = await system.create_task(S, executor="script", start=False)
+    clock.advance(3_700)
+    await system.run_cleanup(S)
+    assert (await system.get_task(S, forgotten.id)).status is TaskStatus.CANCELLED
+    assert (await system.get_task(S, scheduled.id)).status is TaskStatus.PENDING
+    clock.advance(3_600)
+    done = await wait_for(system, S, scheduled.id, "completed")
+    assert done.started_at == clock.now_ms()

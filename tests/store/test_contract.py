@@ -712,3 +712,49 @@ async def test_recent_durations_keep_each_executors_latest_completed_runs(make_s
     found = await store.recent_durations(["a", "b", "c"])
     assert found["a"] == [s * 1000 for s in range(RECENT_DURATIONS + 2, 2, -1)]
     assert found["b"] == [250] and "c" not in found
+
+
+async def test_the_admin_reads_see_every_session(make_store: MakeStore) -> None:
+    """Across sessions: the sessions by their last change with their counts, every task
+    newest first with the filters of `query` and its cursor, and a task found by its id alone."""
+    clock = FakeClock()
+    store = make_store(clock)
+    a1 = await add(store, "a", executor="x")
+    clock.advance(1)
+    b1 = await add(store, "b", TaskStatus.COMPLETED, executor="y", tags=["t"])
+    clock.advance(1)
+    a2 = await add(store, "a", TaskStatus.CANCELLED, executor="y")
+    clock.advance(1)
+    c1 = await add(store, "c", executor="x")
+
+    sessions = await store.list_sessions(limit=2)
+    assert [s.key for s in sessions.sessions] == ["c", "a"] and sessions.total == 3
+    a = sessions.sessions[1]
+    assert (a.by_status[TaskStatus.PENDING], a.by_status[TaskStatus.CANCELLED], a.total) == (1, 1, 2)
+    assert a.last_active_ms == clock.now_ms() - 1000
+    assert [s.key for s in (await store.list_sessions(limit=2, offset=2)).sessions] == ["b"]
+
+    first = await store.query_all(TaskFilter(), limit=2)
+    assert [t.id for t in first.tasks] == [c1.id, a2.id] and first.total == 4 and first.next_cursor
+    rest = await store.query_all(TaskFilter(), limit=2, cursor=first.next_cursor)
+    assert [t.id for t in rest.tasks] == [b1.id, a1.id] and rest.next_cursor is None
+    assert [t.id for t in (await store.query_all(TaskFilter(), limit=2, offset=3)).tasks] == [a1.id]
+    pending = await store.query_all(TaskFilter(status=TaskStatus.PENDING))
+    assert [t.id for t in pending.tasks] == [c1.id, a1.id] and pending.total == 2
+    assert [t.id for t in (await store.query_all(TaskFilter(executor="y"))).tasks] == [a2.id, b1.id]
+    assert [t.id for t in (await store.query_all(TaskFilter(tag="t"))).tasks] == [b1.id]
+    both = await store.query_all(TaskFilter(executor="x", status=TaskStatus.PENDING))
+    assert [t.id for t in both.tasks] == [c1.id, a1.id] and both.total == 2
+    assert [(t.id, t.session_key) for t in (await store.query_all(TaskFilter(executor="y"), limit=1)).tasks] == [
+        (a2.id, "a")
+    ]
+
+    found = await store.find(b1.id)
+    assert (found.session_key, found.status) == ("b", TaskStatus.COMPLETED) and found.history
+    with pytest.raises(TaskNotFound):
+        await store.find("no-such-task")
+    await store.remove("b", b1.id)
+    assert (await store.list_sessions(limit=10)).total == 2
+    assert (await store.query_all(TaskFilter())).total == 3
+    with pytest.raises(TaskNotFound):
+        await store.find(b1.id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -262,3 +262,30 @@ async def removals(store: MemoryTaskStore | RedisTaskStore, clock: FakeClock) ->
     assert len(expired.pending) == 1 and expired.finished == 1
     await store.trim(Retention(max_completed=0, max_failed=0, max_cancelled=0))
     return causes
+
+
+async def test_verify_repairs_the_counts_by_executor_and_the_admin_indexes(store: RedisTaskStore) -> None:
+    """The counter check covers what routing and the admin view keep: workers and tasks in
+    delivery by executor, the sessions by their last change, the indexes across sessions."""
+    waiting, _ = await store.create(new_task(), limits=UNLIMITED, deliver=True)
+    await store.create(new_task(), limits=UNLIMITED, deliver=True, due_ms=store.clock.now_ms() + 60_000)
+    await store.join("w", 2, 60_000, b'{"executors": ["greet", "other"]}')
+    assert await store.verify() == []
+    redis, key = cast(Any, store.redis), store.prefix
+    await redis.hset(key + "offered", mapping={"greet": 7, "ghost": 1})
+    await redis.hset(key + "xq", "greet", "0")
+    await redis.zrem(key + "all", waiting.id)
+    await redis.zrem(key + "changed", "s")
+
+    repairs = {(label, field): (was, now) for label, field, was, now in await store.verify()}
+    assert repairs == {
+        ("executor greet", "workers"): (7, 1),
+        ("executor ghost", "workers"): (1, 0),
+        ("executor greet", "queued"): (0, 2),
+        ("s", "indexed"): (1, 2),
+        ("s", "changed"): (0, 1),
+    }
+    assert await store.verify() == []
+    assert await redis.hgetall(key + "offered") == {b"greet": b"1", b"other": b"1"}
+    assert waiting.id in {t.id for t in (await store.query_all(TaskFilter())).tasks}
+    assert [s.key for s in (await store.list_sessions(limit=5)).sessions] == ["s"]

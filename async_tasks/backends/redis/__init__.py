@@ -69,15 +69,16 @@ class RedisBackend:
             limits=RunLimits(settings.max_concurrent_tasks, settings.max_concurrent_tasks_per_session),
             availability=Availability("The task store"),
         )
-        self.execution = RedisExecution(self.store)
+        self.execution = RedisExecution(self.store, executors.names())
         self.events = RedisEvents(self.store, self.url, timeout)
 
     def worker(self, concurrency: int) -> RedisWorker:
         from async_tasks.backends.redis.worker import RedisWorker
 
+        names = self.settings.worker_executor_names
         worker = RedisWorker(
             self.store,
-            self.executors,
+            self.executors.only(names) if names else self.executors,
             self.settings,
             url=self.url,
             slots=concurrency,

@@ -16,17 +16,27 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P se:<session>:<executor> / P st:<session>:<tag> / P sd:<session>
                               zsets: the same, per executor, per tag, dead-lettered (filters)
     P f:<session>:<status>    zset: finished ids by finish sequence (retention, finished TTL)
-    P u:<session>             zset: pending tasks never started (their lifetime)
+    P u:<session>             zset: pending tasks never started, by when their lifetime began
+                              (creation, or a later delayed start)
     P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
                               running), dur (summed run time of completed tasks), changed
                               (idle expiry), waiting (when it joined the line of sessions)
     P i:<session> / P ik:<session>   hash / zset: Idempotency-Key -> '<task id>|<fingerprint>',
                               and when each was used (they outlive their tasks for a window)
     P w:<session>             zset: the session's parked tasks (priority first, then first come)
-    P ready                   zset: sessions with parked tasks, fewest dispatched first
-    P delayed                 zset: task id -> when it is delivered (retry backoff)
-    P totals / P sessions     every session's counts (and d) / the sessions holding tasks
+    P wx:<session>:<executor> zset: the same, of one executor (what a worker that runs it takes)
+    P px:<session>            set: the executors the session has parked tasks of
+    P ready:<executor>        zset: sessions with parked tasks of the executor, fewest dispatched first
+    P delayed                 zset: task id -> when it is delivered (retry backoff, delayed start)
+    P totals / P sessions     every session's counts (and d, p: parked) / the sessions holding tasks
+    P changed                 zset: session -> when it last changed (the admin view's order)
+    P all / P as:<status> / P ae:<executor> / P ag:<tag> / P ad
+                              zsets: every session's task ids by creation sequence, per status,
+                              executor, tag, dead-lettered (the admin view's pages and filters)
+    P xq                      hash: executor -> its tasks in delivery (parked, delayed, dispatched)
     P workers                 hash: live worker id -> its slots
+    P runs:<worker>           set: the executors the worker runs (written when it joins)
+    P offered                 hash: executor -> workers in the pool (not retired) that run it
     P retired                 set: workers nothing more is dispatched to (leaving, or lost)
     P wk:<worker>             the worker's lease (expires unless renewed) and description
     P wq:<worker>             set: the tasks dispatched to the worker (queued or running)
@@ -38,6 +48,7 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P reconcile               the reconciler's lock (one worker at a time)
     P suspects                hash: worker id -> when the reconciler first found its lease gone
     P stop                    channel: '<task id>:<attempt>' of a running task cancelled
+    P due                     channel: the due time (ms) of a task that became the earliest delayed
     P session:<session>       channel: the session's changes, as the push streams' envelopes
 
 and SAQ's keys for each worker's own queue (named ``P w:<worker>``): ``saq:<queue>:queued``,
@@ -114,6 +125,10 @@ class Keys:
     @property
     def stop_channel(self) -> str:
         return self.prefix + "stop"
+
+    @property
+    def due_channel(self) -> str:
+        return self.prefix + "due"
 
     def queue_name(self, worker_id: str) -> str:
         """The name of the worker's own SAQ queue."""

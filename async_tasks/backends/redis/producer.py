@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 class RedisExecution:
     """`ExecutionBackend` of API processes on the Redis backend."""
 
-    def __init__(self, store: RedisTaskStore) -> None:
+    def __init__(self, store: RedisTaskStore, executors: Sequence[str] = ()) -> None:
         self.store = store
+        #: The executors this process knows (the admin view lists them even when idle).
+        self.executors = list(executors)
         self.on_finish: list[Callable[[Task, float], None]] = []
         self._accepting = True
         self._alive = False
@@ -66,15 +68,23 @@ class RedisExecution:
             raise ShuttingDown()
 
     async def create(
-        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+        self,
+        task: Task,
+        *,
+        limits: CreateLimits,
+        idempotency: Idempotency | None,
+        start: bool,
+        start_at: int | None = None,
     ) -> tuple[Task, bool]:
         if start:
             self._check_accepting()
-        return await self.store.create(task, limits=limits, idempotency=idempotency, deliver=start)
+        return await self.store.create(
+            task, limits=limits, idempotency=idempotency, deliver=start, due_ms=start_at if start else None
+        )
 
-    async def start(self, session_key: str, task_id: str) -> Task:
+    async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
         self._check_accepting()
-        return await self.store.deliver(session_key, task_id)
+        return await self.store.deliver(session_key, task_id, start_at)
 
     async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         self._check_accepting()
@@ -111,13 +121,30 @@ class RedisExecution:
     # -- the admin view -------------------------------------------------------------
 
     async def workers(self) -> list[WorkerInfo]:
-        raise NotImplementedError(
-            "The list of workers (the admin view) is not available on the Redis backend yet; "
-            "it works with TASK_BACKEND=memory"
-        )
+        """The workers with a lease (a retired one, leaving, is listed until it is gone), as
+        their leases describe them; the lease age is Redis's time since the last renewal."""
+        found = []
+        for worker in await self.store.live_workers():
+            about = worker.description
+            found.append(
+                WorkerInfo(
+                    id=worker.id,
+                    host=str(about.get("host", "")),
+                    pid=int(about.get("pid", 0)),
+                    executors=[str(name) for name in about.get("executors", ())],
+                    running=worker.running,
+                    concurrency=worker.slots,
+                    started_at=int(about.get("startedAt", 0)),
+                    lease_age_ms=worker.lease_age_ms,
+                )
+            )
+        return sorted(found, key=lambda w: (w.started_at, w.id))
 
     async def load_by_executor(self) -> dict[str, ExecutionLoad]:
-        raise NotImplementedError(
-            "Queue depth by executor (the admin view) is not available on the Redis backend yet; "
-            "it works with TASK_BACKEND=memory"
-        )
+        """From the counts kept by the store's scripts (`P xq`, `P offered`) and the index of
+        running tasks: O(executors + running tasks)."""
+        queues = await self.store.executor_queues(self.executors)
+        return {
+            name: ExecutionLoad(running=q.running, queued=max(0, q.in_delivery - q.running), workers=q.workers)
+            for name, q in queues.items()
+        }

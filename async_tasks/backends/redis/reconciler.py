@@ -11,8 +11,9 @@ repairs, never the number of tasks:
   ``worker lost`` and are retried per their budget, the tasks queued on it go back to their
   sessions' lines, and its queue leaves the pool. A task a client was told exists is thus
   never stranded for longer than a lease, half a lease and an interval.
-- **Delayed tasks** (a retry's backoff) are delivered when due (the worker that scheduled
-  one also does it at the exact time; this is the net under it).
+- **Delayed tasks** (a retry's backoff, a delayed start) are delivered when due (every
+  worker's timer does it at the exact time; this is the net under it, and it tells the
+  timer of the next one).
 - **Counters** are checked against the indexes every `VERIFY_INTERVAL` and repaired (they
   should never drift; a repair is logged).
 
@@ -53,6 +54,7 @@ class Reconciler:
         *,
         rng: Callable[[], float] = random.random,
         interval: float = INTERVAL,
+        on_due: Callable[[int | None], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -61,6 +63,8 @@ class Reconciler:
         self.lease_ms = settings.worker_lease_ms
         self.interval = min(interval, self.lease_ms / 3000)
         self._next_verify = 0.0
+        #: Told the next due time of a delayed task after each pass (the worker's timer).
+        self.on_due = on_due
 
     async def run(self) -> None:
         """Reconcile at every tick this worker holds the lock (until cancelled)."""
@@ -87,9 +91,12 @@ class Reconciler:
             except Exception:
                 logger.exception("Could not resolve lost worker %s; the next pass tries again", worker)
         try:
-            await self.store.promote()
+            following = await self.store.promote()
         except Exception:
             logger.exception("Could not deliver the delayed tasks that are due")
+        else:
+            if self.on_due is not None:
+                self.on_due(following)
         now = anyio.current_time()
         if now >= self._next_verify:
             self._next_verify = now + VERIFY_INTERVAL

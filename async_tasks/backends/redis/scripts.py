@@ -26,14 +26,18 @@ NAMES: Final = (
     "progress",
     "promote",
     "query",
+    "queues",
     "redeliver",
     "remove",
+    "retire",
+    "sessions",
     "snapshot",
     "token",
     "transition",
     "trim",
     "verify",
     "worker",
+    "workers",
 )
 
 

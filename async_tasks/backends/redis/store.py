@@ -52,6 +52,7 @@ from async_tasks.store.base import (
     Retention,
     SessionCounts,
     SessionPage,
+    SessionSummary,
     StorePolicy,
     StoreTotals,
     TaskFilter,
@@ -91,6 +92,28 @@ class RunLimits(NamedTuple):
 
     global_limit: int | None = None
     per_session: int | None = None
+
+
+class LiveWorker(NamedTuple):
+    """A worker as its lease describes it (`RedisTaskStore.live_workers`)."""
+
+    id: str
+    #: What the worker said of itself (host, pid, slots, executors, startedAt, renewedAt).
+    description: dict[str, Any]
+    slots: int
+    running: int
+    retired: bool
+    lease_age_ms: int
+
+
+class ExecutorQueue(NamedTuple):
+    """One executor's tasks across the deployment (`RedisTaskStore.executor_queues`)."""
+
+    #: Parked, delayed or dispatched (those running included).
+    in_delivery: int
+    running: int
+    #: Workers taking tasks that run it.
+    workers: int
 
 
 class Dispatched(NamedTuple):
@@ -303,21 +326,35 @@ class RedisTaskStore:
         offset: int = 0,
         cursor: str | None = None,
     ) -> TaskPage:
-        # A long page is read in chunks, one script each, continuing below the last task of
-        # the chunk before: no single script holds Redis for a whole page of a thousand.
+        return await self._query(session_key, where, limit=limit, offset=offset, cursor=cursor)
+
+    async def _query(
+        self,
+        session_key: str | None,
+        where: TaskFilter,
+        *,
+        limit: int | None,
+        offset: int,
+        cursor: str | None,
+    ) -> TaskPage:
+        """A page of one session's tasks, or (None) of every session's (see `query.lua`).
+
+        A long page is read in chunks, one script each, continuing below the last task of
+        the chunk before: no single script holds Redis for a whole page of a thousand."""
         filters = (
             where.status.value if where.status is not None else "",
             where.executor or "",
             where.tag or "",
             "" if where.dead_letter is None else ("true" if where.dead_letter else "false"),
         )
+        every = "1" if session_key is None else ""
         tasks: list[Task] = []
         total: int | None = None
         below = _cursor(cursor)
         while True:
             wanted = QUERY_CHUNK if limit is None else min(QUERY_CHUNK, limit - len(tasks))
             chunk_total, raw, next_cursor = await self._run(
-                "query", session_key, *filters, offset if total is None else 0, wanted, below
+                "query", session_key or "", *filters, offset if total is None else 0, wanted, below, every
             )
             if total is None:
                 total = int(chunk_total)
@@ -733,8 +770,7 @@ class RedisTaskStore:
     async def retire(self, worker: str) -> None:
         """Dispatch nothing more to a worker (a lost or leaving one, before its tasks go
         elsewhere); it stays known until it is forgotten."""
-        with reachable(self.availability):
-            await cast("Awaitable[int]", self.redis.sadd(self.keys.retired, worker))
+        await self._run("retire", worker)
 
     async def forget_worker(self, worker: str, *, leaving: bool = False) -> int:
         """Forget a worker (see `forget_worker.lua`): 1 done, 0 its lease lives, -1 tasks left."""
@@ -800,7 +836,8 @@ class RedisTaskStore:
     async def verify(self, session_key: str | None = None) -> list[tuple[str, str, int, int]]:
         """Check the counters against the indexes and repair any that drifted, in one
         session or (None) every session and then the totals; returns each repair as
-        ``(session, field, was, is)``."""
+        ``(session, field, was, is)`` (``session`` is ``""`` for the totals, ``"executor
+        <name>"`` for the counts by executor)."""
         repairs: list[tuple[str, str, int, int]] = []
         batches = [[session_key]] if session_key is not None else await self._session_batches()
         for sessions in batches:
@@ -809,19 +846,65 @@ class RedisTaskStore:
                         for i in range(0, len(flat), 4)]  # fmt: skip
         if session_key is None:
             flat = await self._run("verify")
-            repairs += [("", flat[i + 1].decode(), int(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)]
+            repairs += [(flat[i].decode(), flat[i + 1].decode(), int(flat[i + 2]), int(flat[i + 3]))
+                        for i in range(0, len(flat), 4)]  # fmt: skip
         return repairs
 
-    # -- across sessions (the admin view): not written for Redis yet -------------------
+    # -- across sessions (the admin view) ----------------------------------------------
 
     async def list_sessions(self, *, limit: int, offset: int = 0) -> SessionPage:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="The list of every session"))
+        """From `P changed` (sessions by their last change): O(log sessions + page)."""
+        total, flat = await self._run("sessions", offset, limit)
+        page = [
+            SessionSummary(
+                key=flat[i].decode(),
+                by_status={status: int(flat[i + 2 + j]) for j, status in enumerate(TaskStatus)},
+                last_active_ms=int(float(flat[i + 1])),
+            )
+            for i in range(0, len(flat), 7)
+        ]
+        return SessionPage(page, int(total))
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="Listing tasks across sessions"))
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
+        """`query` on the indexes of every task (`P all`, `P as:`...): the work is the page's."""
+        return await self._query(None, where, limit=limit, offset=offset, cursor=cursor)
 
     async def find(self, task_id: str) -> Task:
-        raise NotImplementedError(_ADMIN_NOT_YET.format(what="Finding a task in any session"))
+        with reachable(self.availability):
+            session = await cast("Awaitable[bytes | None]", self.redis.hget(self.keys.task(task_id), "_s"))
+        if session is None:
+            raise TaskNotFound(task_id)
+        return await self.get(session.decode(), task_id)
+
+    async def live_workers(self) -> list[LiveWorker]:
+        """The workers in the pool with a lease, as their leases describe them (see `workers.lua`)."""
+        now, rows = await self._run("workers")
+        found = []
+        for worker, lease, slots, running, retired in rows:
+            description = msgspec.json.decode(lease)
+            found.append(
+                LiveWorker(
+                    id=worker.decode(),
+                    description=description,
+                    slots=int(slots),
+                    running=int(running),
+                    retired=retired == b"1",
+                    lease_age_ms=max(0, int(now) - int(description.get("renewedAt", now))),
+                )
+            )
+        return found
+
+    async def executor_queues(self, executors: Sequence[str]) -> dict[str, ExecutorQueue]:
+        """By executor (`executors`, and any other with tasks in delivery or workers): tasks
+        in delivery, running, and the workers that run it (see `queues.lua`)."""
+        flat = await self._run("queues", *executors)
+        return {
+            flat[i].decode(): ExecutorQueue(in_delivery=int(flat[i + 1]), running=int(flat[i + 2]),
+                                            workers=int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        }  # fmt: skip
 
     # -- events -------------------------------------------------------------------------
 
@@ -855,9 +938,6 @@ class RedisTaskStore:
     def _publish(self, task: Task, kind: EventType, previous: TaskStatus | None) -> None:
         if self.events.listeners:
             self.events.publish(TaskEvent.of(task, kind, previous))
-
-
-_ADMIN_NOT_YET = "{what} (the admin view) is not available on the Redis backend yet; it works with TASK_BACKEND=memory"
 
 
 def _cursor(cursor: str | None) -> str:

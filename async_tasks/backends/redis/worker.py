@@ -24,6 +24,13 @@ dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 - **Reconciler** (`reconciler.py`, one worker at a time): workers whose lease has expired
   lose their running attempts (failed with reason ``worker lost``, retried per budget) and
   their queued jobs go back to their sessions' lines; delayed tasks are delivered when due.
+- **Routing**: the worker runs the executors it was given (``--executors``, or every
+  registered one); its description says which, and the store dispatches it tasks of those
+  only (see `prelude.lua`).
+- **Delayed tasks** (a retry's backoff, a delayed start) are delivered at their time by
+  every worker's timer: it waits for the earliest due time it knows of, learnt from
+  `promote` and from ``P due`` (published when a task becomes the earliest), then runs
+  `promote`; the reconciler's pass is the net under it.
 - **Its own jobs**: a job the worker was given that SAQ lost (dequeued, then failed
   before our function ran) is found by the upkeep and delivered afresh.
 - **Shutdown**: no new attempts; the running ones get most of the grace period, the rest
@@ -34,6 +41,7 @@ dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -75,6 +83,9 @@ PROGRESS_WINDOW: Final = 0.1
 LEASE_LOST: Final = "lease lost"
 #: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
 LEAVE_TIMEOUT: Final = 2.0
+#: Milliseconds before a worker's timer looks again at a delayed task that was not due yet
+#: by Redis's clock (a clock a little behind this machine's).
+DUE_RETRY_MS: Final = 5
 
 
 class _Attempt:
@@ -241,7 +252,7 @@ class RedisWorker:
         #: that fails fast); the same keys, event hub and settings.
         self.store = store.sibling(patient, self.availability) if patient is not None else store
         self.keys = store.keys
-        self.reconciler = Reconciler(self.store, settings, self.worker_id, rng=rng)
+        self.reconciler = Reconciler(self.store, settings, self.worker_id, rng=rng, on_due=self._note_due)
         self.on_finish: list[Callable[[Task, float], None]] = []
         self.running: dict[str, _Attempt] = {}
         self._claiming: set[str] = set()
@@ -255,6 +266,11 @@ class RedisWorker:
         self._renewed = 0.0
         #: Jobs of this worker that looked lost at the last upkeep (lost if they still do).
         self._missing: set[str] = set()
+        #: The earliest due time of a delayed task this worker knows of (epoch ms), and what
+        #: wakes its timer when an earlier one is learnt.
+        self._next_due: int | None = None
+        self._due_changed = anyio.Event()
+        self.started_at = 0
 
     @property
     def description(self) -> bytes:
@@ -265,6 +281,7 @@ class RedisWorker:
                 "pid": os.getpid(),
                 "slots": self.slots,
                 "executors": self.executors.names(),
+                "startedAt": self.started_at,
             }
         )
 
@@ -285,6 +302,8 @@ class RedisWorker:
 
         self._accepting = True
         self._idle = None
+        self.started_at = self.clock.now_ms()
+        self._next_due = 0  # look at once
         self._queue = RedisQueue(blocking_client(self.url), name=self.keys.queue_name(self.worker_id))
         await self._queue.connect()
         try:
@@ -305,7 +324,8 @@ class RedisWorker:
                 self._saq = saq
                 tg.start_soon(self._flusher.run)
                 tg.start_soon(self._upkeep)
-                tg.start_soon(self._listen_for_stops)
+                tg.start_soon(self._listen)
+                tg.start_soon(self._promote_when_due)
                 tg.start_soon(self.reconciler.run)
                 tg.start_soon(saq.start)
                 logger.info(
@@ -448,23 +468,32 @@ class RedisWorker:
                 await self.store.redeliver(item.session_key, item.task_id, item.job_key)
         self._missing = missing
 
-    async def _listen_for_stops(self) -> None:
+    async def _listen(self) -> None:
+        """Stop the attempts cancelled elsewhere (``P stop``); learn of delayed tasks that
+        became the earliest (``P due``)."""
         client = pubsub_client(self.url)
         pubsub = client.pubsub()
+        stop, due = self.keys.stop_channel.encode(), self.keys.due_channel.encode()
         try:
             while True:
                 try:
                     if not pubsub.subscribed:
-                        await pubsub.subscribe(self.keys.stop_channel)
+                        await pubsub.subscribe(stop, due)
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 except Exception as exc:
                     self.availability.failed(exc)
                     await anyio.sleep(1)
                     continue
-                if message is not None and message.get("type") == "message":
-                    task_id, _, number = message["data"].decode().rpartition(":")
-                    if number.isdigit():
-                        self._stop_local(task_id, int(number), "cancelled")
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"].decode()
+                if message["channel"] == due:
+                    if data.isdigit():
+                        self._note_due(int(data))
+                    continue
+                task_id, _, number = data.rpartition(":")
+                if number.isdigit():
+                    self._stop_local(task_id, int(number), "cancelled")
         finally:
             with anyio.CancelScope(shield=True):
                 await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
@@ -575,17 +604,38 @@ class RedisWorker:
             logger.error("Could not store the outcome of task %s: the task store is unreachable", task.id)
             return
         log_finish(logger, done, attempt.number, finish)
-        if done.scheduled_at is not None and self._tg is not None:
-            self._tg.start_soon(self._promote_at, done.scheduled_at)
+        if done.scheduled_at is not None:
+            self._note_due(done.scheduled_at)
         self._notify(attempt)
 
-    async def _promote_at(self, due_ms: int) -> None:
-        """Deliver a retry when its backoff ends (the reconciler would, up to a tick later)."""
-        await anyio.sleep(max(0.0, (due_ms - self.clock.now_ms()) / 1000))
-        try:
-            await self.store.promote()
-        except Exception as exc:
-            logger.debug("Could not deliver the retries due now (the reconciler will): %s", exc)
+    # -- delayed tasks ------------------------------------------------------------
+
+    def _note_due(self, due_ms: int | None) -> None:
+        """A delayed task is due at `due_ms`: wake the timer if that is earlier than what it waits for."""
+        if due_ms is not None and (self._next_due is None or due_ms < self._next_due):
+            self._next_due = due_ms
+            self._due_changed.set()
+
+    async def _promote_when_due(self) -> None:
+        """Deliver the delayed tasks at their time: sleep until the earliest due time known,
+        then `promote` (which tells the next one)."""
+        while True:
+            due = self._next_due
+            wait = math.inf if due is None else max(0.0, (due - self.clock.now_ms()) / 1000)
+            with anyio.move_on_after(wait):
+                await self._due_changed.wait()
+                self._due_changed = anyio.Event()
+                continue
+            self._next_due = None
+            try:
+                following = await self.store.promote()
+            except Exception as exc:
+                logger.debug("Could not deliver the delayed tasks due now (the reconciler will): %s", exc)
+                following = None
+            if following is not None and due is not None and following <= due:
+                # Nothing was due yet by Redis's clock (behind this machine's): look again soon.
+                following = max(following, self.clock.now_ms() + DUE_RETRY_MS)
+            self._note_due(following)
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         """Stop an attempt this worker cannot finish (shutdown): it runs again elsewhere,

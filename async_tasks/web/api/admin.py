@@ -37,7 +37,7 @@ from async_tasks.system import Outlook, TaskSystem
 from async_tasks.task import Task, TaskStatus
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import Body, Response, TaskResponse, TaskSummary
-from async_tasks.web.api.tasks import MAX_OFFSET, TaskId
+from async_tasks.web.api.tasks import MAX_OFFSET, Cursor, TaskId
 from async_tasks.web.errors import error_response, responses
 from async_tasks.web.metrics import OPS_OPT_KEY
 from async_tasks.web.security import ADMIN_PATH, ADMIN_STATE_KEY
@@ -86,6 +86,8 @@ class AdminTaskSummary(TaskSummary, kw_only=True):
             attempts=task.attempts,
             error=task.error,
             dead_lettered=task.dead_lettered,
+            scheduled_at=task.scheduled_at,
+            waiting_reason=task.waiting_reason,
         )
 
 
@@ -93,6 +95,8 @@ class AdminTaskList(Response, kw_only=True):
     tasks: list[AdminTaskSummary]
     count: int
     total: int
+    #: Pass as `cursor` for the next page (older tasks); null on the last page.
+    next_cursor: str | None = None
 
 
 class BulkFilter(Body):
@@ -141,8 +145,11 @@ class AdminWorkerList(Response, kw_only=True):
 class ExecutorQueue(msgspec.Struct, rename="camel", kw_only=True):
     executor: str
     running: int
-    #: Tasks waiting for a slot or a worker (queue depth).
+    #: Tasks waiting for a slot, a worker or their time (queue depth).
     queued: int
+    #: Live workers that run it (the memory backend: the server itself, 1); with 0, its tasks
+    #: wait for a worker that runs it.
+    workers: int
 
 
 class AdminQueueList(Response, kw_only=True):
@@ -210,11 +217,15 @@ class AdminController(Controller):
         ] = None,
         limit: Limit = 100,
         offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> AdminTaskList:
         where = TaskFilter(status=status, executor=executor, tag=tag, dead_letter=dead_letter)
-        page = await self.admin.tasks(where, session_key=session, limit=limit, offset=offset)
+        page = await self.admin.tasks(where, session_key=session, limit=limit, offset=offset, cursor=cursor)
         return AdminTaskList(
-            tasks=[AdminTaskSummary.of(t) for t in page.tasks], count=len(page.tasks), total=page.total
+            tasks=[AdminTaskSummary.of(t) for t in page.tasks],
+            count=len(page.tasks),
+            total=page.total,
+            next_cursor=page.next_cursor,
         )
 
     @get("/tasks/{task_id:str}", summary="A task of any session, with its history", responses=responses(400, 404, 501))
@@ -274,7 +285,7 @@ class AdminController(Controller):
         loads = await self.admin.queues()
         return AdminQueueList(
             queues=[
-                ExecutorQueue(executor=name, running=load.running, queued=load.queued)
+                ExecutorQueue(executor=name, running=load.running, queued=load.queued, workers=load.workers or 0)
                 for name, load in sorted(loads.items())
             ]
         )

@@ -11,6 +11,7 @@ executor's schema. A generic route answers executors registered without one
 
 # No `from __future__ import annotations`: handler annotations are built at run time.
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -25,7 +26,16 @@ from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.validation import explain
 from async_tasks.web.api.body import strict_body
-from async_tasks.web.api.schemas import DemoTask, DemoTaskResponse, Description, MaxRetries, Priority, Tags, TimeoutMs
+from async_tasks.web.api.schemas import (
+    DemoTask,
+    DemoTaskResponse,
+    Description,
+    MaxRetries,
+    Priority,
+    StartAt,
+    Tags,
+    TimeoutMs,
+)
 from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
 from async_tasks.web.middleware import session_key_of
@@ -39,6 +49,7 @@ OPTION_FIELDS: list[tuple[str, Any, Any]] = [
     ("max_retries", MaxRetries | None, None),
     ("tags", Tags | None, None),
     ("metadata", dict[str, Any] | None, None),
+    ("start_at", StartAt | None, None),
 ]
 _OPTION_NAMES = [name for name, _, _ in OPTION_FIELDS]
 DemoOptions = msgspec.defstruct("DemoOptions", OPTION_FIELDS, kw_only=True, rename="camel", module=__name__)
@@ -81,10 +92,20 @@ async def _create(
 
 
 def demo_response(task: Task) -> DemoTaskResponse:
+    if task.scheduled_at is not None and task.attempts == 0:
+        at = datetime.fromtimestamp(task.scheduled_at / 1000, UTC).isoformat(timespec="milliseconds")
+        message = f"{task.name} created; it starts at {at.replace('+00:00', 'Z')}"
+    else:
+        message = f"{task.name} created and started"
     return DemoTaskResponse(
-        message=f"{task.name} created and started",
+        message=message,
         task=DemoTask(
-            id=task.id, name=task.name, status=task.status, progress=task.progress, session_key=task.session_key
+            id=task.id,
+            name=task.name,
+            status=task.status,
+            progress=task.progress,
+            session_key=task.session_key,
+            scheduled_at=task.scheduled_at,
         ),
     )
 

@@ -5,12 +5,13 @@ the HTTP boundary answers before any handler runs."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, Reference, SecurityRequirement, SecurityScheme
+from litestar.openapi.spec import Components, Operation, Reference, RequestBody, SecurityRequirement, SecurityScheme
 from litestar.plugins import ReceiveRoutePlugin
 from litestar.routes import HTTPRoute
 
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from litestar.openapi.spec import Schema
     from litestar.routes import BaseRoute
     from litestar.typing import FieldDefinition
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """An operation whose JSON body may be left out (Litestar marks every body as required):
+    ``@post(..., operation_class=OptionalBodyOperation)`` with ``data: JSONBody[T | None] = None``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
 
 
 class StrictStructSchemaPlugin(StructSchemaPlugin):

@@ -21,6 +21,18 @@ Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64), ParameterKwarg(m
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=20)]
 Priority = Annotated[int, msgspec.Meta(ge=-1000, le=1000, description="Higher starts first when tasks queue.")]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="Fail the attempt after this long.")]
+StartAt = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        description=(
+            "Start the task at this time (epoch milliseconds; implies `start`): it stays pending until then, "
+            "`scheduledAt` saying when. A time already past starts it now; at most MAX_START_DELAY_MS (7 days) "
+            "ahead."
+        ),
+    ),
+    ParameterKwarg(ge=0),
+]
 # Litestar drops a falsy bound (ge=0) of an optional field from the document; its marker keeps it.
 MaxRetries = Annotated[
     int,
@@ -44,6 +56,13 @@ class CreateTaskRequest(Body):
     priority: Priority = 0
     timeout_ms: TimeoutMs | None = None
     max_retries: MaxRetries | None = None
+    start_at: StartAt | None = None
+
+
+class StartTaskRequest(Body):
+    """``POST /tasks/{id}/start``'s optional body."""
+
+    start_at: StartAt | None = None
 
 
 class Response(msgspec.Struct, rename="camel"):
@@ -90,6 +109,10 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
     queue_position: int | None = None
     #: When it should start and finish (ms from this answer); null when not known.
     eta: Estimate | None = None
+    #: When a pending task waiting for its time starts (a delayed start, a retry's backoff).
+    scheduled_at: int | None = None
+    #: Why a pending task has not started, when something other than its turn holds it up.
+    waiting_reason: str | None = None
 
     @classmethod
     def of(cls, task: Task, outlook: Outlook | None = None) -> TaskSummary:
@@ -113,6 +136,8 @@ class TaskSummary(msgspec.Struct, rename="camel", kw_only=True):
             logs=task.logs[-RECENT_LINES:],
             queue_position=outlook.queue_position if outlook is not None else None,
             eta=outlook.eta if outlook is not None else None,
+            scheduled_at=task.scheduled_at,
+            waiting_reason=task.waiting_reason,
         )
 
 
@@ -151,9 +176,11 @@ class TaskListResponse(Response, kw_only=True):
     next_cursor: str | None = None
 
 
-class TaskStatusResponse(Response, kw_only=True):
-    """The documented `/status` shape, exactly (clients poll it: fields never change)."""
+class TaskStatusResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """The documented `/status` shape, exactly (clients poll it: fields never change), and
+    two fields that are there only when they say something (left out when null)."""
 
+    success: bool
     status: TaskStatus
     progress: float
     current_step: str | None
@@ -161,6 +188,11 @@ class TaskStatusResponse(Response, kw_only=True):
     started_at: int | None
     completed_at: int | None
     error: str | None
+    #: When a pending task waiting for its time starts (a delayed start, a retry's backoff).
+    scheduled_at: int | None = None
+    #: Why a pending task has not started, when something other than its turn holds it up
+    #: ("waiting for a worker that runs `report`").
+    waiting_reason: str | None = None
 
 
 class Stats(msgspec.Struct, rename="camel", kw_only=True):
@@ -200,12 +232,14 @@ class CleanupRunResponse(Response, kw_only=True):
     result: CleanupResult
 
 
-class DemoTask(msgspec.Struct, rename="camel", kw_only=True):
+class DemoTask(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     id: str
     name: str
     status: TaskStatus
     progress: float
     session_key: str
+    #: When it starts, for a task created with `startAt` (left out otherwise: the seed's shape).
+    scheduled_at: int | None = None
 
 
 class DemoTaskResponse(Response, kw_only=True):

@@ -19,6 +19,7 @@ from litestar.types import Scope
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task, TaskStatus
 from async_tasks.web.api.body import strict_body
+from async_tasks.web.api.openapi import OptionalBodyOperation
 from async_tasks.web.api.schemas import (
     CleanupOptions,
     CleanupRunResponse,
@@ -26,6 +27,7 @@ from async_tasks.web.api.schemas import (
     CleanupStatusResponse,
     CreateTaskRequest,
     SessionMetricsResponse,
+    StartTaskRequest,
     Stats,
     StatsResponse,
     TaskListResponse,
@@ -42,6 +44,12 @@ from async_tasks.web.responses import encoded
 MAX_OFFSET = 1_000_000_000
 
 TaskId = Annotated[str, PathParameter(max_length=100, description="The task id (uuid4).")]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=20, pattern=r"^[0-9]+$", description="Where a page's `nextCursor` said the next one starts."
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -94,6 +102,7 @@ class TaskController(Controller):
             timeout_ms=data.timeout_ms,
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
+            start_at=data.start_at,
         )
         return Response(
             await task_response(task_system, task),
@@ -113,12 +122,7 @@ class TaskController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-        cursor: Annotated[
-            str | None,
-            QueryParameter(
-                max_length=20, pattern=r"^[0-9]+$", description="Where a page's `nextCursor` said the next one starts."
-            ),
-        ] = None,
+        cursor: Cursor = None,
     ) -> Response[TaskListResponse]:
         session_key = session_key_of(scope)
         tasks, total, next_cursor = await self.system.list_tasks(
@@ -210,6 +214,7 @@ class TaskController(Controller):
         task = await self.system.get_task(session_key_of(scope), task_id)
         return encoded(
             TaskStatusResponse(
+                success=True,
                 status=task.status,
                 progress=task.progress,
                 current_step=task.current_step,
@@ -217,16 +222,30 @@ class TaskController(Controller):
                 started_at=task.started_at,
                 completed_at=task.completed_at,
                 error=task.error,
+                scheduled_at=task.scheduled_at,
+                waiting_reason=task.waiting_reason,
             )
         )
 
     @post(
-        "/{task_id:str}/start", status_code=200, summary="Start a pending task", responses=responses(400, 404, 409, 503)
+        "/{task_id:str}/start",
+        status_code=200,
+        summary="Start a pending task (now, or at startAt)",
+        responses=responses(400, 404, 409, 503),
+        operation_class=OptionalBodyOperation,
     )
     async def start_task(
-        self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
+        self,
+        request: Request[Any, Any, Any],
+        task_system: NamedDependency[TaskSystem],
+        session_key: NamedDependency[str],
+        task_id: TaskId,
+        data: JSONBody[StartTaskRequest | None] = None,
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.start_task(session_key, task_id))
+        start_at = None
+        if data is not None:
+            start_at = (await strict_body(request, data)).start_at
+        return await task_response(task_system, await task_system.start_task(session_key, task_id, start_at=start_at))
 
     @post(
         "/{task_id:str}/cancel",

@@ -6,13 +6,14 @@
 
 /**
  * What the page reads of the admin API's answers (web/api/admin.py).
- * @typedef {{executor: string, running: number, queued: number}} AdminQueue
+ * @typedef {{executor: string, running: number, queued: number, workers: number}} AdminQueue
  * @typedef {{id: string, host: string, executors: string[], running: number, concurrency: number,
  *   leaseAgeMs: number | null}} AdminWorker
  * @typedef {{sessionKey: string, total: number, pending: number, running: number, failed: number,
  *   lastActiveAt: number}} AdminSession
  * @typedef {{id: string, name: string, executor: string, status: string, progress: number,
- *   sessionKey: string, error: string | null, deadLettered: boolean}} AdminTask
+ *   sessionKey: string, error: string | null, deadLettered: boolean, scheduledAt: number | null,
+ *   waitingReason: string | null}} AdminTask
  * @typedef {{changed: string[], skipped: string[], more?: number}} BulkResult
  */
 
@@ -128,6 +129,9 @@ async function refresh() {
     cell(row, q.executor);
     cell(row, String(q.running));
     cell(row, String(q.queued));
+    // No live worker runs it: its tasks wait until one that does joins.
+    const stranded = q.workers === 0 && q.queued > 0;
+    cell(row, stranded ? "none: its tasks wait" : String(q.workers), stranded ? "error" : undefined);
   });
   fill("workers", /** @type {AdminWorker[]} */ (workers.workers), (row, w) => {
     cell(row, w.id);
@@ -173,7 +177,7 @@ async function refresh() {
     cell(row, t.deadLettered ? `${t.status} (dead letter)` : t.status, `status-${t.status}`);
     cell(row, `${Math.round(t.progress)}%`);
     cell(row, t.sessionKey).classList.add("muted");
-    cell(row, t.error ?? "");
+    cell(row, t.error ?? t.waitingReason ?? (t.scheduledAt ? `starts ${new Date(t.scheduledAt).toLocaleString()}` : ""));
   });
 }
 

@@ -63,6 +63,10 @@ export interface Task {
   updatedAt: number;
   startedAt: number | null;
   completedAt: number | null;
+  /** When a pending task waiting for its time starts (a delayed start, a retry's backoff). */
+  scheduledAt: number | null;
+  /** Why a pending task has not started, when not just its turn: "waiting for a worker that runs `report`". */
+  waitingReason: string | null;
   history: Array<{ at: number; status: TaskStatus; previous?: TaskStatus | null; attempt?: number; reason?: string | null; error?: string | null }>;
   /** Its log, oldest first (within the server's bounds: TASK_LOG_LINES, TASK_LOG_BYTES). */
   logs: LogLine[];
@@ -101,6 +105,8 @@ export interface TaskSummary {
   logs: LogLine[];
   queuePosition: number | null;
   eta: Eta | null;
+  scheduledAt: number | null;
+  waitingReason: string | null;
 }
 
 export interface TaskList {
@@ -163,6 +169,8 @@ export interface CreateOptions {
   priority?: number;
   timeoutMs?: number;
   maxRetries?: number;
+  /** Start at this time (epoch ms; implies start): pending until then, `scheduledAt` saying when. */
+  startAt?: number;
   /** The same key in the same session returns the same task: a create safe to repeat. */
   idempotencyKey?: string;
 }

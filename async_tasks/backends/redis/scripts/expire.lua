@@ -1,8 +1,8 @@
 -- The time limits, in the given sessions, at most `budget` changes per call: never-started
--- pending tasks past their lifetime are cancelled (taken out of delivery), finished tasks past
--- their TTL removed, idle sessions (nothing active, nothing changed for a while) forgotten
--- with their tasks (a large one over several calls), Idempotency-Keys past their window
--- forgotten.
+-- pending tasks past their lifetime (counted from their creation, or from their delayed
+-- start when that is later) are cancelled (taken out of delivery), finished tasks past their
+-- TTL removed, idle sessions (nothing active, nothing changed for a while) forgotten with
+-- their tasks (a large one over several calls), Idempotency-Keys past their window forgotten.
 -- ARGV: 7 finished TTL ms (''), 8 pending lifetime ms (''), 9 session idle ms (''), 10 budget,
 -- 11 the expired pending tasks' history reason (JSON), 12.. sessions.
 -- Returns {finished removed, sessions forgotten, their tasks, budget left, cancelled JSONs, removed}.
@@ -15,10 +15,18 @@ for i = 12, #ARGV do
   if budget <= 0 then break end
   if ARGV[8] ~= '' then
     local cutoff = now - tonumber(ARGV[8])
-    for _, id in ipairs(redis.call('ZRANGE', P .. 'u:' .. S, 0, budget - 1)) do
-      if (tonumber(redis.call('HGET', tkey(id), 'createdAt')) or 0) > cutoff then break end
-      local r = move(S, id, 'cancelled', {expect = ',pending,', reason = ARGV[11]})
-      if r[1] == 'ok' then cancelled[#cancelled + 1] = record_json(id) end
+    local index = P .. 'u:' .. S
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', 0, budget)) do
+      -- Its lifetime began when it was created, or at its delayed start when that is later
+      -- (`P u:` is scored so; an entry written before delayed starts existed is put right).
+      local f = redis.call('HMGET', tkey(id), 'createdAt', 'scheduledAt')
+      local began = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
+      if began > cutoff then
+        redis.call('ZADD', index, began, id)
+      else
+        local r = move(S, id, 'cancelled', {expect = ',pending,', reason = ARGV[11]})
+        if r[1] == 'ok' then cancelled[#cancelled + 1] = record_json(id) end
+      end
       budget = budget - 1
     end
   end

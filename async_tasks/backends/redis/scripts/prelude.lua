@@ -15,11 +15,13 @@
 --
 -- Delivery. A task that should run is in one of three places, named by its `_dv`
 -- field: 'p' parked in its session's waiting line (`P w:<session>`, priority first,
--- then first come first served), 'd' delayed until a time (`P delayed`), or 'q'
+-- then first come first served; and in the line of its executor, `P wx:<session>:<executor>`),
+-- 'd' delayed until a time (`P delayed`: a retry's backoff, a delayed start), or 'q'
 -- dispatched to one worker (`_jw`): a SAQ job (`_jk`) in that worker's own queue,
 -- queued or running. `pump` moves parked tasks to workers while a worker has a free
 -- slot and the concurrency limits allow, always from the waiting session that holds
--- the fewest dispatched tasks (ties: the one waiting longest): fair sharing reads
+-- the fewest dispatched tasks (ties: the one waiting longest), and only to a worker that
+-- runs the task's executor (`P runs:<worker>`, written when it joins): fair sharing reads
 -- queued work, never tasks nobody asked to run. Every change of place happens in the
 -- script that changes the task, so no crash between two steps can strand a task.
 
@@ -77,15 +79,39 @@ local function tkey(id) return P .. 't:' .. id end
 local function queue_key(W, kind) return 'saq:' .. P .. 'w:' .. W .. ':' .. kind end
 local function job_id(W, key) return 'saq:job:' .. P .. 'w:' .. W .. ':' .. key end
 
+local function counter(key, field) return tonumber(redis.call('HGET', key, field)) or 0 end
+
+-- Why a pending task has not started, for a person: its executor is run by no live worker
+-- (`P offered`: executor -> workers taking tasks that run it; read once per executor in a
+-- script, so a page of a thousand waiting tasks asks it once). JSON; null for any other case.
+local OFFERED = {}
+local function waiting_reason(status, place, executor)
+  if status ~= '"pending"' or place ~= 'p' or not executor then return 'null' end
+  local reason = OFFERED[executor]
+  if reason == nil then
+    local E = cjson.decode(executor)
+    reason = 'null'
+    if counter(P .. 'offered', E) == 0 then reason = cjson.encode('waiting for a worker that runs `' .. E .. '`') end
+    OFFERED[executor] = reason
+  end
+  return reason
+end
+
 -- The task's JSON object, built from its hash (our own `_` fields left out) and its history.
 local function record_json(id)
   local flat = redis.call('HGETALL', tkey(id))
   local parts = {}
+  local status, place, executor
   for i = 1, #flat, 2 do
-    if string.byte(flat[i], 1) ~= 95 then
-      parts[#parts + 1] = '"' .. flat[i] .. '":' .. flat[i + 1]
+    local name = flat[i]
+    if string.byte(name, 1) ~= 95 then
+      parts[#parts + 1] = '"' .. name .. '":' .. flat[i + 1]
+      if name == 'status' then status = flat[i + 1] elseif name == 'executor' then executor = flat[i + 1] end
+    elseif name == '_dv' then
+      place = flat[i + 1]
     end
   end
+  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(status, place, executor)
   parts[#parts + 1] = '"history":[' .. table.concat(redis.call('LRANGE', P .. 'h:' .. id, 0, -1), ',') .. ']'
   parts[#parts + 1] = '"logs":[' .. table.concat(redis.call('LRANGE', P .. 'l:' .. id, 0, -1), ',') .. ']'
   return '{' .. table.concat(parts, ',') .. '}'
@@ -94,12 +120,14 @@ end
 -- What a list item shows: the summary fields only (never params, metadata, result or history),
 -- so a page costs its length, not the bytes its tasks hold.
 local function summary_json(id)
-  local v = redis.call('HMGET', tkey(id), unpack(SUMMARY_FIELDS))
+  local v = redis.call('HMGET', tkey(id), '_dv', unpack(SUMMARY_FIELDS))
   local parts = {'"params":null'}
   for i, name in ipairs(SUMMARY_FIELDS) do
-    if v[i] then parts[#parts + 1] = '"' .. name .. '":' .. v[i] end
+    if v[i + 1] then parts[#parts + 1] = '"' .. name .. '":' .. v[i + 1] end
   end
-  if v[#SUMMARY_FIELDS] then  -- `logsDropped` is there once the task has a log
+  -- v[1] is `_dv`; SUMMARY_FIELDS starts id, sessionKey, name, executor, status.
+  parts[#parts + 1] = '"waitingReason":' .. waiting_reason(v[6], v[1], v[5])
+  if v[#SUMMARY_FIELDS + 1] then  -- `logsDropped` (the last field) is there once the task has a log
     local recent = redis.call('LRANGE', P .. 'l:' .. id, -RECENT_LOGS, -1)
     parts[#parts + 1] = '"logs":[' .. table.concat(recent, ',') .. ']'
   end
@@ -167,9 +195,12 @@ local function add_logs(S, ID, skipped, lines)
   return #added
 end
 
--- The session changed now (what idle expiry looks at).
+-- The session changed now (what idle expiry looks at; `P changed` orders the sessions by it
+-- for the admin view).
 local function touch(session)
-  redis.call('HSET', P .. 'c:' .. session, 'changed', int(now_ms()))
+  local now = int(now_ms())
+  redis.call('HSET', P .. 'c:' .. session, 'changed', now)
+  redis.call('ZADD', P .. 'changed', now, session)
 end
 
 -- Append a history entry, keeping at most MAX_HISTORY: the first HISTORY_HEAD (at most
@@ -198,39 +229,73 @@ end
 
 -- -- delivery -----------------------------------------------------------------------------
 
-local function counter(key, field) return tonumber(redis.call('HGET', key, field)) or 0 end
+-- The executor's name of task ID.
+local function executor_of(ID) return cjson.decode(redis.call('HGET', tkey(ID), 'executor')) end
 
--- The session's place among those waiting for a slot: fewest dispatched first, then the one
--- that has waited longest; not there when nothing of it waits.
+-- The session's line of parked tasks of executor E (its whole line is `P w:<session>`).
+local function line(S, E) return P .. 'wx:' .. S .. ':' .. E end
+
+-- Count a task of executor E into (1) or out of (-1) delivery: `P xq` holds, per executor,
+-- the tasks parked, delayed or dispatched (queued on a worker or running).
+local function count_delivery(E, n)
+  if redis.call('HINCRBY', P .. 'xq', E, n) <= 0 then redis.call('HDEL', P .. 'xq', E) end
+end
+
+-- The session's place among those waiting for a slot, in the line of sessions of each
+-- executor it has parked tasks of (`P ready:<executor>`): fewest dispatched first, then the
+-- one that has waited longest; not there when nothing of it waits.
 local function place_session(S)
-  local ready = P .. 'ready'
+  local c, kinds = P .. 'c:' .. S, P .. 'px:' .. S
   if redis.call('ZCARD', P .. 'w:' .. S) == 0 then
-    redis.call('ZREM', ready, S)
-    redis.call('HDEL', P .. 'c:' .. S, 'waiting')
+    for _, E in ipairs(redis.call('SMEMBERS', kinds)) do redis.call('ZREM', P .. 'ready:' .. E, S) end
+    redis.call('DEL', kinds)
+    redis.call('HDEL', c, 'waiting')
     return
   end
-  local c = P .. 'c:' .. S
   local since = tonumber(redis.call('HGET', c, 'waiting'))
   if not since then
     since = redis.call('INCR', P .. 'seq') % TICKET
     redis.call('HSET', c, 'waiting', int(since))
   end
-  redis.call('ZADD', ready, counter(c, 'd') * TICKET + since, S)
+  local score = counter(c, 'd') * TICKET + since
+  for _, E in ipairs(redis.call('SMEMBERS', kinds)) do
+    if redis.call('ZCARD', line(S, E)) == 0 then
+      redis.call('ZREM', P .. 'ready:' .. E, S)
+      redis.call('SREM', kinds, E)
+    else
+      redis.call('ZADD', P .. 'ready:' .. E, score, S)
+    end
+  end
 end
 
--- The live worker with the most free slots (nil when every slot is taken).
-local function pick_worker()
-  local best, most = nil, 0
+-- The live workers that take tasks (not retired) and have a free slot: {id, free, runs}
+-- (`runs`: the executors it runs, as a set).
+local function free_workers()
+  local found = {}
   local flat = redis.call('HGETALL', P .. 'workers')
   for i = 1, #flat, 2 do
-    local free = tonumber(flat[i + 1]) - redis.call('SCARD', P .. 'wq:' .. flat[i])
-    if free > most and redis.call('SISMEMBER', P .. 'retired', flat[i]) == 0 then best, most = flat[i], free end
+    local W = flat[i]
+    local free = tonumber(flat[i + 1]) - redis.call('SCARD', P .. 'wq:' .. W)
+    if free > 0 and redis.call('SISMEMBER', P .. 'retired', W) == 0 then
+      local runs = {}
+      for _, E in ipairs(redis.call('SMEMBERS', P .. 'runs:' .. W)) do runs[E] = true end
+      found[#found + 1] = {id = W, free = free, runs = runs}
+    end
   end
-  return best
+  return found
 end
 
--- Hand task ID of session S to worker W: a SAQ job in W's queue.
-local function dispatch(S, ID, W)
+-- Count worker W's executors into (1) or out of (-1) `P offered` (executor -> workers in the
+-- pool, not retired, that run it): what says a task's executor is run by no live worker.
+local function offer(W, n)
+  for _, E in ipairs(redis.call('SMEMBERS', P .. 'runs:' .. W)) do
+    if redis.call('HINCRBY', P .. 'offered', E, n) <= 0 then redis.call('HDEL', P .. 'offered', E) end
+  end
+  OFFERED = {}
+end
+
+-- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue.
+local function dispatch(S, ID, W, E)
   local key = tkey(ID)
   local n = (tonumber(redis.call('HGET', key, 'attempts')) or 0) + 1
   local jk = ID .. ':' .. int(n) .. ':' .. int(redis.call('INCR', P .. 'seq'))
@@ -241,6 +306,7 @@ local function dispatch(S, ID, W)
   redis.call('ZADD', queue_key(W, 'incomplete'), 0, jid)
   redis.call('RPUSH', queue_key(W, 'queued'), jid)
   redis.call('ZREM', P .. 'w:' .. S, ID)
+  redis.call('ZREM', line(S, E), ID)
   redis.call('HINCRBY', P .. 'totals', 'p', -1)
   redis.call('SADD', P .. 'wq:' .. W, ID)
   redis.call('HSET', key, '_dv', 'q', '_jw', W, '_jk', jk)
@@ -250,36 +316,81 @@ local function dispatch(S, ID, W)
 end
 
 -- Dispatch parked tasks while the limits and the workers' slots allow (at most `budget`).
+-- Routing: a task goes only to a worker that runs its executor. Each slot goes to the least
+-- busy waiting session among those with a parked task that a worker with a free slot runs
+-- (between two executors of one session, its own order decides), and to the worker with
+-- the most free slots among those that run it. A task whose executor no free worker runs
+-- holds up nothing: its session's other tasks go past it.
 local function pump(budget)
-  local ready = P .. 'ready'
+  local workers
   while budget > 0 do
     budget = budget - 1
     if GLOBAL_LIMIT and counter(P .. 'totals', 'd') >= GLOBAL_LIMIT then return end
-    local S = redis.call('ZRANGE', ready, 0, 0)[1]
+    workers = workers or free_workers()
+    local S, E, best, head
+    local seen = {}
+    for _, w in ipairs(workers) do
+      if w.free > 0 then
+        for x in pairs(w.runs) do
+          if not seen[x] then
+            seen[x] = true
+            local top = redis.call('ZRANGE', P .. 'ready:' .. x, 0, 0, 'WITHSCORES')
+            if top[1] then
+              local score = tonumber(top[2])
+              if not best or score < best then
+                S, E, best, head = top[1], x, score, nil
+              elseif score == best then
+                -- Scores are unique per session: S waits for both executors.
+                head = head or tonumber(redis.call('ZRANGE', line(S, E), 0, 0, 'WITHSCORES')[2])
+                local other = tonumber(redis.call('ZRANGE', line(S, x), 0, 0, 'WITHSCORES')[2])
+                if other and (not head or other < head) then E, head = x, other end
+              end
+            end
+          end
+        end
+      end
+    end
     if not S then return end
     -- The least busy waiting session: if it may not take a slot, none may.
     if SESSION_LIMIT and counter(P .. 'c:' .. S, 'd') >= SESSION_LIMIT then return end
-    local W = pick_worker()
-    if not W then return end
-    local ID = redis.call('ZRANGE', P .. 'w:' .. S, 0, 0)[1]
-    if ID then dispatch(S, ID, W) else place_session(S) end
+    local chosen
+    for _, w in ipairs(workers) do
+      if w.free > 0 and w.runs[E] and (not chosen or w.free > chosen.free) then chosen = w end
+    end
+    local ID = redis.call('ZRANGE', line(S, E), 0, 0)[1]
+    if ID then
+      dispatch(S, ID, chosen.id, E)
+      chosen.free = chosen.free - 1
+    else
+      place_session(S)
+    end
   end
 end
 
 -- Park a pending task in its session's waiting line (higher priority first, then first
--- parked first), or delay it until `due` (ms) if that is later than now.
+-- parked first), or delay it until `due` (ms) if that is later than now. A task never
+-- started lives PENDING_TASK_TTL_MS from then (`P u:`, by when its lifetime began).
 local function deliver(S, ID, due)
   local key = tkey(ID)
-  local f = redis.call('HMGET', key, '_dv', 'priority')
+  local f = redis.call('HMGET', key, '_dv', 'priority', 'executor')
   if f[1] and f[1] ~= '' then return false end
+  local E = cjson.decode(f[3])
+  count_delivery(E, 1)
   if due and due > now_ms() then
-    redis.call('ZADD', P .. 'delayed', due, ID)
+    local delayed = P .. 'delayed'
+    redis.call('ZADD', delayed, due, ID)
     redis.call('HSET', key, '_dv', 'd', 'scheduledAt', int(due))
+    redis.call('ZADD', P .. 'u:' .. S, 'XX', 'GT', due, ID)
+    -- The workers' timers wait for the earliest delayed task: tell them of a new earliest.
+    if redis.call('ZRANGE', delayed, 0, 0)[1] == ID then redis.call('PUBLISH', P .. 'due', int(due)) end
     return true
   end
+  redis.call('ZADD', P .. 'u:' .. S, 'XX', 'LT', now_ms(), ID)
   local priority = math.max(-4000, math.min(4000, tonumber(f[2]) or 0))
-  local seq = redis.call('INCR', P .. 'seq') % TICKET
-  redis.call('ZADD', P .. 'w:' .. S, -priority * TICKET + seq, ID)
+  local score = -priority * TICKET + redis.call('INCR', P .. 'seq') % TICKET
+  redis.call('ZADD', P .. 'w:' .. S, score, ID)
+  redis.call('ZADD', line(S, E), score, ID)
+  redis.call('SADD', P .. 'px:' .. S, E)
   redis.call('HINCRBY', P .. 'totals', 'p', 1)
   redis.call('HSET', key, '_dv', 'p', 'scheduledAt', 'null')
   place_session(S)
@@ -289,12 +400,15 @@ end
 -- Take the task out of wherever it waits or runs; true when that freed a dispatched slot.
 local function undeliver(S, ID)
   local key = tkey(ID)
-  local f = redis.call('HMGET', key, '_dv', '_jw', '_jk')
+  local f = redis.call('HMGET', key, '_dv', '_jw', '_jk', 'executor')
   local place = f[1]
   if not place or place == '' then return false end
+  local E = cjson.decode(f[4])
+  count_delivery(E, -1)
   redis.call('HSET', key, '_dv', '', '_jw', '', '_jk', '', 'scheduledAt', 'null')
   if place == 'p' then
     redis.call('ZREM', P .. 'w:' .. S, ID)
+    redis.call('ZREM', line(S, E), ID)
     redis.call('HINCRBY', P .. 'totals', 'p', -1)
     place_session(S)
     return false
@@ -317,20 +431,33 @@ local function undeliver(S, ID)
   return true
 end
 
--- -- the indexes filters walk (status: `P ss:`, executor: `P se:`, tag: `P st:`, dead letter: `P sd:`)
+-- -- the indexes filters walk (status: `P ss:`, executor: `P se:`, tag: `P st:`, dead letter: `P sd:`;
+-- and across sessions, for the admin view: `P all`, `P as:`, `P ae:`, `P ag:`, `P ad`)
 
 local function index_task(S, ID, order, executor, tags)
   redis.call('ZADD', P .. 'se:' .. S .. ':' .. executor, order, ID)
-  for _, tag in ipairs(tags) do redis.call('ZADD', P .. 'st:' .. S .. ':' .. tag, order, ID) end
+  redis.call('ZADD', P .. 'ae:' .. executor, order, ID)
+  for _, tag in ipairs(tags) do
+    redis.call('ZADD', P .. 'st:' .. S .. ':' .. tag, order, ID)
+    redis.call('ZADD', P .. 'ag:' .. tag, order, ID)
+  end
 end
 
 local function unindex_task(S, ID)
   local f = redis.call('HMGET', tkey(ID), 'executor', 'tags')
-  if f[1] then redis.call('ZREM', P .. 'se:' .. S .. ':' .. cjson.decode(f[1]), ID) end
+  if f[1] then
+    local executor = cjson.decode(f[1])
+    redis.call('ZREM', P .. 'se:' .. S .. ':' .. executor, ID)
+    redis.call('ZREM', P .. 'ae:' .. executor, ID)
+  end
   if f[2] then
-    for _, tag in ipairs(cjson.decode(f[2])) do redis.call('ZREM', P .. 'st:' .. S .. ':' .. tag, ID) end
+    for _, tag in ipairs(cjson.decode(f[2])) do
+      redis.call('ZREM', P .. 'st:' .. S .. ':' .. tag, ID)
+      redis.call('ZREM', P .. 'ag:' .. tag, ID)
+    end
   end
   redis.call('ZREM', P .. 'sd:' .. S, ID)
+  redis.call('ZREM', P .. 'ad', ID)
 end
 
 -- -- forgetting ---------------------------------------------------------------------------
@@ -349,6 +476,8 @@ local function forget(session, id, want_json)
   redis.call('DEL', key, P .. 'h:' .. id, P .. 'l:' .. id)
   redis.call('ZREM', P .. 's:' .. session, id)
   redis.call('ZREM', P .. 'ss:' .. session .. ':' .. status, id)
+  redis.call('ZREM', P .. 'all', id)
+  redis.call('ZREM', P .. 'as:' .. status, id)
   if FINISHED[status] then
     redis.call('ZREM', P .. 'f:' .. session .. ':' .. status, id)
   elseif status == 'pending' then
@@ -381,6 +510,7 @@ local function forget_session_if_empty(session)
     -- With a window, its Idempotency-Keys stay until it ends (they expire by themselves).
     if not KEY_WINDOW then redis.call('DEL', P .. 'i:' .. session, P .. 'ik:' .. session) end
     redis.call('SREM', P .. 'sessions', session)
+    redis.call('ZREM', P .. 'changed', session)
   end
 end
 
@@ -468,8 +598,10 @@ local function move(S, ID, target, o)
   if target ~= 'running' then
     if o.dead_letter == '1' and target == 'failed' then
       redis.call('ZADD', P .. 'sd:' .. S, f[6], ID)
+      redis.call('ZADD', P .. 'ad', f[6], ID)
     else
       redis.call('ZREM', P .. 'sd:' .. S, ID)
+      redis.call('ZREM', P .. 'ad', ID)
     end
   end
   if source == 'running' then put('_wk', '') end
@@ -486,6 +618,8 @@ local function move(S, ID, target, o)
   redis.call('HINCRBY', P .. 'totals', target, 1)
   redis.call('ZREM', P .. 'ss:' .. S .. ':' .. source, ID)
   redis.call('ZADD', P .. 'ss:' .. S .. ':' .. target, f[6], ID)
+  redis.call('ZREM', P .. 'as:' .. source, ID)
+  redis.call('ZADD', P .. 'as:' .. target, f[6], ID)
   touch(S)
   publish(S, event_fields(key), 'transition', '"' .. source .. '"')
   if FINISHED[target] and RETAIN then

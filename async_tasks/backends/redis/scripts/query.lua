@@ -2,20 +2,29 @@
 -- or history): the work is the page's, whatever the session holds. Filters use the session's
 -- indexes (by status, executor, tag, dead letter): the smallest one given is walked and the
 -- others checked per task, at most `SCAN` tasks per call; a page cut short by that bound
--- still says where to go on (`next`).
+-- still says where to go on (`next`). With `every`, the same across every session (the admin
+-- view), on the indexes of every task.
 -- ARGV: 7 session, 8 status (''), 9 executor (''), 10 tag (''), 11 dead letter ('', 'true',
 -- 'false'), 12 offset, 13 limit (-1: all), 14 cursor ('' or the sequence number to continue
--- below). Returns {total, JSON array of summaries, next cursor ('' at the end)}.
+-- below), 15 every ('1': every session's tasks; the session is ignored).
+-- Returns {total, JSON array of summaries, next cursor ('' at the end)}.
 local SCAN = 2000
 local S = ARGV[7]
 local status, executor, tag, dead = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local offset, limit = tonumber(ARGV[12]), tonumber(ARGV[13])
+local all, by_status, by_executor, by_tag, dead_letter
+if ARGV[15] == '1' then
+  all, by_status, by_executor, by_tag, dead_letter = P .. 'all', P .. 'as:', P .. 'ae:', P .. 'ag:', P .. 'ad'
+else
+  all, by_status, by_executor = P .. 's:' .. S, P .. 'ss:' .. S .. ':', P .. 'se:' .. S .. ':'
+  by_tag, dead_letter = P .. 'st:' .. S .. ':', P .. 'sd:' .. S
+end
 local filters = {}
-if status ~= '' then filters[#filters + 1] = P .. 'ss:' .. S .. ':' .. status end
-if executor ~= '' then filters[#filters + 1] = P .. 'se:' .. S .. ':' .. executor end
-if tag ~= '' then filters[#filters + 1] = P .. 'st:' .. S .. ':' .. tag end
-if dead == 'true' then filters[#filters + 1] = P .. 'sd:' .. S end
-local walk, total = P .. 's:' .. S, nil
+if status ~= '' then filters[#filters + 1] = by_status .. status end
+if executor ~= '' then filters[#filters + 1] = by_executor .. executor end
+if tag ~= '' then filters[#filters + 1] = by_tag .. tag end
+if dead == 'true' then filters[#filters + 1] = dead_letter end
+local walk, total = all, nil
 if #filters == 0 then
   total = redis.call('ZCARD', walk)
 else
@@ -28,7 +37,7 @@ else
 end
 if dead == 'false' then
   local both = {unpack(filters)}
-  both[#both + 1] = P .. 'sd:' .. S
+  both[#both + 1] = dead_letter
   if #filters == 0 then both[#both + 1] = walk end
   total = total - redis.call('ZINTERCARD', #both, unpack(both))
 end
@@ -36,7 +45,7 @@ local function matches(id)
   for _, index in ipairs(filters) do
     if index ~= walk and not redis.call('ZSCORE', index, id) then return false end
   end
-  if dead == 'false' and redis.call('ZSCORE', P .. 'sd:' .. S, id) then return false end
+  if dead == 'false' and redis.call('ZSCORE', dead_letter, id) then return false end
   return true
 end
 if #filters <= 1 and dead ~= 'false' and ARGV[14] == '' then

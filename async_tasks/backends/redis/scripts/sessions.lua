@@ -1,0 +1,16 @@
+-- A page of the sessions holding tasks, the most recently changed first (the admin view),
+-- each with its counts by status: the work is the page's, however many sessions there are.
+-- ARGV: 7 offset, 8 limit.
+-- Returns {total, {session, changed ms, pending, running, completed, failed, cancelled, ...}}.
+local offset, limit = tonumber(ARGV[7]), tonumber(ARGV[8])
+local page = {}
+if limit > 0 then
+  local flat = redis.call('ZREVRANGE', P .. 'changed', offset, offset + limit - 1, 'WITHSCORES')
+  for i = 1, #flat, 2 do
+    local c = redis.call('HMGET', P .. 'c:' .. flat[i], 'pending', 'running', 'completed', 'failed', 'cancelled')
+    page[#page + 1] = flat[i]
+    page[#page + 1] = flat[i + 1]
+    for j = 1, 5 do page[#page + 1] = c[j] or '0' end
+  end
+end
+return {redis.call('SCARD', P .. 'sessions'), page}
