@@ -87,7 +87,9 @@ class PostgresBackend:
     def worker(self, concurrency: int) -> PostgresWorker:
         from async_tasks.backends.postgres.worker import PostgresWorker
 
-        worker = PostgresWorker(self.store, self.executors, self.settings, slots=concurrency, clock=self.clock)
+        names = self.settings.worker_executor_names
+        runs = self.executors.only(names) if names else self.executors
+        worker = PostgresWorker(self.store, runs, self.settings, slots=concurrency, clock=self.clock)
         worker.on_finish = self.execution.on_finish
         return worker
 

@@ -85,15 +85,23 @@ class PostgresExecution:
             raise ShuttingDown()
 
     async def create(
-        self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None, start: bool
+        self,
+        task: Task,
+        *,
+        limits: CreateLimits,
+        idempotency: Idempotency | None,
+        start: bool,
+        start_at: int | None = None,
     ) -> tuple[Task, bool]:
         if start:
             self._check_accepting()
-        return await self.store.create(task, limits=limits, idempotency=idempotency, deliver=start)
+        return await self.store.create(
+            task, limits=limits, idempotency=idempotency, deliver=start, due_ms=start_at if start else None
+        )
 
-    async def start(self, session_key: str, task_id: str) -> Task:
+    async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
         self._check_accepting()
-        return await self.store.deliver(session_key, task_id)
+        return await self.store.deliver(session_key, task_id, start_at)
 
     async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
         self._check_accepting()
@@ -148,14 +156,19 @@ class PostgresExecution:
         return found
 
     async def load_by_executor(self) -> dict[str, ExecutionLoad]:
-        """Running attempts and tasks waiting for a slot or a worker (a retry waiting out its
-        backoff counts as queued), by executor."""
-        loads = {name: ExecutionLoad(running=0, queued=0) for name in self.executors}
+        """Running attempts, tasks waiting for a slot, a worker or their time (a retry's
+        backoff, a delayed start), and the live workers that run it, by executor."""
         rows = await self.store.db.rows(
-            "SELECT executor, count(*) FILTER (WHERE status = 'running'), "
-            "count(*) FILTER (WHERE status = 'pending' AND delivery <> '') "
-            "FROM tasks WHERE status IN ('pending', 'running') GROUP BY executor"
+            "SELECT e.name, "
+            "(SELECT count(*) FROM tasks t WHERE t.executor = e.name AND t.status = 'running'), "
+            "(SELECT count(*) FROM tasks t WHERE t.executor = e.name AND t.status = 'pending' AND t.delivery <> ''), "
+            "(SELECT count(*) FROM workers w WHERE NOT w.retired AND w.lease_until > db_now() "
+            "AND e.name = ANY(w.executors)) "
+            "FROM (SELECT unnest(%s::text[]) UNION SELECT DISTINCT executor FROM tasks "
+            "WHERE status IN ('pending', 'running')) AS e(name)",
+            (list(self.executors),),
         )
-        for executor, running, queued in rows:
-            loads[executor] = ExecutionLoad(running=int(running), queued=int(queued))
-        return loads
+        return {
+            name: ExecutionLoad(running=int(running), queued=int(queued), workers=int(workers))
+            for name, running, queued, workers in rows
+        }

@@ -115,6 +115,14 @@ class _Page(msgspec.Struct):
 
 
 _decode_page = msgspec.json.Decoder(_Page).decode
+
+
+class _AllPage(msgspec.Struct):
+    total: int
+    tasks: list[Task]
+    seqs: list[int]
+
+
 _decode_removed = msgspec.json.Decoder(list[tuple[str, msgspec.Raw]]).decode
 
 
@@ -826,7 +834,9 @@ class PostgresTaskStore:
         total = int(rows[0][7]) if rows else int(await self.db.call("SELECT sessions FROM totals"))
         return SessionPage(page, total)
 
-    async def query_all(self, where: TaskFilter, *, limit: int | None = None, offset: int = 0) -> TaskPage:
+    async def query_all(
+        self, where: TaskFilter, *, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> TaskPage:
         conditions = (
             "(%(status)s::text IS NULL OR status = %(status)s) AND (%(executor)s::text IS NULL OR executor = "
             "%(executor)s) AND (%(tag)s::text IS NULL OR %(tag)s = ANY(tags)) AND (%(dead)s::boolean IS NULL OR "
@@ -837,19 +847,29 @@ class PostgresTaskStore:
             "executor": where.executor,
             "tag": where.tag,
             "dead": where.dead_letter,
-            "limit": limit,
+            "below": _cursor(cursor),
+            "limit": None if limit is None else limit + 1,  # one more: is there a next page?
             "offset": offset,
         }
         raw = await self.db.call(
             "SELECT json_build_object('total', (SELECT count(*) FROM tasks WHERE " + conditions + "), "
             "'tasks', coalesce((SELECT json_agg(summary_json(x) ORDER BY x.seq DESC) FROM (SELECT * FROM tasks "
-            "WHERE " + conditions + " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s) x), '[]'))::text",
+            "WHERE " + conditions + " AND (%(below)s::bigint IS NULL OR seq < %(below)s) ORDER BY seq DESC "
+            "LIMIT %(limit)s OFFSET %(offset)s) x), '[]'), "
+            "'seqs', coalesce((SELECT json_agg(x.seq ORDER BY x.seq DESC) FROM (SELECT seq FROM tasks WHERE "
+            + conditions
+            + " AND (%(below)s::bigint IS NULL OR seq < %(below)s) ORDER BY seq DESC "
+            "LIMIT %(limit)s OFFSET %(offset)s) x), '[]'))::text",
             params,  # type: ignore[arg-type]
         )
-        page = _decode_page(raw)
+        page = msgspec.json.decode(raw, type=_AllPage)
         for task in page.tasks:
             _whole(task)
-        return TaskPage(page.tasks, page.total)
+        next_cursor = None
+        if limit is not None and len(page.tasks) > limit:
+            page.tasks = page.tasks[:limit]
+            next_cursor = str(page.seqs[limit - 1])
+        return TaskPage(page.tasks, page.total, next_cursor)
 
     async def find(self, task_id: str) -> Task:
         raw = await self.db.call("SELECT task_json(t, true) FROM tasks t WHERE t.id = %s", (task_id,))

@@ -62,9 +62,9 @@ BEGIN
         UPDATE totals SET sessions = sessions + 1;
     END IF;
     INSERT INTO tasks (id, session_key, seq, status, executor, name, description, params, metadata, tags, priority,
-        timeout_ms, max_retries, request_id, created_at, updated_at, ops)
+        timeout_ms, max_retries, request_id, created_at, updated_at, lifetime_from, ops)
     VALUES (p_id, p_s, nextval('seq'), 'pending', p_executor, p_name, p_description, p_params, p_metadata, p_tags,
-        p_priority, p_timeout_ms, p_max_retries, p_request_id, c.now, c.now,
+        p_priority, p_timeout_ms, p_max_retries, p_request_id, c.now, c.now, c.now,
         CASE WHEN c.op IS NULL THEN '{}'::text[] ELSE ARRAY[c.op] END)
     RETURNING * INTO t;
     IF p_key IS NOT NULL THEN

@@ -37,8 +37,8 @@ BEGIN
     FOREACH v_s IN ARRAY p_sessions LOOP
         EXIT WHEN v_budget <= 0;
         IF p_pending_ttl IS NOT NULL THEN
-            FOR v_id IN SELECT id FROM tasks WHERE session_key = v_s AND fresh AND created_at <= c.now - p_pending_ttl
-                ORDER BY seq LIMIT v_budget LOOP
+            FOR v_id IN SELECT id FROM tasks WHERE session_key = v_s AND fresh
+                AND lifetime_from <= c.now - p_pending_ttl ORDER BY lifetime_from LIMIT v_budget LOOP
                 m := move(c, v_s, v_id, 'cancelled', p_expect => ARRAY['pending'], p_reason => p_reason);
                 IF m.kind = 'ok' THEN
                     v_cancelled := v_cancelled || (SELECT task_json(x, true) FROM tasks x WHERE x.id = v_id);

@@ -23,7 +23,8 @@
 -- `saq_jobs` (`job_key`) in that worker's own queue, queued or running. `pump` dispatches
 -- parked tasks while a worker has a free slot and the concurrency limits allow, always from
 -- the waiting session that holds the fewest dispatched tasks (ties: the one waiting
--- longest). Every change of place happens in the transaction that changes the task.
+-- longest), and only to a worker that runs the task's executor (`workers.executors`).
+-- Every change of place happens in the transaction that changes the task.
 
 CREATE TYPE ctx AS (
     now bigint,
@@ -100,6 +101,13 @@ CREATE FUNCTION logs_json(p_id text, last integer DEFAULT NULL) RETURNS json LAN
     FROM (SELECT * FROM task_logs WHERE task_id = p_id ORDER BY n DESC LIMIT last) l
 $$;
 
+-- Why a pending task has not started, for a person: no worker in the pool runs its executor.
+CREATE FUNCTION waiting_reason(t tasks) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN t.status = 'pending' AND t.delivery = 'p' AND NOT EXISTS (SELECT 1 FROM workers w
+        WHERE NOT w.retired AND t.executor = ANY(w.executors)) THEN 'waiting for a worker that runs `' || t.executor
+        || '`' END
+$$;
+
 -- The task's JSON as the HTTP contract names its fields (its history too when `whole`).
 CREATE FUNCTION task_json(t tasks, whole boolean DEFAULT true) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
@@ -116,7 +124,7 @@ CREATE FUNCTION task_json(t tasks, whole boolean DEFAULT true) RETURNS text LANG
                 'at', h.at, 'status', h.status, 'previous', h.previous, 'attempt', h.attempt,
                 'reason', h.reason, 'error', h.error, 'omitted', nullif(h.omitted, 0))) ORDER BY h.n), '[]')
             FROM task_history h WHERE h.task_id = t.id) ELSE '[]' END,
-        'logs', logs_json(t.id), 'logsDropped', t.logs_dropped
+        'logs', logs_json(t.id), 'logsDropped', t.logs_dropped, 'waitingReason', waiting_reason(t)
     )::text
 $$;
 
@@ -129,7 +137,8 @@ CREATE FUNCTION summary_json(t tasks) RETURNS json LANGUAGE sql STABLE AS $$
         'priority', t.priority, 'tags', t.tags, 'deadLettered', t.dead_lettered, 'createdAt', t.created_at,
         'updatedAt', t.updated_at, 'startedAt', t.started_at, 'completedAt', t.completed_at,
         'scheduledAt', t.scheduled_at, 'maxRetries', t.max_retries, 'autoRetries', t.auto_retries,
-        'description', t.description, 'logs', logs_json(t.id, 3), 'logsDropped', t.logs_dropped)
+        'description', t.description, 'logs', logs_json(t.id, 3), 'logsDropped', t.logs_dropped,
+        'waitingReason', waiting_reason(t))
 $$;
 
 -- A push stream's event about the task (its result only when `with_result`), as compact
@@ -240,10 +249,10 @@ BEGIN
     END IF;
 END $$;
 
--- The live worker with the most free slots, the longest-serving of equals (NULL when every
--- slot is taken).
-CREATE FUNCTION pick_worker(c ctx) RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT id FROM workers WHERE NOT retired AND lease_until > c.now AND slots > busy
+-- The live worker running `p_executor` with the most free slots, the longest-serving of
+-- equals (NULL when none has a free slot).
+CREATE FUNCTION pick_worker(c ctx, p_executor text) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT id FROM workers WHERE NOT retired AND lease_until > c.now AND slots > busy AND p_executor = ANY(executors)
     ORDER BY slots - busy DESC, started_at, id LIMIT 1
 $$;
 
@@ -271,21 +280,34 @@ BEGIN
 END $$;
 
 -- Dispatch parked tasks while the limits and the workers' slots allow (at most `p_budget`).
+-- Routing: a task goes only to a worker that runs its executor. Each slot goes to the least
+-- busy waiting session among those with a parked task that a worker with a free slot runs
+-- (its first such task in its own order), and to the worker with the most free slots among
+-- those that run it. A task whose executor no free worker runs holds up nothing: its
+-- session's other tasks go past it.
 CREATE FUNCTION pump(c ctx, p_budget integer) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_budget integer := p_budget;
+    v_runnable text[];
     v_s text;
     v_busy integer;
-    v_w text;
     v_id text;
+    v_executor text;
 BEGIN
     WHILE v_budget > 0 LOOP
         v_budget := v_budget - 1;
         IF c.global_limit IS NOT NULL AND (SELECT dispatched FROM totals) >= c.global_limit THEN
             RETURN;
         END IF;
-        SELECT key, dispatched INTO v_s, v_busy FROM sessions WHERE waiting_since IS NOT NULL
-            ORDER BY dispatched, waiting_since LIMIT 1;
+        v_runnable := ARRAY(SELECT DISTINCT e FROM workers, unnest(executors) AS e
+            WHERE NOT retired AND lease_until > c.now AND slots > busy);
+        IF cardinality(v_runnable) = 0 THEN
+            RETURN;
+        END IF;
+        SELECT s.key, s.dispatched, t.id, t.executor INTO v_s, v_busy, v_id, v_executor FROM sessions s
+        CROSS JOIN LATERAL (SELECT id, executor FROM tasks WHERE session_key = s.key AND delivery = 'p'
+            AND executor = ANY(v_runnable) ORDER BY line_order LIMIT 1) t
+        WHERE s.waiting_since IS NOT NULL ORDER BY s.dispatched, s.waiting_since LIMIT 1;
         IF NOT FOUND THEN
             RETURN;
         END IF;
@@ -293,16 +315,7 @@ BEGIN
         IF c.session_limit IS NOT NULL AND v_busy >= c.session_limit THEN
             RETURN;
         END IF;
-        v_w := pick_worker(c);
-        IF v_w IS NULL THEN
-            RETURN;
-        END IF;
-        SELECT id INTO v_id FROM tasks WHERE session_key = v_s AND delivery = 'p' ORDER BY line_order LIMIT 1;
-        IF FOUND THEN
-            PERFORM dispatch(c, v_s, v_id, v_w);
-        ELSE
-            PERFORM place_session(v_s);
-        END IF;
+        PERFORM dispatch(c, v_s, v_id, pick_worker(c, v_executor));
     END LOOP;
 END $$;
 
@@ -319,10 +332,14 @@ BEGIN
         RETURN false;
     END IF;
     IF p_due IS NOT NULL AND p_due > c.now THEN
-        UPDATE tasks SET delivery = 'd', due_at = p_due, scheduled_at = p_due WHERE id = p_id;
+        -- A task never started lives PENDING_TASK_TTL_MS from its delayed start.
+        UPDATE tasks SET delivery = 'd', due_at = p_due, scheduled_at = p_due,
+            lifetime_from = CASE WHEN fresh THEN greatest(lifetime_from, p_due) ELSE lifetime_from END
+            WHERE id = p_id;
         RETURN true;
     END IF;
     UPDATE tasks SET delivery = 'p', scheduled_at = NULL, due_at = NULL,
+        lifetime_from = CASE WHEN fresh THEN least(lifetime_from, c.now) ELSE lifetime_from END,
         line_order = -greatest(-4000, least(4000, t.priority))::bigint * 1099511627776
             + nextval('seq') % 1099511627776
         WHERE id = p_id;

@@ -34,7 +34,9 @@ CREATE TABLE tasks (
     started_at bigint,
     completed_at bigint,
     scheduled_at bigint,
-    fresh boolean NOT NULL DEFAULT true,    -- pending since its creation, never started (its lifetime)
+    fresh boolean NOT NULL DEFAULT true,    -- pending since its creation, never started
+    lifetime_from bigint NOT NULL,          -- when its lifetime as a never-started task began (a delayed
+                                            -- start's time, else its creation or its start asked for)
     finished_seq bigint,                    -- when it entered its finished status (retention)
     runner text,                            -- the worker running its attempt
     delivery text NOT NULL DEFAULT '' CHECK (delivery IN ('', 'p', 'd', 'q')),
@@ -54,7 +56,7 @@ CREATE INDEX tasks_session ON tasks (session_key, seq);
 CREATE INDEX tasks_session_status ON tasks (session_key, status, seq);
 CREATE INDEX tasks_session_executor ON tasks (session_key, executor, seq);
 CREATE INDEX tasks_finished ON tasks (session_key, status, finished_seq) WHERE finished_seq IS NOT NULL;
-CREATE INDEX tasks_fresh ON tasks (session_key, seq) WHERE fresh;
+CREATE INDEX tasks_fresh ON tasks (session_key, lifetime_from) WHERE fresh;
 CREATE INDEX tasks_line ON tasks (session_key, line_order) WHERE delivery = 'p';
 CREATE INDEX tasks_delayed ON tasks (due_at) WHERE delivery = 'd';
 CREATE INDEX tasks_dispatched ON tasks (job_worker) WHERE delivery = 'q';
@@ -137,6 +139,7 @@ CREATE INDEX idempotency_keys_age ON idempotency_keys (used_at);
 CREATE TABLE workers (
     id text PRIMARY KEY,
     queue text NOT NULL,                    -- the name of its own SAQ queue
+    executors text[] NOT NULL DEFAULT '{}', -- the executors it runs: it is given tasks of these only
     slots integer NOT NULL,
     busy integer NOT NULL DEFAULT 0,        -- tasks dispatched to it
     started_at bigint NOT NULL,

@@ -2,7 +2,8 @@
 
 -- A worker announces itself and keeps its lease (`lease_until`, `p_lease` ms from now): the
 -- first time, and again after the reconciler forgot it, its slots join the pool and take
--- waiting tasks at once. A worker that is leaving (`p_retiring`) keeps its lease while its
+-- waiting tasks of the executors it runs (its description's `executors`) at once. A worker
+-- that is leaving (`p_retiring`) keeps its lease while its
 -- last attempts finish, retired from the pool: nothing more is dispatched to it.
 -- Answers 1 when it (re)joined the pool, else 0.
 CREATE FUNCTION op_worker(p_now bigint, p_conf text, p_worker text, p_queue text, p_slots integer,
@@ -12,8 +13,9 @@ DECLARE
     v_joined boolean;
 BEGIN
     PERFORM lock_all();
-    INSERT INTO workers (id, queue, slots, started_at, renewed_at, lease_until, description, retired)
-    VALUES (p_worker, p_queue, p_slots, c.now, c.now, c.now + p_lease, p_description, p_retiring)
+    INSERT INTO workers (id, queue, executors, slots, started_at, renewed_at, lease_until, description, retired)
+    VALUES (p_worker, p_queue, ARRAY(SELECT json_array_elements_text(coalesce(p_description -> 'executors', '[]'))),
+        p_slots, c.now, c.now, c.now + p_lease, p_description, p_retiring)
     ON CONFLICT (id) DO UPDATE SET renewed_at = c.now, lease_until = c.now + p_lease, description = p_description,
         retired = workers.retired OR p_retiring, suspected_at = NULL
     RETURNING (xmax = 0) INTO v_joined;
