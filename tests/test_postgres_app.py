@@ -172,7 +172,7 @@ async def test_a_worker_runs_only_its_executors_and_the_admin_api_lists_what_eac
     another executor: that task waits pending, saying so in its status and in the queues, while
     the script task behind it runs; a worker that runs it takes it as it joins. The admin API
     lists both workers with what each runs."""
-    backend = {"task_backend": postgres_url, "postgres_schema": postgres_schema, "worker_lease_ms": 600}
+    backend: dict[str, Any] = {"task_backend": postgres_url, "postgres_schema": postgres_schema, "worker_lease_ms": 600}
     app = build_app(EXECUTORS, load_entry_points=False, admin_api_keys=ADMIN_KEY, **backend)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
 

@@ -99,9 +99,9 @@ class PostgresCluster(Cluster):
             r"(localhost:|--port )(5432|3000|3001)\b", lambda m: m.group(1) + str(self.ports[m.group(2)]), text
         )
 
-    def new_worker(self) -> Process:
+    def new_worker(self, line: str | None = None) -> Process:
         name = f"worker{len(self.workers)}"
-        worker = Process(name, self.rewrite(self.lines[2]), self.env, self.logs / f"{name}.log")
+        worker = Process(name, self.rewrite(line or self.lines[2]), self.env, self.logs / f"{name}.log")
         self.workers.append(worker)
         return worker
 
