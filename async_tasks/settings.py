@@ -144,8 +144,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     metrics_enabled: bool = True
     otel_enabled: bool = False
     ready_max_loop_lag_ms: Positive = 500
-    # Backend: `memory` (one process) or a Redis URL (many API processes and SAQ workers;
-    # needs the `redis` extra).
+    # Backend: `memory` (one process), a Redis URL (needs the `redis` extra) or a PostgreSQL
+    # URL (the `postgres` extra): many API processes and SAQ workers.
     task_backend: str = "memory"
     redis_key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "async-tasks:"
     worker_concurrency: Positive = 10
@@ -155,6 +155,10 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     worker_lease_ms: Annotated[int, msgspec.Meta(ge=300, le=600_000)] = 3000
     #: How long a request waits for Redis before it answers 503 (a hung or unreachable Redis).
     redis_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 2000
+    #: The PostgreSQL schema a deployment's tables live in (one per deployment sharing a database).
+    postgres_schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,47}$")] = "async_tasks"
+    #: How long a request waits for PostgreSQL before it answers 503 (a hung or unreachable server).
+    postgres_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 2000
     embedded_worker: bool = False
 
     def __post_init__(self) -> None:
@@ -180,8 +184,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
 
             if scheme_of(self.task_backend) not in SCHEMES or "://" not in self.task_backend:
                 raise SettingsError(
-                    f"Invalid value {self.task_backend!r} for TASK_BACKEND: expected `memory` or a Redis URL "
-                    "(redis://host:port/db)"
+                    f"Invalid value {self.task_backend!r} for TASK_BACKEND: expected `memory`, a Redis URL "
+                    "(redis://host:port/db) or a PostgreSQL URL (postgresql://user@host:port/database)"
                 )
             if not self.secret_keys:
                 raise SettingsError(

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import redis_bench
+from bench import postgres_bench, redis_bench
 from bench.api import LIST_PAGE
 from bench.http_rounds import breakdown_rounds, http_rounds
 from bench.load import add_arguments as add_load_arguments
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["http", "sleepers", "latency", "memory", "cleanup", "redis"],
-        help="run only these sections (redis: the Redis backend, see bench/redis_bench.py; not run by default)",
+        choices=["http", "sleepers", "latency", "memory", "cleanup", "redis", "postgres"],
+        help="run only these sections (redis, postgres: the shared backends, see bench/redis_bench.py and "
+        "bench/postgres_bench.py; not run by default)",
     )
     parser.add_argument("--skip", nargs="+", default=[], choices=["http", "sleepers", "latency", "memory", "cleanup"])
     parser.add_argument(
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write every raw figure here")
     redis_bench.add_arguments(parser)
+    postgres_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     sections = set(args.only or ["http", "sleepers", "latency", "memory", "cleanup"]) - set(args.skip)
     for tool in ("wrk", "taskset"):
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "redis" in sections:
         results["redis"] = redis_bench.redis_section(args, log_dir)
+    if "postgres" in sections:
+        results["postgres"] = postgres_bench.postgres_section(args, log_dir)
     if args.breakdown:
         results["breakdown"] = breakdown_rounds(args, log_dir)
     if args.profile:
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, results, command)
     if "redis" in results:
         text += "\n" + redis_bench.markdown(results["redis"])
+    if "postgres" in results:
+        text += "\n" + postgres_bench.markdown(results["postgres"])
     print(text)
     Path(args.output).write_text(text, encoding="utf-8")
     if args.json:

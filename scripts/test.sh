@@ -13,8 +13,10 @@ cd "$(dirname "$0")/.."
 
 # System packages: curl (DEMO_GUIDE examples run as written), Debian's headless Chromium
 # (browser tests; Playwright drives it, it never downloads a browser),
-# redis-server (the Redis backend's tests start their own, without persistence) and
-# Node with npm (TypeScript checks the front-end kit's JavaScript).
+# redis-server (the Redis backend's tests start their own, without persistence),
+# PostgreSQL (the PostgreSQL backend's tests make their own throwaway cluster with initdb;
+# Debian keeps its programs in /usr/lib/postgresql/<version>/bin) and Node with npm
+# (TypeScript checks the front-end kit's JavaScript).
 # Installed without asking as root, in CI (CI set, as CI sets it) or with INSTALL_SYSTEM_PACKAGES=1;
 # otherwise asked for on a terminal, or the one command to run is printed and the
 # script stops: it never runs sudo on a developer's machine unasked.
@@ -23,6 +25,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v chromium-headless-shell >/dev/null || missing+=(chromium-headless-shell)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo "; fi
     command="${sudo}apt-get update && ${sudo}apt-get install -y ${missing[*]}"

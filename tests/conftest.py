@@ -81,6 +81,24 @@ def redis_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One throwaway PostgreSQL cluster for the whole test session (tests keep apart by schema)."""
+    from tests.faults.postgres_process import PostgresProcess
+
+    try:
+        with PostgresProcess() as server:
+            yield server.url
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def postgres_schema() -> str:
+    """A schema of this test's own in the shared cluster (made by the first engine or store)."""
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(scope="module")
 async def shared_app() -> AsyncIterator[Litestar]:
     """One app with test settings for the module, its lifespan running in the module's loop."""

@@ -27,6 +27,8 @@ WHOLE_MODULES = {
     "tests/test_demo_guide.py": "demo-guide",
     # redis-server, two API servers and a worker, started once.
     "tests/test_redis_processes.py": "redis-cluster",
+    # A PostgreSQL cluster, two API servers and a worker, started once.
+    "tests/test_postgres_processes.py": "postgres-cluster",
     # One real uvicorn process.
     "tests/test_uvicorn_boundaries.py": "uvicorn-boundaries",
     # A FastAPI app around the task system on a uvicorn server, started once for the module.

@@ -1,6 +1,6 @@
 """Where tasks live and run: one backend object, built from TASK_BACKEND in one place.
 
-    backend = backend_for(settings, executors)   # MemoryBackend or RedisBackend
+    backend = backend_for(settings, executors)   # MemoryBackend, RedisBackend or PostgresBackend
     backend.store                                # the TaskStore (the authority on status)
     backend.execution                            # the ExecutionBackend (hands tasks to delivery)
 
@@ -10,7 +10,8 @@ memory backend runs them in its execution), the cross-process event source of th
 streams (`events`) and a health check. Nothing outside `async_tasks.backends` asks
 which backend it is, as `saq.Queue.from_url` picks a queue and Litestar takes a
 `ChannelsBackend` object. Each shared backend's code lives in its own package, needing
-its own extra (``pip install 'async-tasks[redis]'``), imported only when chosen.
+its own extra (``pip install 'async-tasks[redis]'``, ``'async-tasks[postgres]'``),
+imported only when chosen.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class EventSource(Protocol):
 
 
 class Backend(Protocol):
-    #: What `/ready` and log lines call it: ``memory``, ``redis``.
+    #: What `/ready` and log lines call it: ``memory``, ``redis``, ``postgres``.
     name: str
     #: Whether other processes share it (API processes and workers); False: one process.
     shared: bool
@@ -100,6 +101,8 @@ SCHEMES: dict[str, tuple[str, str, str]] = {
     "redis": ("async_tasks.backends.redis", "RedisBackend", "redis"),
     "rediss": ("async_tasks.backends.redis", "RedisBackend", "redis"),
     "unix": ("async_tasks.backends.redis", "RedisBackend", "redis"),
+    "postgresql": ("async_tasks.backends.postgres", "PostgresBackend", "postgres"),
+    "postgres": ("async_tasks.backends.postgres", "PostgresBackend", "postgres"),
 }
 
 

@@ -1,8 +1,9 @@
 """`make_system`: start engines on one backend, for every backend.
 
-On the memory backend an engine runs its own attempts; on Redis each engine is an API
-with an embedded worker (``serve --with-worker``), sharing a real redis-server under a
-key prefix of the test's own, as the processes of a deployment share one Redis.
+On the memory backend an engine runs its own attempts; on Redis and PostgreSQL each engine
+is an API with an embedded worker (``serve --with-worker``), sharing a real redis-server
+under a key prefix of the test's own (a PostgreSQL cluster, in a schema of the test's own),
+as the processes of a deployment share one server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.helpers import SECRET
 MakeSystem = Callable[..., Awaitable[TaskSystem]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSystem]:
     """``await make_system(clock=..., **settings)``: an engine started for the test (stopped after it)."""
     backend: dict[str, Any] = {}
@@ -30,6 +31,13 @@ async def make_system(request: pytest.FixtureRequest) -> AsyncIterator[MakeSyste
         backend = {
             "task_backend": request.getfixturevalue("redis_url"),
             "redis_key_prefix": request.getfixturevalue("redis_prefix"),
+            "embedded_worker": True,
+            "worker_lease_ms": 600,
+        }
+    elif request.param == "postgres":
+        backend = {
+            "task_backend": request.getfixturevalue("postgres_url"),
+            "postgres_schema": request.getfixturevalue("postgres_schema"),
             "embedded_worker": True,
             "worker_lease_ms": 600,
         }

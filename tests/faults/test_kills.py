@@ -1,6 +1,7 @@
 """A process killed (SIGKILL) exactly at each hand-off between processes strands nothing:
 every task a client was told exists runs, or ends with a reason, within a lease and a
-half and an interval (here 600 ms leases: about 1.5 s).
+half and an interval (here 600 ms leases: about 1.5 s). On every shared backend (Redis,
+PostgreSQL: the `server` fixture's parameter).
 
 The killed process is a real ``async-tasks`` worker or server, forked from the suite's
 fork server (`tests.forked`) with ``ASYNC_TASKS_CRASH_POINT`` naming where it dies
@@ -21,14 +22,23 @@ import anyio
 import httpx
 import pytest
 
-from async_tasks.backends.redis import RedisTaskStore
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import free_port, serve_in_loop, wait_for
 from tests import forked
 from tests.faults.crash_points import CrashPoint
-from tests.faults.redis_process import RedisProcess
+from tests.faults.servers import (
+    KINDS,
+    Kind,
+    ServerProcess,
+    add_lost_worker,
+    environ,
+    kind_of,
+    namespace,
+    server_process,
+)
+from tests.faults.servers import settings_fields as backend_fields
 from tests.helpers import SECRET, TEST_EXECUTORS, build_app
 
 pytestmark = pytest.mark.e2e
@@ -36,40 +46,40 @@ S = "s"
 LEASE_MS = 600
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisProcess]:
+@pytest.fixture(scope="module", params=KINDS)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    kind: Kind = request.param
     try:
-        with RedisProcess() as server:
+        with server_process(kind) as started:
             forked.warm_up()
-            yield server
+            yield started
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
 
 
 class Deployment:
-    """The test's processes on one Redis: forked workers and servers armed to die, engines
+    """The test's processes on one server: forked workers and servers armed to die, engines
     of the test's own that survive them."""
 
-    def __init__(self, redis: RedisProcess, prefix: str, tmp_path: Path, stack: AsyncExitStack) -> None:
-        self.redis = redis
-        self.prefix = prefix
+    def __init__(self, server: ServerProcess, space: str, tmp_path: Path, stack: AsyncExitStack) -> None:
+        self.server = server
+        self.space = space
         self.tmp_path = tmp_path
         self.stack = stack
         self.processes: list[BaseProcess] = []
+        self.backend = backend_fields(server, space)
         self.env = {
             **os.environ,
-            "TASK_BACKEND": redis.url,
+            **environ(server, space),
             "SECRET_KEY": SECRET,
-            "REDIS_KEY_PREFIX": prefix,
             "WORKER_LEASE_MS": str(LEASE_MS),
             "RETRY_BACKOFF_MS": "0",
             "TASK_CREATE_RATE": "0",
         }
 
     def settings(self, **overrides: Any) -> Settings:
-        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, "task_backend": self.redis.url,
-                                  "redis_key_prefix": self.prefix, "worker_lease_ms": LEASE_MS, "retry_backoff_ms": 0,
-                                  **overrides}  # fmt: skip
+        fields: dict[str, Any] = {"secret_key": SECRET, "task_create_rate": 0.0, **self.backend,
+                                  "worker_lease_ms": LEASE_MS, "retry_backoff_ms": 0, **overrides}  # fmt: skip
         return Settings(**fields)
 
     async def engine(self, *, worker: bool = False) -> TaskSystem:
@@ -83,7 +93,7 @@ class Deployment:
         self.processes.append(process)
         return process, crash
 
-    async def armed_worker(self, store: RedisTaskStore, point: str) -> tuple[BaseProcess, CrashPoint]:
+    async def armed_worker(self, store: Any, point: str) -> tuple[BaseProcess, CrashPoint]:
         """A worker process with one slot, armed at `point`, once it has joined the pool."""
         before = set(await store.workers())
         process, crash = self.armed(point, "SHUTDOWN_GRACE_MS=300 async-tasks worker --concurrency 1")
@@ -102,17 +112,17 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(redis: RedisProcess, redis_prefix: str, tmp_path: Path) -> AsyncIterator[Deployment]:
+async def deployment(server: ServerProcess, tmp_path: Path) -> AsyncIterator[Deployment]:
     async with AsyncExitStack() as stack:
-        made = Deployment(redis, redis_prefix, tmp_path, stack)
+        made = Deployment(server, namespace(kind_of(server)), tmp_path, stack)
         try:
             yield made
         finally:
             made.close()
 
 
-def store_of(system: TaskSystem) -> RedisTaskStore:
-    assert isinstance(system.store, RedisTaskStore)
+def store_of(system: TaskSystem) -> Any:
+    """The shared store (Redis or PostgreSQL): `workers`, `verify` and the like."""
     return system.store
 
 
@@ -149,7 +159,7 @@ async def test_a_worker_killed_after_storing_the_outcome_leaves_nothing_behind(d
     survivor = await deployment.engine(worker=True)
     assert survivor.worker is not None
     with anyio.fail_after(5):
-        while len(await store.workers()) > 1:  # noqa: ASYNC110 (the reconciler's work, in Redis)
+        while len(await store.workers()) > 1:  # noqa: ASYNC110 (the reconciler's work, in the server)
             await anyio.sleep(0.05)
     assert (await store.verify()) == []
 
@@ -177,15 +187,14 @@ async def test_a_reconciler_killed_halfway_is_finished_by_another(deployment: De
     """The worker resolving a lost worker dies before forgetting it: the next reconciler finishes."""
     api = await deployment.engine()
     store = store_of(api)
-    await store.join("gone-worker", 1, LEASE_MS, b"{}")
+    await add_lost_worker(store, "gone-worker", LEASE_MS)
     task = await api.create_task(S, executor="sample", params={"delayMs": 0})
-    await store.redis.delete(store.keys.lease("gone-worker"))
     process, crash = await deployment.armed_worker(store, "reconcile.before_forget")
     await crash.wait_async(process)
     survivor = await deployment.engine(worker=True)
     assert (await wait_for(survivor, S, task.id, "completed", limit=5)).attempts == 1
     with anyio.fail_after(5):
-        while "gone-worker" in await store.workers():  # noqa: ASYNC110 (the reconciler's work, in Redis)
+        while "gone-worker" in await store.workers():  # noqa: ASYNC110 (the reconciler's work, in the server)
             await anyio.sleep(0.05)
 
 
@@ -195,7 +204,7 @@ async def test_an_api_killed_after_storing_a_create_answers_the_retry_with_the_t
     port = free_port()
     process, crash = deployment.armed("create.after_store", f"async-tasks serve --port {port}")
     worker = await deployment.engine(worker=True)
-    app = build_app(task_backend=deployment.redis.url, redis_key_prefix=deployment.prefix)
+    app = build_app(**deployment.backend)
     async with serve_in_loop(app) as other:
         token = (await other.post("/api/v1/session")).json()["token"]
         headers = {"X-Session-Token": token, "Idempotency-Key": "order-1"}
