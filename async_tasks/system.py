@@ -62,7 +62,7 @@ from async_tasks.store.base import (
     TaskPage,
     TaskStore,
 )
-from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskStatus
+from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskStatus, compact
 from async_tasks.validation import explain
 
 logger = logging.getLogger("async_tasks")
@@ -417,7 +417,7 @@ class TaskSystem:
                 "(MAX_TASK_DATA_BYTES).",
                 details={"limit": limit, "size": size, "setting": "MAX_TASK_DATA_BYTES"},
             )
-        return msgspec.Raw(encoded_params), msgspec.Raw(encoded_metadata)
+        return msgspec.Raw(compact(encoded_params)), msgspec.Raw(compact(encoded_metadata))
 
     def _limits_of(self, client: str | None) -> CreateLimits:
         """The create limits with `client` as who asks (made once per client, kept a while)."""

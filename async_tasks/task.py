@@ -146,7 +146,17 @@ def encoded(value: Any) -> msgspec.Raw:
         return value
     if value is None:
         return NULL
-    return msgspec.Raw(_encode(value))
+    return msgspec.Raw(compact(_encode(value)))
+
+
+#: Encoded JSON longer than this is copied to drop its buffer's slack (`compact`).
+_SLACK_WORTH_DROPPING = 4096
+
+
+def compact(data: bytes) -> bytes:
+    """`data` as kept for long: msgspec's encoder returns its output buffer, with up to half
+    again of spare room after the JSON; beyond a few KiB a copy keeps just the bytes."""
+    return bytes(memoryview(data)) if len(data) > _SLACK_WORTH_DROPPING else data
 
 
 class StoredTask(Task[Any], kw_only=True, gc=False):

@@ -38,7 +38,7 @@ import msgspec
 
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.store.base import Finish
-from async_tasks.task import StoredTask, TaskStatus
+from async_tasks.task import StoredTask, TaskStatus, compact
 
 if TYPE_CHECKING:
     from async_tasks.executor import TaskExecutor
@@ -319,7 +319,7 @@ def stored_result(result: Any, max_bytes: int) -> tuple[Any, str | None]:
         return result, f"The executor returned a result that is not JSON-encodable: {exc}"
     if len(data) > max_bytes:
         return result, f"The executor's result is too large: {len(data)} bytes (the limit is {max_bytes})"
-    return msgspec.Raw(data), None
+    return msgspec.Raw(compact(data)), None
 
 
 def describe(exc: BaseException) -> str:

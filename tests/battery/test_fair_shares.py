@@ -25,6 +25,7 @@ import itertools
 import os
 import random
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -46,7 +47,7 @@ pytestmark = pytest.mark.battery
 
 API = "/api/v1"
 #: How long each flood lasts, and how long the others go on after it.
-FLOOD_SECONDS = 10.0 if os.environ.get("BATTERY_EXAMPLES") else 1.0
+FLOOD_SECONDS = 10.0 if os.environ.get("BATTERY_EXAMPLES") else 0.75
 AFTER_SECONDS = FLOOD_SECONDS
 ATTACKER = "203.0.113.66"
 VICTIM = "198.51.100.7"
@@ -419,13 +420,15 @@ async def test_one_address_cannot_lock_others_out_of_streams(request: pytest.Fix
 
 #: Tasks of the memory measure (each one body of MAX_TASK_DATA_BYTES).
 MEASURED = 1000 if os.environ.get("BATTERY_EXAMPLES") else 150
+TRACED = 100 if os.environ.get("BATTERY_EXAMPLES") else 20
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
 async def test_a_task_holds_about_its_bytes_whatever_their_shape(make_app: Callable[..., Litestar]) -> None:
     """MEASURED creates whose metadata is 64 KiB of ``[{},{},...]`` (decoded, about 24 times
-    that) grow the process by at most 3 times their bodies' bytes each."""
-    app = make_app(max_active_tasks_per_session=MEASURED + 1)
+    that) grow the process by at most 3 times their bodies' bytes each, and what each keeps
+    (counted by tracemalloc) is about its bytes."""
+    app = make_app(max_active_tasks_per_session=MEASURED + TRACED + 1)
     limit = system_of(app).settings.max_task_data_bytes
     empty_objects = b"[" + b"{}," * ((limit - 200) // 3 - 1) + b"{}]"
     body = b'{"executor": "script", "metadata": {"shape": ' + empty_objects + b"}}"
@@ -438,9 +441,21 @@ async def test_a_task_holds_about_its_bytes_whatever_their_shape(make_app: Calla
             assert (await client.post(f"{API}/tasks", content=body, headers=headers)).status_code == 201
         gc.collect()
         per_task = (rss_bytes() - before) / MEASURED
+        # RSS may reuse what the process freed before; what the tasks keep, counted exactly:
+        tracemalloc.start()
+        try:
+            traced = tracemalloc.get_traced_memory()[0]
+            for _ in range(TRACED):
+                assert (await client.post(f"{API}/tasks", content=body, headers=headers)).status_code == 201
+            gc.collect()
+            kept = (tracemalloc.get_traced_memory()[0] - traced) / TRACED
+        finally:
+            tracemalloc.stop()
         read = await client.get(f"{API}/tasks", params={"limit": 1})
         task = (await client.get(f"{API}/tasks/{read.json()['tasks'][0]['id']}")).json()["task"]
-    print(f"\n[memory] {MEASURED} tasks of a {len(body)}-byte body: {per_task / 1024:.1f} KiB of RSS each "
-          f"({per_task / len(body):.2f} x the body)")  # fmt: skip
+    print(f"\n[memory] tasks of a {len(body)}-byte body: {per_task / 1024:.1f} KiB of RSS each over {MEASURED} "
+          f"({per_task / len(body):.2f} x the body), {kept / 1024:.1f} KiB kept each (tracemalloc, "
+          f"{kept / len(body):.2f} x)")  # fmt: skip
     assert task["metadata"]["shape"] == [{}] * ((limit - 200) // 3)  # the same JSON comes back
     assert per_task <= 3 * len(body), f"{per_task / len(body):.1f} x the body"
+    assert kept <= 1.2 * len(body), f"{kept / len(body):.2f} x the body kept"
