@@ -303,8 +303,9 @@ STREAM_ATTACKER, STREAM_VICTIM = "127.0.0.1", "127.0.0.2"
 
 
 def bound_to(url: str, address: str) -> httpx.AsyncClient:
-    """A client of the real server at `url` whose connections come from `address`."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
+    """A client of the real server at `url` whose connections come from `address` (as many
+    as it likes: the attacker holds its streams)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address, limits=httpx.Limits(max_connections=None))
     return httpx.AsyncClient(transport=transport, base_url=url, timeout=10)
 
 
@@ -348,10 +349,15 @@ async def attack_streams(url: str, phases: Phases, stack: AsyncExitStack, full: 
             elif kind == "forwarded":
                 headers = {"X-Forwarded-For": f"192.0.2.{n % 250 + 1}"}
             for use in range(2 if kind == "ticket" else 1):
-                stream = client.stream("GET", f"{API}/tasks/events", headers=headers, params=params)
-                response = await stack.enter_async_context(stream)
-                if response.status_code != 200:
+                opened = AsyncExitStack()
+                response = await opened.enter_async_context(
+                    client.stream("GET", f"{API}/tasks/events", headers=headers, params=params)
+                )
+                if response.status_code == 200:
+                    stack.push_async_callback(opened.aclose)  # held, never read
+                else:
                     await response.aread()
+                    await opened.aclose()
                 if use == 0 and kind == "ticket":
                     count(sent, "ticket", response)
                     kind = "ticket again"
