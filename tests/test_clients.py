@@ -200,7 +200,7 @@ async def test_a_full_server_ends_the_largest_holders_oldest_stream(make_app: Ca
     assert message.startswith("event: error\r\n") and '"code":"stream_evicted"' in message and "retry: 30000" in message
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "postgres"])
 async def test_a_session_that_ends_ends_its_streams(
     make_app: Callable[..., Litestar], request: pytest.FixtureRequest, backend: str
 ) -> None:
@@ -210,6 +210,9 @@ async def test_a_session_that_ends_ends_its_streams(
     if backend == "redis":
         settings.update(task_backend=request.getfixturevalue("redis_url"),
                         redis_key_prefix=request.getfixturevalue("redis_prefix"))  # fmt: skip
+    elif backend == "postgres":
+        settings.update(task_backend=request.getfixturevalue("postgres_url"),
+                        postgres_schema=request.getfixturevalue("postgres_schema"))  # fmt: skip
     app = make_app(**settings)
     async with serve_in_loop(app, new_address()) as client:
         task = (await client.post(f"{API}/tasks", json={"executor": "script"})).json()["task"]

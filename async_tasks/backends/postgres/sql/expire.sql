@@ -1,9 +1,10 @@
 -- The time limits, in the given sessions, at most `p_budget` changes per call: never-started
 -- pending tasks past their lifetime are cancelled (taken out of delivery), finished tasks
 -- past their TTL removed, idle sessions (nothing active, nothing changed for a while)
--- forgotten with their tasks (a large one over several calls), Idempotency-Keys past their
--- window forgotten. With no session given: what belongs to no session (keys of forgotten
--- sessions, full token buckets, old removal answers).
+-- forgotten with their tasks (a large one over several calls; then announced as ended, so
+-- their push streams end), Idempotency-Keys past their window forgotten. With no session
+-- given: what belongs to no session (keys of forgotten sessions, full token buckets, old
+-- removal answers).
 -- Answers [finished removed, sessions forgotten, their tasks, budget left, [cancelled task, ...],
 -- [[cause, task], ...]].
 CREATE FUNCTION op_expire(p_now bigint, p_conf text, p_want boolean, p_op text, p_finished_ttl bigint,
@@ -76,6 +77,7 @@ BEGIN
                 IF NOT EXISTS (SELECT 1 FROM tasks WHERE session_key = v_s) THEN
                     v_forgotten := v_forgotten + 1;
                     DELETE FROM buckets WHERE name = v_s;
+                    PERFORM publish_ended(v_s, 'expired');
                 END IF;
             END IF;
         END IF;

@@ -180,7 +180,15 @@ BEGIN
     RETURN n;
 END $$;
 
--- The session changed now (what idle expiry looks at).
+-- Announce on the session's channel that it ended (forgotten whole, when idle or to make
+-- room): its push streams end, on every API process.
+CREATE FUNCTION publish_ended(p_s text, p_cause text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(current_schema() || '_events', p_s || E'\n[' || nextval('seq') || ',"","ended","",0,'
+        || '{"type":"ended","sessionKey":' || to_json(p_s)::text || ',"reason":' || to_json(p_cause)::text || '}]');
+END $$;
+
+-- The session changed now (what idle expiry and making room look at).
 CREATE FUNCTION touch(c ctx, s text) RETURNS void LANGUAGE sql AS $$
     UPDATE sessions SET changed_at = c.now WHERE key = s
 $$;
