@@ -1,4 +1,5 @@
-"""One address cannot lock the others out of the shared caps (issue 20), in memory and on Redis.
+"""One address cannot lock the others out of the shared caps (issue 20), in memory and on Redis
+(and on PostgreSQL, for the pools its store keeps: tasks and sessions).
 
 Each flood runs at full speed from one address for a bounded time (FLOOD_SECONDS; longer
 with BATTERY_EXAMPLES), while a victim with its own session on another address and
@@ -6,8 +7,8 @@ newcomers from fresh addresses go about their business, during the flood and aft
 (the attacker holding what it took): at least 99 % of their requests must be served.
 The shared pools are set smaller than one address's budgets (MAX_TASKS_PER_CLIENT,
 MAX_SESSIONS_PER_CLIENT, MAX_STREAMS_PER_CLIENT keep their defaults), so the attacker
-fills them and only the fair shares keep the others in. On Redis, two API apps share the
-store, and the attacker spreads over both.
+fills them and only the fair shares keep the others in. On Redis and PostgreSQL, two API
+apps share the store, and the attacker spreads over both.
 
 - tasks and sessions: new sessions with and without tokens, tokenless requests with
   untrusted ``X-Forwarded-For`` headers, never-started tasks across many sessions;
@@ -146,12 +147,16 @@ def cookieless(app: Litestar, ip: str) -> httpx.AsyncClient:
 
 @asynccontextmanager
 async def apps(request: pytest.FixtureRequest, backend: str, **settings: Any) -> AsyncIterator[list[Litestar]]:
-    """The app, or on Redis two apps on one store (two API processes), lifespans running."""
+    """The app, or on Redis and PostgreSQL two apps on one store (two API processes), lifespans running."""
     from tests.helpers import build_app
 
     if backend == "redis":
         shared = {"task_backend": request.getfixturevalue("redis_url"),
                   "redis_key_prefix": request.getfixturevalue("redis_prefix")}  # fmt: skip
+        made = [build_app(**settings, **shared), build_app(**settings, **shared)]
+    elif backend == "postgres":
+        shared = {"task_backend": request.getfixturevalue("postgres_url"),
+                  "postgres_schema": request.getfixturevalue("postgres_schema")}  # fmt: skip
         made = [build_app(**settings, **shared), build_app(**settings, **shared)]
     else:
         made = [build_app(**settings)]
@@ -263,7 +268,7 @@ async def newcomers_arrive(targets: list[Litestar], phases: Phases, addresses: C
         await anyio.sleep(NEWCOMER_PERIOD)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "postgres"])
 async def test_one_address_cannot_lock_others_out_of_tasks_and_sessions(
     request: pytest.FixtureRequest, backend: str
 ) -> None:

@@ -7,13 +7,14 @@ connection's ``search_path``), readable with any SQL client::
     tasks            one row per task: the contract's fields (snake_case), and where its
                      delivery is (delivery: p parked, d delayed, q dispatched; line_order,
                      due_at, job_worker / job_key), the worker running it (runner), its
-                     last writes' operation ids (ops)
+                     last writes' operation ids (ops), its session's client (client)
     task_history     each task's transitions (capped by MAX_TASK_HISTORY)
     task_logs        the lines each task's executor wrote (within the TASK_LOG_* bounds)
     durations        each executor's last completed attempts' run times (estimates)
     sessions         one row per session holding tasks: counts by status, dispatched,
                      summed run time, when it last changed, its place in the line of
-                     sessions waiting for a slot
+                     sessions waiting for a slot, the client (address) it belongs to
+    clients          what each client holds: sessions and tasks (its budgets and shares)
     totals           every session's counts together (one row)
     idempotency_keys Idempotency-Key -> task, fingerprint, when used (outlives the task)
     workers          live workers: their SAQ queue, slots, slots in use, lease
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from psycopg.sql import Composed
 
 #: The tables' migrations: (version, file in sql/), in order.
-MIGRATIONS: Final = ((1, "tables_1.sql"),)
+MIGRATIONS: Final = ((1, "tables_1.sql"), (2, "tables_2.sql"))
 #: The function files, in the order they are created (the prelude first).
 FUNCTIONS: Final = (
     "prelude.sql",
@@ -181,5 +182,6 @@ BEGIN
     DROP TYPE IF EXISTS moved CASCADE;
     DROP TYPE IF EXISTS event CASCADE;
     DROP TYPE IF EXISTS snapshot CASCADE;
+    DROP TYPE IF EXISTS room CASCADE;
 END $$;
 """

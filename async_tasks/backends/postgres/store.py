@@ -24,8 +24,11 @@ its `on_removed` hooks learn what the functions removed by themselves and why.
 
 Params, metadata and results are stored as ``json`` (kept as sent) and come back as
 `StoredTask`s, their JSON undecoded (the worker decodes them for `execute`, `TaskSystem`
-for its callers); `query` returns summaries. Per-client budgets and fair shares
-(`CreateLimits.client` and its caps) are not written for PostgreSQL yet: they are ignored.
+for its callers); `query` returns summaries. A session belongs to the client that created
+it (`CreateLimits.client`): what each client holds is kept in the same transactions, and
+`create` makes room from the largest holder as the other stores do (``room_for`` in
+`sql/create.sql`). A session forgotten whole (idle, or to make room) is announced on its
+channel (an ``ended`` envelope), so its push streams end on every API process.
 PostgreSQL's text cannot hold the NUL character: one in a task's texts is stored as U+FFFD.
 """
 
@@ -59,6 +62,8 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
+    client_has_too_many_sessions,
+    client_has_too_many_tasks,
     idempotency_conflict,
     quota_exceeded,
     refusal,
@@ -80,7 +85,8 @@ SNAPSHOT_RESULT_BYTES: Final = 16_384
 _COMMON: Final = ("bigint", "text", "boolean", "text")
 SIGNATURES: Final[dict[str, tuple[str, ...]]] = {
     "create": (*_COMMON, "text", "text", "integer", "text", "text", "integer", "integer", "boolean", "bigint",
-               "text", "text", "text", "json", "json", "text[]", "integer", "integer", "integer", "text"),
+               "text", "integer", "integer", "text", "text", "text", "json", "json", "text[]", "integer", "integer",
+               "integer", "text"),
     "transition": (*_COMMON, "text", "text", "text", "text[]", "integer", "text", "text", "json", "boolean",
                    "boolean", "boolean", "bigint"),
     "start": (*_COMMON, "text", "text", "bigint"),
@@ -413,6 +419,9 @@ class PostgresTaskStore:
                 limits.max_sessions,
                 deliver,
                 due_ms,
+                limits.client,
+                limits.max_tasks_per_client,
+                limits.max_sessions_per_client,
                 _text(task.executor),
                 _text(task.name),
                 _text(task.description),
@@ -441,9 +450,16 @@ class PostgresTaskStore:
         if kind == "tasks":
             assert limits.max_tasks is not None
             raise too_many_tasks(limits.max_tasks, msgspec.json.decode(payload))
+        if kind == "client_sessions":
+            assert limits.max_sessions_per_client is not None
+            raise client_has_too_many_sessions(limits.max_sessions_per_client, msgspec.json.decode(payload))
+        if kind == "client_tasks":
+            assert limits.max_tasks_per_client is not None
+            raise client_has_too_many_tasks(limits.max_tasks_per_client, msgspec.json.decode(payload))
         created = _task(payload)
         if kind == "replay":
             return created, True
+        self._removed(reply.removed)  # what made room for it
         for hook in self.events.on_transition:
             hook(created, None)
         self._publish(created, EventType.TRANSITION, None)
@@ -796,8 +812,9 @@ class PostgresTaskStore:
 
     async def verify(self, session_key: str | None = None) -> list[tuple[str, str, int, int]]:
         """Check the counters against the tasks and repair any that drifted, in one session
-        or (None) every session and then the totals; returns each repair as ``(session,
-        field, was, is)``."""
+        or (None) every session and then the totals, the workers' slots in use and what each
+        client holds; returns each repair as ``(session, field, was, is)`` (``"worker
+        <id>"`` or ``"client <key>"`` in place of the session for those)."""
         repairs: list[tuple[str, str, int, int]] = []
         if session_key is not None:
             batches = [[session_key]]

@@ -193,6 +193,32 @@ CREATE FUNCTION touch(c ctx, s text) RETURNS void LANGUAGE sql AS $$
     UPDATE sessions SET changed_at = c.now WHERE key = s
 $$;
 
+-- -- clients (`async_tasks.clients`) -------------------------------------------------------
+-- A session belongs to the client that created it (`sessions.client`; one created without a
+-- client is its own), and each task to its session's client (`tasks.client`). `clients`
+-- counts the sessions and tasks each client holds; its never-started tasks are its `fresh`
+-- ones (by `seq`), its finished ones those with a `finished_seq`, its sessions by
+-- `changed_at`. They change in the transaction that changes the task.
+
+-- Add `p_sessions` sessions and `p_tasks` tasks to what `p_client` holds (its row goes
+-- when it holds nothing).
+CREATE FUNCTION client_count(p_client text, p_sessions integer, p_tasks integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_sessions integer;
+    v_tasks integer;
+BEGIN
+    IF p_sessions >= 0 AND p_tasks >= 0 THEN
+        INSERT INTO clients AS h (key, sessions, tasks) VALUES (p_client, p_sessions, p_tasks)
+            ON CONFLICT (key) DO UPDATE SET sessions = h.sessions + p_sessions, tasks = h.tasks + p_tasks;
+        RETURN;
+    END IF;
+    UPDATE clients SET sessions = sessions + p_sessions, tasks = tasks + p_tasks WHERE key = p_client
+        RETURNING sessions, tasks INTO v_sessions, v_tasks;
+    IF v_sessions <= 0 AND v_tasks <= 0 THEN
+        DELETE FROM clients WHERE key = p_client;
+    END IF;
+END $$;
+
 -- Move `n` tasks of session `s` out of status `source` and into `target` (either may be NULL).
 CREATE FUNCTION shift_counts(s text, source text, target text, n integer DEFAULT 1) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -401,6 +427,7 @@ BEGIN
     END IF;
     DELETE FROM tasks WHERE id = p_id;
     PERFORM shift_counts(p_s, t.status, NULL);
+    PERFORM client_count(t.client, 0, -1);
     IF t.status = 'completed' AND t.started_at IS NOT NULL AND t.completed_at IS NOT NULL THEN
         UPDATE sessions SET duration_ms = duration_ms - (t.completed_at - t.started_at) WHERE key = p_s;
     END IF;
@@ -421,10 +448,14 @@ BEGIN
 END $$;
 
 CREATE FUNCTION forget_session_if_empty(c ctx, p_s text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_client text;
 BEGIN
-    DELETE FROM sessions WHERE key = p_s AND pending + running + completed + failed + cancelled = 0;
+    DELETE FROM sessions WHERE key = p_s AND pending + running + completed + failed + cancelled = 0
+        RETURNING client INTO v_client;
     IF FOUND THEN
         UPDATE totals SET sessions = sessions - 1;
+        PERFORM client_count(v_client, -1, 0);
         -- With a window, its Idempotency-Keys stay until it ends.
         IF c.key_window IS NULL THEN
             DELETE FROM idempotency_keys WHERE session_key = p_s;

@@ -81,8 +81,9 @@ END $$;
 -- Check the counters of the given sessions against their tasks, repair any that drifted
 -- (they should never: every change is one transaction, every re-sent write answers
 -- "done") and put back in line a session whose waiting tasks were not. With no session
--- given, check the totals against every session's counts and the workers' slots in use.
--- Answers [[session, field, was, is], ...] for each repair.
+-- given, check the totals against every session's counts, the workers' slots in use and
+-- what each client holds against its sessions ('client <key>', 'sessions' or 'tasks').
+-- Answers [[session (or what else was counted), field, was, is], ...] for each repair.
 CREATE FUNCTION op_verify(p_sessions text[]) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_repairs json[] := ARRAY[]::json[];
@@ -117,6 +118,28 @@ BEGIN
                 v_repairs := v_repairs || json_build_array('worker ' || v_s, 'busy', v_was, v_is);
             END IF;
         END LOOP;
+        -- What each client holds, from its sessions (and a client holding nothing has no row).
+        FOR v_s, v_field, v_was, v_is IN
+            WITH held AS (
+                SELECT s.client, count(*) AS sessions, sum((SELECT count(*) FROM tasks t WHERE t.session_key = s.key))
+                    AS tasks
+                FROM sessions s GROUP BY s.client
+            )
+            SELECT coalesce(h.key, held.client), f.name,
+                coalesce(CASE f.name WHEN 'sessions' THEN h.sessions ELSE h.tasks END, 0),
+                coalesce(CASE f.name WHEN 'sessions' THEN held.sessions ELSE held.tasks END, 0)
+            FROM clients h FULL JOIN held ON held.client = h.key, unnest(ARRAY['sessions', 'tasks']) AS f(name)
+        LOOP
+            IF v_was <> v_is THEN
+                v_repairs := v_repairs || json_build_array('client ' || v_s, v_field, v_was, v_is);
+            END IF;
+        END LOOP;
+        DELETE FROM clients h WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client = h.key);
+        INSERT INTO clients AS h (key, sessions, tasks)
+            SELECT s.client, count(*), sum((SELECT count(*) FROM tasks t WHERE t.session_key = s.key))
+            FROM sessions s GROUP BY s.client
+        ON CONFLICT (key) DO UPDATE SET sessions = excluded.sessions, tasks = excluded.tasks
+            WHERE (h.sessions, h.tasks) IS DISTINCT FROM (excluded.sessions, excluded.tasks);
         RETURN coalesce(array_to_json(v_repairs), '[]')::text;
     END IF;
     FOREACH v_s IN ARRAY p_sessions LOOP
