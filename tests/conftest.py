@@ -28,6 +28,7 @@ from litestar import Litestar
 
 from async_tasks.testing import asgi_client, redis_server, serve_in_loop
 from tests.helpers import build_app, new_address
+from tests.postgres_schemas import SchemaPool
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -93,10 +94,21 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_url: str) -> Iterator[SchemaPool]:
+    """The migrated schemas of the shared cluster that tests take in turn."""
+    pool = SchemaPool(postgres_url)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def postgres_schema() -> str:
-    """A schema of this test's own in the shared cluster (made by the first engine or store)."""
-    return f"test_{uuid.uuid4().hex[:12]}"
+def postgres_schema(postgres_schemas: SchemaPool) -> Iterator[str]:
+    """A schema of this test's own in the shared cluster: migrated, and empty."""
+    with postgres_schemas.schema() as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,9 @@ def session_token(page: Page) -> str:
     return next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
 
 
-def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) -> None:
+def test_a_sample_task_runs_live_and_a_new_session_starts_empty(page: Page, live_server: str) -> None:
+    """A sample task runs to 100 % live on its card (the page follows the session's stream);
+    "New session" then shows an empty list, follows the new session and keeps it across a reload."""
     open_dashboard(page, live_server)
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#session-key")).to_have_text(re.compile(r"^s_"))
@@ -116,31 +118,6 @@ def test_a_sample_task_runs_to_100_percent_live(page: Page, live_server: str) ->
     # With the session cookie the page follows the session event stream.
     expect(page.locator("#live")).to_have_attribute("data-mode", "stream")
 
-
-def test_cancel_retry_and_delete_with_the_buttons(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    submit(page, "sample", delayMs="120000")
-    card = page.locator("li.task").first
-    expect(card.locator(".badge")).to_have_text("running")
-    expect(card.get_by_role("button", name="Delete")).to_be_hidden()
-    card.get_by_role("button", name="Cancel").click()
-    expect(card.locator(".badge")).to_have_text("cancelled")
-    expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
-    expect(page.locator('.stat[data-stat="cancelled"] .n')).to_have_text("1")
-    card.get_by_role("button", name="Retry").click()
-    expect(card.locator(".badge")).to_have_text("running")
-    card.get_by_role("button", name="Cancel").click()
-    expect(card.locator(".badge")).to_have_text("cancelled")
-    card.get_by_role("button", name="Details").click()
-    expect(card.locator(".details")).to_contain_text('"attempts": 2')
-    card.get_by_role("button", name="Delete").click()
-    expect(page.locator("li.task")).to_have_count(0)
-    expect(page.locator("#empty")).to_be_visible()
-
-
-def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    submit(page, "sample", delayMs="0")
     expect(page.locator("li.task .badge")).to_have_text(["completed"])
     old_key = page.locator("#session-key").inner_text()
     page.get_by_role("button", name="New session").click()
@@ -155,6 +132,34 @@ def test_new_session_shows_an_empty_list(page: Page, live_server: str) -> None:
     page.reload()
     expect(page.locator("#session-key")).to_have_text(new_key)
     expect(page.locator("li.task")).to_have_count(1)
+
+
+def test_the_buttons_cancel_retry_and_delete_and_show_a_refusal(page: Page, live_server: str) -> None:
+    """Cancel, Retry, Details and Delete work from a task's card; a click the server refuses
+    shows the server's message, and the next click works."""
+    open_dashboard(page, live_server)
+    submit(page, "sample", delayMs="120000")
+    card = page.locator("li.task").first
+    expect(card.locator(".badge")).to_have_text("running")
+    expect(card.get_by_role("button", name="Delete")).to_be_hidden()
+    body = '{"success": false, "error": {"code": "invalid_transition", "message": "Too late: it finished."}}'
+    page.route("**/cancel", lambda route: route.fulfill(status=409, content_type="application/json", body=body))
+    card.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".toast.error")).to_have_text(re.compile(r"^Too late: it finished\."))
+    page.unroute("**/cancel")
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".badge")).to_have_text("cancelled")
+    expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator('.stat[data-stat="cancelled"] .n')).to_have_text("1")
+    card.get_by_role("button", name="Retry").click()
+    expect(card.locator(".badge")).to_have_text("running")
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".badge")).to_have_text("cancelled")
+    card.get_by_role("button", name="Details").click()
+    expect(card.locator(".details")).to_contain_text('"attempts": 2')
+    card.get_by_role("button", name="Delete").click()
+    expect(page.locator("li.task")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
 
 
 def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> None:
@@ -193,47 +198,11 @@ def test_a_second_window_holds_its_own_session(page: Page, live_server: str) -> 
     second.close()
 
 
-def test_form_errors_show_the_servers_message(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    submit(page, "sample", delayMs="-1")
-    form = page.locator('form[data-executor="sample"]')
-    error = form.locator(".form-error")
-    expect(error).to_have_text("delayMs must be at least 0.")
-    expect(form.locator('[name="delayMs"]')).to_have_attribute("aria-invalid", "true")
-    expect(page.locator("li.task")).to_have_count(0)
-    # A JSON field that does not parse is caught before sending.
-    submit(page, "script", result="{not json")
-    expect(page.locator('form[data-executor="script"] .form-error')).to_have_text("result: not valid JSON.")
-
-
-def test_button_errors_show_the_servers_message(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    submit(page, "sample", delayMs="120000")
-    card = page.locator("li.task").first
-    expect(card.locator(".badge")).to_have_text("running")
-    body = '{"success": false, "error": {"code": "invalid_transition", "message": "Too late: it finished."}}'
-    page.route("**/cancel", lambda route: route.fulfill(status=409, content_type="application/json", body=body))
-    card.get_by_role("button", name="Cancel").click()
-    expect(page.locator(".toast.error")).to_have_text(re.compile(r"^Too late: it finished\."))
-    page.unroute("**/cancel")
-    card.get_by_role("button", name="Cancel").click()
-    expect(card.locator(".badge")).to_have_text("cancelled")
-
-
-def test_user_text_is_escaped(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    name = '<img src=x onerror="window.__xss=1"><b>bold</b>'
-    with TaskClient(live_server, token=session_token(page)) as tasks:
-        tasks.create_task("script", {"fail": "<script>window.__xss=2</script>"}, name=name, start=True)
-    card = page.locator("li.task").first
-    expect(card.locator(".task-name")).to_have_text(name)
-    expect(card.locator(".badge")).to_have_text("failed")
-    expect(card.locator(".task-error")).to_contain_text("<script>window.__xss=2</script>")
-    assert page.locator("li.task img, li.task b, li.task script").count() == 0
-    assert page.evaluate("window.__xss") is None
-
-
-def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str) -> None:
+def test_every_executor_gets_a_form_whose_mistakes_and_lines_are_handled(page: Page, live_server: str) -> None:
+    """Every executor gets a form from its schema; a value the server refuses and JSON that does
+    not parse are shown at the form; a batch takes one item per line, a line that is JSON as
+    JSON ({"fail": true} an object whose item fails, 7 a number); a task started at the bottom
+    of a long form has its new card scrolled into view."""
     open_dashboard(page, live_server)
     with TaskClient(live_server) as tasks:
         names = sorted(e["name"] for e in tasks.executors())
@@ -250,18 +219,25 @@ def test_every_executor_gets_a_form_from_its_schema(page: Page, live_server: str
     expect(api_call.locator('textarea[name="headers"]')).to_be_attached()
     hold = page.locator('form[data-executor="script"] input[name="hold"]')
     expect(hold).to_have_attribute("type", "checkbox")
+
+    # The server's message for a value it refuses, by the field; nothing started.
+    submit(page, "sample", delayMs="-1")
+    error = sample.locator(".form-error")
+    expect(error).to_have_text("delayMs must be at least 0.")
+    expect(delay).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("li.task")).to_have_count(0)
+    # A JSON field that does not parse is caught before sending.
+    submit(page, "script", result="{not json")
+    expect(page.locator('form[data-executor="script"] .form-error')).to_have_text("result: not valid JSON.")
+
     # An array field takes one item per line.
     submit(page, "batch", items="alpha\nbeta\ngamma", itemDelayMs="0")
     card = page.locator("li.task").first
     expect(card.locator(".badge")).to_have_text("completed")
     card.get_by_role("button", name="Details").click()
     expect(card.locator(".details")).to_contain_text('"succeeded": 3')
-
-
-def test_batch_lines_that_are_json_are_sent_as_json(page: Page, live_server: str) -> None:
-    """One item per line: {"fail": true} is an object (that item fails), 7 a number, other lines text."""
-    open_dashboard(page, live_server)
     submit(page, "batch", items='alpha\n{"fail": true}\n7', itemDelayMs="0")
+    expect(page.locator("li.task")).to_have_count(2)
     card = page.locator("li.task").first
     expect(card.locator(".badge")).to_have_text("completed")
     card.get_by_role("button", name="Details").click()
@@ -270,23 +246,41 @@ def test_batch_lines_that_are_json_are_sent_as_json(page: Page, live_server: str
     expect(details).to_contain_text('"failed": 1')
     expect(details).to_contain_text('"square": 49')
 
-
-def test_a_new_task_card_is_brought_into_view(page: Page, live_server: str) -> None:
-    """Starting a task at the bottom of a long form scrolls its new card into view."""
+    # In a short window, the start button at the bottom of the form is far below the list.
     page.set_viewport_size({"width": 1600, "height": 500})
-    open_dashboard(page, live_server)
     page.locator('#executor-tabs [data-executor="batch"]').click()
     page.locator('form[data-executor="batch"] [name="items"]').fill("alpha\nbeta")
     start = page.get_by_role("button", name="Start batch")
     start.scroll_into_view_if_needed()
     expect(page.locator("#tasks-title")).not_to_be_in_viewport()  # the list is above the window
     start.click()
+    expect(page.locator("li.task")).to_have_count(3)
     expect(page.locator("li.task").first).to_be_in_viewport()
 
 
-def test_a_dead_lettered_task_is_marked_and_its_history_starts_at_creation(page: Page, live_server: str) -> None:
-    """A task that failed its last automatic retry gets a marker saying so; one without retries does not."""
+def test_the_panels_count_and_clean_and_cards_show_user_text_and_dead_letters(page: Page, live_server: str) -> None:
+    """The stats and cleanup panels count and clean; user text is shown as text, never as
+    markup; a task that failed its last automatic retry is marked dead-lettered (one without
+    retries is not) and its history starts at its creation."""
     open_dashboard(page, live_server)
+    expect(page.locator("#cleanup")).to_contain_text("50 completed · 20 failed")
+    expect(page.locator('.stat[data-stat="total"] .n')).to_have_text("0")
+    submit(page, "script", fail="nope")
+    expect(page.locator('.stat[data-stat="failed"] .n')).to_have_text("1")
+    page.get_by_role("button", name="Run cleanup").click()
+    expect(page.locator(".toast.ok").last).to_have_text(re.compile(r"^Cleanup removed 0 tasks"))
+    expect(page.locator("#cleanup")).to_contain_text("manual")
+
+    name = '<img src=x onerror="window.__xss=1"><b>bold</b>'
+    with TaskClient(live_server, token=session_token(page)) as tasks:
+        escaped = tasks.create_task("script", {"fail": "<script>window.__xss=2</script>"}, name=name, start=True)
+    card = page.locator(f'li.task[data-task-id="{escaped["id"]}"]')
+    expect(card.locator(".task-name")).to_have_text(name)
+    expect(card.locator(".badge")).to_have_text("failed")
+    expect(card.locator(".task-error")).to_contain_text("<script>window.__xss=2</script>")
+    assert page.locator("li.task img, li.task b, li.task script").count() == 0
+    assert page.evaluate("window.__xss") is None
+
     with TaskClient(live_server, token=session_token(page)) as tasks:
         plain = tasks.create_task("script", {"fail": "broken"}, start=True)
         dead = tasks.create_task("script", {"fail": "still broken"}, max_retries=1, start=True)
@@ -376,17 +370,6 @@ def test_a_waiting_task_shows_its_place_in_line_and_an_estimate(browser: Browser
         finally:
             context.close()
         assert problems == [], f"Problems on the page: {problems}"
-
-
-def test_stats_and_cleanup_panels(page: Page, live_server: str) -> None:
-    open_dashboard(page, live_server)
-    expect(page.locator("#cleanup")).to_contain_text("50 completed · 20 failed")
-    expect(page.locator('.stat[data-stat="total"] .n')).to_have_text("0")
-    submit(page, "script", fail="nope")
-    expect(page.locator('.stat[data-stat="failed"] .n')).to_have_text("1")
-    page.get_by_role("button", name="Run cleanup").click()
-    expect(page.locator(".toast.ok").last).to_have_text(re.compile(r"^Cleanup removed 0 tasks"))
-    expect(page.locator("#cleanup")).to_contain_text("manual")
 
 
 # -- the API reference ----------------------------------------------------------------

@@ -225,8 +225,8 @@ class _Link:
             if self.losing is not None:
                 if kind == b"Z":  # the statement is done (committed): the reply goes nowhere
                     rule, self.losing = self.losing, None
+                    rule.record()  # before the client can see the connection close
                     self.close()
-                    rule.record()
                     self.done.set()
                     return
                 continue

@@ -372,8 +372,8 @@ class _Link:
                 rule = self.proxy._claim(answered) if ran else None
                 if rule is not None:
                     self._send(self.client_writer, self.held_replies, bytes(self.replies[:position]))
+                    rule.record()  # before the client can see the connection close
                     self.close()
-                    rule.record()
                     return
             position = reply.end
         end = len(self.replies) if self.passthrough else position

@@ -3,7 +3,7 @@
 `make_store` builds one on a given clock (the time-limit promises run on a
 `FakeClock`); `store` is one on the system clock. The Redis stores share one
 redis-server (`redis_url`), each test under a key prefix of its own; the PostgreSQL stores
-one cluster (`postgres_url`), each test in a schema of its own.
+one cluster (`postgres_url`), each test in a schema of its own (migrated: `postgres_schema`).
 """
 
 from __future__ import annotations
@@ -55,11 +55,9 @@ def store(make_store: MakeStore) -> TaskStore:
 async def _postgres_stores(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
     from async_tasks.backends.postgres import PostgresTaskStore
     from async_tasks.backends.postgres.connection import Database
-    from async_tasks.backends.postgres.schema import migrate
 
     url: str = request.getfixturevalue("postgres_url")
     schema: str = request.getfixturevalue("postgres_schema")
-    await migrate(url, schema, 2000)
     made: list[PostgresTaskStore] = []
 
     def build(clock: Clock = SYSTEM_CLOCK) -> TaskStore:
