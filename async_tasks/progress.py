@@ -137,7 +137,8 @@ class ProgressReporter:
         self._now_ms = now_ms
         self.percent = start
         self.closed = False
-        self._yield_at = time.monotonic() + YIELD_EVERY
+        #: When the next report yields (monotonic seconds); None until the first report.
+        self._yield_at: float | None = None
 
     def _check(self, percent: float, step: str | None, description: str | None) -> tuple[float, str | None, str | None]:
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
@@ -180,13 +181,17 @@ class ProgressReporter:
         await self._pause()
 
     async def _pause(self) -> None:
-        """Yield to the event loop (a cancellation point) if `YIELD_EVERY` has passed since
-        the last time; an attempt the engine cancelled meanwhile fails its next report
-        anyway (its reporter is closed)."""
+        """Yield to the event loop (a cancellation point) once the attempt has run
+        `YIELD_EVERY` since its first report or since it last yielded here (counted from
+        when it got the loop back: on a busy loop a turn is longer than that, and counting
+        the turn would make every report yield again); an attempt the engine cancelled
+        meanwhile fails its next report anyway (its reporter is closed)."""
         now = time.monotonic()
-        if now >= self._yield_at:
+        if self._yield_at is None:
             self._yield_at = now + YIELD_EVERY
+        elif now >= self._yield_at:
             await anyio.lowlevel.checkpoint()
+            self._yield_at = time.monotonic() + YIELD_EVERY
 
     def _line(self, message: str, data: Any) -> LogLine:
         if self.closed:
