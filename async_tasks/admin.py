@@ -156,7 +156,7 @@ class Admin:
             try:
                 task = target if isinstance(target, Task) else await self.system.store.find(task_id)
                 if action == "cancel":
-                    await self.system.cancel_task(task.session_key, task.id, reason=CANCEL_REASON)
+                    await self.system.cancel_task(task.session_key, task.id, reason=CANCEL_REASON, decode=False)
                 else:
                     await self._retry(task)
             except TaskSystemError as exc:

@@ -141,14 +141,17 @@ class EventHub:
     Two kinds of listener: `subscribe` gets a `TaskEvent` for every change (built
     only while someone listens); `on_transition` hooks get the task and its previous
     status (None when it was just created), and `on_removed` hooks the task the store
-    forgot and why (``retention``, ``expired``, or None when asked to `remove` it), with
-    no event built, for cheap counters.
+    forgot and why (``retention``, ``expired``, ``evicted``, or None when asked to `remove`
+    it), with no event built, for cheap counters. `on_session_ended` hooks learn of a
+    session the store forgot whole (idle: ``expired``; to make room: ``evicted``), after
+    its tasks' removals: its push streams end.
     """
 
     def __init__(self) -> None:
         self.listeners: list[EventListener] = []
         self.on_transition: list[Callable[[Task, TaskStatus | None], None]] = []
         self.on_removed: list[Callable[[Task, str | None], None]] = []
+        self.on_session_ended: list[Callable[[str, str], None]] = []
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         self.listeners.append(listener)

@@ -16,6 +16,10 @@ Tasks and attempts are counted apart, so that the counters add up:
 - ``async_tasks_cleanup_removed_total{reason}``: finished tasks removed by retention
   (``reason`` is their status; as tasks finish or in a sweep) or ``expired`` (past
   FINISHED_TASK_TTL_MS, or held by a session idle for SESSION_IDLE_TTL_MS)
+- ``async_tasks_tasks_evicted_total``: tasks removed to make room in a full pool, or in
+  an address's budget (`async_tasks.store.base.CreateLimits`), and
+  ``async_tasks_streams_evicted_total``: push streams ended to make room for another
+  address's (both rise when one address holds more than its share)
 - gauges refreshed before each scrape (`refresh`), so nothing is kept up to date on
   the hot path: ``async_tasks_tasks_running``, ``async_tasks_tasks_queued`` (waiting
   for a concurrency slot), ``async_tasks_sessions``, ``async_tasks_tasks{status}``.
@@ -50,10 +54,12 @@ class TaskMetrics:
         *,
         registry: CollectorRegistry | None = None,
         events_dropped: Callable[[], int] = lambda: 0,
+        streams_evicted: Callable[[], int] = lambda: 0,
     ) -> None:
         self.system = system
         self.registry = registry or CollectorRegistry()
         self.events_dropped = events_dropped
+        self.streams_evicted = streams_evicted
         r = self.registry
         self.created = Counter("async_tasks_tasks_created", "Tasks created", ["executor"], registry=r)
         self.finished = Counter(
@@ -87,6 +93,12 @@ class TaskMetrics:
         self.tasks = Gauge("async_tasks_tasks", "Tasks held, by status", ["status"], registry=r)
         self.dropped = Gauge(
             "async_tasks_events_dropped_total", "Push-stream events dropped for slow clients", registry=r
+        )
+        self.evicted = Counter(
+            "async_tasks_tasks_evicted", "Tasks removed to make room for another address's", registry=r
+        )
+        self.streams_evicted_total = Gauge(
+            "async_tasks_streams_evicted_total", "Push streams ended to make room for another address's", registry=r
         )
         self._children: dict[tuple[Any, ...], Any] = {}
         system.store.events.on_transition.append(self._on_transition)
@@ -123,6 +135,8 @@ class TaskMetrics:
             self.cleanup_removed.labels(task.status.value).inc()
         elif cause == "expired":
             self.cleanup_removed.labels("expired").inc()
+        elif cause == "evicted":
+            self.evicted.inc()
 
     async def refresh(self) -> None:
         """Read the gauges from the store and the execution backend."""
@@ -134,6 +148,7 @@ class TaskMetrics:
         for status, count in totals.by_status.items():
             self.tasks.labels(status.value).set(count)
         self.dropped.set(self.events_dropped())
+        self.streams_evicted_total.set(self.streams_evicted())
 
     async def exposition(self) -> bytes:
         """The registry in the text exposition format, gauges refreshed."""

@@ -12,7 +12,11 @@ Reading the token from a request is the web layer's job (`async_tasks.web.middle
 
 A stream ticket is a short-lived (STREAM_TICKET_TTL seconds) signed stand-in for a
 session, for the clients that cannot send headers (``EventSource``, browser
-WebSockets): it goes in a URL, so it must not be the long-lived token.
+WebSockets): it goes in a URL, so it must not be the long-lived token. Each ticket
+carries a nonce of its own, so the web door can let it open one stream only.
+
+A client (`async_tasks.clients`) is kept as a keyed hash of its address
+(`SessionResolver.client_key`), like IP sessions.
 
 A share token (`ShareTokens`) reads one task of one session, for SHARE_LINK_TTL
 seconds: it goes in a link handed to someone else, so it stands for neither the
@@ -30,6 +34,7 @@ from typing import NamedTuple
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
+from async_tasks.clients import client_address
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.settings import Settings
 
@@ -60,6 +65,7 @@ class SessionResolver:
         self._ip_key = hmac.new(keys[0].encode(), b"async-tasks.ip", hashlib.sha256).digest()
         # The keyed hash costs more than the rest of session resolution; clients repeat.
         self._ip_keys: dict[str, str] = {}
+        self._client_keys: dict[str | None, str] = {}
         # Verifying a token (HMAC, base64, JSON) costs a fifth of a status request, and a
         # client sends the same token with every request: an accepted token is verified
         # once and remembered with the time it was signed, so it still expires on time.
@@ -96,18 +102,22 @@ class SessionResolver:
         return key
 
     def ticket_for(self, key: str) -> str:
-        """A stream ticket for session `key` (valid STREAM_TICKET_TTL seconds)."""
-        return self._tickets.dumps(key)
+        """A stream ticket for session `key` (valid STREAM_TICKET_TTL seconds), with a nonce
+        of its own (`Ticket.nonce`)."""
+        return self._tickets.dumps([key, secrets.token_urlsafe(12)])
 
-    def key_from_ticket(self, ticket: str) -> str | None:
-        """The session a ticket stands for, or None if forged, truncated or expired."""
+    def read_ticket(self, ticket: str) -> Ticket | None:
+        """The session a ticket stands for and its nonce, or None if forged, truncated or
+        expired."""
         if not ticket or len(ticket) > _MAX_TOKEN_LENGTH:
             return None
         try:
-            key = self._tickets.loads(ticket, max_age=self.settings.stream_ticket_ttl)
+            value = self._tickets.loads(ticket, max_age=self.settings.stream_ticket_ttl)
         except (BadData, ValueError, TypeError, UnicodeError):
             return None
-        return key if isinstance(key, str) and key else None
+        if not isinstance(value, list) or len(value) != 2 or not all(isinstance(part, str) and part for part in value):
+            return None
+        return Ticket(value[0], value[1])
 
     def key_for_ip(self, ip: str) -> str:
         key = self._ip_keys.get(ip)
@@ -116,6 +126,18 @@ class SessionResolver:
                 self._ip_keys.clear()  # bounded: a flood of addresses only costs recomputation
             digest = hmac.new(self._ip_key, ip.encode(), hashlib.sha256).hexdigest()
             key = self._ip_keys[ip] = "ip_" + digest[:24]
+        return key
+
+    def client_key(self, host: str | None) -> str:
+        """The client a request from `host` counts as: ``c_`` + a keyed hash of its address
+        (`async_tasks.clients.client_address`: IPv6 by its /64)."""
+        key = self._client_keys.get(host)
+        if key is None:
+            if len(self._client_keys) >= _IP_CACHE_SIZE:
+                self._client_keys.clear()
+            address = client_address(host)
+            digest = hmac.new(self._ip_key, b"client:" + address.encode(), hashlib.sha256).hexdigest()
+            key = self._client_keys[host] = "c_" + digest[:24]
         return key
 
     def resolve(self, token: str | None, client_ip: str | None) -> tuple[str, str | None]:
@@ -128,6 +150,13 @@ class SessionResolver:
         if self.settings.auto_map_session_by_ip and client_ip:
             return self.key_for_ip(client_ip), None
         return self.new_session()
+
+
+class Ticket(NamedTuple):
+    """What a stream ticket stands for: a session, and the nonce that makes it one of a kind."""
+
+    session_key: str
+    nonce: str
 
 
 class Share(NamedTuple):

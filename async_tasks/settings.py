@@ -107,6 +107,17 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     # Push streams (SSE and WebSocket) open at once.
     max_streams: Positive = 1000
     max_streams_per_session: Positive = 16
+    # Budgets of one client (an address: `async_tasks.clients`), sized so that a room of
+    # people behind one NAT address is served; beyond them, and when a shared pool is
+    # full, room is made from the largest holder.
+    #: Sessions holding tasks that one client started.
+    max_sessions_per_client: Positive = 250
+    #: Tasks held across one client's sessions.
+    max_tasks_per_client: Positive = 5000
+    #: Push streams one client holds open (in each API process, as MAX_STREAMS).
+    max_streams_per_client: Positive = 250
+    #: New sessions one client may start per minute (all at once too); 0: no limit.
+    new_sessions_per_client_per_minute: NonNegative = 120
     task_create_rate: Annotated[float, msgspec.Meta(ge=0)] = 100.0
     task_create_burst: Positive = 200
     #: Reads (task, status, list, stats) per second of one session, in each API process (0: no limit).

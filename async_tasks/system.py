@@ -10,6 +10,12 @@ most of SHUTDOWN_GRACE_MS to unwind). Every service method takes the caller's
 session key: a task of another session is never found. Input is validated against
 the executor here, quotas and the Idempotency-Key are checked atomically by the
 store, and execution is the backend's job; nothing here knows about HTTP.
+
+A create may name the client asking (`async_tasks.clients`: the web door passes a
+keyed hash of the address); its budgets are the store's to apply with the insert.
+Stores keep a task's params, metadata and result as encoded JSON (`StoredTask`): the
+methods here return tasks with those decoded (params as the executor's `Params`),
+unless asked with ``decode=False`` (the web door: it only re-sends them as JSON).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from async_tasks.errors import (
     InvalidParams,
     RateLimited,
     ShuttingDown,
+    TaskNotFound,
     TaskTooLarge,
     UnknownExecutor,
 )
@@ -55,7 +62,7 @@ from async_tasks.store.base import (
     TaskPage,
     TaskStore,
 )
-from async_tasks.task import Task, TaskStatus
+from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskStatus, compact
 from async_tasks.validation import explain
 
 logger = logging.getLogger("async_tasks")
@@ -132,7 +139,10 @@ class TaskSystem:
             max_active_per_session=self.settings.max_active_tasks_per_session,
             max_tasks=self.settings.max_tasks,
             max_sessions=self.settings.max_sessions,
+            max_tasks_per_client=self.settings.max_tasks_per_client,
+            max_sessions_per_client=self.settings.max_sessions_per_client,
         )
+        self._client_limits: dict[str, CreateLimits] = {}
         #: Reads per session (TASK_READ_RATE), counted in this process.
         self.read_buckets = TokenBuckets(clock)
         #: Called when shutdown begins, before tasks are cancelled (push streams close here).
@@ -269,6 +279,7 @@ class TaskSystem:
         idempotency_key: str | None = None,
         request_id: str | None = None,
         start_at: int | None = None,
+        client: str | None = None,
     ) -> Task:
         """Create a task in the session and (by default) start it; returns at once.
 
@@ -278,6 +289,7 @@ class TaskSystem:
         `start_at` (epoch ms) starts it at that time instead (it implies `start`; a time
         already past starts it now; at most MAX_START_DELAY_MS ahead): pending meanwhile,
         `Task.scheduled_at` says when, and it counts in the quotas as any pending task.
+        `client` is who asks (its budgets apply; None: the session is its own client).
         """
         task, _ = await self.create_or_replay(
             session_key,
@@ -294,8 +306,9 @@ class TaskSystem:
             idempotency_key=idempotency_key,
             request_id=request_id,
             start_at=start_at,
+            client=client,
         )
-        return task
+        return self.decoded(task)
 
     async def create_or_replay(
         self,
@@ -314,8 +327,10 @@ class TaskSystem:
         idempotency_key: str | None = None,
         request_id: str | None = None,
         start_at: int | None = None,
+        client: str | None = None,
     ) -> tuple[Task, bool]:
-        """`create_task`, also telling whether an Idempotency-Key replayed an earlier task."""
+        """`create_task`, also telling whether an Idempotency-Key replayed an earlier task;
+        the task as stored (its data encoded)."""
         impl = self.executor(executor)
         cls = type(impl)
         if not self.accepting:
@@ -324,7 +339,7 @@ class TaskSystem:
             self._check_start_at(start_at)
             start = True
         params = self._convert_params(cls, params)
-        self._check_size(params, metadata, tags)
+        data = self._encode_data(params, metadata, tags)
         timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
             raise InvalidParams(
@@ -354,14 +369,14 @@ class TaskSystem:
         await impl.validate(params)
         if not self.accepting:  # shutdown began while `validate` awaited
             raise ShuttingDown()
-        task: Task = Task(
+        task = StoredTask(
             id=str(uuid.uuid4()),
             session_key=session_key,
             executor=cls.name,
             name=name or cls.title or cls.name,
             description=description or "",
-            params=params,
-            metadata=dict(metadata or {}),
+            params=data[0],
+            metadata=data[1] if metadata else EMPTY_OBJECT,
             tags=list(tags or ()),
             priority=priority,
             timeout_ms=timeout_ms,
@@ -369,7 +384,7 @@ class TaskSystem:
             request_id=request_id if request_id is not None else request_id_var.get(),
         )
         created = await self.execution.create(
-            task, limits=self.limits, idempotency=idempotency, start=start, start_at=start_at
+            task, limits=self._limits_of(client), idempotency=idempotency, start=start, start_at=start_at
         )
         crash_point("create.after_store")
         return created
@@ -385,11 +400,15 @@ class TaskSystem:
             raise InvalidParams(f"params must be a {cls.Params.__name__} or a mapping.", field="params")
         return params
 
-    def _check_size(self, params: Any, metadata: Mapping[str, Any] | None, tags: Sequence[str] | None) -> None:
-        """Refuse a task whose params, metadata and tags encode to more than MAX_TASK_DATA_BYTES."""
+    def _encode_data(
+        self, params: Any, metadata: Mapping[str, Any] | None, tags: Sequence[str] | None
+    ) -> tuple[msgspec.Raw, msgspec.Raw]:
+        """Params and metadata as the store keeps them (encoded JSON), refused when params,
+        metadata and tags encode to more than MAX_TASK_DATA_BYTES."""
         limit = self.settings.max_task_data_bytes
         try:
-            size = len(_encode(params)) + len(_encode(metadata)) + len(_encode(tags))
+            encoded_params, encoded_metadata = _encode(params), _encode(metadata)
+            size = len(encoded_params) + len(encoded_metadata) + len(_encode(tags))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidParams(f"metadata must be JSON: {exc}", field="metadata") from None
         if size > limit:
@@ -398,6 +417,69 @@ class TaskSystem:
                 "(MAX_TASK_DATA_BYTES).",
                 details={"limit": limit, "size": size, "setting": "MAX_TASK_DATA_BYTES"},
             )
+        return msgspec.Raw(compact(encoded_params)), msgspec.Raw(compact(encoded_metadata))
+
+    def _limits_of(self, client: str | None) -> CreateLimits:
+        """The create limits with `client` as who asks (made once per client, kept a while)."""
+        if client is None:
+            return self.limits
+        limits = self._client_limits.get(client)
+        if limits is None:
+            if len(self._client_limits) >= _CLIENT_LIMITS_KEPT:
+                self._client_limits.clear()
+            limits = self._client_limits[client] = msgspec.structs.replace(self.limits, client=client)
+        return limits
+
+    def decoded(self, task: Task) -> Task:
+        """A stored task with its data decoded, its params as its executor's `Params` (plain
+        JSON values when the executor is gone or no longer takes them)."""
+        if not isinstance(task, StoredTask):
+            return task
+        executor = self.executors.get(task.executor)
+        if executor is not None:
+            try:
+                return task.decoded(type(executor).Params)
+            except msgspec.ValidationError:
+                pass
+        return task.decoded()
+
+    # -- clients -----------------------------------------------------------------
+
+    async def admit_new_session(self, client: str) -> None:
+        """Draw a new session from `client`'s budget (NEW_SESSIONS_PER_CLIENT_PER_MINUTE,
+        held in the task store: across API processes too); `RateLimited` when spent."""
+        per_minute = self.settings.new_sessions_per_client_per_minute
+        if per_minute <= 0:
+            return
+        wait = await self.store.take_token(f"new-sessions:{client}", per_minute / 60, per_minute)
+        if wait > 0:
+            raise RateLimited(
+                f"Your address started {per_minute} new sessions in the last minute (the limit, "
+                f"NEW_SESSIONS_PER_CLIENT_PER_MINUTE). Keep using the session you have (send its X-Session-Token), "
+                f"or retry in {wait:.1f} s.",
+                retry_after=wait,
+                details={"perMinute": per_minute, "setting": "NEW_SESSIONS_PER_CLIENT_PER_MINUTE"},
+            )
+
+    async def admit_ticket(self, client: str) -> None:
+        """Draw a stream ticket from `client`'s budget: as many a minute as it may hold streams
+        (MAX_STREAMS_PER_CLIENT; each ticket is remembered once spent, so tickets must not be
+        free); `RateLimited` when spent."""
+        per_minute = self.settings.max_streams_per_client
+        wait = await self.store.take_token(f"tickets:{client}", per_minute / 60, per_minute)
+        if wait > 0:
+            raise RateLimited(
+                f"Your address asked for {per_minute} stream tickets in the last minute (as many as it may hold "
+                f"streams, MAX_STREAMS_PER_CLIENT). Retry in {wait:.1f} s.",
+                retry_after=wait,
+                details={"perMinute": per_minute, "setting": "MAX_STREAMS_PER_CLIENT"},
+            )
+
+    async def spend_ticket(self, nonce: str) -> bool:
+        """True the first time the stream ticket with `nonce` is spent (a ticket opens one
+        stream). The task store remembers it until the ticket would have expired anyway."""
+        ttl = self.settings.stream_ticket_ttl
+        return await self.store.take_token(f"ticket:{nonce}", 1 / ttl, 1) == 0
 
     def _check_start_at(self, start_at: int) -> None:
         """A `startAt` more than MAX_START_DELAY_MS ahead is refused (one in the past starts now)."""
@@ -444,10 +526,13 @@ class TaskSystem:
 
     # -- read --------------------------------------------------------------------
 
-    async def get_task(self, session_key: str, task_id: str) -> Task:
-        """The task, if it belongs to the session (`TaskNotFound` otherwise)."""
-        self._take_read_token(session_key)
-        return await self.store.get(session_key, task_id)
+    async def get_task(self, session_key: str, task_id: str, *, decode: bool = True, reads: str | None = None) -> Task:
+        """The task, if it belongs to the session (`TaskNotFound` otherwise); as stored with
+        ``decode=False``. Reads draw from the session's read rate, or `reads`' (a share
+        link's viewers have a bucket of their own)."""
+        self._take_read_token(reads or session_key)
+        task = await self.store.get(session_key, task_id)
+        return self.decoded(task) if decode else task
 
     async def list_tasks(
         self,
@@ -461,8 +546,9 @@ class TaskSystem:
         offset: int = 0,
         cursor: str | None = None,
     ) -> TaskPage:
-        """A page of the session's tasks (summaries), newest first, how many match in all
-        and where the next page starts (`TaskPage.next_cursor`)."""
+        """A page of the session's tasks (summaries: their data may be left out, or encoded),
+        newest first, how many match in all and where the next page starts
+        (`TaskPage.next_cursor`)."""
         self._take_read_token(session_key)
         where = TaskFilter(status=status, executor=executor, tag=tag, dead_letter=dead_letter)
         return await self.store.query(session_key, where, limit=limit, offset=offset, cursor=cursor)
@@ -514,7 +600,9 @@ class TaskSystem:
 
     # -- control -----------------------------------------------------------------
 
-    async def start_task(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
+    async def start_task(
+        self, session_key: str, task_id: str, *, start_at: int | None = None, decode: bool = True
+    ) -> Task:
         """Start a pending task (it runs when the limits allow), or at `start_at` (epoch ms,
         as for `create_task`): a task waiting for its time moves to the new one (None:
         now, early)."""
@@ -522,28 +610,38 @@ class TaskSystem:
             raise ShuttingDown()
         if start_at is not None:
             self._check_start_at(start_at)
-        return await self.execution.start(session_key, task_id, start_at=start_at)
+        task = await self.execution.start(session_key, task_id, start_at=start_at)
+        return self.decoded(task) if decode else task
 
-    async def cancel_task(self, session_key: str, task_id: str, reason: str = "cancelled by request") -> Task:
+    async def cancel_task(
+        self, session_key: str, task_id: str, reason: str = "cancelled by request", *, decode: bool = True
+    ) -> Task:
         """Cancel a pending or running task: it is `cancelled` at once and its progress
         frozen; the executor is stopped at its next await."""
-        return await self.execution.cancel(session_key, task_id, reason)
+        task = await self.execution.cancel(session_key, task_id, reason)
+        return self.decoded(task) if decode else task
 
-    async def retry_task(self, session_key: str, task_id: str) -> Task:
+    async def retry_task(self, session_key: str, task_id: str, *, decode: bool = True) -> Task:
         """Run a failed or cancelled task again (a fresh attempt; the automatic retry
         budget starts again). Counts against the create rate."""
         if not self.accepting:
             raise ShuttingDown()
         await self.store.get(session_key, task_id)  # 404 before a rate token is spent
         await self._take_create_token(session_key)
-        return await self.execution.retry(session_key, task_id)
+        task = await self.execution.retry(session_key, task_id)
+        return self.decoded(task) if decode else task
 
     async def delete_task(self, session_key: str, task_id: str) -> None:
         """Forget a task that is not running (a pending one is cancelled first)."""
         task = await self.store.get(session_key, task_id)
         if task.status is TaskStatus.PENDING:
-            await self.cancel_task(session_key, task_id, reason="deleted")
-        await self.store.remove(session_key, task_id)
+            await self.cancel_task(session_key, task_id, reason="deleted", decode=False)
+        try:
+            await self.store.remove(session_key, task_id)
+        except TaskNotFound:
+            # Removed meanwhile (to make room for another client, by retention or expiry):
+            # it is gone, as asked.
+            pass
 
     # -- cleanup -----------------------------------------------------------------
 
@@ -553,6 +651,8 @@ class TaskSystem:
 
 
 _encode = msgspec.json.Encoder().encode
+#: Clients whose create limits are kept made (a flood of addresses only costs making them again).
+_CLIENT_LIMITS_KEPT = 4096
 
 
 def _duration(ms: int) -> str:

@@ -8,7 +8,7 @@ which stamps times and appends to `history`.
 from __future__ import annotations
 
 import enum
-from typing import Any, Generic
+from typing import Any, Final, Generic
 
 import msgspec
 from typing_extensions import TypeVar
@@ -137,3 +137,69 @@ class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True, gc=False):
         if self.started_at is None or self.completed_at is None:
             return None
         return self.completed_at - self.started_at
+
+
+#: The encoded JSON of an empty object and of null: what a stored task holds when it has
+#: no metadata or no result.
+EMPTY_OBJECT: Final = msgspec.Raw(b"{}")
+NULL: Final = msgspec.Raw(b"null")
+_encode = msgspec.json.Encoder().encode
+
+
+def encoded(value: Any) -> msgspec.Raw:
+    """`value` as encoded JSON (unchanged when it already is)."""
+    if isinstance(value, msgspec.Raw):
+        return value
+    if value is None:
+        return NULL
+    return msgspec.Raw(compact(_encode(value)))
+
+
+#: Encoded JSON longer than this is copied to drop its buffer's slack (`compact`).
+_SLACK_WORTH_DROPPING = 4096
+
+
+def compact(data: bytes) -> bytes:
+    """`data` as kept for long: msgspec's encoder returns its output buffer, with up to half
+    again of spare room after the JSON; beyond a few KiB a copy keeps just the bytes."""
+    return bytes(memoryview(data)) if len(data) > _SLACK_WORTH_DROPPING else data
+
+
+class StoredTask(Task[Any], kw_only=True, gc=False):
+    """A task as a store keeps it: `params`, `metadata` and `result` are their encoded
+    JSON (`msgspec.Raw`), so what a task holds is proportional to its bytes (decoded, 64
+    KiB of ``[{},{},...]`` takes 24 times that), and answering with it costs no encoding.
+
+    It encodes to the same JSON as the `Task` it stands for. `decoded` gives the `Task`
+    with values, its params as the executor's `Params` when given: what executors receive
+    and what `TaskSystem`'s methods return. (No reference cycle can go through a stored
+    task, so the garbage collector need not track it.)"""
+
+    params: msgspec.Raw
+    metadata: msgspec.Raw = EMPTY_OBJECT  # type: ignore[assignment]  # the encoded form of Task.metadata
+    result: msgspec.Raw = NULL
+
+    @classmethod
+    def of(cls, task: Task[Any]) -> StoredTask:
+        """`task` as stored (itself when it already is)."""
+        if isinstance(task, StoredTask):
+            return task
+        fields = msgspec.structs.asdict(task)
+        fields.update(params=encoded(task.params), metadata=encoded(task.metadata), result=encoded(task.result))
+        return cls(**fields)
+
+    def decoded(self, params_type: type[Any] | None = None) -> Task[Any]:
+        """This task with its data decoded: params as `params_type` (plain JSON values
+        without one), metadata and result as JSON values. Raises `msgspec.ValidationError`
+        when the params do not fit `params_type`."""
+        fields = msgspec.structs.asdict(self)
+        fields["params"] = _decode(self.params, type=params_type) if params_type is not None else _decode(self.params)
+        fields["metadata"] = {} if self.metadata is EMPTY_OBJECT else _decode(self.metadata)
+        fields["result"] = None if self.result is NULL else _decode(self.result)
+        fields["tags"] = list(self.tags)
+        fields["history"] = list(self.history)
+        fields["logs"] = list(self.logs)
+        return Task(**fields)
+
+
+_decode = msgspec.json.decode

@@ -207,7 +207,8 @@ async def wait_for(
     limit: float = 5,
 ) -> Task:
     """Wait until the task is in one of `statuses` (or has reached `progress`), woken by
-    the store's events: never a sleep. Fails after `limit` seconds."""
+    the store's events: never a sleep. Fails after `limit` seconds. The task comes with
+    its data decoded (`TaskSystem.decoded`)."""
     wanted = {TaskStatus(status) for status in statuses}
     store = system.store
     changed = anyio.Event()
@@ -227,7 +228,7 @@ async def wait_for(
                 changed = anyio.Event()
     finally:
         unsubscribe()
-    return task
+    return system.decoded(task)
 
 
 @asynccontextmanager

@@ -45,6 +45,11 @@ TUNED_ENV = {
     "MAX_SESSIONS": "10000000",
     "MAX_STREAMS": "1000000",
     "MAX_STREAMS_PER_SESSION": "1000000",
+    # Every request comes from one address: its budgets would too.
+    "MAX_TASKS_PER_CLIENT": "100000000",
+    "MAX_SESSIONS_PER_CLIENT": "10000000",
+    "MAX_STREAMS_PER_CLIENT": "1000000",
+    "NEW_SESSIONS_PER_CLIENT_PER_MINUTE": "0",
     "LOG_LEVEL": "warning",
     "SECRET_KEY": "bench-secret-key-0123456789abcdef",
 }

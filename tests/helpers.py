@@ -142,9 +142,10 @@ def memory_store_of(app: Litestar) -> MemoryTaskStore:
 
 
 def find_task(app: Litestar, task_id: str) -> Task | None:
+    """The task (its data decoded) in whichever session of `app`'s memory store holds it."""
     for session in memory_store_of(app).sessions.values():
         if task_id in session.tasks:
-            return session.tasks[task_id]
+            return system_of(app).decoded(session.tasks[task_id])
     return None
 
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_tasks import cli
 from async_tasks.errors import SettingsError
 from async_tasks.settings import Settings
-from async_tasks.testing import FakeClock, free_port, serve_in_loop
+from async_tasks.testing import FakeClock, asgi_client, free_port, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.helpers import ScriptExecutor, memory_store_of, wait_for
@@ -272,3 +272,17 @@ async def test_tasks_and_attempts_are_counted_apart(make_app: Callable[..., Lite
         assert retries == {"automatic": 2, "manual": 1}
         assert sum(finished.values()) <= created + retries["manual"]
         assert sum(attempts.values()) == created + retries["automatic"] + retries["manual"]
+
+
+async def test_room_made_for_another_address_is_counted(make_app: Callable[..., Litestar]) -> None:
+    """A task removed to make room in a full pool, and the bridge's evicted streams, show up."""
+    app = make_app(max_tasks=2)
+    async with serve_in_loop(app, "192.0.2.1") as big, asgi_client(app, "192.0.2.2") as newcomer:
+        for _ in range(2):
+            assert (await big.post(f"{API}/tasks", json={"executor": "script"})).status_code == 201
+        assert value(await scrape(big), "async_tasks_tasks_evicted_total") == 0
+        assert (await newcomer.post(f"{API}/tasks", json={"executor": "script"})).status_code == 201
+        app.plugins.get(AsyncTasksPlugin).streams.streams_evicted_total = 3
+        scraped = await scrape(big)
+        assert value(scraped, "async_tasks_tasks_evicted_total") == 1
+        assert value(scraped, "async_tasks_streams_evicted_total") == 3

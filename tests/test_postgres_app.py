@@ -123,7 +123,7 @@ async def test_a_nul_character_is_stored_as_a_replacement_character(postgres_url
     async with TaskSystem([ScriptExecutor], settings=settings, load_entry_points=False) as system:
         task = await system.create_task("s", executor="script", name="a\x00b", params={"result": "c\x00d"}, start=False)
         stored = await system.get_task("s", task.id)
-    assert stored.name == "a\ufffdb" and stored.params["result"] == "c\x00d"
+    assert stored.name == "a\ufffdb" and stored.params.result == "c\x00d"  # (params as the executor takes them)
 
 
 @pytest.mark.e2e

@@ -24,7 +24,7 @@ from async_tasks.testing import asgi_client, wait_for
 from async_tasks.web.streams import OPENED, StreamBridge
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
-from tests.helpers import SECRET, ScriptExecutor, build_app, new_address
+from tests.helpers import SECRET, ScriptExecutor, ScriptParams, build_app, new_address
 
 S = "s"
 MakeSystem = Callable[..., Any]
@@ -64,15 +64,18 @@ def worker_of(system: TaskSystem) -> RedisWorker:
 
 
 async def test_a_task_created_by_an_api_runs_on_a_worker(make_system: MakeSystem) -> None:
-    """Created through an API engine, run by another engine's worker: params stay plain JSON in the store."""
+    """Created through an API engine, run by another engine's worker: the store keeps params as
+    JSON, and each engine reads them back as the executor's params."""
     api = await make_system()
     worker = await make_system(worker=True)
     task = await api.create_task(S, executor="script", params={"steps": 4, "result": {"answer": 42}})
     done = await wait_for(worker, S, task.id, "completed")
     assert done.result == {"answer": 42}
     seen = await api.get_task(S, task.id)
+    stored = await api.get_task(S, task.id, decode=False)
     params = {"steps": 4, "hold": False, "fail": None, "failAttempts": 0, "result": {"answer": 42}}
-    assert seen.status is TaskStatus.COMPLETED and seen.params == params
+    assert seen.status is TaskStatus.COMPLETED and seen.params == ScriptParams(steps=4, result={"answer": 42})
+    assert msgspec.json.decode(msgspec.json.encode(stored.params)) == params
 
 
 async def test_cancel_from_an_api_stops_the_attempt_on_its_worker(make_system: MakeSystem) -> None:

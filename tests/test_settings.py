@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import msgspec
 import pytest
 
 from async_tasks.errors import SettingsError
@@ -87,6 +90,11 @@ def test_serve_stops_with_one_line_naming_the_variable() -> None:
         ("ALLOWED_HOSTS", "example.com:8080"),
         ("CORS_ALLOW_ORIGINS", "*"),
         ("FORWARDED_ALLOW_IPS", "proxy.local"),
+        ("MAX_SESSIONS_PER_CLIENT", "0"),
+        ("MAX_TASKS_PER_CLIENT", "lots"),
+        ("MAX_STREAMS_PER_CLIENT", "-5"),
+        ("NEW_SESSIONS_PER_CLIENT_PER_MINUTE", "-1"),
+        ("NEW_SESSIONS_PER_CLIENT_PER_MINUTE", "2.5"),
     ],
 )
 def test_the_boundary_settings_are_checked_at_start_up(name: str, value: str) -> None:
@@ -125,3 +133,24 @@ def test_a_loopback_host_needs_no_warning(host: str) -> None:
     from async_tasks.web.security import exposure_warning
 
     assert exposure_warning(host, Settings.from_env({})) is None
+
+
+def test_every_setting_has_a_row_in_the_guide() -> None:
+    """DEMO_GUIDE's configuration tables name every setting: a new one is documented, or this fails."""
+    guide = (Path(__file__).parent.parent / "DEMO_GUIDE.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1] for line in guide.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
+    missing = [field.encode_name for field in msgspec.structs.fields(Settings) if field.encode_name not in documented]
+    assert missing == []
+
+
+def test_the_client_budgets_serve_a_room_behind_one_address() -> None:
+    """The defaults leave a room of about 50 people behind one NAT address room to spare
+    (about 150 sessions and streams, 2500 tasks, everyone arriving in the same minute), and
+    one address still cannot fill a shared pool alone."""
+    settings = Settings.from_env({})
+    assert settings.max_sessions_per_client >= 200 and settings.max_streams_per_client >= 200
+    assert settings.max_tasks_per_client >= 4000 and settings.new_sessions_per_client_per_minute >= 100
+    assert settings.max_sessions_per_client < settings.max_sessions
+    assert settings.max_tasks_per_client < settings.max_tasks
+    assert settings.max_streams_per_client < settings.max_streams

@@ -161,3 +161,32 @@ async def test_with_api_keys_a_share_link_needs_no_key() -> None:
         assert (await client.get(f"{API}/shared/{token}")).status_code == 200
         assert (await client.get(f"/share/{token}")).status_code == 200
         assert (await client.get(f"{API}/tasks", headers={"X-Session-Token": token})).status_code == 401
+
+
+async def test_viewers_never_use_up_the_owners_reads_or_streams() -> None:
+    """However many open a link: their reads draw from a bucket of their own, their streams
+    count against a cap of their own per session (and their own address), so the owner
+    still reads and streams."""
+    from async_tasks.errors import QuotaExceeded
+    from async_tasks.web.plugin import AsyncTasksPlugin
+    from async_tasks.web.streams import OPENED
+
+    app = build_app(clock=FakeClock(), task_read_rate=1.0, task_read_burst=3, max_streams_per_session=1)
+    bridge = app.plugins.get(AsyncTasksPlugin).streams
+    async with app.lifespan(), asgi_client(app, new_address()) as owner, asgi_client(app, new_address()) as viewer:
+        task_id = await create(owner, hold=True)
+        token = await share(owner, task_id)
+        for _ in range(3):
+            assert (await viewer.get(f"{API}/shared/{token}")).status_code == 200
+        assert (await viewer.get(f"{API}/shared/{token}")).status_code == 429
+        assert (await owner.get(f"{API}/tasks/{task_id}")).status_code == 200
+        key = (await owner.get(f"{API}/session")).json()["sessionKey"]
+        watching = bridge.task_stream(key, task_id, client="viewer", shared=True)
+        assert await anext(watching) is OPENED
+        with pytest.raises(QuotaExceeded, match="share links"):
+            await anext(bridge.task_stream(key, task_id, client="another viewer", shared=True))
+        own = bridge.session_stream(key, client="owner")
+        assert await anext(own) is OPENED  # the owner's own cap is untouched
+        await own.aclose()
+        await watching.aclose()
+        await owner.post(f"{API}/tasks/{task_id}/cancel")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from async_tasks.clients import FORWARDED_PEER
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import free_port
@@ -52,14 +53,15 @@ def server() -> Iterator[str]:
 
 def test_a_spoofed_x_forwarded_for_never_picks_that_ips_session(server: str) -> None:
     """Plain uvicorn rewrites the client address from X-Forwarded-For on loopback; with
-    TRUST_PROXY_HEADERS=false the app then uses no address at all (a fresh session)."""
-    claimed = SessionResolver(Settings(secret_key=SECRET)).key_for_ip("192.168.1.20")
+    TRUST_PROXY_HEADERS=false the app uses neither that address nor a fresh session per
+    request: every such request is one client, the forwarding peer, with one IP session."""
+    resolver = SessionResolver(Settings(secret_key=SECRET))
     keys = {
-        httpx.get(f"{server}{API}/session", headers={"X-Forwarded-For": "192.168.1.20"}).json()["sessionKey"]
-        for _ in range(2)
+        httpx.get(f"{server}{API}/session", headers={"X-Forwarded-For": claimed}).json()["sessionKey"]
+        for claimed in ("192.168.1.20", "192.168.1.21")
     }
-    assert claimed not in keys and len(keys) == 2
-    assert httpx.get(f"{server}{API}/session").json()["sessionKey"].startswith("ip_")
+    assert keys == {resolver.key_for_ip(FORWARDED_PEER)}
+    assert httpx.get(f"{server}{API}/session").json()["sessionKey"] == resolver.key_for_ip("127.0.0.1")
 
 
 def test_api_call_cannot_call_the_server_running_it(server: str) -> None:

@@ -38,7 +38,7 @@ import msgspec
 
 from async_tasks.progress import AttemptEnded, ProgressReporter, ThreadProgress
 from async_tasks.store.base import Finish
-from async_tasks.task import TaskStatus
+from async_tasks.task import StoredTask, TaskStatus, compact
 
 if TYPE_CHECKING:
     from async_tasks.executor import TaskExecutor
@@ -281,7 +281,7 @@ async def run_attempt(
                 )
             else:
                 result = await executor.execute(task, reporter)
-            outcome = (TaskStatus.COMPLETED, result, result_problem(result, max_result_bytes))
+            outcome = (TaskStatus.COMPLETED, *stored_result(result, max_result_bytes))
         except AttemptEnded:
             outcome = None
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
@@ -290,6 +290,14 @@ async def run_attempt(
     if scope.cancelled_caught and not stopped():
         outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")
     return outcome
+
+
+def executor_task(task: Task, executor: TaskExecutor[Any, Any]) -> Task:
+    """`task` as `executor` takes it: a stored task's data decoded, its params as the
+    executor's `Params`."""
+    if isinstance(task, StoredTask):
+        return task.decoded(type(executor).Params)
+    return task
 
 
 def _in_thread(
@@ -302,15 +310,16 @@ def _in_thread(
         threads.discard(attempt)
 
 
-def result_problem(result: Any, max_bytes: int) -> str | None:
-    """Why an executor's result cannot be stored (not JSON, or over `max_bytes` encoded), or None."""
+def stored_result(result: Any, max_bytes: int) -> tuple[Any, str | None]:
+    """An executor's result as it is stored (its encoded JSON, `msgspec.Raw`) and None; or
+    the result and why it cannot be stored (not JSON, or over `max_bytes` encoded)."""
     try:
-        size = len(msgspec.json.encode(result))
+        data = msgspec.json.encode(result)
     except (TypeError, ValueError, OverflowError) as exc:
-        return f"The executor returned a result that is not JSON-encodable: {exc}"
-    if size > max_bytes:
-        return f"The executor's result is too large: {size} bytes (the limit is {max_bytes})"
-    return None
+        return result, f"The executor returned a result that is not JSON-encodable: {exc}"
+    if len(data) > max_bytes:
+        return result, f"The executor's result is too large: {len(data)} bytes (the limit is {max_bytes})"
+    return msgspec.Raw(compact(data)), None
 
 
 def describe(exc: BaseException) -> str:

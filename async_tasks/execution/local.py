@@ -42,7 +42,15 @@ import msgspec
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, ShuttingDown, TaskNotFound
-from async_tasks.execution.base import ExecutionLoad, WorkerInfo, conclude, log_fields, log_finish, run_attempt
+from async_tasks.execution.base import (
+    ExecutionLoad,
+    WorkerInfo,
+    conclude,
+    executor_task,
+    log_fields,
+    log_finish,
+    run_attempt,
+)
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import Settings
@@ -124,6 +132,9 @@ class LocalExecution:
         #: Attempts whose worker thread is still running (a blocking executor keeps going
         #: there after its attempt was cancelled); shutdown reports them as abandoned.
         self._threads: set[_Attempt] = set()
+        # A waiting task the store removed by itself (to make room for another client's)
+        # waits no more.
+        store.events.on_removed.append(self._on_removed)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -261,6 +272,10 @@ class LocalExecution:
         else:
             self._withdraw(task)
         return task
+
+    def _on_removed(self, task: Task, cause: str | None) -> None:
+        if task.status is TaskStatus.PENDING:
+            self._withdraw(task)
 
     async def discard(self, tasks: list[Task]) -> None:
         for task in tasks:
@@ -432,6 +447,7 @@ class LocalExecution:
                 threads=self._threads, attempt=attempt,
                 missing=f"executor {task.executor!r} is no longer registered",
                 stopped=lambda: attempt.cancel_reason is not None,
+                prepare=lambda executor: executor_task(task, executor),
             )  # fmt: skip
             if attempt.cancel_reason is None and outcome is not None:
                 await self._record(attempt, *outcome)

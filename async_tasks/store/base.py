@@ -6,8 +6,13 @@ in-memory one; each method is one atomic step (a Lua script or MULTI/EXEC on Red
 so no caller ever reads, decides and writes in two steps.
 
 - `create` checks the Idempotency-Key and the quotas (`CreateLimits`: active tasks
-  per session, and the server-wide caps on stored tasks and on sessions holding
-  tasks) and inserts, atomically; `replay` only looks the key up.
+  per session, the budgets of the client it counts against, and the server-wide caps on
+  stored tasks and on sessions holding tasks) and inserts, atomically; `replay` only
+  looks the key up. A session belongs to the client that created it (`CreateLimits.client`;
+  `async_tasks.clients`). Where a budget or a full pool would refuse, the same step makes
+  room instead when it can, by the rules of `CreateLimits`: what goes is removed with
+  cause ``evicted``, and a session removed whole is announced on
+  `EventHub.on_session_ended` (its open streams end).
 - `get`, `query`, `counts` and `totals` read; a page of `query` costs O(page), counts
   come from counters kept as transitions happen (never a scan).
 - `transition` is a compare-and-set: it applies only if the task is still in one of
@@ -100,10 +105,22 @@ class StoreTotals(msgspec.Struct, kw_only=True):
 
 
 class CreateLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """Quotas `create` checks atomically with the insert.
+    """Quotas `create` checks atomically with the insert, and who the create counts against.
 
-    The server-wide caps bound memory however many sessions a client opens: beyond
-    them `create` raises `CapacityExceeded` (nothing is inserted).
+    A session belongs to the client that created it (`client`; None: the session is its
+    own client); a client's budgets count what its sessions hold. At its own budget, a
+    client's least recently changed idle session (no pending or running task) makes way
+    for a new one, and its oldest finished task for a new task; with none, `create`
+    raises `QuotaExceeded` (429).
+
+    The server-wide caps bound memory however many clients ask. When one is reached,
+    room is taken from a client holding more than the one asking
+    (`async_tasks.clients.fair_victims`), never from the newcomer: for a task, that
+    client's oldest never-started task, else its oldest finished one; for a session, its
+    least recently changed session in which nothing runs or ever started; failing that,
+    for a session, the least recently changed idle session of a client holding more
+    sessions than the one asking. When nothing can go, `create` raises
+    `CapacityExceeded` (503). A refused create changes nothing.
     """
 
     #: Pending + running tasks one session may hold.
@@ -113,6 +130,12 @@ class CreateLimits(msgspec.Struct, frozen=True, kw_only=True):
     #: Sessions holding at least one task (None: no cap); a create that would add a
     #: session beyond it is refused, creates in existing sessions are not.
     max_sessions: int | None = None
+    #: The client (a keyed hash of its address) a new session belongs to.
+    client: str | None = None
+    #: Tasks one client's sessions may hold together (None: no budget).
+    max_tasks_per_client: int | None = None
+    #: Sessions holding tasks one client may have (None: no budget).
+    max_sessions_per_client: int | None = None
 
 
 class Idempotency(NamedTuple):
@@ -282,6 +305,24 @@ def too_many_sessions(limit: int, held: int) -> CapacityExceeded:
         "Try again later, or reuse an existing session.",
         retry_after=60,
         details={"limit": limit, "setting": "MAX_SESSIONS"},
+    )
+
+
+def client_has_too_many_sessions(limit: int, held: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"Your address already holds {held} sessions with tasks (the limit is {limit}, MAX_SESSIONS_PER_CLIENT), "
+        "and none of them is idle. Reuse a session, or wait for its tasks to finish.",
+        retry_after=60,
+        details={"limit": limit, "held": held, "setting": "MAX_SESSIONS_PER_CLIENT"},
+    )
+
+
+def client_has_too_many_tasks(limit: int, held: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"Your address already holds {held} tasks across its sessions (the limit is {limit}, MAX_TASKS_PER_CLIENT), "
+        "and none of them has finished. Cancel or delete some first.",
+        retry_after=60,
+        details={"limit": limit, "held": held, "setting": "MAX_TASKS_PER_CLIENT"},
     )
 
 

@@ -10,7 +10,14 @@ page costs O(offset + page), a page by status stops scanning once it is full; st
 never scan. Methods never await anything but a checkpoint in `trim`, so each one is
 atomic on the event loop.
 
-`get` returns the live record (no copy): callers read it and never write it.
+`get` returns the live record (no copy): callers read it and never write it. Records
+are `StoredTask`s: params, metadata and result are kept as their encoded JSON, so a
+task holds about its bytes, whatever their shape.
+
+Per client (`async_tasks.clients`; a session belongs to the client that created it):
+its sessions, how many tasks they hold, its never-started tasks in creation order and
+its finished tasks in the order they finished, kept as tasks change (O(1) each). They
+are what the per-client budgets count and where a full pool makes room (`_admit`).
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio.lowlevel
+import msgspec
 
 from async_tasks.buckets import TokenBuckets
+from async_tasks.clients import fair_victims
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
 from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
@@ -46,25 +55,46 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
+    client_has_too_many_sessions,
+    client_has_too_many_tasks,
     idempotency_conflict,
     quota_exceeded,
     refusal,
     too_many_sessions,
     too_many_tasks,
 )
-from async_tasks.task import TERMINAL, HistoryEntry, Task, TaskStatus, can_transition
+from async_tasks.task import NULL, TERMINAL, HistoryEntry, StoredTask, Task, TaskStatus, can_transition, encoded
 from async_tasks.task_log import LogBook, LogLine
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
 
 
+#: Index entries a full pool looks at in one client's list before it tries another client.
+_LOOKS = 64
+
+
+class ClientBooks:
+    """What one client holds: its sessions, their tasks, its never-started tasks (creation
+    order) and its finished tasks (finish order), each task id -> its session."""
+
+    __slots__ = ("finished", "key", "sessions", "tasks", "unstarted")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.sessions: dict[str, SessionTasks] = {}
+        self.tasks = 0
+        self.unstarted: dict[str, SessionTasks] = {}
+        self.finished: dict[str, SessionTasks] = {}
+
+
 class SessionTasks:
     """One session's tasks, counts, finished-order index and the summed run time of its
-    completed tasks (kept as they complete or are removed)."""
+    completed tasks (kept as they complete or are removed), and the client it belongs to."""
 
     __slots__ = (
         "changed_ms",
+        "client",
         "counts",
         "duration_total_ms",
         "finished",
@@ -76,9 +106,10 @@ class SessionTasks:
         "unstarted",
     )
 
-    def __init__(self, key: str, now_ms: int) -> None:
+    def __init__(self, key: str, now_ms: int, client: ClientBooks) -> None:
         self.key = key
-        self.tasks: dict[str, Task] = {}
+        self.client = client
+        self.tasks: dict[str, StoredTask] = {}
         #: task id -> its creation sequence number (what a page's cursor names).
         self.order: dict[str, int] = {}
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
@@ -114,11 +145,15 @@ class MemoryTaskStore:
         self.events = events or EventHub()
         self.policy = policy or StorePolicy()
         self.sessions: dict[str, SessionTasks] = {}
+        #: The clients holding sessions, by client key.
+        self.clients: dict[str, ClientBooks] = {}
         #: Each session's Idempotency-Keys, oldest first: key -> (task id, fingerprint, when).
         #: They outlive their tasks (and sessions) for the policy's window.
         self.keys: dict[str, dict[str, tuple[str, bytes, int]]] = {}
         self._seq = itertools.count(1)
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        #: Tasks held in every session (the sum of `_totals`).
+        self._held = 0
         #: Token buckets by name: (tokens, monotonic time of the last update, rate, burst).
         self.buckets = TokenBuckets(clock)
         #: The sizes of each task's kept log lines (tasks that have a log).
@@ -128,14 +163,14 @@ class MemoryTaskStore:
 
     # -- reads -------------------------------------------------------------------
 
-    def _find(self, session_key: str, task_id: str) -> Task:
+    def _find(self, session_key: str, task_id: str) -> StoredTask:
         session = self.sessions.get(session_key)
         task = session.tasks.get(task_id) if session is not None else None
         if task is None:
             raise TaskNotFound(task_id)
         return task
 
-    async def get(self, session_key: str, task_id: str) -> Task:
+    async def get(self, session_key: str, task_id: str) -> StoredTask:
         return self._find(session_key, task_id)
 
     async def query(
@@ -182,54 +217,156 @@ class MemoryTaskStore:
         return StoreTotals(by_status=dict(self._totals), sessions=len(self.sessions))
 
     def __len__(self) -> int:
-        return sum(self._totals.values())
+        return self._held
 
     # -- changes -------------------------------------------------------------------
 
     async def create(
         self, task: Task, *, limits: CreateLimits, idempotency: Idempotency | None = None
-    ) -> tuple[Task, bool]:
-        session = self.sessions.get(task.session_key)
+    ) -> tuple[StoredTask, bool]:
         if idempotency is not None:
             earlier = self._replay(task.session_key, idempotency)
             if earlier is not None:
                 return earlier, True
+        session = self.sessions.get(task.session_key)
         if session is not None:
             active = session.active
             if active >= limits.max_active_per_session:
                 raise quota_exceeded(limits.max_active_per_session, active)
-        elif limits.max_sessions is not None and len(self.sessions) >= limits.max_sessions:
-            raise too_many_sessions(limits.max_sessions, len(self.sessions))
-        if limits.max_tasks is not None and (held := sum(self._totals.values())) >= limits.max_tasks:
-            raise too_many_tasks(limits.max_tasks, held)
+        owner = session.client.key if session is not None else (limits.client or task.session_key)
+        client = session.client if session is not None else self.clients.get(owner)
+        cap = limits.max_tasks
+        if (
+            (cap is not None and self._held >= cap)
+            or (client is not None and _reached(client.tasks, limits.max_tasks_per_client))
+            or (
+                session is None
+                and (
+                    _reached(len(self.sessions), limits.max_sessions)
+                    or (client is not None and _reached(len(client.sessions), limits.max_sessions_per_client))
+                )
+            )
+        ):
+            for victim in self._admit(task.session_key, owner, limits):
+                self._evict(victim)
+        stored = task if isinstance(task, StoredTask) else StoredTask.of(task)
         now = self.clock.now_ms()
+        session = self.sessions.get(task.session_key)  # (making room may have emptied it)
         if session is None:
-            session = self.sessions[task.session_key] = SessionTasks(task.session_key, now)
+            client = self.clients.get(owner)
+            if client is None:
+                client = self.clients[owner] = ClientBooks(owner)
+            session = self.sessions[task.session_key] = client.sessions[task.session_key] = SessionTasks(
+                task.session_key, now, client
+            )
         session.changed_ms = now
-        task.status = TaskStatus.PENDING
-        task.created_at = task.updated_at = now
-        task.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
-        session.tasks[task.id] = task
-        session.order[task.id] = next(self._seq)
-        if task.attempts == 0:
-            if task.scheduled_at is not None and task.scheduled_at > now:
-                _begin_later(session, task.id, task.scheduled_at)
+        stored.status = TaskStatus.PENDING
+        stored.created_at = stored.updated_at = now
+        stored.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
+        session.tasks[stored.id] = stored
+        session.order[stored.id] = next(self._seq)
+        session.client.tasks += 1
+        if stored.attempts == 0:
+            session.client.unstarted[stored.id] = session
+            if stored.scheduled_at is not None and stored.scheduled_at > now:
+                _begin_later(session, stored.id, stored.scheduled_at)
             else:
-                task.scheduled_at = None
-                session.unstarted[task.id] = None
+                stored.scheduled_at = None
+                session.unstarted[stored.id] = None
         session.counts[TaskStatus.PENDING] += 1
         self._totals[TaskStatus.PENDING] += 1
+        self._held += 1
         if idempotency is not None:
-            self._remember(task.session_key, idempotency, task.id, now)
+            self._remember(stored.session_key, idempotency, stored.id, now)
         for hook in self.events.on_transition:
-            hook(task, None)
-        self._publish(task, EventType.TRANSITION, None)
-        return task, False
+            hook(stored, None)
+        self._publish(stored, EventType.TRANSITION, None)
+        return stored, False
+
+    # -- making room ----------------------------------------------------------------
+
+    def _admit(self, session_key: str, owner: str, limits: CreateLimits) -> list[SessionTasks | StoredTask]:
+        """What must go for one more task in `session_key` (of client `owner`) to fit the
+        client's budgets and the shared pools: nothing when it fits. Raises the refusal
+        when no room can be made; changes nothing itself.
+
+        At its own budget, a client's least recently changed idle session goes (for a new
+        session) or its oldest finished task. In a full pool, room comes from a client
+        holding more than the newcomer (`fair_victims`): its oldest never-started task, or
+        its oldest finished one (MAX_TASKS); its least recently changed session where
+        nothing runs or was started (MAX_SESSIONS); failing that, the least recently changed
+        idle session of a client holding more sessions than the newcomer (one with no
+        active task never blocks a new one; it is never the largest holder's to take)."""
+        new = session_key not in self.sessions
+        client = self.clients.get(owner)
+        own_sessions = len(client.sessions) if client is not None else 0
+        own_tasks = client.tasks if client is not None else 0
+        sessions_held, tasks_held = len(self.sessions), self._held
+        plan: list[SessionTasks | StoredTask] = []
+        gone: set[str] = set()
+        cap = limits.max_sessions_per_client
+        if new and cap is not None and own_sessions >= cap:
+            victim = _least_recent(client.sessions.values() if client is not None else (), _idle, gone)
+            if victim is None:
+                raise client_has_too_many_sessions(cap, own_sessions)
+            plan.append(victim)
+            gone.add(victim.key)
+            own_sessions, sessions_held = own_sessions - 1, sessions_held - 1
+            own_tasks, tasks_held = own_tasks - len(victim.tasks), tasks_held - len(victim.tasks)
+        cap = limits.max_tasks_per_client
+        if cap is not None and own_tasks >= cap:
+            task = _first(client.finished, gone) if client is not None else None
+            if task is None:
+                raise client_has_too_many_tasks(cap, own_tasks)
+            plan.append(task)
+            own_tasks, tasks_held = own_tasks - 1, tasks_held - 1
+        others = [other for other in self.clients.values() if other.key != owner]
+        if new and limits.max_sessions is not None and sessions_held >= limits.max_sessions:
+            victim = None
+            for other in fair_victims(others, lambda c: len(c.sessions), own_sessions):
+                victim = _least_recent(other.sessions.values(), _unwatched, gone)
+                if victim is not None:
+                    break
+            else:  # an idle session of anyone holding more than the newcomer would
+                victim = _least_recent(
+                    self.sessions.values(), lambda s: _idle(s) and len(s.client.sessions) > own_sessions, gone
+                )
+            if victim is None:
+                raise too_many_sessions(limits.max_sessions, sessions_held)
+            plan.append(victim)
+            gone.add(victim.key)
+            tasks_held -= len(victim.tasks)
+        if limits.max_tasks is not None and tasks_held >= limits.max_tasks:
+            task = None
+            for other in fair_victims(others, lambda c: c.tasks, own_tasks):
+                task = _first(other.unstarted, gone) or _first(other.finished, gone)
+                if task is not None:
+                    break
+            if task is None:
+                raise too_many_tasks(limits.max_tasks, tasks_held)
+            plan.append(task)
+        return plan
+
+    def _evict(self, victim: SessionTasks | StoredTask) -> None:
+        """Forget a task, or a whole session, to make room (cause ``evicted``)."""
+        if isinstance(victim, SessionTasks):
+            if self.sessions.get(victim.key) is victim:
+                for task in list(victim.tasks.values()):
+                    self._forget(victim, task, "evicted")
+                self._session_ended(victim.key, "evicted")
+            return
+        session = self.sessions.get(victim.session_key)
+        if session is not None and session.tasks.get(victim.id) is victim:
+            self._forget(session, victim, "evicted")
+
+    def _session_ended(self, session_key: str, cause: str) -> None:
+        for hook in self.events.on_session_ended:
+            hook(session_key, cause)
 
     async def replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
         return self._replay(session_key, idempotency)
 
-    def _replay(self, session_key: str, idempotency: Idempotency) -> Task | None:
+    def _replay(self, session_key: str, idempotency: Idempotency) -> StoredTask | None:
         keys = self.keys.get(session_key)
         seen = keys.get(idempotency.key) if keys is not None else None
         if seen is None:
@@ -278,7 +415,7 @@ class MemoryTaskStore:
         automatic: bool = False,
         dead_letter: bool = False,
         keep_auto_retries: bool = False,
-    ) -> Task:
+    ) -> StoredTask:
         task = self._find(session_key, task_id)
         source = task.status
         if (
@@ -292,8 +429,10 @@ class MemoryTaskStore:
         session.changed_ms = now
         if source in TERMINAL:
             del session.finished[source][task.id]
+            del session.client.finished[task.id]
         elif source is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
+            session.client.unstarted.pop(task.id, None)
             session.later.pop(task.id, None)
         if target is TaskStatus.RUNNING:
             task.attempts += 1
@@ -303,7 +442,8 @@ class MemoryTaskStore:
         elif target is TaskStatus.PENDING:  # retry: a fresh attempt from zero
             task.progress = 0
             task.current_step = task.current_step_description = None
-            task.result = task.error = None
+            task.result = NULL
+            task.error = None
             task.started_at = task.completed_at = None
             task.dead_lettered = False
             if not keep_auto_retries:
@@ -312,11 +452,12 @@ class MemoryTaskStore:
             task.completed_at = now
             task.scheduled_at = None
             session.finished[target][task.id] = None
+            session.client.finished[task.id] = session
             # No line is added to a finished task: its book is made again if it is retried
             # (two objects fewer per retained task for the collector to walk).
             self._logbooks.pop(task.id, None)
             if target is TaskStatus.COMPLETED:
-                task.result = result
+                task.result = result if isinstance(result, msgspec.Raw) else encoded(result)
                 task.progress = 100
                 session.duration_total_ms += now - (task.started_at or now)
             elif error is not None:
@@ -362,7 +503,7 @@ class MemoryTaskStore:
         owner: str | None = None,
         report: Report | None = None,
         lines: Sequence[LogLine] = (),
-    ) -> Task:
+    ) -> StoredTask:
         # No await between the steps: on the event loop, this is one step.
         task = self._find(session_key, task_id)
         if task.status is not TaskStatus.RUNNING or task.attempts != attempt:
@@ -473,22 +614,30 @@ class MemoryTaskStore:
         self._forget(self.sessions[session_key], task)
         return task
 
-    def _forget(self, session: SessionTasks, task: Task, cause: str | None = None) -> None:
+    def _forget(self, session: SessionTasks, task: StoredTask, cause: str | None = None) -> None:
         del session.tasks[task.id]
         self._logbooks.pop(task.id, None)
         session.counts[task.status] -= 1
         self._totals[task.status] -= 1
+        self._held -= 1
         session.changed_ms = self.clock.now_ms()
+        client = session.client
+        client.tasks -= 1
         if task.status in TERMINAL:
             del session.finished[task.status][task.id]
+            del client.finished[task.id]
             if task.status is TaskStatus.COMPLETED:
                 session.duration_total_ms -= task.duration_ms or 0
         elif task.status is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
+            client.unstarted.pop(task.id, None)
             session.later.pop(task.id, None)
         del session.order[task.id]
         if not session.tasks:
             del self.sessions[session.key]
+            del client.sessions[session.key]
+            if not client.sessions:
+                del self.clients[client.key]
         for hook in self.events.on_removed:
             hook(task, cause)
         self._publish(task, EventType.REMOVED, None)
@@ -575,6 +724,7 @@ class MemoryTaskStore:
                 for task in list(session.tasks.values()):
                     self._forget(session, task, "expired")
                 self.buckets.forget(session.key)
+                self._session_ended(session.key, "expired")
         return result
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> float:
@@ -612,7 +762,7 @@ class MemoryTaskStore:
             below = _cursor(cursor)
             merged = itertools.dropwhile(lambda pair: pair[0] >= below, merged)
         if where.is_empty:
-            total = sum(self._totals.values())
+            total = self._held
         elif where.executor is None and where.tag is None and where.dead_letter is None:
             assert where.status is not None
             total = self._totals[where.status]
@@ -642,6 +792,40 @@ def _begin_later(session: SessionTasks, task_id: str, began: int) -> None:
     if len(session.later_heap) > 2 * len(session.later) + 64:  # drop the stale entries (amortized O(1))
         session.later_heap = [(at, i) for at, i in session.later_heap if session.later.get(i) == at]
         heapq.heapify(session.later_heap)
+
+
+def _reached(held: int, cap: int | None) -> bool:
+    return cap is not None and held >= cap
+
+
+def _idle(session: SessionTasks) -> bool:
+    return not session.active
+
+
+def _unwatched(session: SessionTasks) -> bool:
+    """Nothing of it runs or was ever started: what a full pool may take from a larger holder."""
+    never_started = len(session.unstarted) + len(session.later)
+    return not session.counts[TaskStatus.RUNNING] and session.counts[TaskStatus.PENDING] == never_started
+
+
+def _least_recent(
+    sessions: Iterable[SessionTasks], fits: Callable[[SessionTasks], bool], gone: set[str]
+) -> SessionTasks | None:
+    """The least recently changed of `sessions` that `fits`, leaving out those in `gone`."""
+    best = None
+    for session in sessions:
+        if session.key not in gone and (best is None or session.changed_ms < best.changed_ms) and fits(session):
+            best = session
+    return best
+
+
+def _first(index: dict[str, SessionTasks], gone: set[str]) -> StoredTask | None:
+    """The first task of a client's index (never started, or finished) not in a session in
+    `gone`, among its first `_LOOKS`."""
+    for task_id, session in itertools.islice(index.items(), _LOOKS):
+        if session.key not in gone:
+            return session.tasks[task_id]
+    return None
 
 
 def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:

@@ -11,6 +11,12 @@ answered with ``X-Session-Token-Status: invalid``; a bad token from the cookie i
 also cleared (unless a new session's cookie replaces it), so a browser stops
 sending it.
 
+A request with a stream ticket is in the ticket's session (`async_tasks.web.security`
+checked it); one that would be given a new session draws from its client's new-session
+budget first (NEW_SESSIONS_PER_CLIENT_PER_MINUTE: 429 ``rate_limited`` beyond). A
+request's client (`async_tasks.clients`: its address, as a keyed hash; `client_of`) is
+worked out only by the routes whose budgets count it.
+
 Every HTTP request gets an id: the client's ``X-Request-ID`` when it is 1-128
 characters of ``[A-Za-z0-9._:-]``, else a generated uuid4 hex. It is stored in scope
 state (so a task created by the request records it), echoed in the ``X-Request-ID``
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any
 
@@ -30,8 +37,10 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from async_tasks.clients import LOCAL_PEER
 from async_tasks.context import request_id_var, session_key_var
 from async_tasks.sessions import SessionResolver
+from async_tasks.web.security import TICKET_STATE_KEY
 
 #: Scope-state keys this middleware writes.
 SESSION_STATE_KEY = "async_tasks_session_key"
@@ -77,6 +86,13 @@ def session_key_of(scope: Scope) -> str:
     return str(key)
 
 
+def client_of(scope: Scope, sessions: SessionResolver) -> str:
+    """The client this request counts as (`async_tasks.clients`): a keyed hash of its
+    address (the peer's, or the forwarded one behind a trusted proxy)."""
+    client = scope.get("client")
+    return sessions.client_key(client[0] if client else None)
+
+
 class RequestMiddleware(ASGIMiddleware):
     """Resolves the request id, and the session (except on the routes whose ``opt`` has
     `session_exempt_key`, health probes and scrapes, or `NO_SESSION_OPT_KEY`), of every HTTP and WebSocket request
@@ -88,9 +104,17 @@ class RequestMiddleware(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
-    def __init__(self, resolver: SessionResolver, session_exempt_key: str | None = None) -> None:
+    def __init__(
+        self,
+        resolver: SessionResolver,
+        session_exempt_key: str | None = None,
+        admit_session: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        """`admit_session(client)` is awaited before a request is given a new session: it
+        raises (`RateLimited`) when the client may not start one now."""
         self.resolver = resolver
         self.session_exempt_key = session_exempt_key
+        self.admit_session = admit_session
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         state: dict[str, Any] = scope.setdefault("state", {})
@@ -104,7 +128,9 @@ class RequestMiddleware(ASGIMiddleware):
         ):
             session_key = state.get(SESSION_STATE_KEY)
         else:
-            session_key, send = self._resolve_session(scope, state, send)
+            session_key, issued, send = self._resolve_session(scope, state, send)
+            if issued and self.admit_session is not None:
+                await self.admit_session(client_of(scope, self.resolver))
         request_token: Token[str | None] = request_id_var.set(request_id)
         session_token: Token[str | None] = session_key_var.set(session_key)
         try:
@@ -113,9 +139,13 @@ class RequestMiddleware(ASGIMiddleware):
             session_key_var.reset(session_token)
             request_id_var.reset(request_token)
 
-    def _resolve_session(self, scope: Scope, state: dict[str, Any], send: Send) -> tuple[str, Send]:
-        """The session key into scope state; `send`, or a wrapper that adds the headers and
-        cookie of a new session or a rejected token."""
+    def _resolve_session(self, scope: Scope, state: dict[str, Any], send: Send) -> tuple[str, bool, Send]:
+        """The session key into scope state; whether it is a new session; `send`, or a
+        wrapper that adds the headers and cookie of a new session or a rejected token."""
+        ticketed = state.get(TICKET_STATE_KEY)
+        if ticketed is not None and self.resolver.settings.enable_session_isolation:
+            state[SESSION_STATE_KEY] = ticketed
+            return ticketed, False, send
         token = None
         cookie_header = None
         for name, value in scope["headers"]:
@@ -133,12 +163,14 @@ class RequestMiddleware(ASGIMiddleware):
         # or issues a new session (and with isolation off, everyone shares one).
         accepted = resolver.key_from_token(token) if token and resolver.settings.enable_session_isolation else None
         rejected = accepted is None and bool(token) and resolver.settings.enable_session_isolation
+        # A request without an address is the local peer's (a Unix socket): never a fresh
+        # session per request.
         key, issued = (
-            (accepted, None) if accepted is not None else resolver.resolve(None, client[0] if client else None)
+            (accepted, None) if accepted is not None else resolver.resolve(None, client[0] if client else LOCAL_PEER)
         )
         state[SESSION_STATE_KEY] = key
         if (issued is None and not rejected) or scope["type"] != ScopeType.HTTP:
-            return key, send
+            return key, issued is not None, send
         if issued is not None:
             state[ISSUED_TOKEN_STATE_KEY] = issued
             set_cookie = session_cookie(resolver, issued).to_header(header="").strip()
@@ -158,7 +190,7 @@ class RequestMiddleware(ASGIMiddleware):
                     headers.add("set-cookie", set_cookie)
             await send(message)
 
-        return key, send_with_session
+        return key, issued is not None, send_with_session
 
 
 def _expired_cookie(resolver: SessionResolver) -> str:

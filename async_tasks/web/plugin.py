@@ -103,7 +103,11 @@ class AsyncTasksPlugin(InitPluginProtocol):
         self.system.on_shutdown.append(self.streams.close)
         #: Prometheus metrics in this app's own registry (None with METRICS_ENABLED=false).
         self.metrics = (
-            TaskMetrics(self.system, events_dropped=lambda: self.streams.events_dropped_total)
+            TaskMetrics(
+                self.system,
+                events_dropped=lambda: self.streams.events_dropped_total,
+                streams_evicted=lambda: self.streams.streams_evicted_total,
+            )
             if self.settings.metrics_enabled
             else None
         )
@@ -119,6 +123,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             shared=self.system.backend.events,
             max_streams=self.settings.max_streams,
             max_streams_per_session=self.settings.max_streams_per_session,
+            max_streams_per_client=self.settings.max_streams_per_client,
             outlook=self.system.outlook,
         )
 
@@ -175,13 +180,16 @@ class AsyncTasksPlugin(InitPluginProtocol):
                 api_path=self.path or "/",
                 sessions=system.sessions,
                 addresses=system.server_addresses,
+                spend_ticket=system.spend_ticket,
             )
         )
         app_config.plugins.append(BoundaryResponses(self.path or "/"))  # ...and their errors, documented
         if app_config.cors_config is None:
             app_config.cors_config = cors_config(self.settings)
         # The session (health probes and scrapes need none) and the request id.
-        app_config.middleware.append(RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY))
+        app_config.middleware.append(
+            RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY, admit_session=system.admit_new_session)
+        )
         app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
         app_config.lifespan.append(self.lifespan)
         app_config.signature_namespace["TaskSystem"] = TaskSystem

@@ -6,10 +6,13 @@ WebSocket requests, with everything it compares computed once at start-up:
 
 * **Proxy headers.** With TRUST_PROXY_HEADERS the client address and scheme come
   from ``X-Forwarded-For`` / ``X-Forwarded-Proto`` when the peer is one of
-  FORWARDED_ALLOW_IPS, whatever server runs the app. Without it, a request carrying
-  forwarding headers gets no client address (so no IP-mapped session): plain
-  ``uvicorn`` believes ``X-Forwarded-For`` from loopback by default, and that must
-  not let a local page or process pick another caller's IP session.
+  FORWARDED_ALLOW_IPS, whatever server runs the app. Otherwise a request carrying
+  forwarding headers belongs to its peer like any other (its IP session, its client's
+  budgets: `async_tasks.clients`): the headers change nothing. Plain ``uvicorn``
+  believes ``X-Forwarded-For`` from loopback by default and hands the app the claimed
+  address (with port 0) instead of the peer: such a request is the client
+  `FORWARDED_PEER`, so a local page or process can pick neither another caller's IP
+  session nor a fresh client per request.
 * **Host** (DNS rebinding). The ``Host`` header must be a loopback name
   (``localhost``, ``*.localhost``), an IP literal (a rebinding page always sends its
   own name), HOST, or one of ALLOWED_HOSTS (``*.example.com`` for subdomains, ``*``
@@ -33,7 +36,10 @@ WebSocket requests, with everything it compares computed once at start-up:
   METRICS_TOKEN, ``/metrics`` needs ``Authorization: Bearer <token>``.
 * **Stream tickets.** ``EventSource`` and browser WebSockets cannot send headers: a
   stream route accepts ``?ticket=`` (from ``POST /session/ticket``, valid
-  STREAM_TICKET_TTL seconds) in place of the session token and the API key.
+  STREAM_TICKET_TTL seconds) in place of the session token and the API key. A ticket
+  opens one stream: its nonce is spent on the task store (so across API processes too)
+  and a second use is 401 ``invalid_ticket``. The stream is in the ticket's session
+  (`TICKET_STATE_KEY`), whatever address or cookie comes with it.
 * **Share links.** ``GET <api>/shared/{token}`` and its ``/events`` need no API key:
   the share token in the path is checked by the route and reads one task only.
 * **Secure cookies.** A request over TLS (directly, or behind a trusted proxy that
@@ -52,7 +58,7 @@ import hashlib
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
@@ -62,8 +68,10 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from async_tasks.clients import FORWARDED_PEER
+from async_tasks.errors import StoreUnavailable
 from async_tasks.executor import ServerAddresses
-from async_tasks.sessions import SessionResolver
+from async_tasks.sessions import SessionResolver, Ticket
 from async_tasks.settings import Settings
 
 logger = logging.getLogger("async_tasks.security")
@@ -90,6 +98,8 @@ CORS_EXPOSE_HEADERS: Final = (
 #: naming who called it (set here once the key is checked).
 ADMIN_PATH: Final = "/admin"
 ADMIN_STATE_KEY: Final = "async_tasks_admin"
+#: The scope-state key holding the session a valid stream ticket stands for.
+TICKET_STATE_KEY: Final = "async_tasks_ticket_session"
 #: A refusal: status, error code, message.
 _Refusal = tuple[int, str, str]
 
@@ -165,9 +175,19 @@ class BoundaryMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     def __init__(
-        self, settings: Settings, *, api_path: str, sessions: SessionResolver, addresses: ServerAddresses
+        self,
+        settings: Settings,
+        *,
+        api_path: str,
+        sessions: SessionResolver,
+        addresses: ServerAddresses,
+        spend_ticket: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`spend_ticket(nonce)`: True the first time a ticket's nonce is spent (the task
+        store keeps the spent ones: `TaskSystem.spend_ticket`); None lets a ticket open any
+        number of streams."""
         self.sessions = sessions
+        self.spend_ticket = spend_ticket
         self.addresses = addresses
         self.api_prefix = api_path.rstrip("/")
         self.stream_socket = self.api_prefix + "/ws"
@@ -238,6 +258,8 @@ class BoundaryMiddleware(ASGIMiddleware):
         # The API, and the session stream's second door at the root (``/ws``).
         if path.startswith(self.api_prefix) or path == ROOT_SOCKET_PATH:
             refusal = self._check_api(scope, path, host, origin, content_type, authorization, api_key, body)
+            if isinstance(refusal, Ticket):
+                refusal = await self._spend(refusal)
             if refusal is not None:
                 await self._refuse(scope, receive, send, *refusal)
                 return
@@ -269,7 +291,8 @@ class BoundaryMiddleware(ASGIMiddleware):
         authorization: bytes | None,
         api_key: bytes | None,
         body: bool,
-    ) -> _Refusal | None:
+    ) -> _Refusal | Ticket | None:
+        """A refusal; or a valid stream ticket, to spend before the request goes on; or None."""
         websocket = scope["type"] == ScopeType.WEBSOCKET
         method = "" if websocket else scope["method"]  # type: ignore[typeddict-item]
         state_changing = websocket or method not in _SAFE_METHODS
@@ -292,25 +315,36 @@ class BoundaryMiddleware(ASGIMiddleware):
                 )
             scope.setdefault("state", {})[ADMIN_STATE_KEY] = who
             return self._check_body(method, websocket, content_type, body)
-        ticketed = False
+        ticket = None
         if (websocket or path.endswith("/events")) and _TICKET_PARAM in scope.get("query_string", b""):
-            key = self._ticket(scope)
-            if key is None:
-                return (
-                    401,
-                    "invalid_ticket",
-                    "The stream ticket is invalid or expired (they last STREAM_TICKET_TTL seconds): "
-                    f"get a new one with POST {self.api_prefix}/session/ticket.",
-                )
-            ticketed = True
+            ticket = self._ticket(scope)
+            if ticket is None:
+                return self._invalid_ticket("is invalid or expired (they last STREAM_TICKET_TTL seconds)")
         shared = not state_changing and path.startswith(self.shared_prefix)
-        if self.api_keys and not ticketed and not shared and not self._key_allowed(authorization, api_key):
+        if self.api_keys and ticket is None and not shared and not self._key_allowed(authorization, api_key):
             return (
                 401,
                 "unauthorized",
                 "This server needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
             )
-        return self._check_body(method, websocket, content_type, body)
+        return self._check_body(method, websocket, content_type, body) or ticket
+
+    def _invalid_ticket(self, why: str) -> _Refusal:
+        return (
+            401,
+            "invalid_ticket",
+            f"The stream ticket {why}: get a new one with POST {self.api_prefix}/session/ticket.",
+        )
+
+    async def _spend(self, ticket: Ticket) -> _Refusal | None:
+        """Spend a valid ticket: it opens this stream and no other."""
+        if self.spend_ticket is None:
+            return None
+        try:
+            first = await self.spend_ticket(ticket.nonce)
+        except StoreUnavailable as exc:
+            return (503, exc.code, exc.message)
+        return None if first else self._invalid_ticket("was already used (a ticket opens one stream)")
 
     def _check_body(self, method: str, websocket: bool, content_type: bytes | None, body: bool) -> _Refusal | None:
         if body and not websocket and method not in _SAFE_METHODS:
@@ -380,33 +414,29 @@ class BoundaryMiddleware(ASGIMiddleware):
     def _bearer_is(self, authorization: bytes | None) -> bool:
         return authorization is not None and _bearer(authorization) == self.metrics_token
 
-    def _ticket(self, scope: Scope) -> str | None:
-        """Resolve ``?ticket=``: the session it stands for goes in as its token."""
+    def _ticket(self, scope: Scope) -> Ticket | None:
+        """Read ``?ticket=``: the session it stands for goes into scope state (the session
+        middleware puts the request in it)."""
         values = parse_qs(scope["query_string"].decode("latin-1")).get("ticket")
-        key = self.sessions.key_from_ticket(values[-1]) if values else None
-        if key is None:
-            return None
-        if key.startswith("s_"):  # a token session: the session middleware reads the token
-            token = self.sessions.token_for(key).encode()
-            headers = [(n, v) for n, v in scope["headers"] if n != b"x-session-token"]
-            headers.append((b"x-session-token", token))
-            scope["headers"] = headers
-        return key
+        ticket = self.sessions.read_ticket(values[-1]) if values else None
+        if ticket is not None:
+            scope.setdefault("state", {})[TICKET_STATE_KEY] = ticket.session_key
+        return ticket
 
     def _apply_forwarding(self, scope: Scope) -> None:
         client = scope.get("client")
-        if not self.trust_proxy:
-            if client is not None:
-                scope["client"] = None  # no IP session from an address anyone can claim
-            if not self._warned_forwarding:
+        if not (self.trust_proxy and client is not None and self._peer_trusted(str(client[0]))):
+            # Not believed: the request is its peer's. A peer the server already replaced
+            # with a claimed address (port 0: uvicorn's proxy headers) is unknown.
+            if client is not None and client[1] == 0:
+                scope["client"] = (FORWARDED_PEER, 0)
+            if not self.trust_proxy and not self._warned_forwarding:
                 self._warned_forwarding = True
                 logger.warning(
-                    "A request carried X-Forwarded-For or Forwarded, but TRUST_PROXY_HEADERS is false: its "
-                    "client address is not used for sessions. Behind a proxy you run, set "
+                    "A request carried X-Forwarded-For or Forwarded, but TRUST_PROXY_HEADERS is false: it counts "
+                    "as its peer's, not as the address it claims. Behind a proxy you run, set "
                     "TRUST_PROXY_HEADERS=true (and FORWARDED_ALLOW_IPS to the proxy's address)."
                 )
-            return
-        if client is None or not self._peer_trusted(str(client[0])):
             return
         headers = dict(scope["headers"])
         chain = [part.strip() for part in headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")]

@@ -29,12 +29,23 @@ lookup per event.
   the session's channel with a global sequence number, and the bridge only subscribes
   (`shared`); a stream's floor is the sequence its snapshots were read at, and a
   channel that reconnected (`resync`) sends fresh snapshots to every open stream.
-* **Bounded and cheap.** At most `max_streams` streams are open at once, and
-  `max_streams_per_session` in one session (MAX_STREAMS, MAX_STREAMS_PER_SESSION):
-  beyond, opening one raises `QuotaExceeded` (429). Each event is encoded once for
-  all its subscribers: the channel message is decoded once (cached by its bytes)
-  into a `Frame` that carries the SSE lines and the WebSocket text ready to send.
-  The caps count this process's streams (with Redis, each API process has its own).
+* **Bounded, fairly, and cheap.** At most `max_streams` streams are open at once,
+  `max_streams_per_session` in one session and `max_streams_per_client` for one client
+  (an address: `async_tasks.clients`) (MAX_STREAMS, MAX_STREAMS_PER_SESSION,
+  MAX_STREAMS_PER_CLIENT): beyond, opening one raises `QuotaExceeded` (429), except
+  that when all `max_streams` are open, a client holding fewer than the largest holder
+  gets in and that holder's oldest stream ends (it gets an ``error`` event,
+  ``stream_evicted``, and may reconnect later). Streams opened through share links
+  (``shared``) count against the viewer's client and against a cap of their own per
+  session, never against the session's own streams: viewers cannot lock the owner
+  out. Each event is encoded once for all its subscribers: the channel message is
+  decoded once (cached by its bytes) into a `Frame` that carries the SSE lines and
+  the WebSocket text ready to send. The caps count this process's streams (with
+  Redis, each API process has its own): what a stream holds, a socket, memory and a
+  share of the event loop, is the process's.
+* **A session that ends** (forgotten by the store when idle, or to make room:
+  `EventHub.on_session_ended`; on Redis, an ``ended`` envelope on its channel) ends
+  its streams, ticketed ones included.
 * **Shutdown.** `close()` sets `closing`, stops forwarding and ends every open
   stream at once. The plugin calls it when shutdown begins (SIGTERM through
   `AsyncTasksPlugin.request_shutdown`, or the end of the lifespan), before the
@@ -60,6 +71,7 @@ from litestar.channels.backends.base import ChannelsBackend
 from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.channels.subscriber import BacklogStrategy, Subscriber
 
+from async_tasks.clients import fair_victims
 from async_tasks.errors import QuotaExceeded, TaskNotFound
 from async_tasks.events import EtaEvent, Event, EventHub, EventType, LogEvent, SnapshotEvent
 from async_tasks.store.base import TaskFilter, TaskStore
@@ -85,6 +97,26 @@ _TERMINAL_VALUES: Final = frozenset(status.value for status in TERMINAL)
 _KEEPALIVE_ITEM: Final = b""  # never a valid envelope
 _RESYNC_ITEM: Final = b"resync"  # nor this
 _LOOK_ITEM: Final = b"look"  # nor this: a task's stream looks again at where its task stands
+_EVICTED_ITEM: Final = b"evicted"  # nor this
+#: The envelope type announcing that a session ended (its streams end).
+ENDED: Final = "ended"
+#: Seconds an evicted stream is told to wait before it reconnects.
+EVICTED_RETRY_AFTER: Final = 30
+
+
+class StreamEvicted(QuotaExceeded):
+    """A stream ended to let another client's in: the server was at MAX_STREAMS and this
+    stream's client held the most."""
+
+    code = "stream_evicted"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The server had all its {limit} streams open (MAX_STREAMS) and another address needed one; yours "
+            "held the most, so its oldest stream ended. Reconnect later, or poll /tasks/{id}/status.",
+            retry_after=EVICTED_RETRY_AFTER,
+            details={"limit": limit, "setting": "MAX_STREAMS"},
+        )
 
 
 class Frame(NamedTuple):
@@ -274,17 +306,33 @@ class StreamSubscriber(Subscriber):
 class _Session:
     """Bookkeeping of one session with at least one open stream."""
 
-    __slots__ = ("channel", "key", "last_sent", "streams", "subscribers")
+    __slots__ = ("channel", "key", "last_sent", "shared_streams", "streams", "subscribers")
 
     def __init__(self, key: str, channel_prefix: str = CHANNEL_PREFIX) -> None:
         self.key = key
         self.channel = channel_prefix + key
         self.subscribers: set[StreamSubscriber] = set()
-        #: Streams open or opening here (counted before subscribing, for the caps).
+        #: Streams open or opening here (counted before subscribing, for the caps): the
+        #: session's own, and those opened through its share links.
         self.streams = 0
+        self.shared_streams = 0
         #: (task id, event type) -> monotonic time its last progress or log event went out
         #: (coalescing only).
         self.last_sent: dict[tuple[str, EventType], float] = {}
+
+
+class _Stream:
+    """One open (or opening) stream, as the caps count it."""
+
+    __slots__ = ("client", "evicted", "released", "session", "shared", "subscriber")
+
+    def __init__(self, session: _Session, client: str, shared: bool) -> None:
+        self.session = session
+        self.client = client
+        self.shared = shared
+        self.subscriber: StreamSubscriber | None = None
+        self.evicted = False
+        self.released = False
 
 
 class _Pending:
@@ -325,6 +373,7 @@ class StreamBridge:
         backend: ChannelsBackend | None = None,
         max_streams: int | None = None,
         max_streams_per_session: int | None = None,
+        max_streams_per_client: int | None = None,
         shared: EventSource | None = None,
         outlook: OutlookSource | None = None,
     ) -> None:
@@ -335,7 +384,8 @@ class StreamBridge:
             keepalive_interval: seconds between keep-alives on idle SSE streams.
             max_backlog: events held per stream before the oldest are dropped.
             backend: the channels backend (in-memory by default; `shared`'s when given).
-            max_streams / max_streams_per_session: open streams allowed (None: no cap).
+            max_streams / max_streams_per_session / max_streams_per_client: open streams
+                allowed (None: no cap).
             shared: the backend's event source, when changes happen in other processes
                 too (Redis): the bridge then only subscribes to its channels, and takes
                 snapshots and floors from it.
@@ -347,8 +397,13 @@ class StreamBridge:
             backend = shared.channels_backend(on_resubscribe=self.resync)
         self.max_streams = max_streams
         self.max_streams_per_session = max_streams_per_session
+        self.max_streams_per_client = max_streams_per_client
         #: Streams open or opening, in all sessions.
         self.open_streams = 0
+        #: Each client's open streams, the oldest first.
+        self.clients: dict[str, dict[_Stream, None]] = {}
+        #: Streams ended to let another client's in (for metrics and tests).
+        self.streams_evicted_total = 0
         self._frames: dict[bytes, tuple[_Envelope, Frame]] = {}
         self.store = store
         self.hub: EventHub = store.events
@@ -414,6 +469,8 @@ class StreamBridge:
         self._wakeup = anyio.Event()
         await self.channels.__aenter__()
         self.running = True
+        if self.shared is None:  # (a shared backend announces ended sessions on their channels)
+            self.hub.on_session_ended.append(self._on_session_ended)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -421,6 +478,8 @@ class StreamBridge:
                 tg.start_soon(self._keepalive_loop)
                 task_status.started()
         finally:
+            if self._on_session_ended in self.hub.on_session_ended:
+                self.hub.on_session_ended.remove(self._on_session_ended)
             self._tg = None
             self.close()
             self.running = False
@@ -505,6 +564,15 @@ class StreamBridge:
                 session.last_sent.pop((task_id, kind), None)
         self._publish(session, event, seq)
 
+    def _on_session_ended(self, session_key: str, cause: str) -> None:
+        """The store forgot a session: its streams end, after the events already sent."""
+        session = self.sessions.get(session_key)
+        if session is None or not self.running or self.closing.is_set():
+            return
+        self._seq += 1
+        data = _encode({"type": ENDED, "sessionKey": session_key, "reason": cause})
+        self.channels.publish(_encode(_Envelope(self._seq, "", ENDED, "", 0, msgspec.Raw(data))), session.channel)
+
     def _publish(self, session: _Session, event: Event, seq: int) -> None:
         data = _encode(event)
         envelope = _Envelope(seq, event.task_id, event.type.value, event.status, event.attempt, msgspec.Raw(data))
@@ -543,53 +611,110 @@ class StreamBridge:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def _check_caps(self, session: _Session | None) -> None:
+    def _check_caps(self, session: _Session | None, client: str, shared: bool) -> None:
+        """Refuse a stream beyond a cap (`QuotaExceeded`), or end the largest holder's oldest
+        stream to make room for it in a full server."""
         per_session = self.max_streams_per_session
-        if per_session is not None and session is not None and session.streams >= per_session:
+        held = 0 if session is None else session.shared_streams if shared else session.streams
+        if per_session is not None and held >= per_session:
             raise QuotaExceeded(
-                f"This session already has {session.streams} open streams (the limit is {per_session}, "
+                f"This task's share links already have {held} open streams (the limit is {per_session}, "
+                "MAX_STREAMS_PER_SESSION). Close one first."
+                if shared
+                else f"This session already has {held} open streams (the limit is {per_session}, "
                 "MAX_STREAMS_PER_SESSION). Close one first, or follow several tasks on the session stream.",
                 retry_after=5,
                 details={"limit": per_session, "setting": "MAX_STREAMS_PER_SESSION"},
             )
-        if self.max_streams is not None and self.open_streams >= self.max_streams:
+        own = len(self.clients.get(client, ()))
+        per_client = self.max_streams_per_client
+        if per_client is not None and own >= per_client:
             raise QuotaExceeded(
-                f"The server has {self.open_streams} open streams (the limit is {self.max_streams}, MAX_STREAMS). "
-                "Try again later, or poll /tasks/{id}/status.",
+                f"Your address already has {own} open streams (the limit is {per_client}, MAX_STREAMS_PER_CLIENT). "
+                "Close one first, or follow several tasks on one session stream.",
                 retry_after=5,
-                details={"limit": self.max_streams, "setting": "MAX_STREAMS"},
+                details={"limit": per_client, "setting": "MAX_STREAMS_PER_CLIENT"},
             )
+        if self.max_streams is not None and self.open_streams >= self.max_streams:
+            others = [streams for key, streams in self.clients.items() if key != client]
+            victims = fair_victims(others, len, own, most=1)
+            if not victims:
+                raise QuotaExceeded(
+                    f"The server has {self.open_streams} open streams (the limit is {self.max_streams}, MAX_STREAMS), "
+                    "and no address holds more than yours. Try again later, or poll /tasks/{id}/status.",
+                    retry_after=5,
+                    details={"limit": self.max_streams, "setting": "MAX_STREAMS"},
+                )
+            self._evict(next(iter(victims[0])))
+
+    def _evict(self, stream: _Stream) -> None:
+        """End `stream` to make room: its place is free at once, and it ends with an error
+        saying why (`StreamEvicted`) as soon as it reads."""
+        self._release(stream)
+        stream.evicted = True
+        self.streams_evicted_total += 1
+        if stream.subscriber is not None:
+            stream.subscriber.put_nowait(_EVICTED_ITEM)
+
+    def _release(self, stream: _Stream) -> None:
+        """Give `stream`'s places back (once)."""
+        if stream.released:
+            return
+        stream.released = True
+        if stream.shared:
+            stream.session.shared_streams -= 1
+        else:
+            stream.session.streams -= 1
+        self.open_streams -= 1
+        streams = self.clients.get(stream.client)
+        if streams is not None:
+            streams.pop(stream, None)
+            if not streams:
+                del self.clients[stream.client]
 
     @asynccontextmanager
-    async def _subscription(self, session_key: str, *, keepalive: bool) -> AsyncIterator[StreamSubscriber]:
+    async def _subscription(
+        self, session_key: str, *, keepalive: bool, client: str, shared: bool
+    ) -> AsyncIterator[StreamSubscriber]:
         session = self.sessions.get(session_key)
-        self._check_caps(session)
+        self._check_caps(session, client, shared)
         if session is None:
             session = self.sessions[session_key] = _Session(session_key, self.channel_prefix)
             if self._detach is None and not self.closing.is_set() and self.shared is None:
                 self._detach = self.hub.subscribe(self._on_event)
-        session.streams += 1
+        stream = _Stream(session, client, shared)
+        if shared:
+            session.shared_streams += 1
+        else:
+            session.streams += 1
         self.open_streams += 1
+        self.clients.setdefault(client, {})[stream] = None
         subscriber: StreamSubscriber | None = None
         try:
             new = await self.channels.subscribe(session.channel)
             assert isinstance(new, StreamSubscriber)
-            subscriber = new
+            subscriber = stream.subscriber = new
             subscriber.keepalive = keepalive
             subscriber.on_drop = self._count_drop
             session.subscribers.add(subscriber)
+            if stream.evicted:  # evicted while we subscribed
+                subscriber.put_nowait(_EVICTED_ITEM)
             if self.closing.is_set():  # closed while we subscribed: end after the snapshot
                 subscriber.put_nowait(None)
             yield subscriber
         finally:
-            session.streams -= 1
-            self.open_streams -= 1
+            self._release(stream)
             with anyio.CancelScope(shield=True):
                 if subscriber is not None:
                     session.subscribers.discard(subscriber)
                     await self.channels.unsubscribe(subscriber, session.channel)
                     self._forget_channel(session.channel)
-                if not session.streams and not session.subscribers and self.sessions.get(session_key) is session:
+                if (
+                    not session.streams
+                    and not session.shared_streams
+                    and not session.subscribers
+                    and self.sessions.get(session_key) is session
+                ):
                     del self.sessions[session_key]
                     for key in [key for key, p in self._pending.items() if p.session is session]:
                         del self._pending[key]
@@ -605,16 +730,20 @@ class StreamBridge:
 
     # -- streams ----------------------------------------------------------------------
 
-    async def session_stream(self, session_key: str, *, keepalive: bool = True) -> AsyncGenerator[Frame, None]:
+    async def session_stream(
+        self, session_key: str, *, keepalive: bool = True, client: str | None = None
+    ) -> AsyncGenerator[Frame, None]:
         """`OPENED`, a `snapshot` of each task of the session (oldest first), then its
-        events live, until `closing` (or the consumer stops). Yields `KEEPALIVE` when
-        idle if `keepalive`."""
+        events live, until `closing`, the session ends (or the consumer stops). Yields
+        `KEEPALIVE` when idle if `keepalive`. It counts against `client`'s streams (None:
+        the session is its own client); `StreamEvicted` when it ends to make room."""
         if not self.running or self.closing.is_set():
             yield OPENED
             for frame in await self._snapshots(session_key):
                 yield frame
             return
-        async with self._subscription(session_key, keepalive=keepalive) as subscriber:
+        subscription = self._subscription(session_key, keepalive=keepalive, client=client or session_key, shared=False)
+        async with subscription as subscriber:
             yield OPENED
             # Snapshots as late as possible (when the consumer starts reading), and the
             # floor at the same moment: queued events up to it are already in them.
@@ -623,7 +752,7 @@ class StreamBridge:
                 yield frame
             seen_drops = 0
             async for raw in subscriber.iter_events():
-                if self.closing.is_set():
+                if self.closing.is_set() or self._ends(raw):
                     return
                 if not raw:
                     yield KEEPALIVE
@@ -642,11 +771,20 @@ class StreamBridge:
                     yield frame
 
     async def task_stream(
-        self, session_key: str, task_id: str, *, keepalive: bool = True
+        self,
+        session_key: str,
+        task_id: str,
+        *,
+        keepalive: bool = True,
+        client: str | None = None,
+        shared: bool = False,
     ) -> AsyncGenerator[Frame, None]:
         """`OPENED`, a `snapshot` of one task, then its events, ending after the task
         settles: a terminal status it stays in (a failure followed by an automatic
-        retry does not end it), or `removed`. Check the task exists (404) first."""
+        retry does not end it), or `removed` (or when its session ends). Check the task
+        exists (404) first. It counts against `client`'s streams (None: the session is its
+        own client) and, opened through a share link (`shared`), against the session's
+        shared streams rather than its own."""
         task = await self._task(session_key, task_id)
         if task is None:
             yield OPENED
@@ -655,7 +793,8 @@ class StreamBridge:
             yield OPENED
             yield self._snapshot(task)
             return
-        async with self._subscription(session_key, keepalive=keepalive) as subscriber:
+        subscription = self._subscription(session_key, keepalive=keepalive, client=client or session_key, shared=shared)
+        async with subscription as subscriber:
             yield OPENED
             floor, snapshot, settled = await self._floor_and_task(session_key, task_id)
             if snapshot is None:  # removed meanwhile
@@ -668,7 +807,7 @@ class StreamBridge:
                 yield ahead
             seen_drops = 0
             async for raw in subscriber.iter_events():
-                if self.closing.is_set():
+                if self.closing.is_set() or self._ends(raw):
                     return
                 if not raw:
                     yield KEEPALIVE
@@ -709,6 +848,13 @@ class StreamBridge:
         if self.outlook is None:
             return None
         return (await self.outlook(session_key, [task])).get(task.id)
+
+    def _ends(self, raw: bytes) -> bool:
+        """Whether a stream ends at this item: its session ended (True); or it was evicted
+        (raises `StreamEvicted`)."""
+        if raw == _EVICTED_ITEM:
+            raise StreamEvicted(self.max_streams or 0)
+        return raw not in (_KEEPALIVE_ITEM, _RESYNC_ITEM, _LOOK_ITEM) and self._frame_of(raw)[0].type == ENDED
 
     async def _settled(self, session_key: str, envelope: _Envelope) -> bool:
         """Whether the task is still where this terminal event left it (no automatic

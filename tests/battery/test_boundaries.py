@@ -20,6 +20,7 @@ from litestar import Litestar
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 
+from async_tasks.clients import FORWARDED_PEER
 from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
@@ -283,9 +284,10 @@ async def test_metrics_show_aggregates_only(make_app: Callable[..., Litestar]) -
 # -- proxy headers ---------------------------------------------------------------------------
 
 
-async def test_untrusted_forwarding_headers_never_pick_an_ip_session(make_app: Callable[..., Litestar]) -> None:
-    """TRUST_PROXY_HEADERS=false: a claimed X-Forwarded-For gives a fresh session, never the
-    IP session of the address claimed (plain uvicorn would have mapped it)."""
+async def test_untrusted_forwarding_headers_count_as_the_peer(make_app: Callable[..., Litestar]) -> None:
+    """TRUST_PROXY_HEADERS=false: a request claiming an X-Forwarded-For is its peer's, like
+    any other: the peer's IP session, never the claimed address's, never a fresh session
+    per request."""
     app = make_app()
     claimed = SessionResolver(Settings(secret_key=SECRET)).key_for_ip("203.0.113.7")
     async with served(app) as client:
@@ -294,10 +296,29 @@ async def test_untrusted_forwarding_headers_never_pick_an_ip_session(make_app: C
             client.cookies.clear()
             response = await client.get(f"{API}/session", headers={"X-Forwarded-For": "203.0.113.7"})
             keys.add(response.json()["sessionKey"])
-        assert claimed not in keys and len(keys) == 2 and all(key.startswith("s_") for key in keys)
+            assert "set-cookie" not in response.headers
         client.cookies.clear()
         plain = (await client.get(f"{API}/session")).json()["sessionKey"]
-        assert plain.startswith("ip_")
+        assert claimed not in keys and keys == {plain} and plain.startswith("ip_")
+
+
+async def test_an_address_a_server_put_in_from_untrusted_headers_is_one_client(
+    make_app: Callable[..., Litestar],
+) -> None:
+    """Plain uvicorn replaces the peer with the X-Forwarded-For it believes (port 0): with
+    TRUST_PROXY_HEADERS=false the app uses neither that address nor a fresh session, but
+    one IP session for every such request."""
+    app = make_app()
+    resolver = system_of(app).sessions
+    async with app.lifespan():
+        keys = set()
+        for claimed in ("203.0.113.7", "198.51.100.1"):
+            transport = httpx.ASGITransport(app=cast("Any", app), client=(claimed, 0))
+            async with httpx.AsyncClient(transport=transport, base_url=f"http://{TEST_HOST}") as rewritten:
+                response = await rewritten.get(f"{API}/session", headers={"X-Forwarded-For": claimed})
+                keys.add(response.json()["sessionKey"])
+                assert resolver.key_for_ip(claimed) not in keys
+        assert keys == {resolver.key_for_ip(FORWARDED_PEER)}
 
 
 async def test_trusted_proxies_give_the_client_address_and_scheme(make_app: Callable[..., Litestar]) -> None:

@@ -85,6 +85,8 @@ def victim() -> Iterator[Victim]:
             secret_key=SECRET,
             task_create_rate=0.0,
             auto_map_session_by_ip=False,
+            # Each refused token is a new session, all from one address: no per-minute budget.
+            new_sessions_per_client_per_minute=0,
             session_max_age=MAX_AGE,
             allowed_hosts=TEST_HOST,
         ),
@@ -175,7 +177,11 @@ def test_a_raw_cookie_header_never_breaks_the_server(victim: Victim, raw: str) -
 def rotated() -> Iterator[PortalApp]:
     app = create_app(
         Settings(
-            secret_key=f"{NEW},{OLD}", task_create_rate=0.0, auto_map_session_by_ip=False, allowed_hosts=TEST_HOST
+            secret_key=f"{NEW},{OLD}",
+            task_create_rate=0.0,
+            auto_map_session_by_ip=False,
+            allowed_hosts=TEST_HOST,
+            new_sessions_per_client_per_minute=0,
         ),
         TEST_EXECUTORS,
         environ={},

@@ -22,8 +22,10 @@ key: a browser connected to any API process sees changes made by any process, in
 order they committed. Changes made through this object are published on `events` too, and
 its `on_removed` hooks learn what the functions removed by themselves and why.
 
-Params, metadata and results are stored as ``json`` (kept as sent) and come back as plain
-JSON values (the worker converts params before `execute`); `query` returns summaries.
+Params, metadata and results are stored as ``json`` (kept as sent) and come back as
+`StoredTask`s, their JSON undecoded (the worker decodes them for `execute`, `TaskSystem`
+for its callers); `query` returns summaries. Per-client budgets and fair shares
+(`CreateLimits.client` and its caps) are not written for PostgreSQL yet: they are ignored.
 PostgreSQL's text cannot hold the NUL character: one in a task's texts is stored as U+FFFD.
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import msgspec
 
@@ -63,7 +65,7 @@ from async_tasks.store.base import (
     too_many_sessions,
     too_many_tasks,
 )
-from async_tasks.task import Task, TaskStatus
+from async_tasks.task import StoredTask, Task, TaskStatus
 from async_tasks.task_log import LogLine
 
 #: Tasks `trim` and `expire` change per call (a call holds the deployment's lock).
@@ -92,7 +94,7 @@ SIGNATURES: Final[dict[str, tuple[str, ...]]] = {
 
 _STATUSES: Final = tuple(status.value for status in TaskStatus)
 _encode = msgspec.json.Encoder().encode
-_decode_task = msgspec.json.Decoder(Task).decode
+_decode_task = msgspec.json.Decoder(StoredTask).decode
 _encode_lines = msgspec.json.Encoder().encode
 
 
@@ -110,7 +112,7 @@ _decode_reply = msgspec.json.Decoder(_Reply).decode
 
 class _Page(msgspec.Struct):
     total: int
-    tasks: list[Task]
+    tasks: list[StoredTask]
     next: str | None = None
 
 
@@ -119,7 +121,7 @@ _decode_page = msgspec.json.Decoder(_Page).decode
 
 class _AllPage(msgspec.Struct):
     total: int
-    tasks: list[Task]
+    tasks: list[StoredTask]
     seqs: list[int]
 
 
@@ -146,7 +148,7 @@ class Dispatched(NamedTuple):
     worker: str
 
 
-def _task(raw: bytes | str) -> Task:
+def _task(raw: bytes | str) -> StoredTask:
     task = _decode_task(raw)
     _whole(task)
     return task
@@ -334,7 +336,7 @@ class PostgresTaskStore:
         )
         for task in page.tasks:
             _whole(task)
-        return TaskPage(page.tasks, page.total, page.next)
+        return TaskPage(cast("list[Task]", page.tasks), page.total, page.next)
 
     async def snapshot(self, session_key: str, task_id: str | None = None) -> tuple[int, list[bytes]]:
         """The snapshot events (JSON) of the session's newest tasks (at most
@@ -869,7 +871,7 @@ class PostgresTaskStore:
         if limit is not None and len(page.tasks) > limit:
             page.tasks = page.tasks[:limit]
             next_cursor = str(page.seqs[limit - 1])
-        return TaskPage(page.tasks, page.total, next_cursor)
+        return TaskPage(cast("list[Task]", page.tasks), page.total, next_cursor)
 
     async def find(self, task_id: str) -> Task:
         raw = await self.db.call("SELECT task_json(t, true) FROM tasks t WHERE t.id = %s", (task_id,))

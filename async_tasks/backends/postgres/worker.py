@@ -55,7 +55,7 @@ from async_tasks.backends.postgres.schema import migrate, saq_lock_keyspace, sto
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import conclude, handed_back, log_fields, log_finish, run_attempt
+from async_tasks.execution.base import conclude, executor_task, handed_back, log_fields, log_finish, run_attempt
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
@@ -573,11 +573,8 @@ class PostgresWorker:
             self._release(attempt)
 
     def _with_params(self, attempt: _Attempt, executor: TaskExecutor[Any, Any]) -> Task:
-        """The attempt's task with its params as the executor's `Params` (the store keeps
-        plain JSON)."""
-        task = attempt.task
-        params = msgspec.convert(task.params if task.params is not None else {}, type(executor).Params)
-        attempt.task = msgspec.structs.replace(task, params=params)
+        """The attempt's task as the executor takes it (the store keeps encoded JSON)."""
+        attempt.task = executor_task(attempt.task, executor)
         return attempt.task
 
     async def _record(self, attempt: _Attempt, finish: Finish, held: Held) -> None:

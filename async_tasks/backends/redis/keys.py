@@ -20,7 +20,13 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
                               (creation, or a later delayed start)
     P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
                               running), dur (summed run time of completed tasks), changed
-                              (idle expiry), waiting (when it joined the line of sessions)
+                              (idle expiry), waiting (when it joined the line of sessions),
+                              cl (the client it belongs to: `async_tasks.clients`)
+    P ctasks / P csessions    zsets: client -> tasks / sessions it holds (its budgets, fair shares)
+    P cu:<client> / P cf:<client>   zsets: the client's never-started tasks by creation
+                              sequence / its finished tasks by finish sequence (what goes first
+                              when a full pool makes room)
+    P cs:<client>             zset: the client's sessions by last change (P changed: every session's)
     P i:<session> / P ik:<session>   hash / zset: Idempotency-Key -> '<task id>|<fingerprint>',
                               and when each was used (they outlive their tasks for a window)
     P w:<session>             zset: the session's parked tasks (priority first, then first come)
@@ -50,6 +56,7 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P stop                    channel: '<task id>:<attempt>' of a running task cancelled
     P due                     channel: the due time (ms) of a task that became the earliest delayed
     P session:<session>       channel: the session's changes, as the push streams' envelopes
+                              (and ``ended`` when the session was forgotten whole)
 
 and SAQ's keys for each worker's own queue (named ``P w:<worker>``): ``saq:<queue>:queued``,
 ``saq:<queue>:active``, ``saq:<queue>:incomplete``, ``saq:job:<queue>:<job key>``.

@@ -20,9 +20,10 @@ applied them. Changes made through this object are published on `events` too, an
 `on_removed` hooks learn what the scripts removed by themselves and why: what another
 process does reaches its own hub only.
 
-Params and results come back as plain JSON values (the store does not know the
-executors' types); the worker converts params before `execute`. `query` returns
-summaries. Needs a standalone Redis 7 (scripts compute key names; no Cluster).
+Tasks come back as `StoredTask`s: params, metadata and result as their encoded JSON,
+sliced from the script's reply without being decoded (the worker decodes them for
+`execute`, `TaskSystem` for its callers). `query` returns summaries. Needs a standalone
+Redis 7 (scripts compute key names; no Cluster).
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
+    client_has_too_many_sessions,
+    client_has_too_many_tasks,
     idempotency_conflict,
     quota_exceeded,
     refusal,
     too_many_sessions,
     too_many_tasks,
 )
-from async_tasks.task import Task, TaskStatus
+from async_tasks.task import StoredTask, Task, TaskStatus
 from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
@@ -83,8 +86,8 @@ SNAPSHOT_RESULT_BYTES: Final = 16_384
 
 _STATUSES: Final = tuple(status.value for status in TaskStatus)
 _encode = msgspec.json.Encoder().encode
-_decode_task = msgspec.json.Decoder(Task).decode
-_decode_tasks = msgspec.json.Decoder(list[Task]).decode
+_decode_task = msgspec.json.Decoder(StoredTask).decode
+_decode_tasks = msgspec.json.Decoder(list[StoredTask]).decode
 
 
 class RunLimits(NamedTuple):
@@ -129,7 +132,7 @@ class Dispatched(NamedTuple):
     worker: str
 
 
-def _task(raw: bytes) -> Task:
+def _task(raw: bytes) -> StoredTask:
     task = _decode_task(raw)
     _whole(task)
     return task
@@ -139,7 +142,7 @@ def _tasks(raw: bytes) -> list[Task]:
     tasks = _decode_tasks(raw)
     for task in tasks:
         _whole(task)
-    return tasks
+    return cast("list[Task]", tasks)
 
 
 def _whole(task: Task) -> None:
@@ -311,7 +314,7 @@ class RedisTaskStore:
 
     # -- reads ---------------------------------------------------------------------
 
-    async def get(self, session_key: str, task_id: str) -> Task:
+    async def get(self, session_key: str, task_id: str) -> StoredTask:
         raw = await self._run("get", session_key, task_id)
         if raw is None:
             raise TaskNotFound(task_id)
@@ -428,10 +431,10 @@ class RedisTaskStore:
         idempotency: Idempotency | None = None,
         deliver: bool = False,
         due_ms: int | None = None,
-    ) -> tuple[Task, bool]:
+    ) -> tuple[StoredTask, bool]:
         """`TaskStore.create`; with `deliver`, the task is handed to delivery in the same
         step (parked in its session's line, or delayed until `due_ms`)."""
-        kind, payload = await self._run(
+        response = await self._run(
             "create",
             task.session_key,
             task.id,
@@ -442,6 +445,9 @@ class RedisTaskStore:
             "" if limits.max_sessions is None else limits.max_sessions,
             "1" if deliver else "",
             "" if due_ms is None else due_ms,
+            limits.client or "",
+            "" if limits.max_tasks_per_client is None else limits.max_tasks_per_client,
+            "" if limits.max_sessions_per_client is None else limits.max_sessions_per_client,
             "id",
             _encode(task.id),
             "sessionKey",
@@ -468,6 +474,7 @@ class RedisTaskStore:
             _encode(task.request_id),
             op=new_op(),
         )
+        kind, payload = response[0], response[1]
         if kind == b"conflict":
             assert idempotency is not None
             raise idempotency_conflict(idempotency.key, payload.decode())
@@ -482,9 +489,17 @@ class RedisTaskStore:
         if kind == b"tasks":
             assert limits.max_tasks is not None
             raise too_many_tasks(limits.max_tasks, int(payload))
+        if kind == b"client_sessions":
+            assert limits.max_sessions_per_client is not None
+            raise client_has_too_many_sessions(limits.max_sessions_per_client, int(payload))
+        if kind == b"client_tasks":
+            assert limits.max_tasks_per_client is not None
+            raise client_has_too_many_tasks(limits.max_tasks_per_client, int(payload))
         created = _task(payload)
         if kind == b"replay":
             return created, True
+        if len(response) > 2:  # what was removed to make room (a re-sent create has no news)
+            self._removed(response[2])
         for hook in self.events.on_transition:
             hook(created, None)
         self._publish(created, EventType.TRANSITION, None)
@@ -527,7 +542,7 @@ class RedisTaskStore:
         automatic: bool = False,
         dead_letter: bool = False,
         deliver: bool = False,
-    ) -> Task:
+    ) -> StoredTask:
         """`TaskStore.transition`; leaving pending or running withdraws the task's delivery
         (a running attempt is told to stop), and with `deliver` a task entering pending is
         handed to delivery, in the same step."""
@@ -624,7 +639,7 @@ class RedisTaskStore:
         report: Report | None = None,
         lines: Sequence[LogLine] = (),
         skipped: int = 0,
-    ) -> Task:
+    ) -> StoredTask:
         """`TaskStore.finish`; `skipped`: log lines the worker dropped before sending (counted)."""
         response = await self._run(
             "finish",
@@ -660,7 +675,7 @@ class RedisTaskStore:
         self._transitioned(task, TaskStatus.FAILED)
         return task
 
-    async def remove(self, session_key: str, task_id: str) -> Task:
+    async def remove(self, session_key: str, task_id: str) -> StoredTask:
         response = await self._run("remove", session_key, task_id, op=new_op())
         kind = response[0]
         if kind == b"notfound":
@@ -746,12 +761,12 @@ class RedisTaskStore:
 
     # -- delivery: the producer's and the worker's steps ---------------------------------
 
-    async def deliver(self, session_key: str, task_id: str, due_ms: int | None = None) -> Task:
+    async def deliver(self, session_key: str, task_id: str, due_ms: int | None = None) -> StoredTask:
         """Hand a pending task to delivery (see `deliver.lua`); `InvalidTransition` unless pending."""
         response = await self._run("deliver", session_key, task_id, "" if due_ms is None else due_ms, op=new_op())
         return self._changed(response, task_id, "start", hooks=False)  # no status changed
 
-    async def claim(self, session_key: str, task_id: str, attempt: int, worker: str, job_key: str) -> Task:
+    async def claim(self, session_key: str, task_id: str, attempt: int, worker: str, job_key: str) -> StoredTask:
         """Start attempt `attempt`, dispatched to `worker` as SAQ job `job_key`: the task is
         running, owned by the worker. `InvalidTransition` when that dispatch is no longer the
         task's (cancelled, delivered afresh elsewhere, already run)."""
@@ -835,9 +850,10 @@ class RedisTaskStore:
 
     async def verify(self, session_key: str | None = None) -> list[tuple[str, str, int, int]]:
         """Check the counters against the indexes and repair any that drifted, in one
-        session or (None) every session and then the totals; returns each repair as
-        ``(session, field, was, is)`` (``session`` is ``""`` for the totals, ``"executor
-        <name>"`` for the counts by executor)."""
+        session or (None) every session and then the totals and what each client holds;
+        returns each repair as ``(session, field, was, is)`` (``session`` is ``""`` for the
+        totals, ``"executor <name>"`` for the counts by executor, ``"client <key>"`` for a
+        client)."""
         repairs: list[tuple[str, str, int, int]] = []
         batches = [[session_key]] if session_key is not None else await self._session_batches()
         for sessions in batches:
@@ -908,7 +924,7 @@ class RedisTaskStore:
 
     # -- events -------------------------------------------------------------------------
 
-    def _changed(self, response: list[Any], task_id: str, action: str, *, hooks: bool = True) -> Task:
+    def _changed(self, response: list[Any], task_id: str, action: str, *, hooks: bool = True) -> StoredTask:
         """The task a script changed (its refusal raised); the hooks told of the change."""
         kind = response[0]
         if kind == b"notfound":

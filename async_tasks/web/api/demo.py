@@ -19,6 +19,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
+from litestar.types import Scope
 
 from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
@@ -38,7 +39,7 @@ from async_tasks.web.api.schemas import (
 )
 from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
-from async_tasks.web.middleware import session_key_of
+from async_tasks.web.middleware import client_of, session_key_of
 from async_tasks.web.responses import encoded
 
 #: Task options accepted beside the params in a demo body.
@@ -75,15 +76,16 @@ def split_body(executor_cls: type[TaskExecutor[Any, Any]], body: msgspec.Struct)
 
 async def _create(
     system: TaskSystem,
-    session_key: str,
+    scope: Scope,
     executor: str,
     params: Any,
     options: dict[str, Any],
     idempotency_key: str | None,
 ) -> Response[DemoTaskResponse]:
     task, replayed = await system.create_or_replay(
-        session_key, executor=executor, params=params, start=True, idempotency_key=idempotency_key, **options
-    )
+        session_key_of(scope), executor=executor, params=params, start=True, idempotency_key=idempotency_key,
+        client=client_of(scope, system.sessions), **options,
+    )  # fmt: skip
     return encoded(
         demo_response(task),
         status_code=200 if replayed else 201,
@@ -122,7 +124,7 @@ def demo_route(executor_cls: type[TaskExecutor[Any, Any]], system: TaskSystem) -
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DemoTaskResponse]:
         params, options = split_body(executor_cls, await strict_body(request, data))
-        return await _create(system, session_key_of(request.scope), name, params, options, idempotency_key)
+        return await _create(system, request.scope, name, params, options, idempotency_key)
 
     create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]
     return post(
@@ -145,8 +147,8 @@ def demo_route(executor_cls: type[TaskExecutor[Any, Any]], system: TaskSystem) -
     summary="Create and start a task of any registered executor",
 )
 async def create_any_demo_task(
+    request: Request[Any, Any, Any],
     task_system: NamedDependency[TaskSystem],
-    session_key: NamedDependency[str],
     executor: FromPath[Annotated[str, msgspec.Meta(max_length=100)]],
     data: JSONBody[dict[str, Any]],
     idempotency_key: IdempotencyKey = None,
@@ -165,6 +167,6 @@ async def create_any_demo_task(
         raise InvalidParams(message, field=field or None) from None
     options = {f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw}
     try:
-        return await _create(task_system, session_key, executor, data, options, idempotency_key)
+        return await _create(task_system, request.scope, executor, data, options, idempotency_key)
     except UnknownExecutor as exc:  # unregistered between lookup and create
         raise ExecutorNotFound(executor, task_system.executors.names()) from exc

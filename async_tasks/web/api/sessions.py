@@ -11,7 +11,8 @@ from litestar.di import NamedDependency
 from async_tasks.sessions import SHARED_SESSION
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import SessionInfo
-from async_tasks.web.middleware import TOKEN_HEADER, issued_token_of, session_cookie
+from async_tasks.web.errors import responses
+from async_tasks.web.middleware import TOKEN_HEADER, client_of, issued_token_of, session_cookie
 
 
 @get("/session", tags=["sessions"], summary="The caller's session key")
@@ -23,6 +24,7 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
     "/session",
     tags=["sessions"],
     status_code=201,
+    responses=responses(429),
     summary="Start a new session: returns its token and sets the session cookie",
     response_headers=[
         ResponseHeader(
@@ -36,7 +38,8 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
     description=(
         "One request, one session: the token in the body is the one in the `X-Session-Token` "
         "response header and in the cookie. Send it back in the `X-Session-Token` header (or let "
-        "the browser send the cookie) to stay in this session."
+        "the browser send the cookie) to stay in this session. One address may start "
+        "NEW_SESSIONS_PER_CLIENT_PER_MINUTE sessions a minute (429 `rate_limited` beyond)."
     ),
 )
 async def new_session(
@@ -51,6 +54,7 @@ async def new_session(
         # The middleware already started a session for this request (it came without a
         # token): hand out that one; its header and cookie are on the response already.
         return Response(SessionInfo(session_key=session_key, token=issued), status_code=201)
+    await task_system.admit_new_session(client_of(request.scope, task_system.sessions))
     resolver = task_system.sessions
     key, token = resolver.new_session()
     return Response(

@@ -13,6 +13,13 @@ it reads nothing else: no other task, no list, no session stream. A task that is
 draws from a token bucket of its own per session, at the create rate
 (TASK_CREATE_RATE, TASK_CREATE_BURST). The read routes need no session and no API key:
 the token is the credential (`async_tasks.web.security` lets them through).
+
+A link is handed to others, so what its viewers do never counts against its owner:
+their reads draw from a bucket of their own (TASK_READ_RATE, per shared session), and
+their streams count against the viewer's address (MAX_STREAMS_PER_CLIENT) and a cap of
+their own per shared session (MAX_STREAMS_PER_SESSION again), never the session's own
+streams. However many phones open a link, the owner's dashboard still gets its stream
+and its reads.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from async_tasks.web.api.schemas import SharedTaskResponse, SharedTaskView, Shar
 from async_tasks.web.api.streams import LastEventId, task_event_stream
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import ShareLinkRefused, responses
-from async_tasks.web.middleware import NO_SESSION_OPT_KEY
+from async_tasks.web.middleware import NO_SESSION_OPT_KEY, client_of
 from async_tasks.web.streams import StreamBridge
 
 #: The path prefix (under the API) of the routes a share token opens.
@@ -94,7 +101,11 @@ async def _shared_task(task_system: TaskSystem, share_tokens: ShareTokens, token
         raise ShareLinkRefused(expired=True) from None
     except ShareInvalid:
         raise ShareLinkRefused(expired=False) from None
-    return share, await task_system.get_task(share.session_key, share.task_id)
+    # Viewers read from a bucket of their own, never from the owner's (TASK_READ_RATE).
+    task = await task_system.get_task(
+        share.session_key, share.task_id, decode=False, reads=_BUCKET_PREFIX + share.session_key
+    )
+    return share, task
 
 
 @get(
@@ -119,7 +130,8 @@ async def shared_task(
     description=(
         "The same stream as `GET /tasks/{id}/events` (a `snapshot`, then every change, then `end`), "
         "opened with the share token instead of a session. A stream opened before the link expires "
-        "runs to the task's end."
+        "runs to the task's end. Viewers' streams count against the viewer's address and a cap of their "
+        "own per shared session (MAX_STREAMS_PER_SESSION), never against the owner's streams."
     ),
     responses={
         **responses(400, 401, 404, 429, 503),
@@ -128,6 +140,7 @@ async def shared_task(
     **_READ,
 )
 async def shared_events(
+    request: Request[Any, Any, Any],
     task_system: NamedDependency[TaskSystem],
     share_tokens: NamedDependency[ShareTokens],
     task_streams: NamedDependency[StreamBridge],
@@ -135,7 +148,9 @@ async def shared_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     _, task = await _shared_task(task_system, share_tokens, token)
-    return await task_event_stream(task_streams, task, last_event_id)
+    return await task_event_stream(
+        task_streams, task, last_event_id, client_of(request.scope, task_system.sessions), shared=True
+    )
 
 
 def render_share_page(api_base: str, token: str, root: str = "") -> str:

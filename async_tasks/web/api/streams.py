@@ -26,7 +26,10 @@ of the connection (1, 2, …); a reconnect starts again with fresh snapshots.
 **The task store away** (Redis restarting, unreachable): a stream ends with
 ``event: error`` (data ``{"type":"error","code":"store_unavailable","message":…,
 "retryAfterMs":…}``) and a ``retry`` field, so EventSource reconnects then; the WebSocket
-sends the same JSON and closes with 1013 (try again later).
+sends the same JSON and closes with 1013 (try again later). A stream ended to make room
+for another address's (the server at MAX_STREAMS, this address holding the most) ends
+the same way, with code ``stream_evicted``. A stream whose session ended (forgotten when
+idle, or to make room) just ends; the WebSocket closes with 1000.
 
 **The end of a task's stream.** Once the task settles (or is removed) the stream sends
 ``event: end`` (data ``{"type":"end","taskId":…,"reason":<final status or "removed">}``,
@@ -45,13 +48,13 @@ from typing import Annotated, Any
 
 import anyio
 import msgspec
-from litestar import Response, Router, WebSocket, get, websocket
+from litestar import Request, Response, Router, WebSocket, get, websocket
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter
 from litestar.response import Stream
-from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1001_GOING_AWAY
+from litestar.status_codes import HTTP_204_NO_CONTENT, WS_1000_NORMAL_CLOSURE, WS_1001_GOING_AWAY
 
 from async_tasks.errors import QuotaExceeded, StoreUnavailable
 from async_tasks.events import EventType
@@ -59,8 +62,9 @@ from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
+from async_tasks.web.middleware import client_of
 from async_tasks.web.security import error_body, refuse_websocket
-from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge, sse_lines
+from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge, StreamEvicted, sse_lines
 
 #: The largest message a WebSocket client may send (the server ignores them anyway);
 #: `async-tasks serve` also sets it as uvicorn's ``ws_max_size``.
@@ -131,9 +135,15 @@ def _stream(messages: AsyncGenerator[bytes, None]) -> Stream:
     return Stream(messages, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-def _unavailable(exc: StoreUnavailable) -> bytes:
-    """The message that ends a stream while the task store is away: an ``error`` event a
-    client understands, and when to reconnect (``retry``, which EventSource follows)."""
+#: What ends a stream with an ``error`` event rather than quietly: the store away, or the
+#: stream evicted to make room (`StreamEvicted`).
+_ENDS_WITH_ERROR = (StoreUnavailable, StreamEvicted)
+
+
+def _unavailable(exc: StoreUnavailable | StreamEvicted) -> bytes:
+    """The message that ends a stream while the task store is away (or that was evicted): an
+    ``error`` event a client understands, and when to reconnect (``retry``, which
+    EventSource follows)."""
     retry_ms = int(exc.retry_after * 1000)
     error = _encode({"type": "error", "code": exc.code, "message": exc.message, "retryAfterMs": retry_ms})
     return b"event: error\r\ndata: " + error + b"\r\nretry: %d\r\n\r\n" % retry_ms
@@ -154,7 +164,7 @@ async def _sse(frames: AsyncGenerator[Frame, None]) -> Stream:
                         continue
                     count += 1
                     yield b"id: %d\r\n" % count + sse_lines(frame)
-            except StoreUnavailable as exc:
+            except _ENDS_WITH_ERROR as exc:
                 yield _unavailable(exc)
 
     return _stream(messages())
@@ -174,7 +184,7 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
                         continue
                     last = _decode_state(frame.data)
                     yield b"id: " + state_id(last.attempt, last.at).encode() + b"\r\n" + sse_lines(frame)
-            except StoreUnavailable as exc:
+            except _ENDS_WITH_ERROR as exc:
                 yield _unavailable(exc)  # not the end: the client reconnects (Last-Event-ID) later
                 return
         if bridge.closing.is_set():
@@ -208,24 +218,29 @@ async def _task_sse(frames: AsyncGenerator[Frame, None], task_id: str, bridge: S
     ),
 )
 async def task_events(
+    request: Request[Any, Any, Any],
     task_system: NamedDependency[TaskSystem],
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
     task_id: TaskId,
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
-    task = await task_system.get_task(session_key, task_id)  # 404 before any streaming
-    return await task_event_stream(task_streams, task, last_event_id)
+    task = await task_system.get_task(session_key, task_id, decode=False)  # 404 before any streaming
+    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope, task_system.sessions))
 
 
-async def task_event_stream(bridge: StreamBridge, task: Task, last_event_id: str | None) -> Response[None] | Stream:
-    """The SSE answer following `task` (found beforehand): its events until it settles,
-    then `end`; or 204 for a reconnect whose `Last-Event-ID` names its final state."""
+async def task_event_stream(
+    bridge: StreamBridge, task: Task, last_event_id: str | None, client: str, *, shared: bool = False
+) -> Response[None] | Stream:
+    """The SSE answer following `task` (found beforehand) for `client` (through a share link
+    when `shared`): its events until it settles, then `end`; or 204 for a reconnect whose
+    `Last-Event-ID` names its final state."""
     seen = parse_state_id(last_event_id)
     if seen is not None and task.is_terminal and seen >= (task.attempts, task.updated_at):
         # A reconnect after the end: the client has the final state. 204 stops EventSource.
         return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return await _task_sse(bridge.task_stream(task.session_key, task.id), task.id, bridge)
+    frames = bridge.task_stream(task.session_key, task.id, client=client, shared=shared)
+    return await _task_sse(frames, task.id, bridge)
 
 
 @get(
@@ -241,26 +256,33 @@ async def task_event_stream(bridge: StreamBridge, task: Task, last_event_id: str
     ),
 )
 async def session_events(
+    request: Request[Any, Any, Any],
+    task_system: NamedDependency[TaskSystem],
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> Stream:
-    return await _sse(task_streams.session_stream(session_key))
+    client = client_of(request.scope, task_system.sessions)
+    return await _sse(task_streams.session_stream(session_key, client=client))
 
 
 async def session_socket(
     socket: WebSocket[Any, Any, Any],
+    task_system: NamedDependency[TaskSystem],
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> None:
     """The session stream over a WebSocket: one JSON text message per event (the SSE
     `data`). Messages from the client are ignored; one larger than
     `WS_MAX_MESSAGE_BYTES` closes the socket (1009). Beyond the stream caps the
-    handshake is refused with 429. The server closes with 1001 when it shuts down, and with
-    1013 (try again later) after an ``error`` message when the task store is away."""
+    handshake is refused with 429. The server closes with 1001 when it shuts down, with
+    1000 when the session ended, and with 1013 (try again later) after an ``error``
+    message when the task store is away or the stream was evicted."""
     server_ended = False
     too_big = False
-    unavailable: StoreUnavailable | None = None
-    frames = task_streams.session_stream(session_key, keepalive=False)
+    unavailable: StoreUnavailable | StreamEvicted | None = None
+    frames = task_streams.session_stream(
+        session_key, keepalive=False, client=client_of(socket.scope, task_system.sessions)
+    )
     async with contextlib.aclosing(frames):
         try:
             await anext(frames)  # OPENED: subscribed before the client sees the socket open
@@ -289,7 +311,7 @@ async def session_socket(
                 async for frame in frames:
                     await socket.send_text(frame.text or frame.data.decode())
                 server_ended = True
-            except StoreUnavailable as exc:
+            except _ENDS_WITH_ERROR as exc:
                 # Said as a message the client can read, then closed with "try again later".
                 unavailable = exc
                 with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
@@ -300,10 +322,16 @@ async def session_socket(
                 pass  # the client went away while we were sending
             tg.cancel_scope.cancel()
     if unavailable is not None:
+        reason = "task store unavailable" if isinstance(unavailable, StoreUnavailable) else "stream evicted"
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-            await socket.close(code=WS_TRY_AGAIN_LATER, reason="task store unavailable")
+            await socket.close(code=WS_TRY_AGAIN_LATER, reason=reason)
     elif server_ended or too_big:
-        code, reason = (1009, "message too big") if too_big else (WS_1001_GOING_AWAY, "server shutting down")
+        if too_big:
+            code, reason = 1009, "message too big"
+        elif task_streams.closing.is_set():
+            code, reason = WS_1001_GOING_AWAY, "server shutting down"
+        else:
+            code, reason = WS_1000_NORMAL_CLOSURE, "session ended"
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
             await socket.close(code=code, reason=reason)
 

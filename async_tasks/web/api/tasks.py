@@ -36,7 +36,7 @@ from async_tasks.web.api.schemas import (
     TaskSummary,
 )
 from async_tasks.web.errors import replay_responses, responses
-from async_tasks.web.middleware import session_key_of
+from async_tasks.web.middleware import client_of, session_key_of
 from async_tasks.web.responses import encoded
 
 #: The largest ``?offset=``: far past any session's tasks (MAX_TASKS holds them all), and
@@ -103,6 +103,7 @@ class TaskController(Controller):
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
             start_at=data.start_at,
+            client=client_of(request.scope, task_system.sessions),
         )
         return Response(
             await task_response(task_system, task),
@@ -203,7 +204,7 @@ class TaskController(Controller):
     async def get_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.get_task(session_key, task_id))
+        return await task_response(task_system, await task_system.get_task(session_key, task_id, decode=False))
 
     @get(
         "/{task_id:str}/status",
@@ -211,7 +212,7 @@ class TaskController(Controller):
         responses=responses(400, 404, 503),
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
-        task = await self.system.get_task(session_key_of(scope), task_id)
+        task = await self.system.get_task(session_key_of(scope), task_id, decode=False)
         return encoded(
             TaskStatusResponse(
                 success=True,
@@ -245,7 +246,8 @@ class TaskController(Controller):
         start_at = None
         if data is not None:
             start_at = (await strict_body(request, data)).start_at
-        return await task_response(task_system, await task_system.start_task(session_key, task_id, start_at=start_at))
+        started = await task_system.start_task(session_key, task_id, start_at=start_at, decode=False)
+        return await task_response(task_system, started)
 
     @post(
         "/{task_id:str}/cancel",
@@ -256,7 +258,7 @@ class TaskController(Controller):
     async def cancel_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.cancel_task(session_key, task_id))
+        return await task_response(task_system, await task_system.cancel_task(session_key, task_id, decode=False))
 
     @post(
         "/{task_id:str}/retry",
@@ -267,7 +269,7 @@ class TaskController(Controller):
     async def retry_task(
         self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str], task_id: TaskId
     ) -> TaskResponse:
-        return await task_response(task_system, await task_system.retry_task(session_key, task_id))
+        return await task_response(task_system, await task_system.retry_task(session_key, task_id, decode=False))
 
     @delete(
         "/{task_id:str}",

@@ -4,21 +4,26 @@
 session (``X-Session-Token``) or an API key cannot authenticate them. It asks for a
 ticket and opens ``/tasks/events?ticket=…`` (or ``/ws?ticket=…``): the ticket stands
 for the caller's session (and key) for STREAM_TICKET_TTL seconds, and only on the
-stream routes, so the long-lived token never goes in a URL or a log.
+stream routes, so the long-lived token never goes in a URL or a log. A ticket opens
+one stream (ask for another to reconnect); one address may ask for as many a minute as
+it may hold streams (MAX_STREAMS_PER_CLIENT).
 """
 
 from __future__ import annotations
 
-from litestar import post
+from typing import Any
+
+from litestar import Request, post
 from litestar.di import NamedDependency
 
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import Response
 from async_tasks.web.errors import responses
+from async_tasks.web.middleware import client_of
 
 
 class TicketResponse(Response, kw_only=True):
-    #: Put it in the stream URL as ``?ticket=``.
+    #: Put it in the stream URL as ``?ticket=``: it opens one stream.
     ticket: str
     #: Seconds it can be used to open a stream (STREAM_TICKET_TTL).
     expires_in: int
@@ -29,9 +34,12 @@ class TicketResponse(Response, kw_only=True):
     tags=["sessions"],
     status_code=201,
     summary="A short-lived ticket to open a push stream (EventSource, WebSocket) without headers",
-    responses=responses(401, 403),
+    responses=responses(401, 403, 429),
 )
-async def stream_ticket(task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> TicketResponse:
+async def stream_ticket(
+    request: Request[Any, Any, Any], task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
+) -> TicketResponse:
+    await task_system.admit_ticket(client_of(request.scope, task_system.sessions))
     return TicketResponse(
         ticket=task_system.sessions.ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
     )

@@ -60,6 +60,7 @@ for i = 12, #ARGV do
       if redis.call('ZCARD', P .. 's:' .. S) == 0 then
         sessions = sessions + 1
         redis.call('DEL', P .. 'b:' .. S)
+        publish_ended(S, 'expired')
       end
     end
   end

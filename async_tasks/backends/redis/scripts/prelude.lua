@@ -195,12 +195,37 @@ local function add_logs(S, ID, skipped, lines)
   return #added
 end
 
--- The session changed now (what idle expiry looks at; `P changed` orders the sessions by it
--- for the admin view).
+-- -- clients (`async_tasks.clients`) ------------------------------------------------------
+-- A session belongs to the client that created it (`c:<session>` field `cl`; a session
+-- without one is its own client). Per client: `P ctasks` / `P csessions` (zsets: client ->
+-- tasks / sessions it holds), `P cu:<client>` (its never-started tasks by creation order),
+-- `P cf:<client>` (its finished tasks by finish order), `P cs:<client>` (its sessions by
+-- last change); and `P changed` (every session by last change). They change in the script that
+-- changes the task; `verify.lua` checks the counters.
+
+local function client_of(session)
+  return redis.call('HGET', P .. 'c:' .. session, 'cl') or session
+end
+
+-- Add `delta` to what `client` holds in counter zset `name` (a member goes at zero).
+local function client_count(name, client, delta)
+  if tonumber(redis.call('ZINCRBY', P .. name, delta, client)) <= 0 then redis.call('ZREM', P .. name, client) end
+end
+
+-- Announce on the session's channel that it ended (forgotten whole): its streams end.
+local function publish_ended(session, cause)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('PUBLISH', CH .. session, '[' .. int(seq) .. ',"","ended","",0,{"type":"ended","sessionKey":' ..
+    cjson.encode(session) .. ',"reason":"' .. cause .. '"}]')
+end
+
+-- The session changed now (what idle expiry and making room look at; `P changed` orders
+-- every session by it, `P cs:<client>` its client's).
 local function touch(session)
   local now = int(now_ms())
   redis.call('HSET', P .. 'c:' .. session, 'changed', now)
   redis.call('ZADD', P .. 'changed', now, session)
+  redis.call('ZADD', P .. 'cs:' .. client_of(session), now, session)
 end
 
 -- Append a history entry, keeping at most MAX_HISTORY: the first HISTORY_HEAD (at most
@@ -481,10 +506,14 @@ local function forget(session, id, want_json)
   redis.call('ZREM', P .. 'ss:' .. session .. ':' .. status, id)
   redis.call('ZREM', P .. 'all', id)
   redis.call('ZREM', P .. 'as:' .. status, id)
+  local client = client_of(session)
+  client_count('ctasks', client, -1)
   if FINISHED[status] then
     redis.call('ZREM', P .. 'f:' .. session .. ':' .. status, id)
+    redis.call('ZREM', P .. 'cf:' .. client, id)
   elseif status == 'pending' then
     redis.call('ZREM', P .. 'u:' .. session, id)
+    redis.call('ZREM', P .. 'cu:' .. client, id)
   end
   redis.call('HINCRBY', P .. 'c:' .. session, status, -1)
   redis.call('HINCRBY', P .. 'totals', status, -1)
@@ -509,11 +538,13 @@ end
 
 local function forget_session_if_empty(session)
   if redis.call('ZCARD', P .. 's:' .. session) == 0 then
+    local client = client_of(session)
     redis.call('DEL', P .. 'c:' .. session, P .. 'u:' .. session)
     -- With a window, its Idempotency-Keys stay until it ends (they expire by themselves).
     if not KEY_WINDOW then redis.call('DEL', P .. 'i:' .. session, P .. 'ik:' .. session) end
-    redis.call('SREM', P .. 'sessions', session)
+    if redis.call('SREM', P .. 'sessions', session) == 1 then client_count('csessions', client, -1) end
     redis.call('ZREM', P .. 'changed', session)
+    redis.call('ZREM', P .. 'cs:' .. client, session)
   end
 end
 
@@ -556,10 +587,13 @@ local function move(S, ID, target, o)
   local order = redis.call('INCR', P .. 'seq')
   local set = {'status', '"' .. target .. '"', 'updatedAt', int(now)}
   local function put(name, value) set[#set + 1] = name; set[#set + 1] = value end
+  local client = client_of(S)
   if FINISHED[source] then
     redis.call('ZREM', P .. 'f:' .. S .. ':' .. source, ID)
+    redis.call('ZREM', P .. 'cf:' .. client, ID)
   elseif source == 'pending' then
     redis.call('ZREM', P .. 'u:' .. S, ID)
+    redis.call('ZREM', P .. 'cu:' .. client, ID)
   end
   if target ~= 'running' and (source == 'pending' or source == 'running') then undeliver(S, ID) end
   if target == 'running' then
@@ -589,6 +623,7 @@ local function move(S, ID, target, o)
     end
     put('completedAt', int(now))
     redis.call('ZADD', P .. 'f:' .. S .. ':' .. target, order, ID)
+    redis.call('ZADD', P .. 'cf:' .. client, order, ID)
     if target == 'completed' then
       if o.result and o.result ~= '' then put('result', o.result) else put('result', 'null') end
       put('progress', '100')

@@ -3,7 +3,8 @@
 -- put back in line a session whose waiting tasks were not (in its line, in its executors'
 -- lines, in the indexes across sessions). With no session given, check the deployment's
 -- totals against the sum of every session's counts, the counts by executor (`P offered`,
--- `P xq`) against the pool and the places of delivery, and `P changed` against the sessions.
+-- `P xq`) against the pool and the places of delivery, `P changed` against the sessions, and
+-- what each client holds (`P ctasks`, `P csessions`) against its sessions ('client <key>').
 -- ARGV: 7.. sessions. Returns {session (or what else was counted), field, was, is, ...} for
 -- each repair.
 local STATUSES = {'pending', 'running', 'completed', 'failed', 'cancelled'}
@@ -40,8 +41,12 @@ if #ARGV < 7 then
   for _, status in ipairs(STATUSES) do sums[status] = 0 end
   local queued, offered = {}, {}
   local function add(counts, E, n) counts[E] = (counts[E] or 0) + n end
+  local held = {ctasks = {}, csessions = {}}
   local sessions = redis.call('SMEMBERS', P .. 'sessions')
   for _, S in ipairs(sessions) do
+    local client = client_of(S)
+    add(held.ctasks, client, redis.call('ZCARD', P .. 's:' .. S))
+    add(held.csessions, client, 1)
     local c = redis.call('HMGET', P .. 'c:' .. S, 'd', 'changed', unpack(STATUSES))
     sums.d = sums.d + (tonumber(c[1]) or 0)
     for i, status in ipairs(STATUSES) do sums[status] = sums[status] + (tonumber(c[i + 2]) or 0) end
@@ -82,6 +87,22 @@ if #ARGV < 7 then
   end
   fix_by_executor(P .. 'offered', 'workers', offered)
   fix_by_executor(P .. 'xq', 'queued', queued)
+  -- What each client holds, from its sessions.
+  for _, name in ipairs({'ctasks', 'csessions'}) do
+    local want = held[name]
+    local field = name == 'ctasks' and 'tasks' or 'sessions'
+    local flat = redis.call('ZRANGE', P .. name, 0, -1, 'WITHSCORES')
+    for i = 1, #flat, 2 do
+      if not want[flat[i]] then want[flat[i]] = 0 end
+    end
+    for client, is in pairs(want) do
+      local was = tonumber(redis.call('ZSCORE', P .. name, client)) or 0
+      if was ~= is then
+        if is == 0 then redis.call('ZREM', P .. name, client) else redis.call('ZADD', P .. name, is, client) end
+        report('client ' .. client, field, int(was), is)
+      end
+    end
+  end
   return repaired
 end
 -- Put a task that is missing from the indexes across sessions (written before they
