@@ -15,9 +15,16 @@ One `ProgressReporter` exists per attempt. It checks each report (a number in
 names the step from the executor's declared steps when the report does not, and
 hands it to a sink (the task store in the engine, a recorder in tests). When the
 sink refuses the report (the attempt was cancelled or is over), the executor's
-next report raises `AttemptEnded`. Each async report is also a cancellation point,
-so cancelling a task that reports progress takes effect at once even if the
-executor never sleeps.
+next report raises `AttemptEnded`. Cancelling a task that reports progress takes
+effect at its next report even if the executor never sleeps: the engine closes the
+attempt's reporter as it cancels it, so that report raises `AttemptEnded` at once.
+An async report (or log line) also yields to the event loop once at least
+`YIELD_EVERY` has passed since the attempt last did, so an executor that never
+sleeps still lets requests (a cancel among them) and other tasks run, and its
+deadline is checked there. A short run of reports does not yield at each one: a
+zero-delay task with a dozen reports runs as one step of the event loop instead of
+a dozen, and the requests of a burst do not wait behind the loop turns of the
+attempts it started.
 
 Log lines (`log`, and `data=` on a report) go to a second sink the same way; each is
 stamped with the time it was written and checked against TASK_LOG_LINE_BYTES (a long
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
@@ -97,6 +105,10 @@ class AttemptEnded(Exception):
     taken over elsewhere): the executor's work is no longer wanted."""
 
 
+#: Seconds: an attempt's reports and log lines yield to the event loop at most this often.
+YIELD_EVERY = 0.001
+
+
 async def _discard(line: LogLine) -> bool:
     return True
 
@@ -125,6 +137,8 @@ class ProgressReporter:
         self._now_ms = now_ms
         self.percent = start
         self.closed = False
+        #: When the next report yields (monotonic seconds); None until the first report.
+        self._yield_at: float | None = None
 
     def _check(self, percent: float, step: str | None, description: str | None) -> tuple[float, str | None, str | None]:
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
@@ -164,7 +178,20 @@ class ProgressReporter:
         self, percent: float, step: str | None = None, description: str | None = None, *, data: Any = None
     ) -> None:
         await self.report(percent, step, description, data=data)
-        await anyio.lowlevel.checkpoint()
+        await self._pause()
+
+    async def _pause(self) -> None:
+        """Yield to the event loop (a cancellation point) once the attempt has run
+        `YIELD_EVERY` since its first report or since it last yielded here (counted from
+        when it got the loop back: on a busy loop a turn is longer than that, and counting
+        the turn would make every report yield again); an attempt the engine cancelled
+        meanwhile fails its next report anyway (its reporter is closed)."""
+        now = time.monotonic()
+        if self._yield_at is None:
+            self._yield_at = now + YIELD_EVERY
+        elif now >= self._yield_at:
+            await anyio.lowlevel.checkpoint()
+            self._yield_at = time.monotonic() + YIELD_EVERY
 
     def _line(self, message: str, data: Any) -> LogLine:
         if self.closed:
@@ -182,7 +209,7 @@ class ProgressReporter:
 
     async def log(self, message: str, *, data: Any = None) -> None:
         await self.add_line(message, data=data)
-        await anyio.lowlevel.checkpoint()
+        await self._pause()
 
     @asynccontextmanager
     async def step(self, name: str, description: str = "", *, end: float | None = None) -> AsyncIterator[None]:

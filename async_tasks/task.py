@@ -68,13 +68,19 @@ class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True)
     omitted: int = 0
 
 
-class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True):
+class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True, gc=False):
     """A unit of background work owned by one session.
 
     Times are epoch milliseconds. `params` is the executor's validated `Params`
     instance, so ``Task[GreetParams]`` types ``task.params.who``. `progress` only
     moves forward within an attempt and only through the executor's reporter; a retry
     resets it.
+
+    Not tracked by the garbage collector (``gc=False``): nothing a task holds refers back
+    to it (params, metadata and result are JSON values, history and log entries plain
+    records), so it is never part of a reference cycle, and a store of 100 000 retained
+    tasks costs each full collection 100 000 objects fewer to walk (the lists a task
+    holds are still tracked, and collected with it).
     """
 
     id: str

@@ -96,10 +96,11 @@ class LogBook:
 
     __slots__ = ("bytes", "sizes")
 
-    def __init__(self) -> None:
-        #: Sizes of the kept lines, oldest first (parallel to `Task.logs`).
-        self.sizes: list[int] = []
-        self.bytes = 0
+    def __init__(self, logs: Iterable[LogLine] = ()) -> None:
+        #: Sizes of the kept lines, oldest first (parallel to `Task.logs`): those of `logs`
+        #: when the book is made again for lines already kept.
+        self.sizes: list[int] = [line_size(line) for line in logs]
+        self.bytes = sum(self.sizes)
 
     def append(
         self, logs: list[LogLine], first: int, lines: Iterable[LogLine], limits: LogLimits

@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=["http", "sleepers", "latency", "memory", "cleanup", "redis", "postgres"],
         help="run only these sections (redis, postgres: the shared backends, see bench/redis_bench.py and "
-        "bench/postgres_bench.py; not run by default)",
+        "bench/postgres_bench.py; redis runs by default when redis-server is installed, postgres only when named)",
     )
-    parser.add_argument("--skip", nargs="+", default=[], choices=["http", "sleepers", "latency", "memory", "cleanup"])
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=["http", "sleepers", "latency", "memory", "cleanup", "redis"]
+    )
     parser.add_argument(
         "--app-via",
         choices=["uvicorn", "serve"],
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     redis_bench.add_arguments(parser)
     postgres_bench.add_arguments(parser)
     args = parser.parse_args(argv)
-    sections = set(args.only or ["http", "sleepers", "latency", "memory", "cleanup"]) - set(args.skip)
+    # Redis is measured by default when redis-server is installed (issue 23's figures sit
+    # beside the HTTP rounds'); PostgreSQL only with --only postgres.
+    default = ["http", "sleepers", "latency", "memory", "cleanup"] + (["redis"] if shutil.which("redis-server") else [])
+    sections = set(args.only or default) - set(args.skip)
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")

@@ -90,6 +90,9 @@ def measure(
         discarded += result["requests"] + result["warmup_requests"]
         discarded_errors += result["errors"] + result["warmup_errors"]
     result.update(attempts=attempt + 1, discarded_requests=discarded, discarded_errors=discarded_errors)
+    if result["errors"] > 0.01 * max(result["requests"], 1):
+        # A run of refusals (a rate limit, a quota) measures the refusal, not the route.
+        log(f"  WARNING {path}: {result['errors']} of {result['requests']} requests failed: this run measures errors")
     return result
 
 

@@ -100,6 +100,8 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: The tree the server's code comes from (`bench.ab` runs an earlier commit's).
+    cwd: Path = ROOT
 
     @property
     def url(self) -> str:
@@ -113,9 +115,9 @@ class Server:
     def start(self, log_dir: Path) -> Server:
         self.log_path = log_dir / f"{self.name}.log"
         argv = ["taskset", "-c", SERVER_CORE, *[a.replace("{port}", str(self.port)) for a in self.argv]]
-        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.env, "PYTHONPATH": str(self.cwd)}
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -139,6 +139,35 @@ async def test_a_list_item_carries_what_a_card_shows(client: httpx.AsyncClient, 
     assert item["error"] and "out of paper" in item["error"] and item["attempts"] == 1
 
 
+def test_a_summary_takes_each_field_from_its_task() -> None:
+    """Each summary field holds its task's field of that name (the summary is built by position)."""
+    import msgspec
+
+    from async_tasks.estimates import Estimate
+    from async_tasks.system import Outlook
+    from async_tasks.task import Task, TaskStatus
+    from async_tasks.task_log import LogLine
+    from async_tasks.web.api.schemas import TaskSummary
+
+    logs = [LogLine(n=n, at=n, message=f"line {n}") for n in range(1, 6)]
+    task = Task(
+        id="t", session_key="s", executor="script", name="Script", params=None, status=TaskStatus.FAILED,
+        progress=42, current_step="Step", current_step_description="Doing", error="Boom", attempts=3,
+        max_retries=4, auto_retries=2, dead_lettered=True, created_at=1, updated_at=5, started_at=2, completed_at=4,
+        scheduled_at=7, waiting_reason="why", logs=logs,
+    )  # fmt: skip
+    outlook = Outlook(queue_position=9, eta=Estimate(starts_in_ms=10, finishes_in_ms=20))
+    summary = TaskSummary.of(task, outlook)
+    for field in msgspec.structs.fields(TaskSummary):
+        value = getattr(summary, field.name)
+        if field.name == "logs":
+            assert value == logs[-3:]
+        elif field.name in ("queue_position", "eta"):
+            assert value == getattr(outlook, field.name)
+        else:
+            assert value == getattr(task, field.name), field.name
+
+
 async def test_stats_count_by_status(client: httpx.AsyncClient, app: Litestar) -> None:
     done = (await client.post(f"{API}/tasks", json={"executor": "script", "start": True})).json()["task"]
     await wait_for(app, done["id"], "completed")

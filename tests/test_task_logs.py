@@ -142,6 +142,29 @@ async def test_a_refused_line_ends_the_attempt() -> None:
         await reporter(10)
 
 
+async def test_reports_that_never_sleep_still_let_others_run_and_stop_once_closed() -> None:
+    """An executor reporting (and logging) in a tight loop yields to the event loop now and
+    then, so another task gets in; once its reporter is closed (a cancel), the next report raises."""
+
+    async def accept(percent: float, step: str | None, description: str | None) -> bool:
+        return True
+
+    reporter = ProgressReporter(accept)
+    reports = 0
+
+    async def cancel_from_outside() -> None:
+        reporter.close()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_from_outside)
+        with pytest.raises(AttemptEnded):
+            while True:
+                await reporter(min(reports, 100))
+                await reporter.log("spinning")
+                reports += 1
+    assert reports > 0
+
+
 async def test_run_executor_records_an_executors_log() -> None:
     """The test helper users run their executors with keeps the lines they wrote."""
     run = await run_executor(TalkExecutor, {"lines": 2})

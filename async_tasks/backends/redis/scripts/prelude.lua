@@ -347,6 +347,9 @@ end
 -- the most free slots among those that run it. A task whose executor no free worker runs
 -- holds up nothing: its session's other tasks go past it.
 local function pump(budget)
+  -- Nothing parked in any session's line (`P totals` p): nothing to dispatch, and the
+  -- workers' table is not read (a finish or a lease renewal then costs one read here).
+  if counter(P .. 'totals', 'p') <= 0 then return end
   local workers
   while budget > 0 do
     budget = budget - 1
