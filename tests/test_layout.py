@@ -31,7 +31,12 @@ def _imports(tree: ast.AST) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names += [f"{node.module}.{alias.name}" for alias in node.names]
-        stack.extend(ast.iter_child_nodes(node))
+        # Imports are statements: only the blocks of statements are walked, not every
+        # expression (most of a module's nodes).
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, block, None)
+            if isinstance(children, list):
+                stack.extend(children)
     return names
 
 
