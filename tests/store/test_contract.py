@@ -453,13 +453,18 @@ async def test_the_session_cap_refuses_only_new_sessions(store: TaskStore) -> No
 
 
 async def test_concurrent_creates_in_fresh_sessions_never_exceed_the_caps(store: TaskStore) -> None:
+    """Every create is stored or refused, and the store ends full, never over its caps. (A
+    store running the creates side by side, PostgreSQL's, may take one in another order, in
+    which a client holding none makes room from one holding two: a create more, a task of
+    that client's fewer.)"""
     limits = CreateLimits(max_active_per_session=100, max_sessions=5, max_tasks=8)
-    refused = 0
+    created = refused = 0
 
     async def create(session: str) -> None:
-        nonlocal refused
+        nonlocal created, refused
         try:
             await store.create(new_task(session), limits=limits)
+            created += 1
         except CapacityExceeded:
             refused += 1
 
@@ -467,7 +472,8 @@ async def test_concurrent_creates_in_fresh_sessions_never_exceed_the_caps(store:
         for i in range(40):
             tg.start_soon(create, f"s{i % 10}")
     totals = await store.totals()
-    assert totals.sessions <= 5 and sum(totals.by_status.values()) == 8 and refused == 32
+    assert totals.sessions <= 5 and sum(totals.by_status.values()) == 8
+    assert created + refused == 40 and created >= 8
 
 
 async def test_retention_applies_when_a_task_finishes(store: TaskStore) -> None:
