@@ -131,7 +131,7 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     assert len(outputs) == len(examples), result.stderr
     for block, output in zip(examples, outputs, strict=True):
         expect_error = block.lstrip().startswith("# expect: error")
-        prints = any(line.startswith(("curl", "async-tasks")) for line in block.splitlines())
+        prints = any(line.lstrip().startswith(("curl", "async-tasks")) for line in block.splitlines())
         assert output.strip() or not prints, f"no output from:\n{block}\nstderr: {result.stderr}"
         if expect_error:
             assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
