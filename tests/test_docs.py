@@ -15,7 +15,7 @@ from litestar.routes import HTTPRoute, WebSocketRoute
 
 from async_tasks.settings import Settings
 from async_tasks.web.errors import STATUS
-from tests.doc_pages import GUIDE, ROOT
+from tests.doc_pages import GUIDE, PAGES, README, ROOT
 from tests.helpers import BUILTIN_EXECUTORS, build_app
 
 SETTINGS_PAGE = ROOT / "docs" / "reference" / "settings.md"
@@ -155,3 +155,27 @@ def test_the_error_table_gives_each_engine_error_its_status() -> None:
 def test_the_demo_script_stays_short() -> None:
     """DEMO_GUIDE.md is a ten-minute script: everything else belongs under docs/."""
     assert len(GUIDE.read_text().splitlines()) <= 520
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_pages_lead_somewhere() -> None:
+    """Every relative link of README.md, the demo script and docs/ names a file that
+    exists and, with a `#`, one of its headings: moving a section breaks no link."""
+    broken = []
+    for page in (README, *PAGES):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"^[a-z]+:", target):
+                continue  # http(s), mailto: not ours to check here
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+                if anchor not in {slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target}")
+    assert broken == []
