@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from queue import Queue
@@ -27,6 +30,7 @@ import pytest
 from litestar import Litestar
 
 from async_tasks.testing import asgi_client, redis_server, serve_in_loop
+from tests.faults.postgres_process import TEMPLATE_ENV
 from tests.helpers import build_app, new_address
 from tests.postgres_schemas import SchemaPool
 
@@ -40,6 +44,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from tests.scheduling import GroupedScheduling
 
     return GroupedScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's PostgreSQL template (`tests.faults.postgres_process`): a directory that
+    every xdist worker of the run inherits, so that initdb runs once, not in each worker.
+    Removed when the run ends."""
+    if hasattr(config, "workerinput") or os.environ.get(TEMPLATE_ENV):
+        return  # a worker (it inherits the variable), or a run inside another
+    directory = tempfile.mkdtemp(prefix="postgres-template-")
+    os.environ[TEMPLATE_ENV] = directory
+
+    def remove() -> None:
+        del os.environ[TEMPLATE_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+    config.add_cleanup(remove)
 
 
 @pytest.fixture(scope="session")

@@ -8,17 +8,18 @@
 
 `initdb` makes a cluster in a temporary directory (trust authentication, no fsync: a
 test's data needs no durability across power cuts, only across process deaths) once per
-test process; every later cluster starts as a copy of that one (initdb costs a second of
-CPU, a copy a tenth of it). The server is started directly (no pg_ctl), in a process group of its own, on a loopback
-port. Readiness is not polled: the server runs under systemd's notify protocol and says
-``READY=1`` on a socket of ours once it accepts connections. Run as root, the cluster
-belongs to the ``postgres`` user (initdb refuses root). The server is stopped by its PID,
-never by name.
+test run (or per process, outside one: see `TEMPLATE_ENV`); every cluster starts as a copy
+of that one (initdb costs a second of CPU, a copy a fraction of it). The server is started
+directly (no pg_ctl), in a process group of its own, on a loopback port. Readiness is not
+polled: the server runs under systemd's notify protocol and says ``READY=1`` on a socket
+of ours once it accepts connections. Run as root, the cluster belongs to the ``postgres``
+user (initdb refuses root). The server is stopped by its PID, never by name.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import glob
 import os
 import pwd
@@ -49,6 +50,9 @@ def binary(name: str) -> str:
 
 #: This process's freshly made cluster, copied by each `PostgresProcess.start` (see `_template`).
 _TEMPLATE: Path | None = None
+#: The variable naming a directory where the processes of one test run share one template
+#: (tests/conftest.py sets it for the run).
+TEMPLATE_ENV = "TESTS_POSTGRES_TEMPLATE"
 
 
 class PostgresProcess:
@@ -188,19 +192,37 @@ class PostgresProcess:
         return directory
 
     def _template(self) -> Path:
-        """A cluster made by initdb for this process, once (removed when the process exits)."""
+        """A cluster made by initdb once: for the whole test run when `TEMPLATE_ENV` names
+        a directory (the xdist workers of one run share it: the first to need it makes
+        it, under a lock, the others wait), else for this process (removed at its exit)."""
         global _TEMPLATE
         if _TEMPLATE is None:
-            directory = self._new_directory()
-            atexit.register(shutil.rmtree, directory, ignore_errors=True)
-            subprocess.run(
-                [self.initdb, "-D", str(directory / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                 "--locale=C", "--no-sync", "--no-instructions"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=self._uid, group=self._gid,
-                extra_groups=self._groups,
-            )  # fmt: skip
+            shared = os.environ.get(TEMPLATE_ENV)
+            if not shared:
+                directory = self._new_directory()
+                atexit.register(shutil.rmtree, directory, ignore_errors=True)
+                self._initdb(directory / "data")
+                _TEMPLATE = directory / "data"
+                return _TEMPLATE
+            directory = Path(shared)
+            with open(directory / "lock", "wb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (directory / "made").exists():
+                    if self._user is not None:
+                        os.chown(directory, self._user.pw_uid, self._user.pw_gid)
+                    shutil.rmtree(directory / "data", ignore_errors=True)  # from a maker that died
+                    self._initdb(directory / "data")
+                    (directory / "made").touch()
             _TEMPLATE = directory / "data"
         return _TEMPLATE
+
+    def _initdb(self, data: Path) -> None:
+        subprocess.run(
+            [self.initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+             "--locale=C", "--no-sync", "--no-instructions"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=self._uid, group=self._gid,
+            extra_groups=self._groups,
+        )  # fmt: skip
 
     @property
     def _uid(self) -> int | None:
