@@ -49,9 +49,8 @@ from async_tasks.errors import (
 )
 from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
-from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
+from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
-from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.store.base import (
     CreateLimits,
@@ -110,11 +109,8 @@ class TaskSystem:
         self.settings = settings or Settings.from_env(environ)
         self.clock = clock
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
-        #: Where the server running this engine listens; executors refuse to call it.
-        self.server_addresses = ServerAddresses()
         for executor in self.executors:
             executor.clock = clock
-            executor.server_addresses = self.server_addresses
         #: Where tasks live and run (TASK_BACKEND): store, execution, worker, events.
         self.backend: Backend = backend or backend_for(self.settings, self.executors, clock)
         self.store: TaskStore = self.backend.store
@@ -134,7 +130,6 @@ class TaskSystem:
             idempotency_keys=idempotency_keys_kept(self.settings),
             logs=self.settings.log_limits,
         )
-        self.sessions = SessionResolver(self.settings)
         self.limits = CreateLimits(
             max_active_per_session=self.settings.max_active_tasks_per_session,
             max_tasks=self.settings.max_tasks,

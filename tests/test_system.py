@@ -19,7 +19,7 @@ from async_tasks.testing import wait_for
 from tests.helpers import SECRET, ScriptExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Modules of the engine: none of them may import the web framework.
+#: Modules of the engine: none of them may import the web framework or the session signer.
 ENGINE_MODULES = [
     "async_tasks",
     "async_tasks.task",
@@ -44,7 +44,6 @@ ENGINE_MODULES = [
     "async_tasks.process",
     "async_tasks.worker",
     "async_tasks.cleanup",
-    "async_tasks.sessions",
     "async_tasks.metrics",
     "async_tasks.logs",
     "async_tasks.testing",
@@ -62,20 +61,22 @@ def settings(**overrides: Any) -> Settings:
 
 @pytest.mark.e2e
 def test_the_engine_never_imports_the_web_framework() -> None:
-    """Importing every engine module (and the CLI and client) leaves Litestar unimported."""
+    """Importing every engine module (and the CLI and client) leaves Litestar and itsdangerous unimported."""
     imports = "".join(f"import {module}\n" for module in ENGINE_MODULES)
-    code = f"import sys\n{imports}print('litestar' in sys.modules)"
+    code = f"import sys\n{imports}print('litestar' in sys.modules, 'itsdangerous' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "False False", out.stderr
 
 
 @pytest.mark.e2e
 def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tmp_path: Path) -> None:
-    """The engine in a script: both executor forms run end to end; Litestar is never imported."""
+    """The engine in a script: both executor forms run end to end; neither Litestar nor
+    itsdangerous is imported, and nothing is logged about SECRET_KEY or session tokens."""
     script = tmp_path / "script.py"
     script.write_text(
         textwrap.dedent(
             """
+            import logging
             import sys
             import anyio
             from async_tasks import Progress, Step, Task, TaskExecutor, TaskParams, TaskSystem, executor
@@ -107,8 +108,9 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
                     for task_id in ids:
                         task = await system.get_task("me", task_id)
                         print(task.status.value, task.result, task.current_step)
-                print("litestar" in sys.modules)
+                print("litestar" in sys.modules, "itsdangerous" in sys.modules)
 
+            logging.basicConfig(level=logging.DEBUG)
             anyio.run(main)
             """
         )
@@ -118,8 +120,10 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
     assert out.stdout.splitlines() == [
         "completed {'greeting': 'Hello, Ada!'} Speaking",
         "completed ADA None",
-        "False",
+        "False False",
     ]
+    assert "Task system initialized" in out.stderr  # the log is captured...
+    assert "SECRET_KEY" not in out.stderr and "token" not in out.stderr.lower()  # ...and says nothing of sessions
 
 
 async def test_a_function_executor_is_a_class_registered_like_one() -> None:

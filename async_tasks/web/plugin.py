@@ -26,11 +26,11 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import Scope
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.executor import TaskExecutor
+from async_tasks.executor import CallsOut, TaskExecutor
 from async_tasks.metrics import TaskMetrics
-from async_tasks.sessions import ShareTokens
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.addresses import ServerAddresses
 from async_tasks.web.api.admin import admin_router
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
@@ -46,6 +46,7 @@ from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
 from async_tasks.web.middleware import RequestMiddleware, echo_request_id, session_key_of
 from async_tasks.web.security import BoundaryMiddleware, cors_config
+from async_tasks.web.sessions import SessionResolver, ShareTokens
 from async_tasks.web.streams import StreamBridge
 
 #: Bytes a create body may hold besides the task's data (name, description, options).
@@ -97,6 +98,13 @@ class AsyncTasksPlugin(InitPluginProtocol):
             executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
         )
         self.settings = self.system.settings
+        #: Who is asking: session tokens and cookies, stream tickets, keyed hashes of addresses.
+        self.sessions = SessionResolver(self.settings)
+        #: Where this app's server listens: executors that call out refuse it.
+        self.server_addresses = ServerAddresses()
+        for executor in self.system.executors:
+            if isinstance(executor, CallsOut):
+                executor.avoid(self.server_addresses)
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         #: Push streams (SSE / WebSocket): task events forwarded to each session's open streams.
         self.streams = self._stream_bridge()
@@ -113,7 +121,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
         )
         self.lag_probe = LoopLagProbe()
         #: Share links: tokens that read one task each (SHARE_LINK_TTL seconds).
-        self.share_tokens = ShareTokens(self.system.sessions.keys, self.settings.share_link_ttl, self.system.clock)
+        self.share_tokens = ShareTokens(self.sessions.keys, self.settings.share_link_ttl, self.system.clock)
 
     def _stream_bridge(self) -> StreamBridge:
         """The push streams: fed by the store's own events, or by the backend's channels
@@ -178,8 +186,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
             BoundaryMiddleware(
                 self.settings,
                 api_path=self.path or "/",
-                sessions=system.sessions,
-                addresses=system.server_addresses,
+                sessions=self.sessions,
+                addresses=self.server_addresses,
                 spend_ticket=system.spend_ticket,
             )
         )
@@ -188,7 +196,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             app_config.cors_config = cors_config(self.settings)
         # The session (health probes and scrapes need none) and the request id.
         app_config.middleware.append(
-            RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY, admit_session=system.admit_new_session)
+            RequestMiddleware(self.sessions, session_exempt_key=OPS_OPT_KEY, admit_session=system.admit_new_session)
         )
         app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
         app_config.lifespan.append(self.lifespan)

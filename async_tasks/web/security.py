@@ -70,9 +70,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from async_tasks.clients import FORWARDED_PEER
 from async_tasks.errors import StoreUnavailable
-from async_tasks.executor import ServerAddresses
-from async_tasks.sessions import SessionResolver, Ticket
 from async_tasks.settings import Settings
+from async_tasks.web.addresses import ServerAddresses
+from async_tasks.web.sessions import SessionResolver, Ticket
 
 logger = logging.getLogger("async_tasks.security")
 

@@ -84,7 +84,7 @@ async def _create(
 ) -> Response[DemoTaskResponse]:
     task, replayed = await system.create_or_replay(
         session_key_of(scope), executor=executor, params=params, start=True, idempotency_key=idempotency_key,
-        client=client_of(scope, system.sessions), **options,
+        client=client_of(scope), **options,
     )  # fmt: skip
     return encoded(
         demo_response(task),

@@ -8,11 +8,11 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 
-from async_tasks.sessions import SHARED_SESSION
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import SessionInfo
 from async_tasks.web.errors import responses
-from async_tasks.web.middleware import TOKEN_HEADER, client_of, issued_token_of, session_cookie
+from async_tasks.web.middleware import TOKEN_HEADER, client_of, issued_token_of, resolver_of, session_cookie
+from async_tasks.web.sessions import SHARED_SESSION
 
 
 @get("/session", tags=["sessions"], summary="The caller's session key")
@@ -54,8 +54,8 @@ async def new_session(
         # The middleware already started a session for this request (it came without a
         # token): hand out that one; its header and cookie are on the response already.
         return Response(SessionInfo(session_key=session_key, token=issued), status_code=201)
-    await task_system.admit_new_session(client_of(request.scope, task_system.sessions))
-    resolver = task_system.sessions
+    await task_system.admit_new_session(client_of(request.scope))
+    resolver = resolver_of(request.scope)
     key, token = resolver.new_session()
     return Response(
         SessionInfo(session_key=key, token=token),

@@ -103,7 +103,7 @@ class TaskController(Controller):
             max_retries=data.max_retries,
             idempotency_key=idempotency_key,
             start_at=data.start_at,
-            client=client_of(request.scope, task_system.sessions),
+            client=client_of(request.scope),
         )
         return Response(
             await task_response(task_system, task),

@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import Response
 from async_tasks.web.errors import responses
-from async_tasks.web.middleware import client_of
+from async_tasks.web.middleware import client_of, resolver_of
 
 
 class TicketResponse(Response, kw_only=True):
@@ -39,7 +39,7 @@ class TicketResponse(Response, kw_only=True):
 async def stream_ticket(
     request: Request[Any, Any, Any], task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
 ) -> TicketResponse:
-    await task_system.admit_ticket(client_of(request.scope, task_system.sessions))
+    await task_system.admit_ticket(client_of(request.scope))
     return TicketResponse(
-        ticket=task_system.sessions.ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
+        ticket=resolver_of(request.scope).ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
     )
