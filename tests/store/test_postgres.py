@@ -52,6 +52,8 @@ async def test_a_deployment_of_schema_version_1_is_migrated_at_start_up(
     """Version 1 knew no clients: each of its sessions becomes its own client, holding its
     tasks, so the counters check out and a full pool makes room from the largest of them."""
     conn = await connect()
+    # The fixture's schema is migrated already: this test starts it again from version 1.
+    await conn.execute(SQL("DROP SCHEMA {} CASCADE").format(Identifier(postgres_schema)))
     await conn.execute(SQL("CREATE SCHEMA {}").format(Identifier(postgres_schema)))
     await conn.execute(source(MIGRATIONS[0][1]).encode())
     await conn.execute("CREATE TABLE schema_version (version integer NOT NULL, functions text NOT NULL)")
