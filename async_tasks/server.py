@@ -93,11 +93,10 @@ def _app_from(spec: str, settings: Settings, environ: dict[str, str]) -> tuple[A
 
     target = load_target(spec)
     if target.app is not None:
-        system = target.task_system
-        assert system is not None
-        return target.app, system.settings
+        return target.app, plugin_of(target.app).settings
     if target.system is not None:
-        return create_app(target.system.settings, system=target.system), target.system.settings
+        app = create_app(system=target.system, environ=environ)
+        return app, plugin_of(app).settings
     return create_app(settings, target.executors or (), environ=environ), settings
 
 

@@ -51,7 +51,7 @@ from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings, EngineSettings
 from async_tasks.store.base import (
     CreateLimits,
     Idempotency,
@@ -88,7 +88,7 @@ class TaskSystem:
         self,
         executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
         *,
-        settings: Settings | None = None,
+        settings: BackendSettings | None = None,
         environ: Mapping[str, str] | None = None,
         load_entry_points: bool = True,
         clock: Clock = SYSTEM_CLOCK,
@@ -100,13 +100,14 @@ class TaskSystem:
             executors: executor classes (or instances) to register besides the ones
                 installed packages declare under the ``async_tasks.executors``
                 entry-point group.
-            settings: defaults to `Settings.from_env(environ)`.
+            settings: the engine's and backend's settings (a `Settings` has them too);
+                defaults to `BackendSettings.from_env(environ)`.
             environ: the environment to read settings and executor configs from.
             load_entry_points: set False to register only `executors`.
             clock: the time source (tests pass a `FakeClock`).
             backend: where tasks live and run; by default the one TASK_BACKEND names.
         """
-        self.settings = settings or Settings.from_env(environ)
+        self.settings = settings or BackendSettings.from_env(environ)
         self.clock = clock
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
         for executor in self.executors:
@@ -438,44 +439,6 @@ class TaskSystem:
                 pass
         return task.decoded()
 
-    # -- clients -----------------------------------------------------------------
-
-    async def admit_new_session(self, client: str) -> None:
-        """Draw a new session from `client`'s budget (NEW_SESSIONS_PER_CLIENT_PER_MINUTE,
-        held in the task store: across API processes too); `RateLimited` when spent."""
-        per_minute = self.settings.new_sessions_per_client_per_minute
-        if per_minute <= 0:
-            return
-        wait = await self.store.take_token(f"new-sessions:{client}", per_minute / 60, per_minute)
-        if wait > 0:
-            raise RateLimited(
-                f"Your address started {per_minute} new sessions in the last minute (the limit, "
-                f"NEW_SESSIONS_PER_CLIENT_PER_MINUTE). Keep using the session you have (send its X-Session-Token), "
-                f"or retry in {wait:.1f} s.",
-                retry_after=wait,
-                details={"perMinute": per_minute, "setting": "NEW_SESSIONS_PER_CLIENT_PER_MINUTE"},
-            )
-
-    async def admit_ticket(self, client: str) -> None:
-        """Draw a stream ticket from `client`'s budget: as many a minute as it may hold streams
-        (MAX_STREAMS_PER_CLIENT; each ticket is remembered once spent, so tickets must not be
-        free); `RateLimited` when spent."""
-        per_minute = self.settings.max_streams_per_client
-        wait = await self.store.take_token(f"tickets:{client}", per_minute / 60, per_minute)
-        if wait > 0:
-            raise RateLimited(
-                f"Your address asked for {per_minute} stream tickets in the last minute (as many as it may hold "
-                f"streams, MAX_STREAMS_PER_CLIENT). Retry in {wait:.1f} s.",
-                retry_after=wait,
-                details={"perMinute": per_minute, "setting": "MAX_STREAMS_PER_CLIENT"},
-            )
-
-    async def spend_ticket(self, nonce: str) -> bool:
-        """True the first time the stream ticket with `nonce` is spent (a ticket opens one
-        stream). The task store remembers it until the ticket would have expired anyway."""
-        ttl = self.settings.stream_ticket_ttl
-        return await self.store.take_token(f"ticket:{nonce}", 1 / ttl, 1) == 0
-
     def _check_start_at(self, start_at: int) -> None:
         """A `startAt` more than MAX_START_DELAY_MS ahead is refused (one in the past starts now)."""
         most = self.settings.max_start_delay_ms
@@ -658,7 +621,7 @@ def _duration(ms: int) -> str:
     return f"{amount} {unit}{'' if amount == '1' else 's'}"
 
 
-def idempotency_keys_kept(settings: Settings) -> int:
+def idempotency_keys_kept(settings: EngineSettings) -> int:
     """How many Idempotency-Keys a session keeps at most: enough for every task it can
     hold, and as many again of tasks already gone."""
     held = settings.max_active_tasks_per_session + settings.max_completed_tasks

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from async_tasks.errors import SettingsError
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings, EngineSettings, Settings
 
 
 def test_defaults_are_the_seeds() -> None:
@@ -154,3 +154,18 @@ def test_the_client_budgets_serve_a_room_behind_one_address() -> None:
     assert settings.max_sessions_per_client < settings.max_sessions
     assert settings.max_tasks_per_client < settings.max_tasks
     assert settings.max_streams_per_client < settings.max_streams
+
+
+def test_the_engine_reads_its_part_only() -> None:
+    """The engine's part (`BackendSettings`: what `TaskSystem` takes) neither holds nor checks
+    the web door's settings: a bad CORS or API key value stops a server, not a script."""
+    web_only = {"CORS_ALLOW_ORIGINS": "*", "API_KEYS": "short", "SECRET_KEY": "short", "PORT": "0"}
+    engine = BackendSettings.from_env({**web_only, "MAX_TASKS": "7", "TASK_BACKEND": "memory"})
+    assert engine.max_tasks == 7 and not hasattr(engine, "cors_allow_origins")
+    with pytest.raises(SettingsError, match="CORS_ALLOW_ORIGINS"):
+        Settings.from_env({"CORS_ALLOW_ORIGINS": "*"})
+    parts = [EngineSettings, BackendSettings, Settings]
+    names = [{f.encode_name for f in msgspec.structs.fields(part)} for part in parts]
+    assert names[0] < names[1] < names[2]
+    assert {"HOST", "SECRET_KEY", "CORS_ALLOW_ORIGINS", "MAX_STREAMS"}.isdisjoint(names[1])
+    assert {"TASK_BACKEND", "WORKER_LEASE_MS"}.isdisjoint(names[0]) and "MAX_TASKS" in names[0]

@@ -21,7 +21,7 @@ from async_tasks.web.api.openapi import StrictStructSchemaPlugin
 from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import opentelemetry_plugins
-from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.plugin import AsyncTasksPlugin, door_settings
 from async_tasks.web.security import security_headers
 
 
@@ -44,7 +44,7 @@ def create_app(
     beside the installed ones (entry points). With `system`, the app serves that engine
     (built beforehand) and the arguments before it are unused.
     """
-    settings = system.settings if system is not None else settings or Settings.from_env(environ)
+    settings = door_settings(settings, system, environ)
     plugin = AsyncTasksPlugin(
         executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock, system=system
     )

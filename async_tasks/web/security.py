@@ -184,7 +184,7 @@ class BoundaryMiddleware(ASGIMiddleware):
         spend_ticket: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """`spend_ticket(nonce)`: True the first time a ticket's nonce is spent (the task
-        store keeps the spent ones: `TaskSystem.spend_ticket`); None lets a ticket open any
+        store keeps the spent ones: `ClientBudgets.spend_ticket`); None lets a ticket open any
         number of streams."""
         self.sessions = sessions
         self.spend_ticket = spend_ticket
