@@ -61,13 +61,15 @@ from async_tasks.store.base import (
     TaskPage,
     TaskStore,
 )
-from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskStatus, compact
+from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskOptions, TaskStatus, compact
 from async_tasks.validation import explain
 
 logger = logging.getLogger("async_tasks")
 
 #: The share of SHUTDOWN_GRACE_MS that tasks get to unwind; the rest is for the server.
 SHUTDOWN_TASK_SHARE = 0.8
+#: A create's options when it gives none: start at once, the executor's defaults.
+DEFAULT_OPTIONS = TaskOptions()
 #: Seconds an executor's recent run times are reused for estimates before being read again.
 DURATIONS_TTL = 1.0
 
@@ -286,11 +288,9 @@ class TaskSystem:
         already past starts it now; at most MAX_START_DELAY_MS ahead): pending meanwhile,
         `Task.scheduled_at` says when, and it counts in the quotas as any pending task.
         `client` is who asks (its budgets apply; None: the session is its own client).
+        The other arguments are the task's `TaskOptions`.
         """
-        task, _ = await self.create_or_replay(
-            session_key,
-            executor=executor,
-            params=params,
+        options = TaskOptions(
             name=name,
             description=description,
             metadata=metadata,
@@ -299,9 +299,15 @@ class TaskSystem:
             priority=priority,
             timeout_ms=timeout_ms,
             max_retries=max_retries,
+            start_at=start_at,
+        )
+        task, _ = await self.create_or_replay(
+            session_key,
+            executor=executor,
+            params=params,
+            options=options,
             idempotency_key=idempotency_key,
             request_id=request_id,
-            start_at=start_at,
             client=client,
         )
         return self.decoded(task)
@@ -312,37 +318,31 @@ class TaskSystem:
         *,
         executor: str,
         params: Any = None,
-        name: str | None = None,
-        description: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        tags: Sequence[str] | None = None,
-        start: bool = True,
-        priority: int = 0,
-        timeout_ms: int | None = None,
-        max_retries: int | None = None,
+        options: TaskOptions = DEFAULT_OPTIONS,
         idempotency_key: str | None = None,
         request_id: str | None = None,
-        start_at: int | None = None,
         client: str | None = None,
     ) -> tuple[Task, bool]:
-        """`create_task`, also telling whether an Idempotency-Key replayed an earlier task;
-        the task as stored (its data encoded)."""
+        """`create_task` with its options as one `TaskOptions`, also telling whether an
+        Idempotency-Key replayed an earlier task; the task as stored (its data encoded)."""
         impl = self.executor(executor)
         cls = type(impl)
         if not self.accepting:
             raise ShuttingDown()
+        name, description, metadata, tags = options.name, options.description, options.metadata, options.tags
+        priority, start, start_at = options.priority, options.start, options.start_at
         if start_at is not None:
             self._check_start_at(start_at)
             start = True
         params = self._convert_params(cls, params)
         data = self._encode_data(params, metadata, tags)
-        timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
+        timeout_ms = options.timeout_ms if options.timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
             raise InvalidParams(
                 f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms} (the server's MAX_TASK_TIMEOUT_MS).",
                 field="timeoutMs",
             )
-        max_retries = max_retries if max_retries is not None else cls.max_retries
+        max_retries = options.max_retries if options.max_retries is not None else cls.max_retries
         if not 0 <= max_retries <= self.settings.max_task_retries:
             raise InvalidParams(
                 f"maxRetries must be from 0 to {self.settings.max_task_retries} (the server's MAX_TASK_RETRIES).",

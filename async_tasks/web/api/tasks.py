@@ -93,16 +93,8 @@ class TaskController(Controller):
             session_key,
             executor=data.executor,
             params=data.params,
-            name=data.name,
-            description=data.description,
-            metadata=data.metadata,
-            tags=data.tags,
-            start=data.start,
-            priority=data.priority,
-            timeout_ms=data.timeout_ms,
-            max_retries=data.max_retries,
+            options=data.options(),
             idempotency_key=idempotency_key,
-            start_at=data.start_at,
             client=client_of(request.scope),
         )
         return Response(
