@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from async_tasks.client import TaskClient
-from async_tasks.testing import free_port
 from tests.live import start_server_process
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "DEMO_GUIDE.md"

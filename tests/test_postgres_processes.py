@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from async_tasks.testing import free_port
 from tests import forked
 from tests.faults.postgres_process import PostgresProcess, binary
+from tests.servers import free_port
 from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
 from tests.test_redis_processes import (
     Cluster,

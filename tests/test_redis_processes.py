@@ -28,8 +28,8 @@ import anyio
 import httpx
 import pytest
 
-from async_tasks.testing import free_port
 from tests import forked
+from tests.servers import free_port
 from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
 
 pytestmark = [
