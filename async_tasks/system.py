@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -47,10 +46,10 @@ from async_tasks.errors import (
     TaskTooLarge,
     UnknownExecutor,
 )
-from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
+from async_tasks.outlook import Outlook, Outlooks
 from async_tasks.settings import BackendSettings, EngineSettings
 from async_tasks.store.base import (
     CreateLimits,
@@ -70,17 +69,6 @@ logger = logging.getLogger("async_tasks")
 SHUTDOWN_TASK_SHARE = 0.8
 #: A create's options when it gives none: start at once, the executor's defaults.
 DEFAULT_OPTIONS = TaskOptions()
-#: Seconds an executor's recent run times are reused for estimates before being read again.
-DURATIONS_TTL = 1.0
-
-
-class Outlook(NamedTuple):
-    """Where a waiting or running task stands (`TaskSystem.outlook`)."""
-
-    #: Its place in its session's line (1: next); None when it is not waiting in line.
-    queue_position: int | None
-    #: When it should start and finish; None when nothing is known to estimate from.
-    eta: Estimate | None
 
 
 class TaskSystem:
@@ -151,8 +139,8 @@ class TaskSystem:
         self._shutdown_done: anyio.Event | None = None
         self._shutdown_requested: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Executor -> (when read, on the clock's monotonic time; its recent run times).
-        self._durations: dict[str, tuple[float, list[int]]] = {}
+        #: Where waiting and running tasks stand (queue positions, estimates).
+        self.outlooks = Outlooks(self.store, self.execution, clock)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -521,40 +509,8 @@ class TaskSystem:
 
     async def outlook(self, session_key: str, tasks: Sequence[Task]) -> dict[str, Outlook]:
         """Where each waiting or running task of `tasks` (one session's) stands: its place in
-        the session's line and an estimate of when it starts and finishes (the rule is
-        `async_tasks.estimates`). Tasks with neither are absent. A few store reads for the
-        whole page, none when nothing on it waits or runs."""
-        pending = [task for task in tasks if task.status is TaskStatus.PENDING]
-        running = [task for task in tasks if task.status is TaskStatus.RUNNING]
-        if not pending and not running:
-            return {}
-        positions = await self.execution.queue_positions(session_key, pending) if pending else {}
-        waiting = [task for task in pending if task.id in positions]
-        durations = await self._recent_durations({task.executor for task in (*waiting, *running)})
-        lanes = 1
-        if waiting:
-            lanes = (await self.store.counts(session_key)).by_status[TaskStatus.RUNNING]
-        now = self.clock.now_ms()
-        found: dict[str, Outlook] = {}
-        for task in (*waiting, *running):
-            position = positions.get(task.id)
-            guess = estimate(
-                task, now_ms=now, durations=durations.get(task.executor, ()), position=position, lanes=lanes
-            )
-            if position is not None or guess is not None:
-                found[task.id] = Outlook(position, guess)
-        return found
-
-    async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
-        """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:
-        an estimate a second behind costs nothing, a store read per answer would."""
-        now = self.clock.monotonic()
-        stale = {name for name in executors if now - self._durations.get(name, (-math.inf, []))[0] >= DURATIONS_TTL}
-        if stale:
-            found = await self.store.recent_durations(stale)
-            for name in stale:
-                self._durations[name] = (now, found.get(name, []))
-        return {name: self._durations[name][1] for name in executors}
+        the session's line and when it should start and finish (`async_tasks.outlook`)."""
+        return await self.outlooks.of(session_key, tasks)
 
     # -- control -----------------------------------------------------------------
 

@@ -19,9 +19,11 @@ from async_tasks.settings import Settings
 from async_tasks.store.base import Expiry
 from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from async_tasks.web.api.streams import _unavailable
+from async_tasks.web.frames import OPENED, Frame
 from async_tasks.web.plugin import AsyncTasksPlugin
 from async_tasks.web.sessions import SessionResolver
-from async_tasks.web.streams import OPENED, Frame, StreamBridge, StreamEvicted
+from async_tasks.web.stream_caps import StreamEvicted
+from async_tasks.web.streams import StreamBridge
 from tests.helpers import SECRET, TEST_HOST, new_address, system_of, wait_for
 from tests.test_streams import bridge_of
 

@@ -41,6 +41,7 @@ ENGINE_MODULES = [
     "async_tasks.backends.redis.worker",
     "async_tasks.faults",
     "async_tasks.system",
+    "async_tasks.outlook",
     "async_tasks.process",
     "async_tasks.worker",
     "async_tasks.cleanup",

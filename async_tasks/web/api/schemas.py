@@ -9,7 +9,7 @@ from litestar.params import ParameterKwarg
 
 from async_tasks.cleanup import CleanupResult, LastRun
 from async_tasks.estimates import Estimate
-from async_tasks.system import Outlook
+from async_tasks.outlook import Outlook
 from async_tasks.task import Task, TaskOptions, TaskStatus
 from async_tasks.task_log import RECENT_LINES, LogLine
 

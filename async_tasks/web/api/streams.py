@@ -62,9 +62,11 @@ from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
+from async_tasks.web.frames import KEEPALIVE, OPENED, Frame, sse_lines
 from async_tasks.web.middleware import client_of
 from async_tasks.web.security import error_body, refuse_websocket
-from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge, StreamEvicted, sse_lines
+from async_tasks.web.stream_caps import StreamEvicted
+from async_tasks.web.streams import StreamBridge
 
 #: The largest message a WebSocket client may send (the server ignores them anyway);
 #: `async-tasks serve` also sets it as uvicorn's ``ws_max_size``.
