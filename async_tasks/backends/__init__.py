@@ -106,6 +106,14 @@ SCHEMES: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: The libraries each extra installs (a backend imports some of them only when first used,
+#: so a missing one is found here, at start-up).
+EXTRA_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "redis": ("redis", "saq"),
+    "postgres": ("psycopg", "psycopg_pool", "saq"),
+}
+
+
 def scheme_of(url: str) -> str:
     return url if url == "memory" else url.partition("://")[0].lower()
 
@@ -115,6 +123,8 @@ def backend_class(settings: BackendSettings) -> type[Backend]:
     naming it."""
     module_name, class_name, extra = SCHEMES[scheme_of(settings.task_backend)]
     try:
+        for library in EXTRA_LIBRARIES.get(extra, ()):  # some are imported only when first used
+            importlib.import_module(library)
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SettingsError(
