@@ -28,7 +28,7 @@ from litestar.types import Scope
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.executor import CallsOut, TaskExecutor
 from async_tasks.metrics import TaskMetrics
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings, Settings
 from async_tasks.system import TaskSystem
 from async_tasks.web.addresses import ServerAddresses
 from async_tasks.web.api.admin import admin_router
@@ -54,11 +54,11 @@ from async_tasks.web.streams import StreamBridge
 BODY_OVERHEAD = 16_384
 
 
-def api_body_limit(settings: Settings) -> int:
+def api_body_limit(settings: Settings, engine: EngineSettings) -> int:
     """The largest body the API reads: a create body is the task's data plus a few
     fields, so a body beyond MAX_TASK_DATA_BYTES + `BODY_OVERHEAD` is refused (413)
     before it is decoded (a decoded body can take 20 times its size in memory)."""
-    return min(settings.max_request_body_bytes, settings.max_task_data_bytes + BODY_OVERHEAD)
+    return min(settings.max_request_body_bytes, engine.max_task_data_bytes + BODY_OVERHEAD)
 
 
 def door_settings(settings: Settings | None, system: TaskSystem | None, environ: Mapping[str, str] | None) -> Settings:
@@ -168,7 +168,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             path=self.path or "/",
             route_handlers=handlers,
             exception_handlers=EXCEPTION_HANDLERS,
-            request_max_body_size=api_body_limit(self.settings),
+            request_max_body_size=api_body_limit(self.settings, self.system.settings),
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
