@@ -71,7 +71,7 @@ def test_the_engine_never_imports_the_web_framework() -> None:
 
 @pytest.mark.e2e
 def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tmp_path: Path) -> None:
-    """The engine in a script: both executor forms run end to end; neither Litestar nor
+    """The engine in a script: both executor forms and a built-in one run end to end; neither Litestar nor
     itsdangerous is imported, and nothing is logged about SECRET_KEY or session tokens."""
     script = tmp_path / "script.py"
     script.write_text(
@@ -81,6 +81,7 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
             import sys
             import anyio
             from async_tasks import Progress, Step, Task, TaskExecutor, TaskParams, TaskSystem, executor
+            from async_tasks.testing import wait_for
 
             class GreetParams(TaskParams):
                 who: str = "world"
@@ -98,17 +99,17 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
                     return task.params.who.upper()
 
             async def main() -> None:
-                async with TaskSystem([greet, Shout], load_entry_points=False) as system:
+                async with TaskSystem([greet, Shout]) as system:  # the installed executors too
                     ids = [
                         (await system.create_task("me", executor=name, params={"who": "Ada"})).id
                         for name in ("greet", "shout")
                     ]
+                    ids.append((await system.create_task("me", executor="sample", params={"delayMs": 0})).id)
                     with anyio.fail_after(5):
-                        while not all([(await system.get_task("me", i)).is_terminal for i in ids]):
-                            await anyio.sleep(0.01)
-                    for task_id in ids:
-                        task = await system.get_task("me", task_id)
-                        print(task.status.value, task.result, task.current_step)
+                        for task_id in ids:
+                            task = await wait_for(system, "me", task_id, "completed")
+                            result = "" if task.executor == "sample" else task.result
+                            print(task.status.value, result, task.current_step)
                 print("litestar" in sys.modules, "itsdangerous" in sys.modules)
 
             logging.basicConfig(level=logging.DEBUG)
@@ -121,6 +122,7 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
     assert out.stdout.splitlines() == [
         "completed {'greeting': 'Hello, Ada!'} Speaking",
         "completed ADA None",
+        "completed  Finalizing",
         "False False",
     ]
     assert "Task system initialized" in out.stderr  # the log is captured...
