@@ -61,3 +61,18 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
         graphlib.TopologicalSorter(import_graph()).prepare()
     except graphlib.CycleError as exc:
         pytest.fail(f"import circle: {' -> '.join(exc.args[1])}")
+
+
+def test_no_test_serves_on_the_default_port() -> None:
+    """Every ``serve(...)`` a test calls names its port (a free one; servers started as
+    processes get PORT from the test): the fast loop passes while the README's server
+    holds port 3000."""
+    unported = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name == "serve" and not any(keyword.arg == "port" for keyword in node.keywords):
+                unported.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert unported == []

@@ -53,7 +53,7 @@ from async_tasks.execution.base import (
 )
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings
 from async_tasks.store.base import CreateLimits, Idempotency, refusal
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
@@ -102,7 +102,7 @@ class LocalExecution:
         self,
         store: MemoryTaskStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: EngineSettings,
         clock: Clock = SYSTEM_CLOCK,
         rng: Callable[[], float] = random.random,
     ) -> None:

@@ -34,7 +34,7 @@ from async_tasks.faults import crash_point
 
 if TYPE_CHECKING:
     from async_tasks.backends.postgres.store import PostgresTaskStore
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -48,7 +48,7 @@ class Reconciler:
     def __init__(
         self,
         store: PostgresTaskStore,
-        settings: Settings,
+        settings: BackendSettings,
         worker_id: str,
         *,
         rng: Callable[[], float] = random.random,

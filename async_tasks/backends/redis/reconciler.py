@@ -35,7 +35,7 @@ from async_tasks.faults import crash_point
 
 if TYPE_CHECKING:
     from async_tasks.backends.redis.store import RedisTaskStore
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -49,7 +49,7 @@ class Reconciler:
     def __init__(
         self,
         store: RedisTaskStore,
-        settings: Settings,
+        settings: BackendSettings,
         worker_id: str,
         *,
         rng: Callable[[], float] = random.random,

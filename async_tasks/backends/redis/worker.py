@@ -63,7 +63,7 @@ from async_tasks.execution.base import conclude, executor_task, handed_back, log
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings
 from async_tasks.task import Task, TaskStatus
 from async_tasks.task_log import LogLine
 
@@ -229,7 +229,7 @@ class RedisWorker:
         self,
         store: RedisTaskStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: BackendSettings,
         *,
         url: str,
         slots: int,
