@@ -81,6 +81,10 @@ LEASE_LOST: Final = "lease lost"
 SAQ_STOP_TIMEOUT: Final = 3.0
 #: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
 LEAVE_TIMEOUT: Final = 2.0
+#: Seconds an idle dequeue waits for SAQ's NOTIFY before it looks at the queue's table again.
+#: SAQ starts LISTENing only once its first look found nothing: a job queued in between is
+#: announced to nobody, and without this it waited for the next job queued there.
+DEQUEUE_TIMEOUT: Final = 1.0
 
 
 class _Attempt:
@@ -325,6 +329,7 @@ class PostgresWorker:
                     self._queue,
                     functions=[(FUNCTION, self._job)],
                     concurrency=self.slots,
+                    dequeue_timeout=DEQUEUE_TIMEOUT,
                     # Scheduling, sweeps and aborts are ours (the store's functions, the
                     # reconciler and the stop channel): SAQ only dequeues.
                     timers={"schedule": 86_400, "sweep": 86_400, "abort": 86_400, "worker_info": 86_400},
