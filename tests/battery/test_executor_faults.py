@@ -208,7 +208,9 @@ async def test_a_blocked_thread_ends_its_attempt_without_blocking_the_loop(
     ThreadExecutor.finished.clear()
     async with server(make_app) as (app, client):
         task_id = await create(client, "thread-gate", timeoutMs=20 if end == "timeout" else None)
-        await wait_for(app, task_id, progress=10)
+        # Blocked in its thread (or, on a busy machine, already timed out: 20 ms can pass
+        # before the thread's first report is stored, which then comes too late).
+        await wait_for(app, task_id, "failed", progress=10)
         if end == "cancel":
             assert (await client.post(f"{API}/tasks/{task_id}/cancel")).status_code == 200
         task = await wait_for(app, task_id, "failed", "cancelled")
@@ -216,6 +218,6 @@ async def test_a_blocked_thread_ends_its_attempt_without_blocking_the_loop(
         assert (task.status.value, task.error) == expected
         await sibling_completes(app, client)  # the thread is still blocked
         ThreadExecutor.gate.set()
-        await anyio.to_thread.run_sync(ThreadExecutor.finished.wait)
+        assert await anyio.to_thread.run_sync(ThreadExecutor.finished.wait, 10)
         await anyio.wait_all_tasks_blocked()
         assert (task.status.value, task.error, task.result) == (*expected, None)
