@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from async_tasks.backends.postgres.connection import Availability, Database, check
 from async_tasks.backends.postgres.producer import PostgresExecution
 from async_tasks.backends.postgres.schema import events_channel, migrate
-from async_tasks.backends.postgres.store import PostgresTaskStore, RunLimits
+from async_tasks.backends.postgres.store import PostgresTaskStore
+from async_tasks.backends.queued.store import RunLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, cast
 
 import msgspec
 
 from async_tasks.backends.postgres.connection import Database
+from async_tasks.backends.queued.store import Dispatched, RunLimits
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
 from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo
 from async_tasks.store.base import (
     ACTIONS,
     RECENT_DURATIONS,
@@ -134,24 +136,13 @@ class _AllPage(msgspec.Struct):
 _decode_removed = msgspec.json.Decoder(list[tuple[str, msgspec.Raw]]).decode
 
 
-class RunLimits(NamedTuple):
-    """The running limits delivery keeps across every worker (None: none)."""
+class _Description(msgspec.Struct):
+    """What a worker says of itself (`QueuedWorker.description`)."""
 
-    global_limit: int | None = None
-    per_session: int | None = None
-
-
-class Dispatched(NamedTuple):
-    """A task dispatched to a worker, as the reconciler reads it."""
-
-    task_id: str
-    session_key: str
-    status: str
-    attempts: int
-    auto_retries: int
-    max_retries: int
-    job_key: str
-    worker: str
+    host: str = ""
+    pid: int = 0
+    slots: int = 0
+    executors: list[str] = msgspec.field(default_factory=list)
 
 
 def _task(raw: bytes | str) -> StoredTask:
@@ -895,6 +886,42 @@ class PostgresTaskStore:
         if raw is None:
             raise TaskNotFound(task_id)
         return _task(raw)
+
+    async def live_workers(self) -> list[WorkerInfo]:
+        """The workers whose lease lives, with what they run (from their rows), oldest first."""
+        rows = await self.db.rows(
+            "SELECT w.id, w.description::text, w.slots, w.started_at, db_now() - w.renewed_at, "
+            "(SELECT count(*) FROM tasks t WHERE t.runner = w.id AND t.status = 'running') "
+            "FROM workers w WHERE w.lease_until > db_now() ORDER BY w.started_at, w.id"
+        )
+        found = []
+        for worker_id, raw, slots, started_at, age, running in rows:
+            said = msgspec.json.decode(raw, type=_Description)
+            found.append(
+                WorkerInfo(
+                    id=worker_id, host=said.host, pid=said.pid, executors=said.executors, running=int(running),
+                    concurrency=int(slots), started_at=int(started_at), lease_age_ms=max(0, int(age)),
+                )
+            )  # fmt: skip
+        return found
+
+    async def executor_loads(self, executors: Sequence[str]) -> dict[str, ExecutionLoad]:
+        """Running attempts, tasks waiting for a slot, a worker or their time (a retry's
+        backoff, a delayed start), and the live workers that run it, by executor."""
+        rows = await self.db.rows(
+            "SELECT e.name, "
+            "(SELECT count(*) FROM tasks t WHERE t.executor = e.name AND t.status = 'running'), "
+            "(SELECT count(*) FROM tasks t WHERE t.executor = e.name AND t.status = 'pending' AND t.delivery <> ''), "
+            "(SELECT count(*) FROM workers w WHERE NOT w.retired AND w.lease_until > db_now() "
+            "AND e.name = ANY(w.executors)) "
+            "FROM (SELECT unnest(%s::text[]) UNION SELECT DISTINCT executor FROM tasks "
+            "WHERE status IN ('pending', 'running')) AS e(name)",
+            (list(executors),),
+        )
+        return {
+            name: ExecutionLoad(running=int(running), queued=int(queued), workers=int(workers))
+            for name, running, queued, workers in rows
+        }
 
     # -- events -------------------------------------------------------------------------
 

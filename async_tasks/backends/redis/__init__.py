@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from async_tasks.backends.queued.store import RunLimits
 from async_tasks.backends.redis.connection import Availability, check, request_client
 from async_tasks.backends.redis.keys import Keys
 from async_tasks.backends.redis.producer import RedisExecution
-from async_tasks.backends.redis.store import RedisTaskStore, RunLimits
+from async_tasks.backends.redis.store import RedisTaskStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 from redis.exceptions import ReadOnlyError
 
+from async_tasks.backends.queued.store import Dispatched, RunLimits
 from async_tasks.backends.redis import scripts
 from async_tasks.backends.redis.connection import Availability, reachable
 from async_tasks.backends.redis.keys import DEFAULT_PREFIX, Keys
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import IdempotentTaskRemoved, TaskNotFound
 from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
+from async_tasks.execution.base import ExecutionLoad, WorkerInfo
 from async_tasks.store.base import (
     ACTIONS,
     RECENT_DURATIONS,
@@ -88,48 +90,6 @@ _STATUSES: Final = tuple(status.value for status in TaskStatus)
 _encode = msgspec.json.Encoder().encode
 _decode_task = msgspec.json.Decoder(StoredTask).decode
 _decode_tasks = msgspec.json.Decoder(list[StoredTask]).decode
-
-
-class RunLimits(NamedTuple):
-    """The running limits delivery keeps across every worker (None: none)."""
-
-    global_limit: int | None = None
-    per_session: int | None = None
-
-
-class LiveWorker(NamedTuple):
-    """A worker as its lease describes it (`RedisTaskStore.live_workers`)."""
-
-    id: str
-    #: What the worker said of itself (host, pid, slots, executors, startedAt, renewedAt).
-    description: dict[str, Any]
-    slots: int
-    running: int
-    retired: bool
-    lease_age_ms: int
-
-
-class ExecutorQueue(NamedTuple):
-    """One executor's tasks across the deployment (`RedisTaskStore.executor_queues`)."""
-
-    #: Parked, delayed or dispatched (those running included).
-    in_delivery: int
-    running: int
-    #: Workers taking tasks that run it.
-    workers: int
-
-
-class Dispatched(NamedTuple):
-    """A task dispatched to a worker, as the reconciler reads it."""
-
-    task_id: str
-    session_key: str
-    status: str
-    attempts: int
-    auto_retries: int
-    max_retries: int
-    job_key: str
-    worker: str
 
 
 def _task(raw: bytes) -> StoredTask:
@@ -789,7 +749,10 @@ class RedisTaskStore:
 
     async def forget_worker(self, worker: str, *, leaving: bool = False) -> int:
         """Forget a worker (see `forget_worker.lua`): 1 done, 0 its lease lives, -1 tasks left."""
-        return int(await self._run("forget_worker", worker, "1" if leaving else ""))
+        forgotten = int(await self._run("forget_worker", worker, "1" if leaving else ""))
+        if forgotten == 1 and not leaving:  # a lost worker: no longer a suspect
+            await cast("Awaitable[int]", self.redis.hdel(self.keys.suspects, worker))
+        return forgotten
 
     async def promote(self, most: int = 500) -> int | None:
         """Deliver the delayed tasks whose time has come; the next due time (ms), or None."""
@@ -810,6 +773,42 @@ class RedisTaskStore:
                     pipe.exists(self.keys.lease(worker))
                 found = await pipe.execute()
         return [bool(n) for n in found]
+
+    async def lost_workers(self, me: str, lease_ms: int) -> list[str]:
+        """The workers other than `me` without a lease for half a lease or more: a worker
+        without one is first a suspect (``P suspects``, when it was first seen so, by Redis's
+        clock), lost half a lease later."""
+        workers = [worker for worker in await self.workers() if worker != me]
+        if not workers:
+            return []
+        alive = await self.leases(workers)
+        redis = cast(Any, self.redis)
+        suspects = self.keys.suspects
+        seconds, micros = await redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        async with redis.pipeline(transaction=False) as pipe:
+            for worker, ok in zip(workers, alive, strict=True):
+                if ok:
+                    pipe.hdel(suspects, worker)
+                else:
+                    pipe.hsetnx(suspects, worker, now_ms)
+                    pipe.hget(suspects, worker)
+            replies = await pipe.execute()
+        gone: list[str] = []
+        i = 0
+        for worker, ok in zip(workers, alive, strict=True):
+            if ok:
+                i += 1
+                continue
+            since = int(replies[i + 1] or now_ms)
+            i += 2
+            if now_ms - since >= lease_ms / 2:
+                gone.append(worker)
+        return gone
+
+    async def take_lock(self, name: str, holder: str, ms: int) -> bool:
+        """Take the lock of a one-at-a-time duty for `ms` ms (``P <name>``), unless another holds it."""
+        return bool(await cast(Any, self.redis).set(self.keys.lock(name), holder, nx=True, px=ms))
 
     async def dispatched_to(self, worker: str) -> list[Dispatched]:
         """The tasks dispatched to `worker` (queued on it or running there)."""
@@ -894,33 +893,40 @@ class RedisTaskStore:
             raise TaskNotFound(task_id)
         return await self.get(session.decode(), task_id)
 
-    async def live_workers(self) -> list[LiveWorker]:
-        """The workers in the pool with a lease, as their leases describe them (see `workers.lua`)."""
+    async def live_workers(self) -> list[WorkerInfo]:
+        """The workers in the pool with a lease (a retired one, leaving, is listed until it is
+        gone), as their leases describe them, oldest first; the lease age is Redis's time
+        since the last renewal (see `workers.lua`)."""
         now, rows = await self._run("workers")
         found = []
-        for worker, lease, slots, running, retired in rows:
-            description = msgspec.json.decode(lease)
+        for worker, lease, slots, running, _retired in rows:
+            about = msgspec.json.decode(lease)
             found.append(
-                LiveWorker(
+                WorkerInfo(
                     id=worker.decode(),
-                    description=description,
-                    slots=int(slots),
+                    host=str(about.get("host", "")),
+                    pid=int(about.get("pid", 0)),
+                    executors=[str(name) for name in about.get("executors", ())],
                     running=int(running),
-                    retired=retired == b"1",
-                    lease_age_ms=max(0, int(now) - int(description.get("renewedAt", now))),
+                    concurrency=int(slots),
+                    started_at=int(about.get("startedAt", 0)),
+                    lease_age_ms=max(0, int(now) - int(about.get("renewedAt", now))),
                 )
             )
-        return found
+        return sorted(found, key=lambda w: (w.started_at, w.id))
 
-    async def executor_queues(self, executors: Sequence[str]) -> dict[str, ExecutorQueue]:
+    async def executor_loads(self, executors: Sequence[str]) -> dict[str, ExecutionLoad]:
         """By executor (`executors`, and any other with tasks in delivery or workers): tasks
-        in delivery, running, and the workers that run it (see `queues.lua`)."""
+        running, waiting (in delivery, not running) and the workers that run it, from the
+        counts kept by the scripts (`P xq`, `P offered`) and the index of running tasks:
+        O(executors + running tasks) (see `queues.lua`)."""
         flat = await self._run("queues", *executors)
-        return {
-            flat[i].decode(): ExecutorQueue(in_delivery=int(flat[i + 1]), running=int(flat[i + 2]),
-                                            workers=int(flat[i + 3]))
-            for i in range(0, len(flat), 4)
-        }  # fmt: skip
+        loads = {}
+        for i in range(0, len(flat), 4):
+            in_delivery, running, workers = int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3])
+            loads[flat[i].decode()] = ExecutionLoad(running=running, queued=max(0, in_delivery - running),
+                                                    workers=workers)  # fmt: skip
+        return loads
 
     # -- events -------------------------------------------------------------------------
 
