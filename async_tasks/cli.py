@@ -387,11 +387,24 @@ def watch_task(client: TaskClient, task_id: str, name: str | None = None) -> int
     return 1
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds from now, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return seconds
+
+
 @_client_command
 def submit(args: argparse.Namespace, client: TaskClient) -> int:
     params = parse_params(args.param)
     if args.description is not None:
         params["description"] = args.description
+    if args.start_in is not None:
+        params["startAt"] = int(time.time() * 1000 + args.start_in * 1000)
     task = client.demo(args.executor, **params)
     if args.json and not args.watch:
         _print_json(task)
@@ -401,6 +414,9 @@ def submit(args: argparse.Namespace, client: TaskClient) -> int:
         f"Created task [bold]{task['id']}[/] ({_escape(task.get('name', ''))}) "
         f"in session {_escape(task.get('sessionKey', '?'))}"
     )
+    if "startAt" in params:
+        at = time.strftime("%H:%M:%S", time.localtime(params["startAt"] / 1000))
+        out.print(f"It waits until {at} ({args.start_in:g} s from now), then starts.")
     if not args.watch:
         out.print(f"[dim]Follow it with: async-tasks watch {task['id']}[/]")
         return 0
@@ -579,6 +595,12 @@ def _add_client_commands(commands: Any) -> None:
         help='a param; VALUE is JSON when it parses (2000, true, \'["a","b"]\'), else a string',
     )
     cmd.add_argument("--description", "-d", help="task description")
+    cmd.add_argument(
+        "--start-in",
+        type=_seconds,
+        metavar="SECONDS",
+        help="start it this many seconds from now (the task waits pending until then)",
+    )
     cmd.add_argument(
         "--watch",
         "-w",

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,22 @@ def test_submit_without_watch_returns_at_once(run: Run) -> None:
     code, out, _ = run("submit", "sample", "-p", "delayMs=0", "-d", "from the CLI")
     assert code == 0
     assert "Created task" in out and "async-tasks watch" in out
+
+
+def test_submit_can_start_later(run: Run) -> None:
+    """--start-in: the task waits pending with its time; a negative delay is a usage error."""
+    code, out, err = run("submit", "sample", "-p", "delayMs=0", "--start-in", "120")
+    assert code == 0, err
+    assert "It waits until" in out and "120 s from now" in out
+    task_id = out.split("Created task ")[1].split()[0]
+    code, out, err = run("status", task_id, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["status"] == "pending"
+    assert status["scheduledAt"] > time.time() * 1000 + 100_000
+    with pytest.raises(SystemExit) as usage:
+        run("submit", "sample", "--start-in", "-1")
+    assert usage.value.code == 2
 
 
 def test_list_status_and_the_kept_session(

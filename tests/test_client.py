@@ -64,6 +64,10 @@ def test_watch_by_polling_only(client: TaskClient) -> None:
     updates = list(client.watch(task["id"], events=False, interval=0.05, timeout=WATCH_TIMEOUT))
     assert updates[-1]["status"] == "completed"
     assert {u["source"] for u in updates} == {"poll"}
+    # Polling shows the log too: every line once, in order.
+    said = [line["message"] for u in updates for line in u.get("lines", ())]
+    logs = client.get_task(task["id"])["logs"]
+    assert logs and said == [line["message"] for line in logs]
 
 
 def test_the_client_keeps_the_session_the_server_issued(transport: PortalTransport) -> None:
@@ -279,6 +283,9 @@ def scripted(events_response: httpx.Response, statuses: list[dict[str, object]])
         if request.url.path.endswith("/status"):
             body = statuses.pop(0) if len(statuses) > 1 else statuses[0]
             return httpx.Response(200, json=body)
+        if request.url.path.endswith(f"/tasks/{TASK_ID}"):  # polling reads the full task
+            body = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+            return httpx.Response(200, json={"success": True, "task": body})
         return error_response(404, "not_found", "no")
 
     return httpx.MockTransport(handle)

@@ -97,7 +97,7 @@ async def create(http: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def test_a_task_answer_and_list_items_say_where_a_task_stands(queued: Any) -> None:
-    """`queuePosition` and `eta` beside the task (and in list items): 1st in line starts after
+    """`queuePosition` and `eta` beside the task (in list items and /status): 1st in line starts after
     one typical run (4 s), 2nd after two; the running one has 3 s left a second in."""
     _, http, clock, (running, first, second) = queued
     clock.advance(1)
@@ -110,6 +110,13 @@ async def test_a_task_answer_and_list_items_say_where_a_task_stands(queued: Any)
     assert items[running["id"]]["eta"] == {"startsInMs": None, "finishesInMs": 3000, "typicalMs": 4000, "samples": 1}
     done = [item for item in items.values() if item["status"] == "completed"]
     assert done and all(item["eta"] is None and item["queuePosition"] is None for item in done)
+    # /status, the polling endpoint, says the same (and nothing of it once the task ended).
+    polled = (await http.get(f"{API}/tasks/{first['id']}/status")).json()
+    assert (polled["queuePosition"], polled["eta"]) == (1, answer["eta"])
+    polled = (await http.get(f"{API}/tasks/{running['id']}/status")).json()
+    assert "queuePosition" not in polled and polled["eta"]["finishesInMs"] == 3000
+    polled = (await http.get(f"{API}/tasks/{done[0]['id']}/status")).json()
+    assert "queuePosition" not in polled and "eta" not in polled
 
 
 async def test_a_task_stream_sends_eta_events_as_its_place_in_line_moves(queued: Any) -> None:

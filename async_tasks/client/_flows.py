@@ -33,6 +33,22 @@ TOKEN_HEADER = "X-Session-Token"
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 #: How long the event stream may stay silent before `watch` falls back to polling.
 STREAM_IDLE_TIMEOUT_S = 30.0
+#: What a polled update takes of the full task: the /status fields, where the task stands
+#: in line (``queuePosition``, ``eta``) and its log (``logs``, said as new ``lines``).
+_POLLED = (
+    "status",
+    "progress",
+    "currentStep",
+    "currentStepDescription",
+    "startedAt",
+    "completedAt",
+    "error",
+    "scheduledAt",
+    "waitingReason",
+    "queuePosition",
+    "eta",
+    "logs",
+)
 
 
 def _camel(name: str) -> str:
@@ -202,9 +218,9 @@ class BaseClient:
 
         The event stream first (its first event is the task's snapshot: no separate
         poll, whose answer could be newer than the events queued behind it); /status
-        every `interval` seconds when there is no stream or it breaks. On the stream,
-        updates also bring the task's new log lines (``lines``) and its place in line and
-        estimate (``queuePosition``, ``eta``); see `Changes`.
+        every `interval` seconds when there is no stream or it breaks (reading the full
+        task). Updates also bring the task's new log lines (``lines``) and its place in
+        line and estimate (``queuePosition``, ``eta``); see `Changes`.
         """
         deadline = _Deadline(task_id, timeout)
         changed = Changes()
@@ -230,7 +246,7 @@ class BaseClient:
             except StreamUnavailable:
                 yield from Close()
         while True:
-            update = status_update((yield from self._status(task_id)), task_id, "poll")
+            update = yield from self._poll(task_id)
             said = changed(update)
             if said is not None:
                 yield from Emit(said)
@@ -238,6 +254,12 @@ class BaseClient:
                 return
             deadline.check()
             yield from Sleep(interval)
+
+    def _poll(self, task_id: str) -> Flow[Json]:
+        """The task as one polled update. It reads the full task, not /status, so that
+        watching without a stream still shows the log lines and the place in line."""
+        task = yield from self._task(task_id)
+        return status_update({key: task[key] for key in _POLLED if key in task}, task_id, "poll")
 
     def _settled(self, update: Json, changed: Changes) -> Flow[bool]:
         """Whether the task stays in the terminal status the stream just reported.

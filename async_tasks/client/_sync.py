@@ -205,10 +205,10 @@ class TaskClient(BaseClient):
         """Yield the task's status each time it changes, until it completes, fails or is cancelled.
 
         Uses the push stream ``GET /tasks/{id}/events`` when the server has it (and
-        `events` is true), else polls ``/status`` every `interval` seconds. Each update
+        `events` is true), else polls the task every `interval` seconds. Each update
         has the /status fields (status, progress, currentStep, currentStepDescription,
-        error...) plus ``taskId`` and ``source`` ("events" or "poll"). On the stream it
-        also has ``queuePosition`` and ``eta`` (where the task stands in its session's
+        error...) plus ``taskId`` and ``source`` ("events" or "poll"). It also has
+        ``queuePosition`` and ``eta`` (where the task stands in its session's
         line, and when it should start and finish: ``startsInMs``, ``finishesInMs``), and
         ``lines``: the log lines the executor wrote since the last update (each
         ``{"n", "at", "message", "data"?}``, each once; absent when there are none). A

@@ -12,6 +12,7 @@ Content-Security-Policy (no inline script or style): a page that needs either fa
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -367,6 +368,13 @@ def test_a_waiting_task_shows_its_place_in_line_and_an_estimate(browser: Browser
             expect(waiting.locator(".task-outlook")).to_have_text(re.compile(r"(about \d+ s left|any moment now)$"))
             expect(waiting.locator(".badge")).to_have_text("completed")
             expect(waiting.locator(".task-outlook")).to_be_hidden()
+            # A delayed start says when, counted down.
+            with TaskClient(url, token=session_token(page)) as tasks:
+                later = tasks.create_task("sample", {"delayMs": 0}, start_at=int(time.time() * 1000) + 150_000)
+            delayed = page.locator(f'li.task[data-task-id="{later["id"]}"]')
+            expect(delayed.locator(".task-outlook")).to_have_text(
+                re.compile(r"^starts at \d\d:\d\d:\d\d( [AP]M)?, in about (2|3) min$")
+            )
         finally:
             context.close()
         assert problems == [], f"Problems on the page: {problems}"

@@ -180,7 +180,7 @@ class TaskListResponse(Response, kw_only=True):
 
 class TaskStatusResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     """The documented `/status` shape, exactly (clients poll it: fields never change), and
-    two fields that are there only when they say something (left out when null)."""
+    fields that are there only when they say something (left out when null)."""
 
     success: bool
     status: TaskStatus
@@ -195,6 +195,11 @@ class TaskStatusResponse(msgspec.Struct, rename="camel", kw_only=True, omit_defa
     #: Why a pending task has not started, when something other than its turn holds it up
     #: ("waiting for a worker that runs `report`").
     waiting_reason: str | None = None
+    #: Its place in its session's line (1: next) while it waits, when known.
+    queue_position: int | None = None
+    #: When it should start and finish (ms from this answer), while it waits or runs and
+    #: something is known to estimate from.
+    eta: Estimate | None = None
 
 
 class Stats(msgspec.Struct, rename="camel", kw_only=True):

@@ -213,6 +213,9 @@ class TaskController(Controller):
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
         task = await self.system.get_task(session_key_of(scope), task_id, decode=False)
+        outlook = None
+        if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            outlook = (await self.system.outlook(task.session_key, [task])).get(task.id)
         return encoded(
             TaskStatusResponse(
                 success=True,
@@ -225,6 +228,8 @@ class TaskController(Controller):
                 error=task.error,
                 scheduled_at=task.scheduled_at,
                 waiting_reason=task.waiting_reason,
+                queue_position=None if outlook is None else outlook.queue_position,
+                eta=None if outlook is None else outlook.eta,
             )
         )
 

@@ -195,7 +195,7 @@ export function upsert(data) {
 /** What the page keeps of a list item or an event: what a card shows (and `logs`, `eta`). */
 export const FIELDS = /** @type {const} */ (["name", "executor", "status", "progress", "createdAt", "completedAt",
   "startedAt", "currentStep", "currentStepDescription", "error", "attempts", "deadLettered", "maxRetries",
-  "queuePosition"]);
+  "queuePosition", "scheduledAt", "waitingReason"]);
 
 /**
  * Take what a list item, a task or an event says of the task: its fields, its log lines

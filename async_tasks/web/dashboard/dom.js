@@ -116,21 +116,30 @@ function about(ms) {
 
 /**
  * Where a task stands, for a person (as the client module's `outlookText`): "3rd in line ·
- * starts in about 12 s", "about 8 s left", or "" when nothing is known.
- * @param {{status?: string, queuePosition?: number | null, eta?: {startsAt: number | null, finishesAt: number} | null}} task
+ * starts in about 12 s", "about 8 s left", "starts at 14:05:00, in about 3 min" (a delayed
+ * start), why it waits when something else holds it up, or "" when nothing is known.
+ * @param {{status?: string, queuePosition?: number | null, scheduledAt?: number | null,
+ *   waitingReason?: string | null, eta?: {startsAt: number | null, finishesAt: number} | null}} task
  * @param {number} [now]
  */
 export function outlookText(task, now = Date.now()) {
   const parts = [];
-  if (task.status === "pending" && task.queuePosition) parts.push(`${ordinal(task.queuePosition)} in line`);
+  const pending = task.status === "pending";
+  if (pending && task.scheduledAt && task.scheduledAt > now) {
+    const wait = task.scheduledAt - now;
+    parts.push(`starts at ${fmtTime(task.scheduledAt)}${wait < 1000 ? "" : `, in ${about(wait)}`}`);
+  } else if (pending && task.queuePosition) {
+    parts.push(`${ordinal(task.queuePosition)} in line`);
+  }
   const eta = task.eta;
-  if (eta && task.status === "pending" && eta.startsAt !== null) {
+  if (eta && pending && eta.startsAt !== null && !(task.scheduledAt && task.scheduledAt > now)) {
     const wait = eta.startsAt - now;
     parts.push(wait < 1000 ? "starting any moment now" : `starts in ${about(wait)}`);
   } else if (eta && task.status === "running") {
     const left = eta.finishesAt - now;
     parts.push(left < 1000 ? "finishing any moment now" : `${about(left)} left`);
   }
+  if (pending && task.waitingReason) parts.push(task.waitingReason);
   return parts.join(" · ");
 }
 

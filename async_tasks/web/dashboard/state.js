@@ -23,6 +23,8 @@ export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
  * @property {boolean} [deadLettered]
  * @property {LogLine[]} [logs] its log lines known here, oldest first, each once (by `n`)
  * @property {number | null} [queuePosition] its place in its session's line, while it waits
+ * @property {number | null} [scheduledAt] when a delayed start (or a retry's backoff) ends, epoch ms
+ * @property {string | null} [waitingReason] what holds it up when not its turn (no worker has its executor)
  * @property {Eta | null} [eta] when it should start and finish, on this browser's clock
  * @property {boolean} [logsFetched] its whole log was read (when its log was first opened)
  * @property {Record<string, HTMLElement> | null} refs

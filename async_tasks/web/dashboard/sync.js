@@ -302,7 +302,7 @@ function hasActiveTasks() {
 
 // Count the estimates down between list reads.
 setInterval(() => {
-  for (const task of tasks.values()) if (task.eta || task.queuePosition) renderOutlook(task);
+  for (const task of tasks.values()) if (task.eta || task.queuePosition || task.scheduledAt) renderOutlook(task);
 }, 1000);
 
 onNewKey(() => {
