@@ -5,7 +5,7 @@ Each change is one call of a function of `sql/` (``op_<name>``), one transaction
 task's row, its history, the session's and the deployment's counts, retention, the
 task's delivery (its session's line, the delayed tasks, the SAQ job of its worker) and the
 events all change together, every status change a compare-and-set on status and attempt
-(`move` in `sql/prelude.sql`), time from the database (``clock_timestamp()``; a test
+(`move` in `sql/prelude_changes.sql`), time from the database (``clock_timestamp()``; a test
 clock, `FakeClock`, passes its own). Changes take the deployment's advisory lock, so they
 apply one at a time as Redis scripts do; reads take none. The producer
 (`PostgresExecution`) and the worker (`PostgresWorker`) call the delivery functions

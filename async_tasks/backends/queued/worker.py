@@ -21,7 +21,7 @@ is `async_tasks.execution.base`'s, shared with the memory backend.
 - **Lease**: the worker renews its lease every third of WORKER_LEASE_MS. A worker that
   could not renew it for a whole lease (partitioned, paused, the store away) stops its
   attempts itself: by then the reconciler may have given them to another worker.
-- **Reconciler** (`reconciler.py`, one worker at a time): workers whose lease has expired
+- **Reconciler** (`reconciler.py` beside this module, one worker at a time): workers whose lease has expired
   lose their running attempts (failed with reason ``worker lost``, retried per budget) and
   their queued jobs go back to their sessions' lines; delayed tasks are delivered when due.
 - **Routing**: the worker runs the executors it was given (``--executors``, or every
