@@ -14,9 +14,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from async_tasks.backends.postgres.store_base import (
-    PostgresStoreBase,
-)
+from async_tasks.backends.postgres.store_base import PostgresStoreBase
 from async_tasks.backends.queued.store import Dispatched, new_op
 from async_tasks.execution.base import ExecutionLoad, WorkerInfo
 from async_tasks.task import Task

@@ -12,10 +12,7 @@ from typing import Final, cast
 
 import msgspec
 
-from async_tasks.backends.postgres.store_base import (
-    PostgresStoreBase,
-    decode_task,
-)
+from async_tasks.backends.postgres.store_base import PostgresStoreBase, decode_task
 from async_tasks.backends.queued.store import whole
 from async_tasks.errors import InvalidParams, TaskNotFound
 from async_tasks.store.base import (

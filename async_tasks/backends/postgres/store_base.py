@@ -22,10 +22,7 @@ from async_tasks.backends.queued.store import RunLimits, SharedSettings, SharedS
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.errors import TaskNotFound
 from async_tasks.events import EventHub
-from async_tasks.store.base import (
-    StorePolicy,
-    refusal,
-)
+from async_tasks.store.base import StorePolicy, refusal
 from async_tasks.task import StoredTask, Task, TaskStatus
 from async_tasks.task_log import LogLine
 

@@ -13,16 +13,8 @@ from typing import Final
 
 import msgspec
 
-from async_tasks.backends.postgres.store_base import (
-    PostgresStoreBase,
-    decode_task,
-)
-from async_tasks.store.base import (
-    Expiry,
-    ExpiryResult,
-    Retention,
-    TrimResult,
-)
+from async_tasks.backends.postgres.store_base import PostgresStoreBase, decode_task
+from async_tasks.store.base import Expiry, ExpiryResult, Retention, TrimResult
 from async_tasks.task import TaskStatus
 
 #: Tasks `trim` and `expire` change per call (a call holds the deployment's lock).

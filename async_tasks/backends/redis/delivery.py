@@ -11,20 +11,15 @@ reconciler's lock and its lost workers, and what the admin view shows of them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import msgspec
 
 from async_tasks.backends.queued.store import Dispatched, new_op
 from async_tasks.backends.redis.connection import reachable
-from async_tasks.backends.redis.store_base import (
-    RedisStoreBase,
-)
+from async_tasks.backends.redis.store_base import RedisStoreBase
 from async_tasks.execution.base import ExecutionLoad, WorkerInfo
 from async_tasks.task import StoredTask
-
-if TYPE_CHECKING:
-    pass
 
 
 class RedisDelivery(RedisStoreBase):

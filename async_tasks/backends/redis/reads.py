@@ -9,15 +9,10 @@ it runs); the admin view reads the indexes kept across sessions (``P all``, ``P 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 from async_tasks.backends.redis.connection import reachable
-from async_tasks.backends.redis.store_base import (
-    STATUSES,
-    RedisStoreBase,
-    decode_task,
-    decode_tasks,
-)
+from async_tasks.backends.redis.store_base import STATUSES, RedisStoreBase, decode_task, decode_tasks
 from async_tasks.errors import TaskNotFound
 from async_tasks.store.base import (
     RECENT_DURATIONS,
@@ -29,10 +24,6 @@ from async_tasks.store.base import (
     TaskPage,
 )
 from async_tasks.task import StoredTask, Task, TaskStatus
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Tasks one query script reads at most (a longer page is several scripts).
 QUERY_CHUNK: Final = 250

@@ -9,25 +9,12 @@ again while it says its budget ran out.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from async_tasks.backends.redis.connection import reachable
-from async_tasks.backends.redis.store_base import (
-    RedisStoreBase,
-    decode_task,
-    encode,
-)
-from async_tasks.store.base import (
-    Expiry,
-    ExpiryResult,
-    Retention,
-    TrimResult,
-)
+from async_tasks.backends.redis.store_base import RedisStoreBase, decode_task, encode
+from async_tasks.store.base import Expiry, ExpiryResult, Retention, TrimResult
 from async_tasks.task import TaskStatus
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Tasks `trim` and `expire` change per script call (a script blocks Redis while it runs).
 TRIM_BATCH: Final = 1000
