@@ -1,6 +1,6 @@
-"""Write the Python examples of README.md and DEMO_GUIDE.md out as modules, so that
-``mypy --strict`` checks them as a user would copy them; and the guide's TSX examples
-(the React recipe), beside the client module saved as the guide says
+"""Write the Python examples of README.md, DEMO_GUIDE.md and every page under docs/ out
+as modules, so that ``mypy --strict`` checks them as a user would copy them; and their
+TSX examples (the React recipe), beside the client module saved as the docs say
 (``async-tasks.js`` and ``async-tasks.d.ts``), for ``tsc`` (tests/frontend/tsconfig.json).
 
     python scripts/doc_examples.py build/doc-examples && mypy build/doc-examples
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "DEMO_GUIDE.md")
+DOCUMENTS = (ROOT / "README.md", ROOT / "DEMO_GUIDE.md", *sorted((ROOT / "docs").rglob("*.md")))
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 TSX_BLOCK = re.compile(r"```tsx\n(.*?)```", re.S)
 KIT = ROOT / "async_tasks" / "web" / "kit"
@@ -26,11 +26,13 @@ def main(target: str) -> int:
     out.mkdir(parents=True)
     count = 0
     for document in DOCUMENTS:
-        stem = Path(document).stem.lower().replace("-", "_")
-        for index, block in enumerate(BLOCK.findall((ROOT / document).read_text(encoding="utf-8")), 1):
+        # docs/guides/executors.md -> docs_guides_executors: a module name of its own.
+        stem = "_".join(document.relative_to(ROOT).with_suffix("").parts).lower().replace("-", "_")
+        text = document.read_text(encoding="utf-8")
+        for index, block in enumerate(BLOCK.findall(text), 1):
             (out / f"{stem}_example_{index}.py").write_text(block, encoding="utf-8")
             count += 1
-        for index, block in enumerate(TSX_BLOCK.findall((ROOT / document).read_text(encoding="utf-8")), 1):
+        for index, block in enumerate(TSX_BLOCK.findall(text), 1):
             (out / f"{stem}_example_{index}.tsx").write_text(block, encoding="utf-8")
             count += 1
     # The TSX examples import the client module as the guide saves it.

@@ -1,12 +1,13 @@
-"""Every curl example in DEMO_GUIDE.md runs as written against real servers.
+"""Every curl example of the docs (DEMO_GUIDE.md and docs/) runs as written against
+real servers, and every Python example runs.
 
-The guide's blocks are run in order in one bash process (so `TASK_ID=...` set by
-one block is used by the next), with only the ports rewritten: `localhost:3000`
-is the server of the quick start, `localhost:3001` the integration example (the
-host names stay as the guide writes them). The server runs with the guide's own
+The pages' blocks are run in order in one bash process (so `TASK_ID=...` set by one
+block is used by the next), with only the ports rewritten: `localhost:3000` is the
+server of the demo script, `localhost:3001` the integration example (the host names
+stay as the pages write them). The server runs with the demo script's own
 `API_CALL_ALLOW_HOSTS`. A block starting with `# expect: error` must answer with the
 error body; every other block must not. What the blocks started must then turn out
-as the guide says: the api-call task completes, the dead-letter list is not empty.
+as the pages say: the api-call task completes, the dead-letter list is not empty.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from async_tasks.client import TaskClient
 from async_tasks.testing import free_port
+from tests.doc_pages import GUIDE, PAGES, README, ROOT, blocks
 from tests.live import start_server_process
 
-ROOT = Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "DEMO_GUIDE.md"
-BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"
 #: The allow-list the guide starts the server with for its api-call example.
@@ -41,7 +39,7 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 def servers() -> Iterator[tuple[int, int]]:
     main_port, integration_port = free_port(), free_port()
     allow = GUIDE_ALLOW.search(GUIDE.read_text())
-    assert allow is not None, "the guide starts the server with API_CALL_ALLOW_HOSTS=... async-tasks serve"
+    assert allow is not None, "the demo script starts the server with API_CALL_ALLOW_HOSTS=... async-tasks serve"
     env = {
         **os.environ,
         "SECRET_KEY": "demo-guide-secret-0123456789",
@@ -77,10 +75,10 @@ def servers() -> Iterator[tuple[int, int]]:
 
 
 def guide_blocks() -> list[str]:
-    blocks = BLOCK.findall(GUIDE.read_text())
+    """The bash blocks that talk to the demo script's servers, every page's, in order."""
     return [
         b
-        for b in blocks
+        for b in blocks("bash")
         if ("curl" in b or "async-tasks " in b)
         and "async-tasks serve" not in b
         and "uvicorn " not in b
@@ -117,21 +115,23 @@ def test_guide_has_curl_examples_for_every_demo_endpoint() -> None:
 @pytest.mark.e2e
 def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
     main_port, integration_port = servers
-    blocks = guide_blocks()
+    examples = guide_blocks()
     script = ["set -eu"]
-    for block in blocks:
+    for block in examples:
         code = (
             block.replace("localhost:3000", f"127.0.0.1:{main_port}")
             .replace("127.0.0.1:3000", f"127.0.0.1:{main_port}")
             .replace("localhost:3001", f"localhost:{integration_port}")
         )
         script += [f"echo '{SEPARATOR}'", code]
-    result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120)
+    # The CLI's default server is the demo script's (localhost:3000): this test's.
+    env = {**os.environ, "ASYNC_TASKS_URL": f"http://127.0.0.1:{main_port}"}
+    result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=120, env=env)
     outputs = result.stdout.split(SEPARATOR + "\n")[1:]
-    assert len(outputs) == len(blocks), result.stderr
-    for block, output in zip(blocks, outputs, strict=True):
+    assert len(outputs) == len(examples), result.stderr
+    for block, output in zip(examples, outputs, strict=True):
         expect_error = block.lstrip().startswith("# expect: error")
-        prints = any(line.startswith(("curl", "async-tasks")) for line in block.splitlines())
+        prints = any(line.lstrip().startswith(("curl", "async-tasks")) for line in block.splitlines())
         assert output.strip() or not prints, f"no output from:\n{block}\nstderr: {result.stderr}"
         if expect_error:
             assert '"success":false' in output, f"expected an error from:\n{block}\ngot: {output}"
@@ -152,15 +152,19 @@ def test_every_curl_example_runs_as_written(servers: tuple[int, int]) -> None:
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
+def pages_with_python() -> list[str]:
+    return [str(page.relative_to(ROOT)) for page in (README, *PAGES) if PYTHON_BLOCK.search(page.read_text())]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("document", ["DEMO_GUIDE.md", "README.md"])
+@pytest.mark.parametrize("document", pages_with_python())
 def test_python_examples_run_as_written(document: str, servers: tuple[int, int]) -> None:
-    """Each Python block executes (against the guide's server); the test functions it defines pass."""
+    """Each Python block executes (against the demo script's server); the test functions it defines pass."""
     import anyio
 
-    blocks = PYTHON_BLOCK.findall((ROOT / document).read_text())
-    assert blocks
-    for block in blocks:
+    examples = PYTHON_BLOCK.findall((ROOT / document).read_text())
+    assert examples
+    for block in examples:
         block = block.replace("localhost:3000", f"127.0.0.1:{servers[0]}")
         namespace: dict[str, object] = {"__name__": f"guide_example_{abs(hash(block))}"}
         exec(compile(block, document, "exec"), namespace)

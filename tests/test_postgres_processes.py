@@ -1,6 +1,6 @@
 """The PostgreSQL backend with real processes: a PostgreSQL cluster, two API servers and a
-worker, started from the lines of DEMO_GUIDE's PostgreSQL scale-out block (ports
-rewritten), the section's curl blocks run as written against them, and the same tests as
+worker, started from the lines of docs/guides/scale-out.md's PostgreSQL block (ports
+rewritten), the demo script's scale-out curl blocks run as written against them, and the same tests as
 on Redis (`tests/test_redis_processes.py`, imported here so that they run against this
 module's `cluster`): create on one API and stream on the other, cancel anywhere, a killed
 worker's task runs again, restarted processes find everything, one task per
@@ -21,8 +21,9 @@ import pytest
 
 from async_tasks.testing import free_port
 from tests import forked
+from tests.doc_pages import blocks
 from tests.faults.postgres_process import PostgresProcess, binary
-from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
+from tests.test_demo_guide import SCALE_OUT, SEPARATOR
 from tests.test_redis_processes import (
     Cluster,
     Process,
@@ -60,9 +61,9 @@ __all__ = [
 
 def postgres_lines() -> list[str]:
     """The guide's PostgreSQL process lines: two servers and a worker."""
-    blocks = [b for b in BLOCK.findall(GUIDE.read_text()) if b.startswith(PROCESSES)]
-    assert len(blocks) == 1, "the scale-out section starts its PostgreSQL processes in one block"
-    lines = [line for line in blocks[0].splitlines()[1:] if line.strip()]
+    processes = [b for b in blocks("bash") if b.startswith(PROCESSES)]
+    assert len(processes) == 1, "the scale-out guide starts its PostgreSQL processes in one block"
+    lines = [line for line in processes[0].splitlines()[1:] if line.strip()]
     assert len(lines) == 3 and "serve" in lines[0] and "worker" in lines[2], lines
     return lines
 
@@ -74,9 +75,7 @@ class PostgresCluster(Cluster):
         self.database = PostgresProcess().start()
         self.ports = {"5432": self.database.port, "3000": free_port(), "3001": free_port()}
         self.lines = postgres_lines()
-        self.blocks = [
-            b for b in BLOCK.findall(GUIDE.read_text()) if b.startswith(SCALE_OUT) and not b.startswith(SCALE_OUT + ":")
-        ]
+        self.blocks = [b for b in blocks("bash") if b.startswith(SCALE_OUT) and not b.startswith(SCALE_OUT + ":")]
         self.env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -123,7 +122,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_the_guide_s_scale_out_section_runs_as_written_on_postgres(cluster: Any) -> None:
-    """DEMO_GUIDE's curl blocks against PostgreSQL: create on one server, poll and stream on the other,
+    """The demo script's scale-out curl blocks against PostgreSQL: create on one server, poll and stream on the other,
     cancel across them, /ready naming postgres."""
     script = ["set -eu"]
     for block in cluster.blocks:

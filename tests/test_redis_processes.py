@@ -1,6 +1,6 @@
 """The Redis backend with real processes: redis-server, two API servers and a worker,
-started from the lines of DEMO_GUIDE's scale-out section (ports rewritten), and that
-section's curl blocks run as written. The ``async-tasks`` lines run the CLI's entry
+started from the lines of the demo script's scale-out step (ports rewritten), and that
+step's curl blocks run as written. The ``async-tasks`` lines run the CLI's entry
 point in processes forked from a server that imported the project once
 (`tests.forked`), so starting and restarting them is quick. Every process is started
 here and stopped by its PID; waits poll the HTTP API with deadlines. One cluster serves
@@ -30,7 +30,8 @@ import pytest
 
 from async_tasks.testing import free_port
 from tests import forked
-from tests.test_demo_guide import BLOCK, GUIDE, SCALE_OUT, SEPARATOR
+from tests.doc_pages import blocks
+from tests.test_demo_guide import SCALE_OUT, SEPARATOR
 
 pytestmark = [
     pytest.mark.e2e,
@@ -45,15 +46,15 @@ ADMIN_KEY = "cluster-admin-key-0123456789"
 
 
 def scale_out_blocks() -> tuple[list[str], list[str]]:
-    """The scale-out section's process lines (redis-server, two servers, a worker of every
-    executor, a worker of `sample` only) and curl blocks."""
-    blocks = [b for b in BLOCK.findall(GUIDE.read_text()) if b.startswith(SCALE_OUT)]
-    processes = [b for b in blocks if b.startswith(PROCESSES)]
+    """The scale-out step's process lines (redis-server, two servers, a worker of every
+    executor, a worker of `sample` only) and curl blocks (not those it runs by hand)."""
+    scale_out = [b for b in blocks("bash") if b.startswith(SCALE_OUT)]
+    processes = [b for b in scale_out if b.startswith(PROCESSES)]
     assert len(processes) == 1, "the scale-out section starts its processes in one block"
     lines = [line for line in processes[0].splitlines()[1:] if line.strip()]
     assert len(lines) == 5 and "redis-server" in lines[0], lines
     assert "worker" in lines[3] and "--executors" not in lines[3] and "--executors sample " in lines[4], lines
-    return lines, [b for b in blocks if not b.startswith(PROCESSES)]
+    return lines, [b for b in scale_out if not b.startswith(SCALE_OUT + ":")]
 
 
 class Process:
@@ -211,7 +212,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_the_guide_s_scale_out_section_runs_as_written(cluster: Cluster) -> None:
-    """DEMO_GUIDE's curl blocks: create on one server, poll and stream on the other, cancel across them, /ready."""
+    """The demo script's curl blocks: create on one server, poll and stream on the other, cancel across them,
+    /ready."""
     script = ["set -eu"]
     for block in cluster.blocks:
         script += [f"echo '{SEPARATOR}'", cluster.rewrite(block)]

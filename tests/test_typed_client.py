@@ -1,11 +1,11 @@
 """The OpenAPI document works with standard tools: a typed TypeScript client is generated
 from it, compiled and run against a real server, and Redocly's linter passes it.
 
-DEMO_GUIDE's TypeScript program and its tsconfig.json ("A typed TypeScript client") are
-what is compiled here, so the guide cannot drift. The npm packages are the front-end
-checks' (pinned in tests/frontend/package.json, installed by scripts/test.sh before the
-tests run); the test is skipped, with the reason, when node/npm or those packages are
-missing.
+The docs' TypeScript program and its tsconfig.json ("A typed TypeScript client" in
+docs/guides/clients-and-front-ends.md) are what is compiled here, so the page cannot
+drift. The npm packages are the front-end checks' (pinned in tests/frontend/package.json,
+installed by scripts/test.sh before the tests run); the test is skipped, with the
+reason, when node/npm or those packages are missing.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.doc_pages import blocks
 from tests.live import live_app, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The front-end checks' npm packages (scripts/test.sh installs them).
 NODE_MODULES = Path(__file__).parent / "frontend" / "node_modules"
-TYPESCRIPT_BLOCK = re.compile(r"```typescript\n(.*?)```", re.S)
-JSON_BLOCK = re.compile(r"```json\n(.*?)```", re.S)
-#: As DEMO_GUIDE generates the types (a field with a default may be left out of a request).
+#: As the docs generate the types (a field with a default may be left out of a request).
 TYPE_OPTIONS = ["--default-non-nullable", "false"]
 #: Quiet, offline-friendly Node tools (no update checks, no telemetry).
 NODE_ENV = {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true", "NO_UPDATE_NOTIFIER": "1"}
@@ -43,15 +42,18 @@ pytestmark = [
 
 
 def guide_program() -> str:
-    blocks = [b for b in TYPESCRIPT_BLOCK.findall((ROOT / "DEMO_GUIDE.md").read_text()) if "createClient" in b]
-    assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one typed-client program"
-    return str(blocks[0])
+    programs = [b for b in blocks("typescript") if "createClient" in b]
+    assert len(programs) == 1, "the docs must hold exactly one typed-client program"
+    return programs[0]
 
 
 def guide_tsconfig() -> str:
-    blocks = [b for b in JSON_BLOCK.findall((ROOT / "DEMO_GUIDE.md").read_text()) if '"compilerOptions"' in b]
-    assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one tsconfig.json"
-    return str(blocks[0])
+    configs = [b for b in blocks("json") if '"compilerOptions"' in b]
+    assert len(configs) == 1, "the docs must hold exactly one tsconfig.json"
+    tsconfig = configs[0]
+    # tsc needs a target for the program's top-level await (ES2022 or later).
+    assert "target" in json.loads(tsconfig)["compilerOptions"], tsconfig
+    return tsconfig
 
 
 def run(command: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import http.server
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -34,6 +33,7 @@ from litestar import Litestar
 
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
+from tests.doc_pages import blocks
 from tests.helpers import SECRET, TEST_EXECUTORS, memory_store_of
 from tests.live import serve_in_thread
 
@@ -394,9 +394,9 @@ REACT_PAGE = b"""<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 
 
 def react_recipe() -> str:
-    blocks = [b for b in re.findall(r"```tsx\n(.*?)```", (ROOT / "DEMO_GUIDE.md").read_text(), re.S) if "useTask" in b]
-    assert len(blocks) == 1, "DEMO_GUIDE must hold exactly one useTask recipe"
-    return str(blocks[0])
+    recipes = [b for b in blocks("tsx") if "useTask" in b]
+    assert len(recipes) == 1, "the docs must hold exactly one useTask recipe"
+    return recipes[0]
 
 
 def test_the_guides_react_hook_follows_a_task(front_end: Any, api: str, tmp_path: Path) -> None:
