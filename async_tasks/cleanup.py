@@ -22,7 +22,7 @@ import anyio.abc
 import msgspec
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings
 from async_tasks.store.base import Expiry, Retention, TaskStore
 from async_tasks.task import Task
 
@@ -50,7 +50,7 @@ class LastRun(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class Cleaner:
-    def __init__(self, store: TaskStore, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, store: TaskStore, settings: EngineSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock

@@ -22,9 +22,10 @@ whole room behind one NAT address is served; beyond them, and whenever a shared 
 (MAX_TASKS, MAX_SESSIONS, MAX_STREAMS) is full, the store and the push streams make
 room from the largest holder rather than refuse a newcomer (`fair_victims`).
 
-The engine stores a keyed hash of the address (`SessionResolver.client_key`), never the
-address itself. The engine used without HTTP has no addresses: each session is then its
-own client.
+The web door hands the engine a keyed hash of the address
+(`async_tasks.web.sessions.SessionResolver.client_key`), an opaque key it stores and
+counts by, never the address itself. The engine used without HTTP has no addresses:
+each session is then its own client.
 """
 
 from __future__ import annotations

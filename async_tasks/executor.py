@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, runtime_checkable
 
 import msgspec
 from typing_extensions import TypeVar
@@ -68,30 +68,29 @@ P = TypeVar("P", bound=msgspec.Struct, default=NoParams)
 C = TypeVar("C", bound=msgspec.Struct, default=NoConfig)
 
 
-class ServerAddresses:
-    """Where the server that runs this engine accepts connections: (host, port) pairs.
+class OwnAddresses(Protocol):
+    """Where the server running the engine accepts connections (`async_tasks.web.addresses`
+    keeps them as a web door learns them): host strings and ports."""
 
-    The server adds the address it binds at start-up, and the web layer each local
-    address a request arrives on (ASGI ``scope["server"]``), so it is right under
-    ``async-tasks serve``, plain uvicorn or any other server. Executors that make
-    outbound requests refuse these (and loopback on these ports): a task must never
-    call the server that runs it, with the server's own network position.
+    @property
+    def hosts(self) -> Collection[str]: ...
+
+    @property
+    def ports(self) -> Collection[int]: ...
+
+
+@runtime_checkable
+class CallsOut(Protocol):
+    """An executor that makes outbound requests (``api-call``).
+
+    The engine knows no server; a web door that runs it hands such an executor the
+    addresses it serves on at start-up (`AsyncTasksPlugin`), so that a task never calls
+    the server that runs it, with the server's own network position. Without a web door
+    (a script, a worker process) it is never called: there is no server to protect.
     """
 
-    __slots__ = ("hosts", "ports", "seen")
-
-    def __init__(self) -> None:
-        #: Host strings as bound or seen (``0.0.0.0`` / ``::`` mean every local address).
-        self.hosts: set[str] = set()
-        self.ports: set[int] = set()
-        self.seen: set[tuple[str, int]] = set()
-
-    def add(self, host: str, port: int | None) -> None:
-        if port is None or not host:
-            return  # a Unix socket: nothing to call over TCP
-        self.seen.add((host, port))
-        self.hosts.add(host.strip("[]").lower())
-        self.ports.add(int(port))
+    def avoid(self, own: OwnAddresses) -> None:
+        """Refuse requests to `own` (kept, not copied: the web door adds addresses later)."""
 
 
 class TaskExecutor(Generic[P, C]):
@@ -117,8 +116,6 @@ class TaskExecutor(Generic[P, C]):
 
     #: The engine's clock; tests swap in `async_tasks.testing.FakeClock`.
     clock: Clock = SYSTEM_CLOCK
-    #: Where the server running the engine listens (set by the engine; empty alone).
-    server_addresses: ServerAddresses = ServerAddresses()
     #: This executor's settings (an instance of `Config`).
     config: C
 

@@ -21,11 +21,14 @@ import os
 import sys
 import traceback
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from async_tasks.errors import SettingsError
 from async_tasks.executor import TaskExecutor
 from async_tasks.system import TaskSystem
+
+if TYPE_CHECKING:
+    from async_tasks.web.plugin import AsyncTasksPlugin
 
 #: What ``--app`` takes, for the one-line refusals.
 EXPECTED = (
@@ -75,20 +78,24 @@ def load_target(spec: str) -> AppTarget:
 
 def system_of_app(app: Any) -> TaskSystem | None:
     """The `TaskSystem` an app serves (a Litestar app's `AsyncTasksPlugin`, a `TasksApp`), or None."""
-    system = getattr(app, "task_system", None)  # a TasksApp
-    if isinstance(system, TaskSystem):
-        return system
-    plugins = getattr(app, "plugins", None)
-    if plugins is None or "litestar" not in sys.modules:
+    plugin = plugin_of_app(app)
+    return plugin.system if plugin is not None else None
+
+
+def plugin_of_app(app: Any) -> AsyncTasksPlugin | None:
+    """The `AsyncTasksPlugin` of an app (a Litestar app, or the one a `TasksApp` wraps), or None."""
+    if "litestar" not in sys.modules:
         return None
     from litestar import Litestar
 
-    if not isinstance(app, Litestar):
-        return None
     from async_tasks.web.plugin import AsyncTasksPlugin
 
+    if not isinstance(app, Litestar):
+        app = getattr(app, "app", None)  # a TasksApp
+        if not isinstance(app, Litestar):
+            return None
     try:
-        return app.plugins.get(AsyncTasksPlugin).system
+        return app.plugins.get(AsyncTasksPlugin)
     except KeyError:
         return None
 

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from async_tasks.context import executor_var, request_id_var, session_key_var, task_id_var
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings
 
 #: Record attributes filled from the log context when a call does not set them.
 CONTEXT_FIELDS = (
@@ -104,7 +104,7 @@ def flush_logs() -> None:
 
 
 def logging_dict(
-    settings: Settings, handler: dict[str, Any] | None = None, handler_name: str = "async_tasks"
+    settings: EngineSettings, handler: dict[str, Any] | None = None, handler_name: str = "async_tasks"
 ) -> dict[str, Any]:
     """The `logging.config.dictConfig` schema of our logs: one handler (stderr unless
     given) with the configured format and the context filter, for our loggers,
@@ -142,6 +142,6 @@ def logging_dict(
     }
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: EngineSettings) -> None:
     """Set up our logs in a process without the web app (a worker, a script)."""
     logging.config.dictConfig(logging_dict(settings))

@@ -9,7 +9,7 @@ import threading
 import time
 
 from async_tasks.logs import flush_logs
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings
 from async_tasks.system import TaskSystem
 
 logger = logging.getLogger("async_tasks.shutdown")
@@ -35,7 +35,7 @@ def environment(
     return environ
 
 
-def shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: Settings) -> None:
+def shutdown_watchdog(system: TaskSystem, signalled: threading.Event, settings: EngineSettings) -> None:
     """Once `signalled`, give the shutdown SHUTDOWN_GRACE_MS (at least 1 s), then end the
     process, naming the tasks that kept it alive."""
     signalled.wait()

@@ -18,14 +18,17 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from async_tasks.backends import backend_class
 from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.logs import flush_logs
 from async_tasks.process import environment, shutdown_watchdog
 from async_tasks.settings import Settings
-from async_tasks.system import SHUTDOWN_TASK_SHARE, TaskSystem
+from async_tasks.system import SHUTDOWN_TASK_SHARE
+
+if TYPE_CHECKING:
+    from async_tasks.web.plugin import AsyncTasksPlugin
 
 logger = logging.getLogger("async_tasks.shutdown")
 
@@ -90,22 +93,21 @@ def _app_from(spec: str, settings: Settings, environ: dict[str, str]) -> tuple[A
 
     target = load_target(spec)
     if target.app is not None:
-        system = target.task_system
-        assert system is not None
-        return target.app, system.settings
+        return target.app, plugin_of(target.app).settings
     if target.system is not None:
-        return create_app(target.system.settings, system=target.system), target.system.settings
+        app = create_app(system=target.system, environ=environ)
+        return app, plugin_of(app).settings
     return create_app(settings, target.executors or (), environ=environ), settings
 
 
-def task_system_of(app: Any) -> TaskSystem:
-    """The engine an app serves (a Litestar app's `AsyncTasksPlugin`, a `TasksApp`)."""
-    from async_tasks.loading import system_of_app
+def plugin_of(app: Any) -> AsyncTasksPlugin:
+    """The door an app serves the engine through (a Litestar app's `AsyncTasksPlugin`, a `TasksApp`'s)."""
+    from async_tasks.loading import plugin_of_app
 
-    system = system_of_app(app)
-    if system is None:
+    plugin = plugin_of_app(app)
+    if plugin is None:
         raise SettingsError("This app serves no task system: build it with AsyncTasksPlugin or create_app")
-    return system
+    return plugin
 
 
 def run_server(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
@@ -121,7 +123,8 @@ def run_server(app: Any, settings: Settings, *, host: str | None = None, port: i
     from async_tasks.web.api.streams import WS_MAX_MESSAGE_BYTES
     from async_tasks.web.security import exposure_warning
 
-    system = task_system_of(app)
+    plugin = plugin_of(app)
+    system = plugin.system
     grace = settings.shutdown_grace_ms / 1000
     config = uvicorn.Config(
         app,
@@ -136,7 +139,7 @@ def run_server(app: Any, settings: Settings, *, host: str | None = None, port: i
         timeout_graceful_shutdown=max(0.1, grace * SHUTDOWN_TASK_SHARE),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
-    system.server_addresses.add(config.host, config.port)  # executors never call their own server
+    plugin.server_addresses.add(config.host, config.port)  # executors never call their own server
     signalled = threading.Event()
     threading.Thread(
         target=shutdown_watchdog,

@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -47,12 +46,11 @@ from async_tasks.errors import (
     TaskTooLarge,
     UnknownExecutor,
 )
-from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
-from async_tasks.executor import ExecutorRegistry, ServerAddresses, TaskExecutor
+from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
-from async_tasks.sessions import SessionResolver
-from async_tasks.settings import Settings
+from async_tasks.outlook import Outlook, Outlooks
+from async_tasks.settings import BackendSettings, EngineSettings
 from async_tasks.store.base import (
     CreateLimits,
     Idempotency,
@@ -62,24 +60,15 @@ from async_tasks.store.base import (
     TaskPage,
     TaskStore,
 )
-from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskStatus, compact
+from async_tasks.task import EMPTY_OBJECT, StoredTask, Task, TaskOptions, TaskStatus, compact
 from async_tasks.validation import explain
 
 logger = logging.getLogger("async_tasks")
 
 #: The share of SHUTDOWN_GRACE_MS that tasks get to unwind; the rest is for the server.
 SHUTDOWN_TASK_SHARE = 0.8
-#: Seconds an executor's recent run times are reused for estimates before being read again.
-DURATIONS_TTL = 1.0
-
-
-class Outlook(NamedTuple):
-    """Where a waiting or running task stands (`TaskSystem.outlook`)."""
-
-    #: Its place in its session's line (1: next); None when it is not waiting in line.
-    queue_position: int | None
-    #: When it should start and finish; None when nothing is known to estimate from.
-    eta: Estimate | None
+#: A create's options when it gives none: start at once, the executor's defaults.
+DEFAULT_OPTIONS = TaskOptions()
 
 
 class TaskSystem:
@@ -89,7 +78,7 @@ class TaskSystem:
         self,
         executors: Iterable[type[TaskExecutor[Any, Any]] | TaskExecutor[Any, Any]] = (),
         *,
-        settings: Settings | None = None,
+        settings: BackendSettings | None = None,
         environ: Mapping[str, str] | None = None,
         load_entry_points: bool = True,
         clock: Clock = SYSTEM_CLOCK,
@@ -101,20 +90,18 @@ class TaskSystem:
             executors: executor classes (or instances) to register besides the ones
                 installed packages declare under the ``async_tasks.executors``
                 entry-point group.
-            settings: defaults to `Settings.from_env(environ)`.
+            settings: the engine's and backend's settings (a `Settings` has them too);
+                defaults to `BackendSettings.from_env(environ)`.
             environ: the environment to read settings and executor configs from.
             load_entry_points: set False to register only `executors`.
             clock: the time source (tests pass a `FakeClock`).
             backend: where tasks live and run; by default the one TASK_BACKEND names.
         """
-        self.settings = settings or Settings.from_env(environ)
+        self.settings = settings or BackendSettings.from_env(environ)
         self.clock = clock
         self.executors = ExecutorRegistry.build(executors, load_entry_points=load_entry_points, environ=environ)
-        #: Where the server running this engine listens; executors refuse to call it.
-        self.server_addresses = ServerAddresses()
         for executor in self.executors:
             executor.clock = clock
-            executor.server_addresses = self.server_addresses
         #: Where tasks live and run (TASK_BACKEND): store, execution, worker, events.
         self.backend: Backend = backend or backend_for(self.settings, self.executors, clock)
         self.store: TaskStore = self.backend.store
@@ -134,7 +121,6 @@ class TaskSystem:
             idempotency_keys=idempotency_keys_kept(self.settings),
             logs=self.settings.log_limits,
         )
-        self.sessions = SessionResolver(self.settings)
         self.limits = CreateLimits(
             max_active_per_session=self.settings.max_active_tasks_per_session,
             max_tasks=self.settings.max_tasks,
@@ -153,8 +139,8 @@ class TaskSystem:
         self._shutdown_done: anyio.Event | None = None
         self._shutdown_requested: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Executor -> (when read, on the clock's monotonic time; its recent run times).
-        self._durations: dict[str, tuple[float, list[int]]] = {}
+        #: Where waiting and running tasks stand (queue positions, estimates).
+        self.outlooks = Outlooks(self.store, self.execution, clock)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -290,11 +276,9 @@ class TaskSystem:
         already past starts it now; at most MAX_START_DELAY_MS ahead): pending meanwhile,
         `Task.scheduled_at` says when, and it counts in the quotas as any pending task.
         `client` is who asks (its budgets apply; None: the session is its own client).
+        The other arguments are the task's `TaskOptions`.
         """
-        task, _ = await self.create_or_replay(
-            session_key,
-            executor=executor,
-            params=params,
+        options = TaskOptions(
             name=name,
             description=description,
             metadata=metadata,
@@ -303,9 +287,15 @@ class TaskSystem:
             priority=priority,
             timeout_ms=timeout_ms,
             max_retries=max_retries,
+            start_at=start_at,
+        )
+        task, _ = await self.create_or_replay(
+            session_key,
+            executor=executor,
+            params=params,
+            options=options,
             idempotency_key=idempotency_key,
             request_id=request_id,
-            start_at=start_at,
             client=client,
         )
         return self.decoded(task)
@@ -316,37 +306,31 @@ class TaskSystem:
         *,
         executor: str,
         params: Any = None,
-        name: str | None = None,
-        description: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        tags: Sequence[str] | None = None,
-        start: bool = True,
-        priority: int = 0,
-        timeout_ms: int | None = None,
-        max_retries: int | None = None,
+        options: TaskOptions = DEFAULT_OPTIONS,
         idempotency_key: str | None = None,
         request_id: str | None = None,
-        start_at: int | None = None,
         client: str | None = None,
     ) -> tuple[Task, bool]:
-        """`create_task`, also telling whether an Idempotency-Key replayed an earlier task;
-        the task as stored (its data encoded)."""
+        """`create_task` with its options as one `TaskOptions`, also telling whether an
+        Idempotency-Key replayed an earlier task; the task as stored (its data encoded)."""
         impl = self.executor(executor)
         cls = type(impl)
         if not self.accepting:
             raise ShuttingDown()
+        name, description, metadata, tags = options.name, options.description, options.metadata, options.tags
+        priority, start, start_at = options.priority, options.start, options.start_at
         if start_at is not None:
             self._check_start_at(start_at)
             start = True
         params = self._convert_params(cls, params)
         data = self._encode_data(params, metadata, tags)
-        timeout_ms = timeout_ms if timeout_ms is not None else cls.timeout_ms
+        timeout_ms = options.timeout_ms if options.timeout_ms is not None else cls.timeout_ms
         if timeout_ms is not None and not 1 <= timeout_ms <= self.settings.max_task_timeout_ms:
             raise InvalidParams(
                 f"timeoutMs must be from 1 to {self.settings.max_task_timeout_ms} (the server's MAX_TASK_TIMEOUT_MS).",
                 field="timeoutMs",
             )
-        max_retries = max_retries if max_retries is not None else cls.max_retries
+        max_retries = options.max_retries if options.max_retries is not None else cls.max_retries
         if not 0 <= max_retries <= self.settings.max_task_retries:
             raise InvalidParams(
                 f"maxRetries must be from 0 to {self.settings.max_task_retries} (the server's MAX_TASK_RETRIES).",
@@ -443,44 +427,6 @@ class TaskSystem:
                 pass
         return task.decoded()
 
-    # -- clients -----------------------------------------------------------------
-
-    async def admit_new_session(self, client: str) -> None:
-        """Draw a new session from `client`'s budget (NEW_SESSIONS_PER_CLIENT_PER_MINUTE,
-        held in the task store: across API processes too); `RateLimited` when spent."""
-        per_minute = self.settings.new_sessions_per_client_per_minute
-        if per_minute <= 0:
-            return
-        wait = await self.store.take_token(f"new-sessions:{client}", per_minute / 60, per_minute)
-        if wait > 0:
-            raise RateLimited(
-                f"Your address started {per_minute} new sessions in the last minute (the limit, "
-                f"NEW_SESSIONS_PER_CLIENT_PER_MINUTE). Keep using the session you have (send its X-Session-Token), "
-                f"or retry in {wait:.1f} s.",
-                retry_after=wait,
-                details={"perMinute": per_minute, "setting": "NEW_SESSIONS_PER_CLIENT_PER_MINUTE"},
-            )
-
-    async def admit_ticket(self, client: str) -> None:
-        """Draw a stream ticket from `client`'s budget: as many a minute as it may hold streams
-        (MAX_STREAMS_PER_CLIENT; each ticket is remembered once spent, so tickets must not be
-        free); `RateLimited` when spent."""
-        per_minute = self.settings.max_streams_per_client
-        wait = await self.store.take_token(f"tickets:{client}", per_minute / 60, per_minute)
-        if wait > 0:
-            raise RateLimited(
-                f"Your address asked for {per_minute} stream tickets in the last minute (as many as it may hold "
-                f"streams, MAX_STREAMS_PER_CLIENT). Retry in {wait:.1f} s.",
-                retry_after=wait,
-                details={"perMinute": per_minute, "setting": "MAX_STREAMS_PER_CLIENT"},
-            )
-
-    async def spend_ticket(self, nonce: str) -> bool:
-        """True the first time the stream ticket with `nonce` is spent (a ticket opens one
-        stream). The task store remembers it until the ticket would have expired anyway."""
-        ttl = self.settings.stream_ticket_ttl
-        return await self.store.take_token(f"ticket:{nonce}", 1 / ttl, 1) == 0
-
     def _check_start_at(self, start_at: int) -> None:
         """A `startAt` more than MAX_START_DELAY_MS ahead is refused (one in the past starts now)."""
         most = self.settings.max_start_delay_ms
@@ -563,40 +509,8 @@ class TaskSystem:
 
     async def outlook(self, session_key: str, tasks: Sequence[Task]) -> dict[str, Outlook]:
         """Where each waiting or running task of `tasks` (one session's) stands: its place in
-        the session's line and an estimate of when it starts and finishes (the rule is
-        `async_tasks.estimates`). Tasks with neither are absent. A few store reads for the
-        whole page, none when nothing on it waits or runs."""
-        pending = [task for task in tasks if task.status is TaskStatus.PENDING]
-        running = [task for task in tasks if task.status is TaskStatus.RUNNING]
-        if not pending and not running:
-            return {}
-        positions = await self.execution.queue_positions(session_key, pending) if pending else {}
-        waiting = [task for task in pending if task.id in positions]
-        durations = await self._recent_durations({task.executor for task in (*waiting, *running)})
-        lanes = 1
-        if waiting:
-            lanes = (await self.store.counts(session_key)).by_status[TaskStatus.RUNNING]
-        now = self.clock.now_ms()
-        found: dict[str, Outlook] = {}
-        for task in (*waiting, *running):
-            position = positions.get(task.id)
-            guess = estimate(
-                task, now_ms=now, durations=durations.get(task.executor, ()), position=position, lanes=lanes
-            )
-            if position is not None or guess is not None:
-                found[task.id] = Outlook(position, guess)
-        return found
-
-    async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
-        """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:
-        an estimate a second behind costs nothing, a store read per answer would."""
-        now = self.clock.monotonic()
-        stale = {name for name in executors if now - self._durations.get(name, (-math.inf, []))[0] >= DURATIONS_TTL}
-        if stale:
-            found = await self.store.recent_durations(stale)
-            for name in stale:
-                self._durations[name] = (now, found.get(name, []))
-        return {name: self._durations[name][1] for name in executors}
+        the session's line and when it should start and finish (`async_tasks.outlook`)."""
+        return await self.outlooks.of(session_key, tasks)
 
     # -- control -----------------------------------------------------------------
 
@@ -663,7 +577,7 @@ def _duration(ms: int) -> str:
     return f"{amount} {unit}{'' if amount == '1' else 's'}"
 
 
-def idempotency_keys_kept(settings: Settings) -> int:
+def idempotency_keys_kept(settings: EngineSettings) -> int:
     """How many Idempotency-Keys a session keeps at most: enough for every task it can
     hold, and as many again of tasks already gone."""
     held = settings.max_active_tasks_per_session + settings.max_completed_tasks

@@ -8,6 +8,7 @@ which stamps times and appends to `history`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Generic
 
 import msgspec
@@ -66,6 +67,34 @@ class HistoryEntry(msgspec.Struct, rename="camel", gc=False, omit_defaults=True)
     error: str | None = None
     #: How many transitions this entry stands for (0: it is one transition).
     omitted: int = 0
+
+
+class TaskOptions(msgspec.Struct, kw_only=True, frozen=True):
+    """What a create says about a new task besides its executor and params: one record
+    carried from the request (``POST /tasks``, the demo routes) through
+    `TaskSystem.create_or_replay` to the stored `Task`.
+
+    The HTTP bodies (`async_tasks.web.api.schemas.CreateTaskRequest`) declare the same
+    fields with the contract's bounds; the engine checks the bounds that depend on its
+    settings (MAX_TASK_TIMEOUT_MS, MAX_TASK_RETRIES, MAX_START_DELAY_MS, MAX_TASK_DATA_BYTES).
+    """
+
+    #: The task's title (default: the executor's `title`, else its name).
+    name: str | None = None
+    description: str | None = None
+    #: Any JSON object, kept with the task (counts in MAX_TASK_DATA_BYTES).
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] | None = None
+    #: Start at once (it runs when the limits allow); False leaves it pending.
+    start: bool = True
+    #: Higher starts first among the session's waiting tasks.
+    priority: int = 0
+    #: Fail an attempt after this long (default: the executor's `timeout_ms`).
+    timeout_ms: int | None = None
+    #: Automatic retries after a failure (default: the executor's `max_retries`).
+    max_retries: int | None = None
+    #: Start at this time (epoch ms; implies `start`; a time past starts it now).
+    start_at: int | None = None
 
 
 class Task(msgspec.Struct, Generic[P], rename="camel", kw_only=True, gc=False):

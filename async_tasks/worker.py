@@ -1,9 +1,10 @@
 """The worker process: ``async-tasks worker`` runs attempts a shared backend delivers.
 
-It needs TASK_BACKEND=redis://... (or ``--backend``) and the same SECRET_KEY and
-REDIS_KEY_PREFIX as the API processes. Executors come from the installed entry points,
-plus ``--app module:attribute`` for executors registered in code, imported from the
-current directory as uvicorn imports an app (`async_tasks.loading`): executors, a
+It needs TASK_BACKEND=redis://... (or ``--backend``) and the same REDIS_KEY_PREFIX as
+the API processes; it reads the engine's and backend's settings only (`BackendSettings`:
+it signs no sessions, so it needs no SECRET_KEY). Executors come from the installed
+entry points, plus ``--app module:attribute`` for executors registered in code, imported
+from the current directory as uvicorn imports an app (`async_tasks.loading`): executors, a
 `TaskSystem`, an app serving one, or a factory of any of these. ``--executors a,b``
 (WORKER_EXECUTORS) runs some of them only: the worker takes tasks of those, and a task
 of another executor waits for a worker that runs it.
@@ -29,7 +30,7 @@ from async_tasks.errors import ExecutorRegistrationError, SettingsError
 from async_tasks.loading import load_target
 from async_tasks.logs import flush_logs, logging_dict
 from async_tasks.process import environment, shutdown_watchdog
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings
 from async_tasks.system import TaskSystem
 
 logger = logging.getLogger("async_tasks.worker")
@@ -54,7 +55,7 @@ def run_worker(
     `executors` (comma-separated names, WORKER_EXECUTORS) limits it to some executors."""
     environ = environment(backend=backend, with_worker=True, concurrency=concurrency, executors=executors)
     try:
-        settings = Settings.from_env(environ)
+        settings = BackendSettings.from_env(environ)
         chosen = backend_class(settings)
         if not chosen.shared:
             raise SettingsError(
@@ -80,7 +81,7 @@ def run_worker(
     return 0
 
 
-async def _serve(system: TaskSystem, settings: Settings, signalled: threading.Event) -> None:
+async def _serve(system: TaskSystem, settings: BackendSettings, signalled: threading.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with system:
             runs = system.worker.executors if system.worker is not None else system.executors

@@ -187,12 +187,12 @@ class TaskServer(System):
         self.system.store.events.on_transition.append(on_transition)
 
     async def setup(self, state: dict[str, Any]) -> dict[str, tuple[Call, bool]]:
-        _, token = self.system.sessions.new_session()
-        key = self.system.sessions.key_from_token(token)
+        _, token = self.plugin.sessions.new_session()
+        key = self.plugin.sessions.key_from_token(token)
         tasks = [await self.system.create_task(key, executor="sample", params={"delayMs": 0}) for _ in range(50)]
         self.created = 50
         await self.drain()
-        _, create_token = self.system.sessions.new_session()
+        _, create_token = self.plugin.sessions.new_session()
         post = POST_BODY
         status = scope("GET", f"{API}/tasks/{tasks[0].id}/status", token=token, state=state)
         return {

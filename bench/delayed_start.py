@@ -20,7 +20,8 @@ import anyio
 
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
-from async_tasks.testing import redis_server, wait_for
+from async_tasks.testing import wait_for
+from tests.servers import redis_server
 
 SESSION = "bench"
 

@@ -33,10 +33,10 @@ from redis.asyncio import Redis
 
 from async_tasks.backends.redis import RedisTaskStore
 from async_tasks.task import TaskStatus
-from async_tasks.testing import free_port
 from tests.faults.commands import any_script
 from tests.faults.proxy import RedisFaultProxy
 from tests.faults.redis_process import RedisProcess
+from tests.servers import free_port
 
 SECRET = "fault-run-secret-0123456789abcdef"
 PREFIX = "fault-run:"

@@ -138,7 +138,7 @@ def tasks_round(url: str, args: argparse.Namespace, log_dir: Path, schema: str) 
 
 
 def free_port_() -> int:
-    from async_tasks.testing import free_port
+    from tests.servers import free_port
 
     return free_port()
 

@@ -40,11 +40,11 @@ from typing import Any, cast
 
 import httpx
 
-from async_tasks.testing import free_port, redis_server
 from bench.inproc import TUNED_ENV
 from bench.load import add_arguments as add_load_arguments
 from bench.load import measure, wrk
 from bench.servers import hello_server, proc_cpu_seconds
+from tests.servers import free_port, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CORE = "0"

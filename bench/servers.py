@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
-from async_tasks.testing import free_port
 from bench import TASK_APP_FACTORY
 from bench.api import API
 from bench.inproc import TUNED_ENV, rss_bytes
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -111,7 +111,7 @@ async def redis_cost(url: str, kind: Callable[[], list[LogLine]]) -> tuple[float
 
 
 async def main() -> None:
-    from async_tasks.testing import redis_server
+    from tests.servers import redis_server
 
     print(f"{TASKS} tasks; bounds: {DEFAULT_LINES} lines, {DEFAULT_LINE_BYTES} bytes a line, 16 KiB a task")
     print("| log | memory store, per task | Redis used_memory, per task | Redis log list (MEMORY USAGE) | lines kept |")

@@ -32,10 +32,12 @@ import re
 import socket
 from collections.abc import Callable, Collection, Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import httpx
+
+from async_tasks.executor import OwnAddresses
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -326,16 +328,6 @@ def _port(entry: str, text: str) -> int:
     return int(text)
 
 
-class OwnAddresses(Protocol):
-    """Where the server runs (`async_tasks.executor.ServerAddresses` has this shape)."""
-
-    @property
-    def hosts(self) -> Collection[str]: ...
-
-    @property
-    def ports(self) -> Collection[int]: ...
-
-
 def is_own(ip: IPAddress, port: int, own: OwnAddresses) -> bool:
     """Whether `ip`:`port` is (or may be) the server itself: one of its ports on loopback,
     on the unspecified address, or on an address it was seen on or bound to."""
@@ -352,12 +344,19 @@ def is_own(ip: IPAddress, port: int, own: OwnAddresses) -> bool:
     return False
 
 
-def _no_own_addresses() -> OwnAddresses:
-    class _Nowhere:
-        hosts: Collection[str] = ()
-        ports: Collection[int] = ()
+class _Nowhere:
+    """The addresses of no server (the engine runs without one)."""
 
-    return _Nowhere()
+    hosts: Collection[str] = ()
+    ports: Collection[int] = ()
+
+
+#: Where the server listens when there is none.
+NOWHERE: OwnAddresses = _Nowhere()
+
+
+def _no_own_addresses() -> OwnAddresses:
+    return NOWHERE
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:

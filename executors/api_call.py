@@ -30,6 +30,7 @@ from async_tasks.errors import InvalidParams, SettingsError
 from executors._guarded import GuardedTransport
 from executors._outbound import (
     ALLOW_SETTING,
+    NOWHERE,
     AllowList,
     OutboundError,
     OutboundPolicy,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     import ssl
 
     from async_tasks import Progress, Task
+    from async_tasks.executor import OwnAddresses
 
 MAX_ENDPOINT_LENGTH = 2048
 MIN_TIMEOUT_MS = 100
@@ -168,7 +170,16 @@ class ApiCallExecutor(TaskExecutor[ApiCallParams, ApiCallConfig]):
             allow = AllowList.parse(self.config.api_call_allow_hosts)
         except ValueError as exc:
             raise SettingsError(f"Invalid value for {ALLOW_SETTING}: {exc}") from None
-        self.policy = OutboundPolicy(allow, own=lambda: self.server_addresses)
+        #: Where the server running the engine listens (none until a web door says: `avoid`).
+        self.own: OwnAddresses | None = None
+        self.policy = OutboundPolicy(allow, own=self._own_addresses)
+
+    def avoid(self, own: OwnAddresses) -> None:
+        """Refuse requests to the server that runs this executor (`async_tasks.executor.CallsOut`)."""
+        self.own = own
+
+    def _own_addresses(self) -> OwnAddresses:
+        return self.own if self.own is not None else NOWHERE
 
     async def validate(self, params: ApiCallParams) -> None:
         """Refuse a URL the policy refuses (resolving its host), reserved headers and

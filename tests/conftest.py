@@ -26,9 +26,10 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import asgi_client, redis_server, serve_in_loop
+from async_tasks.testing import asgi_client, serve_in_loop
 from tests.helpers import build_app, new_address
 from tests.postgres_schemas import SchemaPool
+from tests.servers import redis_server
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -144,7 +144,7 @@ def test_a_summary_takes_each_field_from_its_task() -> None:
     import msgspec
 
     from async_tasks.estimates import Estimate
-    from async_tasks.system import Outlook
+    from async_tasks.outlook import Outlook
     from async_tasks.task import Task, TaskStatus
     from async_tasks.task_log import LogLine
     from async_tasks.web.api.schemas import TaskSummary

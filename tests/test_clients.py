@@ -15,12 +15,15 @@ from litestar import Litestar
 
 from async_tasks.clients import LOCAL_PEER, client_address
 from async_tasks.errors import QuotaExceeded
-from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.store.base import Expiry
 from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from async_tasks.web.api.streams import _unavailable
-from async_tasks.web.streams import OPENED, Frame, StreamBridge, StreamEvicted
+from async_tasks.web.frames import OPENED, Frame
+from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.sessions import SessionResolver
+from async_tasks.web.stream_caps import StreamEvicted
+from async_tasks.web.streams import StreamBridge
 from tests.helpers import SECRET, TEST_HOST, new_address, system_of, wait_for
 from tests.test_streams import bridge_of
 
@@ -58,7 +61,7 @@ async def test_a_request_without_an_address_belongs_to_one_client_not_a_fresh_se
     transport = httpx.ASGITransport(app=cast("Any", app), client=cast("Any", None))
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url=f"http://{TEST_HOST}") as client:
         keys = {(await client.get(f"{API}/session")).json()["sessionKey"] for _ in range(2)}
-        resolver = system_of(app).sessions
+        resolver = app.plugins.get(AsyncTasksPlugin).sessions
         assert keys == {resolver.key_for_ip(LOCAL_PEER)}
 
 

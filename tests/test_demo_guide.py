@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from async_tasks.client import TaskClient
-from async_tasks.testing import free_port
 from tests.doc_pages import GUIDE, PAGES, README, ROOT, blocks
 from tests.live import start_server_process
+from tests.servers import free_port
 
 SEPARATOR = "=====GUIDE-BLOCK====="
 SCALE_OUT = "# scale-out"

@@ -17,7 +17,7 @@ from litestar import Litestar
 from async_tasks.estimates import Estimate, estimate, typical
 from async_tasks.task import Task, TaskStatus
 from async_tasks.testing import FakeClock, serve_in_loop
-from async_tasks.web.streams import OPENED
+from async_tasks.web.frames import OPENED
 from tests.helpers import ScriptExecutor, build_app, wait_for
 from tests.test_streams import GUARD, bridge_of
 

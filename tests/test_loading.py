@@ -18,10 +18,10 @@ from async_tasks.errors import SettingsError
 from async_tasks.loading import load_target
 from async_tasks.server import serve
 from async_tasks.system import TaskSystem
-from async_tasks.testing import free_port
 from async_tasks.worker import load_app
 from tests.helpers import SECRET
 from tests.live import start_server_process
+from tests.servers import free_port
 
 POC = """
 from litestar import Litestar

@@ -15,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_tasks import cli
 from async_tasks.errors import SettingsError
 from async_tasks.settings import Settings
-from async_tasks.testing import FakeClock, asgi_client, free_port, serve_in_loop
+from async_tasks.testing import FakeClock, asgi_client, serve_in_loop
 from async_tasks.web.metrics import opentelemetry_plugins
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.helpers import ScriptExecutor, memory_store_of, wait_for
+from tests.servers import free_port
 
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
+from async_tasks.task import TaskOptions
+from async_tasks.web.api.demo import DEMO_OPTIONS
+from async_tasks.web.api.schemas import CreateTaskRequest
 from tests.helpers import build_app
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -76,3 +80,15 @@ def test_admin_operations_declare_the_admin_keys_refusal_and_a_backend_without_t
         assert "ADMIN_API_KEYS" in responses["401"]["description"], f"{method} {path}"
         assert "501" in responses, f"{method} {path}"
         assert operation["security"] == [{"adminKey": []}], f"{method} {path}"
+
+
+def test_a_create_body_carries_the_task_options_the_engine_takes() -> None:
+    """``POST /tasks`` declares every `TaskOptions` field (and only those beside the executor
+    and params), hands them to the engine as one record, and the demo bodies take a subset."""
+    options = {f.name for f in msgspec.structs.fields(TaskOptions)}
+    declared = {f.name for f in msgspec.structs.fields(CreateTaskRequest)} - {"executor", "params"}
+    assert declared == options and set(DEMO_OPTIONS) <= options
+    body = msgspec.json.decode(
+        b'{"executor": "sample", "name": "n", "tags": ["a"], "timeoutMs": 5, "startAt": 7}', type=CreateTaskRequest
+    )
+    assert body.options() == TaskOptions(name="n", tags=["a"], start=False, timeout_ms=5, start_at=7)

@@ -31,6 +31,15 @@ async def test_pages_load_only_same_origin_script_files_served_as_javascript(
     assert licence.status_code == 200 and "Apache License" in licence.text
 
 
+async def test_a_page_the_reference_lacks_is_the_contract_s_404(session_client: httpx.AsyncClient) -> None:
+    """/schema/<anything else> answers the JSON error body, not Litestar's HTML "Error 404"."""
+    for path in ("/schema/nothing", "/schema/assets/nothing.js", "/schema/openapi.yml"):
+        answer = await session_client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "not_found", path
+    assert "such page" in (await session_client.get("/schema/nothing")).json()["error"]["message"]
+
+
 def test_every_page_asset_ships_in_the_wheel() -> None:
     """A wheel carries every file of the dashboard and the API reference: hatchling ships
     whole packages except what git ignores, so no asset may be ignored or excluded."""

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from async_tasks import AsyncTasksPlugin, TaskExecutor, TaskSystem
 from async_tasks.errors import ExecutorRegistrationError
 from async_tasks.executor import ExecutorRegistry
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings, Settings
 from async_tasks.testing import serve_in_loop
 from executors.sample import SampleExecutor
 from tests.helpers import BUILTIN_EXECUTORS, SECRET, ScriptExecutor, wait_for
@@ -163,3 +163,19 @@ def test_a_package_of_the_same_name_hiding_the_builtins_is_named(
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [ep])
     with pytest.raises(ExecutorRegistrationError, match=r"'shadowed' in the current directory .* hides the installed"):
         ExecutorRegistry.build()
+
+
+async def test_an_engine_built_with_its_part_of_the_settings_gets_a_web_door() -> None:
+    """An engine built alone (`BackendSettings`: no web settings) serves through the plugin:
+    the door's settings are its own (here given), the engine keeps its limits."""
+    system = TaskSystem([ScriptExecutor], settings=BackendSettings(max_task_data_bytes=2048), load_entry_points=False)
+    plugin = AsyncTasksPlugin(system=system, settings=Settings(secret_key=SECRET, max_request_body_bytes=1024 * 1024))
+    app = Litestar(plugins=[plugin])
+    assert plugin.settings.secret_key == SECRET and system.settings.max_task_data_bytes == 2048
+    async with serve_in_loop(app) as client:
+        big = {"executor": "script", "metadata": {"blob": "x" * 20_000}}
+        refused = await client.post("/api/v1/tasks", json=big)  # beyond the body the engine's bound allows
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
+        created = await client.post("/api/v1/tasks", json={"executor": "script", "start": True})
+        assert created.status_code == 201
+        await wait_for(app, created.json()["task"]["id"], "completed")

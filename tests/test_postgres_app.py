@@ -19,12 +19,14 @@ from async_tasks.errors import StoreUnavailable
 from async_tasks.server import serve
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
-from async_tasks.testing import asgi_client, free_port, serve_in_loop, wait_for
-from async_tasks.web.streams import OPENED, StreamBridge
+from async_tasks.testing import asgi_client, serve_in_loop, wait_for
+from async_tasks.web.frames import OPENED
+from async_tasks.web.streams import StreamBridge
 from async_tasks.worker import run_worker
 from tests.execution.executors import EXECUTORS
 from tests.faults.postgres_process import PostgresProcess
 from tests.helpers import SECRET, ScriptExecutor, build_app, new_address, system_of
+from tests.servers import free_port
 from tests.test_redis_app import API, run_scenario
 
 

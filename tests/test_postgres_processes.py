@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from async_tasks.testing import free_port
 from tests import forked
 from tests.doc_pages import blocks
 from tests.faults.postgres_process import PostgresProcess, binary
+from tests.servers import free_port
 from tests.test_demo_guide import SCALE_OUT, SEPARATOR
 from tests.test_redis_processes import (
     Cluster,

@@ -16,10 +16,12 @@ from async_tasks.errors import StoreUnavailable
 from async_tasks.server import serve
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
-from async_tasks.testing import free_port, redis_server, serve_in_loop, wait_for
-from async_tasks.web.streams import OPENED, StreamBridge
+from async_tasks.testing import serve_in_loop, wait_for
+from async_tasks.web.frames import OPENED
+from async_tasks.web.streams import StreamBridge
 from async_tasks.worker import load_app, run_worker
 from tests.helpers import ScriptExecutor, system_of
+from tests.servers import free_port, redis_server
 
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -21,7 +21,8 @@ from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
 from async_tasks.testing import asgi_client, wait_for
-from async_tasks.web.streams import OPENED, StreamBridge
+from async_tasks.web.frames import OPENED
+from async_tasks.web.streams import StreamBridge
 from tests.execution.executors import EXECUTORS, CountedExecutor, HoldExecutor
 from tests.faults.proxy import RedisFaultProxy
 from tests.helpers import SECRET, ScriptExecutor, ScriptParams, build_app, new_address

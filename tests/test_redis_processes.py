@@ -28,9 +28,9 @@ import anyio
 import httpx
 import pytest
 
-from async_tasks.testing import free_port
 from tests import forked
 from tests.doc_pages import blocks
+from tests.servers import free_port
 from tests.test_demo_guide import SCALE_OUT, SEPARATOR
 
 pytestmark = [

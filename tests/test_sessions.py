@@ -191,7 +191,7 @@ async def test_a_rejected_token_is_reported(make_app: Callable[..., Litestar], a
 async def test_an_expired_token_is_reported_and_its_cookie_cleared(make_app: Callable[..., Litestar]) -> None:
     """An expired session cookie gets the invalid status and is deleted, so the browser stops sending it."""
     later = make_app(session_max_age=60)
-    resolver = later.plugins.get(AsyncTasksPlugin).system.sessions
+    resolver = later.plugins.get(AsyncTasksPlugin).sessions
     # A token signed ten minutes ago, without waiting (itsdangerous stamps with time.time()).
     with mock.patch("itsdangerous.timed.time.time", return_value=time.time() - 600):
         token = resolver.token_for("s_expiredexpiredexpired")

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from async_tasks.errors import SettingsError
-from async_tasks.settings import Settings
+from async_tasks.server import serve
+from async_tasks.settings import BackendSettings, EngineSettings, Settings
+from async_tasks.worker import run_worker
+from tests.servers import free_port
 
 
 def test_defaults_are_the_seeds() -> None:
@@ -142,3 +146,50 @@ def test_the_client_budgets_serve_a_room_behind_one_address() -> None:
     assert settings.max_sessions_per_client < settings.max_sessions
     assert settings.max_tasks_per_client < settings.max_tasks
     assert settings.max_streams_per_client < settings.max_streams
+
+
+def test_the_engine_reads_its_part_only() -> None:
+    """The engine's part (`BackendSettings`: what `TaskSystem` takes) neither holds nor checks
+    the web door's settings: a bad CORS or API key value stops a server, not a script."""
+    web_only = {"CORS_ALLOW_ORIGINS": "*", "API_KEYS": "short", "SECRET_KEY": "short", "PORT": "0"}
+    engine = BackendSettings.from_env({**web_only, "MAX_TASKS": "7", "TASK_BACKEND": "memory"})
+    assert engine.max_tasks == 7 and not hasattr(engine, "cors_allow_origins")
+    with pytest.raises(SettingsError, match="CORS_ALLOW_ORIGINS"):
+        Settings.from_env({"CORS_ALLOW_ORIGINS": "*"})
+    parts = [EngineSettings, BackendSettings, Settings]
+    names = [{f.encode_name for f in msgspec.structs.fields(part)} for part in parts]
+    assert names[0] < names[1] < names[2]
+    assert {"HOST", "SECRET_KEY", "CORS_ALLOW_ORIGINS", "MAX_STREAMS"}.isdisjoint(names[1])
+    assert {"TASK_BACKEND", "WORKER_LEASE_MS"}.isdisjoint(names[0]) and "MAX_TASKS" in names[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "missing"),
+    [
+        ("redis://127.0.0.1:1/0", "redis", ("redis", "saq")),
+        ("postgresql://user@127.0.0.1:1/db", "postgres", ("psycopg", "psycopg_pool", "saq")),
+    ],
+)
+def test_a_backend_without_its_extra_is_refused_in_one_line(
+    url: str, extra: str, missing: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TASK_BACKEND naming Redis or PostgreSQL on an install without that extra (its imports
+    made to fail here): ``serve`` and ``worker`` each stop with one line naming the extra to
+    install, never a traceback."""
+    for name in list(sys.modules):
+        if name.partition(".")[0] in missing or name.startswith(
+            ("async_tasks.backends.redis", "async_tasks.backends.postgres")
+        ):
+            monkeypatch.delitem(sys.modules, name)
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    monkeypatch.setenv("SECRET_KEY", "0123456789abcdef0123")
+    assert serve(backend=url, port=free_port()) == 2
+    assert run_worker(backend=url) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert all(
+        line.startswith("async-tasks: TASK_BACKEND is") and f"pip install 'async-tasks[{extra}]'" in line
+        for line in lines
+    )

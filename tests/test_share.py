@@ -168,8 +168,8 @@ async def test_viewers_never_use_up_the_owners_reads_or_streams() -> None:
     count against a cap of their own per session (and their own address), so the owner
     still reads and streams."""
     from async_tasks.errors import QuotaExceeded
+    from async_tasks.web.frames import OPENED
     from async_tasks.web.plugin import AsyncTasksPlugin
-    from async_tasks.web.streams import OPENED
 
     app = build_app(clock=FakeClock(), task_read_rate=1.0, task_read_burst=3, max_streams_per_session=1)
     bridge = app.plugins.get(AsyncTasksPlugin).streams

@@ -23,9 +23,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from async_tasks.testing import free_port
 from async_tasks.web.plugin import AsyncTasksPlugin
 from tests.helpers import SECRET, wait_for
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"

@@ -24,8 +24,9 @@ from async_tasks import TaskExecutor, TaskParams
 from async_tasks.events import TaskEvent
 from async_tasks.task import Task
 from async_tasks.testing import asgi_client, serve_in_loop
+from async_tasks.web.frames import OPENED, Frame
 from async_tasks.web.plugin import AsyncTasksPlugin
-from async_tasks.web.streams import OPENED, Frame, StreamBridge
+from async_tasks.web.streams import StreamBridge
 from tests.helpers import TEST_EXECUTORS, ScriptExecutor, system_of, wait_for
 
 API = "/api/v1"

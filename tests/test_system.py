@@ -19,7 +19,7 @@ from async_tasks.testing import wait_for
 from tests.helpers import SECRET, ScriptExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Modules of the engine: none of them may import the web framework.
+#: Modules of the engine: none of them may import the web framework or the session signer.
 ENGINE_MODULES = [
     "async_tasks",
     "async_tasks.task",
@@ -41,10 +41,10 @@ ENGINE_MODULES = [
     "async_tasks.backends.redis.worker",
     "async_tasks.faults",
     "async_tasks.system",
+    "async_tasks.outlook",
     "async_tasks.process",
     "async_tasks.worker",
     "async_tasks.cleanup",
-    "async_tasks.sessions",
     "async_tasks.metrics",
     "async_tasks.logs",
     "async_tasks.testing",
@@ -62,23 +62,26 @@ def settings(**overrides: Any) -> Settings:
 
 @pytest.mark.e2e
 def test_the_engine_never_imports_the_web_framework() -> None:
-    """Importing every engine module (and the CLI and client) leaves Litestar unimported."""
+    """Importing every engine module (and the CLI and client) leaves Litestar and itsdangerous unimported."""
     imports = "".join(f"import {module}\n" for module in ENGINE_MODULES)
-    code = f"import sys\n{imports}print('litestar' in sys.modules)"
+    code = f"import sys\n{imports}print('litestar' in sys.modules, 'itsdangerous' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "False False", out.stderr
 
 
 @pytest.mark.e2e
 def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tmp_path: Path) -> None:
-    """The engine in a script: both executor forms run end to end; Litestar is never imported."""
+    """The engine in a script: both executor forms and a built-in one run end to end; neither Litestar nor
+    itsdangerous is imported, and nothing is logged about SECRET_KEY or session tokens."""
     script = tmp_path / "script.py"
     script.write_text(
         textwrap.dedent(
             """
+            import logging
             import sys
             import anyio
             from async_tasks import Progress, Step, Task, TaskExecutor, TaskParams, TaskSystem, executor
+            from async_tasks.testing import wait_for
 
             class GreetParams(TaskParams):
                 who: str = "world"
@@ -96,19 +99,20 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
                     return task.params.who.upper()
 
             async def main() -> None:
-                async with TaskSystem([greet, Shout], load_entry_points=False) as system:
+                async with TaskSystem([greet, Shout]) as system:  # the installed executors too
                     ids = [
                         (await system.create_task("me", executor=name, params={"who": "Ada"})).id
                         for name in ("greet", "shout")
                     ]
+                    ids.append((await system.create_task("me", executor="sample", params={"delayMs": 0})).id)
                     with anyio.fail_after(5):
-                        while not all([(await system.get_task("me", i)).is_terminal for i in ids]):
-                            await anyio.sleep(0.01)
-                    for task_id in ids:
-                        task = await system.get_task("me", task_id)
-                        print(task.status.value, task.result, task.current_step)
-                print("litestar" in sys.modules)
+                        for task_id in ids:
+                            task = await wait_for(system, "me", task_id, "completed")
+                            result = "" if task.executor == "sample" else task.result
+                            print(task.status.value, result, task.current_step)
+                print("litestar" in sys.modules, "itsdangerous" in sys.modules)
 
+            logging.basicConfig(level=logging.DEBUG)
             anyio.run(main)
             """
         )
@@ -118,8 +122,11 @@ def test_a_plain_script_runs_a_function_and_a_class_executor_without_litestar(tm
     assert out.stdout.splitlines() == [
         "completed {'greeting': 'Hello, Ada!'} Speaking",
         "completed ADA None",
-        "False",
+        "completed  Finalizing",
+        "False False",
     ]
+    assert "Task system initialized" in out.stderr  # the log is captured...
+    assert "SECRET_KEY" not in out.stderr and "token" not in out.stderr.lower()  # ...and says nothing of sessions
 
 
 async def test_a_function_executor_is_a_class_registered_like_one() -> None:

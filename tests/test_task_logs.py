@@ -20,7 +20,7 @@ from async_tasks.progress import AttemptEnded, ProgressReporter
 from async_tasks.settings import Settings
 from async_tasks.task_log import LogLine, make_line
 from async_tasks.testing import FakeClock, run_executor
-from async_tasks.web.streams import OPENED
+from async_tasks.web.frames import OPENED
 from tests.helpers import TEST_EXECUTORS, build_app, system_of, wait_for
 from tests.test_streams import GUARD, bridge_of, parse_sse
 

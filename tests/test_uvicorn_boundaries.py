@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from async_tasks.clients import FORWARDED_PEER
-from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
-from async_tasks.testing import free_port
+from async_tasks.web.sessions import SessionResolver
 from tests.live import start_server_process
+from tests.servers import free_port
 
 # One worker runs them all (a group of `tests.scheduling`): one server process.
 pytestmark = pytest.mark.e2e

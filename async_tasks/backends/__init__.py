@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from async_tasks.clock import Clock
     from async_tasks.execution.base import ExecutionBackend
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
     from async_tasks.store.base import TaskStore
 
 
@@ -91,7 +91,7 @@ class Backend(Protocol):
         ...
 
     @staticmethod
-    def check(settings: Settings) -> None:
+    def check(settings: BackendSettings) -> None:
         """Raise `SettingsError` (one line) when the backend cannot be reached at start-up."""
         ...
 
@@ -107,15 +107,25 @@ SCHEMES: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: The libraries each extra installs (a backend imports some of them only when first used,
+#: so a missing one is found here, at start-up).
+EXTRA_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "redis": ("redis", "saq"),
+    "postgres": ("psycopg", "psycopg_pool", "saq"),
+}
+
+
 def scheme_of(url: str) -> str:
     return url if url == "memory" else url.partition("://")[0].lower()
 
 
-def backend_class(settings: Settings) -> type[Backend]:
+def backend_class(settings: BackendSettings) -> type[Backend]:
     """The class of the backend TASK_BACKEND names. A missing extra is a `SettingsError`
     naming it."""
     module_name, class_name, extra = SCHEMES[scheme_of(settings.task_backend)]
     try:
+        for library in EXTRA_LIBRARIES.get(extra, ()):  # some are imported only when first used
+            importlib.import_module(library)
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SettingsError(
@@ -126,6 +136,6 @@ def backend_class(settings: Settings) -> type[Backend]:
     return cls
 
 
-def backend_for(settings: Settings, executors: ExecutorRegistry, clock: Clock) -> Backend:
+def backend_for(settings: BackendSettings, executors: ExecutorRegistry, clock: Clock) -> Backend:
     """The backend TASK_BACKEND names, built."""
     return backend_class(settings)(settings, executors, clock)  # type: ignore[call-arg]

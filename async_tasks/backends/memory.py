@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from async_tasks.backends import Worker
     from async_tasks.clock import Clock
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 
 class MemoryBackend:
@@ -21,7 +21,7 @@ class MemoryBackend:
     events = None
     keeps_queued_tasks = False
 
-    def __init__(self, settings: Settings, executors: ExecutorRegistry, clock: Clock) -> None:
+    def __init__(self, settings: BackendSettings, executors: ExecutorRegistry, clock: Clock) -> None:
         self.store = MemoryTaskStore(clock)
         self.execution = LocalExecution(self.store, executors, settings, clock)
 
@@ -32,5 +32,5 @@ class MemoryBackend:
         return None
 
     @staticmethod
-    def check(settings: Settings) -> None:
+    def check(settings: BackendSettings) -> None:
         return None

@@ -42,7 +42,7 @@ from async_tasks.task import StoredTask, TaskStatus, compact
 
 if TYPE_CHECKING:
     from async_tasks.executor import TaskExecutor
-    from async_tasks.settings import Settings
+    from async_tasks.settings import EngineSettings
     from async_tasks.store.base import CreateLimits, Idempotency
     from async_tasks.task import Task
 
@@ -167,7 +167,7 @@ def backoff_delay(retry: int, *, initial_ms: int, max_ms: int, jitter: float) ->
     return capped / 2 + capped / 2 * jitter
 
 
-def _retry_or_fail(task: Task, error: str, reason: str, settings: Settings, rng: Callable[[], float]) -> Finish:
+def _retry_or_fail(task: Task, error: str, reason: str, settings: EngineSettings, rng: Callable[[], float]) -> Finish:
     used = task.auto_retries
     if used < task.max_retries:
         delay = backoff_delay(
@@ -183,7 +183,7 @@ def _retry_or_fail(task: Task, error: str, reason: str, settings: Settings, rng:
     return Finish(kind="failed", error=error, reason=reason, dead_letter=task.max_retries > 0)
 
 
-def conclude(task: Task, outcome: Outcome, settings: Settings, rng: Callable[[], float]) -> Finish:
+def conclude(task: Task, outcome: Outcome, settings: EngineSettings, rng: Callable[[], float]) -> Finish:
     """What the store records for an attempt of `task` that ran to its end: completed; or
     failed, and retried after the backoff while the task's retry budget lasts."""
     status, result, error = outcome
@@ -193,7 +193,7 @@ def conclude(task: Task, outcome: Outcome, settings: Settings, rng: Callable[[],
     return _retry_or_fail(task, error or "failed", "attempt failed" if retry else "failed", settings, rng)
 
 
-def lost(task: Task, error: str, settings: Settings, rng: Callable[[], float]) -> Finish:
+def lost(task: Task, error: str, settings: EngineSettings, rng: Callable[[], float]) -> Finish:
     """An attempt whose worker is gone: failed, and retried per the task's budget."""
     return _retry_or_fail(task, error, WORKER_LOST, settings, rng)
 

@@ -12,8 +12,8 @@ slot goes to the session with queued work that runs the fewest tasks, so however
 tasks one session queues, the others always find a slot (`waiting.FairQueue`).
 
 Delayed tasks (a retry's backoff, a delayed start) wait in a heap by due time
-(`waiting.Timeline`); one timer, asleep until the earliest, queues each at its time (as precise as the event
-loop's timers). Every executor runs here: there is no routing.
+(`waiting.Timeline`); one timer, asleep until the earliest, queues each at its time (as
+precise as the event loop's timers). Every executor runs here: there is no routing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from async_tasks.execution.base import (
 from async_tasks.execution.waiting import FairQueue, Timeline
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings
 from async_tasks.store.base import CreateLimits, Idempotency, refusal
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
@@ -80,7 +80,7 @@ class LocalExecution:
         self,
         store: MemoryTaskStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: EngineSettings,
         clock: Clock = SYSTEM_CLOCK,
         rng: Callable[[], float] = random.random,
     ) -> None:

@@ -18,10 +18,10 @@ from async_tasks.system import TaskSystem
 from async_tasks.web.api.admin_page import admin_page
 from async_tasks.web.api.dashboard import dashboard_route_handlers
 from async_tasks.web.api.openapi import StrictStructSchemaPlugin
-from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin
+from async_tasks.web.api.reference import OfflineSwaggerRenderPlugin, reference_router
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import opentelemetry_plugins
-from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.plugin import AsyncTasksPlugin, door_settings
 from async_tasks.web.security import security_headers
 
 
@@ -44,7 +44,7 @@ def create_app(
     beside the installed ones (entry points). With `system`, the app serves that engine
     (built beforehand) and the arguments before it are unused.
     """
-    settings = system.settings if system is not None else settings or Settings.from_env(environ)
+    settings = door_settings(settings, system, environ)
     plugin = AsyncTasksPlugin(
         executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock, system=system
     )
@@ -61,6 +61,7 @@ def create_app(
             description="Background tasks with step progress for live demos and proofs of concept.",
             # Swagger UI from the package's own files: the reference renders with the network off.
             render_plugins=[OfflineSwaggerRenderPlugin()],
+            openapi_router=reference_router(),
         ),
     )
 

@@ -3,7 +3,7 @@
 One middleware, `RequestMiddleware`, does both (a middleware layer costs a request
 about as much as the work either does). It reads the session token from the
 ``X-Session-Token`` header or the session cookie and resolves the session key
-(`async_tasks.sessions`) into scope state; a new session's token goes out in the ``X-Session-Token`` response header
+(`async_tasks.web.sessions`) into scope state; a new session's token goes out in the ``X-Session-Token`` response header
 and an HttpOnly, SameSite=Lax cookie, once per response (``POST /session`` hands
 out the session the middleware issued rather than a second one). A token that was
 sent but not accepted (forged, malformed, signed with another key or expired) is
@@ -39,10 +39,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from async_tasks.clients import LOCAL_PEER
 from async_tasks.context import request_id_var, session_key_var
-from async_tasks.sessions import SessionResolver
 from async_tasks.web.security import TICKET_STATE_KEY
+from async_tasks.web.sessions import SessionResolver
 
 #: Scope-state keys this middleware writes.
+#: The app's `SessionResolver` (`resolver_of`).
+RESOLVER_STATE_KEY = "async_tasks_sessions"
 SESSION_STATE_KEY = "async_tasks_session_key"
 #: The token of a session issued for this request (no valid token, no IP mapping).
 ISSUED_TOKEN_STATE_KEY = "async_tasks_issued_token"
@@ -86,11 +88,23 @@ def session_key_of(scope: Scope) -> str:
     return str(key)
 
 
-def client_of(scope: Scope, sessions: SessionResolver) -> str:
+def resolver_of(scope: Scope) -> SessionResolver:
+    """The session resolver of the app serving this request (`RequestMiddleware` puts it
+    in scope state)."""
+    resolver = scope.get("state", {}).get(RESOLVER_STATE_KEY)
+    if not isinstance(resolver, SessionResolver):
+        raise RuntimeError(
+            "No task session on this request: add AsyncTasksPlugin to the app so its session middleware runs."
+        )
+    return resolver
+
+
+def client_of(scope: Scope) -> str:
     """The client this request counts as (`async_tasks.clients`): a keyed hash of its
-    address (the peer's, or the forwarded one behind a trusted proxy)."""
+    address (the peer's, or the forwarded one behind a trusted proxy). The engine is
+    handed this opaque key, never the address."""
     client = scope.get("client")
-    return sessions.client_key(client[0] if client else None)
+    return resolver_of(scope).client_key(client[0] if client else None)
 
 
 class RequestMiddleware(ASGIMiddleware):
@@ -118,6 +132,7 @@ class RequestMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         state: dict[str, Any] = scope.setdefault("state", {})
+        state[RESOLVER_STATE_KEY] = self.resolver
         request_id = state.get(REQUEST_ID_STATE_KEY)
         if request_id is None:
             request_id = state[REQUEST_ID_STATE_KEY] = request_id_from(scope)
@@ -130,7 +145,7 @@ class RequestMiddleware(ASGIMiddleware):
         else:
             session_key, issued, send = self._resolve_session(scope, state, send)
             if issued and self.admit_session is not None:
-                await self.admit_session(client_of(scope, self.resolver))
+                await self.admit_session(client_of(scope))
         request_token: Token[str | None] = request_id_var.set(request_id)
         session_token: Token[str | None] = session_key_var.set(session_key)
         try:

@@ -26,11 +26,11 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import Scope
 
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.executor import TaskExecutor
+from async_tasks.executor import CallsOut, TaskExecutor
 from async_tasks.metrics import TaskMetrics
-from async_tasks.sessions import ShareTokens
-from async_tasks.settings import Settings
+from async_tasks.settings import EngineSettings, Settings
 from async_tasks.system import TaskSystem
+from async_tasks.web.addresses import ServerAddresses
 from async_tasks.web.api.admin import admin_router
 from async_tasks.web.api.demo import create_any_demo_task, demo_route
 from async_tasks.web.api.executors import list_executors
@@ -42,21 +42,33 @@ from async_tasks.web.api.share import share_page, share_router
 from async_tasks.web.api.streams import root_socket_router, stream_router
 from async_tasks.web.api.tasks import task_controller
 from async_tasks.web.api.tickets import stream_ticket
+from async_tasks.web.budgets import ClientBudgets
 from async_tasks.web.errors import EXCEPTION_HANDLERS
 from async_tasks.web.metrics import OPS_OPT_KEY, metrics_controller, request_metrics_middleware
 from async_tasks.web.middleware import RequestMiddleware, echo_request_id, session_key_of
 from async_tasks.web.security import BoundaryMiddleware, cors_config
+from async_tasks.web.sessions import SessionResolver, ShareTokens
 from async_tasks.web.streams import StreamBridge
 
 #: Bytes a create body may hold besides the task's data (name, description, options).
 BODY_OVERHEAD = 16_384
 
 
-def api_body_limit(settings: Settings) -> int:
+def api_body_limit(settings: Settings, engine: EngineSettings) -> int:
     """The largest body the API reads: a create body is the task's data plus a few
     fields, so a body beyond MAX_TASK_DATA_BYTES + `BODY_OVERHEAD` is refused (413)
     before it is decoded (a decoded body can take 20 times its size in memory)."""
-    return min(settings.max_request_body_bytes, settings.max_task_data_bytes + BODY_OVERHEAD)
+    return min(settings.max_request_body_bytes, engine.max_task_data_bytes + BODY_OVERHEAD)
+
+
+def door_settings(settings: Settings | None, system: TaskSystem | None, environ: Mapping[str, str] | None) -> Settings:
+    """The web door's settings: `settings`, else those of `system` when they are a whole
+    `Settings` (it may have been built with its engine's part only), else the environment's."""
+    if settings is not None:
+        return settings
+    if system is not None and isinstance(system.settings, Settings):
+        return system.settings
+    return Settings.from_env(environ)
 
 
 def provide_session_key(scope: Scope, task_system: NamedDependency[TaskSystem]) -> str:
@@ -91,12 +103,21 @@ class AsyncTasksPlugin(InitPluginProtocol):
             environ: the environment to read settings and executor configs from.
             load_entry_points: set False to register only `executors`.
             clock: the time source (tests pass a `FakeClock`).
-            system: an engine built beforehand (then the arguments above are unused).
+            system: an engine built beforehand (then `executors`, `load_entry_points`
+                and `clock` are unused; the web door's settings are `settings`, the
+                system's own when they are a whole `Settings`, or the environment's).
         """
+        self.settings: Settings = door_settings(settings, system, environ)
         self.system = system or TaskSystem(
-            executors, settings=settings, environ=environ, load_entry_points=load_entry_points, clock=clock
+            executors, settings=self.settings, environ=environ, load_entry_points=load_entry_points, clock=clock
         )
-        self.settings = self.system.settings
+        #: Who is asking: session tokens and cookies, stream tickets, keyed hashes of addresses.
+        self.sessions = SessionResolver(self.settings)
+        #: Where this app's server listens: executors that call out refuse it.
+        self.server_addresses = ServerAddresses()
+        for executor in self.system.executors:
+            if isinstance(executor, CallsOut):
+                executor.avoid(self.server_addresses)
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         #: Push streams (SSE / WebSocket): task events forwarded to each session's open streams.
         self.streams = self._stream_bridge()
@@ -112,8 +133,10 @@ class AsyncTasksPlugin(InitPluginProtocol):
             else None
         )
         self.lag_probe = LoopLagProbe()
+        #: What one client may start here: new sessions, stream tickets.
+        self.budgets = ClientBudgets(self.system.store, self.settings)
         #: Share links: tokens that read one task each (SHARE_LINK_TTL seconds).
-        self.share_tokens = ShareTokens(self.system.sessions.keys, self.settings.share_link_ttl, self.system.clock)
+        self.share_tokens = ShareTokens(self.sessions.keys, self.settings.share_link_ttl, self.system.clock)
 
     def _stream_bridge(self) -> StreamBridge:
         """The push streams: fed by the store's own events, or by the backend's channels
@@ -145,7 +168,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             path=self.path or "/",
             route_handlers=handlers,
             exception_handlers=EXCEPTION_HANDLERS,
-            request_max_body_size=api_body_limit(self.settings),
+            request_max_body_size=api_body_limit(self.settings, self.system.settings),
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -156,7 +179,7 @@ class AsyncTasksPlugin(InitPluginProtocol):
             app_config.openapi_config = with_session_security(
                 app_config.openapi_config, admin=bool(self.settings.admin_keys)
             )
-        app_config.route_handlers.extend(health_handlers(self.lag_probe))
+        app_config.route_handlers.extend(health_handlers(self.lag_probe, self.settings.ready_max_loop_lag_ms))
         # The front-end kit: /client.js and its types, and the share links' page.
         app_config.route_handlers.extend([*kit_route_handlers(), share_page])
         if self.metrics is not None:
@@ -165,6 +188,8 @@ class AsyncTasksPlugin(InitPluginProtocol):
         system = self.system
         app_config.dependencies["task_system"] = Provide(lambda: system, sync_to_thread=False)
         app_config.dependencies["session_key"] = Provide(provide_session_key, sync_to_thread=False)
+        budgets = self.budgets
+        app_config.dependencies["client_budgets"] = Provide(lambda: budgets, sync_to_thread=False)
         api_path = self.path
 
         def provide_api_path(scope: Scope) -> str:
@@ -178,9 +203,9 @@ class AsyncTasksPlugin(InitPluginProtocol):
             BoundaryMiddleware(
                 self.settings,
                 api_path=self.path or "/",
-                sessions=system.sessions,
-                addresses=system.server_addresses,
-                spend_ticket=system.spend_ticket,
+                sessions=self.sessions,
+                addresses=self.server_addresses,
+                spend_ticket=self.budgets.spend_ticket,
             )
         )
         app_config.plugins.append(BoundaryResponses(self.path or "/"))  # ...and their errors, documented
@@ -188,11 +213,14 @@ class AsyncTasksPlugin(InitPluginProtocol):
             app_config.cors_config = cors_config(self.settings)
         # The session (health probes and scrapes need none) and the request id.
         app_config.middleware.append(
-            RequestMiddleware(system.sessions, session_exempt_key=OPS_OPT_KEY, admit_session=system.admit_new_session)
+            RequestMiddleware(
+                self.sessions, session_exempt_key=OPS_OPT_KEY, admit_session=self.budgets.admit_new_session
+            )
         )
         app_config.before_send.append(echo_request_id)  # runs for 404/405 too, unlike middleware
         app_config.lifespan.append(self.lifespan)
         app_config.signature_namespace["TaskSystem"] = TaskSystem
+        app_config.signature_namespace["ClientBudgets"] = ClientBudgets
         return app_config
 
     @asynccontextmanager

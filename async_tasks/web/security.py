@@ -70,9 +70,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from async_tasks.clients import FORWARDED_PEER
 from async_tasks.errors import StoreUnavailable
-from async_tasks.executor import ServerAddresses
-from async_tasks.sessions import SessionResolver, Ticket
 from async_tasks.settings import Settings
+from async_tasks.web.addresses import ServerAddresses
+from async_tasks.web.sessions import SessionResolver, Ticket
 
 logger = logging.getLogger("async_tasks.security")
 
@@ -184,7 +184,7 @@ class BoundaryMiddleware(ASGIMiddleware):
         spend_ticket: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """`spend_ticket(nonce)`: True the first time a ticket's nonce is spent (the task
-        store keeps the spent ones: `TaskSystem.spend_ticket`); None lets a ticket open any
+        store keeps the spent ones: `ClientBudgets.spend_ticket`); None lets a ticket open any
         number of streams."""
         self.sessions = sessions
         self.spend_ticket = spend_ticket

@@ -21,11 +21,12 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 
 from async_tasks.clients import FORWARDED_PEER
-from async_tasks.sessions import SessionResolver
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
+from async_tasks.web.plugin import AsyncTasksPlugin
+from async_tasks.web.sessions import SessionResolver
 from tests.battery.test_limits import API, assert_error
-from tests.helpers import SECRET, TEST_HOST, system_of, tampered, wait_for
+from tests.helpers import SECRET, TEST_HOST, tampered, wait_for
 
 pytestmark = pytest.mark.battery
 
@@ -218,7 +219,7 @@ async def test_a_stream_ticket_opens_the_token_sessions_stream(make_app: Callabl
 
 async def test_an_expired_ticket_is_refused(make_app: Callable[..., Litestar], monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(auto_map_session_by_ip=False, stream_ticket_ttl=30)
-    resolver = system_of(app).sessions
+    resolver = app.plugins.get(AsyncTasksPlugin).sessions
     key, _ = resolver.new_session()
     a_minute_ago = int(time.time()) - 60
     monkeypatch.setattr(itsdangerous.timed.TimestampSigner, "get_timestamp", lambda self: a_minute_ago)
@@ -309,7 +310,7 @@ async def test_an_address_a_server_put_in_from_untrusted_headers_is_one_client(
     TRUST_PROXY_HEADERS=false the app uses neither that address nor a fresh session, but
     one IP session for every such request."""
     app = make_app()
-    resolver = system_of(app).sessions
+    resolver = app.plugins.get(AsyncTasksPlugin).sessions
     async with app.lifespan():
         keys = set()
         for claimed in ("203.0.113.7", "198.51.100.1"):
@@ -323,7 +324,7 @@ async def test_an_address_a_server_put_in_from_untrusted_headers_is_one_client(
 
 async def test_trusted_proxies_give_the_client_address_and_scheme(make_app: Callable[..., Litestar]) -> None:
     app = make_app(trust_proxy_headers=True, forwarded_allow_ips="10.0.0.1")
-    resolver = system_of(app).sessions
+    resolver = app.plugins.get(AsyncTasksPlugin).sessions
     headers = {"X-Forwarded-For": "198.51.100.4, 10.0.0.1", "X-Forwarded-Proto": "https"}
     async with served(app, ip="10.0.0.1") as via_proxy:
         response = await via_proxy.get(f"{API}/session", headers=headers)

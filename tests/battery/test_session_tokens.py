@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from async_tasks.sessions import _SALT
 from async_tasks.settings import Settings
 from async_tasks.web.app import create_app
 from async_tasks.web.middleware import COOKIE_NAME, TOKEN_HEADER
+from async_tasks.web.sessions import _SALT
 from tests.battery.harness import PortalApp, blocking_portal, running
 from tests.helpers import SECRET, TEST_EXECUTORS, TEST_HOST
 

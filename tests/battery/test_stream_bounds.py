@@ -25,8 +25,9 @@ from async_tasks.errors import QuotaExceeded
 from async_tasks.testing import serve_in_loop
 from async_tasks.web import streams as stream_module
 from async_tasks.web.api.streams import WS_MAX_MESSAGE_BYTES
+from async_tasks.web.frames import OPENED, Frame, decode_envelope
 from async_tasks.web.plugin import AsyncTasksPlugin
-from async_tasks.web.streams import OPENED, Frame, StreamBridge
+from async_tasks.web.streams import StreamBridge
 from tests.battery.test_limits import API, assert_error
 from tests.helpers import system_of
 from tests.test_streams import until, uvicorn_in_loop
@@ -111,14 +112,14 @@ async def test_an_event_is_encoded_once_for_all_its_streams(
     message is not decoded, nor the SSE lines or WebSocket text built, per stream."""
     app = make_app(max_streams_per_session=10)
     decodes = 0
-    real_decode = stream_module._decode_envelope
+    real_decode = decode_envelope
 
     def counting(raw: bytes) -> object:
         nonlocal decodes
         decodes += 1
         return real_decode(raw)
 
-    monkeypatch.setattr(stream_module, "_decode_envelope", counting)
+    monkeypatch.setattr(stream_module, "decode_envelope", counting)
     async with serve_in_loop(app) as client:
         key = (await client.get(f"{API}/session")).json()["sessionKey"]
         await client.post(f"{API}/tasks", json={"executor": "script"})

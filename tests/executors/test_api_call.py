@@ -18,9 +18,12 @@ import msgspec
 import pytest
 
 from async_tasks.errors import InvalidParams, SettingsError
-from async_tasks.executor import ExecutorRegistry
+from async_tasks.executor import CallsOut, ExecutorRegistry
 from async_tasks.progress import ProgressReporter
+from async_tasks.settings import Settings
+from async_tasks.system import TaskSystem
 from async_tasks.testing import make_task, run_executor
+from async_tasks.web.plugin import AsyncTasksPlugin
 from executors import _outbound
 from executors._guarded import GuardedTransport
 from executors._outbound import (
@@ -31,6 +34,7 @@ from executors._outbound import (
     parse_ipv4,
 )
 from executors.api_call import ApiCallExecutor, ApiCallFailed, ApiCallParams
+from tests.helpers import SECRET
 
 LOCAL = {"API_CALL_ALLOW_HOSTS": "127.0.0.1"}
 REAL_RESOLVE = _outbound.resolve
@@ -750,7 +754,7 @@ def test_registers_like_any_executor() -> None:
 
 
 class Own:
-    """Where a (pretend) server listens, as `ServerAddresses` says."""
+    """Where a (pretend) server listens, as the web door tells the executor (`CallsOut.avoid`)."""
 
     def __init__(self, port: int, *hosts: str) -> None:
         self.ports = {port}
@@ -760,7 +764,7 @@ class Own:
 def executor_on(port: int, *hosts: str, allow: str = "127.0.0.1") -> ApiCallExecutor:
     executor = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": allow})
     assert isinstance(executor, ApiCallExecutor)
-    executor.server_addresses = Own(port, *hosts)  # type: ignore[assignment]
+    executor.avoid(Own(port, *hosts))
     return executor
 
 
@@ -785,6 +789,21 @@ async def test_the_servers_own_address_is_refused_even_when_allowed(template: st
         with pytest.raises(OutboundRefused, match="own address"):
             await run_executor(executor, {"endpoint": template.format(port=target.port)}, validate=False)
         assert target.connections() == 0
+
+
+async def test_the_web_door_tells_api_call_where_its_server_listens() -> None:
+    """The plugin hands api-call the addresses its server is bound to and reached on; the
+    engine alone hands it none (there is no server to protect)."""
+    executor = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": "127.0.0.1"})
+    plugin = AsyncTasksPlugin([executor], settings=Settings(secret_key=SECRET), load_entry_points=False)
+    plugin.server_addresses.add("127.0.0.1", 3000)  # as the server or the boundary middleware does
+    params = msgspec.convert({"endpoint": "http://127.0.0.1:3000/api/v1/tasks"}, ApiCallParams)
+    with pytest.raises(InvalidParams, match="this server's own address"):
+        await executor.validate(params)
+    alone = ApiCallExecutor.from_environ({"API_CALL_ALLOW_HOSTS": "127.0.0.1"})
+    TaskSystem([alone], settings=Settings(), load_entry_points=False)
+    assert isinstance(alone, ApiCallExecutor) and alone.own is None
+    assert isinstance(executor, CallsOut)
 
 
 async def test_other_ports_of_an_allowed_host_still_work() -> None:

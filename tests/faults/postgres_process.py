@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from async_tasks.testing import free_port
+from tests.servers import free_port
 
 
 def binary(name: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from async_tasks.testing import free_port
+from tests.servers import free_port
 
 
 class RedisProcess:

@@ -25,7 +25,7 @@ import pytest
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.task import TaskStatus
-from async_tasks.testing import free_port, serve_in_loop, wait_for
+from async_tasks.testing import serve_in_loop, wait_for
 from tests import forked
 from tests.faults.crash_points import CrashPoint
 from tests.faults.servers import (
@@ -40,6 +40,7 @@ from tests.faults.servers import (
 )
 from tests.faults.servers import settings_fields as backend_fields
 from tests.helpers import SECRET, TEST_EXECUTORS, build_app
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 S = "s"

@@ -23,7 +23,8 @@ from async_tasks.executor import TaskParams
 from async_tasks.store.base import CreateLimits, Expiry, Idempotency, Retention, StorePolicy, TaskFilter
 from async_tasks.store.memory import MemoryTaskStore
 from async_tasks.task import Task, TaskStatus
-from async_tasks.testing import FakeClock, free_port
+from async_tasks.testing import FakeClock
+from tests.servers import free_port
 
 UNLIMITED = CreateLimits(max_active_per_session=1_000_000)
 

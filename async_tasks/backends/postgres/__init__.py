@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from async_tasks.backends.postgres.worker import PostgresWorker
     from async_tasks.clock import Clock
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 
 class PostgresEvents:
@@ -74,7 +74,7 @@ class PostgresBackend:
     shared = True
     keeps_queued_tasks = True
 
-    def __init__(self, settings: Settings, executors: ExecutorRegistry, clock: Clock) -> None:
+    def __init__(self, settings: BackendSettings, executors: ExecutorRegistry, clock: Clock) -> None:
         self.settings = settings
         self.executors = executors
         self.clock = clock
@@ -101,7 +101,7 @@ class PostgresBackend:
         return await self.store.ping()
 
     @staticmethod
-    def check(settings: Settings) -> None:
+    def check(settings: BackendSettings) -> None:
         """Refuse an unreachable database in one line; create or migrate the schema."""
         check(settings.task_backend, settings.postgres_timeout_ms / 1000)
         asyncio.run(migrate(settings.task_backend, settings.postgres_schema, settings.postgres_timeout_ms))

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from async_tasks.backends.postgres.store import PostgresTaskStore
     from async_tasks.backends.queued.store import Dispatched
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -60,7 +60,7 @@ class PostgresWorker(QueuedWorker):
         self,
         store: PostgresTaskStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: BackendSettings,
         *,
         slots: int,
         clock: Clock = SYSTEM_CLOCK,

@@ -36,7 +36,7 @@ from async_tasks.faults import crash_point
 
 if TYPE_CHECKING:
     from async_tasks.backends.queued.store import QueueStore
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -50,7 +50,7 @@ class Reconciler:
     def __init__(
         self,
         store: QueueStore,
-        settings: Settings,
+        settings: BackendSettings,
         worker_id: str,
         *,
         rng: Callable[[], float] = random.random,

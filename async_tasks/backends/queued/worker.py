@@ -65,7 +65,7 @@ from async_tasks.execution.base import conclude, executor_task, handed_back, log
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
-from async_tasks.settings import Settings
+from async_tasks.settings import BackendSettings
 from async_tasks.task import Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class QueuedWorker(ABC):
         self,
         store: QueueStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: BackendSettings,
         *,
         slots: int,
         clock: Clock = SYSTEM_CLOCK,

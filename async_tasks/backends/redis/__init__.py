@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from async_tasks.backends.redis.worker import RedisWorker
     from async_tasks.clock import Clock
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 
 class RedisEvents:
@@ -59,7 +59,7 @@ class RedisBackend:
     shared = True
     keeps_queued_tasks = True
 
-    def __init__(self, settings: Settings, executors: ExecutorRegistry, clock: Clock) -> None:
+    def __init__(self, settings: BackendSettings, executors: ExecutorRegistry, clock: Clock) -> None:
         self.settings = settings
         self.executors = executors
         self.clock = clock
@@ -95,7 +95,7 @@ class RedisBackend:
         return await self.store.ping()
 
     @staticmethod
-    def check(settings: Settings) -> None:
+    def check(settings: BackendSettings) -> None:
         check(settings.task_backend)
 
 

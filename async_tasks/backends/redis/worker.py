@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from async_tasks.backends.queued.store import Dispatched
     from async_tasks.backends.redis.store import RedisTaskStore
     from async_tasks.executor import ExecutorRegistry
-    from async_tasks.settings import Settings
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
@@ -57,7 +57,7 @@ class RedisWorker(QueuedWorker):
         self,
         store: RedisTaskStore,
         executors: ExecutorRegistry,
-        settings: Settings,
+        settings: BackendSettings,
         *,
         url: str,
         slots: int,

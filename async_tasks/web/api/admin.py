@@ -32,8 +32,9 @@ from litestar.types import Scope
 
 from async_tasks.admin import MAX_BULK, Admin, BulkResult
 from async_tasks.errors import InvalidParams
+from async_tasks.outlook import Outlook
 from async_tasks.store.base import TaskFilter
-from async_tasks.system import Outlook, TaskSystem
+from async_tasks.system import TaskSystem
 from async_tasks.task import Task, TaskStatus
 from async_tasks.web.api.body import strict_body
 from async_tasks.web.api.schemas import Body, Response, TaskResponse, TaskSummary

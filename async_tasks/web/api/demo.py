@@ -11,6 +11,7 @@ executor's schema. A generic route answers executors registered without one
 
 # No `from __future__ import annotations`: handler annotations are built at run time.
 import re
+import typing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,33 +25,23 @@ from litestar.types import Scope
 from async_tasks.errors import InvalidParams, UnknownExecutor
 from async_tasks.executor import TaskExecutor
 from async_tasks.system import TaskSystem
-from async_tasks.task import Task
+from async_tasks.task import Task, TaskOptions
 from async_tasks.validation import explain
 from async_tasks.web.api.body import strict_body
-from async_tasks.web.api.schemas import (
-    DemoTask,
-    DemoTaskResponse,
-    Description,
-    MaxRetries,
-    Priority,
-    StartAt,
-    Tags,
-    TimeoutMs,
-)
+from async_tasks.web.api.schemas import CreateTaskRequest, DemoTask, DemoTaskResponse
 from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
 from async_tasks.web.middleware import client_of, session_key_of
 from async_tasks.web.responses import encoded
 
-#: Task options accepted beside the params in a demo body.
+#: The task options (`TaskOptions`) a demo body takes beside the params, in its schema's
+#: order: all but `name` and `start` (a demo task has its executor's title and starts at
+#: once). Their types and bounds are those of ``POST /tasks`` (`CreateTaskRequest`).
+DEMO_OPTIONS = ("description", "priority", "timeout_ms", "max_retries", "tags", "metadata", "start_at")
+_REQUEST_TYPES = typing.get_type_hints(CreateTaskRequest, include_extras=True)
+_REQUEST_DEFAULTS = {f.name: f.default for f in msgspec.structs.fields(CreateTaskRequest)}
 OPTION_FIELDS: list[tuple[str, Any, Any]] = [
-    ("description", Description | None, None),
-    ("priority", Priority, 0),
-    ("timeout_ms", TimeoutMs | None, None),
-    ("max_retries", MaxRetries | None, None),
-    ("tags", Tags | None, None),
-    ("metadata", dict[str, Any] | None, None),
-    ("start_at", StartAt | None, None),
+    (name, _REQUEST_TYPES[name], _REQUEST_DEFAULTS[name]) for name in DEMO_OPTIONS
 ]
 _OPTION_NAMES = [name for name, _, _ in OPTION_FIELDS]
 DemoOptions = msgspec.defstruct("DemoOptions", OPTION_FIELDS, kw_only=True, rename="camel", module=__name__)
@@ -65,12 +56,12 @@ def demo_body_type(executor_cls: type[TaskExecutor[Any, Any]]) -> type[msgspec.S
     return msgspec.defstruct(name, extra, bases=(params_cls,), kw_only=True, module=__name__)
 
 
-def split_body(executor_cls: type[TaskExecutor[Any, Any]], body: msgspec.Struct) -> tuple[Any, dict[str, Any]]:
+def split_body(executor_cls: type[TaskExecutor[Any, Any]], body: msgspec.Struct) -> tuple[Any, TaskOptions]:
     """(the executor's params, the task options) of a demo body."""
     params_cls = executor_cls.Params
     own = params_cls.__struct_fields__
     params = params_cls(**{f: getattr(body, f) for f in own})
-    options = {name: getattr(body, name) for name in _OPTION_NAMES if name not in own}
+    options = TaskOptions(**{name: getattr(body, name) for name in _OPTION_NAMES if name not in own})
     return params, options
 
 
@@ -79,12 +70,12 @@ async def _create(
     scope: Scope,
     executor: str,
     params: Any,
-    options: dict[str, Any],
+    options: TaskOptions,
     idempotency_key: str | None,
 ) -> Response[DemoTaskResponse]:
     task, replayed = await system.create_or_replay(
-        session_key_of(scope), executor=executor, params=params, start=True, idempotency_key=idempotency_key,
-        client=client_of(scope, system.sessions), **options,
+        session_key_of(scope), executor=executor, params=params, options=options, idempotency_key=idempotency_key,
+        client=client_of(scope),
     )  # fmt: skip
     return encoded(
         demo_response(task),
@@ -165,7 +156,7 @@ async def create_any_demo_task(
     except msgspec.ValidationError as exc:
         field, message = explain(exc, DemoOptions)
         raise InvalidParams(message, field=field or None) from None
-    options = {f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw}
+    options = TaskOptions(**{f.name: getattr(parsed, f.name) for f in fields if f.encode_name in raw})
     try:
         return await _create(task_system, request.scope, executor, data, options, idempotency_key)
     except UnknownExecutor as exc:  # unregistered between lookup and create

@@ -74,8 +74,9 @@ def health() -> HealthResponse:
     return HealthResponse()
 
 
-def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
-    """The health routes of one app (readiness reads that app's probe)."""
+def health_handlers(probe: LoopLagProbe, max_lag: int) -> list[HTTPRouteHandler]:
+    """The health routes of one app (readiness reads that app's probe; a loop lag of
+    `max_lag` ms or more, READY_MAX_LOOP_LAG_MS, fails it)."""
 
     @get(
         "/ready",
@@ -89,7 +90,6 @@ def health_handlers(probe: LoopLagProbe) -> list[HTTPRouteHandler]:
         **_OPS,
     )
     async def ready(task_system: NamedDependency[TaskSystem]) -> Response[ReadyResponse]:
-        max_lag = task_system.settings.ready_max_loop_lag_ms
         lag = probe.current_lag_ms()
         checks = {
             "runner": "ok" if task_system.execution.alive else "stopped",

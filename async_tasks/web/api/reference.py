@@ -7,7 +7,7 @@ serves a vendored copy of Swagger UI (``async_tasks/web/reference/swagger-ui``,
 Apache-2.0, licence beside it) under ``<openapi path>/assets`` and boots it with the
 same-origin ``schema-init.js``, which reads the spec URL from a data attribute.
 
-    OpenAPIConfig(..., render_plugins=[OfflineSwaggerRenderPlugin()])
+    OpenAPIConfig(..., render_plugins=[OfflineSwaggerRenderPlugin()], openapi_router=reference_router())
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Router
+from litestar import Request, Response, Router
 from litestar.exceptions import NoRouteMatchFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from async_tasks import __version__
 from async_tasks.web.api.dashboard import NO_CACHE, register_asset_types
+from async_tasks.web.errors import error_response
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 #: The route name of the assets, for `Litestar.route_reverse`.
@@ -101,3 +102,15 @@ class OfflineSwaggerRenderPlugin(OpenAPIRenderPlugin):
                 path="/assets", directories=[REFERENCE_DIR], name=ASSETS_ROUTE, cache_control=NO_CACHE
             )
         )
+
+
+def reference_router(path: str = "/schema") -> Router:
+    """The router Litestar serves the reference from, with the contract's JSON error body for
+    a page it does not have (Litestar's own answer there is an HTML "Error 404")."""
+
+    def json_not_found(response: Response[Any]) -> Response[Any]:
+        if response.status_code != 404 or response.media_type != "text/html":
+            return response
+        return error_response(404, "not_found", f"The API reference has no such page: it is at {path}.")
+
+    return Router(path, route_handlers=[], include_in_schema=False, after_request=json_not_found)

@@ -9,8 +9,8 @@ from litestar.params import ParameterKwarg
 
 from async_tasks.cleanup import CleanupResult, LastRun
 from async_tasks.estimates import Estimate
-from async_tasks.system import Outlook
-from async_tasks.task import Task, TaskStatus
+from async_tasks.outlook import Outlook
+from async_tasks.task import Task, TaskOptions, TaskStatus
 from async_tasks.task_log import RECENT_LINES, LogLine
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -46,6 +46,9 @@ class Body(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=T
 
 
 class CreateTaskRequest(Body):
+    """``POST /tasks``: the executor, its params, and the task's options (`TaskOptions`,
+    here with the contract's bounds; a test holds the two to the same fields)."""
+
     executor: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     name: Name | None = None
     description: Description | None = None
@@ -57,6 +60,10 @@ class CreateTaskRequest(Body):
     timeout_ms: TimeoutMs | None = None
     max_retries: MaxRetries | None = None
     start_at: StartAt | None = None
+
+    def options(self) -> TaskOptions:
+        """The task's options as the engine takes them (the fields of the same names)."""
+        return msgspec.convert(self, TaskOptions, from_attributes=True)
 
 
 class StartTaskRequest(Body):

@@ -8,11 +8,11 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 
-from async_tasks.sessions import SHARED_SESSION
-from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import SessionInfo
+from async_tasks.web.budgets import ClientBudgets
 from async_tasks.web.errors import responses
-from async_tasks.web.middleware import TOKEN_HEADER, client_of, issued_token_of, session_cookie
+from async_tasks.web.middleware import TOKEN_HEADER, client_of, issued_token_of, resolver_of, session_cookie
+from async_tasks.web.sessions import SHARED_SESSION
 
 
 @get("/session", tags=["sessions"], summary="The caller's session key")
@@ -44,18 +44,18 @@ async def current_session(session_key: NamedDependency[str]) -> SessionInfo:
 )
 async def new_session(
     request: Request[Any, Any, Any],
-    task_system: NamedDependency[TaskSystem],
+    client_budgets: NamedDependency[ClientBudgets],
     session_key: NamedDependency[str],
 ) -> Response[SessionInfo]:
-    if not task_system.settings.enable_session_isolation:
+    resolver = resolver_of(request.scope)
+    if not resolver.settings.enable_session_isolation:
         return Response(SessionInfo(session_key=SHARED_SESSION), status_code=201)
     issued = issued_token_of(request.scope)
     if issued is not None:
         # The middleware already started a session for this request (it came without a
         # token): hand out that one; its header and cookie are on the response already.
         return Response(SessionInfo(session_key=session_key, token=issued), status_code=201)
-    await task_system.admit_new_session(client_of(request.scope, task_system.sessions))
-    resolver = task_system.sessions
+    await client_budgets.admit_new_session(client_of(request.scope))
     key, token = resolver.new_session()
     return Response(
         SessionInfo(session_key=key, token=token),

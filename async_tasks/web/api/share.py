@@ -6,7 +6,7 @@ phone" in a client meeting).
     GET  {api}/shared/{token}         the task, read-only
     GET  {api}/shared/{token}/events  its event stream (as /tasks/{id}/events)
 
-The token (`async_tasks.sessions.ShareTokens`) names one task of one session and
+The token (`async_tasks.web.sessions.ShareTokens`) names one task of one session and
 expires after SHARE_LINK_TTL seconds. It is not a session token or a stream ticket, so
 it reads nothing else: no other task, no list, no session stream. A task that is gone
 (deleted, cleaned up, expired) answers 404, so the link dies with it. Making a link
@@ -37,7 +37,6 @@ from litestar.types import Scope
 
 from async_tasks import __version__
 from async_tasks.errors import RateLimited
-from async_tasks.sessions import Share, ShareExpired, ShareInvalid, ShareTokens
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.web.api.kit import KIT_DIR, KIT_PATH
@@ -47,6 +46,7 @@ from async_tasks.web.api.streams import LastEventId, task_event_stream
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import ShareLinkRefused, responses
 from async_tasks.web.middleware import NO_SESSION_OPT_KEY, client_of
+from async_tasks.web.sessions import Share, ShareExpired, ShareInvalid, ShareTokens
 from async_tasks.web.streams import StreamBridge
 
 #: The path prefix (under the API) of the routes a share token opens.
@@ -148,9 +148,7 @@ async def shared_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     _, task = await _shared_task(task_system, share_tokens, token)
-    return await task_event_stream(
-        task_streams, task, last_event_id, client_of(request.scope, task_system.sessions), shared=True
-    )
+    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope), shared=True)
 
 
 def render_share_page(api_base: str, token: str, root: str = "") -> str:

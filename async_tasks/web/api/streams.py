@@ -62,9 +62,11 @@ from async_tasks.system import TaskSystem
 from async_tasks.task import Task
 from async_tasks.web.api.tasks import TaskId
 from async_tasks.web.errors import responses
+from async_tasks.web.frames import KEEPALIVE, OPENED, Frame, sse_lines
 from async_tasks.web.middleware import client_of
 from async_tasks.web.security import error_body, refuse_websocket
-from async_tasks.web.streams import KEEPALIVE, OPENED, Frame, StreamBridge, StreamEvicted, sse_lines
+from async_tasks.web.stream_caps import StreamEvicted
+from async_tasks.web.streams import StreamBridge
 
 #: The largest message a WebSocket client may send (the server ignores them anyway);
 #: `async-tasks serve` also sets it as uvicorn's ``ws_max_size``.
@@ -226,7 +228,7 @@ async def task_events(
     last_event_id: LastEventId = None,
 ) -> Response[None] | Stream:
     task = await task_system.get_task(session_key, task_id, decode=False)  # 404 before any streaming
-    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope, task_system.sessions))
+    return await task_event_stream(task_streams, task, last_event_id, client_of(request.scope))
 
 
 async def task_event_stream(
@@ -261,7 +263,7 @@ async def session_events(
     session_key: NamedDependency[str],
     task_streams: NamedDependency[StreamBridge],
 ) -> Stream:
-    client = client_of(request.scope, task_system.sessions)
+    client = client_of(request.scope)
     return await _sse(task_streams.session_stream(session_key, client=client))
 
 
@@ -280,9 +282,7 @@ async def session_socket(
     server_ended = False
     too_big = False
     unavailable: StoreUnavailable | StreamEvicted | None = None
-    frames = task_streams.session_stream(
-        session_key, keepalive=False, client=client_of(socket.scope, task_system.sessions)
-    )
+    frames = task_streams.session_stream(session_key, keepalive=False, client=client_of(socket.scope))
     async with contextlib.aclosing(frames):
         try:
             await anext(frames)  # OPENED: subscribed before the client sees the socket open

@@ -16,10 +16,10 @@ from typing import Any
 from litestar import Request, post
 from litestar.di import NamedDependency
 
-from async_tasks.system import TaskSystem
 from async_tasks.web.api.schemas import Response
+from async_tasks.web.budgets import ClientBudgets
 from async_tasks.web.errors import responses
-from async_tasks.web.middleware import client_of
+from async_tasks.web.middleware import client_of, resolver_of
 
 
 class TicketResponse(Response, kw_only=True):
@@ -37,9 +37,8 @@ class TicketResponse(Response, kw_only=True):
     responses=responses(401, 403, 429),
 )
 async def stream_ticket(
-    request: Request[Any, Any, Any], task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]
+    request: Request[Any, Any, Any], client_budgets: NamedDependency[ClientBudgets], session_key: NamedDependency[str]
 ) -> TicketResponse:
-    await task_system.admit_ticket(client_of(request.scope, task_system.sessions))
-    return TicketResponse(
-        ticket=task_system.sessions.ticket_for(session_key), expires_in=task_system.settings.stream_ticket_ttl
-    )
+    await client_budgets.admit_ticket(client_of(request.scope))
+    resolver = resolver_of(request.scope)
+    return TicketResponse(ticket=resolver.ticket_for(session_key), expires_in=resolver.settings.stream_ticket_ttl)
