@@ -412,20 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the server (settings from the environment)")
     serve_cmd.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default: $PORT or 3000)")
-    backend_help = "memory, or redis://host:port/db to share tasks between processes (default: $TASK_BACKEND or memory)"
+    backend_help = (
+        "memory, or redis://host:port/db or postgresql://user@host/db to share tasks between processes "
+        "(default: $TASK_BACKEND or memory)"
+    )
     serve_cmd.add_argument("--backend", help=backend_help)
     serve_cmd.add_argument(
-        "--with-worker", action="store_true", help="also run tasks in this process (Redis backend: a one-box setup)"
+        "--with-worker",
+        action="store_true",
+        help="also run tasks in this process (Redis or PostgreSQL backend: a one-box setup)",
     )
     serve_cmd.add_argument("--concurrency", type=int, help="with --with-worker: tasks at once (default 10)")
     serve_cmd.add_argument("--app", metavar="MODULE:ATTRIBUTE", help=APP_HELP)
     serve_cmd.set_defaults(func=serve)
     worker_cmd = commands.add_parser(
         "worker",
-        help="run tasks from a Redis backend's queue",
-        description="Run tasks from the queue of TASK_BACKEND=redis://... until SIGTERM.",
+        help="run tasks from a shared backend's queue (Redis or PostgreSQL)",
+        description="Run tasks from the queue of TASK_BACKEND (redis://... or postgresql://...) until SIGTERM.",
     )
-    worker_cmd.add_argument("--backend", help="redis://host:port/db (default: $TASK_BACKEND)")
+    worker_cmd.add_argument(
+        "--backend", help="redis://host:port/db or postgresql://user@host/db (default: $TASK_BACKEND)"
+    )
     worker_cmd.add_argument(
         "--concurrency", type=int, help="tasks at once in this worker (default: $WORKER_CONCURRENCY or 10)"
     )
