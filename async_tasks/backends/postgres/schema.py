@@ -87,6 +87,11 @@ def stop_channel(schema: str) -> str:
     return f"{schema}_stop"
 
 
+def due_channel(schema: str) -> str:
+    """Where a transaction that makes a task the earliest delayed one says when it is due."""
+    return f"{schema}_due"
+
+
 def saq_lock_keyspace(schema: str) -> int:
     """SAQ's advisory lock keys for this deployment's queues (its default, 0, is one for the
     whole database: a second deployment would wait for the first's)."""

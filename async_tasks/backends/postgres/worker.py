@@ -10,8 +10,9 @@ What is its own here (the rest, claiming, running, recording, the lease, shutdow
 - **Cancel**: the API's transaction marks the task cancelled and NOTIFYs
   ``<schema>_stop``; the worker's `Listener` stops the attempt within milliseconds.
 - **Lease**: its row of ``workers``, renewed every third of WORKER_LEASE_MS.
-- **Delayed tasks**: a retry of an attempt run here is delivered when its backoff ends
-  (`_promote_at`); the reconciler's pass is the net under it.
+- **Delayed tasks**: the shared timer learns of a new earliest due time from the
+  ``<schema>_due`` NOTIFY (sent by the transaction that makes a task the earliest), which
+  the worker's `Listener` hears beside the stop messages.
 - **Its own jobs**: what SAQ holds is read from ``saq_jobs``; a job still queued at two
   upkeeps in a row (its NOTIFY was lost while SAQ's listening connection reconnected)
   makes the upkeep wake SAQ again.
@@ -30,7 +31,7 @@ import anyio
 import anyio.abc
 
 from async_tasks.backends.postgres.connection import Availability, Listener, connection_kwargs, reachable
-from async_tasks.backends.postgres.schema import migrate, saq_lock_keyspace, stop_channel
+from async_tasks.backends.postgres.schema import due_channel, migrate, saq_lock_keyspace, stop_channel
 from async_tasks.backends.queued.worker import PROGRESS_WINDOW, QueuedWorker
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 
@@ -71,8 +72,9 @@ class PostgresWorker(QueuedWorker):
         super().__init__(store, executors, settings, slots=slots, clock=clock, rng=rng, progress_window=progress_window)
         #: The name of its own SAQ queue (``saq:<queue>`` is a channel: at most 63 bytes).
         self.queue_name = f"{store.schema}.{self.suffix}"
+        self._due = due_channel(store.schema)
         self._stops = Listener(
-            self.url, store.schema, [stop_channel(store.schema)], self._stop_message,
+            self.url, store.schema, [stop_channel(store.schema), self._due], self._stop_message,
             availability=self.availability, timeout_ms=settings.postgres_timeout_ms,
         )  # fmt: skip
         #: Jobs still queued at the last upkeep (SAQ is woken if they still are).
@@ -118,7 +120,12 @@ class PostgresWorker(QueuedWorker):
         await tg.start(self._stops.run)
 
     def _stop_message(self, channel: str, payload: str) -> None:
-        """``<task id>:<attempt>``: a running attempt was cancelled."""
+        """``<task id>:<attempt>``: a running attempt was cancelled; on the due channel, the
+        time (epoch ms) of a task that became the earliest delayed one."""
+        if channel == self._due:
+            if payload.isdigit():
+                self._note_due(int(payload))
+            return
         task_id, _, number = payload.rpartition(":")
         if number.isdigit():
             self._stop_local(task_id, int(number), "cancelled")
@@ -136,15 +143,3 @@ class PostgresWorker(QueuedWorker):
             await self.store.db.call("SELECT pg_notify(%s, 'saq:enqueue')", ("saq:" + self.queue_name,))
         self._waiting = waiting
         return missing
-
-    def _scheduled(self, due_ms: int) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self._promote_at, due_ms)
-
-    async def _promote_at(self, due_ms: int) -> None:
-        """Deliver a retry when its backoff ends (the reconciler would, up to a tick later)."""
-        await anyio.sleep(max(0.0, (due_ms - self.clock.now_ms()) / 1000))
-        try:
-            await self.store.promote()
-        except Exception as exc:
-            logger.debug("Could not deliver the retries due now (the reconciler will): %s", exc)

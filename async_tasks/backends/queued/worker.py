@@ -24,6 +24,11 @@ is `async_tasks.execution.base`'s, shared with the memory backend.
 - **Reconciler** (`reconciler.py` beside this module, one worker at a time): workers whose lease has expired
   lose their running attempts (failed with reason ``worker lost``, retried per budget) and
   their queued jobs go back to their sessions' lines; delayed tasks are delivered when due.
+- **Delayed tasks** (a retry's backoff, a delayed start) are delivered at their time by
+  every worker's timer (`_promote_when_due`), set to the earliest due time it knows of:
+  from `promote`'s answer, from a retry it scheduled itself and from the store's message
+  when a new task becomes the earliest (`_note_due`, called by the backend's listener).
+  Should every timer miss it, the reconciler's pass delivers it.
 - **Routing**: the worker runs the executors it was given (``--executors``, or every
   registered one); its description says which, and the store dispatches it tasks of those
   only.
@@ -35,8 +40,8 @@ is `async_tasks.execution.base`'s, shared with the memory backend.
 
 A backend's worker (`RedisWorker`, `PostgresWorker`) adds what is its own: its SAQ queue
 (`_open_queue`), its lease (`_join`), the services that listen for stop messages
-(`_start_services`), how it sees which jobs SAQ holds (`_missing_jobs`) and what it does
-when a retry is scheduled (`_scheduled`).
+(`_start_services`, which also pass the store's due-time messages to `_note_due`) and how
+it sees which jobs SAQ holds (`_missing_jobs`).
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ PROGRESS_WINDOW: Final = 0.1
 LEASE_LOST: Final = "lease lost"
 #: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
 LEAVE_TIMEOUT: Final = 2.0
+#: Milliseconds before a worker's timer looks again at a delayed task that was not due yet
+#: by the store's clock (behind this machine's).
+DUE_RETRY_MS: Final = 5
 
 
 class _Attempt:
@@ -135,6 +143,10 @@ class QueuedWorker(ABC):
         self.suffix = uuid.uuid4().hex[:8]
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.suffix}"
         self.availability = self._availability(f"Worker {self.worker_id}")
+        #: The earliest due time of a delayed task this worker knows of (epoch ms), and what
+        #: wakes its timer when an earlier one is learnt.
+        self._next_due: int | None = None
+        self._due_changed = anyio.Event()
         #: The store through a client that waits out a restart of the store (requests use
         #: one that fails fast): the same data, event hub and settings.
         self.store = self._patient_store(store)
@@ -180,11 +192,38 @@ class QueuedWorker(ABC):
     async def _missing_jobs(self, pending: Sequence[Dispatched]) -> set[str]:
         """The job keys of `pending` (dispatched here, not started) that SAQ does not hold."""
 
-    def _scheduled(self, due_ms: int) -> None:  # noqa: B027 (a hook: nothing by default)
-        """A retry of an attempt run here is due at `due_ms` (the reconciler delivers it anyway)."""
+    # -- delayed tasks ------------------------------------------------------------
 
-    def _reconciled(self, following: int | None) -> None:  # noqa: B027 (a hook: nothing by default)
+    def _note_due(self, due_ms: int | None) -> None:
+        """A delayed task is due at `due_ms`: wake the timer if that is earlier than what it waits for."""
+        if due_ms is not None and (self._next_due is None or due_ms < self._next_due):
+            self._next_due = due_ms
+            self._due_changed.set()
+
+    def _reconciled(self, following: int | None) -> None:
         """The reconciler's pass delivered what was due; `following` is the next due time."""
+        self._note_due(following)
+
+    async def _promote_when_due(self) -> None:
+        """Deliver the delayed tasks at their time: sleep until the earliest due time known,
+        then `promote` (which tells the next one)."""
+        while True:
+            due = self._next_due
+            wait = math.inf if due is None else max(0.0, (due - self.clock.now_ms()) / 1000)
+            with anyio.move_on_after(wait):
+                await self._due_changed.wait()
+                self._due_changed = anyio.Event()
+                continue
+            self._next_due = None
+            try:
+                following = await self.store.promote()
+            except Exception as exc:
+                logger.debug("Could not deliver the delayed tasks due now (the reconciler will): %s", exc)
+                following = None
+            if following is not None and due is not None and following <= due:
+                # Nothing was due yet by the store's clock (behind this machine's): look again soon.
+                following = max(following, self.clock.now_ms() + DUE_RETRY_MS)
+            self._note_due(following)
 
     @property
     def description(self) -> bytes:
@@ -236,6 +275,8 @@ class QueuedWorker(ABC):
                 tg.start_soon(self._flusher.run)
                 tg.start_soon(self._upkeep)
                 await self._start_services(tg)
+                self._next_due = 0  # look at once
+                tg.start_soon(self._promote_when_due)
                 tg.start_soon(self.reconciler.run)
                 tg.start_soon(saq.start)
                 logger.info(
@@ -477,7 +518,7 @@ class QueuedWorker(ABC):
             return
         log_finish(logger, done, attempt.number, finish)
         if done.scheduled_at is not None:
-            self._scheduled(done.scheduled_at)
+            self._note_due(done.scheduled_at)
         self._notify(attempt)
 
     async def _hand_back(self, attempt: _Attempt) -> None:

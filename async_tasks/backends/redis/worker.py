@@ -8,21 +8,17 @@ What is its own here (the rest, claiming, running, recording, the lease, shutdow
 - **Cancel**: the API's script marks the task cancelled and publishes ``P stop``; `_listen`
   stops the attempt within milliseconds.
 - **Lease**: ``P wk:<id>``, renewed every third of WORKER_LEASE_MS.
-- **Delayed tasks** (a retry's backoff, a delayed start) are delivered at their time by
-  every worker's timer: it waits for the earliest due time it knows of, learnt from
-  `promote`, from its own retries, from the reconciler's pass and from ``P due``
-  (published when a task becomes the earliest), then runs `promote`; the reconciler's
-  pass is the net under it.
+- **Delayed tasks**: the shared timer learns of a new earliest due time from ``P due``
+  (published when a task becomes the earliest), which `_listen` hears.
 - **Its own jobs**: what SAQ holds is read from its ``queued`` and ``active`` lists.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
@@ -40,10 +36,6 @@ if TYPE_CHECKING:
     from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
-
-#: Milliseconds before a worker's timer looks again at a delayed task that was not due yet
-#: by Redis's clock (a clock a little behind this machine's).
-DUE_RETRY_MS: Final = 5
 
 
 class RedisWorker(QueuedWorker):
@@ -70,10 +62,6 @@ class RedisWorker(QueuedWorker):
         self._patient = patient
         super().__init__(store, executors, settings, slots=slots, clock=clock, rng=rng, progress_window=progress_window)
         self.keys = store.keys
-        #: The earliest due time of a delayed task this worker knows of (epoch ms), and what
-        #: wakes its timer when an earlier one is learnt.
-        self._next_due: int | None = None
-        self._due_changed = anyio.Event()
 
     def _availability(self, what: str) -> Availability:
         return Availability(what)
@@ -96,9 +84,7 @@ class RedisWorker(QueuedWorker):
         await self.store.join(self.worker_id, self.slots, self.lease_ms, self.description, retiring=retiring)
 
     async def _start_services(self, tg: anyio.abc.TaskGroup) -> None:
-        self._next_due = 0  # look at once
         tg.start_soon(self._listen)
-        tg.start_soon(self._promote_when_due)
 
     async def _missing_jobs(self, pending: Sequence[Dispatched]) -> set[str]:
         """From SAQ's ``queued`` and ``active`` lists of this worker's queue."""
@@ -143,38 +129,3 @@ class RedisWorker(QueuedWorker):
             with anyio.CancelScope(shield=True):
                 await self._quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
                 await self._quietly(client.aclose())
-
-    # -- delayed tasks ------------------------------------------------------------
-
-    def _scheduled(self, due_ms: int) -> None:
-        self._note_due(due_ms)
-
-    def _reconciled(self, following: int | None) -> None:
-        self._note_due(following)
-
-    def _note_due(self, due_ms: int | None) -> None:
-        """A delayed task is due at `due_ms`: wake the timer if that is earlier than what it waits for."""
-        if due_ms is not None and (self._next_due is None or due_ms < self._next_due):
-            self._next_due = due_ms
-            self._due_changed.set()
-
-    async def _promote_when_due(self) -> None:
-        """Deliver the delayed tasks at their time: sleep until the earliest due time known,
-        then `promote` (which tells the next one)."""
-        while True:
-            due = self._next_due
-            wait = math.inf if due is None else max(0.0, (due - self.clock.now_ms()) / 1000)
-            with anyio.move_on_after(wait):
-                await self._due_changed.wait()
-                self._due_changed = anyio.Event()
-                continue
-            self._next_due = None
-            try:
-                following = await self.store.promote()
-            except Exception as exc:
-                logger.debug("Could not deliver the delayed tasks due now (the reconciler will): %s", exc)
-                following = None
-            if following is not None and due is not None and following <= due:
-                # Nothing was due yet by Redis's clock (behind this machine's): look again soon.
-                following = max(following, self.clock.now_ms() + DUE_RETRY_MS)
-            self._note_due(following)

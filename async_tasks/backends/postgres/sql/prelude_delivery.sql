@@ -102,6 +102,10 @@ BEGIN
         UPDATE tasks SET delivery = 'd', due_at = p_due, scheduled_at = p_due,
             lifetime_from = CASE WHEN fresh THEN greatest(lifetime_from, p_due) ELSE lifetime_from END
             WHERE id = p_id;
+        -- The workers' timers wait for the earliest delayed task: tell them of a new earliest.
+        IF NOT EXISTS (SELECT 1 FROM tasks WHERE delivery = 'd' AND due_at < p_due) THEN
+            PERFORM pg_notify(current_schema() || '_due', p_due::text);
+        END IF;
         RETURN true;
     END IF;
     UPDATE tasks SET delivery = 'p', scheduled_at = NULL, due_at = NULL,
