@@ -1,10 +1,11 @@
 """How late a delayed start starts: ``python -m bench.delayed_start``.
 
-On each backend (memory; Redis on a throwaway redis-server, with an API engine and a
-worker engine in this process, as ``serve`` and ``async-tasks worker`` would be), N
+On each backend (memory; Redis on a throwaway redis-server and PostgreSQL on a throwaway
+cluster, each with an API engine and a worker engine in this process, as ``serve`` and
+``async-tasks worker`` would be), N
 tasks are created with ``startAt`` spread over the next few seconds; each one's lateness
-is ``startedAt - startAt`` (the time the store stamped when its attempt began: Redis's
-clock on Redis, this machine's in memory, both on this machine). A negative lateness
+is ``startedAt - startAt`` (the time the store stamped when its attempt began: the
+server's clock on Redis and PostgreSQL, this machine's in memory, all on this machine). A negative lateness
 would be a start before its time. Prints min / median / p95 / max per backend.
 """
 
@@ -21,6 +22,7 @@ import anyio
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
 from async_tasks.testing import wait_for
+from tests.faults.postgres_process import PostgresProcess
 from tests.servers import redis_server
 
 SESSION = "bench"
@@ -63,6 +65,13 @@ async def measure(count: int, spread_ms: int) -> dict[str, list[int]]:
                 TaskSystem(settings=_settings(task_backend=url, embedded_worker=True))
             )
             results["redis"] = await _lateness(api, worker, count, spread_ms)
+    with PostgresProcess() as postgres:
+        async with AsyncExitStack() as stack:
+            api = await stack.enter_async_context(TaskSystem(settings=_settings(task_backend=postgres.url)))
+            worker = await stack.enter_async_context(
+                TaskSystem(settings=_settings(task_backend=postgres.url, embedded_worker=True))
+            )
+            results["postgres"] = await _lateness(api, worker, count, spread_ms)
     return results
 
 

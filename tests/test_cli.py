@@ -19,8 +19,9 @@ import pytest
 from litestar import Litestar
 from rich.console import Console
 
-from async_tasks.cli import Outlook, RunTime, main, ordinal, parse_params, progress_bar
+from async_tasks.cli import main, parse_params
 from async_tasks.client.tokens import load_session_token, session_file
+from async_tasks.console import Outlook, RunTime, ordinal, progress_bar
 from async_tasks.settings import Settings
 from async_tasks.testing import FakeClock, wait_for
 from async_tasks.web.app import create_app

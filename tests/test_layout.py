@@ -1,4 +1,5 @@
-"""The house's shape: no import circle in the package, the executors, the demos or the bench."""
+"""The house's shape: no import circle in the package, the executors, the demos or the bench, and
+no long module that does not say why it is one."""
 
 from __future__ import annotations
 
@@ -76,3 +77,36 @@ def test_no_test_serves_on_the_default_port() -> None:
             if name == "serve" and not any(keyword.arg == "port" for keyword in node.keywords):
                 unported.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert unported == []
+
+
+#: Lines a module may hold before it must say, in its opening docstring or comment, why it
+#: stays one module (after the sentence's first words, `LONG_REASON`): about 600, the few
+#: lines over it no reason to split.
+LONG = 620
+LONG_REASON = "Why one module:"
+
+
+def _opening(path: Path, text: str) -> str:
+    """A module's purpose: a Python module's docstring, a script's leading comment lines."""
+    if path.suffix == ".py":
+        return ast.get_docstring(ast.parse(text)) or ""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_no_module_is_long_without_saying_why() -> None:
+    """A module (Python, Lua, SQL) over LONG lines says why it stays one, or it is split by concept."""
+    long = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.suffix not in (".py", ".lua", ".sql") or "node_modules" in path.parts:
+                continue
+            text = path.read_text(encoding="utf-8")
+            name = path.relative_to(ROOT).as_posix()
+            if text.count("\n") > LONG and LONG_REASON not in _opening(path, text):
+                long.append(f"{name} ({text.count(chr(10))} lines)")
+    assert long == [], f"split these by concept, or say why not ({LONG_REASON} ...): {long}"

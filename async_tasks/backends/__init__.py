@@ -11,7 +11,8 @@ streams (`events`) and a health check. Nothing outside `async_tasks.backends` as
 which backend it is, as `saq.Queue.from_url` picks a queue and Litestar takes a
 `ChannelsBackend` object. Each shared backend's code lives in its own package, needing
 its own extra (``pip install 'async-tasks[redis]'``, ``'async-tasks[postgres]'``),
-imported only when chosen.
+imported only when chosen; what the two share (the producer, the worker, the reconciler,
+written against the store's steps) is `async_tasks.backends.queued`.
 """
 
 from __future__ import annotations

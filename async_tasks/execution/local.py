@@ -7,25 +7,17 @@ shutdown. Task state changes only through the store, each transition a
 compare-and-set on the status and attempt, so an attempt that was cancelled
 meanwhile cannot overwrite it.
 
-Fair sharing. Tasks over a limit wait `pending` in their session's own queue
-(higher `priority` first, then first come first served: priority orders a
-session's own tasks, never other sessions'). A free slot goes to the session with
-queued work that runs the fewest tasks (ties: the one waiting longest), and a
-session starts a task only while it runs fewer tasks than there are free slots. So
-however many tasks one session (or a few) queue, the others always find a slot: a
-session alone takes at most half the slots, n busy sessions together at most
-n/(n+1) of them, and a newcomer's task starts at once. Dispatch costs O(log
-sessions) per task started; nothing scans the queue.
+Fair sharing: tasks over a limit wait `pending` in their session's own queue, and a free
+slot goes to the session with queued work that runs the fewest tasks, so however many
+tasks one session queues, the others always find a slot (`waiting.FairQueue`).
 
-Delayed tasks (a retry's backoff, a delayed start) wait in a heap by due time; one
-timer, asleep until the earliest, queues each at its time (as precise as the event
-loop's timers). Every executor runs here: there is no routing.
+Delayed tasks (a retry's backoff, a delayed start) wait in a heap by due time
+(`waiting.Timeline`); one timer, asleep until the earliest, queues each at its time (as
+precise as the event loop's timers). Every executor runs here: there is no routing.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import random
@@ -51,6 +43,7 @@ from async_tasks.execution.base import (
     log_finish,
     run_attempt,
 )
+from async_tasks.execution.waiting import FairQueue, Timeline
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
 from async_tasks.settings import EngineSettings
@@ -64,21 +57,6 @@ logger = logging.getLogger("async_tasks.execution")
 SHUTDOWN = "shutdown"
 _RUNNING = frozenset({TaskStatus.RUNNING})
 _PENDING = frozenset({TaskStatus.PENDING})
-
-#: (-priority, sequence, task): the order of a session's queue.
-_Entry = tuple[int, int, Task]
-
-
-class _SessionQueue:
-    """One session's queued tasks, and its place among the sessions waiting for a slot."""
-
-    __slots__ = ("heap", "queued", "ticket")
-
-    def __init__(self) -> None:
-        self.heap: list[_Entry] = []
-        self.queued: dict[str, _Entry] = {}
-        #: The sequence number of this session's valid entry in `_ready` (None: not there).
-        self.ticket: int | None = None
 
 
 class _Attempt:
@@ -115,18 +93,11 @@ class LocalExecution:
         self._accepting = True
         self.running: dict[str, _Attempt] = {}
         self._session_running: dict[str, int] = {}
-        #: Every queued task by id (what cancel, load and shutdown look at).
-        self._queued: dict[str, _Entry] = {}
-        #: Sessions with queued tasks, and the heap that picks the next one to run:
-        #: (tasks it runs, ticket, session key); entries whose ticket is stale are skipped.
-        self._sessions: dict[str, _SessionQueue] = {}
-        self._ready: list[tuple[int, int, str]] = []
-        #: Tasks waiting for their time (a retry's backoff, a delayed start): id -> (due ms,
-        #: task), and the heap of (due, sequence, id) the timer sleeps on (stale entries skipped).
-        self._delayed: dict[str, tuple[int, Task]] = {}
-        self._timeline: list[tuple[int, int, str]] = []
+        #: Tasks waiting for a slot, and those waiting for their time (a retry's backoff,
+        #: a delayed start) with the timer that sleeps until the earliest.
+        self._queue = FairQueue(self._session_running)
+        self._timeline = Timeline()
         self._timer: anyio.CancelScope | None = None
-        self._seq = itertools.count()
         self._idle: anyio.Event | None = None
         self.on_finish: list[Callable[[Task, float], None]] = []
         #: Attempts whose worker thread is still running (a blocking executor keeps going
@@ -166,12 +137,9 @@ class LocalExecution:
 
     async def shutdown(self, grace: float) -> list[Task]:
         self._accepting = False
-        waiting = [entry[2] for entry in self._queued.values()]
-        waiting += [task for _, task in self._delayed.values()]
-        self._queued.clear()
-        self._sessions.clear()
-        self._ready.clear()
-        self._delayed.clear()
+        waiting = self._queue.tasks() + self._timeline.tasks()
+        self._queue.clear()
+        self._timeline.clear()
         self._wake_timer()
         for task in waiting:
             await self._cancel_pending(task, SHUTDOWN)
@@ -230,13 +198,12 @@ class LocalExecution:
         if not self._accepting:
             raise ShuttingDown()
         due = self._due(start_at)
-        delayed = self._delayed.get(task.id)
-        if task.id in self._queued:
+        if task.id in self._queue:
             if due is None:
                 return task  # already waiting for its turn
-            self._unqueue(task)
-        elif delayed is not None:
-            if delayed[0] == due:
+            self._queue.remove(task)
+        elif task.id in self._timeline:
+            if self._timeline.due_of(task.id) == due:
                 return task
             self._undelay(task.id)
         elif (running := self.running.get(task.id)) is not None and running.cancel_reason is None:
@@ -285,36 +252,27 @@ class LocalExecution:
         if not self._accepting:
             raise ShuttingDown()
         running = self.running.get(task.id)
-        if task.id in self._queued or task.id in self._delayed or (running and running.cancel_reason is None):
+        if task.id in self._queue or task.id in self._timeline or (running and running.cancel_reason is None):
             return  # already on its way
         self._enqueue(task)
         await self._dispatch()
 
     def _withdraw(self, task: Task) -> None:
         """Stop waiting for a task that will not run (queued, or waiting for its time)."""
-        self._unqueue(task)
+        self._queue.remove(task)
         self._undelay(task.id)
 
     async def queue_position(self, task: Task) -> int | None:
         """The place among the task's own session's queued tasks (other sessions'
         activity is not revealed, and does not decide the order)."""
-        entry = self._queued.get(task.id)
-        queue = self._sessions.get(task.session_key)
-        if entry is None or queue is None:
-            return None
-        return 1 + sum(1 for other in queue.queued.values() if other[:2] < entry[:2])
+        return self._queue.position(task)
 
     async def queue_positions(self, session_key: str, tasks: Sequence[Task]) -> dict[str, int]:
         """One sort of the session's queued tasks: O(q log q)."""
-        queue = self._sessions.get(session_key)
-        wanted = {task.id for task in tasks}
-        if queue is None or not wanted.intersection(queue.queued):
-            return {}
-        ordered = sorted(queue.queued.values(), key=lambda entry: entry[:2])
-        return {entry[2].id: place for place, entry in enumerate(ordered, 1) if entry[2].id in wanted}
+        return self._queue.positions(session_key, tasks)
 
     async def load(self) -> ExecutionLoad:
-        return ExecutionLoad(running=len(self.running), queued=len(self._queued))
+        return ExecutionLoad(running=len(self.running), queued=len(self._queue))
 
     def running_tasks(self) -> list[Task]:
         for _ in range(5):
@@ -327,64 +285,15 @@ class LocalExecution:
     # -- queue ------------------------------------------------------------------
 
     def _enqueue(self, task: Task) -> None:
-        entry = (-task.priority, next(self._seq), task)
-        self._queued[task.id] = entry
-        queue = self._sessions.get(task.session_key)
-        if queue is None:
-            queue = self._sessions[task.session_key] = _SessionQueue()
-        heapq.heappush(queue.heap, entry)
-        queue.queued[task.id] = entry
-        if queue.ticket is None:
-            self._mark_ready(task.session_key, queue)
-
-    def _unqueue(self, task: Task) -> None:
-        """Forget a queued task (its heap entry is skipped when it comes up)."""
-        if self._queued.pop(task.id, None) is None:
-            return
-        queue = self._sessions.get(task.session_key)
-        if queue is not None:
-            queue.queued.pop(task.id, None)
-            if not queue.queued:
-                del self._sessions[task.session_key]
-
-    def _mark_ready(self, key: str, queue: _SessionQueue) -> None:
-        """(Re)place the session among those waiting, with the number of tasks it runs now."""
-        queue.ticket = ticket = next(self._seq)
-        heapq.heappush(self._ready, (self._session_running.get(key, 0), ticket, key))
-        if len(self._ready) > 2 * len(self._sessions) + 64:  # drop the stale entries (amortized O(1))
-            self._ready = [item for item in self._ready if (q := self._sessions.get(item[2])) and q.ticket == item[1]]
-            heapq.heapify(self._ready)
+        self._queue.put(task)
 
     async def _dispatch(self) -> None:
         limit = self.settings.max_concurrent_tasks
         per_session = self.settings.max_concurrent_tasks_per_session
-        while self._ready and len(self.running) < limit:
-            running, ticket, key = self._ready[0]
-            queue = self._sessions.get(key)
-            if queue is None or queue.ticket != ticket:
-                heapq.heappop(self._ready)  # stale: the session's queue emptied or it was re-placed
-                continue
-            if running != self._session_running.get(key, 0):
-                heapq.heappop(self._ready)
-                self._mark_ready(key, queue)
-                continue
-            # The least busy session with queued work: if it may not start a task, none may.
-            if running >= per_session or running >= limit - len(self.running):
+        while len(self.running) < limit:
+            task = self._queue.take(limit - len(self.running), per_session)
+            if task is None:
                 return
-            heapq.heappop(self._ready)
-            queue.ticket = None
-            entry = heapq.heappop(queue.heap)
-            while queue.queued.get(entry[2].id) is not entry:
-                entry = heapq.heappop(queue.heap)  # cancelled while queued
-            task = entry[2]
-            del queue.queued[task.id]
-            del self._queued[task.id]
-            if queue.queued:
-                self._session_running[key] = running + 1  # counted now, so its new place is right
-                self._mark_ready(key, queue)
-                self._session_running[key] = running
-            else:
-                del self._sessions[key]
             await self._launch(task)
 
     async def _launch(self, task: Task) -> None:
@@ -486,16 +395,11 @@ class LocalExecution:
 
     def _delay(self, task: Task, due_ms: int) -> None:
         """Queue `task` at `due_ms` (the timer does)."""
-        self._delayed[task.id] = (due_ms, task)
-        heapq.heappush(self._timeline, (due_ms, next(self._seq), task.id))
-        if self._timeline[0][2] == task.id:
+        if self._timeline.add(task, due_ms):
             self._wake_timer()  # a new earliest
-        if len(self._timeline) > 2 * len(self._delayed) + 64:  # drop the stale entries (amortized O(1))
-            self._timeline = [item for item in self._timeline if self._delayed.get(item[2], (None,))[0] == item[0]]
-            heapq.heapify(self._timeline)
 
     def _undelay(self, task_id: str) -> None:
-        if self._delayed.pop(task_id, None) is not None:
+        if self._timeline.remove(task_id):
             self._wake_timer()  # it may have been the earliest
 
     def _wake_timer(self) -> None:
@@ -506,7 +410,7 @@ class LocalExecution:
         """The one timer of the delayed tasks: asleep until the earliest is due, then it
         queues every task that is due (launching checks each is still pending)."""
         while True:
-            due_now = self._take_due(self.clock.now_ms())
+            due_now = self._timeline.take_due(self.clock.now_ms())
             for task in due_now:
                 if self._accepting and task.status is TaskStatus.PENDING:
                     try:
@@ -517,27 +421,11 @@ class LocalExecution:
             if due_now:
                 await self._dispatch()
             with anyio.CancelScope() as self._timer:
-                if self._timeline:
-                    await self.clock.sleep(max(0, self._timeline[0][0] - self.clock.now_ms()) / 1000)
+                if (next_due := self._timeline.next_due()) is not None:
+                    await self.clock.sleep(max(0, next_due - self.clock.now_ms()) / 1000)
                 else:
                     await anyio.sleep_forever()
             self._timer = None
-
-    def _take_due(self, now: int) -> list[Task]:
-        """The delayed tasks due at `now`, out of the heap (and the stale entries before them)."""
-        timeline = self._timeline
-        due_now = []
-        while timeline:
-            due, _, task_id = timeline[0]
-            entry = self._delayed.get(task_id)
-            valid = entry is not None and entry[0] == due
-            if valid and due > now:
-                break
-            heapq.heappop(timeline)
-            if entry is not None and valid:
-                del self._delayed[task_id]
-                due_now.append(entry[1])
-        return due_now
 
     # -- cancellation and bookkeeping ------------------------------------------------
 
@@ -586,9 +474,7 @@ class LocalExecution:
             self._session_running[key] = left
         else:
             del self._session_running[key]
-        queue = self._sessions.get(key)
-        if queue is not None:
-            self._mark_ready(key, queue)  # it runs one task fewer: an earlier turn
+        self._queue.ran_one(key)  # it runs one task fewer: an earlier turn
         if self._idle is not None and not self.running:
             self._idle.set()
 
@@ -622,7 +508,7 @@ class LocalExecution:
         loads = {name: ExecutionLoad(running=0, queued=0, workers=1) for name in self.executors.names()}
         for attempt in list(self.running.values()):
             loads.setdefault(attempt.task.executor, ExecutionLoad(running=0, queued=0, workers=0)).running += 1
-        waiting = [entry[2] for entry in self._queued.values()] + [task for _, task in self._delayed.values()]
+        waiting = self._queue.tasks() + self._timeline.tasks()
         for task in waiting:
             loads.setdefault(task.executor, ExecutionLoad(running=0, queued=0, workers=0)).queued += 1
         return loads

@@ -1,23 +1,16 @@
 """The in-memory task store: the default, nothing else to run.
 
-Per session: the tasks in creation order, counts by status kept as transitions
-happen, the finished tasks of each status in the order they finished (what retention
-and the finished TTL need), the never-started pending tasks in creation order (their
-lifetime), the Idempotency-Keys, the summed run time of completed tasks and when the
-session last changed (idle expiry). Create, get, transition and progress are O(1)
-(retention as a task finishes removes the oldest-finished directly); an unfiltered
-page costs O(offset + page), a page by status stops scanning once it is full; stats
-never scan. Methods never await anything but a checkpoint in `trim`, so each one is
-atomic on the event loop.
+What it keeps per session and per client (`books.py`) is updated as tasks change, so
+create, get, transition and progress are O(1) (retention as a task finishes removes the
+oldest-finished directly); an unfiltered page costs O(offset + page), a page by status
+stops scanning once it is full (`paging.py`); stats never scan. Methods never await
+anything but a checkpoint in `trim`, so each one is atomic on the event loop. A full pool
+makes room from the clients holding the most (`room.py`); Idempotency-Keys outlive their
+tasks for the policy's window (`idempotency.py`).
 
 `get` returns the live record (no copy): callers read it and never write it. Records
 are `StoredTask`s: params, metadata and result are kept as their encoded JSON, so a
 task holds about its bytes, whatever their shape.
-
-Per client (`async_tasks.clients`; a session belongs to the client that created it):
-its sessions, how many tasks they hold, its never-started tasks in creation order and
-its finished tasks in the order they finished, kept as tasks change (O(1) each). They
-are what the per-client budgets count and where a full pool makes room (`_admit`).
 """
 
 from __future__ import annotations
@@ -25,20 +18,18 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import anyio.lowlevel
 import msgspec
 
 from async_tasks.buckets import TokenBuckets
-from async_tasks.clients import fair_victims
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.errors import IdempotentTaskRemoved, InvalidParams, TaskNotFound
+from async_tasks.errors import TaskNotFound
 from async_tasks.events import EventHub, EventType, LogEvent, TaskEvent
 from async_tasks.store.base import (
     ACTIONS,
-    HISTORY_HEAD,
     RECENT_DURATIONS,
     CreateLimits,
     Expiry,
@@ -55,84 +46,18 @@ from async_tasks.store.base import (
     TaskFilter,
     TaskPage,
     TrimResult,
-    client_has_too_many_sessions,
-    client_has_too_many_tasks,
-    idempotency_conflict,
     quota_exceeded,
     refusal,
-    too_many_sessions,
-    too_many_tasks,
 )
+from async_tasks.store.books import ClientBooks, SessionTasks, append_history, begin_later
+from async_tasks.store.idempotency import IdempotencyKeys
+from async_tasks.store.paging import page_of
+from async_tasks.store.room import plan_room, reached
 from async_tasks.task import NULL, TERMINAL, HistoryEntry, StoredTask, Task, TaskStatus, can_transition, encoded
 from async_tasks.task_log import LogBook, LogLine
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
-
-
-#: Index entries a full pool looks at in one client's list before it tries another client.
-_LOOKS = 64
-
-
-class ClientBooks:
-    """What one client holds: its sessions, their tasks, its never-started tasks (creation
-    order) and its finished tasks (finish order), each task id -> its session."""
-
-    __slots__ = ("finished", "key", "sessions", "tasks", "unstarted")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.sessions: dict[str, SessionTasks] = {}
-        self.tasks = 0
-        self.unstarted: dict[str, SessionTasks] = {}
-        self.finished: dict[str, SessionTasks] = {}
-
-
-class SessionTasks:
-    """One session's tasks, counts, finished-order index and the summed run time of its
-    completed tasks (kept as they complete or are removed), and the client it belongs to."""
-
-    __slots__ = (
-        "changed_ms",
-        "client",
-        "counts",
-        "duration_total_ms",
-        "finished",
-        "key",
-        "later",
-        "later_heap",
-        "order",
-        "tasks",
-        "unstarted",
-    )
-
-    def __init__(self, key: str, now_ms: int, client: ClientBooks) -> None:
-        self.key = key
-        self.client = client
-        self.tasks: dict[str, StoredTask] = {}
-        #: task id -> its creation sequence number (what a page's cursor names).
-        self.order: dict[str, int] = {}
-        self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
-        self.finished: dict[TaskStatus, dict[str, None]] = {status: {} for status in TERMINAL}
-        #: Pending tasks that never ran, in creation order (the pending lifetime)...
-        self.unstarted: dict[str, None] = {}
-        #: ...but those whose lifetime began later than their creation (a delayed start):
-        #: task id -> when it began, and a heap of (when, id) entries, stale ones skipped.
-        self.later: dict[str, int] = {}
-        self.later_heap: list[tuple[int, str]] = []
-        self.duration_total_ms = 0
-        #: When a task was last created, changed or removed here (idle expiry).
-        self.changed_ms = now_ms
-
-    @property
-    def active(self) -> int:
-        return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.RUNNING]
-
-    @property
-    def average_duration_ms(self) -> float:
-        """Mean run time (start to completion) of the completed tasks held; 0 if none."""
-        completed = self.counts[TaskStatus.COMPLETED]
-        return self.duration_total_ms / completed if completed else 0.0
 
 
 class MemoryTaskStore:
@@ -149,7 +74,7 @@ class MemoryTaskStore:
         self.clients: dict[str, ClientBooks] = {}
         #: Each session's Idempotency-Keys, oldest first: key -> (task id, fingerprint, when).
         #: They outlive their tasks (and sessions) for the policy's window.
-        self.keys: dict[str, dict[str, tuple[str, bytes, int]]] = {}
+        self.keys = IdempotencyKeys()
         self._seq = itertools.count(1)
         self._totals: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         #: Tasks held in every session (the sum of `_totals`).
@@ -185,27 +110,12 @@ class MemoryTaskStore:
         session = self.sessions.get(session_key)
         if session is None:
             return TaskPage([], 0)
-        end = None if limit is None else offset + limit
-        newest_first: Iterator[Task] = reversed(session.tasks.values())
-        if cursor is not None:
-            below = _cursor(cursor)
-            order = session.order
-            newest_first = itertools.dropwhile(lambda t: order[t.id] >= below, newest_first)
-        if where.is_empty:
-            total = len(session.tasks)
-        elif where.executor is None and where.tag is None and where.dead_letter is None:
-            # Status only: the total is a counter, and the scan stops at the page's end.
-            assert where.status is not None
-            total = session.counts[where.status]
-            newest_first = (t for t in newest_first if _matches(t, where))
-        else:
-            total = sum(1 for t in session.tasks.values() if _matches(t, where))
-            newest_first = (t for t in newest_first if _matches(t, where))
-        page = list(itertools.islice(newest_first, offset, None if end is None else end + 1))
-        more = end is not None and len(page) > end - offset
-        page = page[: None if end is None else end - offset]
-        next_cursor = str(session.order[page[-1].id]) if more and page else None
-        return TaskPage(page, total, next_cursor)
+        order = session.order
+        return page_of(
+            ((order[task.id], task) for task in reversed(session.tasks.values())), where,
+            total=len(session.tasks), by_status=session.counts.__getitem__, every=session.tasks.values,
+            limit=limit, offset=offset, cursor=cursor,
+        )  # fmt: skip
 
     async def counts(self, session_key: str) -> SessionCounts:
         session = self.sessions.get(session_key)
@@ -238,16 +148,16 @@ class MemoryTaskStore:
         cap = limits.max_tasks
         if (
             (cap is not None and self._held >= cap)
-            or (client is not None and _reached(client.tasks, limits.max_tasks_per_client))
+            or (client is not None and reached(client.tasks, limits.max_tasks_per_client))
             or (
                 session is None
                 and (
-                    _reached(len(self.sessions), limits.max_sessions)
-                    or (client is not None and _reached(len(client.sessions), limits.max_sessions_per_client))
+                    reached(len(self.sessions), limits.max_sessions)
+                    or (client is not None and reached(len(client.sessions), limits.max_sessions_per_client))
                 )
             )
         ):
-            for victim in self._admit(task.session_key, owner, limits):
+            for victim in plan_room(self.sessions, self.clients, self._held, task.session_key, owner, limits):
                 self._evict(victim)
         stored = task if isinstance(task, StoredTask) else StoredTask.of(task)
         now = self.clock.now_ms()
@@ -269,7 +179,7 @@ class MemoryTaskStore:
         if stored.attempts == 0:
             session.client.unstarted[stored.id] = session
             if stored.scheduled_at is not None and stored.scheduled_at > now:
-                _begin_later(session, stored.id, stored.scheduled_at)
+                begin_later(session, stored.id, stored.scheduled_at)
             else:
                 stored.scheduled_at = None
                 session.unstarted[stored.id] = None
@@ -277,75 +187,13 @@ class MemoryTaskStore:
         self._totals[TaskStatus.PENDING] += 1
         self._held += 1
         if idempotency is not None:
-            self._remember(stored.session_key, idempotency, stored.id, now)
+            self.keys.remember(stored.session_key, idempotency, stored.id, now, self.policy)
         for hook in self.events.on_transition:
             hook(stored, None)
         self._publish(stored, EventType.TRANSITION, None)
         return stored, False
 
     # -- making room ----------------------------------------------------------------
-
-    def _admit(self, session_key: str, owner: str, limits: CreateLimits) -> list[SessionTasks | StoredTask]:
-        """What must go for one more task in `session_key` (of client `owner`) to fit the
-        client's budgets and the shared pools: nothing when it fits. Raises the refusal
-        when no room can be made; changes nothing itself.
-
-        At its own budget, a client's least recently changed idle session goes (for a new
-        session) or its oldest finished task. In a full pool, room comes from a client
-        holding more than the newcomer (`fair_victims`): its oldest never-started task, or
-        its oldest finished one (MAX_TASKS); its least recently changed session where
-        nothing runs or was started (MAX_SESSIONS); failing that, the least recently changed
-        idle session of a client holding more sessions than the newcomer (one with no
-        active task never blocks a new one; it is never the largest holder's to take)."""
-        new = session_key not in self.sessions
-        client = self.clients.get(owner)
-        own_sessions = len(client.sessions) if client is not None else 0
-        own_tasks = client.tasks if client is not None else 0
-        sessions_held, tasks_held = len(self.sessions), self._held
-        plan: list[SessionTasks | StoredTask] = []
-        gone: set[str] = set()
-        cap = limits.max_sessions_per_client
-        if new and cap is not None and own_sessions >= cap:
-            victim = _least_recent(client.sessions.values() if client is not None else (), _idle, gone)
-            if victim is None:
-                raise client_has_too_many_sessions(cap, own_sessions)
-            plan.append(victim)
-            gone.add(victim.key)
-            own_sessions, sessions_held = own_sessions - 1, sessions_held - 1
-            own_tasks, tasks_held = own_tasks - len(victim.tasks), tasks_held - len(victim.tasks)
-        cap = limits.max_tasks_per_client
-        if cap is not None and own_tasks >= cap:
-            task = _first(client.finished, gone) if client is not None else None
-            if task is None:
-                raise client_has_too_many_tasks(cap, own_tasks)
-            plan.append(task)
-            own_tasks, tasks_held = own_tasks - 1, tasks_held - 1
-        others = [other for other in self.clients.values() if other.key != owner]
-        if new and limits.max_sessions is not None and sessions_held >= limits.max_sessions:
-            victim = None
-            for other in fair_victims(others, lambda c: len(c.sessions), own_sessions):
-                victim = _least_recent(other.sessions.values(), _unwatched, gone)
-                if victim is not None:
-                    break
-            else:  # an idle session of anyone holding more than the newcomer would
-                victim = _least_recent(
-                    self.sessions.values(), lambda s: _idle(s) and len(s.client.sessions) > own_sessions, gone
-                )
-            if victim is None:
-                raise too_many_sessions(limits.max_sessions, sessions_held)
-            plan.append(victim)
-            gone.add(victim.key)
-            tasks_held -= len(victim.tasks)
-        if limits.max_tasks is not None and tasks_held >= limits.max_tasks:
-            task = None
-            for other in fair_victims(others, lambda c: c.tasks, own_tasks):
-                task = _first(other.unstarted, gone) or _first(other.finished, gone)
-                if task is not None:
-                    break
-            if task is None:
-                raise too_many_tasks(limits.max_tasks, tasks_held)
-            plan.append(task)
-        return plan
 
     def _evict(self, victim: SessionTasks | StoredTask) -> None:
         """Forget a task, or a whole session, to make room (cause ``evicted``)."""
@@ -367,38 +215,11 @@ class MemoryTaskStore:
         return self._replay(session_key, idempotency)
 
     def _replay(self, session_key: str, idempotency: Idempotency) -> StoredTask | None:
-        keys = self.keys.get(session_key)
-        seen = keys.get(idempotency.key) if keys is not None else None
-        if seen is None:
-            return None
-        task_id, fingerprint, at = seen
         session = self.sessions.get(session_key)
-        task = session.tasks.get(task_id) if session is not None else None
-        window = self.policy.idempotency_window_ms
-        if task is None and (window is None or at <= self.clock.now_ms() - window):
-            return None  # its task is gone and its window over (or there is none): the key is free
-        if fingerprint != idempotency.fingerprint:
-            raise idempotency_conflict(idempotency.key, task_id)
-        if task is None:
-            raise IdempotentTaskRemoved(idempotency.key, task_id)
-        return task
-
-    def _remember(self, session_key: str, idempotency: Idempotency, task_id: str, now: int) -> None:
-        keys = self.keys.setdefault(session_key, {})
-        keys.pop(idempotency.key, None)  # a key whose window ended starts again at the end
-        keys[idempotency.key] = (task_id, idempotency.fingerprint, now)
-        self._prune_keys(session_key, keys, now)
-
-    def _prune_keys(self, session_key: str, keys: dict[str, tuple[str, bytes, int]], now: int) -> None:
-        """Forget the session's keys past the window, and the oldest beyond the cap."""
-        window, kept = self.policy.idempotency_window_ms, self.policy.idempotency_keys
-        while keys:
-            oldest = next(iter(keys))
-            if len(keys) <= kept and (window is None or keys[oldest][2] > now - window):
-                break
-            del keys[oldest]
-        if not keys:
-            del self.keys[session_key]
+        return self.keys.replay(
+            session_key, idempotency, lambda task_id: session.tasks.get(task_id) if session is not None else None,
+            self.clock.now_ms(), self.policy,
+        )  # fmt: skip
 
     async def transition(
         self,
@@ -552,9 +373,9 @@ class MemoryTaskStore:
         began = session.later.get(task_id)
         if due_ms is not None and (task_id in session.unstarted or (began is not None and due_ms > began)):
             session.unstarted.pop(task_id, None)
-            _begin_later(session, task_id, due_ms)
+            begin_later(session, task_id, due_ms)
         elif due_ms is None and began is not None and began > now:
-            _begin_later(session, task_id, now)
+            begin_later(session, task_id, now)
         return task
 
     @staticmethod
@@ -674,9 +495,7 @@ class MemoryTaskStore:
         result = ExpiryResult()
         now = self.clock.now_ms()
         for key in list(self.keys) if session_key is None else [session_key]:
-            keys = self.keys.get(key)
-            if keys is not None:
-                self._prune_keys(key, keys, now)
+            self.keys.prune(key, now, self.policy)
         if session_key is None:
             sessions = list(self.sessions.values())
         else:
@@ -749,7 +568,6 @@ class MemoryTaskStore:
     ) -> TaskPage:
         """The sessions' newest-first lists merged (O(sessions + offset + page) without a
         filter, or by status only); another filter scans every task (bounded by MAX_TASKS)."""
-        end = None if limit is None else offset + limit
 
         def newest(session: SessionTasks) -> Iterator[tuple[int, Task]]:
             numbers = session.order  # the store's sequence: creation order across sessions
@@ -758,23 +576,11 @@ class MemoryTaskStore:
         merged: Iterator[tuple[int, Task]] = heapq.merge(
             *(newest(session) for session in self.sessions.values()), key=lambda pair: pair[0], reverse=True
         )
-        if cursor is not None:
-            below = _cursor(cursor)
-            merged = itertools.dropwhile(lambda pair: pair[0] >= below, merged)
-        if where.is_empty:
-            total = self._held
-        elif where.executor is None and where.tag is None and where.dead_letter is None:
-            assert where.status is not None
-            total = self._totals[where.status]
-            merged = (pair for pair in merged if _matches(pair[1], where))
-        else:
-            total = sum(1 for s in self.sessions.values() for t in s.tasks.values() if _matches(t, where))
-            merged = (pair for pair in merged if _matches(pair[1], where))
-        page = list(itertools.islice(merged, offset, None if end is None else end + 1))
-        more = end is not None and len(page) > end - offset
-        page = page[: None if end is None else end - offset]
-        next_cursor = str(page[-1][0]) if more and page else None
-        return TaskPage([task for _, task in page], total, next_cursor)
+        return page_of(
+            merged, where, total=self._held, by_status=self._totals.__getitem__,
+            every=lambda: (task for session in self.sessions.values() for task in session.tasks.values()),
+            limit=limit, offset=offset, cursor=cursor,
+        )  # fmt: skip
 
     async def find(self, task_id: str) -> Task:
         """One look-up per session (bounded by MAX_SESSIONS)."""
@@ -783,86 +589,3 @@ class MemoryTaskStore:
             if task is not None:
                 return task
         raise TaskNotFound(task_id)
-
-
-def _begin_later(session: SessionTasks, task_id: str, began: int) -> None:
-    """A never-started task's lifetime begins at `began` (a delayed start), not at its creation."""
-    session.later[task_id] = began
-    heapq.heappush(session.later_heap, (began, task_id))
-    if len(session.later_heap) > 2 * len(session.later) + 64:  # drop the stale entries (amortized O(1))
-        session.later_heap = [(at, i) for at, i in session.later_heap if session.later.get(i) == at]
-        heapq.heapify(session.later_heap)
-
-
-def _reached(held: int, cap: int | None) -> bool:
-    return cap is not None and held >= cap
-
-
-def _idle(session: SessionTasks) -> bool:
-    return not session.active
-
-
-def _unwatched(session: SessionTasks) -> bool:
-    """Nothing of it runs or was ever started: what a full pool may take from a larger holder."""
-    never_started = len(session.unstarted) + len(session.later)
-    return not session.counts[TaskStatus.RUNNING] and session.counts[TaskStatus.PENDING] == never_started
-
-
-def _least_recent(
-    sessions: Iterable[SessionTasks], fits: Callable[[SessionTasks], bool], gone: set[str]
-) -> SessionTasks | None:
-    """The least recently changed of `sessions` that `fits`, leaving out those in `gone`."""
-    best = None
-    for session in sessions:
-        if session.key not in gone and (best is None or session.changed_ms < best.changed_ms) and fits(session):
-            best = session
-    return best
-
-
-def _first(index: dict[str, SessionTasks], gone: set[str]) -> StoredTask | None:
-    """The first task of a client's index (never started, or finished) not in a session in
-    `gone`, among its first `_LOOKS`."""
-    for task_id, session in itertools.islice(index.items(), _LOOKS):
-        if session.key not in gone:
-            return session.tasks[task_id]
-    return None
-
-
-def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:
-    """Add `entry`, keeping at most `limit` entries: the first `HISTORY_HEAD` (at most half
-    the limit), then one entry standing for those left out, then the latest."""
-    history.append(entry)
-    if limit is None or len(history) <= limit or limit < 3:
-        return
-    head = min(HISTORY_HEAD, limit // 2)
-    marker = history[head]
-    absorbed = history.pop(head + 1)
-    if not marker.omitted:  # the first time: the entry after the head becomes the marker
-        marker = HistoryEntry(at=marker.at, status=marker.status, previous=marker.previous, omitted=1)
-    history[head] = HistoryEntry(
-        at=absorbed.at,
-        status=absorbed.status,
-        previous=marker.previous,
-        attempt=absorbed.attempt,
-        reason=f"{marker.omitted + 1} transitions omitted (history is capped at {limit} entries)",
-        error=absorbed.error,
-        omitted=marker.omitted + 1,
-    )
-
-
-def _matches(task: Task, where: TaskFilter) -> bool:
-    if where.status is not None and task.status is not where.status:
-        return False
-    if where.executor is not None and task.executor != where.executor:
-        return False
-    if where.tag is not None and where.tag not in task.tags:
-        return False
-    return where.dead_letter is None or task.dead_lettered is where.dead_letter
-
-
-def _cursor(cursor: str) -> int:
-    """A page's cursor as the sequence number it names (the API checks its shape)."""
-    try:
-        return int(cursor)
-    except ValueError:
-        raise InvalidParams(f"cursor {cursor!r} is not one a page gave.", field="cursor") from None

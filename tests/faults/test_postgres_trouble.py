@@ -14,8 +14,8 @@ from psycopg_pool import PoolTimeout
 
 from async_tasks.backends.postgres import PostgresTaskStore
 from async_tasks.backends.postgres.connection import Database, is_transient
-from async_tasks.backends.postgres.reconciler import Reconciler
 from async_tasks.backends.postgres.schema import migrate
+from async_tasks.backends.queued.reconciler import Reconciler
 from async_tasks.settings import Settings
 from async_tasks.testing import serve_in_loop
 from tests.helpers import build_app

@@ -21,9 +21,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
 
+from async_tasks.backends.queued.reconciler import Reconciler
 from async_tasks.backends.redis import RedisTaskStore
 from async_tasks.backends.redis.connection import is_transient
-from async_tasks.backends.redis.reconciler import Reconciler
 from async_tasks.errors import StoreUnavailable
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from async_tasks.backends.redis import store as redis_store_module
+from async_tasks.backends.redis import reads as redis_reads
+from async_tasks.backends.redis import upkeep as redis_upkeep
 from async_tasks.backends.redis.store import RedisTaskStore
 from async_tasks.errors import StoreUnavailable
 from async_tasks.events import EventType, TaskEvent
@@ -143,8 +144,8 @@ async def test_a_session_snapshot_is_bounded_in_count_and_bytes(
     store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A session stream starts from its newest tasks only, without large results; one task's carries its result."""
-    monkeypatch.setattr(redis_store_module, "SNAPSHOT_TASKS", 3)
-    monkeypatch.setattr(redis_store_module, "SNAPSHOT_RESULT_BYTES", 10)
+    monkeypatch.setattr(redis_reads, "SNAPSHOT_TASKS", 3)
+    monkeypatch.setattr(redis_reads, "SNAPSHOT_RESULT_BYTES", 10)
     made = [(await store.create(new_task(), limits=UNLIMITED))[0] for _ in range(5)]
     await store.transition("s", made[-1].id, TaskStatus.RUNNING)
     await store.transition("s", made[-1].id, TaskStatus.COMPLETED, result={"big": "x" * 50})
@@ -178,8 +179,8 @@ async def test_two_processes_see_one_state(store: RedisTaskStore, other: RedisTa
 
 async def test_trim_of_every_session_works_in_batches(store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retention over many sessions removes everything beyond the limits, a batch per script."""
-    monkeypatch.setattr(redis_store_module, "TRIM_BATCH", 3)
-    monkeypatch.setattr(redis_store_module, "TRIM_SESSIONS", 2)
+    monkeypatch.setattr(redis_upkeep, "TRIM_BATCH", 3)
+    monkeypatch.setattr(redis_upkeep, "TRIM_SESSIONS", 2)
     for session in ("a", "b", "c"):
         for _ in range(4):
             task, _ = await store.create(new_task(session), limits=UNLIMITED)

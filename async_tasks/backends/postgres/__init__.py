@@ -6,10 +6,13 @@ can read and query, shared by any number of API processes and workers; SAQ's Pos
 queue delivers attempts to the workers. The pieces: `connection` (the pool, what counts as
 PostgreSQL trouble, the listening connection), `schema` (every table, the versioned
 migrations), `sql/` (the functions: every change is one transaction), `store`
-(`PostgresTaskStore`, the authority on each task and its delivery), `producer`
-(`PostgresExecution`, what API processes hand over), `worker` (`PostgresWorker`, which runs
-attempts), `reconciler` (repairs what a dead worker left) and `channels` (push streams
-across processes over LISTEN/NOTIFY, for the web door).
+(`PostgresTaskStore`, the authority on each task and its delivery, in parts:
+`store_base`, `reads`, `delivery`, `upkeep`), `producer` (`PostgresExecution`, what API
+processes hand over), `worker` (`PostgresWorker`, which runs attempts) and `channels`
+(push streams across processes over LISTEN/NOTIFY, for the web door). The producer, the
+worker and the reconciler (which repairs what a dead worker left) are written once for
+both shared backends, in `async_tasks.backends.queued`; the modules here add what is
+PostgreSQL's own.
 
 What it relies on in SAQ (pinned below 0.27): its tables (`saq_jobs`: one row per job,
 ``job`` the JSON its `Job.to_dict` gives, ``queue`` the queue's name, ``status``
@@ -28,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from async_tasks.backends.postgres.connection import Availability, Database, check
 from async_tasks.backends.postgres.producer import PostgresExecution
 from async_tasks.backends.postgres.schema import events_channel, migrate
-from async_tasks.backends.postgres.store import PostgresTaskStore, RunLimits
+from async_tasks.backends.postgres.store import PostgresTaskStore
+from async_tasks.backends.queued.store import RunLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -52,9 +52,11 @@ if TYPE_CHECKING:
 
 #: The tables' migrations: (version, file in sql/), in order.
 MIGRATIONS: Final = ((1, "tables_1.sql"), (2, "tables_2.sql"))
-#: The function files, in the order they are created (the prelude first).
+#: The function files, in the order they are created (the prelude's three first).
 FUNCTIONS: Final = (
     "prelude.sql",
+    "prelude_delivery.sql",
+    "prelude_changes.sql",
     "create.sql",
     "transition.sql",
     "start.sql",
@@ -83,6 +85,11 @@ def events_channel(schema: str) -> str:
 
 def stop_channel(schema: str) -> str:
     return f"{schema}_stop"
+
+
+def due_channel(schema: str) -> str:
+    """Where a transaction that makes a task the earliest delayed one says when it is due."""
+    return f"{schema}_due"
 
 
 def saq_lock_keyspace(schema: str) -> int:

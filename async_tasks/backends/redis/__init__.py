@@ -3,10 +3,12 @@
 Tasks live in Redis and are shared by any number of API processes and workers; SAQ
 delivers attempts to the workers. The pieces: `connection` (clients, what counts as Redis
 trouble), `keys` (every key's name), `scripts/` (the Lua scripts: every change is one),
-`store` (`RedisTaskStore`, the authority on each task and its delivery), `producer`
-(`RedisExecution`, what API processes hand over), `worker` (`RedisWorker`, which runs
-attempts), `reconciler` (repairs what a dead worker left) and `channels` (push streams
-across processes, for the web door).
+`store` (`RedisTaskStore`, the authority on each task and its delivery, in parts:
+`store_base`, `reads`, `delivery`, `upkeep`), `producer` (`RedisExecution`, what API
+processes hand over), `worker` (`RedisWorker`, which runs attempts) and `channels` (push
+streams across processes, for the web door). The producer, the worker and the reconciler
+(which repairs what a dead worker left) are written once for both shared backends, in
+`async_tasks.backends.queued`; the modules here add what is Redis's own.
 
 What it relies on in SAQ (pinned below 0.27): a job is the JSON its `Job.to_dict` gives,
 stored at ``saq:job:<queue>:<key>``, queued by pushing its id on ``saq:<queue>:queued``
@@ -19,10 +21,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from async_tasks.backends.queued.store import RunLimits
 from async_tasks.backends.redis.connection import Availability, check, request_client
 from async_tasks.backends.redis.keys import Keys
 from async_tasks.backends.redis.producer import RedisExecution
-from async_tasks.backends.redis.store import RedisTaskStore, RunLimits
+from async_tasks.backends.redis.store import RedisTaskStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable

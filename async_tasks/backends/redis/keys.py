@@ -121,9 +121,9 @@ class Keys:
     def dispatched_to(self, worker_id: str) -> str:
         return f"{self.prefix}wq:{worker_id}"
 
-    @property
-    def reconcile_lock(self) -> str:
-        return self.prefix + "reconcile"
+    def lock(self, name: str) -> str:
+        """The lock of a one-at-a-time duty (``reconcile``: the reconciler's pass)."""
+        return self.prefix + name
 
     @property
     def suspects(self) -> str:

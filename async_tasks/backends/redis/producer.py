@@ -1,150 +1,25 @@
 """The Redis backend's execution, as API processes use it: every hand-off is one script.
 
-A create with ``start`` stores the task and parks it in its session's line in one step;
-`start`, `retry` and `cancel` are one step each too (a cancelled running attempt is told
-to stop by a message the same script publishes). The store's scripts dispatch parked
-tasks to workers' queues as slots free up (see `store.py`); the workers
-(`RedisWorker`) run them. An API process runs no attempts: its shutdown leaves every
-task where it is.
+All of it is `QueuedExecution`'s (`async_tasks.backends.queued.producer`): the store's
+scripts store a task and park it in its session's line in one step, and dispatch parked
+tasks to workers' queues as slots free up; the workers (`RedisWorker`) run them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.abc
-
-from async_tasks.errors import ShuttingDown, StoreUnavailable
-from async_tasks.execution.base import ExecutionLoad, WorkerInfo
-from async_tasks.task import ACTIVE, RETRYABLE, Task, TaskStatus
+from async_tasks.backends.queued.producer import QueuedExecution
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from async_tasks.backends.redis.store import RedisTaskStore
-    from async_tasks.store.base import CreateLimits, Idempotency
 
 
-class RedisExecution:
+class RedisExecution(QueuedExecution):
     """`ExecutionBackend` of API processes on the Redis backend."""
 
     def __init__(self, store: RedisTaskStore, executors: Sequence[str] = ()) -> None:
-        self.store = store
-        #: The executors this process knows (the admin view lists them even when idle).
-        self.executors = list(executors)
-        self.on_finish: list[Callable[[Task, float], None]] = []
-        self._accepting = True
-        self._alive = False
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
-
-    @property
-    def alive(self) -> bool:
-        return self._alive
-
-    def stop_accepting(self) -> None:
-        self._accepting = False
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled (nothing runs here: the store's scripts deliver)."""
-        self._accepting = True
-        self._alive = True
-        try:
-            task_status.started()
-            await anyio.sleep_forever()
-        finally:
-            self._alive = False
-            with anyio.CancelScope(shield=True):
-                await self.store.aclose()
-
-    async def shutdown(self, grace: float) -> list[Task]:
-        self._accepting = False
-        return []
-
-    def _check_accepting(self) -> None:
-        if not self._accepting:
-            raise ShuttingDown()
-
-    async def create(
-        self,
-        task: Task,
-        *,
-        limits: CreateLimits,
-        idempotency: Idempotency | None,
-        start: bool,
-        start_at: int | None = None,
-    ) -> tuple[Task, bool]:
-        if start:
-            self._check_accepting()
-        return await self.store.create(
-            task, limits=limits, idempotency=idempotency, deliver=start, due_ms=start_at if start else None
-        )
-
-    async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
-        self._check_accepting()
-        return await self.store.deliver(session_key, task_id, start_at)
-
-    async def retry(self, session_key: str, task_id: str, *, reason: str = "retry requested") -> Task:
-        self._check_accepting()
-        return await self.store.transition(
-            session_key, task_id, TaskStatus.PENDING, expect=RETRYABLE, reason=reason, action="retry", deliver=True
-        )
-
-    async def cancel(self, session_key: str, task_id: str, reason: str) -> Task:
-        return await self.store.transition(
-            session_key, task_id, TaskStatus.CANCELLED, expect=ACTIVE, reason=reason, action="cancel"
-        )
-
-    async def discard(self, tasks: list[Task]) -> None:
-        """Nothing to do: the expiry script took them out of delivery itself."""
-
-    async def queue_position(self, task: Task) -> int | None:
-        return await self.store.queue_position(task.session_key, task.id)
-
-    async def queue_positions(self, session_key: str, tasks: Sequence[Task]) -> dict[str, int]:
-        return await self.store.queue_positions(session_key, [task.id for task in tasks])
-
-    async def load(self) -> ExecutionLoad:
-        """Nothing runs in an API process; queued: every task waiting for a slot, and the
-        ones dispatched to a worker that has not started them."""
-        try:
-            parked, starting = await self.store.waiting()
-        except StoreUnavailable:
-            parked = starting = 0  # said once by the store; a gauge is no reason to fail
-        return ExecutionLoad(running=0, queued=parked + starting, starting=starting)
-
-    def running_tasks(self) -> list[Task]:
-        return []
-
-    # -- the admin view -------------------------------------------------------------
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The workers with a lease (a retired one, leaving, is listed until it is gone), as
-        their leases describe them; the lease age is Redis's time since the last renewal."""
-        found = []
-        for worker in await self.store.live_workers():
-            about = worker.description
-            found.append(
-                WorkerInfo(
-                    id=worker.id,
-                    host=str(about.get("host", "")),
-                    pid=int(about.get("pid", 0)),
-                    executors=[str(name) for name in about.get("executors", ())],
-                    running=worker.running,
-                    concurrency=worker.slots,
-                    started_at=int(about.get("startedAt", 0)),
-                    lease_age_ms=worker.lease_age_ms,
-                )
-            )
-        return sorted(found, key=lambda w: (w.started_at, w.id))
-
-    async def load_by_executor(self) -> dict[str, ExecutionLoad]:
-        """From the counts kept by the store's scripts (`P xq`, `P offered`) and the index of
-        running tasks: O(executors + running tasks)."""
-        queues = await self.store.executor_queues(self.executors)
-        return {
-            name: ExecutionLoad(running=q.running, queued=max(0, q.in_delivery - q.running), workers=q.workers)
-            for name, q in queues.items()
-        }
+        super().__init__(store, executors)
+        self.store: RedisTaskStore = store

@@ -1,6 +1,7 @@
-"""The Lua scripts of the Redis backend: each is `scripts/prelude.lua` (settings, the
-record's JSON, events, history, the status change, delivery) followed by its own file,
-whose first lines document its arguments.
+"""The Lua scripts of the Redis backend: each is the prelude (`scripts/prelude.lua`:
+settings, the record's JSON, events, clients, history; `prelude_delivery.lua`: delivery;
+`prelude_changes.lua`: indexes, forgetting, the status change, Idempotency-Keys) followed
+by its own file, whose first lines document its arguments: one text, one chunk for Redis.
 
 Every script gets the same first six arguments (`Scripts.args`): the key prefix, the
 channel prefix, the time (only a test clock passes one; otherwise Redis's ``TIME``), the
@@ -14,6 +15,9 @@ from functools import cache
 from importlib.resources import files
 from typing import Final
 
+#: The prelude's files, in the order they go before every script.
+PRELUDE: Final = ("prelude", "prelude_delivery", "prelude_changes")
+#: The scripts.
 NAMES: Final = (
     "claim",
     "create",
@@ -47,4 +51,4 @@ def source(name: str) -> str:
     if name not in NAMES:
         raise KeyError(name)
     folder = files(__package__) / "scripts"
-    return (folder / "prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return "\n".join((folder / f"{part}.lua").read_text() for part in (*PRELUDE, name))

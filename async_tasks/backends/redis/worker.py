@@ -1,229 +1,49 @@
-"""The Redis backend's worker: runs the attempts the store dispatches to it.
+"""The Redis backend's worker: `QueuedWorker` on a SAQ Redis queue.
 
-Built around its own SAQ queue, as `saq.Worker(queue, functions)` is: the store's scripts
-put a job (``<task id>:<attempt>:<n>``) in a worker's queue only when that worker has a
-free slot and the concurrency limits allow (see `store.py`), so the queue is never longer
-than the worker's free slots and no job waits for a slot it cannot get. SAQ dequeues it
-and calls `_job`, which starts the attempt with `claim` (a compare-and-set: the task is
-still pending and still dispatched as this job), runs the executor in a cancel scope with
-the task's timeout, and records the outcome with `finish` (another compare-and-set,
-fenced by the attempt and this worker): an attempt that was cancelled, timed out, lost or
-taken over elsewhere can never overwrite the task. The attempt policy (retry, backoff,
-dead letter) is `async_tasks.execution.base`'s, shared with the memory backend.
+What is its own here (the rest, claiming, running, recording, the lease, shutdown, is
+`async_tasks.backends.queued.worker`'s):
 
-- **Progress and log lines** go to the store, coalesced: at most one write per task per
-  `PROGRESS_WINDOW` (the latest report wins; the lines written meanwhile go together, at
-  most TASK_LOG_LINES of them), what is still held when the attempt ends stored with its
-  outcome. A write the store refuses stops the attempt (`AttemptEnded`).
-- **Cancel**: the API's script marks the task cancelled and publishes ``P stop``; the
-  worker running the attempt stops it within milliseconds. Each upkeep also checks the
-  running attempts against the store (a stop message can be lost).
-- **Lease**: the worker renews ``P wk:<id>`` every third of WORKER_LEASE_MS. A worker that
-  could not renew it for a whole lease (partitioned, paused, Redis away) stops its attempts
-  itself: by then the reconciler may have given them to another worker.
-- **Reconciler** (`reconciler.py`, one worker at a time): workers whose lease has expired
-  lose their running attempts (failed with reason ``worker lost``, retried per budget) and
-  their queued jobs go back to their sessions' lines; delayed tasks are delivered when due.
-- **Routing**: the worker runs the executors it was given (``--executors``, or every
-  registered one); its description says which, and the store dispatches it tasks of those
-  only (see `prelude.lua`).
-- **Delayed tasks** (a retry's backoff, a delayed start) are delivered at their time by
-  every worker's timer: it waits for the earliest due time it knows of, learnt from
-  `promote` and from ``P due`` (published when a task becomes the earliest), then runs
-  `promote`; the reconciler's pass is the net under it.
-- **Its own jobs**: a job the worker was given that SAQ lost (dequeued, then failed
-  before our function ran) is found by the upkeep and delivered afresh.
-- **Shutdown**: no new attempts; the running ones get most of the grace period, the rest
-  are handed back (pending again at once, another worker runs them, the retry budget
-  untouched); jobs queued here go back to their sessions' lines; the worker leaves the pool.
+- **Its queue**: SAQ's `RedisQueue` on a client with no socket timeout (its dequeue
+  blocks); the store's scripts write jobs into it (see `keys.py` for SAQ's keys).
+- **Cancel**: the API's script marks the task cancelled and publishes ``P stop``; `_listen`
+  stops the attempt within milliseconds.
+- **Lease**: ``P wk:<id>``, renewed every third of WORKER_LEASE_MS.
+- **Delayed tasks**: the shared timer learns of a new earliest due time from ``P due``
+  (published when a task becomes the earliest), which `_listen` hears.
+- **Its own jobs**: what SAQ holds is read from its ``queued`` and ``active`` lists.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import random
-import socket
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
-import msgspec
 
+from async_tasks.backends.queued.worker import PROGRESS_WINDOW, QueuedWorker
 from async_tasks.backends.redis.connection import Availability, blocking_client, pubsub_client
-from async_tasks.backends.redis.reconciler import Reconciler
 from async_tasks.clock import SYSTEM_CLOCK, Clock
-from async_tasks.context import bind_task
-from async_tasks.errors import InvalidTransition, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import conclude, executor_task, handed_back, log_fields, log_finish, run_attempt
-from async_tasks.executor import ExecutorRegistry, TaskExecutor
-from async_tasks.faults import crash_point
-from async_tasks.progress import ProgressReporter
-from async_tasks.settings import BackendSettings
-from async_tasks.task import Task, TaskStatus
-from async_tasks.task_log import LogLine
 
 if TYPE_CHECKING:
-    from saq.queue.redis import RedisQueue
-    from saq.types import Context
+    from saq.queue.base import Queue
 
+    from async_tasks.backends.queued.store import Dispatched
     from async_tasks.backends.redis.store import RedisTaskStore
-    from async_tasks.store.base import Finish, Report
+    from async_tasks.executor import ExecutorRegistry
+    from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
 
-#: The SAQ function every attempt job calls (the store's scripts write its name).
-FUNCTION: Final = "async_tasks.attempt"
-#: Seconds: at most one progress write per task per window reaches Redis.
-PROGRESS_WINDOW: Final = 0.1
-LEASE_LOST: Final = "lease lost"
-#: Seconds a stopping worker tries to leave the pool (tasks queued on it go back to their lines).
-LEAVE_TIMEOUT: Final = 2.0
-#: Milliseconds before a worker's timer looks again at a delayed task that was not due yet
-#: by Redis's clock (a clock a little behind this machine's).
-DUE_RETRY_MS: Final = 5
 
-
-class _Attempt:
-    """What a worker knows about one attempt it runs."""
-
-    __slots__ = ("finished", "number", "reporter", "scope", "sink", "started", "stop_reason", "task")
-
-    def __init__(self, task: Task, number: int) -> None:
-        self.task = task
-        self.number = number
-        self.reporter: ProgressReporter | None = None
-        self.sink: _Coalescer | None = None
-        self.scope = anyio.CancelScope()
-        #: Why the attempt was stopped from outside (cancelled, lease lost, shutdown); None while it runs on.
-        self.stop_reason: str | None = None
-        #: Set once the executor has returned: the outcome is being stored.
-        self.finished = False
-        self.started = 0.0
-
-
-def _merge(earlier: Report | None, later: Report) -> Report:
-    """Two reports as one, as the store would apply them one after the other."""
-    percent, step, description = later
-    if earlier is None or step is not None:
-        return later
-    return percent, earlier[1], description if description is not None else earlier[2]
-
-
-class Held(NamedTuple):
-    """What an attempt's sink holds back: its latest progress report, and the log lines
-    written since the last write (`skipped`: older ones it dropped, beyond the task's bound)."""
-
-    report: Report | None = None
-    lines: Sequence[LogLine] = ()
-    skipped: int = 0
-
-
-class _Coalescer:
-    """The progress and log sink of one attempt: at most one store write per window (the
-    first a window after the start) carrying the latest report (latest wins) and the lines
-    written meanwhile (at most the task's bound of them: older ones are dropped and
-    counted, as the store would); what is still held when the attempt ends is stored with
-    its outcome. Once the store refuses a write, every later report and line is refused.
-    The writes themselves are made by `_Flusher`."""
-
-    __slots__ = ("_flusher", "_lines", "_pending", "_skipped", "closed", "due", "key", "last", "max_lines", "refused")
-
-    def __init__(self, flusher: _Flusher, task: Task, number: int, max_lines: int) -> None:
-        self._flusher = flusher
-        self.key = (task.session_key, task.id, number)
-        self.last = time.monotonic()
-        self._pending: Report | None = None
-        self._lines: list[LogLine] = []
-        self._skipped = 0
-        self.max_lines = max_lines
-        self.due = 0.0
-        self.refused = False
-        self.closed = False
-
-    def _hold(self) -> None:
-        if self._pending is None and not self._lines and not self._skipped:
-            self.due = self.last + self._flusher.window
-            self._flusher.hold(self)
-
-    async def __call__(self, percent: float, step: str | None, description: str | None) -> bool:
-        if self.refused:
-            return False
-        self._hold()
-        self._pending = _merge(self._pending, (percent, step, description))
-        return True
-
-    async def log(self, line: LogLine) -> bool:
-        if self.refused:
-            return False
-        self._hold()
-        self._lines.append(line)
-        if len(self._lines) > self.max_lines:  # a flood: the store would drop them anyway
-            del self._lines[0]
-            self._skipped += 1
-        return True
-
-    def pop(self) -> Held:
-        held = Held(self._pending, self._lines, self._skipped)
-        self._pending, self._lines, self._skipped = None, [], 0
-        return held
-
-    def take(self) -> Held:
-        """End the sink; what it still holds back, to be stored with the outcome."""
-        self.closed = True
-        held = self.pop()
-        return Held() if self.refused else held
-
-
-class _Flusher:
-    """Writes the held-back reports of every attempt of a worker when their window ends
-    (one task for all of them, not one per attempt)."""
-
-    def __init__(self, store: RedisTaskStore, window: float) -> None:
-        self.store = store
-        self.window = window
-        self._held: dict[_Coalescer, None] = {}
-        self._wakeup = anyio.Event()
-
-    def hold(self, sink: _Coalescer) -> None:
-        self._held[sink] = None
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-            while self._held:
-                now = time.monotonic()
-                due = [sink for sink in self._held if sink.due <= now]
-                if not due:
-                    with anyio.move_on_after(min(sink.due for sink in self._held) - now):
-                        await self._wakeup.wait()
-                        self._wakeup = anyio.Event()
-                    continue
-                for sink in due:
-                    del self._held[sink]
-                    await self._write(sink)
-
-    async def _write(self, sink: _Coalescer) -> None:
-        held = sink.pop()
-        if (held.report is None and not held.lines and not held.skipped) or sink.closed or sink.refused:
-            return
-        sink.last = time.monotonic()
-        try:
-            sink.refused = not await self.store.report(*sink.key, held.report, held.lines, skipped=held.skipped)
-        except StoreUnavailable:
-            pass  # said once by the store's availability; the next report tries again
-        except Exception:
-            logger.exception("Could not store the progress of task %s", sink.key[1])
-
-
-class RedisWorker:
+class RedisWorker(QueuedWorker):
     """Runs attempts dispatched to it, up to `slots` at once. See the module docstring."""
+
+    store_name = "Redis"
+    store: RedisTaskStore
+    availability: Availability
 
     def __init__(
         self,
@@ -238,235 +58,46 @@ class RedisWorker:
         progress_window: float = PROGRESS_WINDOW,
         patient: Callable[[], Any] | None = None,
     ) -> None:
-        self.executors = executors
-        self.settings = settings
         self.url = url
-        self.slots = slots
-        self.clock = clock
-        self._rng = rng
-        self.progress_window = progress_window
-        self.lease_ms = settings.worker_lease_ms
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.availability = Availability(f"Worker {self.worker_id}")
-        #: The store through a client that waits out a Redis restart (requests use one
-        #: that fails fast); the same keys, event hub and settings.
-        self.store = store.sibling(patient, self.availability) if patient is not None else store
+        self._patient = patient
+        super().__init__(store, executors, settings, slots=slots, clock=clock, rng=rng, progress_window=progress_window)
         self.keys = store.keys
-        self.reconciler = Reconciler(self.store, settings, self.worker_id, rng=rng, on_due=self._note_due)
-        self.on_finish: list[Callable[[Task, float], None]] = []
-        self.running: dict[str, _Attempt] = {}
-        self._claiming: set[str] = set()
-        self._accepting = True
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._queue: RedisQueue | None = None
-        self._saq: Any = None
-        self._flusher: _Flusher | None = None
-        self._idle: anyio.Event | None = None
-        self._threads: set[_Attempt] = set()
-        self._renewed = 0.0
-        #: Jobs of this worker that looked lost at the last upkeep (lost if they still do).
-        self._missing: set[str] = set()
-        #: The earliest due time of a delayed task this worker knows of (epoch ms), and what
-        #: wakes its timer when an earlier one is learnt.
-        self._next_due: int | None = None
-        self._due_changed = anyio.Event()
-        self.started_at = 0
 
-    @property
-    def description(self) -> bytes:
-        """What the worker says of itself (its lease holds it): host, pid, slots, executors."""
-        return msgspec.json.encode(
-            {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "slots": self.slots,
-                "executors": self.executors.names(),
-                "startedAt": self.started_at,
-            }
-        )
+    def _availability(self, what: str) -> Availability:
+        return Availability(what)
 
-    def running_tasks(self) -> list[Task]:
-        for _ in range(5):
-            try:
-                return [attempt.task for attempt in list(self.running.values())]
-            except RuntimeError:  # changed size while the loop thread updated it
-                continue
-        return []
+    def _patient_store(self, store: RedisTaskStore) -> RedisTaskStore:
+        # A client that waits out a Redis restart (requests use one that fails fast).
+        return store.sibling(self._patient, self.availability) if self._patient is not None else store
 
-    # -- lifecycle ------------------------------------------------------------------
+    def _about(self) -> dict[str, Any]:
+        return {**super()._about(), "startedAt": self.started_at}
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Join the pool and serve until cancelled (``await tg.start(worker.run)``)."""
-        from saq import Worker
+    async def _open_queue(self) -> Queue:
         from saq.queue.redis import RedisQueue
 
-        self._accepting = True
-        self._idle = None
-        self.started_at = self.clock.now_ms()
-        self._next_due = 0  # look at once
-        self._queue = RedisQueue(blocking_client(self.url), name=self.keys.queue_name(self.worker_id))
-        await self._queue.connect()
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._flusher = _Flusher(self.store, self.progress_window)
-                await self._renew()
-                saq = Worker(
-                    self._queue,
-                    functions=[(FUNCTION, self._job)],
-                    concurrency=self.slots,
-                    # Scheduling, sweeps and aborts are ours (the store's scripts, the
-                    # reconciler and the stop channel): SAQ only dequeues.
-                    timers={"schedule": 86_400, "sweep": 86_400, "abort": 86_400, "worker_info": 86_400},
-                    id=self.worker_id,
-                )
-                saq.SIGNALS = []  # the process's own handlers stay (see async_tasks.worker)
-                self._saq = saq
-                tg.start_soon(self._flusher.run)
-                tg.start_soon(self._upkeep)
-                tg.start_soon(self._listen)
-                tg.start_soon(self._promote_when_due)
-                tg.start_soon(self.reconciler.run)
-                tg.start_soon(saq.start)
-                logger.info(
-                    "Worker %s running up to %d attempts (%s)",
-                    self.worker_id, self.slots, ", ".join(self.executors.names()),
-                )  # fmt: skip
-                task_status.started()
-        finally:
-            self._tg = None
-            with anyio.CancelScope(shield=True):
-                await self._stop_dequeuing()
-                await self._leave()
-                await _quietly(self._queue.disconnect())
-                self._queue = None
-                await _quietly(self.store.aclose())
+        queue = RedisQueue(blocking_client(self.url), name=self.keys.queue_name(self.worker_id))
+        await queue.connect()
+        return queue
 
-    async def shutdown(self, grace: float) -> list[Task]:
-        """Take no new attempts, wait up to `grace` for the running ones, hand the rest back
-        to their sessions' lines; returns those that did not stop."""
-        self._accepting = False
-        deadline = anyio.current_time() + grace
-        try:
-            await self._renew()  # out of the pool: nothing more is dispatched here
-        except Exception as exc:
-            self.availability.failed(exc)
-        # No more dequeuing: the attempts running here go on in our own task group.
-        await self._stop_dequeuing()
-        if self.running:
-            self._idle = anyio.Event()
-            with anyio.move_on_after(grace):
-                await self._idle.wait()
-        for attempt in list(self.running.values()):
-            if attempt.stop_reason is None:
-                await self._hand_back(attempt)
-        if self.running:
-            self._idle = anyio.Event()
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time()) + 0.5):
-                await self._idle.wait()
-        # Worker threads cannot signal an event loop that is shutting down: poll them.
-        while self._threads and anyio.current_time() < deadline:  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-        await self._leave()
-        abandoned = [attempt.task for attempt in self.running.values()]
-        for task in abandoned:
-            logger.warning(
-                "Abandoned task %s for session %s: it did not stop within the grace period",
-                task.id, task.session_key, extra=log_fields(task, reason="shutdown"),
-            )  # fmt: skip
-        return abandoned
+    async def _join(self, *, retiring: bool) -> None:
+        await self.store.join(self.worker_id, self.slots, self.lease_ms, self.description, retiring=retiring)
 
-    async def _stop_dequeuing(self) -> None:
-        """Stop the SAQ worker: it takes no more jobs (those it holds are ours to hand back)."""
-        saq, self._saq = self._saq, None
-        if saq is None:
-            return
-        try:
-            saq.event.set()
-            await saq.stop()
-        except Exception:
-            logger.warning("The SAQ worker did not stop cleanly", exc_info=True)
+    async def _start_services(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self._listen)
 
-    async def _leave(self) -> None:
-        """Leave the pool: tasks queued here and not started go back to their sessions'
-        lines, the lease and the queue go (a worker killed instead is the reconciler's)."""
-        if self._left:
-            return
-        try:
-            # Bounded: with Redis away, a stopping worker leaves it to the reconciler.
-            with anyio.fail_after(LEAVE_TIMEOUT):
-                await self.store.retire(self.worker_id)
-                for item in await self.store.dispatched_to(self.worker_id):
-                    if item.status == TaskStatus.PENDING.value:
-                        await self.store.redeliver(item.session_key, item.task_id, item.job_key)
-                if await self.store.forget_worker(self.worker_id, leaving=True) == 1:
-                    self._left = True
-        except Exception as exc:
-            logger.warning(
-                "Worker %s could not leave the pool cleanly (%s): the reconciler will",
-                self.worker_id, str(exc) or type(exc).__name__,
-            )  # fmt: skip
-
-    _left = False
-
-    # -- upkeep ---------------------------------------------------------------------
-
-    async def _renew(self) -> None:
-        await self.store.join(self.worker_id, self.slots, self.lease_ms, self.description, retiring=not self._accepting)
-        self._renewed = time.monotonic()
-
-    async def _upkeep(self) -> None:
-        """Keep the lease; stop every attempt once it could not be kept for a whole lease;
-        check the running attempts against the store and this worker's jobs against SAQ."""
-        interval = self.lease_ms / 3000
-        while True:
-            await anyio.sleep(interval)
-            try:
-                with anyio.fail_after(interval * 2):
-                    await self._renew()
-                    await self._check_attempts()
-                    await self._check_jobs()
-            except Exception as exc:
-                self.availability.failed(exc)
-            if time.monotonic() - self._renewed > self.lease_ms / 1000:
-                for attempt in list(self.running.values()):
-                    self._stop_local(attempt.task.id, attempt.number, LEASE_LOST)
-
-    async def _check_attempts(self) -> None:
-        """Stop the attempts the store no longer has running here (a stop message can be lost)."""
-        attempts = [a for a in list(self.running.values()) if a.stop_reason is None and not a.finished]
-        if not attempts:
-            return
-        states = await self.store.running_states([a.task.id for a in attempts])
-        for attempt, (status, number) in zip(attempts, states, strict=True):
-            if status != TaskStatus.RUNNING.value or number != attempt.number:
-                self._stop_local(attempt.task.id, attempt.number, "no longer running in the store")
-
-    async def _check_jobs(self) -> None:
-        """Deliver afresh the tasks dispatched here whose job SAQ no longer holds (it failed
-        before our function ran): seen so at two upkeeps in a row, not being started."""
-        assert self._queue is not None
-        pending = [
-            item
-            for item in await self.store.dispatched_to(self.worker_id)
-            if item.status == TaskStatus.PENDING.value and item.task_id not in self._claiming
-        ]
+    async def _missing_jobs(self, pending: Sequence[Dispatched]) -> set[str]:
+        """From SAQ's ``queued`` and ``active`` lists of this worker's queue."""
         if not pending:
-            self._missing = set()
-            return
-        redis = cast(Any, self._queue.redis)
+            return set()
+        assert self._queue is not None
+        redis = cast(Any, self._queue).redis
         async with redis.pipeline(transaction=False) as pipe:
             pipe.lrange(self.keys.saq_list(self.worker_id, "queued"), 0, -1)
             pipe.lrange(self.keys.saq_list(self.worker_id, "active"), 0, -1)
             queued, active = await pipe.execute()
         held = {job.decode() for job in (*queued, *active)}
-        missing = {item.job_key for item in pending if self.keys.saq_job(self.worker_id, item.job_key) not in held}
-        for item in pending:
-            if item.job_key in missing and item.job_key in self._missing:
-                logger.warning("Task %s: its job %s was lost on this worker; delivering it again", item.task_id,
-                               item.job_key)  # fmt: skip
-                await self.store.redeliver(item.session_key, item.task_id, item.job_key)
-        self._missing = missing
+        return {item.job_key for item in pending if self.keys.saq_job(self.worker_id, item.job_key) not in held}
 
     async def _listen(self) -> None:
         """Stop the attempts cancelled elsewhere (``P stop``); learn of delayed tasks that
@@ -496,196 +127,5 @@ class RedisWorker:
                     self._stop_local(task_id, int(number), "cancelled")
         finally:
             with anyio.CancelScope(shield=True):
-                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
-                await _quietly(client.aclose())
-
-    # -- one attempt ----------------------------------------------------------------
-
-    async def _job(self, ctx: Context, *, s: str, t: str, a: int, k: str) -> None:
-        """The SAQ function: run attempt `a` of task `t` of session `s`, dispatched as job `k`."""
-        tg = self._tg
-        if not self._accepting or tg is None:
-            # Shutting down: hold the job; leaving the pool delivers its task afresh.
-            await anyio.sleep_forever()
-            return
-        done = anyio.Event()
-        tg.start_soon(self._attempt, s, t, a, k, done, name=f"task {t}")
-        # The attempt runs in our task group, not in SAQ's job task: SAQ's worker stopping
-        # (shutdown) ends this wait only. It ends when the executor is done.
-        await done.wait()
-
-    async def _attempt(self, session_key: str, task_id: str, number: int, job_key: str, done: anyio.Event) -> None:
-        self._claiming.add(task_id)
-        try:
-            crash_point("attempt.dequeued")
-            try:
-                task = await self.store.claim(session_key, task_id, number, self.worker_id, job_key)
-            except (InvalidTransition, TaskNotFound):
-                return  # cancelled, delivered afresh elsewhere, or already run: nothing to do
-            crash_point("attempt.claimed")
-            self._claiming.discard(task_id)
-            await self._run_attempt(task, done)
-        except Exception as exc:
-            # Never into the task group: one attempt's trouble must not stop the worker.
-            if isinstance(exc, StoreUnavailable):
-                self.availability.failed(exc)
-            else:
-                logger.exception("Attempt %s of task %s could not run", number, task_id)
-        finally:
-            self._claiming.discard(task_id)
-            done.set()
-
-    async def _run_attempt(self, task: Task, ran: anyio.Event) -> None:
-        """Run the attempt; set `ran` once the executor is done."""
-        executor = self.executors.get(task.executor)
-        attempt = _Attempt(task, task.attempts)
-        assert self._flusher is not None
-        sink = _Coalescer(self._flusher, task, attempt.number, self.settings.task_log_lines)
-        attempt.sink = sink
-        attempt.reporter = reporter = ProgressReporter(
-            sink,
-            type(executor).steps if executor is not None else (),
-            log_sink=sink.log,
-            line_bytes=self.settings.task_log_line_bytes,
-            now_ms=self.clock.now_ms,
-        )
-        self.running[task.id] = attempt
-        attempt.started = self.clock.monotonic()
-        bind_task(task.id, task.session_key, task.executor, task.request_id)
-        logger.info("Starting execution of task %s for session %s", task.id, task.session_key)
-        timeout_ms = task.timeout_ms or self.settings.default_task_timeout_ms
-        try:
-            outcome = await run_attempt(
-                executor, task, reporter,
-                scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
-                threads=self._threads, attempt=attempt,
-                missing=f"executor {task.executor!r} is not registered on this worker",
-                stopped=lambda: attempt.stop_reason is not None,
-                prepare=lambda executor: self._with_params(attempt, executor),
-            )  # fmt: skip
-            attempt.finished = True
-            ran.set()
-            if attempt.stop_reason is None and outcome is not None:
-                crash_point("attempt.before_finish")
-                await self._record(attempt, conclude(task, outcome, self.settings, self._rng), sink.take())
-                crash_point("attempt.finished")
-        except anyio.get_cancelled_exc_class():
-            # The worker itself is torn down without a shutdown() first.
-            if attempt.stop_reason is None:
-                with anyio.CancelScope(shield=True):
-                    await self._hand_back(attempt)
-            raise
-        finally:
-            reporter.close()
-            sink.closed = True
-            self._release(attempt)
-
-    def _with_params(self, attempt: _Attempt, executor: TaskExecutor[Any, Any]) -> Task:
-        """The attempt's task as the executor takes it (the store keeps encoded JSON)."""
-        attempt.task = executor_task(attempt.task, executor)
-        return attempt.task
-
-    async def _record(self, attempt: _Attempt, finish: Finish, held: Held) -> None:
-        """Store how an attempt that ran to its end came out (with its last held-back report
-        and log lines)."""
-        task = attempt.task
-        try:
-            done = await self.store.finish(
-                task.session_key, task.id, attempt.number, finish, owner=self.worker_id,
-                report=held.report, lines=held.lines, skipped=held.skipped,
-            )  # fmt: skip
-        except (InvalidTransition, TaskNotFound):
-            return  # cancelled, lost or removed while it finished: the store already says so
-        except StoreUnavailable as exc:
-            self.availability.failed(exc)
-            logger.error("Could not store the outcome of task %s: the task store is unreachable", task.id)
-            return
-        log_finish(logger, done, attempt.number, finish)
-        if done.scheduled_at is not None:
-            self._note_due(done.scheduled_at)
-        self._notify(attempt)
-
-    # -- delayed tasks ------------------------------------------------------------
-
-    def _note_due(self, due_ms: int | None) -> None:
-        """A delayed task is due at `due_ms`: wake the timer if that is earlier than what it waits for."""
-        if due_ms is not None and (self._next_due is None or due_ms < self._next_due):
-            self._next_due = due_ms
-            self._due_changed.set()
-
-    async def _promote_when_due(self) -> None:
-        """Deliver the delayed tasks at their time: sleep until the earliest due time known,
-        then `promote` (which tells the next one)."""
-        while True:
-            due = self._next_due
-            wait = math.inf if due is None else max(0.0, (due - self.clock.now_ms()) / 1000)
-            with anyio.move_on_after(wait):
-                await self._due_changed.wait()
-                self._due_changed = anyio.Event()
-                continue
-            self._next_due = None
-            try:
-                following = await self.store.promote()
-            except Exception as exc:
-                logger.debug("Could not deliver the delayed tasks due now (the reconciler will): %s", exc)
-                following = None
-            if following is not None and due is not None and following <= due:
-                # Nothing was due yet by Redis's clock (behind this machine's): look again soon.
-                following = max(following, self.clock.now_ms() + DUE_RETRY_MS)
-            self._note_due(following)
-
-    async def _hand_back(self, attempt: _Attempt) -> None:
-        """Stop an attempt this worker cannot finish (shutdown): it runs again elsewhere,
-        without using its retry budget."""
-        task = attempt.task
-        attempt.stop_reason = "worker shutdown"
-        if attempt.reporter is not None:
-            attempt.reporter.close()
-        attempt.scope.cancel()
-        finish = handed_back()
-        crash_point("handback.before")
-        try:
-            done = await self.store.finish(task.session_key, task.id, attempt.number, finish, owner=self.worker_id)
-        except (InvalidTransition, TaskNotFound):
-            return
-        except Exception:
-            logger.exception("Could not hand task %s back to the queue", task.id)
-            return
-        log_finish(logger, done, attempt.number, finish)
-
-    # -- bookkeeping --------------------------------------------------------------
-
-    def _stop_local(self, task_id: str, number: int, reason: str) -> None:
-        attempt = self.running.get(task_id)
-        if attempt is None or attempt.number != number or attempt.stop_reason is not None or attempt.finished:
-            return
-        attempt.stop_reason = reason
-        if attempt.reporter is not None:
-            attempt.reporter.close()  # progress frozen from this moment
-        attempt.scope.cancel()
-        task = attempt.task
-        logger.info(
-            "Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
-            extra=log_fields(task, reason=reason),
-        )  # fmt: skip
-        self._notify(attempt)
-
-    def _release(self, attempt: _Attempt) -> None:
-        if self.running.get(attempt.task.id) is attempt:
-            del self.running[attempt.task.id]
-        if self._idle is not None and not self.running:
-            self._idle.set()
-
-    def _notify(self, attempt: _Attempt) -> None:
-        if self.on_finish:
-            duration = self.clock.monotonic() - attempt.started
-            for hook in self.on_finish:
-                hook(attempt.task, duration)
-
-
-async def _quietly(closing: Awaitable[Any]) -> None:
-    """Close a connection; a Redis that is already gone is not an error here."""
-    try:
-        await closing
-    except Exception as exc:
-        logger.debug("Closing a Redis connection failed: %s", exc)
+                await self._quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await self._quietly(client.aclose())

@@ -1,19 +1,20 @@
 """The reconciler: repairs what a dead worker left, one worker at a time.
 
-Every worker runs it; a lock (``P reconcile``, taken for a bit less than the interval)
-lets one of them act at each tick. A pass costs the number of workers plus what it
-repairs, never the number of tasks:
+Every worker runs it; a lock (the store's `take_lock`, taken for a bit less than the
+interval) lets one of them act at each tick. A pass costs the number of workers plus what
+it repairs, never the number of tasks:
 
-- **Lost workers.** A worker whose lease has expired is first a suspect (``P suspects``,
-  when it was first seen so, by Redis's clock); still without a lease half a lease later
-  (a live worker renews every third of one, so a Redis restart that dropped the leases
-  does not condemn healthy workers), it is lost: its running attempts fail with reason
-  ``worker lost`` and are retried per their budget, the tasks queued on it go back to their
-  sessions' lines, and its queue leaves the pool. A task a client was told exists is thus
-  never stranded for longer than a lease, half a lease and an interval.
-- **Delayed tasks** (a retry's backoff, a delayed start) are delivered when due (every
+- **Lost workers.** A worker whose lease has expired is first a suspect (when it was first
+  seen so, by the store's clock, kept in the store); still without a lease half a lease
+  later (a live worker renews every third of one, so a restart of the store that dropped
+  the leases or kept workers from renewing does not condemn healthy ones), it is lost: its
+  running attempts fail with reason ``worker lost`` and are retried per their budget, the
+  tasks queued on it go back to their sessions' lines, and its queue leaves the pool. A
+  task a client was told exists is thus never stranded for longer than a lease, half a
+  lease and an interval.
+- **Delayed tasks** (a retry's backoff, a delayed start) are delivered when due (a
   worker's timer does it at the exact time; this is the net under it, and it tells the
-  timer of the next one).
+  worker of the next one: `on_due`).
 - **Counters** are checked against the indexes every `VERIFY_INTERVAL` and repaired (they
   should never drift; a repair is logged).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -34,7 +35,7 @@ from async_tasks.execution.base import lost
 from async_tasks.faults import crash_point
 
 if TYPE_CHECKING:
-    from async_tasks.backends.redis.store import RedisTaskStore
+    from async_tasks.backends.queued.store import QueueStore
     from async_tasks.settings import BackendSettings
 
 logger = logging.getLogger("async_tasks.execution")
@@ -48,7 +49,7 @@ VERIFY_INTERVAL: Final = 60.0
 class Reconciler:
     def __init__(
         self,
-        store: RedisTaskStore,
+        store: QueueStore,
         settings: BackendSettings,
         worker_id: str,
         *,
@@ -77,9 +78,7 @@ class Reconciler:
             await anyio.sleep(self.interval)
 
     async def _lock(self) -> bool:
-        redis = cast(Any, self.store.redis)
-        ttl = max(50, int(self.interval * 1000) - 50)
-        return bool(await redis.set(self.store.keys.reconcile_lock, self.worker_id, nx=True, px=ttl))
+        return await self.store.take_lock("reconcile", self.worker_id, max(50, int(self.interval * 1000) - 50))
 
     async def run_once(self) -> int:
         """One pass (the caller holds the lock): returns how many lost workers it resolved."""
@@ -108,34 +107,8 @@ class Reconciler:
 
     async def lost_workers(self) -> list[str]:
         """The workers without a lease for half a lease or more (suspects are remembered in
-        Redis, so whichever worker holds the lock next goes on from here)."""
-        workers = [worker for worker in await self.store.workers() if worker != self.worker_id]
-        if not workers:
-            return []
-        alive = await self.store.leases(workers)
-        redis = cast(Any, self.store.redis)
-        suspects = self.store.keys.suspects
-        seconds, micros = await redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        async with redis.pipeline(transaction=False) as pipe:
-            for worker, ok in zip(workers, alive, strict=True):
-                if ok:
-                    pipe.hdel(suspects, worker)
-                else:
-                    pipe.hsetnx(suspects, worker, now_ms)
-                    pipe.hget(suspects, worker)
-            replies = await pipe.execute()
-        gone: list[str] = []
-        i = 0
-        for worker, ok in zip(workers, alive, strict=True):
-            if ok:
-                i += 1
-                continue
-            since = int(replies[i + 1] or now_ms)
-            i += 2
-            if now_ms - since >= self.lease_ms / 2:
-                gone.append(worker)
-        return gone
+        the store, so whichever worker holds the lock next goes on from here)."""
+        return await self.store.lost_workers(self.worker_id, self.lease_ms)
 
     async def resolve(self, worker: str) -> None:
         """End what a lost worker held: its running attempts fail (and are retried per
@@ -151,7 +124,6 @@ class Reconciler:
                 logger.exception("Could not resolve task %s of lost worker %s", item.task_id, worker)
         crash_point("reconcile.before_forget")
         if await self.store.forget_worker(worker) == 1:
-            await cast(Any, self.store.redis).hdel(self.store.keys.suspects, worker)
             logger.warning("Worker %s was lost (its lease expired); its tasks were given to others", worker)
 
     async def _lose(self, session_key: str, task_id: str, attempt: int, worker: str) -> None:
