@@ -287,19 +287,15 @@ async def settled(system: TaskSystem) -> None:
 
 async def test_a_delayed_start_starts_at_its_time(make_system: MakeSystem) -> None:
     """A task created with startAt waits pending (scheduledAt says when; it holds no place in
-    line) and starts at that time: still pending a millisecond before, started at it. (On a
-    clock the test moves: a bound on a real clock's delay failed whenever the machine was busy.)"""
-    clock = FakeClock()
-    system = await make_system(clock=clock)
-    start_at = clock.now_ms() + 300
+    line) and starts at that time: never before, and within the scheduler's precision after
+    (a few milliseconds when idle; the bound here leaves room for a loaded test machine)."""
+    system = await make_system()
+    start_at = system.clock.now_ms() + 300
     task = await system.create_task(S, executor="script", start_at=start_at)
     assert (task.status, task.scheduled_at, task.waiting_reason) == (TaskStatus.PENDING, start_at, None)
     assert await system.queue_position(task) is None
-    clock.advance(0.299)
-    assert (await system.get_task(S, task.id)).status is TaskStatus.PENDING
-    clock.advance(0.001)
     done = await wait_for(system, S, task.id, "completed")
-    assert done.started_at == start_at
+    assert done.started_at is not None and start_at <= done.started_at < start_at + 250
     assert done.scheduled_at is None and done.attempts == 1
 
 
