@@ -150,7 +150,15 @@ class AsyncTasksPlugin(InitPluginProtocol):
             outlook=self.system.outlook,
         )
 
-    def router(self) -> Router:
+    def routers(self) -> list[Router]:
+        """The API's routers, each mounted at `path` with the API's error handlers and
+        body limit: side by side rather than nested in one, as Litestar copies a router
+        (all its handlers) each time it is registered, and a nested one twice."""
+        api: dict[str, Any] = {
+            "path": self.path or "/",
+            "exception_handlers": EXCEPTION_HANDLERS,
+            "request_max_body_size": api_body_limit(self.settings, self.system.settings),
+        }
         handlers: list[Any] = [
             task_controller(self.system),
             list_executors,
@@ -160,19 +168,17 @@ class AsyncTasksPlugin(InitPluginProtocol):
             create_any_demo_task,
         ]
         handlers += [demo_route(type(executor), self.system) for executor in self.system.executors]
-        handlers.append(stream_router(self.streams))
-        handlers.append(share_router(self.streams, self.share_tokens))
+        routers = [
+            Router(route_handlers=handlers, **api),
+            stream_router(self.streams, **api),
+            share_router(self.streams, self.share_tokens, **api),
+        ]
         if self.settings.admin_keys:
-            handlers.append(admin_router(self.system))
-        return Router(
-            path=self.path or "/",
-            route_handlers=handlers,
-            exception_handlers=EXCEPTION_HANDLERS,
-            request_max_body_size=api_body_limit(self.settings, self.system.settings),
-        )
+            routers.append(admin_router(self.system, **api))
+        return routers
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.append(self.router())
+        app_config.route_handlers.extend(self.routers())
         if self.path:  # the session socket at the root too, beside the API's own
             app_config.route_handlers.append(root_socket_router(self.streams))
         if app_config.openapi_config is not None:  # document the session token and cookie

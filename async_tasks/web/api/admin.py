@@ -301,15 +301,17 @@ def _selection(data: BulkRequest) -> tuple[list[str] | None, TaskFilter | None, 
     return None, TaskFilter(status=f.status, executor=f.executor, tag=f.tag, dead_letter=f.dead_letter), f.session_key
 
 
-def admin_router(system: TaskSystem) -> Router:
-    """The admin routes over `system` (mounted under the API's path by `AsyncTasksPlugin`)."""
+def admin_router(system: TaskSystem, **api: Any) -> Router:
+    """The admin routes over `system`; `api`: the API router's own settings (its ``path``,
+    error handlers, body limit), as `AsyncTasksPlugin.routers` mounts it beside that router."""
     controller = type("AdminController", (AdminController,), {"admin": Admin(system)})
+    settings: dict[str, Any] = {"path": "/", **api}
+    settings["exception_handlers"] = {**settings.get("exception_handlers", {}), NotImplementedError: not_available}
     return Router(
-        path="/",
         route_handlers=[controller],
         guards=[require_admin_key],
         # No session for admin requests (none is issued), and none of the request metrics.
         opt={OPS_OPT_KEY: True},
         security=[{ADMIN_SECURITY_SCHEME: []}],
-        exception_handlers={NotImplementedError: not_available},
+        **settings,
     )

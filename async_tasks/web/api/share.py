@@ -176,13 +176,15 @@ async def share_page(scope: Scope, api_path: NamedDependency[str], token: ShareT
     return Response(render_share_page(api_path, token, str(scope.get("root_path", ""))), media_type=MediaType.HTML)
 
 
-def share_router(bridge: StreamBridge, tokens: ShareTokens) -> Router:
-    """The API's share routes (mount it inside the API router), bound to `bridge` and `tokens`."""
+def share_router(bridge: StreamBridge, tokens: ShareTokens, **api: Any) -> Router:
+    """The API's share routes, bound to `bridge` and `tokens`; `api`: the API router's own
+    settings (its ``path``, error handlers, body limit), as `AsyncTasksPlugin.routers` mounts it
+    beside that router."""
     return Router(
-        path="/",
         route_handlers=[share_task, shared_task, shared_events],
         dependencies={
             "task_streams": Provide(lambda: bridge, sync_to_thread=False),
             "share_tokens": Provide(lambda: tokens, sync_to_thread=False),
         },
+        **{"path": "/", **api},
     )

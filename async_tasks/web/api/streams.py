@@ -336,12 +336,13 @@ async def session_socket(
             await socket.close(code=code, reason=reason)
 
 
-def stream_router(bridge: StreamBridge) -> Router:
-    """The stream routes, bound to `bridge` (mount it inside the API router)."""
+def stream_router(bridge: StreamBridge, **api: Any) -> Router:
+    """The stream routes, bound to `bridge`; `api`: the API router's own settings (its
+    ``path``, error handlers, body limit), as `AsyncTasksPlugin.routers` mounts it beside that router."""
     return Router(
-        path="/",
         route_handlers=[session_events, task_events, websocket("/ws", name="session_socket")(session_socket)],
         dependencies={"task_streams": Provide(lambda: bridge, sync_to_thread=False)},
+        **{"path": "/", **api},
     )
 
 
