@@ -48,7 +48,7 @@ pytestmark = pytest.mark.battery
 
 API = "/api/v1"
 #: How long each flood lasts, and how long the others go on after it.
-FLOOD_SECONDS = 10.0 if os.environ.get("BATTERY_EXAMPLES") else 0.75
+FLOOD_SECONDS = 10.0 if os.environ.get("BATTERY_EXAMPLES") else 0.5
 AFTER_SECONDS = FLOOD_SECONDS
 ATTACKER = "203.0.113.66"
 VICTIM = "198.51.100.7"
