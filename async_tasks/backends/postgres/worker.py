@@ -47,6 +47,11 @@ logger = logging.getLogger("async_tasks.execution")
 
 #: Seconds a stopping worker waits for SAQ's worker to stop dequeuing.
 SAQ_STOP_TIMEOUT: Final = 3.0
+#: Seconds an idle dequeue waits for SAQ's NOTIFY before it looks at the queue's table again.
+#: SAQ's Postgres queue starts LISTENing only once its first look found nothing: a job queued
+#: in between is announced to nobody (the upkeep also wakes SAQ for a job still queued at two
+#: upkeeps in a row; this bounds the wait to a second, at a query a second per idle worker).
+DEQUEUE_TIMEOUT: Final = 1.0
 
 
 class PostgresWorker(QueuedWorker):
@@ -54,6 +59,7 @@ class PostgresWorker(QueuedWorker):
 
     store_name = "PostgreSQL"
     saq_stop_timeout = SAQ_STOP_TIMEOUT
+    dequeue_timeout = DEQUEUE_TIMEOUT
     store: PostgresTaskStore
     availability: Availability
 

@@ -119,6 +119,8 @@ class QueuedWorker(ABC):
     store_name: ClassVar[str]
     #: Seconds a stopping worker waits for SAQ's worker to stop dequeuing (inf: as long as it takes).
     saq_stop_timeout: ClassVar[float] = math.inf
+    #: Seconds an idle SAQ dequeue waits for its queue's wake-up before it looks again (0: for ever).
+    dequeue_timeout: ClassVar[float] = 0.0
     store: QueueStore
 
     def __init__(
@@ -265,6 +267,7 @@ class QueuedWorker(ABC):
                     queue,
                     functions=[(FUNCTION, self._job)],
                     concurrency=self.slots,
+                    dequeue_timeout=self.dequeue_timeout,
                     # Scheduling, sweeps and aborts are ours (the store's steps, the
                     # reconciler and the stop channel): SAQ only dequeues.
                     timers={"schedule": 86_400, "sweep": 86_400, "abort": 86_400, "worker_info": 86_400},
