@@ -28,18 +28,23 @@ def admin_app(make_app: Callable[..., Litestar], **overrides: object) -> Litesta
     return make_app(admin_api_keys=f"ops:{ADMIN_KEY}", api_keys=API_KEY, retry_backoff_ms=0, **overrides)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 def on_backend(request: pytest.FixtureRequest, make_app: Callable[..., Litestar]) -> Callable[..., Litestar]:
-    """`make_app` on each backend: memory, and Redis with a worker in the app's process."""
+    """`make_app` on each backend: memory, and Redis and PostgreSQL with a worker in the app's process."""
     if request.param == "memory":
         return make_app
-    redis: dict[str, Any] = {
-        "task_backend": request.getfixturevalue("redis_url"),
-        "redis_key_prefix": request.getfixturevalue("redis_prefix"),
-        "embedded_worker": True,
-        "worker_lease_ms": 600,
-    }
-    return functools.partial(make_app, **redis)
+    space: dict[str, Any] = (
+        {
+            "task_backend": request.getfixturevalue("redis_url"),
+            "redis_key_prefix": request.getfixturevalue("redis_prefix"),
+        }
+        if request.param == "redis"
+        else {
+            "task_backend": request.getfixturevalue("postgres_url"),
+            "postgres_schema": request.getfixturevalue("postgres_schema"),
+        }
+    )
+    return functools.partial(make_app, **space, embedded_worker=True, worker_lease_ms=600)
 
 
 async def test_the_admin_sees_every_session_and_a_session_only_its_own(on_backend: Callable[..., Litestar]) -> None:

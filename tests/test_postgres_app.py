@@ -6,26 +6,22 @@ again from snapshots after PostgreSQL comes back, and what differs from Redis an
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AsyncExitStack
-from typing import Any
 
 import anyio
 import msgspec
 import pytest
 from litestar import Litestar
 
-from async_tasks.backends.postgres.worker import PostgresWorker
 from async_tasks.errors import StoreUnavailable
 from async_tasks.server import serve
 from async_tasks.settings import Settings
 from async_tasks.system import TaskSystem
-from async_tasks.testing import asgi_client, serve_in_loop, wait_for
+from async_tasks.testing import serve_in_loop, wait_for
 from async_tasks.web.frames import OPENED
 from async_tasks.web.streams import StreamBridge
 from async_tasks.worker import run_worker
-from tests.execution.executors import EXECUTORS
 from tests.faults.postgres_process import PostgresProcess
-from tests.helpers import SECRET, ScriptExecutor, build_app, new_address, system_of
+from tests.helpers import SECRET, ScriptExecutor, system_of
 from tests.servers import free_port
 from tests.test_redis_app import API, run_scenario
 
@@ -162,46 +158,3 @@ async def test_streams_start_again_from_snapshots_after_postgres_comes_back(post
                 assert followed.type == "transition"
                 await stream.aclose()
                 tg.cancel_scope.cancel()
-
-
-ADMIN_KEY = "admin-key-0123456789abcdef"
-
-
-async def test_a_worker_runs_only_its_executors_and_the_admin_api_lists_what_each_runs(
-    postgres_url: str, postgres_schema: str
-) -> None:
-    """Routing on PostgreSQL: a worker started with ``--executors script`` never takes a task of
-    another executor: that task waits pending, saying so in its status and in the queues, while
-    the script task behind it runs; a worker that runs it takes it as it joins. The admin API
-    lists both workers with what each runs."""
-    backend: dict[str, Any] = {"task_backend": postgres_url, "postgres_schema": postgres_schema, "worker_lease_ms": 600}
-    app = build_app(EXECUTORS, load_entry_points=False, admin_api_keys=ADMIN_KEY, **backend)
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-    def worker(**overrides: Any) -> TaskSystem:
-        settings = Settings(secret_key=SECRET, embedded_worker=True, worker_concurrency=4, **backend, **overrides)
-        return TaskSystem(EXECUTORS, settings=settings, load_entry_points=False)
-
-    def worker_id(system: TaskSystem) -> str:
-        assert isinstance(system.worker, PostgresWorker)
-        return system.worker.worker_id
-
-    async with app.lifespan(), asgi_client(app, new_address()) as http, AsyncExitStack() as workers:
-        scripts_only = await workers.enter_async_context(worker(worker_executors="script"))
-        counted = (await http.post("/api/v1/tasks", json={"executor": "counted", "start": True})).json()["task"]
-        script = (await http.post("/api/v1/tasks", json={"executor": "script", "start": True})).json()["task"]
-        session = counted["sessionKey"]
-        assert (await wait_for(scripts_only, session, script["id"], "completed")).attempts == 1
-        status = (await http.get(f"/api/v1/tasks/{counted['id']}/status")).json()
-        assert status["status"] == "pending" and status["waitingReason"] == "waiting for a worker that runs `counted`"
-        queues = (await http.get("/api/v1/admin/queues", headers=admin)).json()["queues"]
-        assert {"executor": "counted", "running": 0, "queued": 1, "workers": 0} in queues
-        assert {"executor": "script", "running": 0, "queued": 0, "workers": 1} in queues
-        everything = await workers.enter_async_context(worker())
-        done = await wait_for(everything, session, counted["id"], "completed")
-        assert done.attempts == 1 and done.waiting_reason is None
-        listed = (await http.get("/api/v1/admin/workers", headers=admin)).json()["workers"]
-        assert {w["id"]: w["executors"] for w in listed} == {
-            worker_id(scripts_only): ["script"],
-            worker_id(everything): [executor.name for executor in EXECUTORS],
-        }
