@@ -256,8 +256,8 @@ class BaseClient:
             yield from Sleep(interval)
 
     def _poll(self, task_id: str) -> Flow[Json]:
-        """The task as one polled update. It reads the full task, not /status, so that
-        watching without a stream still shows the log lines and the place in line."""
+        """The task as one polled update. It reads the full task, not /status, because
+        /status carries no log lines: watching without a stream still shows them."""
         task = yield from self._task(task_id)
         return status_update({key: task[key] for key in _POLLED if key in task}, task_id, "poll")
 

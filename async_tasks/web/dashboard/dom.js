@@ -125,14 +125,15 @@ function about(ms) {
 export function outlookText(task, now = Date.now()) {
   const parts = [];
   const pending = task.status === "pending";
-  if (pending && task.scheduledAt && task.scheduledAt > now) {
-    const wait = task.scheduledAt - now;
+  const waitsForItsTime = pending && !!task.scheduledAt && task.scheduledAt > now;
+  if (waitsForItsTime) {
+    const wait = /** @type {number} */ (task.scheduledAt) - now;
     parts.push(`starts at ${fmtTime(task.scheduledAt)}${wait < 1000 ? "" : `, in ${about(wait)}`}`);
   } else if (pending && task.queuePosition) {
     parts.push(`${ordinal(task.queuePosition)} in line`);
   }
   const eta = task.eta;
-  if (eta && pending && eta.startsAt !== null && !(task.scheduledAt && task.scheduledAt > now)) {
+  if (eta && pending && eta.startsAt !== null && !waitsForItsTime) {
     const wait = eta.startsAt - now;
     parts.push(wait < 1000 ? "starting any moment now" : `starts in ${about(wait)}`);
   } else if (eta && task.status === "running") {
