@@ -14,7 +14,9 @@ TASK_LOG_* settings):
   `Task.logs_dropped`. The newest line always stays.
 
 `make_line` builds a checked line (the reporter's side); `LogBook` keeps one task's lines
-within the bounds (the memory store's side; the Redis store does the same in Lua).
+within the bounds (the memory store's side; the Redis store does the same in Lua), their
+messages through the store's `SharedTexts`, so the same message written by many tasks
+("Loading Data: Loading the input data set") is held once.
 """
 
 from __future__ import annotations
@@ -91,6 +93,36 @@ def line_size(line: LogLine) -> int:
     return len(_encode(line))
 
 
+class SharedTexts:
+    """One copy of each recurring short text: `share` gives the copy already held when an
+    equal text was shared recently, else keeps this one. Executors tend to write the same
+    messages in every task (a step's name and description), and a retained task would
+    otherwise hold its own copy of each (about 100 bytes a line).
+
+    Bounded: texts longer than `longest` characters are not kept (they seldom recur), and
+    the table is emptied when it holds `size` texts, so it holds at most `size` texts that
+    no task uses any more (unlike `sys.intern`, which would cost every unique message a
+    slot in the interpreter's table for as long as it lives)."""
+
+    __slots__ = ("_held", "longest", "size")
+
+    def __init__(self, size: int = 1024, longest: int = 256) -> None:
+        self.size = size
+        self.longest = longest
+        self._held: dict[str, str] = {}
+
+    def share(self, text: str) -> str:
+        if len(text) > self.longest:
+            return text
+        held = self._held.get(text)
+        if held is not None:
+            return held
+        if len(self._held) >= self.size:
+            self._held.clear()
+        self._held[text] = text
+        return text
+
+
 class LogBook:
     """One task's lines kept within `LogLimits`, and what the oldest dropped weighed."""
 
@@ -103,13 +135,20 @@ class LogBook:
         self.bytes = sum(self.sizes)
 
     def append(
-        self, logs: list[LogLine], first: int, lines: Iterable[LogLine], limits: LogLimits
+        self,
+        logs: list[LogLine],
+        first: int,
+        lines: Iterable[LogLine],
+        limits: LogLimits,
+        texts: SharedTexts | None = None,
     ) -> tuple[list[LogLine], int]:
-        """Number `lines` from `first` and add them to `logs`; drop the oldest beyond the
-        limits. Returns the lines added that are still kept, and how many were dropped."""
+        """Number `lines` from `first` and add them to `logs` (their messages through
+        `texts`); drop the oldest beyond the limits. Returns the lines added that are still
+        kept, and how many were dropped."""
         added: list[LogLine] = []
         for number, line in enumerate(lines, start=first):
-            stored = msgspec.structs.replace(line, n=number)
+            message = line.message if texts is None else texts.share(line.message)
+            stored = msgspec.structs.replace(line, n=number, message=message)
             size = line_size(stored)
             logs.append(stored)
             self.sizes.append(size)

@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 from async_tasks import Progress, SyncProgress, Task, TaskExecutor, TaskParams
 from async_tasks.progress import AttemptEnded, ProgressReporter
 from async_tasks.settings import Settings
-from async_tasks.task_log import LogLine, make_line
+from async_tasks.task_log import LogLine, SharedTexts, make_line
 from async_tasks.testing import FakeClock, run_executor
 from async_tasks.web.frames import OPENED
 from tests.helpers import TEST_EXECUTORS, build_app, system_of, wait_for
@@ -124,6 +124,20 @@ def test_a_long_message_is_cut_and_data_too_large_is_refused() -> None:
         make_line("x", {"when": object()}, 1, 256)
     with pytest.raises(TypeError, match="must be a str"):
         make_line(42, None, 1, 256)  # type: ignore[arg-type]
+
+
+def test_shared_texts_hold_one_copy_of_recurring_messages_within_bounds() -> None:
+    """Equal short messages share one string; long ones are not kept, and the table never
+    holds more than its size (so messages of removed tasks cannot pile up in it)."""
+    texts = SharedTexts(size=2, longest=10)
+    first = texts.share("".join(["Load", "ing"]))
+    again = texts.share("".join(["Loa", "ding"]))
+    assert again is first
+    long = "x" * 11
+    assert texts.share(long) is long and texts.share("x" * 11) is not long
+    texts.share("b")
+    texts.share("c")  # the table was full: it starts again
+    assert texts.share("".join(["Load", "ing"])) is not first
 
 
 async def test_a_refused_line_ends_the_attempt() -> None:

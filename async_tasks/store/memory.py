@@ -54,7 +54,7 @@ from async_tasks.store.idempotency import IdempotencyKeys
 from async_tasks.store.paging import page_of
 from async_tasks.store.room import plan_room, reached
 from async_tasks.task import NULL, TERMINAL, HistoryEntry, StoredTask, Task, TaskStatus, can_transition, encoded
-from async_tasks.task_log import LogBook, LogLine
+from async_tasks.task_log import LogBook, LogLine, SharedTexts
 
 #: Tasks removed by `trim` between two yields to the event loop.
 TRIM_BATCH = 2000
@@ -83,6 +83,8 @@ class MemoryTaskStore:
         self.buckets = TokenBuckets(clock)
         #: The sizes of each task's kept log lines (tasks that have a log).
         self._logbooks: dict[str, LogBook] = {}
+        #: Log messages that recur across tasks, held once.
+        self._texts = SharedTexts()
         #: Run times of each executor's last completed attempts, newest first.
         self._durations: dict[str, deque[int]] = {}
 
@@ -420,7 +422,7 @@ class MemoryTaskStore:
         if book is None:  # its first lines, or its first since it last finished (a retry)
             book = self._logbooks[task.id] = LogBook(task.logs)
         first = task.logs_dropped + len(task.logs) + 1
-        added, dropped = book.append(task.logs, first, lines, self.policy.logs)
+        added, dropped = book.append(task.logs, first, lines, self.policy.logs, self._texts)
         task.logs_dropped += dropped
         if self.events.listeners and added:
             self.events.publish(LogEvent.of(task, added))
