@@ -207,6 +207,12 @@ class StoredTask(Task[Any], kw_only=True, gc=False):
     params: msgspec.Raw
     metadata: msgspec.Raw = EMPTY_OBJECT  # type: ignore[assignment]  # the encoded form of Task.metadata
     result: msgspec.Raw = NULL
+    # A list only while entries are added to it: empty, it is the one empty tuple, and a
+    # finished task's are tuples of their exact size (the memory store freezes them as the
+    # task finishes; a retry makes them lists again). About 120 bytes less per retained task.
+    tags: Sequence[str] = ()  # type: ignore[assignment]
+    history: Sequence[HistoryEntry] = msgspec.field(default_factory=list)  # type: ignore[assignment]
+    logs: Sequence[LogLine] = ()  # type: ignore[assignment]
 
     @classmethod
     def of(cls, task: Task[Any]) -> StoredTask:

@@ -6,15 +6,20 @@ need), the never-started pending tasks in creation order (their lifetime) or by 
 lifetime began (a delayed start: `begin_later`), the summed run time of its completed tasks
 and when it last changed (idle expiry). `ClientBooks`: what one client holds across its
 sessions (what the per-client budgets count and where a full pool makes room, `room.py`).
-A task's history is kept capped as it grows (`append_history`).
+A task's history is kept capped as it grows (`append_history`); a finished task's lists
+are frozen to tuples of their exact size (`freeze`), which `growing` makes lists again.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from typing import TypeVar
 
 from async_tasks.store.base import HISTORY_HEAD
 from async_tasks.task import TERMINAL, HistoryEntry, StoredTask, TaskStatus
+
+T = TypeVar("T")
 
 
 class ClientBooks:
@@ -87,9 +92,12 @@ def begin_later(session: SessionTasks, task_id: str, began: int) -> None:
         heapq.heapify(session.later_heap)
 
 
-def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int | None) -> None:
-    """Add `entry`, keeping at most `limit` entries: the first `HISTORY_HEAD` (at most half
-    the limit), then one entry standing for those left out, then the latest."""
+def append_history(task: StoredTask, entry: HistoryEntry, limit: int | None) -> None:
+    """Add `entry` to the task's history, keeping at most `limit` entries: the first
+    `HISTORY_HEAD` (at most half the limit), then one entry standing for those left out,
+    then the latest."""
+    history = growing(task.history)
+    task.history = history
     history.append(entry)
     if limit is None or len(history) <= limit or limit < 3:
         return
@@ -107,3 +115,16 @@ def append_history(history: list[HistoryEntry], entry: HistoryEntry, limit: int 
         error=absorbed.error,
         omitted=marker.omitted + 1,
     )
+
+
+def growing(entries: Sequence[T]) -> list[T]:
+    """`entries` as a list to add to: itself when it is one, else a new list of them."""
+    return entries if isinstance(entries, list) else list(entries)
+
+
+def freeze(task: StoredTask) -> None:
+    """A finished task's history and log as tuples of their exact size: nothing is added to
+    them unless it is retried (`growing`), and a list's spare room and header cost a
+    retained task about 60 bytes."""
+    task.history = tuple(task.history)
+    task.logs = tuple(task.logs)

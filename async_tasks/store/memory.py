@@ -49,7 +49,7 @@ from async_tasks.store.base import (
     quota_exceeded,
     refusal,
 )
-from async_tasks.store.books import ClientBooks, SessionTasks, append_history, begin_later
+from async_tasks.store.books import ClientBooks, SessionTasks, append_history, begin_later, freeze, growing
 from async_tasks.store.idempotency import IdempotencyKeys
 from async_tasks.store.paging import page_of
 from async_tasks.store.room import plan_room, reached
@@ -174,7 +174,8 @@ class MemoryTaskStore:
         session.changed_ms = now
         stored.status = TaskStatus.PENDING
         stored.created_at = stored.updated_at = now
-        stored.history.append(HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"))
+        stored.tags = tuple(stored.tags)  # never changed: exact size, and no list at all when empty
+        append_history(stored, HistoryEntry(at=now, status=TaskStatus.PENDING, attempt=1, reason="created"), None)
         session.tasks[stored.id] = stored
         session.order[stored.id] = next(self._seq)
         session.client.tasks += 1
@@ -300,7 +301,9 @@ class MemoryTaskStore:
             reason=reason,
             error=error if target is TaskStatus.FAILED else None,
         )
-        append_history(task.history, entry, self.policy.max_history)
+        append_history(task, entry, self.policy.max_history)
+        if target in TERMINAL:
+            freeze(task)
         for hook in self.events.on_transition:
             hook(task, source)
         self._publish(task, EventType.TRANSITION, source)
@@ -417,12 +420,13 @@ class MemoryTaskStore:
             self._add_logs(task, lines)
         return True
 
-    def _add_logs(self, task: Task, lines: Sequence[LogLine]) -> None:
+    def _add_logs(self, task: StoredTask, lines: Sequence[LogLine]) -> None:
         book = self._logbooks.get(task.id)
         if book is None:  # its first lines, or its first since it last finished (a retry)
             book = self._logbooks[task.id] = LogBook(task.logs)
-        first = task.logs_dropped + len(task.logs) + 1
-        added, dropped = book.append(task.logs, first, lines, self.policy.logs, self._texts)
+        logs = task.logs = growing(task.logs)
+        first = task.logs_dropped + len(logs) + 1
+        added, dropped = book.append(logs, first, lines, self.policy.logs, self._texts)
         task.logs_dropped += dropped
         if self.events.listeners and added:
             self.events.publish(LogEvent.of(task, added))
