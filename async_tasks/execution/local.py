@@ -60,17 +60,41 @@ _PENDING = frozenset({TaskStatus.PENDING})
 
 
 class _Attempt:
-    """What the runner knows about one running attempt."""
+    """What the runner knows about one running attempt. Its reporter's sinks and what
+    `run_attempt` asks of it are its own methods, not closures: a task sleeping for an hour
+    holds every object its attempt made (a closure with its cells is about 400 bytes, a
+    bound method 64)."""
 
-    __slots__ = ("cancel_reason", "number", "reporter", "scope", "started", "task")
+    __slots__ = ("cancel_reason", "debug", "number", "reporter", "scope", "started", "store", "task")
 
-    def __init__(self, task: Task, number: int) -> None:
+    def __init__(self, task: Task, number: int, store: MemoryTaskStore) -> None:
         self.task = task
         self.number = number
+        self.store = store
+        self.debug = logger.isEnabledFor(logging.DEBUG)
         self.reporter: ProgressReporter | None = None
         self.scope = anyio.CancelScope()
         self.cancel_reason: str | None = None
         self.started = 0.0
+
+    def report(self, percent: float, step: str | None, description: str | None) -> Awaitable[bool]:
+        """The reporter's progress sink."""
+        task = self.task
+        if self.debug:
+            logger.debug("Task %s progress: %s%%", task.id, percent)
+        return self.store.report_progress(task.session_key, task.id, self.number, percent, step, description)
+
+    def add_line(self, line: LogLine) -> Awaitable[bool]:
+        """The reporter's log sink."""
+        task = self.task
+        return self.store.add_logs(task.session_key, task.id, self.number, (line,))
+
+    def stopped(self) -> bool:
+        """Whether the runner stopped it (cancelled, or shut down)."""
+        return self.cancel_reason is not None
+
+    def prepare(self, executor: TaskExecutor[Any, Any]) -> Task:
+        return executor_task(self.task, executor)
 
 
 class LocalExecution:
@@ -88,6 +112,7 @@ class LocalExecution:
         self.executors = executors
         self.settings = settings
         self.clock = clock
+        self._now_ms = clock.now_ms  # (one bound method for every attempt's reporter)
         self._rng = rng
         self._tg: anyio.abc.TaskGroup | None = None
         self._accepting = True
@@ -305,39 +330,18 @@ class LocalExecution:
         except (InvalidTransition, TaskNotFound):
             return  # cancelled or removed while it waited
         executor = self.executors.get(task.executor)
-        attempt = _Attempt(task, task.attempts)
+        attempt = _Attempt(task, task.attempts, self.store)
         attempt.reporter = ProgressReporter(
-            self._progress_sink(task, attempt.number),
+            attempt.report,
             type(executor).steps if executor is not None else (),
-            log_sink=self._log_sink(task, attempt.number),
+            log_sink=attempt.add_line,
             line_bytes=self.settings.task_log_line_bytes,
-            now_ms=self.clock.now_ms,
+            now_ms=self._now_ms,
         )
         self.running[task.id] = attempt
         self._session_running[task.session_key] = self._session_running.get(task.session_key, 0) + 1
         attempt.started = self.clock.monotonic()
         self._tg.start_soon(self._execute, attempt, executor, name=f"task {task.id}")
-
-    def _progress_sink(self, task: Task, attempt: int) -> Callable[[float, str | None, str | None], Any]:
-        report = self.store.report_progress
-        session_key, task_id = task.session_key, task.id
-        debug = logger.isEnabledFor(logging.DEBUG)
-
-        def sink(percent: float, step: str | None, description: str | None) -> Any:
-            if debug:
-                logger.debug("Task %s progress: %s%%", task_id, percent)
-            return report(session_key, task_id, attempt, percent, step, description)
-
-        return sink
-
-    def _log_sink(self, task: Task, attempt: int) -> Callable[[LogLine], Awaitable[bool]]:
-        add = self.store.add_logs
-        session_key, task_id = task.session_key, task.id
-
-        def sink(line: LogLine) -> Awaitable[bool]:
-            return add(session_key, task_id, attempt, (line,))
-
-        return sink
 
     # -- one attempt ------------------------------------------------------------
 
@@ -354,9 +358,8 @@ class LocalExecution:
                 executor, task, reporter,
                 scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
                 threads=self._threads, attempt=attempt,
-                missing=f"executor {task.executor!r} is no longer registered",
-                stopped=lambda: attempt.cancel_reason is not None,
-                prepare=lambda executor: executor_task(task, executor),
+                missing=f"executor {task.executor!r} is no longer registered" if executor is None else "",
+                stopped=attempt.stopped, prepare=attempt.prepare,
             )  # fmt: skip
             if attempt.cancel_reason is None and outcome is not None:
                 await self._record(attempt, *outcome)
