@@ -15,6 +15,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from async_tasks.execution.deadlines import Deadlines
 from async_tasks.testing import FakeClock, serve_in_loop
 from tests.helpers import BlockingExecutor, ScriptExecutor, find_task, system_of, wait_for
 
@@ -96,6 +97,29 @@ async def test_timeout_fails_with_a_clear_error(client: httpx.AsyncClient, app: 
     task = await create(client, params={"hold": True}, timeoutMs=20)
     failed = await wait_for(app, task["id"], "failed")
     assert failed.error == "Task timed out after 20 ms"
+
+
+async def test_a_short_timeout_fires_while_a_longer_one_runs(client: httpx.AsyncClient, app: Litestar) -> None:
+    """Timeouts are kept in one heap: one shorter than those of the attempts already running
+    still fires at its own time, and the others run on."""
+    long = await create(client, params={"hold": True}, timeoutMs=60_000)
+    await wait_for(app, long["id"], "running")
+    short = await create(client, params={"hold": True}, timeoutMs=20)
+    failed = await wait_for(app, short["id"], "failed")
+    assert failed.error == "Task timed out after 20 ms"
+    record = find_task(app, long["id"])
+    assert record is not None and record.status.value == "running"
+    ScriptExecutor.release(long["id"])
+    await wait_for(app, long["id"], "completed")
+
+
+async def test_deadlines_of_attempts_that_ended_do_not_pile_up() -> None:
+    """A stream of attempts ending long before their timeout does not keep their deadlines
+    (and cancel scopes) alive until it."""
+    deadlines = Deadlines()
+    for _ in range(10_000):
+        deadlines.discard(deadlines.add(anyio.CancelScope(), 3600))
+    assert deadlines.held <= 64
 
 
 async def test_automatic_retries_back_off_exponentially_then_dead_letter(make_app: Callable[..., Litestar]) -> None:

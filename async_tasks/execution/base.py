@@ -41,6 +41,7 @@ from async_tasks.store.base import Finish
 from async_tasks.task import StoredTask, TaskStatus, compact
 
 if TYPE_CHECKING:
+    from async_tasks.execution.deadlines import Deadlines
     from async_tasks.executor import TaskExecutor
     from async_tasks.settings import EngineSettings
     from async_tasks.store.base import CreateLimits, Idempotency
@@ -256,6 +257,7 @@ async def run_attempt(
     missing: str,
     stopped: Callable[[], bool],
     prepare: Callable[[TaskExecutor[Any, Any]], Task] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Outcome | None:
     """Run one attempt of `task` inside `scope` (the backend cancels it there), with the
     task's deadline; a blocking executor runs in a worker thread, listed in `threads` as
@@ -266,10 +268,15 @@ async def run_attempt(
     registered), failed as timed out when the deadline passed, or None when the attempt
     ended otherwise (cancelled through `scope` by the backend, which `stopped` tells, or
     its reports refused): then the store already says how it ended. `prepare` gives the task as the executor takes it (a
-    failure there fails the attempt too)."""
+    failure there fails the attempt too). With `deadlines` the deadline is kept there
+    instead of in a timer of the scope's own."""
     outcome: Outcome | None = None
+    deadline = None
     with scope:
-        scope.deadline = anyio.current_time() + timeout_ms / 1000
+        if deadlines is None:
+            scope.deadline = anyio.current_time() + timeout_ms / 1000
+        else:
+            deadline = deadlines.add(scope, timeout_ms / 1000)
         try:
             if executor is None:
                 raise LookupError(missing)
@@ -286,6 +293,9 @@ async def run_attempt(
             outcome = None
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             outcome = (TaskStatus.FAILED, None, describe(exc))
+        finally:
+            if deadlines is not None and deadline is not None:
+                deadlines.discard(deadline)
     reporter.close()
     if scope.cancelled_caught and not stopped():
         outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")

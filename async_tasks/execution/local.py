@@ -13,7 +13,9 @@ tasks one session queues, the others always find a slot (`waiting.FairQueue`).
 
 Delayed tasks (a retry's backoff, a delayed start) wait in a heap by due time
 (`waiting.Timeline`); one timer, asleep until the earliest, queues each at its time (as
-precise as the event loop's timers). Every executor runs here: there is no routing.
+precise as the event loop's timers). The running attempts' timeouts are kept the same way
+(`deadlines.Deadlines`), not in a timer per attempt. Every executor runs here: there is
+no routing.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from async_tasks.execution.base import (
     log_finish,
     run_attempt,
 )
+from async_tasks.execution.deadlines import Deadlines
 from async_tasks.execution.waiting import FairQueue, Timeline
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.progress import ProgressReporter
@@ -123,6 +126,8 @@ class LocalExecution:
         self._queue = FairQueue(self._session_running)
         self._timeline = Timeline()
         self._timer: anyio.CancelScope | None = None
+        #: The running attempts' deadlines, kept by one task instead of a timer each.
+        self._deadlines = Deadlines()
         self._idle: anyio.Event | None = None
         self.on_finish: list[Callable[[Task, float], None]] = []
         #: Attempts whose worker thread is still running (a blocking executor keeps going
@@ -155,6 +160,7 @@ class LocalExecution:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._wake_delayed)
+                tg.start_soon(self._deadlines.watch)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -359,7 +365,7 @@ class LocalExecution:
                 scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
                 threads=self._threads, attempt=attempt,
                 missing=f"executor {task.executor!r} is no longer registered" if executor is None else "",
-                stopped=attempt.stopped, prepare=attempt.prepare,
+                stopped=attempt.stopped, prepare=attempt.prepare, deadlines=self._deadlines,
             )  # fmt: skip
             if attempt.cancel_reason is None and outcome is not None:
                 await self._record(attempt, *outcome)
