@@ -78,9 +78,11 @@ class Deadlines:
                 else:
                     deadline.scope.cancel()
                     deadline.scope = None
-            with anyio.CancelScope() as self._wake:
-                if heap:
-                    await anyio.sleep(heap[0].at - now)
-                else:
-                    await anyio.sleep_forever()
-            self._wake = None
+            try:
+                with anyio.CancelScope() as self._wake:
+                    if heap:
+                        await anyio.sleep(heap[0].at - now)
+                    else:
+                        await anyio.sleep_forever()
+            finally:
+                self._wake = None  # (also when the backend stops: a later run watches afresh)
