@@ -49,7 +49,7 @@ from async_tasks.store.base import (
     quota_exceeded,
     refusal,
 )
-from async_tasks.store.books import ClientBooks, SessionTasks, append_history, begin_later
+from async_tasks.store.books import ClientBooks, SessionTasks, append_history, begin_later, settle, unsettle
 from async_tasks.store.idempotency import IdempotencyKeys
 from async_tasks.store.paging import page_of
 from async_tasks.store.room import plan_room, reached
@@ -251,6 +251,7 @@ class MemoryTaskStore:
         if source in TERMINAL:
             del session.finished[source][task.id]
             del session.client.finished[task.id]
+            unsettle(task)
         elif source is TaskStatus.PENDING:
             session.unstarted.pop(task.id, None)
             session.client.unstarted.pop(task.id, None)
@@ -299,6 +300,8 @@ class MemoryTaskStore:
             error=error if target is TaskStatus.FAILED else None,
         )
         append_history(task.history, entry, self.policy.max_history)
+        if target in TERMINAL:
+            settle(task)
         for hook in self.events.on_transition:
             hook(task, source)
         self._publish(task, EventType.TRANSITION, source)
