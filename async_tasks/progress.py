@@ -141,7 +141,7 @@ class ProgressReporter:
         self._yield_at: float | None = None
 
     def _check(self, percent: float, step: str | None, description: str | None) -> tuple[float, str | None, str | None]:
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not math.isfinite(percent):
             raise ValueError(f"progress must be a number from 0 to 100, got {percent!r}")
         if percent < 0 or percent > 100:
             raise ValueError(f"progress must be from 0 to 100, got {percent!r}")

@@ -214,6 +214,8 @@ def log_finish(logger: logging.Logger, task: Task, attempt: int, finish: Finish)
     """The log line of an attempt's end (`task` as the store recorded it)."""
     key = task.session_key
     if finish.kind == "completed":
+        if not logger.isEnabledFor(logging.INFO):  # the common case under load: no fields to build
+            return
         logger.info(
             "Completed execution of task %s for session %s in %d ms", task.id, key, task.duration_ms or 0,
             extra=log_fields(task),

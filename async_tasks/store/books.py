@@ -125,6 +125,11 @@ def growing(entries: Sequence[T]) -> list[T]:
 def freeze(task: StoredTask) -> None:
     """A finished task's history and log as tuples of their exact size: nothing is added to
     them unless it is retried (`growing`), and a list's spare room and header cost a
-    retained task about 60 bytes."""
+    retained task about 60 bytes.
+
+    Tuples of untracked records are also untracked by the garbage collector after their
+    first collection, while lists stay tracked: a store of retained tasks then costs full
+    collections nothing (a full pass over 30,000 retained tasks' lists took 30-60 ms, every
+    request in flight waiting, and the passes recur as the store grows)."""
     task.history = tuple(task.history)
     task.logs = tuple(task.logs)

@@ -19,7 +19,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, SkipValidation
 from litestar.types import Scope
 
 from async_tasks.errors import InvalidParams, UnknownExecutor
@@ -27,7 +27,7 @@ from async_tasks.executor import TaskExecutor
 from async_tasks.system import TaskSystem
 from async_tasks.task import Task, TaskOptions
 from async_tasks.validation import explain
-from async_tasks.web.api.body import strict_body
+from async_tasks.web.api.body import decoded_body
 from async_tasks.web.api.schemas import CreateTaskRequest, DemoTask, DemoTaskResponse
 from async_tasks.web.api.tasks import IdempotencyKey
 from async_tasks.web.errors import ExecutorNotFound, replay_responses, responses
@@ -114,10 +114,12 @@ def demo_route(executor_cls: type[TaskExecutor[Any, Any]], system: TaskSystem) -
         data: Any,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DemoTaskResponse]:
-        params, options = split_body(executor_cls, await strict_body(request, data))
+        params, options = split_body(executor_cls, await decoded_body(request, body_type))
         return await _create(system, request.scope, name, params, options, idempotency_key)
 
-    create_demo_task.__annotations__["data"] = JSONBody[body_type]  # type: ignore[misc,valid-type]
+    # The schema shows `body_type`; the route decodes the body itself, strictly and once
+    # (`decoded_body`), instead of after Litestar's lax conversion.
+    create_demo_task.__annotations__["data"] = JSONBody[SkipValidation[body_type]]  # type: ignore[misc,valid-type]
     return post(
         f"/demo/tasks/{name}",
         name=f"demo-{name}",
