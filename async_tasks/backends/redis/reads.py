@@ -16,6 +16,7 @@ from async_tasks.backends.redis.store_base import STATUSES, RedisStoreBase, deco
 from async_tasks.errors import TaskNotFound
 from async_tasks.store.base import (
     RECENT_DURATIONS,
+    Poll,
     SessionCounts,
     SessionPage,
     SessionSummary,
@@ -40,6 +41,21 @@ class RedisReads(RedisStoreBase):
         if raw is None:
             raise TaskNotFound(task_id)
         return decode_task(raw)
+
+    async def poll(self, session_key: str, task_id: str) -> Poll:
+        """One script (`poll.lua`): the task's status fields and, for a task waiting in line
+        or running, its place, the session's running tasks and its executor's run times."""
+        found = await self._run("poll", session_key, task_id, RECENT_DURATIONS)
+        if found is None:
+            raise TaskNotFound(task_id)
+        raw, position, lanes, durations = found
+        return Poll(
+            decode_task(raw),
+            placed=True,
+            position=None if position is None else int(position),
+            lanes=int(lanes),
+            durations=[int(value) for value in durations],
+        )
 
     async def query(
         self,
