@@ -19,9 +19,10 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P u:<session>             zset: pending tasks never started, by when their lifetime began
                               (creation, or a later delayed start)
     P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
-                              running), dur (summed run time of completed tasks), changed
-                              (idle expiry), waiting (when it joined the line of sessions),
-                              cl (the client it belongs to: `async_tasks.clients`)
+                              running), dur (summed run time of completed tasks), waiting
+                              (when it joined the line of sessions), cl (the client it belongs
+                              to: `async_tasks.clients`); when it last changed is its score in
+                              P changed
     P ctasks / P csessions    zsets: client -> tasks / sessions it holds (its budgets, fair shares)
     P cu:<client> / P cf:<client>   zsets: the client's never-started tasks by creation
                               sequence / its finished tasks by finish sequence (what goes first

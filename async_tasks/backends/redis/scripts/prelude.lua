@@ -176,10 +176,10 @@ local function add_logs(S, ID, skipped, lines)
   for _, body in ipairs(lines) do
     n = n + 1
     local line = '{"n":' .. int(n) .. ',' .. string.sub(body, 2)
-    redis.call('RPUSH', lkey, line)
     added[#added + 1] = line
     bytes = bytes + #line
   end
+  if #added > 0 then redis.call('RPUSH', lkey, unpack(added)) end
   count = count + #added
   local popped = 0
   while count > 1 and (count > LOG_LINES or bytes > LOG_BYTES) do
@@ -207,8 +207,15 @@ end
 -- last change); and `P changed` (every session by last change). They change in the script that
 -- changes the task; `verify.lua` checks the counters.
 
+-- (Read once a script: `CLIENTS` remembers it; a script that sets or deletes `cl` says so.)
+local CLIENTS = {}
 local function client_of(session)
-  return redis.call('HGET', P .. 'c:' .. session, 'cl') or session
+  local client = CLIENTS[session]
+  if not client then
+    client = redis.call('HGET', P .. 'c:' .. session, 'cl') or session
+    CLIENTS[session] = client
+  end
+  return client
 end
 
 -- Add `delta` to what `client` holds in counter zset `name` (a member goes at zero).
@@ -227,7 +234,6 @@ end
 -- every session by it, `P cs:<client>` its client's).
 local function touch(session)
   local now = int(now_ms())
-  redis.call('HSET', P .. 'c:' .. session, 'changed', now)
   redis.call('ZADD', P .. 'changed', now, session)
   redis.call('ZADD', P .. 'cs:' .. client_of(session), now, session)
 end

@@ -88,6 +88,7 @@ local function forget_session_if_empty(session)
     if redis.call('SREM', P .. 'sessions', session) == 1 then client_count('csessions', client, -1) end
     redis.call('ZREM', P .. 'changed', session)
     redis.call('ZREM', P .. 'cs:' .. client, session)
+    CLIENTS[session] = nil
   end
 end
 

@@ -100,7 +100,9 @@ local function pump(budget)
   -- Nothing parked in any session's line (`P totals` p): nothing to dispatch, and the
   -- workers' table is not read (a finish or a lease renewal then costs one read here).
   if counter(P .. 'totals', 'p') <= 0 then return end
-  local workers
+  -- Executors whose line of sessions was found empty: it stays so while this pump dispatches
+  -- (a dispatch only moves its own session within the lines it is in), so it is not read again.
+  local workers, empty = nil, {}
   while budget > 0 do
     budget = budget - 1
     if GLOBAL_LIMIT and counter(P .. 'totals', 'd') >= GLOBAL_LIMIT then return end
@@ -110,10 +112,12 @@ local function pump(budget)
     for _, w in ipairs(workers) do
       if w.free > 0 then
         for x in pairs(w.runs) do
-          if not seen[x] then
+          if not seen[x] and not empty[x] then
             seen[x] = true
             local top = redis.call('ZRANGE', P .. 'ready:' .. x, 0, 0, 'WITHSCORES')
-            if top[1] then
+            if not top[1] then
+              empty[x] = true
+            else
               local score = tonumber(top[2])
               if not best or score < best then
                 S, E, best, head = top[1], x, score, nil

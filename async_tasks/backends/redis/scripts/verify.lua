@@ -47,13 +47,13 @@ if #ARGV < 7 then
     local client = client_of(S)
     add(held.ctasks, client, redis.call('ZCARD', P .. 's:' .. S))
     add(held.csessions, client, 1)
-    local c = redis.call('HMGET', P .. 'c:' .. S, 'd', 'changed', unpack(STATUSES))
+    local c = redis.call('HMGET', P .. 'c:' .. S, 'd', unpack(STATUSES))
     sums.d = sums.d + (tonumber(c[1]) or 0)
-    for i, status in ipairs(STATUSES) do sums[status] = sums[status] + (tonumber(c[i + 2]) or 0) end
+    for i, status in ipairs(STATUSES) do sums[status] = sums[status] + (tonumber(c[i + 1]) or 0) end
     sums.p = sums.p + redis.call('ZCARD', P .. 'w:' .. S)
     for _, E in ipairs(redis.call('SMEMBERS', P .. 'px:' .. S)) do add(queued, E, redis.call('ZCARD', line(S, E))) end
     if not redis.call('ZSCORE', P .. 'changed', S) then
-      redis.call('ZADD', P .. 'changed', tonumber(c[2]) or now_ms(), S)
+      redis.call('ZADD', P .. 'changed', now_ms(), S)
       report(S, 'changed', 0, 1)
     end
   end
