@@ -69,8 +69,9 @@ local function offer(W, n)
   OFFERED = {}
 end
 
--- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue.
-local function dispatch(S, ID, W, E)
+-- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue; `parked`: it
+-- leaves its session's line (otherwise it was never parked: see `deliver`).
+local function dispatch(S, ID, W, E, parked)
   local key = tkey(ID)
   local n = (tonumber(redis.call('HGET', key, 'attempts')) or 0) + 1
   local jk = ID .. ':' .. int(n) .. ':' .. int(redis.call('INCR', P .. 'seq'))
@@ -80,14 +81,16 @@ local function dispatch(S, ID, W, E)
     ',"key":"' .. jk .. '","timeout":0,"ttl":-1,"queued":' .. int(now_ms()) .. ',"status":"queued"}')
   redis.call('ZADD', queue_key(W, 'incomplete'), 0, jid)
   redis.call('RPUSH', queue_key(W, 'queued'), jid)
-  redis.call('ZREM', P .. 'w:' .. S, ID)
-  redis.call('ZREM', line(S, E), ID)
-  redis.call('HINCRBY', P .. 'totals', 'p', -1)
+  if parked then
+    redis.call('ZREM', P .. 'w:' .. S, ID)
+    redis.call('ZREM', line(S, E), ID)
+    redis.call('HINCRBY', P .. 'totals', 'p', -1)
+  end
   redis.call('SADD', P .. 'wq:' .. W, ID)
-  redis.call('HSET', key, '_dv', 'q', '_jw', W, '_jk', jk)
+  redis.call('HSET', key, '_dv', 'q', '_jw', W, '_jk', jk, 'scheduledAt', 'null')
   redis.call('HINCRBY', P .. 'c:' .. S, 'd', 1)
   redis.call('HINCRBY', P .. 'totals', 'd', 1)
-  place_session(S)
+  if parked then place_session(S) end
 end
 
 -- Dispatch parked tasks while the limits and the workers' slots allow (at most `budget`).
@@ -141,7 +144,7 @@ local function pump(budget)
     end
     local ID = redis.call('ZRANGE', line(S, E), 0, 0)[1]
     if ID then
-      dispatch(S, ID, chosen.id, E)
+      dispatch(S, ID, chosen.id, E, true)
       chosen.free = chosen.free - 1
     else
       place_session(S)
@@ -150,7 +153,8 @@ local function pump(budget)
 end
 
 -- Park a pending task in its session's waiting line (higher priority first, then first
--- parked first), or delay it until `due` (ms) if that is later than now. A task never
+-- parked first), or delay it until `due` (ms) if that is later than now; when nothing is
+-- parked anywhere and a worker that runs it has a free slot, it is dispatched at once. A task never
 -- started lives PENDING_TASK_TTL_MS from then (`P u:`, by when its lifetime began).
 local function deliver(S, ID, due)
   local key = tkey(ID)
@@ -168,6 +172,20 @@ local function deliver(S, ID, due)
     return true
   end
   redis.call('ZADD', P .. 'u:' .. S, 'XX', 'LT', now_ms(), ID)
+  -- Nothing parked in any session's line: `pump` would hand this very task to the worker with
+  -- the most free slots that runs it, if the limits allow. That is done at once, unparked.
+  if counter(P .. 'totals', 'p') <= 0
+    and not (GLOBAL_LIMIT and counter(P .. 'totals', 'd') >= GLOBAL_LIMIT)
+    and not (SESSION_LIMIT and counter(P .. 'c:' .. S, 'd') >= SESSION_LIMIT) then
+    local chosen
+    for _, w in ipairs(free_workers()) do
+      if w.runs[E] and (not chosen or w.free > chosen.free) then chosen = w end
+    end
+    if chosen then
+      dispatch(S, ID, chosen.id, E, false)
+      return true
+    end
+  end
   local priority = math.max(-4000, math.min(4000, tonumber(f[2]) or 0))
   local score = -priority * TICKET + redis.call('INCR', P .. 'seq') % TICKET
   redis.call('ZADD', P .. 'w:' .. S, score, ID)
