@@ -552,6 +552,18 @@ def script_counts(tasks: int, log_dir: Path) -> dict[str, dict[str, float]]:
                         monitor.wait()
     found: dict[str, dict[str, float]] = {}
     script = "(direct)"
+    # Per script call: (script, whether it dispatched a job) -> [calls, commands]: which
+    # script hands a task to a worker depends on timing (a create when a slot is free, else
+    # the finish that frees one), so a call's cost is told apart by that.
+    calls: dict[tuple[str, bool], list[int]] = {}
+    current: list[Any] | None = None
+
+    def close(call: list[Any] | None) -> None:
+        if call is not None:
+            row = calls.setdefault((call[0], call[2]), [0, 0])
+            row[0] += 1
+            row[1] += call[1]
+
     for raw in out.read_bytes().decode(errors="replace").splitlines():
         _, _, rest = raw.partition(" [")
         who, _, command = rest.partition("] ")
@@ -561,15 +573,25 @@ def script_counts(tasks: int, log_dir: Path) -> dict[str, dict[str, float]]:
         name = words[0].strip('"').lower()
         if who.endswith(" lua"):
             where = script
+            if current is not None:
+                current[1] += 1
+                current[2] = current[2] or (name == "set" and '"saq:job:' in command)
         elif name in ("evalsha", "eval"):
             script = names.get(words[1].strip('"'), "(other script)") if len(words) > 1 else "(other script)"
             where = script
+            close(current)
+            current = [script, 1, False]
         else:
             script = where = "(direct)"
+            close(current)
+            current = None
         if name in ("monitor", "info"):
             continue
         found.setdefault(where, {})
         found[where][name] = found[where].get(name, 0) + 1 / tasks
+    close(current)
+    for (name, dispatched), (n, commands) in sorted(calls.items()):
+        found.setdefault(" per call", {})[f"{name}{' (dispatching)' if dispatched else ''} x{n}"] = commands / n
     return found
 
 
@@ -588,11 +610,15 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"async-tasks-bench-redis-{os.getpid()}"
         log_dir.mkdir(parents=True, exist_ok=True)
         counts = script_counts(int(argv[1]) if len(argv) > 1 else 200, log_dir)
+        per_call = counts.pop(" per call", {})
         total = sum(sum(row.values()) for row in counts.values())
         print(f"Redis commands per completed task: {total:.1f}")
         for where, row in sorted(counts.items(), key=lambda item: -sum(item[1].values())):
             detail = ", ".join(f"{name} {n:.2f}" for name, n in sorted(row.items(), key=lambda item: -item[1]))
             print(f"  {where}: {sum(row.values()):.2f} ({detail})")
+        print("Redis commands per script call (the call included):")
+        for name, n in per_call.items():
+            print(f"  {name}: {n:.1f}")
         return 0
     end_to_end = argv[:1] == ["e2e"]
     parser = argparse.ArgumentParser(prog="python -m bench.redis_bench", description=__doc__.split("\n\n")[0])
