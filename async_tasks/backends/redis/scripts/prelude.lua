@@ -165,9 +165,11 @@ end
 -- following the task's last line; dropped lines count); beyond LOG_LINES lines or LOG_BYTES
 -- bytes (each line's JSON) the oldest go, counted in the task's `logsDropped` (the newest always
 -- stays). The lines kept are published as one `log` event. Returns how many were appended.
-local function add_logs(S, ID, skipped, lines)
+-- `f`: the task's fields in `LOG_FIELDS` when the caller has just read them.
+local LOG_FIELDS = {'logsDropped', '_lb', 'status', 'attempts', 'updatedAt', 'sessionKey'}
+local function add_logs(S, ID, skipped, lines, f)
   local key, lkey = tkey(ID), P .. 'l:' .. ID
-  local f = redis.call('HMGET', key, 'logsDropped', '_lb', 'status', 'attempts', 'updatedAt', 'sessionKey')
+  f = f or redis.call('HMGET', key, unpack(LOG_FIELDS))
   local dropped = (tonumber(f[1]) or 0) + skipped
   local bytes = tonumber(f[2]) or 0
   local before = redis.call('LLEN', lkey)

@@ -18,10 +18,12 @@ end
 
 -- The session's place among those waiting for a slot, in the line of sessions of each
 -- executor it has parked tasks of (`P ready:<executor>`): fewest dispatched first, then the
--- one that has waited longest; not there when nothing of it waits.
-local function place_session(S)
+-- one that has waited longest; not there when nothing of it waits. `moved`: only its count of
+-- dispatched tasks changed, not its line (an empty line was already cleared when it emptied).
+local function place_session(S, moved)
   local c, kinds = P .. 'c:' .. S, P .. 'px:' .. S
   if redis.call('ZCARD', P .. 'w:' .. S) == 0 then
+    if moved then return end
     for _, E in ipairs(redis.call('SMEMBERS', kinds)) do redis.call('ZREM', P .. 'ready:' .. E, S) end
     redis.call('DEL', kinds)
     redis.call('HDEL', c, 'waiting')
@@ -198,9 +200,10 @@ local function deliver(S, ID, due)
 end
 
 -- Take the task out of wherever it waits or runs; true when that freed a dispatched slot.
-local function undeliver(S, ID)
+-- `f`: its fields `_dv`, `_jw`, `_jk` and `executor` when the caller has just read them.
+local function undeliver(S, ID, f)
   local key = tkey(ID)
-  local f = redis.call('HMGET', key, '_dv', '_jw', '_jk', 'executor')
+  f = f or redis.call('HMGET', key, '_dv', '_jw', '_jk', 'executor')
   local place = f[1]
   if not place or place == '' then return false end
   local E = cjson.decode(f[4])
@@ -227,6 +230,6 @@ local function undeliver(S, ID)
   redis.call('SREM', P .. 'wq:' .. W, ID)
   redis.call('HINCRBY', P .. 'c:' .. S, 'd', -1)
   redis.call('HINCRBY', P .. 'totals', 'd', -1)
-  place_session(S)
+  place_session(S, true)
   return true
 end
