@@ -154,7 +154,8 @@ end
 if #evict_sessions > 0 or #evict_tasks > 0 then new = redis.call('SISMEMBER', P .. 'sessions', S) == 0 end
 
 local now = int(now_ms())
-local order = redis.call('INCR', P .. 'seq')
+-- Two numbers of the sequence: the task's creation order, then its event's.
+local order = redis.call('INCRBY', P .. 'seq', 2) - 1
 local fields = {'_s', S, '_sq', int(order), 'status', '"pending"', 'progress', '0', 'currentStep', 'null',
   'currentStepDescription', 'null', 'result', 'null', 'error', 'null', 'attempts', '0', 'autoRetries', '0',
   'deadLettered', 'false', 'createdAt', now, 'updatedAt', now, 'startedAt', 'null', 'completedAt', 'null',
@@ -192,7 +193,7 @@ client_count('ctasks', CL, 1)
 redis.call('ZADD', P .. 'cu:' .. CL, order, ID)
 redis.call('HDEL', P .. 'c:' .. S, 'forgetting')
 touch(S)
-publish(S, r, 'transition', 'null')
+publish(S, r, 'transition', 'null', order + 1)
 if ARGV[14] == '1' then
   deliver(S, ID, tonumber(ARGV[15]))
   pump(8)

@@ -145,9 +145,10 @@ local function event_fields(key)
   return r
 end
 
--- Publish a change as the push streams' envelope: [seq, taskId, type, status, attempt, event].
-local function publish(session, r, kind, previous)
-  local seq = redis.call('INCR', P .. 'seq')
+-- Publish a change as the push streams' envelope: [seq, taskId, type, status, attempt, event];
+-- `seq`: its number when the caller has taken it already (see `move`).
+local function publish(session, r, kind, previous, seq)
+  seq = seq or redis.call('INCR', P .. 'seq')
   local result = 'null'
   if r.status == '"completed"' then result = r.result end
   local event = '{"type":"' .. kind .. '","taskId":' .. r.id .. ',"sessionKey":' .. r.sessionKey ..

@@ -130,7 +130,8 @@ local function move(S, ID, target, o)
   end
   if o.claim and o.claim ~= '' and (f[8] ~= 'q' or f[9] ~= o.claim) then return {'refused', source} end
   local now = now_ms()
-  local order = redis.call('INCR', P .. 'seq')
+  -- Two numbers of the sequence: the change's order (finish order), then its event's.
+  local order = redis.call('INCRBY', P .. 'seq', 2) - 1
   local set = {'status', '"' .. target .. '"', 'updatedAt', int(now)}
   local function put(name, value) set[#set + 1] = name; set[#set + 1] = value end
   local client = client_of(S)
@@ -210,7 +211,7 @@ local function move(S, ID, target, o)
   local r = {updatedAt = int(now), attempts = int(attempts), executor = f[12], id = f[13], sessionKey = f[14],
     progress = f[15], currentStep = f[16], currentStepDescription = f[17], error = f[18], result = f[19], name = f[20]}
   for i = 1, #set, 2 do r[set[i]] = set[i + 1] end
-  publish(S, r, 'transition', '"' .. source .. '"')
+  publish(S, r, 'transition', '"' .. source .. '"', order + 1)
   if FINISHED[target] and RETAIN then
     -- Retention as a task finishes: the oldest-finished beyond the limit go now (the
     -- task that just finished is the newest and always stays).
