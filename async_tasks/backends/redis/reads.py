@@ -9,7 +9,7 @@ it runs); the admin view reads the indexes kept across sessions (``P all``, ``P 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Collection, Sequence
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from async_tasks.backends.redis.connection import reachable
 from async_tasks.backends.redis.store_base import STATUSES, RedisStoreBase, decode_task, decode_tasks
@@ -112,32 +112,39 @@ class RedisReads(RedisStoreBase):
         return int(seq), events
 
     async def counts(self, session_key: str) -> SessionCounts:
+        """The sizes of the session's indexes by status (no counter is kept beside them), read
+        at one moment, and its summed run time."""
         with reachable(self.availability):
-            values = await cast(
-                "Awaitable[list[Any]]", self.redis.hmget(self.keys.counts(session_key), [*STATUSES, "dur"])
-            )
-        by_status = {status: int(value or 0) for status, value in zip(TaskStatus, values, strict=False)}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for status in STATUSES:
+                    pipe.zcard(self.keys.by_status(session_key, status))
+                pipe.hget(self.keys.counts(session_key), "dur")
+                *values, duration = await pipe.execute()
+        by_status = {status: int(value) for status, value in zip(TaskStatus, values, strict=True)}
         completed = by_status[TaskStatus.COMPLETED]
-        duration = int(values[-1] or 0)
-        return SessionCounts(by_status=by_status, average_duration_ms=duration / completed if completed else 0.0)
+        return SessionCounts(
+            by_status=by_status, average_duration_ms=int(duration or 0) / completed if completed else 0.0
+        )
 
     async def totals(self) -> StoreTotals:
         with reachable(self.availability):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(self.keys.totals, list(STATUSES))
+                for status in STATUSES:
+                    pipe.zcard(self.keys.by_status(None, status))
                 pipe.scard(self.keys.sessions)
-                values, sessions = await pipe.execute()
-        by_status = {status: int(value or 0) for status, value in zip(TaskStatus, values, strict=False)}
+                *values, sessions = await pipe.execute()
+        by_status = {status: int(value) for status, value in zip(TaskStatus, values, strict=True)}
         return StoreTotals(by_status=by_status, sessions=int(sessions))
 
     async def waiting(self) -> tuple[int, int]:
         """Tasks waiting for a slot in every session (parked), and tasks dispatched to a
         worker that has not started them yet."""
         with reachable(self.availability):
-            parked, dispatched, running = await cast(
-                "Awaitable[list[bytes | None]]", self.redis.hmget(self.keys.totals, ["p", "d", "running"])
-            )
-        return int(parked or 0), max(0, int(dispatched or 0) - int(running or 0))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(self.keys.totals, ["p", "d"])
+                pipe.zcard(self.keys.by_status(None, TaskStatus.RUNNING.value))
+                (parked, dispatched), running = await pipe.execute()
+        return int(parked or 0), max(0, int(dispatched or 0) - int(running))
 
     async def queue_position(self, session_key: str, task_id: str) -> int | None:
         """A waiting task's place in its session's line (see `position.lua`); O(log n)."""

@@ -37,16 +37,14 @@ if ik ~= '' then
 end
 local new = redis.call('SISMEMBER', P .. 'sessions', S) == 0
 if not new then
-  local counts = redis.call('HMGET', P .. 'c:' .. S, 'pending', 'running')
-  local active = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0)
+  local active = in_status(S, 'pending') + in_status(S, 'running')
   if active >= tonumber(ARGV[9]) then return {'quota', int(active)} end
 end
 
 -- -- making room (as `MemoryTaskStore._admit`: see `CreateLimits`) --------------------------
 
 local function active_of(session)
-  local c = redis.call('HMGET', P .. 'c:' .. session, 'pending', 'running')
-  return (tonumber(c[1]) or 0), (tonumber(c[2]) or 0)
+  return in_status(session, 'pending'), in_status(session, 'running')
 end
 local function idle(session)
   local pending, running = active_of(session)
@@ -90,10 +88,7 @@ if not new then CL = client_of(S) elseif CL == '' then CL = S end
 local own_sessions = tonumber(redis.call('ZSCORE', P .. 'csessions', CL)) or 0
 local own_tasks = tonumber(redis.call('ZSCORE', P .. 'ctasks', CL)) or 0
 local sessions_held = redis.call('SCARD', P .. 'sessions')
-local tasks_held = 0
-for _, n in ipairs(redis.call('HMGET', P .. 'totals', 'pending', 'running', 'completed', 'failed', 'cancelled')) do
-  tasks_held = tasks_held + (tonumber(n) or 0)
-end
+local tasks_held = redis.call('ZCARD', P .. 'all')
 local evict_sessions, evict_tasks, gone = {}, {}, {}
 local function plan_session(session)
   evict_sessions[#evict_sessions + 1] = session
@@ -181,8 +176,6 @@ redis.call('ZADD', P .. 'ss:' .. S .. ':pending', order, ID)
 redis.call('ZADD', P .. 'all', order, ID)
 redis.call('ZADD', P .. 'as:pending', order, ID)
 redis.call('ZADD', P .. 'u:' .. S, now, ID)
-redis.call('HINCRBY', P .. 'c:' .. S, 'pending', 1)
-redis.call('HINCRBY', P .. 'totals', 'pending', 1)
 if new then
   redis.call('HSET', P .. 'c:' .. S, 'cl', CL)
   CLIENTS[S] = CL

@@ -17,12 +17,11 @@ local json = '{"params":null,"id":' .. v[3] .. ',"sessionKey":' .. v[4] .. ',"ex
   waiting_reason(status, place, executor) .. '}'
 local position, running = false, 0
 if status == '"pending"' and (place == 'q' or place == 'p') then
-  local c = redis.call('HMGET', P .. 'c:' .. S, 'd', 'running')
-  running = tonumber(c[2]) or 0
+  running = in_status(S, 'running')
   if place == 'q' then
     position = 1
   else
-    position = math.max(0, (tonumber(c[1]) or 0) - running) + redis.call('ZRANK', P .. 'w:' .. S, ID) + 1
+    position = math.max(0, counter(P .. 'c:' .. S, 'd') - running) + redis.call('ZRANK', P .. 'w:' .. S, ID) + 1
   end
 elseif status ~= '"running"' then
   return {json, false, 0, {}}

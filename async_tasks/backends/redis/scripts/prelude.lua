@@ -84,6 +84,12 @@ local function queue_key(W, kind) return 'saq:' .. P .. 'w:' .. W .. ':' .. kind
 local function job_id(W, key) return 'saq:job:' .. P .. 'w:' .. W .. ':' .. key end
 
 local function counter(key, field) return tonumber(redis.call('HGET', key, field)) or 0 end
+-- How many of session S's tasks are in `status`: the size of its index (`P ss:<session>:<status>`;
+-- every deployment's: `P as:<status>`, S nil). No counter is kept beside an index.
+local function in_status(S, status)
+  if S then return redis.call('ZCARD', P .. 'ss:' .. S .. ':' .. status) end
+  return redis.call('ZCARD', P .. 'as:' .. status)
+end
 
 -- Why a pending task has not started, for a person: its executor is run by no live worker
 -- (`P offered`: executor -> workers taking tasks that run it; read once per executor in a

@@ -58,8 +58,6 @@ local function forget(session, id, want_json)
     redis.call('ZREM', P .. 'u:' .. session, id)
     redis.call('ZREM', P .. 'cu:' .. client, id)
   end
-  redis.call('HINCRBY', P .. 'c:' .. session, status, -1)
-  redis.call('HINCRBY', P .. 'totals', status, -1)
   if status == 'completed' then
     local started, completed = tonumber(f[2]), tonumber(f[3])
     if started and completed then redis.call('HINCRBY', P .. 'c:' .. session, 'dur', started - completed) end
@@ -198,10 +196,6 @@ local function move(S, ID, target, o)
   if target == 'failed' and o.error and o.error ~= '' then entry = entry .. ',"error":' .. o.error end
   add_history(ID, entry .. '}')
   redis.call('HSET', key, unpack(set))
-  redis.call('HINCRBY', P .. 'c:' .. S, source, -1)
-  redis.call('HINCRBY', P .. 'c:' .. S, target, 1)
-  redis.call('HINCRBY', P .. 'totals', source, -1)
-  redis.call('HINCRBY', P .. 'totals', target, 1)
   redis.call('ZREM', P .. 'ss:' .. S .. ':' .. source, ID)
   redis.call('ZADD', P .. 'ss:' .. S .. ':' .. target, f[6], ID)
   redis.call('ZREM', P .. 'as:' .. source, ID)
