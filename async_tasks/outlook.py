@@ -16,7 +16,7 @@ from typing import NamedTuple
 from async_tasks.clock import Clock
 from async_tasks.estimates import Estimate, estimate
 from async_tasks.execution.base import ExecutionBackend
-from async_tasks.store.base import TaskStore
+from async_tasks.store.base import Poll, TaskStore
 from async_tasks.task import Task, TaskStatus
 
 #: Seconds an executor's recent run times are reused for estimates before being read again.
@@ -71,6 +71,22 @@ class Outlooks:
             if position is not None or guess is not None:
                 found[task.id] = Outlook(position, guess)
         return found
+
+    async def of_poll(self, session_key: str, poll: Poll) -> Outlook | None:
+        """`of` for the task a `/status` poll read (`TaskStore.poll`): from what the store read
+        in the same step when it did (`Poll.placed`: no other read), else as `of` reads it."""
+        task = poll.task
+        if not poll.placed:
+            return (await self.of(session_key, [task])).get(task.id)
+        if task.status is TaskStatus.RUNNING:
+            guess = estimate(task, now_ms=self.clock.now_ms(), durations=poll.durations)
+            return None if guess is None else Outlook(None, guess)
+        if task.status is not TaskStatus.PENDING or poll.position is None:
+            return None
+        guess = estimate(
+            task, now_ms=self.clock.now_ms(), durations=poll.durations, position=poll.position, lanes=poll.lanes
+        )
+        return Outlook(poll.position, guess)
 
     async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
         """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:

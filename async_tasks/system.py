@@ -480,6 +480,16 @@ class TaskSystem:
         task = await self.store.get(session_key, task_id)
         return self.decoded(task) if decode else task
 
+    async def task_status(self, session_key: str, task_id: str) -> tuple[Task, Outlook | None]:
+        """What ``/status`` answers: the task's status fields (its params, result, history and
+        logs may be left out: `TaskStore.poll`) and, waiting or running, its outlook. On
+        Redis one round trip for all of it. Draws from the session's read rate as `get_task`."""
+        self._take_read_token(session_key)
+        poll = await self.store.poll(session_key, task_id)
+        if poll.task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            return poll.task, None
+        return poll.task, await self.outlooks.of_poll(session_key, poll)
+
     async def list_tasks(
         self,
         session_key: str,

@@ -2,8 +2,9 @@
 
 Each round, on a throwaway redis-server:
 
-1. **Bare SAQ**: a SAQ worker process running no-op jobs with concurrency C; this
-   process enqueues N jobs (concurrently) and waits until none is left: jobs/s.
+1. **Bare SAQ**: a SAQ worker process running no-op jobs with concurrency C (on uvloop,
+   as `async-tasks worker` runs); this process enqueues N jobs (concurrently) and waits
+   until none is left: jobs/s.
 2. **async-tasks on Redis**: an API process (``uvicorn async_tasks.web:create_app``
    with TASK_BACKEND=redis://...) and an ``async-tasks worker --concurrency C``;
    this process creates N zero-delay ``sample`` tasks over HTTP (32 at a time) and
@@ -148,7 +149,10 @@ def saq_worker_main(url: str, concurrency: int) -> None:
         print("saq worker ready", flush=True)
         await worker.start()
 
-    asyncio.run(main())
+    # On uvloop, as `async-tasks worker` runs where uvloop is installed: the same event loop.
+    import uvloop
+
+    uvloop.run(main())
 
 
 async def _saq_round(url: str, jobs: int) -> float:
@@ -447,12 +451,26 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["saq-worker"]:
         saq_worker_main(argv[1], int(argv[2]))
         return 0
+    end_to_end = argv[:1] == ["e2e"]
     parser = argparse.ArgumentParser(prog="python -m bench.redis_bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     add_load_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:] if end_to_end else argv)
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"async-tasks-bench-redis-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    if end_to_end:
+        # ``e2e [options]``: the end-to-end runs of one round only (bare SAQ, then
+        # async-tasks; no /status, no scaling), for a quick A/B of the worker's costs.
+        with redis_server() as url:
+            saq = saq_round(url, args.redis_tasks, args.redis_concurrency, log_dir)
+            ours = tasks_round(url, args, log_dir, "bench-e2e:")
+        us = {key: value * 1e6 for key, value in (*ours.items(), *saq.items()) if "cpu" in key}
+        print(f"{ours['tasks_per_s']:.0f} tasks/s vs {saq['saq_jobs_per_s']:.0f} SAQ jobs/s "
+              f"({ours['tasks_per_s'] / saq['saq_jobs_per_s']:.3f}); worker CPU {us['worker_cpu_per_task']:.0f} µs "
+              f"per task vs SAQ's {us['saq_cpu_per_job']:.0f} µs per job; API {us['api_cpu_per_task']:.0f} µs per "
+              f"create; Redis {ours['commands_per_task']:.1f} commands and {us['redis_cpu_per_task']:.0f} µs CPU per "
+              f"task vs {saq['saq_commands_per_job']:.1f} and {us['saq_redis_cpu_per_job']:.0f} per job")  # fmt: skip
+        return 0
     print(markdown(redis_section(args, log_dir)))
     return 0
 

@@ -187,6 +187,18 @@ async def test_an_api_process_estimates_from_the_run_times_its_workers_recorded(
     guesses = [outlook[t.id].eta for t in waiting]
     assert [(g.starts_in_ms, g.samples) for g in guesses if g is not None] == [(typical, 1), (2 * typical, 1)]
     assert outlook[held.id].queue_position is None
+    # A /status poll reads the same in one script: the status fields, the place and the estimate.
+    for task in (done, held, *waiting):
+        polled, seen = await api.task_status(S, task.id)
+        whole = await api.get_task(S, task.id)
+        fields = ("status", "progress", "current_step", "started_at", "completed_at", "scheduled_at", "waiting_reason")
+        assert [getattr(polled, name) for name in fields] == [getattr(whole, name) for name in fields]
+        expected = outlook.get(task.id)
+        assert (seen is None) == (expected is None)
+        if seen is not None and expected is not None:
+            assert seen.queue_position == expected.queue_position
+            assert seen.eta is not None and expected.eta is not None
+            assert (seen.eta.starts_in_ms, seen.eta.typical_ms) == (expected.eta.starts_in_ms, expected.eta.typical_ms)
     ScriptExecutor.release(held.id)
     for task in waiting:
         await wait_for(worker, S, task.id, "completed")

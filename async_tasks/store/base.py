@@ -335,6 +335,21 @@ def too_many_tasks(limit: int, held: int) -> CapacityExceeded:
     )
 
 
+class Poll(NamedTuple):
+    """What a `/status` poll reads of a task (`TaskStore.poll`).
+
+    A store that reads what the task's outlook needs in the same step says so with
+    `placed`: `position` is then its place in its session's line (None: not waiting in
+    line), `lanes` how many of the session's tasks run now and `durations` its executor's
+    recent run times (`recent_durations`). Otherwise the outlook reads them itself."""
+
+    task: Task
+    placed: bool = False
+    position: int | None = None
+    lanes: int = 0
+    durations: Sequence[int] = ()
+
+
 class TaskStore(Protocol):
     """Where tasks live. See the module docstring for the contract of each method."""
 
@@ -362,6 +377,12 @@ class TaskStore(Protocol):
 
     async def get(self, session_key: str, task_id: str) -> Task:
         """The task, if it belongs to `session_key`; any other case is `TaskNotFound`."""
+        ...
+
+    async def poll(self, session_key: str, task_id: str) -> Poll:
+        """What a `/status` poll answers of the task, as `get` finds it: its status fields
+        (a store may leave out params, metadata, result, history and logs), and what its
+        outlook needs if the store reads that in the same step (see `Poll`)."""
         ...
 
     async def query(

@@ -36,6 +36,7 @@ from async_tasks.store.base import (
     ExpiryResult,
     Finish,
     Idempotency,
+    Poll,
     Report,
     Retention,
     SessionCounts,
@@ -99,6 +100,9 @@ class MemoryTaskStore:
 
     async def get(self, session_key: str, task_id: str) -> StoredTask:
         return self._find(session_key, task_id)
+
+    async def poll(self, session_key: str, task_id: str) -> Poll:
+        return Poll(self._find(session_key, task_id))
 
     async def query(
         self,

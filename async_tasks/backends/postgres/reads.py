@@ -17,6 +17,7 @@ from async_tasks.backends.queued.store import whole
 from async_tasks.errors import InvalidParams, TaskNotFound
 from async_tasks.store.base import (
     RECENT_DURATIONS,
+    Poll,
     SessionCounts,
     SessionPage,
     SessionSummary,
@@ -56,6 +57,9 @@ class PostgresReads(PostgresStoreBase):
         if raw is None:
             raise TaskNotFound(task_id)
         return decode_task(raw)
+
+    async def poll(self, session_key: str, task_id: str) -> Poll:
+        return Poll(await self.get(session_key, task_id))
 
     async def query(
         self,

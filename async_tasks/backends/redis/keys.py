@@ -18,10 +18,12 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P f:<session>:<status>    zset: finished ids by finish sequence (retention, finished TTL)
     P u:<session>             zset: pending tasks never started, by when their lifetime began
                               (creation, or a later delayed start)
-    P c:<session>             hash: counts by status, d (dispatched: queued on a worker or
-                              running), dur (summed run time of completed tasks), changed
-                              (idle expiry), waiting (when it joined the line of sessions),
-                              cl (the client it belongs to: `async_tasks.clients`)
+    P c:<session>             hash: d (dispatched: queued on a worker or running; how many
+                              are in each status is the size of its index, P ss:), dur
+                              (summed run time of completed tasks), waiting
+                              (when it joined the line of sessions), cl (the client it belongs
+                              to: `async_tasks.clients`); when it last changed is its score in
+                              P changed
     P ctasks / P csessions    zsets: client -> tasks / sessions it holds (its budgets, fair shares)
     P cu:<client> / P cf:<client>   zsets: the client's never-started tasks by creation
                               sequence / its finished tasks by finish sequence (what goes first
@@ -34,7 +36,7 @@ Under a per-deployment prefix ``P`` (REDIS_KEY_PREFIX)::
     P px:<session>            set: the executors the session has parked tasks of
     P ready:<executor>        zset: sessions with parked tasks of the executor, fewest dispatched first
     P delayed                 zset: task id -> when it is delivered (retry backoff, delayed start)
-    P totals / P sessions     every session's counts (and d, p: parked) / the sessions holding tasks
+    P totals / P sessions     every session's d and p (parked) / the sessions holding tasks
     P changed                 zset: session -> when it last changed (the admin view's order)
     P all / P as:<status> / P ae:<executor> / P ag:<tag> / P ad
                               zsets: every session's task ids by creation sequence, per status,
@@ -88,6 +90,12 @@ class Keys:
 
     def counts(self, session_key: str) -> str:
         return f"{self.prefix}c:{session_key}"
+
+    def by_status(self, session_key: str | None, status: str) -> str:
+        """The index of the session's tasks in `status` (None: every session's)."""
+        if session_key is None:
+            return f"{self.prefix}as:{status}"
+        return f"{self.prefix}ss:{session_key}:{status}"
 
     def idempotency(self, session_key: str) -> str:
         return f"{self.prefix}i:{session_key}"

@@ -9,13 +9,14 @@ it runs); the admin view reads the indexes kept across sessions (``P all``, ``P 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Collection, Sequence
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from async_tasks.backends.redis.connection import reachable
 from async_tasks.backends.redis.store_base import STATUSES, RedisStoreBase, decode_task, decode_tasks
 from async_tasks.errors import TaskNotFound
 from async_tasks.store.base import (
     RECENT_DURATIONS,
+    Poll,
     SessionCounts,
     SessionPage,
     SessionSummary,
@@ -40,6 +41,21 @@ class RedisReads(RedisStoreBase):
         if raw is None:
             raise TaskNotFound(task_id)
         return decode_task(raw)
+
+    async def poll(self, session_key: str, task_id: str) -> Poll:
+        """One script (`poll.lua`): the task's status fields and, for a task waiting in line
+        or running, its place, the session's running tasks and its executor's run times."""
+        found = await self._run("poll", session_key, task_id, RECENT_DURATIONS)
+        if found is None:
+            raise TaskNotFound(task_id)
+        raw, position, lanes, durations = found
+        return Poll(
+            decode_task(raw),
+            placed=True,
+            position=None if position is None else int(position),
+            lanes=int(lanes),
+            durations=[int(value) for value in durations],
+        )
 
     async def query(
         self,
@@ -96,32 +112,39 @@ class RedisReads(RedisStoreBase):
         return int(seq), events
 
     async def counts(self, session_key: str) -> SessionCounts:
+        """The sizes of the session's indexes by status (no counter is kept beside them), read
+        at one moment, and its summed run time."""
         with reachable(self.availability):
-            values = await cast(
-                "Awaitable[list[Any]]", self.redis.hmget(self.keys.counts(session_key), [*STATUSES, "dur"])
-            )
-        by_status = {status: int(value or 0) for status, value in zip(TaskStatus, values, strict=False)}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for status in STATUSES:
+                    pipe.zcard(self.keys.by_status(session_key, status))
+                pipe.hget(self.keys.counts(session_key), "dur")
+                *values, duration = await pipe.execute()
+        by_status = {status: int(value) for status, value in zip(TaskStatus, values, strict=True)}
         completed = by_status[TaskStatus.COMPLETED]
-        duration = int(values[-1] or 0)
-        return SessionCounts(by_status=by_status, average_duration_ms=duration / completed if completed else 0.0)
+        return SessionCounts(
+            by_status=by_status, average_duration_ms=int(duration or 0) / completed if completed else 0.0
+        )
 
     async def totals(self) -> StoreTotals:
         with reachable(self.availability):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(self.keys.totals, list(STATUSES))
+                for status in STATUSES:
+                    pipe.zcard(self.keys.by_status(None, status))
                 pipe.scard(self.keys.sessions)
-                values, sessions = await pipe.execute()
-        by_status = {status: int(value or 0) for status, value in zip(TaskStatus, values, strict=False)}
+                *values, sessions = await pipe.execute()
+        by_status = {status: int(value) for status, value in zip(TaskStatus, values, strict=True)}
         return StoreTotals(by_status=by_status, sessions=int(sessions))
 
     async def waiting(self) -> tuple[int, int]:
         """Tasks waiting for a slot in every session (parked), and tasks dispatched to a
         worker that has not started them yet."""
         with reachable(self.availability):
-            parked, dispatched, running = await cast(
-                "Awaitable[list[bytes | None]]", self.redis.hmget(self.keys.totals, ["p", "d", "running"])
-            )
-        return int(parked or 0), max(0, int(dispatched or 0) - int(running or 0))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(self.keys.totals, ["p", "d"])
+                pipe.zcard(self.keys.by_status(None, TaskStatus.RUNNING.value))
+                (parked, dispatched), running = await pipe.execute()
+        return int(parked or 0), max(0, int(dispatched or 0) - int(running))
 
     async def queue_position(self, session_key: str, task_id: str) -> int | None:
         """A waiting task's place in its session's line (see `position.lua`); O(log n)."""

@@ -26,6 +26,7 @@ NAMES: Final = (
     "finish",
     "forget_worker",
     "get",
+    "poll",
     "position",
     "progress",
     "promote",

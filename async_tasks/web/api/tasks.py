@@ -206,10 +206,7 @@ class TaskController(Controller):
         responses=responses(400, 404, 503),
     )
     async def get_status(self, scope: Scope, task_id: TaskId) -> Response[TaskStatusResponse]:
-        task = await self.system.get_task(session_key_of(scope), task_id, decode=False)
-        outlook = None
-        if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            outlook = (await self.system.outlook(task.session_key, [task])).get(task.id)
+        task, outlook = await self.system.task_status(session_key_of(scope), task_id)
         return encoded(
             TaskStatusResponse(
                 success=True,

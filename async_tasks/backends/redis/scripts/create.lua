@@ -37,16 +37,14 @@ if ik ~= '' then
 end
 local new = redis.call('SISMEMBER', P .. 'sessions', S) == 0
 if not new then
-  local counts = redis.call('HMGET', P .. 'c:' .. S, 'pending', 'running')
-  local active = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0)
+  local active = in_status(S, 'pending') + in_status(S, 'running')
   if active >= tonumber(ARGV[9]) then return {'quota', int(active)} end
 end
 
 -- -- making room (as `MemoryTaskStore._admit`: see `CreateLimits`) --------------------------
 
 local function active_of(session)
-  local c = redis.call('HMGET', P .. 'c:' .. session, 'pending', 'running')
-  return (tonumber(c[1]) or 0), (tonumber(c[2]) or 0)
+  return in_status(session, 'pending'), in_status(session, 'running')
 end
 local function idle(session)
   local pending, running = active_of(session)
@@ -90,10 +88,7 @@ if not new then CL = client_of(S) elseif CL == '' then CL = S end
 local own_sessions = tonumber(redis.call('ZSCORE', P .. 'csessions', CL)) or 0
 local own_tasks = tonumber(redis.call('ZSCORE', P .. 'ctasks', CL)) or 0
 local sessions_held = redis.call('SCARD', P .. 'sessions')
-local tasks_held = 0
-for _, name in ipairs({'pending', 'running', 'completed', 'failed', 'cancelled'}) do
-  tasks_held = tasks_held + counter(P .. 'totals', name)
-end
+local tasks_held = redis.call('ZCARD', P .. 'all')
 local evict_sessions, evict_tasks, gone = {}, {}, {}
 local function plan_session(session)
   evict_sessions[#evict_sessions + 1] = session
@@ -151,10 +146,11 @@ for _, id in ipairs(evict_tasks) do
   end
 end
 -- (Making room may have emptied this very session: it is then made again.)
-new = redis.call('SISMEMBER', P .. 'sessions', S) == 0
+if #evict_sessions > 0 or #evict_tasks > 0 then new = redis.call('SISMEMBER', P .. 'sessions', S) == 0 end
 
 local now = int(now_ms())
-local order = redis.call('INCR', P .. 'seq')
+-- Two numbers of the sequence: the task's creation order, then its event's.
+local order = redis.call('INCRBY', P .. 'seq', 2) - 1
 local fields = {'_s', S, '_sq', int(order), 'status', '"pending"', 'progress', '0', 'currentStep', 'null',
   'currentStepDescription', 'null', 'result', 'null', 'error', 'null', 'attempts', '0', 'autoRetries', '0',
   'deadLettered', 'false', 'createdAt', now, 'updatedAt', now, 'startedAt', 'null', 'completedAt', 'null',
@@ -163,9 +159,14 @@ for i = FIELDS, #ARGV do fields[#fields + 1] = ARGV[i] end
 if OP ~= '' then fields[#fields + 1] = '_op'; fields[#fields + 1] = OP end
 redis.call('HSET', key, unpack(fields))
 local executor, tags = '', {}
+-- The event's fields, as written (`event_fields` would read them back).
+local r = {status = '"pending"', progress = '0', currentStep = 'null', currentStepDescription = 'null',
+  updatedAt = now, error = 'null', result = 'null', attempts = '0'}
 for i = FIELDS, #ARGV, 2 do
-  if ARGV[i] == 'executor' then executor = cjson.decode(ARGV[i + 1])
-  elseif ARGV[i] == 'tags' then tags = cjson.decode(ARGV[i + 1]) end
+  local name = ARGV[i]
+  if name == 'executor' then executor = cjson.decode(ARGV[i + 1])
+  elseif name == 'tags' then tags = cjson.decode(ARGV[i + 1]) end
+  if name == 'id' or name == 'sessionKey' or name == 'executor' or name == 'name' then r[name] = ARGV[i + 1] end
 end
 index_task(S, ID, order, executor, tags)
 if ik ~= '' then remember_key(S, ik, ID .. '|' .. ARGV[11]) end
@@ -175,10 +176,9 @@ redis.call('ZADD', P .. 'ss:' .. S .. ':pending', order, ID)
 redis.call('ZADD', P .. 'all', order, ID)
 redis.call('ZADD', P .. 'as:pending', order, ID)
 redis.call('ZADD', P .. 'u:' .. S, now, ID)
-redis.call('HINCRBY', P .. 'c:' .. S, 'pending', 1)
-redis.call('HINCRBY', P .. 'totals', 'pending', 1)
 if new then
   redis.call('HSET', P .. 'c:' .. S, 'cl', CL)
+  CLIENTS[S] = CL
   client_count('csessions', CL, 1)
 end
 redis.call('SADD', P .. 'sessions', S)
@@ -186,7 +186,7 @@ client_count('ctasks', CL, 1)
 redis.call('ZADD', P .. 'cu:' .. CL, order, ID)
 redis.call('HDEL', P .. 'c:' .. S, 'forgetting')
 touch(S)
-publish(S, event_fields(key), 'transition', 'null')
+publish(S, r, 'transition', 'null', order + 1)
 if ARGV[14] == '1' then
   deliver(S, ID, tonumber(ARGV[15]))
   pump(8)

@@ -45,9 +45,10 @@ for i = 12, #ARGV do
     end
   end
   if ARGV[9] ~= '' and budget > 0 then
-    local c = redis.call('HMGET', P .. 'c:' .. S, 'pending', 'running', 'changed', 'forgetting')
-    local active = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0)
-    if active == 0 and c[3] and (c[4] or tonumber(c[3]) <= now - tonumber(ARGV[9])) then
+    local active = in_status(S, 'pending') + in_status(S, 'running')
+    local changed = redis.call('ZSCORE', P .. 'changed', S)
+    if active == 0 and changed
+      and (redis.call('HEXISTS', P .. 'c:' .. S, 'forgetting') == 1 or tonumber(changed) <= now - tonumber(ARGV[9])) then
       -- Forgetting a session may take several calls: it is marked so that the next call goes
       -- on even though this one changed it.
       local ids = redis.call('ZRANGE', P .. 's:' .. S, 0, budget - 1)

@@ -17,21 +17,21 @@ local o = {expect = ',running,', attempt = ARGV[9], owner = ARGV[10], result = A
 local skipped = tonumber(ARGV[22] or '') or 0
 if #ARGV >= 23 or skipped > 0 then
   -- The attempt's last lines come before its end (only if `move` will accept it).
-  local f = redis.call('HMGET', tkey(ID), '_s', 'status', 'attempts', '_wk')
-  if f[1] == S and f[2] == '"running"' and f[3] == ARGV[9] and (ARGV[10] == '' or f[4] == ARGV[10]) then
+  local f = redis.call('HMGET', tkey(ID), '_s', '_wk', unpack(LOG_FIELDS))
+  if f[1] == S and f[5] == '"running"' and f[6] == ARGV[9] and (ARGV[10] == '' or f[2] == ARGV[10]) then
     local lines = {}
     for i = 23, #ARGV do lines[#lines + 1] = ARGV[i] end
-    add_logs(S, ID, skipped, lines)
+    add_logs(S, ID, skipped, lines, {f[3], f[4], f[5], f[6], f[7], f[8]})
   end
 end
 local r
 if outcome == 'completed' then
   r = move(S, ID, 'completed', o)
   if r[1] == 'ok' then
-    local t = redis.call('HMGET', tkey(ID), 'executor', 'startedAt', 'completedAt')
-    local took, kept = tonumber(t[3]) - (tonumber(t[2]) or tonumber(t[3])), tonumber(ARGV[21]) or 0
+    -- Its run time: from its start to now, when `move` completed it.
+    local took, kept = now_ms() - (tonumber(r[3]) or now_ms()), tonumber(ARGV[21]) or 0
     if kept > 0 then
-      local runs = P .. 'durations:' .. unquote(t[1])
+      local runs = P .. 'durations:' .. unquote(r[4])
       redis.call('LPUSH', runs, int(took))
       redis.call('LTRIM', runs, 0, kept - 1)
     end

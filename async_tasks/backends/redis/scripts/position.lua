@@ -7,6 +7,5 @@ local f = redis.call('HMGET', tkey(ID), '_s', 'status', '_dv')
 if f[1] ~= S or f[2] ~= '"pending"' then return false end
 if f[3] == 'q' then return 1 end
 if f[3] ~= 'p' then return false end
-local c = redis.call('HMGET', P .. 'c:' .. S, 'd', 'running')
-local queued = math.max(0, (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0))
+local queued = math.max(0, counter(P .. 'c:' .. S, 'd') - in_status(S, 'running'))
 return queued + redis.call('ZRANK', P .. 'w:' .. S, ID) + 1

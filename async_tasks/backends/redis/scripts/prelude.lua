@@ -84,6 +84,12 @@ local function queue_key(W, kind) return 'saq:' .. P .. 'w:' .. W .. ':' .. kind
 local function job_id(W, key) return 'saq:job:' .. P .. 'w:' .. W .. ':' .. key end
 
 local function counter(key, field) return tonumber(redis.call('HGET', key, field)) or 0 end
+-- How many of session S's tasks are in `status`: the size of its index (`P ss:<session>:<status>`;
+-- every deployment's: `P as:<status>`, S nil). No counter is kept beside an index.
+local function in_status(S, status)
+  if S then return redis.call('ZCARD', P .. 'ss:' .. S .. ':' .. status) end
+  return redis.call('ZCARD', P .. 'as:' .. status)
+end
 
 -- Why a pending task has not started, for a person: its executor is run by no live worker
 -- (`P offered`: executor -> workers taking tasks that run it; read once per executor in a
@@ -145,9 +151,10 @@ local function event_fields(key)
   return r
 end
 
--- Publish a change as the push streams' envelope: [seq, taskId, type, status, attempt, event].
-local function publish(session, r, kind, previous)
-  local seq = redis.call('INCR', P .. 'seq')
+-- Publish a change as the push streams' envelope: [seq, taskId, type, status, attempt, event];
+-- `seq`: its number when the caller has taken it already (see `move`).
+local function publish(session, r, kind, previous, seq)
+  seq = seq or redis.call('INCR', P .. 'seq')
   local result = 'null'
   if r.status == '"completed"' then result = r.result end
   local event = '{"type":"' .. kind .. '","taskId":' .. r.id .. ',"sessionKey":' .. r.sessionKey ..
@@ -165,9 +172,11 @@ end
 -- following the task's last line; dropped lines count); beyond LOG_LINES lines or LOG_BYTES
 -- bytes (each line's JSON) the oldest go, counted in the task's `logsDropped` (the newest always
 -- stays). The lines kept are published as one `log` event. Returns how many were appended.
-local function add_logs(S, ID, skipped, lines)
+-- `f`: the task's fields in `LOG_FIELDS` when the caller has just read them.
+local LOG_FIELDS = {'logsDropped', '_lb', 'status', 'attempts', 'updatedAt', 'sessionKey'}
+local function add_logs(S, ID, skipped, lines, f)
   local key, lkey = tkey(ID), P .. 'l:' .. ID
-  local f = redis.call('HMGET', key, 'logsDropped', '_lb', 'status', 'attempts', 'updatedAt', 'sessionKey')
+  f = f or redis.call('HMGET', key, unpack(LOG_FIELDS))
   local dropped = (tonumber(f[1]) or 0) + skipped
   local bytes = tonumber(f[2]) or 0
   local before = redis.call('LLEN', lkey)
@@ -176,10 +185,10 @@ local function add_logs(S, ID, skipped, lines)
   for _, body in ipairs(lines) do
     n = n + 1
     local line = '{"n":' .. int(n) .. ',' .. string.sub(body, 2)
-    redis.call('RPUSH', lkey, line)
     added[#added + 1] = line
     bytes = bytes + #line
   end
+  if #added > 0 then redis.call('RPUSH', lkey, unpack(added)) end
   count = count + #added
   local popped = 0
   while count > 1 and (count > LOG_LINES or bytes > LOG_BYTES) do
@@ -207,8 +216,15 @@ end
 -- last change); and `P changed` (every session by last change). They change in the script that
 -- changes the task; `verify.lua` checks the counters.
 
+-- (Read once a script: `CLIENTS` remembers it; a script that sets or deletes `cl` says so.)
+local CLIENTS = {}
 local function client_of(session)
-  return redis.call('HGET', P .. 'c:' .. session, 'cl') or session
+  local client = CLIENTS[session]
+  if not client then
+    client = redis.call('HGET', P .. 'c:' .. session, 'cl') or session
+    CLIENTS[session] = client
+  end
+  return client
 end
 
 -- Add `delta` to what `client` holds in counter zset `name` (a member goes at zero).
@@ -227,7 +243,6 @@ end
 -- every session by it, `P cs:<client>` its client's).
 local function touch(session)
   local now = int(now_ms())
-  redis.call('HSET', P .. 'c:' .. session, 'changed', now)
   redis.call('ZADD', P .. 'changed', now, session)
   redis.call('ZADD', P .. 'cs:' .. client_of(session), now, session)
 end

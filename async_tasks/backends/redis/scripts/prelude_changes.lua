@@ -58,8 +58,6 @@ local function forget(session, id, want_json)
     redis.call('ZREM', P .. 'u:' .. session, id)
     redis.call('ZREM', P .. 'cu:' .. client, id)
   end
-  redis.call('HINCRBY', P .. 'c:' .. session, status, -1)
-  redis.call('HINCRBY', P .. 'totals', status, -1)
   if status == 'completed' then
     local started, completed = tonumber(f[2]), tonumber(f[3])
     if started and completed then redis.call('HINCRBY', P .. 'c:' .. session, 'dur', started - completed) end
@@ -88,6 +86,7 @@ local function forget_session_if_empty(session)
     if redis.call('SREM', P .. 'sessions', session) == 1 then client_count('csessions', client, -1) end
     redis.call('ZREM', P .. 'changed', session)
     redis.call('ZREM', P .. 'cs:' .. client, session)
+    CLIENTS[session] = nil
   end
 end
 
@@ -108,14 +107,16 @@ end
 -- runner (the worker a start hands the attempt to),
 -- reason / error / result (JSON), automatic, keep_auto, dead_letter ('1'), claim (a job key:
 -- the start of a dispatched attempt), percent / step / description (a running attempt's last
--- report, stored with its outcome). Returns {'ok', previous status} or {'notfound'} or
+-- report, stored with its outcome). Returns {'ok', previous status, startedAt, executor (JSON)}
+-- (the task's, as they were before the change) or {'notfound'} or
 -- {'refused', status}.
 -- Leaving pending or running takes the task out of its delivery (a slot freed is refilled
 -- when the script calls `pump`); entering pending does not deliver it (`deliver` does).
 local function move(S, ID, target, o)
   local key = tkey(ID)
   local f = redis.call('HMGET', key, '_s', 'status', 'attempts', 'autoRetries', 'startedAt', '_sq', '_wk',
-    '_dv', '_jk', '_op')
+    '_dv', '_jk', '_op', '_jw', 'executor', 'id', 'sessionKey', 'progress', 'currentStep', 'currentStepDescription',
+    'error', 'result', 'name')
   if f[1] ~= S then return {'notfound'} end
   local source = unquote(f[2])
   local attempts = tonumber(f[3])
@@ -127,7 +128,8 @@ local function move(S, ID, target, o)
   end
   if o.claim and o.claim ~= '' and (f[8] ~= 'q' or f[9] ~= o.claim) then return {'refused', source} end
   local now = now_ms()
-  local order = redis.call('INCR', P .. 'seq')
+  -- Two numbers of the sequence: the change's order (finish order), then its event's.
+  local order = redis.call('INCRBY', P .. 'seq', 2) - 1
   local set = {'status', '"' .. target .. '"', 'updatedAt', int(now)}
   local function put(name, value) set[#set + 1] = name; set[#set + 1] = value end
   local client = client_of(S)
@@ -138,7 +140,9 @@ local function move(S, ID, target, o)
     redis.call('ZREM', P .. 'u:' .. S, ID)
     redis.call('ZREM', P .. 'cu:' .. client, ID)
   end
-  if target ~= 'running' and (source == 'pending' or source == 'running') then undeliver(S, ID) end
+  if target ~= 'running' and (source == 'pending' or source == 'running') then
+    undeliver(S, ID, {f[8], f[11], f[9], f[12]})
+  end
   if target == 'running' then
     attempts = attempts + 1
     put('attempts', int(attempts))
@@ -176,14 +180,13 @@ local function move(S, ID, target, o)
     end
     if o.dead_letter == '1' then put('deadLettered', 'true') else put('deadLettered', 'false') end
   end
-  if target ~= 'running' then
-    if o.dead_letter == '1' and target == 'failed' then
-      redis.call('ZADD', P .. 'sd:' .. S, f[6], ID)
-      redis.call('ZADD', P .. 'ad', f[6], ID)
-    else
-      redis.call('ZREM', P .. 'sd:' .. S, ID)
-      redis.call('ZREM', P .. 'ad', ID)
-    end
+  if o.dead_letter == '1' and target == 'failed' then
+    redis.call('ZADD', P .. 'sd:' .. S, f[6], ID)
+    redis.call('ZADD', P .. 'ad', f[6], ID)
+  elseif source == 'failed' then
+    -- Only a failed task can be dead-lettered (and it leaves failed only for pending).
+    redis.call('ZREM', P .. 'sd:' .. S, ID)
+    redis.call('ZREM', P .. 'ad', ID)
   end
   if source == 'running' then put('_wk', '') end
   if OP ~= '' then put('_op', remember_op(f[10])) end
@@ -193,16 +196,16 @@ local function move(S, ID, target, o)
   if target == 'failed' and o.error and o.error ~= '' then entry = entry .. ',"error":' .. o.error end
   add_history(ID, entry .. '}')
   redis.call('HSET', key, unpack(set))
-  redis.call('HINCRBY', P .. 'c:' .. S, source, -1)
-  redis.call('HINCRBY', P .. 'c:' .. S, target, 1)
-  redis.call('HINCRBY', P .. 'totals', source, -1)
-  redis.call('HINCRBY', P .. 'totals', target, 1)
   redis.call('ZREM', P .. 'ss:' .. S .. ':' .. source, ID)
   redis.call('ZADD', P .. 'ss:' .. S .. ':' .. target, f[6], ID)
   redis.call('ZREM', P .. 'as:' .. source, ID)
   redis.call('ZADD', P .. 'as:' .. target, f[6], ID)
   touch(S)
-  publish(S, event_fields(key), 'transition', '"' .. source .. '"')
+  -- The event's fields: as read above, with what this change wrote (`event_fields`, without a read).
+  local r = {updatedAt = int(now), attempts = int(attempts), executor = f[12], id = f[13], sessionKey = f[14],
+    progress = f[15], currentStep = f[16], currentStepDescription = f[17], error = f[18], result = f[19], name = f[20]}
+  for i = 1, #set, 2 do r[set[i]] = set[i + 1] end
+  publish(S, r, 'transition', '"' .. source .. '"', order + 1)
   if FINISHED[target] and RETAIN then
     -- Retention as a task finishes: the oldest-finished beyond the limit go now (the
     -- task that just finished is the newest and always stays).
@@ -212,7 +215,7 @@ local function move(S, ID, target, o)
       for _, id in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do drop(S, id, 'retention') end
     end
   end
-  return {'ok', source}
+  return {'ok', source, f[5], f[12]}
 end
 
 -- A write whose operation id is among its task's last ones happened: the reply was lost

@@ -18,10 +18,12 @@ end
 
 -- The session's place among those waiting for a slot, in the line of sessions of each
 -- executor it has parked tasks of (`P ready:<executor>`): fewest dispatched first, then the
--- one that has waited longest; not there when nothing of it waits.
-local function place_session(S)
+-- one that has waited longest; not there when nothing of it waits. `moved`: only its count of
+-- dispatched tasks changed, not its line (an empty line was already cleared when it emptied).
+local function place_session(S, moved)
   local c, kinds = P .. 'c:' .. S, P .. 'px:' .. S
   if redis.call('ZCARD', P .. 'w:' .. S) == 0 then
+    if moved then return end
     for _, E in ipairs(redis.call('SMEMBERS', kinds)) do redis.call('ZREM', P .. 'ready:' .. E, S) end
     redis.call('DEL', kinds)
     redis.call('HDEL', c, 'waiting')
@@ -69,8 +71,9 @@ local function offer(W, n)
   OFFERED = {}
 end
 
--- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue.
-local function dispatch(S, ID, W, E)
+-- Hand task ID (executor E) of session S to worker W: a SAQ job in W's queue; `parked`: it
+-- leaves its session's line (otherwise it was never parked: see `deliver`).
+local function dispatch(S, ID, W, E, parked)
   local key = tkey(ID)
   local n = (tonumber(redis.call('HGET', key, 'attempts')) or 0) + 1
   local jk = ID .. ':' .. int(n) .. ':' .. int(redis.call('INCR', P .. 'seq'))
@@ -80,14 +83,16 @@ local function dispatch(S, ID, W, E)
     ',"key":"' .. jk .. '","timeout":0,"ttl":-1,"queued":' .. int(now_ms()) .. ',"status":"queued"}')
   redis.call('ZADD', queue_key(W, 'incomplete'), 0, jid)
   redis.call('RPUSH', queue_key(W, 'queued'), jid)
-  redis.call('ZREM', P .. 'w:' .. S, ID)
-  redis.call('ZREM', line(S, E), ID)
-  redis.call('HINCRBY', P .. 'totals', 'p', -1)
+  if parked then
+    redis.call('ZREM', P .. 'w:' .. S, ID)
+    redis.call('ZREM', line(S, E), ID)
+    redis.call('HINCRBY', P .. 'totals', 'p', -1)
+  end
   redis.call('SADD', P .. 'wq:' .. W, ID)
-  redis.call('HSET', key, '_dv', 'q', '_jw', W, '_jk', jk)
+  redis.call('HSET', key, '_dv', 'q', '_jw', W, '_jk', jk, 'scheduledAt', 'null')
   redis.call('HINCRBY', P .. 'c:' .. S, 'd', 1)
   redis.call('HINCRBY', P .. 'totals', 'd', 1)
-  place_session(S)
+  if parked then place_session(S) end
 end
 
 -- Dispatch parked tasks while the limits and the workers' slots allow (at most `budget`).
@@ -100,7 +105,9 @@ local function pump(budget)
   -- Nothing parked in any session's line (`P totals` p): nothing to dispatch, and the
   -- workers' table is not read (a finish or a lease renewal then costs one read here).
   if counter(P .. 'totals', 'p') <= 0 then return end
-  local workers
+  -- Executors whose line of sessions was found empty: it stays so while this pump dispatches
+  -- (a dispatch only moves its own session within the lines it is in), so it is not read again.
+  local workers, empty = nil, {}
   while budget > 0 do
     budget = budget - 1
     if GLOBAL_LIMIT and counter(P .. 'totals', 'd') >= GLOBAL_LIMIT then return end
@@ -110,10 +117,12 @@ local function pump(budget)
     for _, w in ipairs(workers) do
       if w.free > 0 then
         for x in pairs(w.runs) do
-          if not seen[x] then
+          if not seen[x] and not empty[x] then
             seen[x] = true
             local top = redis.call('ZRANGE', P .. 'ready:' .. x, 0, 0, 'WITHSCORES')
-            if top[1] then
+            if not top[1] then
+              empty[x] = true
+            else
               local score = tonumber(top[2])
               if not best or score < best then
                 S, E, best, head = top[1], x, score, nil
@@ -137,7 +146,7 @@ local function pump(budget)
     end
     local ID = redis.call('ZRANGE', line(S, E), 0, 0)[1]
     if ID then
-      dispatch(S, ID, chosen.id, E)
+      dispatch(S, ID, chosen.id, E, true)
       chosen.free = chosen.free - 1
     else
       place_session(S)
@@ -146,7 +155,8 @@ local function pump(budget)
 end
 
 -- Park a pending task in its session's waiting line (higher priority first, then first
--- parked first), or delay it until `due` (ms) if that is later than now. A task never
+-- parked first), or delay it until `due` (ms) if that is later than now; when nothing is
+-- parked anywhere and a worker that runs it has a free slot, it is dispatched at once. A task never
 -- started lives PENDING_TASK_TTL_MS from then (`P u:`, by when its lifetime began).
 local function deliver(S, ID, due)
   local key = tkey(ID)
@@ -164,6 +174,20 @@ local function deliver(S, ID, due)
     return true
   end
   redis.call('ZADD', P .. 'u:' .. S, 'XX', 'LT', now_ms(), ID)
+  -- Nothing parked in any session's line: `pump` would hand this very task to the worker with
+  -- the most free slots that runs it, if the limits allow. That is done at once, unparked.
+  if counter(P .. 'totals', 'p') <= 0
+    and not (GLOBAL_LIMIT and counter(P .. 'totals', 'd') >= GLOBAL_LIMIT)
+    and not (SESSION_LIMIT and counter(P .. 'c:' .. S, 'd') >= SESSION_LIMIT) then
+    local chosen
+    for _, w in ipairs(free_workers()) do
+      if w.runs[E] and (not chosen or w.free > chosen.free) then chosen = w end
+    end
+    if chosen then
+      dispatch(S, ID, chosen.id, E, false)
+      return true
+    end
+  end
   local priority = math.max(-4000, math.min(4000, tonumber(f[2]) or 0))
   local score = -priority * TICKET + redis.call('INCR', P .. 'seq') % TICKET
   redis.call('ZADD', P .. 'w:' .. S, score, ID)
@@ -176,9 +200,10 @@ local function deliver(S, ID, due)
 end
 
 -- Take the task out of wherever it waits or runs; true when that freed a dispatched slot.
-local function undeliver(S, ID)
+-- `f`: its fields `_dv`, `_jw`, `_jk` and `executor` when the caller has just read them.
+local function undeliver(S, ID, f)
   local key = tkey(ID)
-  local f = redis.call('HMGET', key, '_dv', '_jw', '_jk', 'executor')
+  f = f or redis.call('HMGET', key, '_dv', '_jw', '_jk', 'executor')
   local place = f[1]
   if not place or place == '' then return false end
   local E = cjson.decode(f[4])
@@ -205,6 +230,6 @@ local function undeliver(S, ID)
   redis.call('SREM', P .. 'wq:' .. W, ID)
   redis.call('HINCRBY', P .. 'c:' .. S, 'd', -1)
   redis.call('HINCRBY', P .. 'totals', 'd', -1)
-  place_session(S)
+  place_session(S, true)
   return true
 end

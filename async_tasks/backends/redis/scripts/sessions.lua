@@ -7,10 +7,11 @@ local page = {}
 if limit > 0 then
   local flat = redis.call('ZREVRANGE', P .. 'changed', offset, offset + limit - 1, 'WITHSCORES')
   for i = 1, #flat, 2 do
-    local c = redis.call('HMGET', P .. 'c:' .. flat[i], 'pending', 'running', 'completed', 'failed', 'cancelled')
     page[#page + 1] = flat[i]
     page[#page + 1] = flat[i + 1]
-    for j = 1, 5 do page[#page + 1] = c[j] or '0' end
+    for _, status in ipairs({'pending', 'running', 'completed', 'failed', 'cancelled'}) do
+      page[#page + 1] = in_status(flat[i], status)
+    end
   end
 end
 return {redis.call('SCARD', P .. 'sessions'), page}

@@ -1,13 +1,13 @@
--- Check the counters of the given sessions against their indexes, repair any that drifted
+-- Check the counters of the given sessions against their indexes (dispatched tasks; the counts
+-- by status are the sizes of the indexes themselves), repair any that drifted
 -- (they should never: every change is one script, every re-sent write answers "done") and
 -- put back in line a session whose waiting tasks were not (in its line, in its executors'
 -- lines, in the indexes across sessions). With no session given, check the deployment's
--- totals against the sum of every session's counts, the counts by executor (`P offered`,
+-- totals (dispatched, parked) against the sum of every session's, the counts by executor (`P offered`,
 -- `P xq`) against the pool and the places of delivery, `P changed` against the sessions, and
 -- what each client holds (`P ctasks`, `P csessions`) against its sessions ('client <key>').
 -- ARGV: 7.. sessions. Returns {session (or what else was counted), field, was, is, ...} for
 -- each repair.
-local STATUSES = {'pending', 'running', 'completed', 'failed', 'cancelled'}
 local repaired = {}
 local function report(label, field, was, is)
   repaired[#repaired + 1] = label; repaired[#repaired + 1] = field
@@ -38,7 +38,6 @@ local function fix_by_executor(key, field, wanted)
 end
 if #ARGV < 7 then
   local sums = {d = 0, p = 0}
-  for _, status in ipairs(STATUSES) do sums[status] = 0 end
   local queued, offered = {}, {}
   local function add(counts, E, n) counts[E] = (counts[E] or 0) + n end
   local held = {ctasks = {}, csessions = {}}
@@ -47,13 +46,11 @@ if #ARGV < 7 then
     local client = client_of(S)
     add(held.ctasks, client, redis.call('ZCARD', P .. 's:' .. S))
     add(held.csessions, client, 1)
-    local c = redis.call('HMGET', P .. 'c:' .. S, 'd', 'changed', unpack(STATUSES))
-    sums.d = sums.d + (tonumber(c[1]) or 0)
-    for i, status in ipairs(STATUSES) do sums[status] = sums[status] + (tonumber(c[i + 2]) or 0) end
+    sums.d = sums.d + counter(P .. 'c:' .. S, 'd')
     sums.p = sums.p + redis.call('ZCARD', P .. 'w:' .. S)
     for _, E in ipairs(redis.call('SMEMBERS', P .. 'px:' .. S)) do add(queued, E, redis.call('ZCARD', line(S, E))) end
     if not redis.call('ZSCORE', P .. 'changed', S) then
-      redis.call('ZADD', P .. 'changed', tonumber(c[2]) or now_ms(), S)
+      redis.call('ZADD', P .. 'changed', now_ms(), S)
       report(S, 'changed', 0, 1)
     end
   end
@@ -65,10 +62,9 @@ if #ARGV < 7 then
       end
     end
   end
-  local t = redis.call('HMGET', P .. 'totals', 'd', 'p', unpack(STATUSES))
+  local t = redis.call('HMGET', P .. 'totals', 'd', 'p')
   fix(P .. 'totals', '', 'd', t[1], sums.d)
   fix(P .. 'totals', '', 'p', t[2], sums.p)
-  for i, status in ipairs(STATUSES) do fix(P .. 'totals', '', status, t[i + 2], sums[status]) end
   -- By executor: the workers that run each, and its tasks delayed or dispatched (parked: above).
   local flat = redis.call('HGETALL', P .. 'workers')
   for i = 1, #flat, 2 do
@@ -118,19 +114,14 @@ end
 for i = 7, #ARGV do
   local S = ARGV[i]
   local c = P .. 'c:' .. S
-  local was = redis.call('HMGET', c, 'd', unpack(STATUSES))
+  local was = redis.call('HGET', c, 'd')
   local dispatched = 0
   for _, status in ipairs({'pending', 'running'}) do
     for _, id in ipairs(redis.call('ZRANGE', P .. 'ss:' .. S .. ':' .. status, 0, -1)) do
       if redis.call('HGET', tkey(id), '_dv') == 'q' then dispatched = dispatched + 1 end
     end
   end
-  if redis.call('EXISTS', c) == 1 then
-    fix(c, S, 'd', was[1], dispatched)
-    for j, status in ipairs(STATUSES) do
-      fix(c, S, status, was[j + 1], redis.call('ZCARD', P .. 'ss:' .. S .. ':' .. status))
-    end
-  end
+  if redis.call('EXISTS', c) == 1 then fix(c, S, 'd', was, dispatched) end
   local tasks = P .. 's:' .. S
   local held = redis.call('ZCARD', tasks)
   local indexed = held > 0 and redis.call('ZINTERCARD', 2, tasks, P .. 'all') or 0
