@@ -483,11 +483,18 @@ COVERED = """() => {
 }"""
 
 
+#: No animation of a set length is still playing (the endless ones: the live dot, stripes).
+SETTLED = """() => document.getAnimations().every(
+  (a) => a.playState !== 'running' || a.effect.getComputedTiming().iterations === Infinity)"""
+
+
 def axe_violations(page: Page) -> list[str]:
     if not AXE.is_file():
         pytest.skip(f"axe-core is not installed ({AXE}): bash scripts/test.sh installs it")
     if not page.evaluate("typeof axe !== 'undefined'"):
         page.add_script_tag(path=str(AXE))
+    # Colours are judged as the reader sees them: after a message has faded in, not halfway.
+    page.wait_for_function(SETTLED)
     found = page.evaluate("async () => (await axe.run()).violations.map((v) => `${v.id}: ${v.nodes[0].target}`)")
     return list(found)
 
