@@ -218,8 +218,7 @@ class LocalExecution:
             if due is not None:
                 self._delay(task, due)
             else:
-                self._enqueue(task)
-                await self._dispatch()
+                await self._run_or_queue(task)
         return task, replayed
 
     async def start(self, session_key: str, task_id: str, *, start_at: int | None = None) -> Task:
@@ -243,8 +242,7 @@ class LocalExecution:
         if due is not None:
             self._delay(task, due)
         else:
-            self._enqueue(task)
-            await self._dispatch()
+            await self._run_or_queue(task)
         return task
 
     def _due(self, start_at: int | None) -> int | None:
@@ -285,8 +283,7 @@ class LocalExecution:
         running = self.running.get(task.id)
         if task.id in self._queue or task.id in self._timeline or (running and running.cancel_reason is None):
             return  # already on its way
-        self._enqueue(task)
-        await self._dispatch()
+        await self._run_or_queue(task)
 
     def _withdraw(self, task: Task) -> None:
         """Stop waiting for a task that will not run (queued, or waiting for its time)."""
@@ -317,6 +314,18 @@ class LocalExecution:
 
     def _enqueue(self, task: Task) -> None:
         self._queue.put(task)
+
+    async def _run_or_queue(self, task: Task) -> None:
+        """Launch `task` now when nothing waits and the limits allow (what the queue would
+        decide, without passing through it), else queue it and dispatch."""
+        free = self.settings.max_concurrent_tasks - len(self.running)
+        if not self._queue and free > 0:
+            running = self._session_running.get(task.session_key, 0)
+            if running < self.settings.max_concurrent_tasks_per_session and running < free:
+                await self._launch(task)
+                return
+        self._enqueue(task)
+        await self._dispatch()
 
     async def _dispatch(self) -> None:
         limit = self.settings.max_concurrent_tasks
