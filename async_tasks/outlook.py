@@ -46,8 +46,13 @@ class Outlooks:
         """Where each waiting or running task of `tasks` (one session's) stands. Tasks with
         neither a place in line nor an estimate are absent. A few store reads for the whole
         page, none when nothing on it waits or runs."""
-        pending = [task for task in tasks if task.status is TaskStatus.PENDING]
-        running = [task for task in tasks if task.status is TaskStatus.RUNNING]
+        pending: list[Task] = []
+        running: list[Task] = []
+        for task in tasks:
+            if task.status is TaskStatus.PENDING:
+                pending.append(task)
+            elif task.status is TaskStatus.RUNNING:
+                running.append(task)
         if not pending and not running:
             return {}
         positions = await self.execution.queue_positions(session_key, pending) if pending else {}

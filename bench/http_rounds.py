@@ -170,6 +170,9 @@ def http_rounds(args: argparse.Namespace, log_dir: Path) -> list[dict[str, Any]]
                 large_group: Group = [
                     ("hello_get_large", hello, "/", {"token": large_token}),
                     ("list_large", app, LIST_PATH, {"token": large_token}),
+                    # The page of the session of 50 again, next to the large one: the two
+                    # compared directly, not through anchors measured minutes apart.
+                    ("list_small", app, LIST_PATH, get),
                     *[
                         (run_key(key, "list_large"), server, LIST_PATH, {"token": large_token})
                         for key, server in peers.items()

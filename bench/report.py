@@ -138,6 +138,14 @@ def derived_ratios(ratios: Ratios) -> dict[str, float]:
     return out
 
 
+def same_group_ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The large session's page ÷ the session of 50's, both measured in the large group
+    (the anchors of two groups drift apart by up to a third between them)."""
+    if "list_large" in runs and "list_small" in runs:
+        return {"list_large_vs_list": runs["list_large"]["rps"] / runs["list_small"]["rps"]}
+    return {}
+
+
 def median_ratios(per_round: list[Ratios]) -> Ratios:
     out: Ratios = {}
     for system in SYSTEMS:
@@ -155,7 +163,9 @@ def http_target_rows(rounds: list[dict[str, Any]]) -> list[tuple[str, str, str, 
     medians = median_ratios(per_round)
     med = medians.get("app", {})
     cpu = median_ratios([round_ratios(r["runs"], cpu=True) for r in rounds]).get("app", {})
-    derived = [derived_ratios(r) for r in per_round]
+    derived = [
+        {**derived_ratios(ratios), **same_group_ratios(r["runs"])} for ratios, r in zip(per_round, rounds, strict=True)
+    ]
 
     def figure(name: str, key: str = "rps") -> float:
         return median([r["runs"][name][key] for r in rounds if name in r["runs"]])
@@ -170,7 +180,11 @@ def http_target_rows(rounds: list[dict[str, Any]]) -> list[tuple[str, str, str, 
         if key == "create_vs_fastapi":
             return f"FastAPI's ratio {medians['fastapi']['create']:.3f}"
         size = median([r["large_sizes"]["app"] for r in rounds if "app" in r["large_sizes"]])
-        return f"{med['list_large']:.3f} x hello GET with {size:,.0f} tasks in the session"
+        return (
+            f"{med['list_large']:.3f} x hello GET with {size:,.0f} tasks in the session; "
+            f"{figure('list_large'):,.0f} vs {figure('list_small'):,.0f} req/s for the session of {LIST_PAGE}, "
+            "measured next to each other"
+        )
 
     rows = []
     for key, anchor, versus in (

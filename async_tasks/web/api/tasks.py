@@ -9,7 +9,7 @@ by msgspec and sent as it is. Users' own handlers get ``task_system`` and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -33,11 +33,11 @@ from async_tasks.web.api.schemas import (
     TaskListResponse,
     TaskResponse,
     TaskStatusResponse,
-    TaskSummary,
 )
 from async_tasks.web.errors import replay_responses, responses
 from async_tasks.web.middleware import client_of, session_key_of
 from async_tasks.web.responses import encoded
+from async_tasks.web.summaries import EncodedSummaries, EncodedTaskList
 
 #: The largest ``?offset=``: far past any session's tasks (MAX_TASKS holds them all), and
 #: far below what the stores' paging takes (``islice`` and Redis ranges stop at 2**63).
@@ -73,6 +73,8 @@ class TaskController(Controller):
     tags = ["tasks"]  # noqa: RUF012 (Litestar reads the class attribute)
     #: The engine, for the hot routes (set by `task_controller`).
     system: ClassVar[TaskSystem]
+    #: Finished tasks' list items, encoded once (set by `task_controller`).
+    summaries: ClassVar[EncodedSummaries]
 
     @post(
         "/",
@@ -128,9 +130,9 @@ class TaskController(Controller):
             offset=offset,
             cursor=cursor,
         )
-        outlook = await self.system.outlook(session_key, tasks)
-        summaries = [TaskSummary.of(t, outlook.get(t.id)) for t in tasks]
-        return encoded(TaskListResponse(tasks=summaries, count=len(tasks), total=total, next_cursor=next_cursor))
+        summaries = self.summaries.page(tasks, await self.system.outlook(session_key, tasks))
+        page = EncodedTaskList(tasks=summaries, count=len(tasks), total=total, next_cursor=next_cursor)
+        return cast("Response[TaskListResponse]", encoded(page))
 
     @get("/stats", summary="Per-status counts of the session's tasks", responses=responses(503))
     async def stats(self, task_system: NamedDependency[TaskSystem], session_key: NamedDependency[str]) -> StatsResponse:
@@ -282,4 +284,4 @@ class TaskController(Controller):
 
 def task_controller(system: TaskSystem) -> type[TaskController]:
     """`TaskController` serving `system`."""
-    return type("TaskController", (TaskController,), {"system": system})
+    return type("TaskController", (TaskController,), {"system": system, "summaries": EncodedSummaries()})
