@@ -120,6 +120,9 @@ class ProgressReporter:
     at most `line_bytes` and stamped by `now_ms` (the engine's clock).
     """
 
+    # One per running attempt: slots keep it to its fields (no per-instance dict).
+    __slots__ = ("_line_bytes", "_log_sink", "_now_ms", "_sink", "_steps", "_yield_at", "closed", "percent")
+
     def __init__(
         self,
         sink: ProgressSink,

@@ -356,7 +356,7 @@ class LocalExecution:
         self.running[task.id] = attempt
         self._session_running[task.session_key] = self._session_running.get(task.session_key, 0) + 1
         attempt.started = self.clock.monotonic()
-        self._tg.start_soon(self._execute, attempt, executor, name=f"task {task.id}")
+        self._tg.start_soon(self._execute, attempt, executor, name=task.id)
 
     # -- one attempt ------------------------------------------------------------
 

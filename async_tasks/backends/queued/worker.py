@@ -428,7 +428,7 @@ class QueuedWorker(ABC):
             await anyio.sleep_forever()
             return
         done = anyio.Event()
-        tg.start_soon(self._attempt, s, t, a, k, done, name=f"task {t}")
+        tg.start_soon(self._attempt, s, t, a, k, done, name=t)
         # The attempt runs in our task group, not in SAQ's job task: SAQ's worker stopping
         # (shutdown) ends this wait only. It ends when the executor is done.
         await done.wait()
