@@ -21,6 +21,11 @@ P = TypeVar("P", default=Any)
 
 
 class TaskStatus(str, enum.Enum):
+    # Hashed as the string it equals (``TaskStatus.PENDING == "pending"``), by str's own
+    # hash: Enum's hashes the member's name in Python, a call per lookup in every index and
+    # count keyed by status (and a hash that differs from the equal string's).
+    __hash__ = str.__hash__
+
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
