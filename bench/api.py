@@ -54,7 +54,7 @@ def create_sample_tasks(client: httpx.Client, token: str, count: int) -> list[st
     for _ in range(count):
         response = client.post(
             f"{API}/demo/tasks/sample",
-            headers={"X-Session-Token": token},
+            headers={"X-Session-Token": token, "Content-Type": "application/json"},
             content=POST_BODY,
         )
         response.raise_for_status()
