@@ -295,6 +295,27 @@ def http_tables(rounds: list[dict[str, Any]], args: argparse.Namespace) -> list[
     out += [
         f"| {SYSTEMS[system]} | " + " | ".join(absolute(run_key(system, k)) for k, _ in kinds) + " |" for system in med
     ]
+
+    def little(name: str) -> str:
+        found = [r["runs"][name] for r in rounds if name in r["runs"]]
+        if not found:
+            return "—"
+        return f"{median([x['mean_us'] * x['rps'] / 1e6 / args.connections for x in found]):.2f}"
+
+    out += [
+        "",
+        f"wrk's mean latency ÷ what its own throughput allows ({args.connections} connections always busy: "
+        f"{args.connections} ÷ req/s, Little's law), medians. Near 1, its latencies are the server's; above it, wrk "
+        "counted time no request spent in the server, and its p99 overstates the tail (seen on creates, "
+        "where a closed-loop client measured a far shorter one: `bench/RESULTS.md`):",
+        "",
+        "| system | " + " | ".join(k.replace("_", " ") for k, _ in kinds) + " |",
+        "|---|" + "---:|" * len(kinds),
+        "| hello anchor | " + " | ".join(little(a) for _, a in kinds) + " |",
+    ]
+    out += [
+        f"| {SYSTEMS[system]} | " + " | ".join(little(run_key(system, k)) for k, _ in kinds) + " |" for system in med
+    ]
     out += [
         "",
         "Every round: ratio (req/s or p99 in brackets). `foreign` = the largest share of core 0 that other "
