@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import subprocess
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -277,45 +278,41 @@ def http_tables(rounds: list[dict[str, Any]], args: argparse.Namespace) -> list[
     ]
     kinds = [(k, a) for k, a in kinds if any(a in r["runs"] for r in rounds)]
 
-    def absolute(name: str) -> str:
-        found = [r["runs"][name] for r in rounds if name in r["runs"]]
-        if not found:
-            return "—"
-        return f"{median([x['rps'] for x in found]):,.0f} (p99 {median([x['p99_us'] for x in found]) / 1000:.1f})"
+    def medians_of(figure: Callable[[dict[str, Any]], float], fmt: str) -> Callable[[str], str]:
+        def cell(name: str) -> str:
+            found = [figure(r["runs"][name]) for r in rounds if name in r["runs"]]
+            return format(median(found), fmt) if found else "—"
 
-    out += [
-        "",
+        return cell
+
+    def by_system(intro: str, cell: Callable[[str], str]) -> list[str]:
+        """A table of one figure per system (rows) and kind of run (columns), the anchor first."""
+        return [
+            "",
+            intro,
+            "",
+            "| system | " + " | ".join(k.replace("_", " ") for k, _ in kinds) + " |",
+            "|---|" + "---:|" * len(kinds),
+            "| hello anchor | " + " | ".join(cell(a) for _, a in kinds) + " |",
+            *[
+                f"| {SYSTEMS[system]} | " + " | ".join(cell(run_key(system, k)) for k, _ in kinds) + " |"
+                for system in med
+            ],
+        ]
+
+    rps, p99 = medians_of(lambda x: x["rps"], ",.0f"), medians_of(lambda x: x["p99_us"] / 1000, ".1f")
+    out += by_system(
         "Absolute medians, req/s (p99 ms); they drift ±20% between runs, the ratios above much less. The "
         "anchor's row holds its GET, GET, GET next to the large lists, and POST runs:",
-        "",
-        "| system | " + " | ".join(k.replace("_", " ") for k, _ in kinds) + " |",
-        "|---|" + "---:|" * len(kinds),
-        "| hello anchor | " + " | ".join(absolute(a) for _, a in kinds) + " |",
-    ]
-    out += [
-        f"| {SYSTEMS[system]} | " + " | ".join(absolute(run_key(system, k)) for k, _ in kinds) + " |" for system in med
-    ]
-
-    def little(name: str) -> str:
-        found = [r["runs"][name] for r in rounds if name in r["runs"]]
-        if not found:
-            return "—"
-        return f"{median([x['mean_us'] * x['rps'] / 1e6 / args.connections for x in found]):.2f}"
-
-    out += [
-        "",
+        lambda name: f"{rps(name)} (p99 {p99(name)})" if rps(name) != "—" else "—",
+    )
+    out += by_system(
         f"wrk's mean latency ÷ what its own throughput allows ({args.connections} connections always busy: "
         f"{args.connections} ÷ req/s, Little's law), medians. Near 1, its latencies are the server's; above it, wrk "
         "counted time no request spent in the server, and its p99 overstates the tail (seen on creates, "
         "where a closed-loop client measured a far shorter one: `bench/RESULTS.md`):",
-        "",
-        "| system | " + " | ".join(k.replace("_", " ") for k, _ in kinds) + " |",
-        "|---|" + "---:|" * len(kinds),
-        "| hello anchor | " + " | ".join(little(a) for _, a in kinds) + " |",
-    ]
-    out += [
-        f"| {SYSTEMS[system]} | " + " | ".join(little(run_key(system, k)) for k, _ in kinds) + " |" for system in med
-    ]
+        medians_of(lambda x: x["mean_us"] * x["rps"] / 1e6 / args.connections, ".2f"),
+    )
     out += [
         "",
         "Every round: ratio (req/s or p99 in brackets). `foreign` = the largest share of core 0 that other "
