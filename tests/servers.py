@@ -9,10 +9,11 @@ Project plumbing, not the user's helpers (those are `async_tasks.testing`):
 
 from __future__ import annotations
 
-import re
+import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,9 +32,9 @@ def redis_server(executable: str = "redis-server", *, port: int | None = None, t
     without persistence, and give its URL (``redis://127.0.0.1:<port>/0``); it is stopped
     (by PID) when the block ends. Raises `FileNotFoundError` when it is not installed.
 
-    Safe beside other test processes doing the same (xdist workers): the server that
-    answers must report this process's PID, and a free port taken meanwhile by another
-    is given up for a new one."""
+    Safe beside other test processes doing the same (xdist workers): the server must say
+    itself that it is ready, and a free port taken meanwhile by another is given up for a
+    new one."""
     path = shutil.which(executable)
     if path is None:
         raise FileNotFoundError(f"{executable} is not installed (Debian: apt-get install redis-server)")
@@ -41,11 +42,12 @@ def redis_server(executable: str = "redis-server", *, port: int | None = None, t
         chosen = port or free_port()
         process = subprocess.Popen(
             [path, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            bufsize=0,  # unbuffered: what `select` says is there is all there is
         )
         try:
-            if _answers(process, chosen, time.monotonic() + timeout):
+            if _ready(process, time.monotonic() + timeout):
                 yield f"redis://127.0.0.1:{chosen}/0"
                 return
         finally:
@@ -58,34 +60,19 @@ def redis_server(executable: str = "redis-server", *, port: int | None = None, t
     raise RuntimeError(f"redis-server did not start on port {chosen} (status {process.returncode})")
 
 
-def _answers(process: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
-    """Wait until the redis-server `process` answers on `port`; False if it exited (the port was taken)."""
-    while True:  # the server's own start-up
-        if process.poll() is not None:
+def _ready(process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait for the redis-server `process` to say it accepts connections (its own log line,
+    so the server that answers is ours); False if it exited first (its port was taken).
+    Its later lines are read and dropped, so its log never fills the pipe."""
+    assert process.stdout is not None
+    output = process.stdout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([output], [], [], remaining)[0]:
+            raise RuntimeError("redis-server did not say it was ready in time")
+        line = output.readline()
+        if not line:
             return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"INFO server\r\n")
-                reply = b""
-                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
-                found = re.search(rb"process_id:(\d+)", reply)
-                if found is not None:
-                    return int(found.group(1)) == process.pid or _gone(process)
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not answer on port {port}")
-        time.sleep(0.01)
-
-
-def _gone(process: subprocess.Popen[bytes]) -> bool:
-    """Another server holds the port: ours is exiting (False once it has)."""
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    return False
+        if b"Ready to accept connections" in line:
+            threading.Thread(target=output.read, daemon=True).start()
+            return True
