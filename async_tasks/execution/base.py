@@ -210,6 +210,14 @@ def handed_back() -> Finish:
     )
 
 
+def log_cancelled(logger: logging.Logger, task: Task, reason: str) -> None:
+    """The log line of an attempt its backend stopped (the task cancelled, or its worker leaving)."""
+    logger.info(
+        "Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
+        extra=log_fields(task, reason=reason),
+    )  # fmt: skip
+
+
 def log_finish(logger: logging.Logger, task: Task, attempt: int, finish: Finish) -> None:
     """The log line of an attempt's end (`task` as the store recorded it)."""
     key = task.session_key
@@ -258,8 +266,8 @@ async def run_attempt(
     attempt: Hashable,
     missing: str,
     stopped: Callable[[], bool],
+    deadlines: Deadlines,
     prepare: Callable[[TaskExecutor[Any, Any]], Task] | None = None,
-    deadlines: Deadlines | None = None,
 ) -> Outcome | None:
     """Run one attempt of `task` inside `scope` (the backend cancels it there), with the
     task's deadline; a blocking executor runs in a worker thread, listed in `threads` as
@@ -270,15 +278,11 @@ async def run_attempt(
     registered), failed as timed out when the deadline passed, or None when the attempt
     ended otherwise (cancelled through `scope` by the backend, which `stopped` tells, or
     its reports refused): then the store already says how it ended. `prepare` gives the task as the executor takes it (a
-    failure there fails the attempt too). With `deadlines` the deadline is kept there
-    instead of in a timer of the scope's own."""
+    failure there fails the attempt too). The deadline is kept in the process's `deadlines`,
+    not in a timer of the scope's own."""
     outcome: Outcome | None = None
-    deadline = None
     with scope:
-        if deadlines is None:
-            scope.deadline = anyio.current_time() + timeout_ms / 1000
-        else:
-            deadline = deadlines.add(scope, timeout_ms / 1000)
+        deadline = deadlines.add(scope, timeout_ms / 1000)
         try:
             if executor is None:
                 raise LookupError(missing)
@@ -296,8 +300,7 @@ async def run_attempt(
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             outcome = (TaskStatus.FAILED, None, describe(exc))
         finally:
-            if deadlines is not None and deadline is not None:
-                deadlines.discard(deadline)
+            deadlines.discard(deadline)
     reporter.close()
     if scope.cancelled_caught and not stopped():
         outcome = (TaskStatus.FAILED, None, f"Task timed out after {timeout_ms} ms")

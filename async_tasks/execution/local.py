@@ -41,6 +41,7 @@ from async_tasks.execution.base import (
     WorkerInfo,
     conclude,
     executor_task,
+    log_cancelled,
     log_fields,
     log_finish,
     run_attempt,
@@ -453,11 +454,7 @@ class LocalExecution:
         if attempt.reporter is not None:
             attempt.reporter.close()  # progress frozen from this moment
         attempt.scope.cancel()
-        task = attempt.task
-        logger.info(
-            "Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
-            extra=log_fields(task, reason=reason),
-        )  # fmt: skip
+        log_cancelled(logger, attempt.task, reason)
         self._notify(attempt)
 
     async def _cancel_running(self, attempt: _Attempt, reason: str) -> None:

@@ -66,7 +66,16 @@ from async_tasks.backends.queued.sink import Coalescer, Flusher, Held
 from async_tasks.clock import SYSTEM_CLOCK, Clock
 from async_tasks.context import bind_task
 from async_tasks.errors import InvalidTransition, StoreUnavailable, TaskNotFound
-from async_tasks.execution.base import conclude, executor_task, handed_back, log_fields, log_finish, run_attempt
+from async_tasks.execution.base import (
+    conclude,
+    executor_task,
+    handed_back,
+    log_cancelled,
+    log_fields,
+    log_finish,
+    run_attempt,
+)
+from async_tasks.execution.deadlines import Deadlines
 from async_tasks.executor import ExecutorRegistry, TaskExecutor
 from async_tasks.faults import crash_point
 from async_tasks.progress import ProgressReporter
@@ -163,6 +172,8 @@ class QueuedWorker(ABC):
         self._flusher: Flusher | None = None
         self._idle: anyio.Event | None = None
         self._threads: set[_Attempt] = set()
+        #: The running attempts' deadlines, kept by one task instead of a timer each.
+        self._deadlines = Deadlines()
         self._renewed = 0.0
         #: Jobs of this worker that looked lost at the last upkeep (lost if they still do).
         self._missing: set[str] = set()
@@ -276,6 +287,7 @@ class QueuedWorker(ABC):
                 saq.SIGNALS = []  # the process's own handlers stay (see async_tasks.worker)
                 self._saq = saq
                 tg.start_soon(self._flusher.run)
+                tg.start_soon(self._deadlines.watch)
                 tg.start_soon(self._upkeep)
                 await self._start_services(tg)
                 self._next_due = 0  # look at once
@@ -477,7 +489,7 @@ class QueuedWorker(ABC):
             outcome = await run_attempt(
                 executor, task, reporter,
                 scope=attempt.scope, timeout_ms=timeout_ms, max_result_bytes=self.settings.max_result_bytes,
-                threads=self._threads, attempt=attempt,
+                threads=self._threads, attempt=attempt, deadlines=self._deadlines,
                 missing=f"executor {task.executor!r} is not registered on this worker",
                 stopped=lambda: attempt.stop_reason is not None,
                 prepare=lambda executor: self._with_params(attempt, executor),
@@ -553,11 +565,7 @@ class QueuedWorker(ABC):
         if attempt.reporter is not None:
             attempt.reporter.close()  # progress frozen from this moment
         attempt.scope.cancel()
-        task = attempt.task
-        logger.info(
-            "Cancelled execution of task %s for session %s (%s)", task.id, task.session_key, reason,
-            extra=log_fields(task, reason=reason),
-        )  # fmt: skip
+        log_cancelled(logger, attempt.task, reason)
         self._notify(attempt)
 
     def _release(self, attempt: _Attempt) -> None:
