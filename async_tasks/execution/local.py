@@ -320,11 +320,9 @@ class LocalExecution:
         """Launch `task` now when nothing waits and the limits allow (what the queue would
         decide, without passing through it), else queue it and dispatch."""
         free = self.settings.max_concurrent_tasks - len(self.running)
-        if not self._queue and free > 0:
-            running = self._session_running.get(task.session_key, 0)
-            if running < self.settings.max_concurrent_tasks_per_session and running < free:
-                await self._launch(task)
-                return
+        if self._queue.takes_at_once(task.session_key, free, self.settings.max_concurrent_tasks_per_session):
+            await self._launch(task)
+            return
         self._enqueue(task)
         await self._dispatch()
 

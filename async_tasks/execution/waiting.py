@@ -40,6 +40,11 @@ class _SessionQueue:
         self.ticket: int | None = None
 
 
+def _may_start(running: int, free: int, per_session: int) -> bool:
+    """A session running `running` tasks may start one more with `free` slots free."""
+    return running < per_session and running < free
+
+
 class FairQueue:
     """Tasks waiting for a slot, shared fairly across sessions (see the module docstring).
 
@@ -105,6 +110,11 @@ class FairQueue:
             self._ready = [item for item in self._ready if (q := self._sessions.get(item[2])) and q.ticket == item[1]]
             heapq.heapify(self._ready)
 
+    def takes_at_once(self, session_key: str, free: int, per_session: int) -> bool:
+        """Whether a task of `session_key` added now would be the next taken: nothing is
+        queued and the session may start one (the runner then starts it without queueing)."""
+        return not self._queued and _may_start(self._running.get(session_key, 0), free, per_session)
+
     def take(self, free: int, per_session: int) -> Task | None:
         """The next task to start with `free` slots free (taken out of the queue), or None
         when no session may start one now."""
@@ -119,7 +129,7 @@ class FairQueue:
                 self._mark_ready(key, queue)
                 continue
             # The least busy session with queued work: if it may not start a task, none may.
-            if running >= per_session or running >= free:
+            if not _may_start(running, free, per_session):
                 return None
             heapq.heappop(self._ready)
             queue.ticket = None
