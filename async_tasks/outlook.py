@@ -68,12 +68,9 @@ class Outlooks:
         now = self.clock.now_ms()
         found: dict[str, Outlook] = {}
         for task in (*waiting, *running):
-            position = positions.get(task.id)
-            guess = estimate(
-                task, now_ms=now, durations=durations.get(task.executor, ()), position=position, lanes=lanes
-            )
-            if position is not None or guess is not None:
-                found[task.id] = Outlook(position, guess)
+            outlook = _outlook(task, now, durations.get(task.executor, ()), positions.get(task.id), lanes)
+            if outlook is not None:
+                found[task.id] = outlook
         return found
 
     async def of_poll(self, session_key: str, poll: Poll) -> Outlook | None:
@@ -82,15 +79,10 @@ class Outlooks:
         task = poll.task
         if not poll.placed:
             return (await self.of(session_key, [task])).get(task.id)
-        if task.status is TaskStatus.RUNNING:
-            guess = estimate(task, now_ms=self.clock.now_ms(), durations=poll.durations)
-            return None if guess is None else Outlook(None, guess)
-        if task.status is not TaskStatus.PENDING or poll.position is None:
-            return None
-        guess = estimate(
-            task, now_ms=self.clock.now_ms(), durations=poll.durations, position=poll.position, lanes=poll.lanes
-        )
-        return Outlook(poll.position, guess)
+        position = poll.position if task.status is _PENDING else None
+        if task.status is not _RUNNING and position is None:
+            return None  # ended, or pending without a place in line (waiting for its time)
+        return _outlook(task, self.clock.now_ms(), poll.durations, position, poll.lanes)
 
     async def _recent_durations(self, executors: set[str]) -> dict[str, list[int]]:
         """`TaskStore.recent_durations`, read at most once a `DURATIONS_TTL` per executor:
@@ -102,3 +94,10 @@ class Outlooks:
             for name in stale:
                 self._durations[name] = (now, found.get(name, []))
         return {name: self._durations[name][1] for name in executors}
+
+
+def _outlook(task: Task, now: int, durations: Sequence[int], position: int | None, lanes: int) -> Outlook | None:
+    """A waiting (`position`: its place in line) or running task's outlook; None when
+    neither its place nor an estimate is known."""
+    guess = estimate(task, now_ms=now, durations=durations, position=position, lanes=lanes)
+    return None if position is None and guess is None else Outlook(position, guess)
